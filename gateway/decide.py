@@ -1,0 +1,150 @@
+"""The policy decision: (profile, name) + compiled lists -> verdict. Pure: no I/O, no clock.
+
+Order matters and is the product's promise (design.md):
+  1. mandatory entries (CSAM, authority feeds) block for every tier; nothing lifts them;
+  2. the network's and tier's own deny / allow lists (the more specific match wins, deny on ties);
+  3. the tier's blocked categories;
+  4. allowlist-only tiers block whatever nothing above allowed.
+Within one category the most specific list entry decides, so an RPZ `rpz-passthru` or an
+adblock `@@||name^` exception lifts that category's block for the names under it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from gateway.lists import Action
+from gateway.lists.index import ListIndex
+
+EDE_BLOCKED = 15
+EDE_CENSORED = 16
+EDE_FILTERED = 17
+
+_MEMO_LIMIT = 200_000
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """What to do with a name, and why (shown by `safegate explain` and in EDE EXTRA-TEXT)."""
+
+    blocked: bool
+    reason: str                 # mandatory | policy | deny | allow | allowlist-only | none
+    category: str = ""
+    rule: bytes = b""           # the list entry (a suffix of the name) that decided
+    offset: int = 0             # where `rule` starts inside the queried name
+    answer: str = ""            # blockpage | nxdomain | nodata | null (blocked only)
+    ede: int = 0
+    bodies: dict[tuple[int, bool, bool], tuple[int, bytes, bytes]] = field(
+        default_factory=dict, compare=False, repr=False)  # synthesized replies, see answers.py
+
+    def ede_text(self) -> str:
+        """Short EXTRA-TEXT: the category and the list entry."""
+        rule = self.rule.decode("ascii", "replace")
+        if self.reason == "deny":
+            return f"deny: {rule}"
+        if self.reason == "allowlist-only":
+            return "not on the allowlist"
+        return f"{self.category}: {rule}"
+
+
+ALLOWED = Verdict(blocked=False, reason="none")
+
+
+class Profile:
+    """One compiled policy view (a network with its tier); memoizes verdicts per name.
+
+    The memo lives on the profile, and profiles are rebuilt on every reload, so a verdict can
+    never outlive the lists and policy that produced it.
+    """
+
+    __slots__ = ("_memo", "allow", "answer", "blocked", "default_block", "deny", "id", "index",
+                 "network", "tier")
+
+    def __init__(self, id: int, network: str, tier: str, blocked: frozenset[str], answer: str,
+                 allow: frozenset[bytes], deny: frozenset[bytes], default_block: bool,
+                 index: ListIndex) -> None:
+        self.id = id
+        self.network = network
+        self.tier = tier
+        self.blocked = blocked
+        self.answer = answer
+        self.allow = allow
+        self.deny = deny
+        self.default_block = default_block
+        self.index = index
+        self._memo: dict[bytes, Verdict] = {}
+
+    def decide(self, key: bytes) -> Verdict:
+        """The verdict for a lowercase dotted name (memoized)."""
+        verdict = self._memo.get(key)
+        if verdict is None:
+            if len(self._memo) >= _MEMO_LIMIT:
+                self._memo.clear()
+            verdict = self._memo[key] = decide(self, key)
+        return verdict
+
+
+def _suffix_match(names: frozenset[bytes], key: bytes) -> int:
+    """Offset of the longest suffix of `key` (at a label boundary) found in `names`, or -1."""
+    if not names:
+        return -1
+    off = 0
+    while True:
+        if key[off:] in names:
+            return off
+        dot = key.find(b".", off)
+        if dot < 0:
+            return -1
+        off = dot + 1
+
+
+def decide(profile: Profile, key: bytes) -> Verdict:
+    """The uncached decision; see the module docstring for the order."""
+    matches = profile.index.match(key)
+    decided: dict[tuple[str, bool], tuple[int, int]] = {}  # (category, mandatory) -> (offset, action)
+    for off, rules in matches:  # longest suffix first: the most specific entry decides
+        for rule in rules:
+            slot = (rule.category, rule.mandatory)
+            prev = decided.get(slot)
+            if prev is None:
+                decided[slot] = (off, rule.action)
+            elif prev[0] == off and rule.action == Action.PASSTHRU:
+                decided[slot] = (off, rule.action)  # an exception beats a block at the same level
+    best: tuple[int, str, int] | None = None
+    for (category, mandatory), (off, action) in decided.items():
+        if mandatory and action != Action.PASSTHRU and (best is None or (off, category) < best[:2]):
+            best = (off, category, action)
+    if best is not None:
+        off, category, action = best
+        return _blocked("mandatory", category, key, off, action, profile.answer, EDE_CENSORED)
+
+    deny_off = _suffix_match(profile.deny, key)
+    allow_off = _suffix_match(profile.allow, key)
+    if deny_off >= 0 and (allow_off < 0 or deny_off <= allow_off):
+        return Verdict(True, "deny", "deny", key[deny_off:], deny_off, profile.answer, EDE_BLOCKED)
+    if allow_off >= 0:
+        return Verdict(False, "allow", "", key[allow_off:], allow_off)
+
+    for (category, mandatory), (off, action) in decided.items():
+        if (not mandatory and action != Action.PASSTHRU and category in profile.blocked
+                and (best is None or (off, category) < best[:2])):
+            best = (off, category, action)
+    if best is not None:
+        off, category, action = best
+        return _blocked("policy", category, key, off, action, profile.answer, EDE_BLOCKED)
+    if profile.default_block:
+        return Verdict(True, "allowlist-only", "allowlist-only", b"", 0, profile.answer,
+                       EDE_BLOCKED)
+    return ALLOWED
+
+
+def _blocked(reason: str, category: str, key: bytes, off: int, action: int, default_answer: str,
+             ede: int) -> Verdict:
+    """A block verdict; an RPZ rule's own action (NXDOMAIN/NODATA) overrides the tier's answer."""
+    if action == Action.NXDOMAIN:
+        answer = "nxdomain"
+    elif action == Action.NODATA:
+        answer = "nodata"
+    else:
+        answer = default_answer
+    return Verdict(True, reason, category, key[off:], off, answer, ede)

@@ -1,0 +1,1 @@
+"""The DNS side: wire format, the query chain, cache, upstreams and transports."""

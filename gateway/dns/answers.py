@@ -1,0 +1,99 @@
+"""Replies SafeGate writes itself: blocked names (with EDE), REFUSED, RFC 8482 ANY.
+
+Bodies are built once per (verdict, qtype, EDNS, DO) and kept on the verdict; a reply is then
+a header, the client's own question bytes, and that body.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import struct
+from dataclasses import dataclass
+
+from gateway.decide import Verdict
+from gateway.dns import wire
+
+EDE_PROHIBITED = 18
+_SOA_RDATA_NAMES = b"\x08safegate\x07invalid\x00\x0ahostmaster\x08safegate\x07invalid\x00"
+
+
+@dataclass(frozen=True)
+class BlockAnswers:
+    """Addresses and TTL used in block answers."""
+
+    ttl: int = 30
+    blockpage_v4: tuple[bytes, ...] = ()  # packed addresses of the block-page web server
+    blockpage_v6: tuple[bytes, ...] = ()
+
+    @classmethod
+    def for_addresses(cls, ttl: int, addresses: list[str]) -> BlockAnswers:
+        v4 = tuple(ipaddress.ip_address(a).packed for a in addresses if ":" not in a)
+        v6 = tuple(ipaddress.ip_address(a).packed for a in addresses if ":" in a)
+        return cls(ttl=ttl, blockpage_v4=v4, blockpage_v6=v6)
+
+    def blocked_reply(self, q: wire.Query, verdict: Verdict) -> bytes:
+        """The reply for a blocked name, per the verdict's answer mode."""
+        slot = (q.qtype, q.edns, q.do)
+        body = verdict.bodies.get(slot)
+        if body is None:
+            body = verdict.bodies[slot] = self._body(q, verdict)
+        flags, counts, records = body
+        return (struct.pack(">HH", q.id, flags | (q.flags & (wire.RD | wire.CD))) + counts
+                + q.question + records)
+
+    def _body(self, q: wire.Query, verdict: Verdict) -> tuple[int, bytes, bytes]:
+        """(flags, counts, records); the ID, RD/CD and question are added per reply."""
+        rdatas = self._addresses(q.qtype, verdict.answer)
+        rcode = wire.NXDOMAIN if verdict.answer == "nxdomain" else wire.NOERROR
+        records = b""
+        an = ns = 0
+        if rdatas:
+            rtype = wire.TYPE_A if q.qtype == wire.TYPE_A else wire.TYPE_AAAA
+            for rdata in rdatas:
+                records += b"\xc0\x0c" + struct.pack(">HHIH", rtype, wire.CLASS_IN, self.ttl,
+                                                     len(rdata)) + rdata
+                an += 1
+        else:
+            # RFC 2308: a negative answer carries an SOA so the client caches it for `ttl`.
+            # Its owner is the list entry that matched, a pointer into the question.
+            owner = struct.pack(">H", 0xC000 | (12 + verdict.offset)) if verdict.offset < 256 \
+                else b"\xc0\x0c"
+            rdata = _SOA_RDATA_NAMES + struct.pack(">IIIII", 1, 3600, 600, 86400, self.ttl)
+            records += owner + struct.pack(">HHIH", wire.TYPE_SOA, wire.CLASS_IN, self.ttl,
+                                           len(rdata)) + rdata
+            ns = 1
+        ar = 0
+        if q.edns:
+            records += wire.opt_record(q.do, 0, wire.ede_option(verdict.ede, verdict.ede_text()))
+            ar = 1
+        return wire.QR | wire.RA | rcode, struct.pack(">HHHH", 1, an, ns, ar), records
+
+    def _addresses(self, qtype: int, answer: str) -> tuple[bytes, ...]:
+        if answer == "blockpage":
+            if qtype == wire.TYPE_A:
+                return self.blockpage_v4
+            if qtype == wire.TYPE_AAAA:
+                return self.blockpage_v6
+        elif answer == "null":
+            if qtype == wire.TYPE_A:
+                return (b"\x00" * 4,)
+            if qtype == wire.TYPE_AAAA:
+                return (b"\x00" * 16,)
+        return ()
+
+
+def refused_reply(q: wire.Query) -> bytes:
+    """REFUSED for clients outside every network (no open resolver), EDE 18 when EDNS."""
+    ede = wire.ede_option(EDE_PROHIBITED, "not a SafeGate client network") if q.edns else b""
+    return wire.error_reply(q, wire.REFUSED, ede)
+
+
+def any_reply(q: wire.Query) -> bytes:
+    """RFC 8482 minimal answer to ANY: one synthesized HINFO, no amplification."""
+    rdata = b"\x07RFC8482\x00"
+    rr = b"\xc0\x0c" + struct.pack(">HHIH", wire.TYPE_HINFO, wire.CLASS_IN, 3600, len(rdata)) + rdata
+    ar = 1 if q.edns else 0
+    out = wire.header(q.id, wire.reply_flags(q, wire.NOERROR), 1, 1, 0, ar) + q.question + rr
+    if q.edns:
+        out += wire.opt_record(q.do)
+    return out

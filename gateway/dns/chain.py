@@ -1,0 +1,166 @@
+"""One query's path, top to bottom. Every transport (UDP, TCP; later DoT, DoH) calls `handle`.
+
+    wire      parse the header and question straight from the bytes
+    identify  client address -> network -> profile          (REFUSED when in no network)
+    decide    mandatory > deny/allow > tier categories      (memoized per profile)
+    answer    blocked: synthesized locally, with EDE
+              ANY: RFC 8482 minimal answer
+              cached: prebuilt bytes, ID and TTLs patched, CNAME targets re-checked
+              else: forward upstream (in-flight dedup, cache fill, serve-stale)
+    account   counters by action, category, tier, protocol  (never by client)
+
+Blocked, cached and refused queries are answered synchronously: no task, no await. Only a cache
+miss returns a coroutine for the transport to schedule.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Coroutine
+from dataclasses import dataclass
+from typing import Any
+
+from gateway.decide import Profile, Verdict
+from gateway.dns import wire
+from gateway.dns.answers import BlockAnswers, any_reply, refused_reply
+from gateway.dns.cache import AnswerCache, CacheConfig, Entry, entry_from_reply
+from gateway.dns.upstream import Forwarder, UpstreamError
+from gateway.metrics import DnsStats
+from gateway.netindex import PrefixMap
+
+log = logging.getLogger(__name__)
+
+Pending = Coroutine[Any, Any, bytes | None]
+TCP_LIMIT = 65_535
+
+
+@dataclass(frozen=True)
+class View:
+    """What a reload swaps in one assignment: who is who, and how blocked names are answered."""
+
+    clients: PrefixMap[Profile]
+    answers: BlockAnswers
+    generation: int
+
+
+class Resolver:
+    """The query path. Holds the current View; `swap` replaces it atomically."""
+
+    def __init__(self, view: View, cache: AnswerCache, forwarder: Forwarder, stats: DnsStats,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.view = view
+        self.cache = cache
+        self.forwarder = forwarder
+        self.stats = stats
+        self.clock = clock
+
+    def swap(self, view: View) -> None:
+        """Queries already past `identify` finish with the old view; new ones see the new one."""
+        self.view = view
+
+    def handle(self, data: bytes, client: str, protocol: str) -> bytes | Pending | None:
+        """Reply bytes, None to drop, or a coroutine that produces the reply (cache miss)."""
+        start = time.perf_counter()
+        count = self.stats.count
+        try:
+            q = wire.parse_query(data)
+        except Exception:  # a malformed packet must never take the server down
+            log.debug("unparseable packet from a client", exc_info=True)
+            q = None
+            reply = wire.formerr_from_header(data)
+            if reply is not None:
+                count("formerr", "", "", protocol, time.perf_counter() - start)
+            return reply
+        if q is None:
+            return None
+        if q.error:
+            count("notimp" if q.error == wire.NOTIMP else "formerr", "", "", protocol,
+                  time.perf_counter() - start)
+            return wire.error_reply(q, q.error)
+
+        view = self.view
+        profile = view.clients.lookup(client)
+        if profile is None:
+            count("refused", "", "", protocol, time.perf_counter() - start)
+            return refused_reply(q)
+
+        verdict = profile.decide(q.key)
+        if verdict.blocked:
+            count("blocked", verdict.category, profile.tier, protocol, time.perf_counter() - start)
+            return view.answers.blocked_reply(q, verdict)
+
+        if q.qtype == wire.TYPE_ANY:
+            count("any", "", profile.tier, protocol, time.perf_counter() - start)
+            return any_reply(q)
+
+        limit = q.max_udp_response() if protocol == "udp" else TCP_LIMIT
+        cache_key = (q.key, q.qtype, q.qclass, (q.do << 1) | bool(q.flags & wire.CD))
+        now = self.clock()
+        entry = self.cache.get(cache_key, now)
+        if entry is not None:
+            reply = self._from_entry(q, entry, profile, view, now, limit, stale=False)
+            blocked = reply[1]
+            count("blocked" if blocked else "cached", blocked.category if blocked else "",
+                  profile.tier, protocol, time.perf_counter() - start)
+            return reply[0]
+        return self._forward(q, cache_key, profile, view, protocol, limit, start)
+
+    def _from_entry(self, q: wire.Query, entry: Entry, profile: Profile, view: View, now: float,
+                    limit: int, stale: bool) -> tuple[bytes, Verdict | None]:
+        """A cached reply, unless a CNAME in it leads to a name this profile blocks."""
+        for target in entry.cnames:
+            verdict = profile.decide(target)
+            if verdict.blocked:
+                # Answer for the queried name, citing the target's entry (the SOA owner is then
+                # the queried name itself: offset 0).
+                via = Verdict(True, verdict.reason, verdict.category, verdict.rule, 0,
+                              verdict.answer, verdict.ede)
+                return view.answers.blocked_reply(q, via), via
+        return entry.reply(q, now, limit, stale), None
+
+    async def _forward(self, q: wire.Query, cache_key: tuple[bytes, int, int, int],
+                       profile: Profile, view: View, protocol: str, limit: int,
+                       start: float) -> bytes | None:
+        question = q.question[:-4].lower() + q.question[-4:]
+        count = self.stats.count
+        try:
+            raw = await self.forwarder.resolve(question, do=q.do, cd=bool(q.flags & wire.CD))
+        except UpstreamError as exc:
+            now = self.clock()
+            stale = self.cache.get_stale(cache_key, now)
+            if stale is not None:
+                reply, blocked = self._from_entry(q, stale, profile, view, now, limit, True)
+                count("blocked" if blocked else "stale", blocked.category if blocked else "",
+                      profile.tier, protocol, time.perf_counter() - start)
+                return reply
+            log.info("upstreams failed for a query: %s", exc)
+            count("servfail", "", profile.tier, protocol, time.perf_counter() - start)
+            return wire.error_reply(q, wire.SERVFAIL)
+        now = self.clock()
+        try:
+            entry = entry_from_reply(raw, self.cache.cfg, now)
+        except (wire.WireError, IndexError, ValueError):
+            log.warning("upstream sent a malformed reply; answering SERVFAIL")
+            count("servfail", "", profile.tier, protocol, time.perf_counter() - start)
+            return wire.error_reply(q, wire.SERVFAIL)
+        if entry is None:
+            # Not cacheable (SERVFAIL, no SOA, TTL 0): relay once, built the same way.
+            entry = _uncached_entry(raw, now)
+            if entry is None:
+                count("servfail", "", profile.tier, protocol, time.perf_counter() - start)
+                return wire.error_reply(q, wire.SERVFAIL)
+        else:
+            self.cache.put(cache_key, entry)
+        reply, blocked = self._from_entry(q, entry, profile, view, now, limit, False)
+        count("blocked" if blocked else "allowed", blocked.category if blocked else "",
+              profile.tier, protocol, time.perf_counter() - start)
+        return reply
+
+
+def _uncached_entry(raw: bytes, now: float) -> Entry | None:
+    """An Entry for a reply that may not be cached, so it is relayed with the same care."""
+    try:
+        return entry_from_reply(raw, CacheConfig(), now, relay=True)
+    except (wire.WireError, IndexError, ValueError):
+        return None

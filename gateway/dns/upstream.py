@@ -1,0 +1,201 @@
+"""Forwarding to upstream resolvers: UDP, TCP on truncation, failover, health, in-flight dedup."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+import socket
+import struct
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from gateway.dns import wire
+
+log = logging.getLogger(__name__)
+
+
+class UpstreamError(Exception):
+    """Every upstream failed (timeout, network error, or an answer we could not use)."""
+
+
+@dataclass(frozen=True)
+class ForwarderConfig:
+    attempt_timeout: float = 1.5     # one try at one upstream
+    query_timeout: float = 4.0       # the whole resolution, all upstreams included
+    fail_threshold: int = 3          # consecutive failures before an upstream is benched
+    bench_seconds: float = 30.0      # how long a benched upstream is skipped
+
+
+class Upstream:
+    """One upstream resolver and its health."""
+
+    __slots__ = ("benched_until", "failures", "family", "host", "label", "port")
+
+    def __init__(self, host: str, port: int) -> None:
+        self.host = host
+        self.port = port
+        self.family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        self.label = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        self.failures = 0
+        self.benched_until = 0.0
+
+
+class UpstreamObserver:
+    """Hooks the forwarder calls so metrics stay outside it (a no-op base)."""
+
+    def query(self, upstream: str, protocol: str) -> None:
+        """An attempt was sent."""
+
+    def error(self, upstream: str, reason: str) -> None:
+        """An attempt failed."""
+
+    def latency(self, upstream: str, seconds: float) -> None:
+        """An attempt got a usable answer after `seconds`."""
+
+
+class Forwarder:
+    """Resolves a question through the configured upstreams, sharing identical in-flight queries."""
+
+    def __init__(self, upstreams: list[Upstream], cfg: ForwarderConfig,
+                 observer: UpstreamObserver | None = None,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        if not upstreams:
+            raise ValueError("at least one upstream is needed")
+        self.upstreams = upstreams
+        self.cfg = cfg
+        self.observer = observer or UpstreamObserver()
+        self.clock = clock
+        self._inflight: dict[tuple[bytes, bool, bool], asyncio.Future[bytes]] = {}
+
+    async def resolve(self, question: bytes, *, do: bool, cd: bool) -> bytes:
+        """The upstream reply (raw bytes) for a question section with a lowercased name."""
+        key = (question, do, cd)
+        fut = self._inflight.get(key)
+        if fut is not None:
+            return await asyncio.shield(fut)
+        fut = asyncio.get_running_loop().create_future()
+        self._inflight[key] = fut
+        try:
+            reply = await asyncio.wait_for(self._resolve(question, do, cd), self.cfg.query_timeout)
+        except BaseException as exc:
+            err = exc if isinstance(exc, UpstreamError) else UpstreamError(
+                "timed out" if isinstance(exc, TimeoutError) else repr(exc))
+            if not fut.done():
+                fut.set_exception(err)
+                fut.exception()  # mark retrieved: waiters may be gone
+            if isinstance(exc, asyncio.CancelledError):
+                raise
+            raise err from None
+        else:
+            fut.set_result(reply)
+            return reply
+        finally:
+            del self._inflight[key]
+
+    def _order(self) -> list[Upstream]:
+        """Healthy upstreams in configured order, then benched ones as a last resort."""
+        now = self.clock()
+        healthy = [u for u in self.upstreams if u.benched_until <= now]
+        benched = [u for u in self.upstreams if u.benched_until > now]
+        return healthy + benched
+
+    async def _resolve(self, question: bytes, do: bool, cd: bool) -> bytes:
+        last_error = "no upstream answered"
+        fallback: bytes | None = None
+        for upstream in self._order():
+            try:
+                reply = await self._ask(upstream, question, do, cd)
+            except (OSError, TimeoutError, wire.WireError, UpstreamError) as exc:
+                reason = _reason(exc)
+                last_error = f"{upstream.label}: {reason}"
+                self.observer.error(upstream.label, reason)
+                self._failed(upstream)
+                continue
+            rcode = reply[3] & 0xF
+            if rcode in (wire.SERVFAIL, wire.REFUSED):
+                # Another upstream may do better; keep this reply in case none does.
+                self.observer.error(upstream.label, "servfail" if rcode == wire.SERVFAIL
+                                    else "refused")
+                fallback = reply
+                continue
+            upstream.failures = 0
+            return reply
+        if fallback is not None:
+            return fallback
+        raise UpstreamError(last_error)
+
+    def _failed(self, upstream: Upstream) -> None:
+        upstream.failures += 1
+        if upstream.failures >= self.cfg.fail_threshold:
+            upstream.benched_until = self.clock() + self.cfg.bench_seconds
+            log.warning("upstream %s benched for %.0fs after %d failures", upstream.label,
+                        self.cfg.bench_seconds, upstream.failures)
+
+    async def _ask(self, upstream: Upstream, question: bytes, do: bool, cd: bool) -> bytes:
+        qid = secrets.randbits(16)
+        msg = wire.build_query(qid, question, do=do, cd=cd)
+        start = time.perf_counter()
+        self.observer.query(upstream.label, "udp")
+        reply = await asyncio.wait_for(self._udp(upstream, msg, qid, question),
+                                       self.cfg.attempt_timeout)
+        if reply[2] & (wire.TC >> 8):
+            self.observer.query(upstream.label, "tcp")
+            reply = await asyncio.wait_for(self._tcp(upstream, msg, qid, question),
+                                           self.cfg.attempt_timeout)
+        self.observer.latency(upstream.label, time.perf_counter() - start)
+        return reply
+
+    async def _udp(self, upstream: Upstream, msg: bytes, qid: int, question: bytes) -> bytes:
+        """One UDP exchange on a fresh connected socket: the kernel picks a random source port."""
+        loop = asyncio.get_running_loop()
+        sock = socket.socket(upstream.family, socket.SOCK_DGRAM)
+        try:
+            sock.setblocking(False)
+            sock.connect((upstream.host, upstream.port))
+            await loop.sock_sendall(sock, msg)
+            while True:
+                reply = await loop.sock_recv(sock, 65535)
+                if _matches(reply, qid, question):
+                    return reply
+                # Anything else (late reply, spoofing attempt) is ignored; keep waiting.
+        finally:
+            sock.close()
+
+    async def _tcp(self, upstream: Upstream, msg: bytes, qid: int, question: bytes) -> bytes:
+        reader, writer = await asyncio.open_connection(upstream.host, upstream.port)
+        try:
+            writer.write(struct.pack(">H", len(msg)) + msg)
+            await writer.drain()
+            size = struct.unpack(">H", await reader.readexactly(2))[0]
+            reply = await reader.readexactly(size)
+        except asyncio.IncompleteReadError as exc:
+            raise UpstreamError("TCP connection closed mid-answer") from exc
+        finally:
+            writer.close()
+        if not _matches(reply, qid, question):
+            raise UpstreamError("TCP answer does not match the question")
+        return reply
+
+
+def _matches(reply: bytes, qid: int, question: bytes) -> bool:
+    """The reply answers our query: same ID, QR set, same question (name case-insensitively)."""
+    if len(reply) < 12 + len(question):
+        return False
+    rid, flags, qd = struct.unpack_from(">HHH", reply)
+    if rid != qid or not flags & wire.QR or qd != 1:
+        return False
+    echoed = reply[12:12 + len(question)]
+    return echoed[:-4].lower() == question[:-4] and echoed[-4:] == question[-4:]
+
+
+def _reason(exc: BaseException) -> str:
+    """A bounded label for upstream errors (metrics must not carry free text)."""
+    if isinstance(exc, TimeoutError):
+        return "timeout"
+    if isinstance(exc, ConnectionRefusedError):
+        return "refused"
+    if isinstance(exc, OSError):
+        return "network"
+    return "bad_reply"

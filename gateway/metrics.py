@@ -1,0 +1,148 @@
+"""Prometheus metrics: names and labels are a contract (README "Metrics"); none carries a client.
+
+Per-query counters are plain Python ints exported by a collector at scrape time: a
+prometheus-client `.labels(...).inc()` costs about a microsecond, which the per-query path
+cannot pay several times over. Slow-path metrics (upstreams, reloads) use prometheus-client
+directly, always against the registry passed in (no global registry).
+"""
+
+from __future__ import annotations
+
+import bisect
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
+from prometheus_client.registry import Collector
+
+from gateway import __version__
+from gateway.dns.upstream import UpstreamObserver
+
+LATENCY_BUCKETS = (0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05,
+                   0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+
+# Bounded label values (design.md: "bounded metric labels").
+ACTIONS = ("allowed", "blocked", "cached", "stale", "refused", "servfail", "formerr", "notimp",
+           "any")
+
+
+class DnsStats:
+    """Hot-path counters: one dict increment and one bucket increment per query."""
+
+    __slots__ = ("buckets", "duration_count", "duration_sum", "queries")
+
+    def __init__(self) -> None:
+        self.queries: dict[tuple[str, str, str, str], int] = {}
+        self.buckets = [0] * (len(LATENCY_BUCKETS) + 1)
+        self.duration_sum = 0.0
+        self.duration_count = 0
+
+    def count(self, action: str, category: str, tier: str, protocol: str, seconds: float) -> None:
+        key = (action, category, tier, protocol)
+        q = self.queries
+        q[key] = q.get(key, 0) + 1
+        self.buckets[bisect.bisect_left(LATENCY_BUCKETS, seconds)] += 1
+        self.duration_sum += seconds
+        self.duration_count += 1
+
+
+class GatewayCollector(Collector):
+    """Exports DnsStats, the cache's counters and list sizes at scrape time."""
+
+    def __init__(self, stats: DnsStats, cache_stats: Callable[[], dict[str, int]],
+                 list_entries: Callable[[], dict[str, int]]) -> None:
+        self.stats = stats
+        self.cache_stats = cache_stats
+        self.list_entries = list_entries
+
+    def collect(self) -> Iterator[Metric]:
+        q = CounterMetricFamily("safegate_dns_queries", "DNS queries answered, by what was done.",
+                                labels=["action", "category", "tier", "protocol"])
+        for labels, value in sorted(self.stats.queries.items()):
+            q.add_metric(list(labels), value)
+        yield q
+        h = HistogramMetricFamily("safegate_dns_request_duration_seconds",
+                                  "Time from a query's arrival to its reply being sent.")
+        cumulative = 0
+        buckets: list[tuple[str, float]] = []
+        for bound, n in zip((*LATENCY_BUCKETS, float("inf")), self.stats.buckets, strict=True):
+            cumulative += n
+            buckets.append(("+Inf" if bound == float("inf") else repr(bound), cumulative))
+        h.add_metric([], buckets, self.stats.duration_sum)
+        yield h
+        cache = self.cache_stats()
+        for name, help_text in (("hits", "Answers served from the cache."),
+                                ("misses", "Lookups that found no fresh cache entry."),
+                                ("evictions", "Entries evicted to keep the cache bounded."),
+                                ("stale_served", "Expired answers served because every upstream "
+                                                 "failed (RFC 8767).")):
+            c = CounterMetricFamily(f"safegate_cache_{name}", help_text)
+            c.add_metric([], cache[name])
+            yield c
+        g = GaugeMetricFamily("safegate_cache_entries", "Entries in the answer cache.")
+        g.add_metric([], cache["entries"])
+        yield g
+        e = GaugeMetricFamily("safegate_list_entries", "Names loaded per category.",
+                              labels=["category"])
+        for category, n in sorted(self.list_entries().items()):
+            e.add_metric([category], n)
+        yield e
+
+
+class Metrics:
+    """Every SafeGate gateway metric, created against one registry."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.registry = registry
+        self.dns = DnsStats()
+        self.upstream_queries = Counter(
+            "safegate_upstream_queries", "Queries sent to upstream resolvers.",
+            ["upstream", "protocol"], registry=registry)
+        self.upstream_errors = Counter(
+            "safegate_upstream_errors", "Failed upstream attempts, by reason.",
+            ["upstream", "reason"], registry=registry)
+        self.upstream_latency = Histogram(
+            "safegate_upstream_request_duration_seconds", "Upstream round-trip time.",
+            ["upstream"], buckets=LATENCY_BUCKETS, registry=registry)
+        self.reloads = Counter(
+            "safegate_config_reloads", "Configuration and list reloads, by result.",
+            ["result"], registry=registry)
+        self.last_reload_success = Gauge(
+            "safegate_config_last_reload_success_timestamp_seconds",
+            "When the running configuration was loaded.", registry=registry)
+        self.last_reload_ok = Gauge(
+            "safegate_config_last_reload_successful",
+            "1 if the last reload attempt succeeded, 0 if it failed (the old config still runs).",
+            registry=registry)
+        self.ready = Gauge("safegate_ready", "1 once policies and lists are loaded.",
+                           registry=registry)
+        info = Gauge("safegate_build_info", "SafeGate version.", ["version"], registry=registry)
+        info.labels(__version__).set(1)
+        for result in ("success", "failure"):
+            self.reloads.labels(result)
+
+    def observe_collector(self, collector: Any) -> None:
+        self.registry.register(collector)
+
+    def upstream_observer(self) -> UpstreamObserver:
+        return _UpstreamMetrics(self)
+
+
+class _UpstreamMetrics(UpstreamObserver):
+    def __init__(self, metrics: Metrics) -> None:
+        self.m = metrics
+
+    def query(self, upstream: str, protocol: str) -> None:
+        self.m.upstream_queries.labels(upstream, protocol).inc()
+
+    def error(self, upstream: str, reason: str) -> None:
+        self.m.upstream_errors.labels(upstream, reason).inc()
+
+    def latency(self, upstream: str, seconds: float) -> None:
+        self.m.upstream_latency.labels(upstream).observe(seconds)

@@ -1,0 +1,135 @@
+"""Cached answers: TTLs count down, the client's ID/question/EDNS are honoured, limits hold."""
+
+from __future__ import annotations
+
+import dns.flags
+import dns.message
+import dns.rcode
+import dns.rrset
+import pytest
+
+from gateway.dns import wire
+from gateway.dns.cache import AnswerCache, CacheConfig, entry_from_reply
+
+
+def upstream_reply(name: str = "www.example.test", *, answers: list[str] | None = None,
+                   soa_ttl: int | None = None, rcode: int = 0, ad: bool = False,
+                   edns: bool = True) -> bytes:
+    query = dns.message.make_query(name, "A", use_edns=0 if edns else None)
+    reply = dns.message.make_response(query)
+    for text in answers or []:
+        reply.answer.append(dns.rrset.from_text(*text.split(" ", 4)))  # type: ignore[arg-type]
+    if soa_ttl is not None:
+        reply.authority.append(dns.rrset.from_text(
+            "example.test.", soa_ttl, "IN", "SOA", "ns.example.test. h.example.test. 1 2 3 4 60"))
+    reply.set_rcode(rcode)
+    if ad:
+        reply.flags |= dns.flags.AD
+    return reply.to_wire()
+
+
+def client_query(name: str = "WWW.Example.TEST", **kw: object) -> wire.Query:
+    q = wire.parse_query(dns.message.make_query(name, "A", **kw).to_wire())  # type: ignore[arg-type]
+    assert q is not None
+    return q
+
+
+def test_hit_patches_id_question_case_and_counts_ttl_down() -> None:
+    raw = upstream_reply(answers=["www.example.test. 300 IN CNAME a.example.test.",
+                                  "a.example.test. 100 IN A 192.0.2.2"])
+    entry = entry_from_reply(raw, CacheConfig(), now=1000.0)
+    assert entry is not None and entry.expires == 1100.0
+    q = client_query(use_edns=0)
+    reply = dns.message.from_wire(entry.reply(q, now=1042.7, limit=1232))
+    assert reply.id == q.id
+    assert reply.question[0].name.to_text() == "WWW.Example.TEST."
+    assert sorted(rr.ttl for rr in reply.answer) == [58, 258]  # both counted down 42 s
+    assert reply.edns == 0 and reply.payload == 1232
+    assert reply.flags & dns.flags.RA and reply.flags & dns.flags.RD
+
+
+def test_opt_from_upstream_is_not_echoed_to_a_client_without_edns() -> None:
+    raw = upstream_reply(answers=["www.example.test. 300 IN A 192.0.2.1"])
+    entry = entry_from_reply(raw, CacheConfig(), now=0.0)
+    assert entry is not None
+    reply = dns.message.from_wire(entry.reply(client_query(), now=0.0, limit=512))
+    assert reply.edns == -1
+    assert len(reply.additional) == 0
+
+
+def test_ttl_clamps_apply() -> None:
+    raw = upstream_reply(answers=["www.example.test. 5 IN A 192.0.2.1"])
+    entry = entry_from_reply(raw, CacheConfig(min_ttl=60, max_ttl=120), now=0.0)
+    assert entry is not None and entry.expires == 60
+    raw = upstream_reply(answers=["www.example.test. 99999 IN A 192.0.2.1"])
+    entry = entry_from_reply(raw, CacheConfig(min_ttl=60, max_ttl=120), now=0.0)
+    assert entry is not None and entry.expires == 120
+
+
+@pytest.mark.parametrize("rcode", [dns.rcode.NXDOMAIN, dns.rcode.NOERROR])
+def test_negative_answers_cache_for_soa_minimum(rcode: int) -> None:
+    raw = upstream_reply(soa_ttl=600, rcode=rcode)  # SOA MINIMUM is 60
+    entry = entry_from_reply(raw, CacheConfig(), now=0.0)
+    assert entry is not None and entry.expires == 60
+    reply = dns.message.from_wire(entry.reply(client_query(), now=10.0, limit=512))
+    assert reply.rcode() == rcode
+    assert reply.authority[0].ttl == 50
+
+
+def test_not_cached_servfail_or_negative_without_soa() -> None:
+    assert entry_from_reply(upstream_reply(rcode=dns.rcode.SERVFAIL), CacheConfig(), 0.0) is None
+    assert entry_from_reply(upstream_reply(rcode=dns.rcode.NXDOMAIN), CacheConfig(), 0.0) is None
+    relayed = entry_from_reply(upstream_reply(rcode=dns.rcode.SERVFAIL), CacheConfig(), 0.0,
+                               relay=True)
+    assert relayed is not None and relayed.rcode == dns.rcode.SERVFAIL
+
+
+def test_cname_targets_are_collected_for_policy_checks() -> None:
+    raw = upstream_reply(answers=["www.example.test. 300 IN CNAME Edge.CDN.test.",
+                                  "edge.cdn.test. 300 IN A 192.0.2.7"])
+    entry = entry_from_reply(raw, CacheConfig(), now=0.0)
+    assert entry is not None and entry.cnames == (b"edge.cdn.test",)
+
+
+def test_oversized_answer_is_truncated_for_udp() -> None:
+    answers = [f"www.example.test. 300 IN A 192.0.2.{i}" for i in range(1, 60)]
+    entry = entry_from_reply(upstream_reply(answers=answers), CacheConfig(), now=0.0)
+    assert entry is not None
+    reply = dns.message.from_wire(entry.reply(client_query(), now=0.0, limit=512))
+    assert reply.flags & dns.flags.TC
+    assert len(reply.answer) == 0
+    full = dns.message.from_wire(entry.reply(client_query(), now=0.0, limit=65535))
+    assert len(full.answer[0]) == 59
+
+
+def test_ad_bit_only_for_clients_that_asked_for_dnssec() -> None:
+    raw = upstream_reply(answers=["www.example.test. 300 IN A 192.0.2.1"], ad=True)
+    entry = entry_from_reply(raw, CacheConfig(), now=0.0)
+    assert entry is not None
+    plain = dns.message.from_wire(entry.reply(client_query(), now=0.0, limit=512))
+    assert not plain.flags & dns.flags.AD
+    do = dns.message.from_wire(entry.reply(client_query(use_edns=0, want_dnssec=True), 0.0, 1232))
+    assert do.flags & dns.flags.AD
+
+
+def test_stale_answers_have_ttl_30() -> None:
+    raw = upstream_reply(answers=["www.example.test. 300 IN A 192.0.2.1"])
+    entry = entry_from_reply(raw, CacheConfig(), now=0.0)
+    assert entry is not None
+    reply = dns.message.from_wire(entry.reply(client_query(), now=900.0, limit=512, stale=True))
+    assert reply.answer[0].ttl == 30
+
+
+def test_lru_evicts_oldest_and_counts() -> None:
+    cache = AnswerCache(CacheConfig(size=2))
+    raw = upstream_reply(answers=["www.example.test. 300 IN A 192.0.2.1"])
+    for i in range(3):
+        entry = entry_from_reply(raw, cache.cfg, now=0.0)
+        assert entry is not None
+        cache.put((b"n%d" % i, 1, 1, 0), entry)
+    assert len(cache) == 2 and cache.evictions == 1
+    assert cache.get((b"n0", 1, 1, 0), 1.0) is None
+    assert cache.get((b"n2", 1, 1, 0), 1.0) is not None
+    assert (cache.hits, cache.misses) == (1, 1)
+    assert cache.get((b"n2", 1, 1, 0), 301.0) is None  # expired
+    assert cache.get_stale((b"n2", 1, 1, 0), 301.0) is not None
