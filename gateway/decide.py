@@ -101,7 +101,8 @@ def _suffix_match(names: frozenset[bytes], key: bytes) -> int:
 def decide(profile: Profile, key: bytes) -> Verdict:
     """The uncached decision; see the module docstring for the order."""
     matches = profile.index.match(key)
-    decided: dict[tuple[str, bool], tuple[int, int]] = {}  # (category, mandatory) -> (offset, action)
+    # (category, mandatory) -> (offset, action) of the most specific entry
+    decided: dict[tuple[str, bool], tuple[int, int]] = {}
     for off, rules in matches:  # longest suffix first: the most specific entry decides
         for rule in rules:
             slot = (rule.category, rule.mandatory)

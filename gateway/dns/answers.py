@@ -91,7 +91,8 @@ def refused_reply(q: wire.Query) -> bytes:
 def any_reply(q: wire.Query) -> bytes:
     """RFC 8482 minimal answer to ANY: one synthesized HINFO, no amplification."""
     rdata = b"\x07RFC8482\x00"
-    rr = b"\xc0\x0c" + struct.pack(">HHIH", wire.TYPE_HINFO, wire.CLASS_IN, 3600, len(rdata)) + rdata
+    rr = (b"\xc0\x0c" + struct.pack(">HHIH", wire.TYPE_HINFO, wire.CLASS_IN, 3600, len(rdata))
+          + rdata)
     ar = 1 if q.edns else 0
     out = wire.header(q.id, wire.reply_flags(q, wire.NOERROR), 1, 1, 0, ar) + q.question + rr
     if q.edns:

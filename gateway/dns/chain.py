@@ -99,11 +99,10 @@ class Resolver:
         now = self.clock()
         entry = self.cache.get(cache_key, now)
         if entry is not None:
-            reply = self._from_entry(q, entry, profile, view, now, limit, stale=False)
-            blocked = reply[1]
+            reply, blocked = self._from_entry(q, entry, profile, view, now, limit, stale=False)
             count("blocked" if blocked else "cached", blocked.category if blocked else "",
                   profile.tier, protocol, time.perf_counter() - start)
-            return reply[0]
+            return reply
         return self._forward(q, cache_key, profile, view, protocol, limit, start)
 
     def _from_entry(self, q: wire.Query, entry: Entry, profile: Profile, view: View, now: float,

@@ -59,7 +59,7 @@ class Query:
         self.do = False
         self.edns_version = 0
         self.ecs: bytes | None = None   # raw ECS option data, for identity behind front ends
-        self.error = 0          # an RCODE to answer with instead of resolving (FORMERR, NOTIMP, BADVERS)
+        self.error = 0          # RCODE to answer instead of resolving: FORMERR, NOTIMP, BADVERS
         self.labels_ok = True   # False when a label holds a dot: such names never match lists
 
     def max_udp_response(self) -> int:

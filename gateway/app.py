@@ -1,0 +1,159 @@
+"""`safegate run`: start listeners, load policies and lists, reload on SIGHUP or file change."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import time
+from pathlib import Path
+
+from aiohttp import web
+from prometheus_client import CollectorRegistry
+
+from gateway.dns.cache import AnswerCache
+from gateway.dns.chain import Resolver
+from gateway.dns.server import DnsServer
+from gateway.dns.upstream import Forwarder, Upstream
+from gateway.errors import ConfigError, ConfigErrors, SafeGateError
+from gateway.metrics import GatewayCollector, Metrics
+from gateway.state import Builder, Loaded, fingerprint, remove_stale_indexes, watched_files
+from gateway.web import blockpage_app, metrics_app
+
+log = logging.getLogger(__name__)
+
+
+class Gateway:
+    """The running gateway: owns the resolver, listeners and the reload loop."""
+
+    def __init__(self, config_path: Path, registry: CollectorRegistry | None = None) -> None:
+        self.config_path = config_path
+        self.registry = registry or CollectorRegistry()
+        self.metrics = Metrics(self.registry)
+        self.builder = Builder(config_path)
+        self.loaded: Loaded | None = None
+        self.resolver: Resolver | None = None
+        self.dns: DnsServer | None = None
+        self.runners: list[web.AppRunner] = []
+        self._reload_lock = asyncio.Lock()
+        self._watched: tuple[tuple[str, int, int, int], ...] = ()
+        self._stop = asyncio.Event()
+
+    def ready(self) -> bool:
+        return self.resolver is not None
+
+    async def start(self) -> None:
+        """Metrics first (so /healthz answers while lists load), then lists, then DNS."""
+        from gateway.config import load_config
+
+        config = load_config(self.config_path)
+        await self._serve_http(metrics_app(self.registry, self.ready), config.metrics_listen)
+        loaded = await self.builder.build(None)
+        cache = AnswerCache(loaded.config.cache)
+        forwarder = Forwarder([Upstream(h, p) for h, p in loaded.config.upstreams],
+                              loaded.config.forwarder, self.metrics.upstream_observer())
+        self.resolver = Resolver(loaded.view, cache, forwarder, self.metrics.dns)
+        self.registry.register(GatewayCollector(
+            self.metrics.dns,
+            lambda: {"hits": cache.hits, "misses": cache.misses, "evictions": cache.evictions,
+                     "stale_served": cache.stale_served, "entries": len(cache)},
+            lambda: dict(self.loaded.index.entries_by_category) if self.loaded else {}))
+        self._install(loaded)
+        self.dns = DnsServer(self.resolver, list(loaded.config.dns_listen),
+                             loaded.config.tcp_idle_timeout)
+        await self.dns.start()
+        await self._serve_http(blockpage_app(), loaded.config.web_listen)
+        self.metrics.ready.set(1)
+        log.info("SafeGate ready: %d networks, %d list entries", len(loaded.policy.networks),
+                 loaded.index.size)
+
+    def _install(self, loaded: Loaded) -> None:
+        assert self.resolver is not None
+        self.resolver.swap(loaded.view)
+        self.loaded = loaded
+        self._watched = fingerprint(watched_files(self.config_path, loaded))
+        self.metrics.reloads.labels("success").inc()
+        self.metrics.last_reload_success.set(time.time())
+        self.metrics.last_reload_ok.set(1)
+        remove_stale_indexes(loaded.config.state_dir, loaded.index_path)
+
+    async def _serve_http(self, app: web.Application, addr: tuple[str, int]) -> None:
+        runner = web.AppRunner(app, access_log=None)
+        await runner.setup()
+        await web.TCPSite(runner, addr[0], addr[1]).start()
+        self.runners.append(runner)
+
+    async def reload(self, why: str) -> bool:
+        """Build aside and swap; on any error keep serving what runs now and say why."""
+        async with self._reload_lock:
+            log.info("reloading (%s)", why)
+            try:
+                loaded = await self.builder.build(self.loaded)
+            except (ConfigError, ConfigErrors, SafeGateError, OSError) as exc:
+                for line in str(exc).splitlines():
+                    log.error("reload failed, keeping the running configuration: %s", line)
+                self.metrics.reloads.labels("failure").inc()
+                self.metrics.last_reload_ok.set(0)
+                # Don't retry the same broken files every poll: wait for the next change.
+                self._watched = fingerprint(watched_files(self.config_path, self.loaded))
+                return False
+            if loaded.config.dns_listen != self.loaded.config.dns_listen if self.loaded else False:
+                log.warning("dns.listen changed: restart SafeGate for new listeners to apply")
+            self._install(loaded)
+            log.info("reloaded: generation %d, %d list entries", loaded.view.generation,
+                     loaded.index.size)
+            return True
+
+    async def watch(self) -> None:
+        """Poll the config, policy and list files' stat() and reload when anything changes."""
+        while not self._stop.is_set():
+            interval = self.loaded.config.watch_interval if self.loaded else 2.0
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stop.wait(), interval)
+            if self._stop.is_set():
+                return
+            current = fingerprint(watched_files(self.config_path, self.loaded))
+            if current != self._watched:
+                await self.reload("files changed")
+
+    async def run_forever(self) -> None:
+        loop = asyncio.get_running_loop()
+        reloads: set[asyncio.Task[bool]] = set()
+
+        def on_hup() -> None:
+            task = loop.create_task(self.reload("SIGHUP"))
+            reloads.add(task)
+            task.add_done_callback(reloads.discard)
+
+        loop.add_signal_handler(signal.SIGHUP, on_hup)
+        loop.add_signal_handler(signal.SIGTERM, self._stop.set)
+        loop.add_signal_handler(signal.SIGINT, self._stop.set)
+        await self.start()
+        watcher = loop.create_task(self.watch())
+        await self._stop.wait()
+        log.info("shutting down")
+        watcher.cancel()
+        await asyncio.gather(watcher, *reloads, return_exceptions=True)
+        await self.stop()
+
+    async def stop(self) -> None:
+        self._stop.set()
+        if self.dns is not None:
+            await self.dns.stop()
+        for runner in self.runners:
+            await runner.cleanup()
+        if self.loaded is not None:
+            remove_stale_indexes(self.loaded.config.state_dir, None)
+
+
+def run(config_path: Path) -> int:
+    """Run until SIGTERM/SIGINT; uvloop when installed (about 2x the QPS of plain asyncio)."""
+    gateway = Gateway(config_path)
+    try:
+        import uvloop
+    except ImportError:
+        asyncio.run(gateway.run_forever())
+    else:
+        uvloop.run(gateway.run_forever())
+    return 0

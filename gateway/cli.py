@@ -1,0 +1,133 @@
+"""The `safegate` command: run, check, explain."""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+from gateway import __version__
+from gateway.errors import ConfigError, ConfigErrors, SafeGateError
+
+log = logging.getLogger("safegate")
+
+MAX_SKIPPED_SHOWN = 20
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="safegate", description="DNS content-filtering gateway that protects children online.")
+    parser.add_argument("--version", action="version", version=f"safegate {__version__}")
+    parser.add_argument("--log-level", default="info",
+                        choices=["debug", "info", "warning", "error"],
+                        help="log verbosity on stderr (default: info)")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p_run = sub.add_parser("run", help="serve DNS with the configured policies")
+    p_run.add_argument("-c", "--config", required=True, type=Path, help="gateway.yaml")
+
+    p_check = sub.add_parser("check", help="validate gateway.yaml, policies and blocklists")
+    p_check.add_argument("-c", "--config", required=True, type=Path, help="gateway.yaml")
+
+    p_explain = sub.add_parser("explain", help="say what SafeGate does with a name, and why")
+    p_explain.add_argument("-c", "--config", required=True, type=Path, help="gateway.yaml")
+    p_explain.add_argument("client", help="client IP address (IPv4 or IPv6)")
+    p_explain.add_argument("name", help="domain name, e.g. www.example.com")
+    p_explain.add_argument("--json", action="store_true", help="machine-readable output")
+
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        if args.command == "run":
+            from gateway.app import run
+            return run(args.config)
+        if args.command == "check":
+            return check(args.config)
+        return explain(args.config, args.client, args.name, args.json)
+    except (ConfigError, ConfigErrors) as exc:
+        for line in str(exc).splitlines():
+            print(line, file=sys.stderr)
+        return 1
+    except SafeGateError as exc:
+        print(f"safegate: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+def check(config: Path) -> int:
+    """Validate everything; errors as `file:line: message`, exit 1. Skipped list lines warn."""
+    from gateway.state import load_in_process
+
+    loaded = load_in_process(config)
+    summary = loaded.summary
+    skipped = summary.get("skipped", [])
+    for item in skipped[:MAX_SKIPPED_SHOWN]:
+        print(f"warning: skipped {item}", file=sys.stderr)
+    total_skipped = summary.get("skipped_count", len(skipped))
+    if total_skipped > MAX_SKIPPED_SHOWN:
+        print(f"... and {total_skipped - MAX_SKIPPED_SHOWN} more skipped lines", file=sys.stderr)
+    entries = summary.get("entries_by_category", {})
+    print(f"{config}: OK: {len(loaded.policy.tiers)} tiers, {len(loaded.policy.networks)} "
+          f"networks, {sum(entries.values())} list entries in {len(entries)} categories, "
+          f"{total_skipped} list lines skipped")
+    return 0
+
+
+def explain(config: Path, client: str, name: str, as_json: bool) -> int:
+    """The decision function plus printing: the same code a query takes."""
+    from gateway.lists.compile import find_rule_lines
+    from gateway.names import normalize_name
+    from gateway.state import load_in_process
+
+    try:
+        ipaddress.ip_address(client)
+    except ValueError:
+        raise SafeGateError(f"{client!r} is not an IP address") from None
+    try:
+        key = normalize_name(name)
+    except ValueError as exc:
+        raise SafeGateError(f"{name!r}: {exc}") from None
+    loaded = load_in_process(config)
+    profile = loaded.view.clients.lookup(client)
+    out: dict[str, Any] = {"client": client, "name": key.decode()}
+    if profile is None:
+        out.update(network=None, tier=None, verdict="refused", rcode="REFUSED", ede=18,
+                   reason="the client is in no configured network (SafeGate is not an open "
+                          "resolver)")
+    else:
+        net = next(n for n in loaded.policy.networks if n.name == profile.network)
+        v = profile.decide(key)
+        out.update(network=profile.network, network_defined_at=f"{net.path}:{net.line}",
+                   tier=profile.tier)
+        if v.blocked:
+            out.update(verdict="blocked", reason=v.reason, category=v.category,
+                       rule=v.rule.decode(), answer=v.answer, ede=v.ede,
+                       ede_text=v.ede_text(),
+                       rcode="NXDOMAIN" if v.answer == "nxdomain" else "NOERROR")
+        else:
+            out.update(verdict="allowed", reason=v.reason, rule=v.rule.decode() or None,
+                       answer="forwarded to upstream", rcode="from upstream", ede=None)
+        if v.category and v.reason in ("mandatory", "policy"):
+            out["sources"] = [f"{p}:{line}: {text}" for p, line, text in
+                              find_rule_lines(loaded.catalog, v.category, v.rule)]
+    if as_json:
+        print(json.dumps(out, ensure_ascii=False, indent=2))
+    else:
+        for k, val in out.items():
+            if isinstance(val, list):
+                print(f"{k}:")
+                for item in val:
+                    print(f"  {item}")
+            elif val is not None:
+                print(f"{k}: {val}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,201 @@
+"""Policy files: tiers (what each age group may not see) and networks (who is in which tier)."""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from gateway.errors import ConfigError, ConfigErrors
+from gateway.names import normalize_name
+from gateway.yamlconf import (
+    YDict,
+    YList,
+    check_keys,
+    error_at,
+    expect_list,
+    expect_mapping,
+    expect_str,
+    load_yaml,
+)
+
+ANSWERS = ("blockpage", "nxdomain", "nodata", "null")
+TIER_KEYS = ("block", "answer", "description", "allow", "deny", "default")
+NETWORK_KEYS = ("name", "cidrs", "tier", "allow", "deny", "description")
+
+Network4or6 = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+@dataclass(frozen=True)
+class Tier:
+    name: str
+    block: tuple[str, ...]
+    answer: str
+    allow: tuple[bytes, ...] = ()
+    deny: tuple[bytes, ...] = ()
+    default_block: bool = False   # allowlist-only (e.g. mầm non): what no allow names is blocked
+    description: str = ""
+    path: str = ""
+    line: int = 0
+
+
+@dataclass(frozen=True)
+class Network:
+    name: str
+    cidrs: tuple[Network4or6, ...]
+    tier: str
+    allow: tuple[bytes, ...] = ()
+    deny: tuple[bytes, ...] = ()
+    description: str = ""
+    path: str = ""
+    line: int = 0
+
+
+@dataclass
+class Policy:
+    tiers: dict[str, Tier] = field(default_factory=dict)
+    networks: list[Network] = field(default_factory=list)
+    files: list[Path] = field(default_factory=list)
+
+
+def policy_files(entries: Iterable[str | Path]) -> list[Path]:
+    """The YAML files named by `policies:` (files, or directories of *.yaml / *.yml)."""
+    out: list[Path] = []
+    for entry in entries:
+        p = Path(entry)
+        if p.is_dir():
+            out.extend(sorted(x for x in p.iterdir()
+                              if x.suffix in (".yaml", ".yml") and not x.name.startswith(".")))
+        else:
+            out.append(p)
+    return out
+
+
+def load_policy(entries: Iterable[str | Path], categories: Iterable[str]) -> Policy:
+    """Load and cross-check every policy file; all errors found are raised together."""
+    known = set(categories)
+    policy = Policy()
+    errors: list[ConfigError] = []
+    files = policy_files(entries)
+    policy.files = files
+    raw_networks: list[tuple[YList, Any, int]] = []
+    for path in files:
+        try:
+            doc = load_yaml(path)
+            doc = expect_mapping(doc, "a policy file")
+            check_keys(doc, ("tiers", "networks"), "a policy file")
+        except ConfigError as exc:
+            errors.append(exc)
+            continue
+        if doc.path == "":
+            doc.path = str(path)
+        tiers = expect_mapping(doc.get("tiers"), "tiers", doc, "tiers")
+        for name, body in tiers.items():
+            try:
+                tier = _tier(name, body, tiers, known)
+                if name in policy.tiers:
+                    first = policy.tiers[name]
+                    raise error_at(f"tier {name!r} is already defined at {first.path}:{first.line}",
+                                   None, tiers, name)
+                policy.tiers[name] = tier
+            except ConfigError as exc:
+                errors.append(exc)
+        try:
+            nets = expect_list(doc.get("networks", []), "networks", doc, "networks")
+        except ConfigError as exc:
+            errors.append(exc)
+            continue
+        for i, body in enumerate(nets):
+            raw_networks.append((nets, body, i))
+    seen_cidrs: dict[Network4or6, Network] = {}
+    for parent, body, i in raw_networks:
+        try:
+            net = _network(body, parent, i, policy.tiers)
+        except ConfigError as exc:
+            errors.append(exc)
+            continue
+        for cidr in net.cidrs:
+            if cidr in seen_cidrs:
+                other = seen_cidrs[cidr]
+                errors.append(ConfigError(
+                    f"{cidr} is already used by network {other.name!r} ({other.path}:{other.line})",
+                    net.path, net.line))
+            seen_cidrs[cidr] = net
+        policy.networks.append(net)
+    if errors:
+        raise ConfigErrors(errors)
+    return policy
+
+
+def _names(value: Any, what: str, parent: Any, key: str) -> tuple[bytes, ...]:
+    items = expect_list(value, what, parent, key)
+    out = []
+    for i, item in enumerate(items):
+        text = expect_str(item, f"an entry of {what}", items, i)
+        try:
+            out.append(normalize_name(text.removeprefix("*.")))
+        except ValueError as exc:
+            raise error_at(f"{what}: {text!r} {exc}", item, items, i) from None
+    return tuple(out)
+
+
+def _tier(name: str, body: Any, parent: YDict, known: set[str]) -> Tier:
+    body = expect_mapping(body, f"tier {name!r}", parent, name)
+    check_keys(body, TIER_KEYS, f"tier {name!r}")
+    block = expect_list(body.get("block", []), "block", body, "block")
+    cats = []
+    for i, cat in enumerate(block):
+        cat = expect_str(cat, "a category", block, i)
+        if cat not in known:
+            raise error_at(
+                f"tier {name!r} blocks unknown category {cat!r} "
+                f"(categories in the blocklists: {', '.join(sorted(known)) or 'none'})",
+                cat, block, i)
+        cats.append(str(cat))
+    answer = str(body.get("answer", "blockpage"))
+    if answer not in ANSWERS:
+        raise error_at(f"answer must be one of {', '.join(ANSWERS)}, got {answer!r}",
+                       None, body, "answer")
+    default = str(body.get("default", "allow"))
+    if default not in ("allow", "block"):
+        raise error_at(f"default must be allow or block, got {default!r}", None, body, "default")
+    return Tier(
+        name=name, block=tuple(cats), answer=answer,
+        allow=_names(body.get("allow", []), "allow", body, "allow"),
+        deny=_names(body.get("deny", []), "deny", body, "deny"),
+        default_block=default == "block",
+        description=str(body.get("description", "")),
+        path=parent.path, line=parent.key_lines.get(name, 0),
+    )
+
+
+def _network(body: Any, parent: Any, index: int, tiers: dict[str, Tier]) -> Network:
+    body = expect_mapping(body, "a network", parent, index)
+    check_keys(body, NETWORK_KEYS, "a network")
+    for required in ("name", "cidrs", "tier"):
+        if required not in body:
+            raise error_at(f"network is missing {required!r}", body, parent, index)
+    name = expect_str(body["name"], "name", body, "name")
+    tier = expect_str(body["tier"], "tier", body, "tier")
+    if tier not in tiers:
+        raise error_at(f"network {name!r} uses unknown tier {tier!r} "
+                       f"(defined tiers: {', '.join(sorted(tiers)) or 'none'})", tier, body, "tier")
+    raw = expect_list(body["cidrs"], "cidrs", body, "cidrs")
+    cidrs: list[Network4or6] = []
+    for i, item in enumerate(raw):
+        text = expect_str(str(item), "a CIDR", raw, i)
+        try:
+            cidrs.append(ipaddress.ip_network(text.strip(), strict=True))
+        except ValueError as exc:
+            raise error_at(f"bad CIDR {text!r}: {exc}", item, raw, i) from None
+    if not cidrs:
+        raise error_at(f"network {name!r} has no cidrs", None, body, "cidrs")
+    return Network(
+        name=name, cidrs=tuple(cidrs), tier=tier,
+        allow=_names(body.get("allow", []), "allow", body, "allow"),
+        deny=_names(body.get("deny", []), "deny", body, "deny"),
+        description=str(body.get("description", "")),
+        path=body.path, line=body.line,
+    )
