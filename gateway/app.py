@@ -39,9 +39,11 @@ class Gateway:
         self._reload_lock = asyncio.Lock()
         self._watched: tuple[tuple[str, int, int, int], ...] = ()
         self._stop = asyncio.Event()
+        self._ready = False
 
     def ready(self) -> bool:
-        return self.resolver is not None
+        """Ready once lists are loaded and every listener is up (for /readyz)."""
+        return self._ready
 
     async def start(self) -> None:
         """Metrics first (so /healthz answers while lists load), then lists, then DNS."""
@@ -64,6 +66,7 @@ class Gateway:
                              loaded.config.tcp_idle_timeout)
         await self.dns.start()
         await self._serve_http(blockpage_app(), loaded.config.web_listen)
+        self._ready = True
         self.metrics.ready.set(1)
         log.info("SafeGate ready: %d networks, %d list entries", len(loaded.policy.networks),
                  loaded.index.size)

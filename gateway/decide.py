@@ -12,6 +12,7 @@ adblock `@@||name^` exception lifts that category's block for the names under it
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 from gateway.lists import Action
 from gateway.lists.index import ListIndex
@@ -58,7 +59,7 @@ class Profile:
     """
 
     __slots__ = ("_memo", "allow", "answer", "blocked", "default_block", "deny", "id", "index",
-                 "network", "tier")
+                 "network", "replies", "tier")
 
     def __init__(self, id: int, network: str, tier: str, blocked: frozenset[str], answer: str,
                  allow: frozenset[bytes], deny: frozenset[bytes], default_block: bool,
@@ -73,6 +74,9 @@ class Profile:
         self.default_block = default_block
         self.index = index
         self._memo: dict[bytes, Verdict] = {}
+        # The query path's memo of whole UDP replies by query bytes (see dns/chain.py); here so
+        # that it is rebuilt with the profile on every reload.
+        self.replies: dict[bytes, Any] = {}
 
     def decide(self, key: bytes) -> Verdict:
         """The verdict for a lowercase dotted name (memoized)."""

@@ -44,7 +44,9 @@ class DnsStats:
         self.duration_count = 0
 
     def count(self, action: str, category: str, tier: str, protocol: str, seconds: float) -> None:
-        key = (action, category, tier, protocol)
+        self.count_key((action, category, tier, protocol), seconds)
+
+    def count_key(self, key: tuple[str, str, str, str], seconds: float) -> None:
         q = self.queries
         q[key] = q.get(key, 0) + 1
         self.buckets[bisect.bisect_left(LATENCY_BUCKETS, seconds)] += 1

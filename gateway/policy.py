@@ -81,6 +81,7 @@ def load_policy(entries: Iterable[str | Path], categories: Iterable[str]) -> Pol
     files = policy_files(entries)
     policy.files = files
     raw_networks: list[tuple[YList, Any, int]] = []
+    broken: set[str] = set()  # tiers with errors: networks using them are not errors too
     for path in files:
         try:
             doc = load_yaml(path)
@@ -102,6 +103,7 @@ def load_policy(entries: Iterable[str | Path], categories: Iterable[str]) -> Pol
                 policy.tiers[name] = tier
             except ConfigError as exc:
                 errors.append(exc)
+                broken.add(name)
         try:
             nets = expect_list(doc.get("networks", []), "networks", doc, "networks")
         except ConfigError as exc:
@@ -114,7 +116,8 @@ def load_policy(entries: Iterable[str | Path], categories: Iterable[str]) -> Pol
         try:
             net = _network(body, parent, i, policy.tiers)
         except ConfigError as exc:
-            errors.append(exc)
+            if not (isinstance(body, dict) and body.get("tier") in broken):
+                errors.append(exc)
             continue
         for cidr in net.cidrs:
             if cidr in seen_cidrs:

@@ -33,6 +33,9 @@ log = logging.getLogger(__name__)
 
 Pending = Coroutine[Any, Any, bytes | None]
 TCP_LIMIT = 65_535
+_MEMO_LIMIT = 20_000  # memoized UDP replies per profile
+_BLOCKED = "blocked"
+_CACHED = "cached"
 
 
 @dataclass(frozen=True)
@@ -59,9 +62,41 @@ class Resolver:
         """Queries already past `identify` finish with the old view; new ones see the new one."""
         self.view = view
 
-    def handle(self, data: bytes, client: str, protocol: str) -> bytes | Pending | None:
+    def handle(self, data: bytes, client: str, protocol: str) -> bytes | None | Pending:
         """Reply bytes, None to drop, or a coroutine that produces the reply (cache miss)."""
         start = time.perf_counter()
+        if protocol == "udp":
+            # Memo: the same query bytes (all but the ID) from the same profile get the same
+            # reply, so a repeated blocked or cached query skips even the wire parse.
+            profile = self.view.clients.lookup(client)
+            if profile is not None:
+                memo = profile.replies.get(data[2:])
+                if memo is not None:
+                    reply = self._memo_reply(memo, data)
+                    if reply is not None:
+                        self.stats.count_key(memo[2], time.perf_counter() - start)
+                        return reply
+        return self._handle(data, client, protocol, start)
+
+    def _memo_reply(self, memo: tuple[Any, ...], data: bytes) -> bytes | None:
+        kind, payload = memo[0], memo[1]
+        if kind is _BLOCKED:
+            return data[:2] + payload  # type: ignore[no-any-return]
+        q, cache_key, limit = payload
+        now = self.clock()
+        entry = self.cache.get(cache_key, now)
+        if entry is None or entry.cnames:  # refetched with a CNAME: re-check it on the slow path
+            return None
+        return entry.reply(q, now, limit, qid=(data[0] << 8) | data[1])
+
+    def _remember(self, profile: Profile, data: bytes, memo: tuple[Any, ...]) -> None:
+        replies = profile.replies
+        if len(replies) >= _MEMO_LIMIT:
+            replies.clear()
+        replies[data[2:]] = memo
+
+    def _handle(self, data: bytes, client: str, protocol: str, start: float
+                ) -> bytes | None | Pending:
         count = self.stats.count
         try:
             q = wire.parse_query(data)
@@ -88,7 +123,11 @@ class Resolver:
         verdict = profile.decide(q.key)
         if verdict.blocked:
             count("blocked", verdict.category, profile.tier, protocol, time.perf_counter() - start)
-            return view.answers.blocked_reply(q, verdict)
+            reply = view.answers.blocked_reply(q, verdict)
+            if protocol == "udp":
+                self._remember(profile, data, (_BLOCKED, reply[2:],
+                                               ("blocked", verdict.category, profile.tier, "udp")))
+            return reply
 
         if q.qtype == wire.TYPE_ANY:
             count("any", "", profile.tier, protocol, time.perf_counter() - start)
@@ -102,6 +141,9 @@ class Resolver:
             reply, blocked = self._from_entry(q, entry, profile, view, now, limit, stale=False)
             count("blocked" if blocked else "cached", blocked.category if blocked else "",
                   profile.tier, protocol, time.perf_counter() - start)
+            if protocol == "udp" and not entry.cnames:
+                self._remember(profile, data, (_CACHED, (q, cache_key, limit),
+                                               ("cached", "", profile.tier, "udp")))
             return reply
         return self._forward(q, cache_key, profile, view, protocol, limit, start)
 
