@@ -144,6 +144,8 @@ class Gateway:
         self._stop.set()
         if self.dns is not None:
             await self.dns.stop()
+        if self.resolver is not None:
+            self.resolver.forwarder.close()
         for runner in self.runners:
             await runner.cleanup()
         if self.loaded is not None:

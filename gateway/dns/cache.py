@@ -69,26 +69,22 @@ class Entry:
             _TTL.pack_into(buf, off, ttl_of(ttl))
         return bytes(buf)
 
-    def reply(self, q: wire.Query, now: float, limit: int, stale: bool = False,
-              qid: int = -1) -> bytes:
+    def reply(self, q: wire.Query, now: float, limit: int, stale: bool = False) -> bytes:
         """The full reply for client query `q`: its ID and question bytes, our OPT if it sent one.
 
         `limit` is the largest size the transport takes; over it the reply goes out with TC.
-        `qid` overrides q.id (a memoized query answering a new packet with the same bytes).
         """
         body = self.records(now, stale)
         an, ns, ar = self.counts
         flags = wire.reply_flags(q, self.rcode, self.flags if q.do or q.flags & wire.AD else
                                  self.flags & ~wire.AD)
-        if qid < 0:
-            qid = q.id
         if q.edns:
-            out = (wire.header(qid, flags, 1, an, ns, ar + 1) + q.question + body
+            out = (wire.header(q.id, flags, 1, an, ns, ar + 1) + q.question + body
                    + wire.opt_record(q.do, self.rcode))
         else:
-            out = wire.header(qid, flags, 1, an, ns, ar) + q.question + body
+            out = wire.header(q.id, flags, 1, an, ns, ar) + q.question + body
         if len(out) > limit:
-            return wire.truncated_reply(q, self.rcode, qid=qid)
+            return wire.truncated_reply(q, self.rcode)
         return out
 
 

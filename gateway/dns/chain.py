@@ -82,12 +82,15 @@ class Resolver:
         kind, payload = memo[0], memo[1]
         if kind is _BLOCKED:
             return data[:2] + payload  # type: ignore[no-any-return]
-        q, cache_key, limit = payload
+        q, cache_key, limit, last = payload
         now = self.clock()
         entry = self.cache.get(cache_key, now)
         if entry is None or entry.cnames:  # refetched with a CNAME: re-check it on the slow path
             return None
-        return entry.reply(q, now, limit, qid=(data[0] << 8) | data[1])
+        second = int(now - entry.stored)
+        if last[0] is not entry or last[1] != second:  # TTLs tick once a second
+            last[:] = [entry, second, entry.reply(q, now, limit)[2:]]
+        return data[:2] + last[2]  # type: ignore[no-any-return]
 
     def _remember(self, profile: Profile, data: bytes, memo: tuple[Any, ...]) -> None:
         replies = profile.replies
@@ -142,7 +145,7 @@ class Resolver:
             count("blocked" if blocked else "cached", blocked.category if blocked else "",
                   profile.tier, protocol, time.perf_counter() - start)
             if protocol == "udp" and not entry.cnames:
-                self._remember(profile, data, (_CACHED, (q, cache_key, limit),
+                self._remember(profile, data, (_CACHED, (q, cache_key, limit, [None, -1, b""]),
                                                ("cached", "", profile.tier, "udp")))
             return reply
         return self._forward(q, cache_key, profile, view, protocol, limit, start)

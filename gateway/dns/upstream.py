@@ -10,6 +10,7 @@ import struct
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from gateway.dns import wire
 
@@ -55,6 +56,51 @@ class UpstreamObserver:
         """An attempt got a usable answer after `seconds`."""
 
 
+class _UdpChannel(asyncio.DatagramProtocol):
+    """One connected UDP socket to one upstream, shared by many queries, matched by ID.
+
+    A channel is retired after `MAX_CHANNEL_USES` queries so the source port keeps changing
+    (spoofed answers must guess port and ID); a fresh socket per query costs more than the
+    whole rest of a cache miss.
+    """
+
+    def __init__(self) -> None:
+        self.transport: asyncio.DatagramTransport | None = None
+        self.pending: dict[int, tuple[bytes, asyncio.Future[bytes]]] = {}
+        self.uses = 0
+        self.closed = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def datagram_received(self, data: bytes, addr: Any) -> None:
+        if len(data) < 12:
+            return
+        entry = self.pending.get((data[0] << 8) | data[1])
+        if entry is None:
+            return  # late, duplicate or spoofed: ignored
+        question, fut = entry
+        if _matches(data, (data[0] << 8) | data[1], question) and not fut.done():
+            fut.set_result(data)
+
+    def error_received(self, exc: Exception) -> None:
+        # On a connected socket this is the upstream's ICMP "port unreachable": fail fast.
+        for _question, fut in self.pending.values():
+            if not fut.done():
+                fut.set_exception(exc)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        self.error_received(exc or ConnectionResetError("upstream socket closed"))
+
+    def retire_if_idle(self) -> None:
+        if self.uses >= MAX_CHANNEL_USES and not self.pending and self.transport is not None:
+            self.transport.close()
+
+
+MAX_CHANNEL_USES = 512
+
+
 class Forwarder:
     """Resolves a question through the configured upstreams, sharing identical in-flight queries."""
 
@@ -68,6 +114,7 @@ class Forwarder:
         self.observer = observer or UpstreamObserver()
         self.clock = clock
         self._inflight: dict[tuple[bytes, bool, bool], asyncio.Future[bytes]] = {}
+        self._channels: dict[str, _UdpChannel] = {}
 
     async def resolve(self, question: bytes, *, do: bool, cd: bool) -> bytes:
         """The upstream reply (raw bytes) for a question section with a lowercased name."""
@@ -78,10 +125,9 @@ class Forwarder:
         fut = asyncio.get_running_loop().create_future()
         self._inflight[key] = fut
         try:
-            reply = await asyncio.wait_for(self._resolve(question, do, cd), self.cfg.query_timeout)
+            reply = await self._resolve(question, do, cd)
         except BaseException as exc:
-            err = exc if isinstance(exc, UpstreamError) else UpstreamError(
-                "timed out" if isinstance(exc, TimeoutError) else repr(exc))
+            err = exc if isinstance(exc, UpstreamError) else UpstreamError(repr(exc))
             if not fut.done():
                 fut.set_exception(err)
                 fut.exception()  # mark retrieved: waiters may be gone
@@ -102,11 +148,16 @@ class Forwarder:
         return healthy + benched
 
     async def _resolve(self, question: bytes, do: bool, cd: bool) -> bytes:
+        deadline = time.monotonic() + self.cfg.query_timeout
         last_error = "no upstream answered"
         fallback: bytes | None = None
         for upstream in self._order():
+            budget = min(self.cfg.attempt_timeout, deadline - time.monotonic())
+            if budget <= 0:
+                last_error = "query timeout"
+                break
             try:
-                reply = await self._ask(upstream, question, do, cd)
+                reply = await self._ask(upstream, question, do, cd, budget)
             except (OSError, TimeoutError, wire.WireError, UpstreamError) as exc:
                 reason = _reason(exc)
                 last_error = f"{upstream.label}: {reason}"
@@ -133,35 +184,51 @@ class Forwarder:
             log.warning("upstream %s benched for %.0fs after %d failures", upstream.label,
                         self.cfg.bench_seconds, upstream.failures)
 
-    async def _ask(self, upstream: Upstream, question: bytes, do: bool, cd: bool) -> bytes:
-        qid = secrets.randbits(16)
-        msg = wire.build_query(qid, question, do=do, cd=cd)
+    async def _ask(self, upstream: Upstream, question: bytes, do: bool, cd: bool,
+                   timeout: float) -> bytes:
         start = time.perf_counter()
         self.observer.query(upstream.label, "udp")
-        reply = await asyncio.wait_for(self._udp(upstream, msg, qid, question),
-                                       self.cfg.attempt_timeout)
+        reply = await self._udp(upstream, question, do, cd, timeout)
         if reply[2] & (wire.TC >> 8):
             self.observer.query(upstream.label, "tcp")
-            reply = await asyncio.wait_for(self._tcp(upstream, msg, qid, question),
-                                           self.cfg.attempt_timeout)
+            qid = secrets.randbits(16)
+            msg = wire.build_query(qid, question, do=do, cd=cd)
+            reply = await asyncio.wait_for(self._tcp(upstream, msg, qid, question), timeout)
         self.observer.latency(upstream.label, time.perf_counter() - start)
         return reply
 
-    async def _udp(self, upstream: Upstream, msg: bytes, qid: int, question: bytes) -> bytes:
-        """One UDP exchange on a fresh connected socket: the kernel picks a random source port."""
+    async def _channel(self, upstream: Upstream) -> _UdpChannel:
+        chan = self._channels.get(upstream.label)
+        if chan is None or chan.closed or chan.uses >= MAX_CHANNEL_USES:
+            if chan is not None:
+                chan.retire_if_idle()
+            loop = asyncio.get_running_loop()
+            _, chan = await loop.create_datagram_endpoint(
+                _UdpChannel, remote_addr=(upstream.host, upstream.port), family=upstream.family)
+            self._channels[upstream.label] = chan
+        return chan
+
+    async def _udp(self, upstream: Upstream, question: bytes, do: bool, cd: bool,
+                   timeout: float) -> bytes:
+        """One UDP exchange over the upstream's current channel."""
+        chan = await self._channel(upstream)
         loop = asyncio.get_running_loop()
-        sock = socket.socket(upstream.family, socket.SOCK_DGRAM)
+        qid = secrets.randbits(16)
+        while qid in chan.pending:
+            qid = secrets.randbits(16)
+        fut: asyncio.Future[bytes] = loop.create_future()
+        chan.pending[qid] = (question, fut)
+        chan.uses += 1
+        timer = loop.call_later(timeout, _expire, fut)
         try:
-            sock.setblocking(False)
-            sock.connect((upstream.host, upstream.port))
-            await loop.sock_sendall(sock, msg)
-            while True:
-                reply = await loop.sock_recv(sock, 65535)
-                if _matches(reply, qid, question):
-                    return reply
-                # Anything else (late reply, spoofing attempt) is ignored; keep waiting.
+            assert chan.transport is not None
+            chan.transport.sendto(wire.build_query(qid, question, do=do, cd=cd))
+            return await fut
         finally:
-            sock.close()
+            timer.cancel()
+            del chan.pending[qid]
+            if chan is not self._channels.get(upstream.label):
+                chan.retire_if_idle()
 
     async def _tcp(self, upstream: Upstream, msg: bytes, qid: int, question: bytes) -> bytes:
         reader, writer = await asyncio.open_connection(upstream.host, upstream.port)
@@ -177,6 +244,17 @@ class Forwarder:
         if not _matches(reply, qid, question):
             raise UpstreamError("TCP answer does not match the question")
         return reply
+
+    def close(self) -> None:
+        for chan in self._channels.values():
+            if chan.transport is not None:
+                chan.transport.close()
+        self._channels.clear()
+
+
+def _expire(fut: asyncio.Future[bytes]) -> None:
+    if not fut.done():
+        fut.set_exception(TimeoutError())
 
 
 def _matches(reply: bytes, qid: int, question: bytes) -> bool:

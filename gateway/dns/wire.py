@@ -238,11 +238,10 @@ def formerr_from_header(data: bytes) -> bytes | None:
     return header(qid, QR | (flags & (OPCODE_MASK | RD)) | RA | FORMERR, 0, 0, 0, 0)
 
 
-def truncated_reply(q: Query, rcode: int, extra_flags: int = 0, qid: int = -1) -> bytes:
+def truncated_reply(q: Query, rcode: int, extra_flags: int = 0) -> bytes:
     """TC reply with no records: tells the client to retry over TCP."""
     ar = 1 if q.edns else 0
-    out = (header(q.id if qid < 0 else qid, reply_flags(q, rcode, TC | extra_flags), 1, 0, 0, ar)
-           + q.question)
+    out = header(q.id, reply_flags(q, rcode, TC | extra_flags), 1, 0, 0, ar) + q.question
     if q.edns:
         out += opt_record(q.do)
     return out

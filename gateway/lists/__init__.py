@@ -1,0 +1,37 @@
+"""Blocklists: parse published formats, compile them into a compact mmap-able index.
+
+The vocabulary shared by parsers, builder and index lives here so that the serving side
+(`gateway.lists.index`) imports nothing heavier than this module.
+"""
+
+from __future__ import annotations
+
+import enum
+from typing import NamedTuple
+
+
+class Action(enum.IntEnum):
+    """What a list asks for; DEFAULT means "whatever the policy's block answer is"."""
+
+    DEFAULT = 0
+    NXDOMAIN = 1
+    NODATA = 2
+    PASSTHRU = 3
+
+
+# Scope bits: SELF matches the name itself, SUBS every name below it; BOTH is suffix matching.
+SCOPE_SELF = 1
+SCOPE_SUBS = 2
+SCOPE_BOTH = 3
+
+
+class Rule(NamedTuple):
+    """One category's verdict on a name; a key carries a tuple of these (a "combo")."""
+
+    category: str
+    scope: int
+    action: Action
+    mandatory: bool
+
+
+__all__ = ["SCOPE_BOTH", "SCOPE_SELF", "SCOPE_SUBS", "Action", "Rule"]

@@ -1,0 +1,378 @@
+"""Compile a lists.yaml catalog into one index file, normally in a short-lived subprocess.
+
+Why a subprocess: building holds every name as a Python object (hundreds of MB for 5M names);
+the serving process only maps the finished file, so its memory stays small and a failed
+build leaves the old index in service. Run as:
+
+    python -m gateway.lists.compile [--jobs N] LISTS_YAML OUT_PATH
+
+It prints a JSON summary on stdout, or `file:line: message` on stderr and exits 1. Big
+catalogs are parsed by two worker processes (slices of ~2 MB; RPZ files whole): parsing and
+hashing are CPU-bound and dominate, and the merged result is byte-identical to a serial build.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import hashlib
+import json
+import multiprocessing
+import os
+import subprocess
+import sys
+import time
+from array import array
+from collections.abc import Iterable
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, NamedTuple
+
+from gateway.errors import ConfigError
+from gateway.lists import SCOPE_BOTH, SCOPE_SELF, Action, Rule
+from gateway.lists.catalog import Catalog, Source, load_catalog
+from gateway.lists.index import IndexBuilder
+from gateway.lists.parsers import ParsedRule, Skipped, parse
+
+__all__ = [
+    "MAX_SKIPPED_EXAMPLES",
+    "SLICE_BYTES",
+    "CompileResult",
+    "SkippedLine",
+    "compile_catalog",
+    "compile_subprocess",
+    "find_rule_lines",
+    "main",
+]
+
+MAX_SKIPPED_EXAMPLES = 1000
+SLICE_BYTES = 2 << 20  # with workers, files are parsed in slices of about this size
+_BAD_UTF8 = "not valid UTF-8"
+
+
+@dataclass(frozen=True)
+class SkippedLine:
+    """A list line that produced no rule, located for `safegate lists check`."""
+
+    path: str
+    line: int
+    text: str
+    reason: str
+
+    def __str__(self) -> str:
+        return f"{self.path}:{self.line}: {self.reason}: {self.text}"
+
+
+@dataclass
+class SourceStats:
+    """Per-source counts, kept in the index header for `safegate lists` and metrics."""
+
+    category: str
+    path: str
+    format: str
+    lines: int = 0
+    rules: int = 0
+    skipped: int = 0
+
+
+@dataclass
+class CompileResult:
+    """What a build produced; `index` is the file written, or the bytes if none was asked."""
+
+    entries_by_category: dict[str, int]
+    skipped: list[SkippedLine]
+    skipped_count: int
+    total_lines: int
+    rules: int
+    entries: int
+    seconds: float
+    index: bytes | str
+    sources: list[SourceStats] = field(default_factory=list)
+
+    def summary(self, examples: int = 20) -> dict[str, Any]:
+        """A JSON-able report; `examples` caps the skipped lines listed."""
+        return {
+            "index": self.index if isinstance(self.index, str) else None,
+            "entries": self.entries,
+            "entries_by_category": self.entries_by_category,
+            "rules": self.rules,
+            "total_lines": self.total_lines,
+            "skipped_count": self.skipped_count,
+            "skipped": [str(s) for s in self.skipped[:examples]],
+            "seconds": round(self.seconds, 3),
+            "sources": [vars(s) for s in self.sources],
+        }
+
+
+def _read_bytes(catalog: Catalog, source: Source) -> bytes:
+    try:
+        return source.path.read_bytes()
+    except FileNotFoundError:
+        raise ConfigError(f"list file not found: {source.path}", str(catalog.path),
+                          source.line) from None
+    except OSError as exc:
+        raise ConfigError(f"cannot read list file {source.path}: {exc.strerror}",
+                          str(catalog.path), source.line) from None
+
+
+def _decode_lines(data: bytes, at_file_start: bool) -> tuple[list[str], list[int]]:
+    """Lines of a UTF-8 file (or slice), and the 1-based numbers of lines that were not
+    valid UTF-8 (those are blanked, so the parser never sees U+FFFD)."""
+    try:
+        text = data.decode("utf-8")
+        valid = True
+    except UnicodeDecodeError:
+        text = data.decode("utf-8", errors="replace")
+        valid = False
+    if at_file_start and text.startswith("\ufeff"):
+        text = text[1:]
+    # split("\n"), not splitlines(): line numbers must agree with editors and grep
+    lines = text.split("\n")
+    if lines and lines[-1] == "":
+        lines.pop()  # the text ends with a newline; that is not one more line
+    bad: list[int] = []
+    if not valid:
+        bad = [no for no, line in enumerate(lines, 1) if "\ufffd" in line]
+        for no in bad:
+            lines[no - 1] = ""
+    return lines, bad
+
+
+def _read_lines(catalog: Catalog, source: Source) -> tuple[list[str], list[int]]:
+    """A whole list file as lines (see `_decode_lines`)."""
+    return _decode_lines(_read_bytes(catalog, source), True)
+
+
+class _Task(NamedTuple):
+    """One slice of one list file, parsed and hashed on its own (maybe in a worker)."""
+
+    source: int
+    path: str
+    format: str
+    start: int  # byte offset, always at a line start
+    stop: int
+    first_line: int  # 1-based number of the slice's first line
+
+
+@dataclass
+class _Parsed:
+    """What a worker sends back: sorted key hashes per (scope, action) kind, and skips."""
+
+    hashes: dict[int, array[int]]
+    skipped: list[SkippedLine]
+    skipped_count: int
+    lines: int
+
+
+def _parse_task(task: _Task) -> _Parsed:
+    """Parse and hash one slice; runs in worker processes, so it takes and returns data only."""
+    with open(task.path, "rb") as f:
+        f.seek(task.start)
+        data = f.read(task.stop - task.start)
+    lines, bad = _decode_lines(data, task.start == 0)
+    offset = task.first_line - 1
+    skipped: list[SkippedLine] = []
+    skipped_count = len(bad)
+    groups: dict[int, list[int]] = {}
+    last_kind = -1
+    append = groups.setdefault(last_kind, []).append  # replaced before first use
+    blake2b = hashlib.blake2b
+    from_bytes = int.from_bytes
+    for item in parse(task.format, lines):
+        if type(item) is ParsedRule:
+            key, scope, action, _ = item
+            kind = scope << 2 | action
+            if kind != last_kind:  # runs of one kind are the norm: skip the dict lookup
+                append = groups.setdefault(kind, []).append
+                last_kind = kind
+            append(from_bytes(blake2b(key, digest_size=8).digest(), "little"))
+        elif isinstance(item, Skipped):
+            skipped_count += 1
+            if len(skipped) < MAX_SKIPPED_EXAMPLES:
+                skipped.append(SkippedLine(task.path, item.line + offset, item.text, item.reason))
+    del groups[-1]
+    if bad:  # examples in line order, whatever the slicing: the first N of the union
+        skipped += [SkippedLine(task.path, no + offset, "", _BAD_UTF8) for no in bad]
+        skipped = sorted(skipped, key=lambda s: s.line)[:MAX_SKIPPED_EXAMPLES]
+    # sorted runs make the builder's final sort a cheap merge
+    hashes = {kind: array("Q", sorted(hs)) for kind, hs in groups.items()}
+    return _Parsed(hashes, skipped, skipped_count, len(lines))
+
+
+def _tasks(catalog: Catalog, jobs: int, slice_bytes: int) -> list[_Task]:
+    """Every source as one task; with jobs > 1, big line-oriented files split in slices."""
+    tasks: list[_Task] = []
+    for n, source in enumerate(catalog.sources()):
+        data = _read_bytes(catalog, source)  # also turns a missing file into a ConfigError
+        path = str(source.path)
+        splittable = jobs > 1 and source.format != "rpz"  # RPZ carries state across lines
+        pieces = max(1, len(data) // slice_bytes) if splittable else 1
+        start, first_line = 0, 1
+        for k in range(1, pieces + 1):
+            stop = len(data) if k == pieces else data.find(b"\n", k * len(data) // pieces) + 1
+            if stop <= start:
+                continue
+            tasks.append(_Task(n, path, source.format, start, stop, first_line))
+            first_line += data.count(b"\n", start, stop)
+            start = stop
+        if start < len(data) or not data:
+            tasks.append(_Task(n, path, source.format, start, len(data), first_line))
+    return tasks
+
+
+def _default_jobs(catalog: Catalog) -> int:
+    """Two workers for big catalogs (parsing is CPU-bound), else in-process."""
+    try:
+        size = sum(s.path.stat().st_size for s in catalog.sources())
+    except OSError:
+        return 1
+    return min(2, os.cpu_count() or 1) if size > 4 * SLICE_BYTES else 1
+
+
+def compile_catalog(
+    catalog: Catalog, out_path: str | None, jobs: int = 1, slice_bytes: int = SLICE_BYTES
+) -> CompileResult:
+    """Parse every source and build the index (written atomically to `out_path` if given).
+
+    `jobs` > 1 parses the files in that many worker processes, in slices of about
+    `slice_bytes` (RPZ files whole); the index is identical either way.
+    """
+    started = time.perf_counter()
+    sources = catalog.sources()
+    tasks = _tasks(catalog, jobs, slice_bytes)
+    results: Iterable[_Parsed]
+    pool: ProcessPoolExecutor | None = None
+    if jobs > 1 and len(tasks) > 1:
+        methods = multiprocessing.get_all_start_methods()
+        ctx = multiprocessing.get_context("fork" if "fork" in methods else "spawn")
+        pool = ProcessPoolExecutor(max_workers=jobs, mp_context=ctx)
+        results = pool.map(_parse_task, tasks)
+    else:
+        results = map(_parse_task, tasks)
+    builder = IndexBuilder()
+    skipped: list[SkippedLine] = []
+    stats = [SourceStats(s.category, str(s.path), s.format) for s in sources]
+    try:
+        for task, parsed in zip(tasks, results, strict=True):
+            source, st = sources[task.source], stats[task.source]
+            st.lines += parsed.lines
+            st.skipped += parsed.skipped_count
+            skipped.extend(parsed.skipped[: MAX_SKIPPED_EXAMPLES - len(skipped)])
+            for kind, hashes in parsed.hashes.items():
+                scope = kind >> 2
+                if source.match == "exact" and scope == SCOPE_BOTH:
+                    scope = SCOPE_SELF
+                rule = Rule(source.category, scope, Action(kind & 3), source.mandatory)
+                builder.add_hashes(hashes, rule)
+                st.rules += len(hashes)
+    finally:
+        if pool is not None:
+            pool.shutdown(cancel_futures=True)
+    _fill_skipped_text(skipped)
+    builder.build = {
+        "built_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "catalog": str(catalog.path),
+        "sources": [vars(s) for s in stats],
+    }
+    index: bytes | str
+    if out_path is None:
+        index = builder.to_bytes()
+    else:
+        builder.write(out_path)
+        index = out_path
+    return CompileResult(
+        entries_by_category=builder.entries_by_category(),
+        skipped=skipped,
+        skipped_count=sum(st.skipped for st in stats),
+        total_lines=sum(st.lines for st in stats),
+        rules=sum(st.rules for st in stats),
+        entries=len(builder),
+        seconds=time.perf_counter() - started,
+        index=index,
+        sources=stats,
+    )
+
+
+def _fill_skipped_text(skipped: list[SkippedLine]) -> None:
+    """Give not-UTF-8 examples their (replacement-decoded) text; workers left it empty."""
+    for i, s in enumerate(skipped):
+        if s.reason == _BAD_UTF8 and not s.text:
+            with open(s.path, "rb") as f:
+                raw = f.read().split(b"\n")
+            text = raw[s.line - 1].decode("utf-8", errors="replace").strip() if (
+                s.line <= len(raw)) else ""
+            skipped[i] = SkippedLine(s.path, s.line, text, s.reason)
+
+
+def find_rule_lines(catalog: Catalog, category: str, key: bytes) -> list[tuple[str, int, str]]:
+    """The (file, line, text) of every line in `category` that makes a rule for exactly `key`.
+
+    Re-parses the sources (the index keeps hashes, not names): for `safegate explain`.
+    """
+    found: list[tuple[str, int, str]] = []
+    for source in catalog.categories.get(category, []):
+        lines, _ = _read_lines(catalog, source)
+        for item in parse(source.format, lines):
+            if type(item) is ParsedRule and item.key == key:
+                found.append((str(source.path), item.line, lines[item.line - 1].strip()))
+    return found
+
+
+def compile_subprocess(
+    lists_yaml: str | os.PathLike[str], out_path: str | os.PathLike[str],
+    timeout: float | None = 600.0,
+) -> dict[str, Any]:
+    """Run a build in a child process; its JSON summary, or ConfigError with its message.
+
+    Blocking: async callers wrap it in `asyncio.to_thread`.
+    """
+    root = str(Path(__file__).resolve().parents[2])
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH", "")) if p)
+    proc = subprocess.run(
+        [sys.executable, "-m", "gateway.lists.compile", os.fspath(lists_yaml),
+         os.fspath(out_path)],
+        capture_output=True, text=True, timeout=timeout, env=env, check=False,
+    )
+    if proc.returncode != 0:
+        message = proc.stderr.strip() or f"list compiler exited with {proc.returncode}"
+        raise ConfigError(message.splitlines()[-1])
+    summary: dict[str, Any] = json.loads(proc.stdout)
+    return summary
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of `python -m gateway.lists.compile`."""
+    parser = argparse.ArgumentParser(
+        prog="python -m gateway.lists.compile",
+        description="Compile a lists.yaml catalog into a SafeGate list index.",
+    )
+    parser.add_argument("lists_yaml")
+    parser.add_argument("out_path")
+    parser.add_argument("--examples", type=int, default=20,
+                        help="how many skipped lines to list (default 20)")
+    parser.add_argument("--jobs", type=int, default=0,
+                        help="worker processes for parsing (default: 2 for catalogs over "
+                             "8 MB when there are 2+ CPUs, else 1)")
+    args = parser.parse_args(argv)
+    # A short-lived process that only allocates: cyclic GC passes over millions of objects
+    # would cost seconds and can never free anything.
+    gc.disable()
+    try:
+        catalog = load_catalog(args.lists_yaml)
+        jobs = args.jobs if args.jobs > 0 else _default_jobs(catalog)
+        result = compile_catalog(catalog, args.out_path, jobs)
+    except ConfigError as exc:
+        print(str(exc), file=sys.stderr)
+        return 1
+    except OSError as exc:
+        print(f"{args.out_path}: cannot write index: {exc.strerror}", file=sys.stderr)
+        return 1
+    json.dump(result.summary(args.examples), sys.stdout, indent=1)
+    sys.stdout.write("\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
