@@ -1,0 +1,88 @@
+# SafeGate developer entry points. A newcomer on a fresh Debian needs only `make run`;
+# CI runs `make test` (via .ci/run) in a fresh clone.
+
+SHELL := /bin/bash
+
+# First python3 that is >= 3.11 (override with `make PYTHON=/path/to/python3.12 ...`).
+PYTHON ?= $(shell for p in python3 python3.13 python3.12 python3.11; do \
+	command -v $$p >/dev/null 2>&1 && \
+	$$p -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null && \
+	{ command -v $$p; break; }; done)
+
+VENV  := .venv
+VBIN  := $(VENV)/bin
+# Re-install only when pyproject.toml changes (or the venv is new).
+STAMP := $(VENV)/.installed-stamp
+
+# Debian packages the integration tests and the benchmark run; COMMANDS lists what each
+# provides (same order) so we can skip apt when everything is there.
+APT_PKGS     := unbound knot-dnsutils dnsutils prometheus dnsperf dnsmasq-base
+APT_COMMANDS := unbound kdig dig promtool dnsperf dnsmasq
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
+CONFIG ?= deploy/example/gateway.yaml
+
+.PHONY: help run venv test lint typecheck unit bench deps-apt clean
+
+help:
+	@echo "make run       create .venv, install SafeGate, run it with $(CONFIG)"
+	@echo "make test      ruff + mypy + pytest (needs: make deps-apt)"
+	@echo "make bench     DNS benchmark vs dnsmasq (bench/dns_compare.py)"
+	@echo "make deps-apt  install the Debian packages the tests use"
+
+$(VBIN)/python:
+	@if [ -z "$(PYTHON)" ]; then \
+		echo "SafeGate needs Python >= 3.11 (Debian 12: apt-get install python3 python3-venv)"; \
+		exit 1; fi
+	@if ! $(PYTHON) -c 'import ensurepip, venv' 2>/dev/null; then \
+		echo "$(PYTHON) has no venv/ensurepip; installing python3-venv"; \
+		$(SUDO) apt-get install -y python3-venv || { \
+			$(SUDO) apt-get update && $(SUDO) apt-get install -y python3-venv; }; \
+	fi
+	$(PYTHON) -m venv $(VENV)
+
+$(STAMP): pyproject.toml | $(VBIN)/python
+	$(VBIN)/python -m pip install --quiet --upgrade pip
+	$(VBIN)/python -m pip install --quiet -e '.[dev]'
+	@touch $@
+
+venv: $(STAMP)
+
+run: venv
+	exec $(VBIN)/safegate run -c $(CONFIG)
+
+lint: venv
+	$(VBIN)/ruff check gateway tests bench
+
+typecheck: venv
+	$(VBIN)/mypy
+
+unit: venv
+	$(VBIN)/pytest -q
+
+test: venv
+	$(VBIN)/ruff check gateway tests bench
+	$(VBIN)/mypy
+	$(VBIN)/pytest -q
+
+bench: venv deps-apt
+	$(VBIN)/python bench/dns_compare.py $(BENCH_ARGS)
+
+# Daemons in these packages (unbound, prometheus) are kept from auto-starting while apt runs
+# (policy-rc.d 101): tests start their own on loopback, and Debian's unbound would otherwise
+# try to fetch the root trust anchor from the internet.
+deps-apt:
+	@missing=0; for c in $(APT_COMMANDS); do \
+		PATH="$$PATH:/usr/sbin:/sbin" command -v $$c >/dev/null 2>&1 || missing=1; done; \
+	if [ $$missing = 0 ]; then echo "deps-apt: all present"; exit 0; fi; \
+	set -e; rc=""; \
+	if [ ! -e /usr/sbin/policy-rc.d ]; then \
+		printf '#!/bin/sh\nexit 101\n' | $(SUDO) tee /usr/sbin/policy-rc.d >/dev/null; \
+		$(SUDO) chmod 755 /usr/sbin/policy-rc.d; rc=1; fi; \
+	trap '[ -z "$$rc" ] || $(SUDO) rm -f /usr/sbin/policy-rc.d' EXIT; \
+	$(SUDO) apt-get update; \
+	$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
+		$(APT_PKGS)
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache bench/out
