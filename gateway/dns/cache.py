@@ -22,7 +22,7 @@ STALE_ANSWER_TTL = 30  # RFC 8767 4: TTL of stale data served
 
 @dataclass(frozen=True)
 class CacheConfig:
-    size: int = 100_000
+    size: int = 20_000  # ~0.7 KB an entry
     min_ttl: int = 0
     max_ttl: int = 86_400
     negative_max_ttl: int = 3_600

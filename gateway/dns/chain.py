@@ -33,7 +33,7 @@ log = logging.getLogger(__name__)
 
 Pending = Coroutine[Any, Any, bytes | None]
 TCP_LIMIT = 65_535
-_MEMO_LIMIT = 20_000  # memoized UDP replies per profile
+_MEMO_LIMIT = 8_192  # memoized UDP replies per profile (~0.5 KB each)
 _BLOCKED = "blocked"
 _CACHED = "cached"
 
@@ -62,7 +62,7 @@ class Resolver:
         """Queries already past `identify` finish with the old view; new ones see the new one."""
         self.view = view
 
-    def handle(self, data: bytes, client: str, protocol: str) -> bytes | None | Pending:
+    def handle(self, data: bytes, client: str, protocol: str) -> bytes | Pending | None:
         """Reply bytes, None to drop, or a coroutine that produces the reply (cache miss)."""
         start = time.perf_counter()
         if protocol == "udp":
@@ -99,7 +99,7 @@ class Resolver:
         replies[data[2:]] = memo
 
     def _handle(self, data: bytes, client: str, protocol: str, start: float
-                ) -> bytes | None | Pending:
+                ) -> bytes | Pending | None:
         count = self.stats.count
         try:
             q = wire.parse_query(data)

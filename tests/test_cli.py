@@ -1,0 +1,107 @@
+"""`safegate check` and `safegate explain` as an admin runs them."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.support.procs import write_gateway_config
+from tests.test_resolver_e2e import LISTS, LISTS_YAML, POLICY
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def safegate(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "gateway", *args], capture_output=True,
+                          text=True, timeout=60, cwd=REPO, check=False)
+
+
+def config(tmp_path: Path, policy: str = POLICY, lists_yaml: str = LISTS_YAML,
+           lists: dict[str, str] | None = None, extra: dict[str, object] | None = None) -> Path:
+    return write_gateway_config(tmp_path, upstream_port=53000, policies={"p.yaml": policy},
+                                lists=lists if lists is not None else LISTS,
+                                lists_yaml=lists_yaml, extra=extra)
+
+
+def test_check_accepts_a_good_config(tmp_path: Path) -> None:
+    r = safegate("check", "-c", str(config(tmp_path)))
+    assert r.returncode == 0, r.stderr
+    assert "OK: 4 tiers, 4 networks, 4 list entries in 3 categories" in r.stdout
+
+
+def test_check_accepts_the_shipped_example() -> None:
+    r = safegate("check", "-c", str(REPO / "deploy/example/gateway.yaml"))
+    assert r.returncode == 0, r.stderr
+    assert "OK: 5 tiers" in r.stdout
+
+
+@pytest.mark.parametrize(
+    ("policy", "message"),
+    [
+        (POLICY.replace("teens: {block: [adult]", "teens: {block: [adlt]"),
+         "p.yaml:3: tier 'teens' blocks unknown category 'adlt'"),
+        (POLICY.replace("kids: {block", "kids: {blok"),
+         "p.yaml:2: unknown key 'blok' in tier 'kids'"),
+        (POLICY.replace('"127.0.0.3/32"', '"127.0.0.300/32"'),
+         "p.yaml:10: bad CIDR '127.0.0.300/32'"),
+        (POLICY.replace('"127.0.0.3/32"', '"127.0.0.3/24"'),
+         "p.yaml:10: bad CIDR '127.0.0.3/24': 127.0.0.3/24 has host bits set"),
+        (POLICY.replace("tier: staff}", "tier: stuff}"),
+         "p.yaml:11: network 'staff-net' uses unknown tier 'stuff'"),
+        (POLICY.replace("answer: nxdomain", "answer: refuse"),
+         "p.yaml:3: answer must be one of blockpage, nxdomain, nodata, null, got 'refuse'"),
+        (POLICY + "  - {name: dup, cidrs: ['::1/128'], tier: kids}\n",
+         "p.yaml:12: ::1/128 is already used by network 'teens-v6'"),
+        ("tiers:\n  kids: {block: [adult]\nnetworks: []\n", "p.yaml:3: YAML syntax error"),
+        (POLICY.replace('deny: ["games.test"]', 'deny: ["bad name.test"]'),
+         "p.yaml:7: deny: 'bad name.test' contains a space"),
+    ],
+)
+def test_check_reports_file_line_and_problem(tmp_path: Path, policy: str, message: str) -> None:
+    r = safegate("check", "-c", str(config(tmp_path, policy=policy)))
+    assert r.returncode == 1
+    assert message in r.stderr, r.stderr
+    assert str(tmp_path / "policies" / "p.yaml") in r.stderr
+
+
+def test_check_unknown_gateway_key(tmp_path: Path) -> None:
+    r = safegate("check", "-c", str(config(tmp_path, extra={"dns": {"listne": ["x"]}})))
+    assert r.returncode == 1
+    assert "gateway.yaml:" in r.stderr and "unknown key 'listne' in dns" in r.stderr
+
+
+def test_check_lists_errors_and_skipped_lines(tmp_path: Path) -> None:
+    bad = LISTS_YAML.replace("format: hosts", "format: host")
+    r = safegate("check", "-c", str(config(tmp_path, lists_yaml=bad)))
+    assert r.returncode == 1
+    assert "lists.yaml:5:" in r.stderr and "host" in r.stderr
+    lists = dict(LISTS, **{"adult.txt": "adult-site.test\nnot a domain\n"})
+    r = safegate("check", "-c", str(config(tmp_path / "2", lists=lists)))
+    assert r.returncode == 0, r.stderr
+    assert "adult.txt:2:" in r.stderr
+    assert "1 list lines skipped" in r.stdout
+
+
+def test_explain_blocked_allowed_refused(tmp_path: Path) -> None:
+    cfg = str(config(tmp_path))
+    r = safegate("explain", "-c", cfg, "127.0.0.1", "WWW.Adult-Site.test.", "--json")
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout)
+    assert out["network"] == "kids-v4" and out["tier"] == "kids"
+    assert out["verdict"] == "blocked" and out["category"] == "adult"
+    assert out["rule"] == "adult-site.test" and out["ede"] == 15
+    assert out["sources"] == [f"{tmp_path / 'blocklists' / 'adult.txt'}:2: adult-site.test"]
+    r = safegate("explain", "-c", cfg, "::1", "x.csam-test.invalid", "--json")
+    out = json.loads(r.stdout)
+    assert (out["verdict"], out["reason"], out["ede"], out["answer"]) == (
+        "blocked", "mandatory", 16, "nxdomain")
+    r = safegate("explain", "-c", cfg, "127.0.0.4", "gamble.test", "--json")
+    assert json.loads(r.stdout)["verdict"] == "allowed"
+    r = safegate("explain", "-c", cfg, "192.0.2.1", "gamble.test", "--json")
+    assert json.loads(r.stdout)["verdict"] == "refused"
+    text = safegate("explain", "-c", cfg, "127.0.0.1", "play.games.test")
+    assert "reason: deny" in text.stdout and "rule: games.test" in text.stdout
