@@ -17,7 +17,9 @@ from gateway.dns.chain import Resolver
 from gateway.dns.server import DnsServer
 from gateway.dns.upstream import Forwarder, Upstream
 from gateway.errors import ConfigError, ConfigErrors, SafeGateError
+from gateway.lists.overlay import Overlay
 from gateway.metrics import GatewayCollector, Metrics
+from gateway.probe import ProbeResult, probe_name
 from gateway.state import Builder, Loaded, fingerprint, remove_stale_indexes, watched_files
 from gateway.web import blockpage_app, metrics_app
 
@@ -107,6 +109,26 @@ class Gateway:
             log.info("reloaded: generation %d, %d list entries", loaded.view.generation,
                      loaded.index.size)
             return True
+
+    def set_overlay(self, name: str, overlay: Overlay | None) -> int:
+        """Put a feed's rules in force (None removes them); atomic like a reload.
+
+        Returns the new view generation. The compiled lists are not touched.
+        """
+        if self.loaded is None or self.resolver is None:
+            raise SafeGateError("the gateway is not running yet")
+        if overlay is None:
+            self.builder.overlays.pop(name, None)
+        else:
+            self.builder.overlays[name] = overlay
+        self.loaded = self.builder.rebuild_view(self.loaded)
+        self.resolver.swap(self.loaded.view)
+        return self.loaded.view.generation
+
+    async def probe(self, name: str) -> ProbeResult:
+        """Ask the live query path about `name` from one client address of every network."""
+        assert self.loaded is not None and self.resolver is not None
+        return await probe_name(self.resolver, self.loaded, name)
 
     async def watch(self) -> None:
         """Poll the config, policy and list files' stat() and reload when anything changes."""

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from gateway.lists import Action
-from gateway.lists.index import ListIndex
+from gateway.lists.overlay import Matcher
 
 EDE_BLOCKED = 15
 EDE_CENSORED = 16
@@ -35,6 +35,7 @@ class Verdict:
     offset: int = 0             # where `rule` starts inside the queried name
     answer: str = ""            # blockpage | nxdomain | nodata | null (blocked only)
     ede: int = 0
+    ref: str = ""               # the feed entry id, when a feed entry decided
     bodies: dict[tuple[int, bool, bool], tuple[int, bytes, bytes]] = field(
         default_factory=dict, compare=False, repr=False)  # synthesized replies, see answers.py
 
@@ -45,6 +46,8 @@ class Verdict:
             return f"deny: {rule}"
         if self.reason == "allowlist-only":
             return "not on the allowlist"
+        if self.ref:
+            return f"{self.category}: {rule} ({self.ref})"
         return f"{self.category}: {rule}"
 
 
@@ -63,7 +66,7 @@ class Profile:
 
     def __init__(self, id: int, network: str, tier: str, blocked: frozenset[str], answer: str,
                  allow: frozenset[bytes], deny: frozenset[bytes], default_block: bool,
-                 index: ListIndex) -> None:
+                 index: Matcher) -> None:
         self.id = id
         self.network = network
         self.tier = tier
@@ -105,23 +108,23 @@ def _suffix_match(names: frozenset[bytes], key: bytes) -> int:
 def decide(profile: Profile, key: bytes) -> Verdict:
     """The uncached decision; see the module docstring for the order."""
     matches = profile.index.match(key)
-    # (category, mandatory) -> (offset, action) of the most specific entry
-    decided: dict[tuple[str, bool], tuple[int, int]] = {}
+    # (category, mandatory) -> (offset, action, ref) of the most specific entry
+    decided: dict[tuple[str, bool], tuple[int, int, str]] = {}
     for off, rules in matches:  # longest suffix first: the most specific entry decides
         for rule in rules:
             slot = (rule.category, rule.mandatory)
             prev = decided.get(slot)
-            if prev is None:
-                decided[slot] = (off, rule.action)
-            elif prev[0] == off and rule.action == Action.PASSTHRU:
-                decided[slot] = (off, rule.action)  # an exception beats a block at the same level
-    best: tuple[int, str, int] | None = None
-    for (category, mandatory), (off, action) in decided.items():
+            if prev is None or (prev[0] == off and rule.action == Action.PASSTHRU):
+                # (an exception beats a block at the same level)
+                decided[slot] = (off, rule.action, rule.ref)
+    best: tuple[int, str, int, str] | None = None
+    for (category, mandatory), (off, action, ref) in decided.items():
         if mandatory and action != Action.PASSTHRU and (best is None or (off, category) < best[:2]):
-            best = (off, category, action)
+            best = (off, category, action, ref)
     if best is not None:
-        off, category, action = best
-        return _blocked("mandatory", category, key, off, action, profile.answer, EDE_CENSORED)
+        off, category, action, ref = best
+        return _blocked("mandatory", category, key, off, action, profile.answer, EDE_CENSORED,
+                        ref)
 
     deny_off = _suffix_match(profile.deny, key)
     allow_off = _suffix_match(profile.allow, key)
@@ -130,13 +133,13 @@ def decide(profile: Profile, key: bytes) -> Verdict:
     if allow_off >= 0:
         return Verdict(False, "allow", "", key[allow_off:], allow_off)
 
-    for (category, mandatory), (off, action) in decided.items():
+    for (category, mandatory), (off, action, ref) in decided.items():
         if (not mandatory and action != Action.PASSTHRU and category in profile.blocked
                 and (best is None or (off, category) < best[:2])):
-            best = (off, category, action)
+            best = (off, category, action, ref)
     if best is not None:
-        off, category, action = best
-        return _blocked("policy", category, key, off, action, profile.answer, EDE_BLOCKED)
+        off, category, action, ref = best
+        return _blocked("policy", category, key, off, action, profile.answer, EDE_BLOCKED, ref)
     if profile.default_block:
         return Verdict(True, "allowlist-only", "allowlist-only", b"", 0, profile.answer,
                        EDE_BLOCKED)
@@ -144,7 +147,7 @@ def decide(profile: Profile, key: bytes) -> Verdict:
 
 
 def _blocked(reason: str, category: str, key: bytes, off: int, action: int, default_answer: str,
-             ede: int) -> Verdict:
+             ede: int, ref: str = "") -> Verdict:
     """A block verdict; an RPZ rule's own action (NXDOMAIN/NODATA) overrides the tier's answer."""
     if action == Action.NXDOMAIN:
         answer = "nxdomain"
@@ -152,4 +155,4 @@ def _blocked(reason: str, category: str, key: bytes, off: int, action: int, defa
         answer = "nodata"
     else:
         answer = default_answer
-    return Verdict(True, reason, category, key[off:], off, answer, ede)
+    return Verdict(True, reason, category, key[off:], off, answer, ede, ref=ref)

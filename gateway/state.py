@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import logging
 import os
@@ -26,6 +27,7 @@ from gateway.errors import ConfigError, ConfigErrors, SafeGateError
 from gateway.lists.catalog import Catalog, load_catalog
 from gateway.lists.compile import compile_catalog
 from gateway.lists.index import ListIndex
+from gateway.lists.overlay import Layered, Matcher, Overlay
 from gateway.netindex import PrefixMap
 from gateway.policy import Network, Network4or6, Policy, load_policy, policy_files
 
@@ -70,7 +72,7 @@ def watched_files(config_path: Path, loaded: Loaded | None) -> list[Path]:
     return paths
 
 
-def build_view(config: GatewayConfig, policy: Policy, index: ListIndex, generation: int
+def build_view(config: GatewayConfig, policy: Policy, index: Matcher, generation: int
                ) -> tuple[View, dict[str, Profile]]:
     """Profiles per network and the client map; pure and quick (no list parsing)."""
     profiles: dict[str, Profile] = {}
@@ -83,7 +85,7 @@ def build_view(config: GatewayConfig, policy: Policy, index: ListIndex, generati
     return View(PrefixMap(items), answers, generation), profiles
 
 
-def _profile(i: int, net: Network, policy: Policy, index: ListIndex) -> Profile:
+def _profile(i: int, net: Network, policy: Policy, index: Matcher) -> Profile:
     tier = policy.tiers[net.tier]
     return Profile(
         id=i, network=net.name, tier=tier.name, blocked=frozenset(tier.block),
@@ -108,12 +110,27 @@ def load_in_process(config_path: str | Path) -> Loaded:
                   lists_fingerprint=fingerprint([catalog.path, *catalog.files()]))
 
 
+def layered(index: ListIndex, overlays: dict[str, Overlay]) -> Matcher:
+    """The compiled index alone, or with the feeds' overlays on top (in feed-name order)."""
+    if not overlays:
+        return index
+    return Layered(index, [overlays[name] for name in sorted(overlays)])
+
+
 class Builder:
     """Builds Loaded states for the server, reusing the compiled index when lists are unchanged."""
 
     def __init__(self, config_path: Path) -> None:
         self.config_path = config_path
         self.generation = 0
+        self.overlays: dict[str, Overlay] = {}  # by feed name; survive file reloads
+
+    def rebuild_view(self, loaded: Loaded) -> Loaded:
+        """The same files with the current overlays: a feed update, no list recompile."""
+        self.generation += 1
+        view, profiles = build_view(loaded.config, loaded.policy,
+                                    layered(loaded.index, self.overlays), self.generation)
+        return dataclasses.replace(loaded, view=view, profiles=profiles)
 
     async def build(self, previous: Loaded | None) -> Loaded:
         """A new Loaded; raises ConfigError/ConfigErrors/SafeGateError and leaves `previous` be."""
@@ -127,7 +144,8 @@ class Builder:
             index_path, summary = await self._compile(config, catalog)
             index = ListIndex.open(index_path)
         self.generation += 1
-        view, profiles = build_view(config, policy, index, self.generation)
+        view, profiles = build_view(config, policy, layered(index, self.overlays),
+                                    self.generation)
         return Loaded(config, policy, catalog, index, view, profiles, summary, lists_fp,
                       index_path)
 

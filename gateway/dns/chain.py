@@ -15,6 +15,7 @@ miss returns a coroutine for the transport to schedule.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from collections.abc import Callable, Coroutine
@@ -158,8 +159,7 @@ class Resolver:
             if verdict.blocked:
                 # Answer for the queried name, citing the target's entry (the SOA owner is then
                 # the queried name itself: offset 0).
-                via = Verdict(True, verdict.reason, verdict.category, verdict.rule, 0,
-                              verdict.answer, verdict.ede)
+                via = dataclasses.replace(verdict, offset=0, bodies={})
                 return view.answers.blocked_reply(q, via), via
         return entry.reply(q, now, limit, stale), None
 

@@ -32,6 +32,7 @@ class Rule(NamedTuple):
     scope: int
     action: Action
     mandatory: bool
+    ref: str = ""  # the authority's entry id for feed rules (shown in EDE and explain)
 
 
 __all__ = ["SCOPE_BOTH", "SCOPE_SELF", "SCOPE_SUBS", "Action", "Rule"]

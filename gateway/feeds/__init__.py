@@ -1,0 +1,1 @@
+"""Central block feeds: the signed format, the publisher, and the gateway's client."""
