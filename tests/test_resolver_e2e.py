@@ -323,3 +323,64 @@ def test_sigterm_exits_cleanly_and_removes_index(gw: SafeGateProcess, tmp_path: 
     assert list(var.glob("*.sgidx"))
     gw.stop()
     assert not list(var.glob("*.sgidx"))
+
+
+def _read_frames(sock: socket.socket, count: int, timeout: float = 2.0) -> list[bytes]:
+    sock.settimeout(timeout)
+    data = b""
+    frames: list[bytes] = []
+    while len(frames) < count:
+        chunk = sock.recv(65535)
+        if not chunk:
+            break
+        data += chunk
+        while len(data) >= 2 and len(data) >= 2 + struct.unpack_from(">H", data)[0]:
+            size = struct.unpack_from(">H", data)[0]
+            frames.append(data[2:2 + size])
+            data = data[2 + size:]
+    return frames
+
+
+def test_tcp_pipelining_and_idle_timeout(unbound: ub.UnboundServer, safegate_factory: Any) -> None:
+    gw = safegate_factory(upstream_port=unbound.port, policies={"p.yaml": POLICY}, lists=LISTS,
+                          lists_yaml=LISTS_YAML, extra={"dns": {"tcp_idle_timeout": 0.5}})
+    queries = [dns.message.make_query(n, "A") for n in
+               (ub.ALLOWED, "x.adult-site.test", ub.WWW_ALLOWED, ub.NXDOMAIN_NAME)]
+    with socket.create_connection(("127.0.0.1", gw.dns_port), timeout=2) as s:
+        s.sendall(b"".join(struct.pack(">H", len(w)) + w for w in (q.to_wire() for q in queries)))
+        frames = _read_frames(s, len(queries))
+        replies = {dns.message.from_wire(f).id: dns.message.from_wire(f) for f in frames}
+        assert set(replies) == {q.id for q in queries}  # every query answered, any order
+        assert replies[queries[0].id].answer[0][0].address == ub.ALLOWED_A
+        assert replies[queries[3].id].rcode() == dns.rcode.NXDOMAIN
+        # the same connection is reused, then closed by the server once idle
+        s.sendall(struct.pack(">H", len(queries[0].to_wire())) + queries[0].to_wire())
+        assert len(_read_frames(s, 1)) == 1
+        time.sleep(1.0)
+        s.settimeout(2)
+        assert s.recv(10) == b""  # EOF: the server closed the idle connection
+
+
+def test_ipv6_only_network(safegate_factory: Any, unbound: ub.UnboundServer) -> None:
+    from tests.support.procs import free_port
+
+    port = free_port()
+    web_port = free_port(udp=False)
+    policy = POLICY.replace('cidrs: ["::1/128"], tier: teens', 'cidrs: ["::1/128"], tier: kids')
+    gw = safegate_factory(upstream_port=unbound.port, policies={"p.yaml": policy}, lists=LISTS,
+                          lists_yaml=LISTS_YAML,
+                          extra={"dns": {"listen": [f"[::1]:{port}"],
+                                         "upstreams": [f"[::1]:{unbound.port}"]},
+                                 "web": {"listen": f"[::1]:{web_port}"}})
+    assert gw.running()
+    for tcp in (False, True):
+        r = dns_query(ub.ALLOWED, "AAAA", port=port, addr="::1", tcp=tcp, payload=1232)
+        assert [rr.address for rr in r.answer[0]] == [ub.ALLOWED_AAAA]
+        # the block page's IPv6 address (the web listener), EDE 15
+        blocked = dns_query("adult-site.test", "AAAA", port=port, addr="::1", tcp=tcp,
+                            payload=1232)
+        assert [rr.address for rr in blocked.answer[0]] == ["::1"]
+        assert ede(blocked) == [(15, "adult: adult-site.test")]
+        # no IPv4 block-page address on this network: A is NODATA, still with the EDE
+        a = dns_query("adult-site.test", "A", port=port, addr="::1", tcp=tcp, payload=1232)
+        assert a.rcode() == dns.rcode.NOERROR and not a.answer and ede(a)
