@@ -35,6 +35,7 @@ log = logging.getLogger(__name__)
 Pending = Coroutine[Any, Any, bytes | None]
 TCP_LIMIT = 65_535
 _MEMO_LIMIT = 8_192  # memoized UDP replies per profile (~0.5 KB each)
+_ERROR_ACTIONS = {wire.NOTIMP: "notimp", wire.BADVERS: "badvers"}
 _BLOCKED = "blocked"
 _CACHED = "cached"
 
@@ -114,7 +115,7 @@ class Resolver:
         if q is None:
             return None
         if q.error:
-            count("notimp" if q.error == wire.NOTIMP else "formerr", "", "", protocol,
+            count(_ERROR_ACTIONS.get(q.error, "formerr"), "", "", protocol,
                   time.perf_counter() - start)
             return wire.error_reply(q, q.error)
 
