@@ -529,17 +529,23 @@ def check_alive(srv: Server, label: str, entry: dict[str, Any]) -> None:
 
 
 def latency_run(
-    srv: Server, data: Dataset, rate: int, tag: str, args: argparse.Namespace
+    srv: Server,
+    data: Dataset,
+    rate: int,
+    tag: str,
+    args: argparse.Namespace,
+    qset: str = "mix",
 ) -> dict[str, Any]:
     vfile = data.workdir / f"dnsperf-v-{tag}.txt"
+    qfile = {"blocked": data.blocked_q, "cached": data.cached_q}.get(qset) or data.mix_file(tag)
     r = run_dnsperf(
-        srv.name, srv.pid, srv.port, data.mix_file(tag), args=args, rate=rate, verbose_to=vfile
+        srv.name, srv.pid, srv.port, qfile, args=args, rate=rate, verbose_to=vfile
     )
     if not args.keep:
         vfile.unlink(missing_ok=True)
     lat = r.latency_ms
     print(
-        f"   {srv.name} @ {rate} qps (mix): p50 {lat.get('p50', 0):.3f} ms  "
+        f"   {srv.name} @ {rate} qps ({qset}): p50 {lat.get('p50', 0):.3f} ms  "
         f"p99 {lat.get('p99', 0):.3f} ms  p99.9 {lat.get('p99.9', 0):.3f} ms  "
         f"cpu {r.cpu_us_per_query:.1f} µs/q  lost {r.lost}  "
         f"other-procs-cpu {r.other_procs_cpu_s:.1f}s",
@@ -567,7 +573,7 @@ def print_table(results: dict[str, Any]) -> None:
     lat = results.get("latency", {})
     if lat:
         print(
-            "\n| server | offered QPS (mix) | p50 ms | p90 ms | p99 ms | p99.9 ms | lost "
+            "\n| server (query set: mix unless named) | offered QPS | p50 ms | p90 ms | p99 ms | p99.9 ms | lost "
             "| CPU-µs/q |"
         )
         print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
@@ -663,13 +669,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             if srv is None:
                 continue
             started.append(srv)
-            # Latency at half of this server's own peak (mix), measured now while it is warm.
-            peak = results["servers"][name]["runs"].get("mix", {}).get("qps", 0)
-            if peak:
-                rate = max(100, int(peak / 2))
-                results["latency"][f"{name}@half-own-peak"] = latency_run(
-                    srv, data, rate, f"{name}-lat", args
-                )
+            # Latency at half of this server's own peak, per query set, while it is warm.
+            for qset in ("blocked", "cached", "mix"):
+                peak = results["servers"][name]["runs"].get(qset, {}).get("qps", 0)
+                if peak:
+                    rate = max(100, int(peak / 2))
+                    key = f"{name}@half-own-peak" + ("" if qset == "mix" else f"/{qset}")
+                    results["latency"][key] = latency_run(
+                        srv, data, rate, f"{name}-lat-{qset}", args, qset
+                    )
             srv.stop()
         # Same offered load for both: dnsmasq at SafeGate's half-peak rate.
         sg_lat = results["latency"].get("safegate@half-own-peak")
