@@ -573,8 +573,8 @@ def print_table(results: dict[str, Any]) -> None:
     lat = results.get("latency", {})
     if lat:
         print(
-            "\n| server (query set: mix unless named) | offered QPS | p50 ms | p90 ms | p99 ms | p99.9 ms | lost "
-            "| CPU-µs/q |"
+            "\n| server (query set: mix unless named) | offered QPS | p50 ms | p90 ms | p99 ms "
+            "| p99.9 ms | lost | CPU-µs/q |"
         )
         print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
         for key, r in lat.items():
