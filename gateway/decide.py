@@ -11,6 +11,7 @@ adblock `@@||name^` exception lifts that category's block for the names under it
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -21,7 +22,7 @@ EDE_BLOCKED = 15
 EDE_CENSORED = 16
 EDE_FILTERED = 17
 
-_MEMO_LIMIT = 200_000
+_MEMO_LIMIT = 50_000  # verdicts per profile (~0.2 KB each; allowed names share one)
 
 
 @dataclass(frozen=True)
@@ -76,18 +77,19 @@ class Profile:
         self.deny = deny
         self.default_block = default_block
         self.index = index
-        self._memo: dict[bytes, Verdict] = {}
+        self._memo: OrderedDict[bytes, Verdict] = OrderedDict()
         # The query path's memo of whole UDP replies by query bytes (see dns/chain.py); here so
         # that it is rebuilt with the profile on every reload.
-        self.replies: dict[bytes, Any] = {}
+        self.replies: OrderedDict[bytes, Any] = OrderedDict()
 
     def decide(self, key: bytes) -> Verdict:
         """The verdict for a lowercase dotted name (memoized)."""
-        verdict = self._memo.get(key)
+        memo = self._memo
+        verdict = memo.get(key)
         if verdict is None:
-            if len(self._memo) >= _MEMO_LIMIT:
-                self._memo.clear()
-            verdict = self._memo[key] = decide(self, key)
+            if len(memo) >= _MEMO_LIMIT:
+                memo.popitem(last=False)  # oldest first; a clear would thrash at the limit
+            verdict = memo[key] = decide(self, key)
         return verdict
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+from collections import OrderedDict
 from collections.abc import Iterable
 from typing import Generic, TypeVar
 
@@ -30,7 +31,7 @@ class PrefixMap(Generic[T]):
                           key=lambda x: x[0])
         self._v6 = sorted(((plen, t) for (v, plen), t in tables.items() if v == 6), reverse=True,
                           key=lambda x: x[0])
-        self._memo: dict[str, T | None] = {}
+        self._memo: OrderedDict[str, T | None] = OrderedDict()
 
     def lookup(self, address: str) -> T | None:
         """The value of the longest prefix holding `address`, or None (also for junk input)."""
@@ -41,7 +42,7 @@ class PrefixMap(Generic[T]):
             pass
         value = self._lookup(address)
         if len(memo) >= _MEMO_LIMIT:
-            memo.clear()
+            memo.popitem(last=False)  # oldest first (see decide.Profile.decide)
         memo[address] = value
         return value
 

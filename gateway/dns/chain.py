@@ -34,7 +34,7 @@ log = logging.getLogger(__name__)
 
 Pending = Coroutine[Any, Any, bytes | None]
 TCP_LIMIT = 65_535
-_MEMO_LIMIT = 8_192  # memoized UDP replies per profile (~0.5 KB each)
+_MEMO_LIMIT = 16_384  # memoized UDP replies per profile (~0.3 KB each)
 _ERROR_ACTIONS = {wire.NOTIMP: "notimp", wire.BADVERS: "badvers"}
 _BLOCKED = "blocked"
 _CACHED = "cached"
@@ -97,7 +97,9 @@ class Resolver:
     def _remember(self, profile: Profile, data: bytes, memo: tuple[Any, ...]) -> None:
         replies = profile.replies
         if len(replies) >= _MEMO_LIMIT:
-            replies.clear()
+            # Evict the oldest insert: a full clear would make a working set just over the
+            # limit miss on every query.
+            replies.popitem(last=False)
         replies[data[2:]] = memo
 
     def _handle(self, data: bytes, client: str, protocol: str, start: float
