@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from gateway.dns.cache import CacheConfig
 from gateway.dns.upstream import ForwarderConfig
 from gateway.errors import ConfigError
+from gateway.names import normalize_name
 from gateway.yamlconf import (
     YDict,
     check_keys,
@@ -23,13 +27,49 @@ from gateway.yamlconf import (
 
 Address = tuple[str, int]
 
-TOP_KEYS = ("dns", "web", "metrics", "policies", "blocklists", "state_dir", "reload")
+TOP_KEYS = ("dns", "web", "metrics", "policies", "blocklists", "state_dir", "reload", "gateway",
+            "feeds", "feed_guard")
 DNS_KEYS = ("listen", "upstreams", "block_ttl", "tcp_idle_timeout", "upstream_timeout",
             "query_timeout", "cache")
 CACHE_KEYS = ("size", "min_ttl", "max_ttl", "negative_max_ttl", "stale_ttl")
 WEB_KEYS = ("listen", "public_address")
 METRICS_KEYS = ("listen",)
 RELOAD_KEYS = ("watch_interval",)
+IDENTITY_KEYS = ("id", "token", "report_stats")
+FEED_KEYS = ("name", "url", "type", "public_key", "interval", "category", "mandatory", "acks",
+             "long_poll")
+FEED_TYPES = ("safegate", "hosts", "domains", "adblock", "rpz")
+GUARD_KEYS = ("never_block", "max_change")
+MAX_CHANGE_KEYS = ("ratio", "entries")
+_FEED_NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,62}")
+
+
+@dataclass(frozen=True)
+class FeedConfig:
+    """One `feeds:` item; `public_keys` is empty for plain (unauthenticated) list feeds."""
+
+    name: str
+    url: str
+    type: str
+    public_keys: tuple[Path, ...] = ()
+    interval: float = 60.0
+    category: str | None = None
+    mandatory: bool = False
+    acks: bool = False
+    long_poll: float = 30.0
+
+    @property
+    def signed(self) -> bool:
+        return self.type == "safegate"
+
+
+@dataclass(frozen=True)
+class FeedGuardConfig:
+    """Defence in depth against a wrong or hostile feed: names never blocked, change limits."""
+
+    never_block: tuple[str, ...] = ()
+    max_change_ratio: float = 0.10
+    max_change_entries: int = 1000
 
 
 @dataclass(frozen=True)
@@ -48,6 +88,11 @@ class GatewayConfig:
     watch_interval: float = 2.0
     cache: CacheConfig = field(default_factory=CacheConfig)
     forwarder: ForwarderConfig = field(default_factory=ForwarderConfig)
+    gateway_id: str = ""
+    gateway_token: str = ""
+    report_stats: bool = False
+    feeds: tuple[FeedConfig, ...] = ()
+    feed_guard: FeedGuardConfig = field(default_factory=FeedGuardConfig)
 
 
 def parse_address(text: str, default_port: int) -> Address:
@@ -174,6 +219,14 @@ def load_config(path: str | Path) -> GatewayConfig:
         query_timeout=_float(dns.get("query_timeout", 4.0), "dns.query_timeout", dns,
                              "query_timeout"),
     )
+    identity = expect_mapping(doc.get("gateway"), "gateway", doc, "gateway")
+    check_keys(identity, IDENTITY_KEYS, "gateway")
+    gateway_id = _opt_str(identity, "id", "gateway.id")
+    gateway_token = _opt_str(identity, "token", "gateway.token")
+    report_stats = _bool(identity.get("report_stats", False), "gateway.report_stats", identity,
+                         "report_stats")
+    feeds = _feeds(doc, rel, gateway_id, gateway_token)
+    guard = _feed_guard(doc, feeds, upstreams)
     return GatewayConfig(
         path=path.resolve(),
         dns_listen=listen,
@@ -191,7 +244,128 @@ def load_config(path: str | Path) -> GatewayConfig:
                               "watch_interval"),
         cache=cache_cfg,
         forwarder=fwd,
+        gateway_id=gateway_id,
+        gateway_token=gateway_token,
+        report_stats=report_stats,
+        feeds=feeds,
+        feed_guard=guard,
     )
+
+
+def _opt_str(parent: YDict, key: str, what: str) -> str:
+    if key not in parent:
+        return ""
+    return expect_str(parent[key], what, parent, key).strip()
+
+
+def _bool(value: Any, what: str, parent: YDict, key: str) -> bool:
+    if not isinstance(value, bool):
+        raise error_at(f"{what} must be true or false, got {value!r}", None, parent, key)
+    return value
+
+
+def _feeds(doc: YDict, rel: Callable[[str], Path], gateway_id: str, gateway_token: str
+           ) -> tuple[FeedConfig, ...]:
+    """The `feeds:` list; every mistake is reported at its file:line."""
+    items = expect_list(doc.get("feeds", []), "feeds", doc, "feeds")
+    out: list[FeedConfig] = []
+    for i, raw in enumerate(items):
+        item = expect_mapping(raw, "a feeds item", items, i)
+        check_keys(item, FEED_KEYS, "a feeds item")
+        name = expect_str(item.get("name"), "feeds[].name", item, "name")
+        if not _FEED_NAME.fullmatch(name):
+            raise error_at(f"feed name {name!r}: use lowercase letters, digits, '-' and '_'",
+                           None, item, "name")
+        if any(f.name == name for f in out):
+            raise error_at(f"feed name {name!r} is used twice", None, item, "name")
+        what = f"feed {name!r}"
+        url = expect_str(item.get("url"), f"{what}: url", item, "url")
+        parts = urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise error_at(f"{what}: url must be an http(s) URL, got {url!r}", None, item, "url")
+        ftype = expect_str(item.get("type", "safegate"), f"{what}: type", item, "type")
+        if ftype not in FEED_TYPES:
+            raise error_at(f"{what}: type must be one of {', '.join(FEED_TYPES)}, got {ftype!r}",
+                           None, item, "type")
+        keys: list[Path] = []
+        if "public_key" in item:
+            if ftype != "safegate":
+                raise error_at(f"{what}: public_key is only for type safegate (plain lists are "
+                               "not signed)", None, item, "public_key")
+            key_items = expect_list(item["public_key"], f"{what}: public_key", item, "public_key")
+            for k, p in enumerate(key_items):
+                path = rel(expect_str(p, f"{what}: public_key", key_items, k))
+                if not path.is_file():
+                    raise error_at(f"{what}: public key file {path} not found", None,
+                                   key_items, k)
+                keys.append(path)
+        if ftype == "safegate" and not keys:
+            raise error_at(f"{what}: a safegate feed needs public_key (its documents are "
+                           "signed)", item, items, i)
+        category: str | None = None
+        if "category" in item:
+            category = expect_str(item["category"], f"{what}: category", item, "category")
+            if ftype == "safegate":
+                raise error_at(f"{what}: category is only for plain list feeds (a safegate feed "
+                               "names categories per entry)", None, item, "category")
+        elif ftype != "safegate":
+            raise error_at(f"{what}: a {ftype} feed needs category (where its names go)", item,
+                           items, i)
+        mandatory = _bool(item.get("mandatory", False), f"{what}: mandatory", item, "mandatory")
+        if mandatory and ftype == "safegate":
+            raise error_at(f"{what}: mandatory is set per entry by a safegate feed", None, item,
+                           "mandatory")
+        acks = _bool(item.get("acks", ftype == "safegate"), f"{what}: acks", item, "acks")
+        if acks and ftype != "safegate":
+            raise error_at(f"{what}: acks are only sent for safegate feeds", None, item, "acks")
+        if acks and not (gateway_id and gateway_token):
+            raise error_at(f"{what}: acks need gateway.id and gateway.token (or set acks: "
+                           "false)", item, items, i)
+        interval = _float(item.get("interval", 60), f"{what}: interval", item, "interval")
+        long_poll = item.get("long_poll", 30)
+        if isinstance(long_poll, bool) or not isinstance(long_poll, int | float) \
+                or not 0 <= long_poll <= 60:
+            raise error_at(f"{what}: long_poll must be 0 (off) to 60 seconds, got {long_poll!r}",
+                           None, item, "long_poll")
+        out.append(FeedConfig(name, url, ftype, tuple(keys), interval, category, mandatory,
+                              acks, float(long_poll)))
+    return tuple(out)
+
+
+def _feed_guard(doc: YDict, feeds: tuple[FeedConfig, ...], upstreams: tuple[Address, ...]
+                ) -> FeedGuardConfig:
+    """`feed_guard:`, plus the names a feed must never cut us off from (publishers, upstreams)."""
+    guard = expect_mapping(doc.get("feed_guard"), "feed_guard", doc, "feed_guard")
+    check_keys(guard, GUARD_KEYS, "feed_guard")
+    names: list[str] = []
+    items = expect_list(guard.get("never_block", []), "feed_guard.never_block", guard,
+                        "never_block")
+    for i, item in enumerate(items):
+        text = expect_str(item, "a feed_guard.never_block entry", items, i)
+        try:
+            names.append(normalize_name(text).decode("ascii"))
+        except ValueError as exc:
+            raise error_at(f"feed_guard.never_block: {text!r}: {exc}", item, items, i) from None
+    hosts = [urlsplit(f.url).hostname or "" for f in feeds] + [h for h, _ in upstreams]
+    for host in hosts:
+        try:
+            ipaddress.ip_address(host)
+            continue
+        except ValueError:
+            pass
+        try:
+            names.append(normalize_name(host).decode("ascii"))
+        except ValueError:
+            continue
+    change = expect_mapping(guard.get("max_change"), "feed_guard.max_change", guard, "max_change")
+    check_keys(change, MAX_CHANGE_KEYS, "feed_guard.max_change")
+    ratio = change.get("ratio", 0.10)
+    if isinstance(ratio, bool) or not isinstance(ratio, int | float) or not 0 < ratio <= 1:
+        raise error_at(f"feed_guard.max_change.ratio must be above 0 and at most 1, got "
+                       f"{ratio!r}", None, change, "ratio")
+    entries = _int(change.get("entries", 1000), "feed_guard.max_change.entries", change,
+                   "entries", 0)
+    return FeedGuardConfig(tuple(dict.fromkeys(names)), float(ratio), entries)
 
 
 def _address(value: Any, what: str, parent: YDict, key: str, default_port: int) -> Address:
@@ -228,5 +402,5 @@ def _float(value: Any, what: str, parent: YDict, key: str) -> float:
     return float(value)
 
 
-__all__ = ["Address", "ConfigError", "GatewayConfig", "format_address", "load_config",
-           "parse_address"]
+__all__ = ["Address", "ConfigError", "FeedConfig", "FeedGuardConfig", "GatewayConfig",
+           "format_address", "load_config", "parse_address"]
