@@ -101,7 +101,9 @@ def read_ledger(db: sqlite3.Connection, period: Period
             "SELECT entry_id, type, value, categories, mandatory, authority, decision, "
             "decision_date, issued_at, deadline, received_at, applied_at, verified_at, "
             "removed_at, outcome FROM entries"):
-        if not period.contains(received):
+        if not period.contains(received) or outcome == "received":
+            # "received" = recorded but not enforced at DNS (warn, or a URL/IP/hash entry for
+            # the HTTP proxy of issue #5): not part of the DNS enforcement report.
             continue
         rows.append(EntryRow(rid, etype, value, tuple(c for c in cats.split(",") if c),
                              bool(mandatory), authority, decision, ddate, issued, deadline,
@@ -133,7 +135,8 @@ def read_publisher(db: sqlite3.Connection, period: Period
     for (rid, etype, value, cats, mandatory, authority, decision, ddate, issued_at, deadline,
          removed_at) in db.execute(
             "SELECT id, type, value, categories, mandatory, authority, decision, decision_date, "
-            "issued_at, deadline, removed_at FROM entries WHERE action = 'block'"):
+            "issued_at, deadline, removed_at FROM entries WHERE action = 'block' "
+            "AND type IN ('domain', 'domain-exact')"):  # what gateways enforce at DNS today
         t = iso_to_unix(issued_at)
         if t is not None and period.contains(t):
             issued.append((rid, etype, value, tuple(json.loads(cats)), bool(mandatory), authority,

@@ -1,0 +1,292 @@
+"""The gateway's compliance ledger: what each feed entry went through, in SQLite (WAL).
+
+Schema: docs/feeds-contract.md (reports read it). Every state change that a publisher must hear
+about writes its ack to the outbox in the same transaction, so a crash can lose neither.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sqlite3
+import time
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from gateway.feeds.format import Entry, parse_time
+from gateway.feeds.outbox import ACK_ENTRIES, AckTarget, ack_entry, enqueue, iso
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS entries (
+  feed TEXT NOT NULL, entry_id TEXT NOT NULL,
+  type TEXT NOT NULL, value TEXT NOT NULL, categories TEXT NOT NULL,
+  mandatory INTEGER NOT NULL, authority TEXT, decision TEXT, decision_date TEXT,
+  serial INTEGER NOT NULL,
+  issued_at REAL NOT NULL,
+  deadline REAL,
+  received_at REAL NOT NULL, applied_at REAL, verified_at REAL, removed_at REAL,
+  outcome TEXT NOT NULL,
+  probe_failures INTEGER NOT NULL DEFAULT 0,
+  PRIMARY KEY (feed, entry_id));
+CREATE TABLE IF NOT EXISTS probes (ts REAL NOT NULL, feed TEXT NOT NULL, entry_id TEXT NOT NULL,
+                     result TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS outbox (id INTEGER PRIMARY KEY AUTOINCREMENT, created REAL NOT NULL,
+                     url TEXT NOT NULL, body TEXT NOT NULL,
+                     attempts INTEGER NOT NULL DEFAULT 0, next_attempt REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS stats_hourly (hour INTEGER NOT NULL, category TEXT NOT NULL,
+                           tier TEXT NOT NULL,
+                           queries INTEGER NOT NULL, blocked INTEGER NOT NULL,
+                           PRIMARY KEY (hour, category, tier));
+CREATE INDEX IF NOT EXISTS probes_ts ON probes (ts);
+"""
+
+DNS_TYPES = ("domain", "domain-exact")
+DEFAULT_DEADLINE = 24 * 3600.0   # when an entry has no deadline: issued_at + 24 h
+
+
+@dataclass(frozen=True)
+class LedgerEntry:
+    feed: str
+    entry_id: str
+    type: str
+    value: str
+    categories: tuple[str, ...]
+    mandatory: bool
+    serial: int
+    issued_at: float
+    deadline: float | None
+    received_at: float
+    applied_at: float | None
+    verified_at: float | None
+    removed_at: float | None
+    outcome: str
+    probe_failures: int
+
+    @property
+    def enforced_at_dns(self) -> bool:
+        return self.type in DNS_TYPES and self.outcome in ("applied", "verified", "failed")
+
+
+def _ts(text: str | None) -> float | None:
+    return None if text is None else parse_time(text).timestamp()
+
+
+class Ledger:
+    """One SQLite connection on the event loop's thread; writes are few and small."""
+
+    def __init__(self, path: Path, clock: Callable[[], float] = time.time,
+                 readonly: bool = False) -> None:
+        self.path = path
+        self.clock = clock
+        self.listeners: list[Callable[[], None]] = []   # told when an ack is enqueued
+        if readonly:
+            self.conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, isolation_level=None)
+        else:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self.conn = sqlite3.connect(path, isolation_level=None)
+            self.conn.execute("PRAGMA journal_mode=WAL")
+            # FULL: an ack or a verification must survive a power cut (writes are rare).
+            self.conn.execute("PRAGMA synchronous=FULL")
+            self.conn.executescript(SCHEMA)
+        self.conn.row_factory = sqlite3.Row
+
+    def close(self) -> None:
+        self.conn.close()
+
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        self.conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield self.conn
+        except BaseException:
+            self.conn.execute("ROLLBACK")
+            raise
+        self.conn.execute("COMMIT")
+
+    def _notify(self) -> None:
+        for listener in self.listeners:
+            listener()
+
+    # ------------------------------------------------------------------ entries
+
+    def get(self, feed: str, entry_id: str) -> LedgerEntry | None:
+        row = self.conn.execute("SELECT * FROM entries WHERE feed=? AND entry_id=?",
+                                (feed, entry_id)).fetchone()
+        return None if row is None else _entry(row)
+
+    def entries(self, feed: str) -> list[LedgerEntry]:
+        rows = self.conn.execute("SELECT * FROM entries WHERE feed=? ORDER BY entry_id", (feed,))
+        return [_entry(r) for r in rows]
+
+    def record(self, feed: str, serial: int, upserts: Iterable[tuple[Entry, str]],
+               removed: Iterable[str], received_at: float, applied_at: float | None,
+               ack: AckTarget | None, force_ack: bool = False) -> list[str]:
+        """Store an applied update; returns the ids whose state changed.
+
+        `upserts` pairs each entry in force with its outcome (applied | refused | received). An
+        entry already recorded with the same content keeps its times (a restart re-applying
+        the last-known-good copy must not reset when it was first received or verified).
+        """
+        changed: list[str] = []
+        with self.transaction() as c:
+            for entry, outcome in upserts:
+                old = self.get(feed, entry.id)
+                if old is not None and _same(old, entry) and old.removed_at is None and \
+                        _compatible(old.outcome, outcome):
+                    if outcome == "applied" and old.applied_at is None:
+                        c.execute("UPDATE entries SET applied_at=? WHERE feed=? AND entry_id=?",
+                                  (applied_at, feed, entry.id))
+                        changed.append(entry.id)
+                    continue
+                basis = entry.legal_basis
+                c.execute(
+                    "INSERT OR REPLACE INTO entries (feed, entry_id, type, value, categories, "
+                    "mandatory, authority, decision, decision_date, serial, issued_at, deadline, "
+                    "received_at, applied_at, verified_at, removed_at, outcome, probe_failures) "
+                    "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,NULL,NULL,?,0)",
+                    (feed, entry.id, entry.type, entry.value, ",".join(entry.categories),
+                     int(entry.mandatory), basis.authority if basis else None,
+                     basis.decision if basis else None, basis.date if basis else None, serial,
+                     _ts(entry.issued_at) or received_at, _ts(entry.deadline),
+                     old.received_at if old is not None and _same(old, entry)
+                     and old.removed_at is None else received_at,
+                     applied_at if outcome == "applied" else None, outcome))
+                changed.append(entry.id)
+            for rid in removed:
+                cur = c.execute("UPDATE entries SET removed_at=?, outcome='removed' WHERE feed=? "
+                                "AND entry_id=? AND removed_at IS NULL",
+                                (applied_at or received_at, feed, rid))
+                if cur.rowcount:
+                    changed.append(rid)
+            if ack is not None and (changed or force_ack):
+                self._enqueue_ack(c, ack, serial, changed)
+        if ack is not None and (changed or force_ack):
+            self._notify()
+        return changed
+
+    def _enqueue_ack(self, c: sqlite3.Connection, ack: AckTarget, serial: int,
+                     ids: Iterable[str], stats: list[dict[str, Any]] | None = None) -> None:
+        rows = [self.get(ack.feed, i) for i in ids]
+        entries = [ack_entry(r.entry_id, r.received_at, r.applied_at, r.verified_at, r.outcome)
+                   for r in rows if r is not None and r.type in DNS_TYPES
+                   and r.outcome != "received"]
+        now = self.clock()
+        for i in range(0, max(1, len(entries)), ACK_ENTRIES):   # POST bodies stay small
+            chunk = entries[i:i + ACK_ENTRIES]
+            enqueue(c, ack, serial, chunk, (stats or []) if i == 0 else [], now)
+
+    def record_probe(self, feed: str, entry_id: str, result: str, ts: float, *, gave_up: bool,
+                     ack: AckTarget | None, serial: int) -> tuple[str | None, float | None]:
+        """Store a probe; returns (new outcome if it changed, issued->verified seconds if this
+        is the entry's first verification)."""
+        latency: float | None = None
+        new: str | None = None
+        with self.transaction() as c:
+            c.execute("INSERT INTO probes (ts, feed, entry_id, result) VALUES (?,?,?,?)",
+                      (ts, feed, entry_id, result))
+            row = self.get(feed, entry_id)
+            if row is None or row.removed_at is not None or not row.enforced_at_dns:
+                return None, None
+            if result == "blocked":
+                if row.verified_at is None:
+                    c.execute("UPDATE entries SET verified_at=?, outcome='verified' WHERE feed=? "
+                              "AND entry_id=?", (ts, feed, entry_id))
+                    latency = max(0.0, ts - row.issued_at)
+                    new = "verified"
+                elif row.outcome != "verified":
+                    c.execute("UPDATE entries SET outcome='verified' WHERE feed=? AND entry_id=?",
+                              (feed, entry_id))
+                    new = "verified"
+            else:
+                c.execute("UPDATE entries SET probe_failures=probe_failures+1 WHERE feed=? AND "
+                          "entry_id=?", (feed, entry_id))
+                if gave_up and row.outcome != "failed":
+                    c.execute("UPDATE entries SET outcome='failed' WHERE feed=? AND entry_id=?",
+                              (feed, entry_id))
+                    new = "failed"
+            if new is not None and ack is not None:
+                self._enqueue_ack(c, ack, serial, [entry_id])
+        if new is not None and ack is not None:
+            self._notify()
+        return new, latency
+
+    def overdue(self, feed: str, now: float) -> int:
+        """Mandatory DNS block entries in force, past their deadline and never verified."""
+        row = self.conn.execute(
+            "SELECT COUNT(*) FROM entries WHERE feed=? AND mandatory=1 AND type IN (?,?) AND "
+            "outcome IN ('applied','failed') AND verified_at IS NULL AND removed_at IS NULL AND "
+            "COALESCE(deadline, issued_at + ?) < ?",
+            (feed, *DNS_TYPES, DEFAULT_DEADLINE, now)).fetchone()
+        return int(row[0])
+
+    def counts(self, feed: str) -> dict[str, int]:
+        rows = self.conn.execute("SELECT outcome, COUNT(*) FROM entries WHERE feed=? "
+                                 "GROUP BY outcome", (feed,))
+        return {r[0]: r[1] for r in rows}
+
+    def probe_counts(self) -> dict[str, int]:
+        out = {"blocked": 0, "not_blocked": 0, "error": 0}
+        for r in self.conn.execute("SELECT result, COUNT(*) FROM probes GROUP BY result"):
+            out[r[0]] = r[1]
+        return out
+
+    # ------------------------------------------------------------------ stats
+
+    def add_stats(self, hour: int, delta: dict[tuple[str, str], tuple[int, int]]) -> None:
+        """Add one flush's counts to the hour's rows (a restart mid-hour adds, never resets)."""
+        if not delta:
+            return
+        with self.transaction() as c:
+            c.executemany(
+                "INSERT INTO stats_hourly (hour, category, tier, queries, blocked) "
+                "VALUES (?,?,?,?,?) ON CONFLICT (hour, category, tier) DO UPDATE SET "
+                "queries = queries + excluded.queries, blocked = blocked + excluded.blocked",
+                [(hour, cat, tier, q, b) for (cat, tier), (q, b) in sorted(delta.items())])
+
+    def stats_for(self, hour: int) -> list[dict[str, Any]]:
+        rows = self.conn.execute("SELECT category, tier, queries, blocked FROM stats_hourly "
+                                 "WHERE hour=? ORDER BY category, tier", (hour,))
+        return [{"hour": iso(hour), "category": r[0], "tier": r[1], "queries": r[2],
+                 "blocked": r[3]} for r in rows]
+
+    def enqueue_stats(self, hour: int, targets: Iterable[tuple[AckTarget, int]]) -> None:
+        """A stats-only ack per target (target, its feed's serial), in one transaction."""
+        stats = self.stats_for(hour)
+        targets = list(targets)
+        if not stats or not targets:
+            return
+        with self.transaction() as c:
+            for target, serial in targets:
+                self._enqueue_ack(c, target, serial, [], stats)
+        self._notify()
+
+    def prune(self, now: float, probes_days: float = 30, stats_days: float = 90) -> None:
+        """Bound the database: old probe rows and hourly stats go (entries stay: they are the
+        compliance record)."""
+        with self.transaction() as c:
+            c.execute("DELETE FROM probes WHERE ts < ?", (now - probes_days * 86400,))
+            c.execute("DELETE FROM stats_hourly WHERE hour < ?", (now - stats_days * 86400,))
+
+    def outbox_pending(self) -> int:
+        return int(self.conn.execute("SELECT COUNT(*) FROM outbox").fetchone()[0])
+
+
+def _entry(row: sqlite3.Row) -> LedgerEntry:
+    return LedgerEntry(
+        row["feed"], row["entry_id"], row["type"], row["value"],
+        tuple(c for c in row["categories"].split(",") if c), bool(row["mandatory"]),
+        row["serial"], row["issued_at"], row["deadline"], row["received_at"], row["applied_at"],
+        row["verified_at"], row["removed_at"], row["outcome"], row["probe_failures"])
+
+
+def _same(old: LedgerEntry, entry: Entry) -> bool:
+    return (old.type, old.value, old.categories, old.mandatory, old.deadline) == (
+        entry.type, entry.value, entry.categories, entry.mandatory, _ts(entry.deadline))
+
+
+def _compatible(old: str, new: str) -> bool:
+    """An applied entry that was verified (or failed its probes) is still the same state."""
+    if new == "applied":
+        return old in ("applied", "verified", "failed")
+    return old == new
