@@ -39,6 +39,14 @@ def main(argv: list[str] | None = None) -> int:
     p_explain.add_argument("name", help="domain name, e.g. www.example.com")
     p_explain.add_argument("--json", action="store_true", help="machine-readable output")
 
+    # Feeds and compliance (issue #3): publisher verbs, the gateway's feed status, reports,
+    # the independent probe and RPZ export. Each module adds its own commands.
+    from gateway import cli_feed, cli_gateway_feed, cli_report
+
+    cli_feed.register(sub)
+    cli_gateway_feed.register(sub)
+    cli_report.register(sub)
+
     args = parser.parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -48,7 +56,9 @@ def main(argv: list[str] | None = None) -> int:
             return run(args.config)
         if args.command == "check":
             return check(args.config)
-        return explain(args.config, args.client, args.name, args.json)
+        if args.command == "explain":
+            return explain(args.config, args.client, args.name, args.json)
+        return int(args.func(args))
     except (ConfigError, ConfigErrors) as exc:
         for line in str(exc).splitlines():
             print(line, file=sys.stderr)

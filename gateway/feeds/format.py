@@ -22,6 +22,7 @@ ENTRY_TYPES = ("domain", "domain-exact", "url", "ip", "cidr", "sha256", "pdq")
 ACTIONS = ("block", "warn")
 _CATEGORY = re.compile(r"[a-z0-9][a-z0-9_-]{0,62}")
 _HEX64 = re.compile(r"[0-9a-f]{64}")
+_DATE = re.compile(r"\d{4}-\d{2}-\d{2}")
 _ID = re.compile(r"[^\s\x00-\x1f]{1,128}")
 
 
@@ -124,10 +125,14 @@ def normalize_value(entry_type: str, value: str) -> str:
         parts = urlsplit(value if "://" in value else "http://" + value)
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise ValueError(f"{value!r} is not an http(s) URL")
+        if parts.username or parts.password:
+            raise ValueError(f"{value!r} has credentials in it")
         host = normalize_name(parts.hostname).decode("ascii")
+        default = 80 if parts.scheme == "http" else 443
+        port = f":{parts.port}" if parts.port not in (None, default) else ""
         path = parts.path or "/"
         query = f"?{parts.query}" if parts.query else ""
-        return f"{parts.scheme}://{host}{path}{query}"
+        return f"{parts.scheme}://{host}{port}{path}{query}"
     if entry_type == "ip":
         return str(ipaddress.ip_address(value))
     if entry_type == "cidr":
@@ -179,6 +184,8 @@ def make_entry(raw: dict[str, Any]) -> Entry:
                 for k in ("authority", "decision", "date")):
             raise FeedError(f"{where}: legal_basis needs authority, decision and date")
         try:
+            if not _DATE.fullmatch(basis["date"]):
+                raise ValueError(basis["date"])
             date.fromisoformat(basis["date"])
         except ValueError:
             raise FeedError(f"{where}: legal_basis.date must be YYYY-MM-DD") from None

@@ -1,0 +1,1 @@
+"""The central feed publisher: signed feed, admin write API, acks and compliance metrics."""

@@ -1,0 +1,108 @@
+"""Validating a gateway's ack (docs/feeds-contract.md) before anything is stored."""
+
+from __future__ import annotations
+
+import json
+import re
+from datetime import UTC, datetime
+from typing import Any
+
+from gateway.errors import SafeGateError
+from gateway.feeds.format import parse_time
+from gateway.publisher.store import PROBE_RESULTS, Ack, AckEntry, StatRow
+
+OUTCOMES = ("received", "verified", "applied", "failed", "refused", "removed")
+# Category and tier become metric label values: bounded in length; their number is bounded by
+# the gateway's policy. Not stricter: tier names are free-form policy keys, and a 400 would stall
+# the gateway's outbox on this ack.
+_LABEL = re.compile(r"[^\x00-\x1f\x7f]{1,63}")
+
+
+class AckError(SafeGateError):
+    """A malformed ack (HTTP 400)."""
+
+
+def parse_ack(body: bytes) -> Ack:
+    """The validated ack; AckError says what is wrong."""
+    try:
+        doc = json.loads(body.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise AckError(f"not valid JSON: {exc}") from None
+    if not isinstance(doc, dict):
+        raise AckError("an ack must be a JSON object")
+    gateway = doc.get("gateway")
+    if not isinstance(gateway, str) or not gateway:
+        raise AckError("gateway must be a string")
+    if not isinstance(doc.get("feed", ""), str):
+        raise AckError("feed must be a string")
+    serial = doc.get("serial")
+    if not isinstance(serial, int) or not _count(serial):
+        raise AckError("serial must be a non-negative integer")
+    entries = tuple(_entry(i, e) for i, e in enumerate(_list(doc, "entries")))
+    stats = tuple(_stat(i, s) for i, s in enumerate(_list(doc, "stats")))
+    probes_raw = doc.get("probes") or {}
+    if not isinstance(probes_raw, dict):
+        raise AckError("probes must be an object")
+    probes: dict[str, int] = {}
+    for key, n in probes_raw.items():
+        if key not in PROBE_RESULTS or not _count(n):
+            raise AckError(f"probes: {key!r} must be one of {', '.join(PROBE_RESULTS)} with a "
+                           "non-negative count")
+        probes[key] = n
+    return Ack(gateway, serial, entries, stats, probes)
+
+
+def _list(doc: dict[str, Any], key: str) -> list[Any]:
+    value = doc.get(key) or []
+    if not isinstance(value, list):
+        raise AckError(f"{key} must be a list")
+    return value
+
+
+def _count(n: Any) -> bool:
+    return isinstance(n, int) and not isinstance(n, bool) and n >= 0
+
+
+def _time(value: Any, what: str) -> float | None:
+    if value is None:
+        return None
+    try:
+        return parse_time(value).timestamp()
+    except ValueError:
+        raise AckError(f"{what} must be an ISO 8601 time with timezone or null") from None
+
+
+def _entry(i: int, raw: Any) -> AckEntry:
+    if not isinstance(raw, dict) or not isinstance(raw.get("id"), str) or not raw["id"]:
+        raise AckError(f"entries[{i}] must be an object with an id")
+    where = f"entries[{i}] ({raw['id']!r})"
+    outcome = raw.get("outcome")
+    if outcome not in OUTCOMES:
+        raise AckError(f"{where}: outcome must be one of {', '.join(OUTCOMES)}")
+    return AckEntry(raw["id"], _time(raw.get("received_at"), f"{where}: received_at"),
+                    _time(raw.get("applied_at"), f"{where}: applied_at"),
+                    _time(raw.get("verified_at"), f"{where}: verified_at"), outcome)
+
+
+def _stat(i: int, raw: Any) -> StatRow:
+    where = f"stats[{i}]"
+    if not isinstance(raw, dict):
+        raise AckError(f"{where} must be an object")
+    hour = _time(raw.get("hour"), f"{where}: hour")
+    if hour is None:
+        raise AckError(f"{where}: hour is required")
+    for key in ("category", "tier"):
+        if not isinstance(raw.get(key), str) or not _LABEL.fullmatch(raw[key]):
+            raise AckError(f"{where}: {key} must be a name of 1-63 characters")
+    for key in ("queries", "blocked"):
+        if not _count(raw.get(key)):
+            raise AckError(f"{where}: {key} must be a non-negative integer")
+    return StatRow(int(hour) // 3600 * 3600, raw["category"], raw["tier"], raw["queries"],
+                   raw["blocked"])
+
+
+def iso(ts: float | None) -> str | None:
+    """Unix seconds as the ISO 8601 UTC text used in every API answer."""
+    if ts is None:
+        return None
+    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")

@@ -1,0 +1,161 @@
+"""publisher.yaml: where the publisher listens, its database and key, who may ack."""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from gateway.config import Address, parse_address
+from gateway.names import normalize_name
+from gateway.yamlconf import (
+    YDict,
+    check_keys,
+    error_at,
+    expect_list,
+    expect_mapping,
+    expect_str,
+    load_yaml,
+)
+
+TOP_KEYS = ("listen", "database", "signing_key", "gateways", "admin_token", "never_block",
+            "max_change", "diff_history", "overdue_after_hours", "tls")
+GATEWAY_KEYS = ("id", "token")
+MAX_CHANGE_KEYS = ("ratio", "entries")
+TLS_KEYS = ("cert", "key")
+DEFAULT_NEVER_BLOCK = ("gov.vn", "edu.vn")
+MIN_TOKEN_LENGTH = 16
+# Gateway ids become metric label values and ack keys: keep them short and tame.
+_GATEWAY_ID = re.compile(r"[a-z0-9][a-z0-9_.-]{0,62}")
+
+
+@dataclass(frozen=True)
+class PublisherConfig:
+    path: Path
+    listen: Address
+    database: Path
+    signing_key: Path
+    gateways: dict[str, str]                  # gateway id -> token
+    admin_token: str | None = None
+    never_block: tuple[str, ...] = DEFAULT_NEVER_BLOCK
+    max_change_ratio: float = 0.10
+    max_change_entries: int = 1000
+    diff_history: int = 1000
+    overdue_after_hours: float = 24.0
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+
+
+def load_publisher_config(path: str | Path) -> PublisherConfig:
+    """Read and validate publisher.yaml; paths in it are relative to the file."""
+    path = Path(path)
+    doc = expect_mapping(load_yaml(path), "publisher.yaml")
+    if not doc.path:
+        doc.path = str(path)
+    check_keys(doc, TOP_KEYS, "publisher.yaml")
+    base = path.resolve().parent
+
+    def rel(key: str, parent: YDict, what: str) -> Path:
+        return Path(os.path.normpath(base / expect_str(parent.get(key), what, parent, key)))
+
+    for key in ("listen", "database", "signing_key"):
+        if key not in doc:
+            raise error_at(f"publisher.yaml needs {key!r}", doc)
+    try:
+        listen = parse_address(expect_str(doc["listen"], "listen", doc, "listen"), 8443)
+    except ValueError as exc:
+        raise error_at(f"listen: {exc}", None, doc, "listen") from None
+    admin = doc.get("admin_token")
+    if admin is not None:
+        admin = _token(admin, "admin_token", doc, "admin_token")
+    tls_cert = tls_key = None
+    if "tls" in doc:
+        tls = expect_mapping(doc["tls"], "tls", doc, "tls")
+        check_keys(tls, TLS_KEYS, "tls")
+        for key in TLS_KEYS:
+            if key not in tls:
+                raise error_at(f"tls needs {key!r}", tls, doc, "tls")
+        tls_cert, tls_key = rel("cert", tls, "tls.cert"), rel("key", tls, "tls.key")
+    ratio, entries = 0.10, 1000
+    if "max_change" in doc:
+        mc = expect_mapping(doc["max_change"], "max_change", doc, "max_change")
+        check_keys(mc, MAX_CHANGE_KEYS, "max_change")
+        ratio = _number(mc.get("ratio", ratio), "max_change.ratio", mc, "ratio", 0.0, 1.0)
+        entries = int(_number(mc.get("entries", entries), "max_change.entries", mc, "entries",
+                              0, None, integer=True))
+    return PublisherConfig(
+        path=path,
+        listen=listen,
+        database=rel("database", doc, "database"),
+        signing_key=rel("signing_key", doc, "signing_key"),
+        gateways=_gateways(doc, admin),
+        admin_token=admin,
+        never_block=_never_block(doc),
+        max_change_ratio=ratio,
+        max_change_entries=entries,
+        diff_history=int(_number(doc.get("diff_history", 1000), "diff_history", doc,
+                                 "diff_history", 1, None, integer=True)),
+        overdue_after_hours=_number(doc.get("overdue_after_hours", 24), "overdue_after_hours",
+                                    doc, "overdue_after_hours", 0.0, None),
+        tls_cert=tls_cert,
+        tls_key=tls_key,
+    )
+
+
+def _gateways(doc: YDict, admin: str | None) -> dict[str, str]:
+    items = expect_list(doc.get("gateways", []), "gateways", doc, "gateways")
+    out: dict[str, str] = {}
+    seen_tokens: set[str] = {admin} if admin else set()
+    for i, item in enumerate(items):
+        gw = expect_mapping(item, f"gateways[{i}]", items, i)
+        check_keys(gw, GATEWAY_KEYS, "a gateway")
+        gid = expect_str(gw.get("id"), "gateway id", gw, "id")
+        if not _GATEWAY_ID.fullmatch(gid):
+            raise error_at(f"gateway id {gid!r} must be lowercase letters, digits, '.', '_' "
+                           "or '-' (at most 63)", gid, gw, "id")
+        if gid in out:
+            raise error_at(f"gateway id {gid!r} is listed twice", gid, gw, "id")
+        token = _token(gw.get("token"), f"token of gateway {gid!r}", gw, "token")
+        if token in seen_tokens:
+            raise error_at(f"token of gateway {gid!r} is already used (by another gateway or "
+                           "admin_token): every gateway needs its own", None, gw, "token")
+        seen_tokens.add(token)
+        out[gid] = token
+    return out
+
+
+def _token(value: Any, what: str, parent: YDict, key: str) -> str:
+    token = expect_str(value, what, parent, key)
+    if len(token) < MIN_TOKEN_LENGTH or any(c.isspace() for c in token):
+        raise error_at(f"{what} must be at least {MIN_TOKEN_LENGTH} characters without spaces "
+                       "(generate one with `openssl rand -hex 24`)", None, parent, key)
+    return token
+
+
+def _never_block(doc: YDict) -> tuple[str, ...]:
+    if "never_block" not in doc:
+        return DEFAULT_NEVER_BLOCK
+    items = expect_list(doc["never_block"], "never_block", doc, "never_block")
+    out: list[str] = []
+    for i, name in enumerate(items):
+        try:
+            out.append(normalize_name(expect_str(name, "a never_block name", items, i))
+                       .decode("ascii"))
+        except ValueError as exc:
+            raise error_at(f"never_block: {name!r}: {exc}", None, items, i) from None
+    return tuple(out)
+
+
+def _number(value: Any, what: str, parent: YDict, key: str, low: float,
+            high: float | None, integer: bool = False) -> float:
+    ok = isinstance(value, int | float) and not isinstance(value, bool)
+    if ok and integer and not isinstance(value, int):
+        ok = False
+    if not ok or value < low or (high is not None and value > high):
+        kind = "an integer" if integer else "a number"
+        bounds = f">= {low}" if high is None else f"between {low} and {high}"
+        raise error_at(f"{what} must be {kind} {bounds}, got {value!r}", None, parent, key)
+    return float(value)
+

@@ -1,0 +1,102 @@
+"""Publisher metrics, computed from SQLite at scrape time (the CLI writes from elsewhere).
+
+Label values are bounded: `gateway` comes from publisher.yaml, `category`/`tier` are checked
+names from acks, `result` is one of PROBE_RESULTS.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from datetime import timedelta
+
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from gateway.feeds.format import Entry, parse_time
+from gateway.publisher.store import PROBE_RESULTS, Store
+
+
+def entry_deadline(entry: Entry, default_hours: float) -> float:
+    """Unix time by which gateways must enforce `entry` (its deadline, else issued + default)."""
+    if entry.deadline is not None:
+        return parse_time(entry.deadline).timestamp()
+    return (parse_time(entry.issued_at) + timedelta(hours=default_hours)).timestamp()
+
+
+def overdue_counts(store: Store, gateways: list[str], now: float,
+                   default_hours: float) -> dict[str, int]:
+    """Per gateway: live mandatory block entries past their deadline it has not verified."""
+    due = [e.id for e in store.mandatory_block_entries()
+           if entry_deadline(e, default_hours) <= now]
+    verified = store.verified_ids()
+    return {gw: sum(1 for eid in due if eid not in verified.get(gw, set())) for gw in gateways}
+
+
+class PublisherCollector(Collector):
+    """Serial, entries and per-gateway compliance, read fresh on every scrape."""
+
+    def __init__(self, store: Store, gateways: list[str], overdue_after_hours: float,
+                 clock: Callable[[], float] = time.time) -> None:
+        self.store = store
+        self.gateways = sorted(gateways)
+        self.overdue_after_hours = overdue_after_hours
+        self.clock = clock
+
+    def collect(self) -> Iterator[Metric]:
+        store = self.store
+        g = GaugeMetricFamily("safegate_publisher_serial", "Current serial of the feed.")
+        g.add_metric([], store.serial())
+        yield g
+        g = GaugeMetricFamily("safegate_publisher_entries", "Live feed entries per category "
+                              "(an entry in two categories counts in both).",
+                              labels=["category"])
+        for cat, n in sorted(store.category_counts().items()):
+            g.add_metric([cat], n)
+        yield g
+
+        rows = store.gateway_rows()
+        applied = GaugeMetricFamily("safegate_publisher_gateway_applied_serial",
+                                    "Highest feed serial the gateway says it applied.",
+                                    labels=["gateway"])
+        last = GaugeMetricFamily("safegate_publisher_gateway_last_ack_timestamp_seconds",
+                                 "When the gateway's last ack arrived (0: never).",
+                                 labels=["gateway"])
+        for gw in self.gateways:
+            row = rows.get(gw)
+            applied.add_metric([gw], row.applied_serial if row else 0)
+            last.add_metric([gw], (row.last_ack or 0) if row else 0)
+        yield applied
+        yield last
+
+        overdue = GaugeMetricFamily(
+            "safegate_publisher_gateway_overdue_entries",
+            "Mandatory block entries past their deadline that the gateway has not verified.",
+            labels=["gateway"])
+        for gw, n in overdue_counts(store, self.gateways, self.clock(),
+                                    self.overdue_after_hours).items():
+            overdue.add_metric([gw], n)
+        yield overdue
+
+        queries = CounterMetricFamily("safegate_publisher_gateway_queries",
+                                      "DNS queries the gateway reported, from its acks.",
+                                      labels=["gateway", "category", "tier"])
+        blocked = CounterMetricFamily("safegate_publisher_gateway_blocked",
+                                      "Blocked queries the gateway reported, from its acks.",
+                                      labels=["gateway", "category", "tier"])
+        configured = set(self.gateways)
+        for gw, cat, tier, q, b in store.stats_totals():
+            if gw in configured:
+                queries.add_metric([gw, cat, tier], q)
+                blocked.add_metric([gw, cat, tier], b)
+        yield queries
+        yield blocked
+
+        probes = CounterMetricFamily("safegate_publisher_gateway_probe_checks",
+                                     "Self-probe results the gateway reported, from its acks.",
+                                     labels=["gateway", "result"])
+        totals = store.probe_totals()
+        for gw in self.gateways:
+            for result in PROBE_RESULTS:
+                probes.add_metric([gw, result], totals.get((gw, result), 0))
+        yield probes

@@ -1,0 +1,319 @@
+"""The publisher's SQLite database (schema in docs/feeds-contract.md), shared by CLI and server.
+
+The CLI writes from another process while the server runs, so every write is one
+`BEGIN IMMEDIATE` transaction that bumps `meta.serial`, and the server notices new serials by
+polling that one row. Connections are in autocommit mode: each read sees the latest commit.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from gateway.errors import SafeGateError
+from gateway.feeds.format import Entry, LegalBasis
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS entries (id TEXT PRIMARY KEY, type TEXT NOT NULL, value TEXT NOT NULL,
+  categories TEXT NOT NULL,
+  action TEXT NOT NULL, mandatory INTEGER NOT NULL,
+  authority TEXT, decision TEXT, decision_date TEXT,
+  issued_at TEXT NOT NULL, deadline TEXT,
+  added_serial INTEGER NOT NULL, removed_serial INTEGER, removed_at TEXT);
+CREATE TABLE IF NOT EXISTS gateways (id TEXT PRIMARY KEY,
+  applied_serial INTEGER NOT NULL DEFAULT 0, last_ack REAL);
+CREATE TABLE IF NOT EXISTS acks (gateway TEXT NOT NULL, entry_id TEXT NOT NULL,
+  received_at REAL, applied_at REAL, verified_at REAL, outcome TEXT NOT NULL,
+  PRIMARY KEY (gateway, entry_id));
+CREATE TABLE IF NOT EXISTS gateway_stats (gateway TEXT NOT NULL, hour INTEGER NOT NULL,
+  category TEXT NOT NULL, tier TEXT NOT NULL, queries INTEGER NOT NULL,
+  blocked INTEGER NOT NULL, PRIMARY KEY (gateway, hour, category, tier));
+CREATE TABLE IF NOT EXISTS gateway_probes (gateway TEXT NOT NULL, result TEXT NOT NULL,
+  count INTEGER NOT NULL, PRIMARY KEY (gateway, result));
+CREATE INDEX IF NOT EXISTS entries_added ON entries (added_serial);
+CREATE INDEX IF NOT EXISTS entries_removed ON entries (removed_serial);
+INSERT OR IGNORE INTO meta (key, value) VALUES ('serial', '0');
+"""
+
+PROBE_RESULTS = ("blocked", "not_blocked", "error")
+
+
+class StoreError(SafeGateError):
+    """A write the database refuses; `kind` is conflict (duplicate id) or not_found."""
+
+    def __init__(self, message: str, kind: str) -> None:
+        self.kind = kind
+        super().__init__(message)
+
+
+@dataclass(frozen=True)
+class StoredEntry:
+    """An entry plus its history in this feed."""
+
+    entry: Entry
+    added_serial: int
+    removed_serial: int | None
+    removed_at: str | None
+
+
+@dataclass(frozen=True)
+class AckEntry:
+    entry_id: str
+    received_at: float | None
+    applied_at: float | None
+    verified_at: float | None
+    outcome: str
+
+
+@dataclass(frozen=True)
+class StatRow:
+    hour: int
+    category: str
+    tier: str
+    queries: int
+    blocked: int
+
+
+@dataclass(frozen=True)
+class Ack:
+    """A validated ack (see gateway.publisher.acks)."""
+
+    gateway: str
+    serial: int
+    entries: tuple[AckEntry, ...]
+    stats: tuple[StatRow, ...]
+    probes: dict[str, int]
+
+
+@dataclass(frozen=True)
+class GatewayRow:
+    applied_serial: int
+    last_ack: float | None
+
+
+_ENTRY_COLUMNS = ("id, type, value, categories, action, mandatory, authority, decision, "
+                  "decision_date, issued_at, deadline, added_serial, removed_serial, removed_at")
+
+
+class Store:
+    """One connection to the publisher database; methods are short transactions."""
+
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self.db = sqlite3.connect(path, isolation_level=None, timeout=10.0,
+                                      check_same_thread=False)
+            self.db.execute("PRAGMA journal_mode=WAL")
+            self.db.execute("PRAGMA synchronous=NORMAL")
+            self.db.executescript(SCHEMA)
+        except sqlite3.Error as exc:
+            raise SafeGateError(f"{path}: cannot open the publisher database: {exc}") from None
+        self.path = path
+
+    def close(self) -> None:
+        self.db.close()
+
+    @contextmanager
+    def _write(self) -> Iterator[sqlite3.Connection]:
+        """A write transaction; IMMEDIATE so two writers serialise instead of deadlocking."""
+        self.db.execute("BEGIN IMMEDIATE")
+        try:
+            yield self.db
+        except BaseException:
+            self.db.execute("ROLLBACK")
+            raise
+        self.db.execute("COMMIT")
+
+    @contextmanager
+    def _read(self) -> Iterator[sqlite3.Connection]:
+        """A read transaction: several SELECTs that see one consistent serial."""
+        self.db.execute("BEGIN")
+        try:
+            yield self.db
+        finally:
+            self.db.execute("COMMIT")
+
+    # ------------------------------------------------------------------ entries
+
+    def serial(self) -> int:
+        row = self.db.execute("SELECT value FROM meta WHERE key='serial'").fetchone()
+        return int(row[0]) if row else 0
+
+    def _bump(self, db: sqlite3.Connection) -> int:
+        serial = int(db.execute("SELECT value FROM meta WHERE key='serial'").fetchone()[0]) + 1
+        db.execute("UPDATE meta SET value=? WHERE key='serial'", (str(serial),))
+        return serial
+
+    def add_entries(self, entries: Sequence[Entry]) -> int:
+        """Add a batch under one new serial; refuses ids that are live (remove them first).
+
+        A removed id may be reused: its row is replaced, so the diff carries the new entry.
+        """
+        with self._write() as db:
+            for e in entries:
+                row = db.execute("SELECT removed_serial FROM entries WHERE id=?",
+                                 (e.id,)).fetchone()
+                if row is not None and row[0] is None:
+                    raise StoreError(f"entry {e.id!r} already exists (remove it first to "
+                                     "change it)", "conflict")
+            serial = self._bump(db)
+            for e in entries:
+                lb = e.legal_basis
+                db.execute(
+                    "INSERT OR REPLACE INTO entries (" + _ENTRY_COLUMNS + ") "
+                    "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,NULL,NULL)",
+                    (e.id, e.type, e.value, json.dumps(list(e.categories)), e.action,
+                     int(e.mandatory), lb.authority if lb else None,
+                     lb.decision if lb else None, lb.date if lb else None, e.issued_at,
+                     e.deadline, serial))
+        return serial
+
+    def remove_entry(self, entry_id: str, removed_at: str) -> int:
+        """Mark an entry removed under a new serial; the row stays so diffs carry the removal."""
+        with self._write() as db:
+            row = db.execute("SELECT removed_serial FROM entries WHERE id=?",
+                             (entry_id,)).fetchone()
+            if row is None:
+                raise StoreError(f"no entry with id {entry_id!r}", "not_found")
+            if row[0] is not None:
+                raise StoreError(f"entry {entry_id!r} was already removed at serial {row[0]}",
+                                 "not_found")
+            serial = self._bump(db)
+            db.execute("UPDATE entries SET removed_serial=?, removed_at=? WHERE id=?",
+                       (serial, removed_at, entry_id))
+        return serial
+
+    def count_active(self) -> int:
+        return int(self.db.execute(
+            "SELECT count(*) FROM entries WHERE removed_serial IS NULL").fetchone()[0])
+
+    def has_entry(self, entry_id: str) -> bool:
+        return self.db.execute("SELECT 1 FROM entries WHERE id=?",
+                               (entry_id,)).fetchone() is not None
+
+    def get_entry(self, entry_id: str) -> StoredEntry | None:
+        row = self.db.execute(f"SELECT {_ENTRY_COLUMNS} FROM entries WHERE id=?",
+                              (entry_id,)).fetchone()
+        return _stored(row) if row else None
+
+    def list_entries(self, include_removed: bool = False) -> list[StoredEntry]:
+        where = "" if include_removed else " WHERE removed_serial IS NULL"
+        rows = self.db.execute(
+            f"SELECT {_ENTRY_COLUMNS} FROM entries{where} ORDER BY added_serial, id")
+        return [_stored(r) for r in rows]
+
+    def snapshot(self) -> tuple[int, list[Entry]]:
+        """(serial, live entries), read in one transaction."""
+        with self._read() as db:
+            serial = self.serial()
+            rows = db.execute(f"SELECT {_ENTRY_COLUMNS} FROM entries "
+                              "WHERE removed_serial IS NULL ORDER BY id").fetchall()
+        return serial, [_stored(r).entry for r in rows]
+
+    def diff(self, since: int) -> tuple[int, list[Entry], list[str]]:
+        """(serial, entries added after `since` and still live, ids removed after `since`)."""
+        with self._read() as db:
+            serial = self.serial()
+            added = db.execute(f"SELECT {_ENTRY_COLUMNS} FROM entries WHERE added_serial > ? "
+                               "AND removed_serial IS NULL ORDER BY id", (since,)).fetchall()
+            removed = db.execute("SELECT id FROM entries WHERE removed_serial > ? ORDER BY id",
+                                 (since,)).fetchall()
+        return serial, [_stored(r).entry for r in added], [r[0] for r in removed]
+
+    # ------------------------------------------------------------------ gateways and acks
+
+    def ensure_gateways(self, ids: Iterable[str]) -> None:
+        with self._write() as db:
+            db.executemany("INSERT OR IGNORE INTO gateways (id) VALUES (?)",
+                           [(i,) for i in ids])
+
+    def record_ack(self, ack: Ack, now: float) -> None:
+        """Apply an ack. Every step is idempotent, so a re-sent ack changes nothing.
+
+        Stats rows and probe counts are the gateway's totals (a closed hour's row; its probe
+        ledger's counts), so they replace what was stored: adding would count every retry
+        again, and gateways stamp a fresh `sent_at` on each retry, so a retry cannot be told
+        apart from a new ack.
+        """
+        with self._write() as db:
+            db.execute("INSERT INTO gateways (id, applied_serial, last_ack) VALUES (?,?,?) "
+                       "ON CONFLICT (id) DO UPDATE SET "
+                       "applied_serial=max(applied_serial, excluded.applied_serial), "
+                       "last_ack=excluded.last_ack", (ack.gateway, ack.serial, now))
+            # A time once recorded is kept: a re-sent or out-of-order ack cannot move it.
+            db.executemany(
+                "INSERT INTO acks (gateway, entry_id, received_at, applied_at, verified_at, "
+                "outcome) VALUES (?,?,?,?,?,?) ON CONFLICT (gateway, entry_id) DO UPDATE SET "
+                "received_at=coalesce(received_at, excluded.received_at), "
+                "applied_at=coalesce(applied_at, excluded.applied_at), "
+                "verified_at=coalesce(verified_at, excluded.verified_at), "
+                "outcome=excluded.outcome",
+                [(ack.gateway, e.entry_id, e.received_at, e.applied_at, e.verified_at, e.outcome)
+                 for e in ack.entries])
+            db.executemany(
+                "INSERT OR REPLACE INTO gateway_stats (gateway, hour, category, tier, queries, "
+                "blocked) VALUES (?,?,?,?,?,?)",
+                [(ack.gateway, s.hour, s.category, s.tier, s.queries, s.blocked)
+                 for s in ack.stats])
+            db.executemany(
+                "INSERT OR REPLACE INTO gateway_probes (gateway, result, count) VALUES (?,?,?)",
+                [(ack.gateway, r, n) for r, n in sorted(ack.probes.items())])
+
+    def gateway_rows(self) -> dict[str, GatewayRow]:
+        return {r[0]: GatewayRow(int(r[1]), r[2]) for r in
+                self.db.execute("SELECT id, applied_serial, last_ack FROM gateways")}
+
+    def acks_for_entry(self, entry_id: str) -> dict[str, AckEntry]:
+        rows = self.db.execute("SELECT gateway, received_at, applied_at, verified_at, outcome "
+                               "FROM acks WHERE entry_id=?", (entry_id,))
+        return {r[0]: AckEntry(entry_id, r[1], r[2], r[3], r[4]) for r in rows}
+
+    def mandatory_block_entries(self) -> list[Entry]:
+        rows = self.db.execute(f"SELECT {_ENTRY_COLUMNS} FROM entries WHERE removed_serial IS "
+                               "NULL AND mandatory=1 AND action='block' ORDER BY id")
+        return [_stored(r).entry for r in rows]
+
+    def verified_ids(self) -> dict[str, set[str]]:
+        """gateway -> ids of entries it has verified."""
+        out: dict[str, set[str]] = {}
+        for gw, eid in self.db.execute(
+                "SELECT gateway, entry_id FROM acks WHERE verified_at IS NOT NULL"):
+            out.setdefault(gw, set()).add(eid)
+        return out
+
+    def category_counts(self) -> dict[str, int]:
+        out: dict[str, int] = {}
+        for (cats,) in self.db.execute(
+                "SELECT categories FROM entries WHERE removed_serial IS NULL"):
+            for c in json.loads(cats):
+                out[c] = out.get(c, 0) + 1
+        return out
+
+    def stats_totals(self) -> list[tuple[str, str, str, int, int]]:
+        """(gateway, category, tier, queries, blocked) summed over all hours."""
+        return [(r[0], r[1], r[2], int(r[3]), int(r[4])) for r in self.db.execute(
+            "SELECT gateway, category, tier, sum(queries), sum(blocked) FROM gateway_stats "
+            "GROUP BY gateway, category, tier ORDER BY gateway, category, tier")]
+
+    def probe_totals(self) -> dict[tuple[str, str], int]:
+        return {(r[0], r[1]): int(r[2]) for r in
+                self.db.execute("SELECT gateway, result, count FROM gateway_probes")}
+
+
+def _stored(row: sqlite3.Row | tuple[object, ...]) -> StoredEntry:
+    (eid, etype, value, cats, action, mandatory, authority, decision, ddate, issued, deadline,
+     added, removed, removed_at) = row
+    basis = (LegalBasis(str(authority), str(decision), str(ddate))
+             if authority is not None else None)
+    entry = Entry(str(eid), str(etype), str(value), tuple(json.loads(str(cats))), str(action),
+                  bool(mandatory), basis, str(issued),
+                  None if deadline is None else str(deadline))
+    return StoredEntry(entry, int(str(added)),
+                       None if removed is None else int(str(removed)),
+                       None if removed_at is None else str(removed_at))
+
