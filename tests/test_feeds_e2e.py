@@ -1,0 +1,195 @@
+"""The whole loop with real processes: publisher -> two gateways -> acks -> regulator's view.
+
+An entry added at the publisher is blocked by both gateways and acked within 5 s; a publisher
+outage does not stop enforcement and acks arrive later; a gateway restarted with no publisher
+reachable still enforces; a removal lifts the block; the report matches the ledger.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import dns.edns
+import dns.message
+import dns.query
+import dns.rcode
+import pytest
+
+from tests.support import unbound as ub
+from tests.support.procs import REPO_ROOT, SafeGateProcess
+from tests.support.publisher import (
+    ADMIN_TOKEN,
+    PublisherProcess,
+    gateway_token,
+    start_publisher,
+)
+from tests.test_resolver_e2e import LISTS, LISTS_YAML, POLICY
+
+pytestmark = pytest.mark.integration
+
+NAME = "malware.example"  # resolves upstream (tests/support/unbound.py BLOCKED_NAMES)
+
+
+def entry(rid: str, value: str = NAME, **kw: Any) -> dict[str, Any]:
+    e = {"id": rid, "type": "domain", "value": value, "categories": ["csam"],
+         "mandatory": True, "issued_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+         "legal_basis": {"authority": "Bộ Công an", "decision": "123/QĐ-BCA",
+                         "date": "2026-11-20"}}
+    e.update(kw)
+    return e
+
+
+def ede_of(port: int, name: str) -> int | None:
+    q = dns.message.make_query(name, "A", use_edns=0)
+    r = dns.query.udp(q, "127.0.0.1", port=port, timeout=2)
+    codes = [o.code for o in r.options if isinstance(o, dns.edns.EDEOption)]
+    return codes[0] if codes else None
+
+
+def wait_for(check: Callable[[], bool], timeout: float, what: str) -> float:
+    start = time.monotonic()
+    while not check():
+        if time.monotonic() - start > timeout:
+            pytest.fail(f"not within {timeout} s: {what}")
+        time.sleep(0.05)
+    return time.monotonic() - start
+
+
+def acked(pub: PublisherProcess, rid: str, gateway: str) -> bool:
+    r = pub.request("GET", f"/v1/entries/{rid}")
+    if r.status != 200:
+        return False
+    for g in r.json().get("gateways", []):
+        if g.get("gateway") == gateway and g.get("verified_at"):
+            return True
+    return False
+
+
+@pytest.fixture
+def publisher(tmp_path: Path) -> Iterator[PublisherProcess]:
+    pub = start_publisher(tmp_path / "publisher", gateways=("gw-a", "gw-b"))
+    yield pub
+    pub.kill()
+
+
+def gateway_extra(pub: PublisherProcess, gw_id: str) -> dict[str, Any]:
+    return {
+        "gateway": {"id": gw_id, "token": gateway_token(gw_id)},
+        "feeds": [{"name": "central", "url": pub.url + "/v1/feed", "type": "safegate",
+                   "public_key": str(pub.setup.public_key), "interval": 60,
+                   "long_poll": 10}],
+    }
+
+
+def start_gateways(pub: PublisherProcess, unbound: ub.UnboundServer,
+                   safegate_factory: Any) -> list[SafeGateProcess]:
+    return [safegate_factory(upstream_port=unbound.port, policies={"p.yaml": POLICY},
+                             lists=LISTS, lists_yaml=LISTS_YAML, extra=gateway_extra(pub, gid))
+            for gid in ("gw-a", "gw-b")]
+
+
+def test_entry_is_blocked_by_both_gateways_and_acked_within_5s(
+        publisher: PublisherProcess, unbound: ub.UnboundServer, safegate_factory: Any) -> None:
+    gws = start_gateways(publisher, unbound, safegate_factory)
+    for gw in gws:
+        assert ede_of(gw.dns_port, NAME) is None  # resolves before the order
+    t0 = time.monotonic()
+    r = publisher.request("POST", "/v1/entries", body={"entries": [entry("BCA-2026-0001")]},
+                          token=ADMIN_TOKEN)
+    assert r.status == 201, r.body
+    for gw in gws:
+        wait_for(lambda gw=gw: ede_of(gw.dns_port, "www." + NAME) == 16, 5.0,
+                 "blocked with EDE 16 on both gateways")
+    for gid in ("gw-a", "gw-b"):
+        wait_for(lambda gid=gid: acked(publisher, "BCA-2026-0001", gid),
+                 5.0 - (time.monotonic() - t0), f"{gid} acked the entry as verified")
+    metrics = publisher.request("GET", "/metrics").body.decode()
+    assert 'safegate_publisher_gateway_applied_serial{gateway="gw-a"} 1.0' in metrics
+    assert 'safegate_publisher_gateway_overdue_entries{gateway="gw-b"} 0.0' in metrics
+    gm = gws[0].metrics_text()
+    assert 'safegate_feed_serial{feed="central"} 1.0' in gm
+    assert 'safegate_probe_checks_total{result="blocked"}' in gm
+
+    # removal lifts the block everywhere
+    r = publisher.request("DELETE", "/v1/entries/BCA-2026-0001", token=ADMIN_TOKEN)
+    assert r.status in (200, 204), r.body
+    for gw in gws:
+        wait_for(lambda gw=gw: ede_of(gw.dns_port, NAME) is None, 5.0, "block lifted")
+
+
+def test_publisher_outage_and_gateway_restart_without_publisher(
+        tmp_path: Path, publisher: PublisherProcess, unbound: ub.UnboundServer,
+        safegate_factory: Any) -> None:
+    gw_a, gw_b = start_gateways(publisher, unbound, safegate_factory)
+    r = publisher.request("POST", "/v1/entries", body={"entries": [entry("BCA-2026-0002")]},
+                          token=ADMIN_TOKEN)
+    assert r.status == 201
+    for gw in (gw_a, gw_b):
+        wait_for(lambda gw=gw: ede_of(gw.dns_port, NAME) == 16, 5.0, "enforced on both")
+    wait_for(lambda: acked(publisher, "BCA-2026-0002", "gw-a"), 5.0, "first ack")
+    publisher.stop()
+    # publisher down: both keep enforcing
+    assert ede_of(gw_a.dns_port, NAME) == 16 and ede_of(gw_b.dns_port, NAME) == 16
+    # a gateway restarted with no publisher reachable enforces its last-known-good copy
+    assert gw_b.config is not None
+    gw_b.stop()
+    restarted = safegate_factory(gw_b.config)
+    assert ede_of(restarted.dns_port, NAME) == 16
+    # the publisher comes back (same database, same port): acks that waited arrive
+    pub2 = start_publisher(publisher.setup.directory)
+    try:
+        r = pub2.request("POST", "/v1/entries",
+                         body={"entries": [entry("BCA-2026-0003", "adult.example")]},
+                         token=ADMIN_TOKEN)
+        assert r.status == 201
+        for gw in (gw_a, restarted):
+            wait_for(lambda gw=gw: ede_of(gw.dns_port, "adult.example") == 16, 15.0,
+                     "new entry after the outage")
+        wait_for(lambda: acked(pub2, "BCA-2026-0003", "gw-b"), 15.0, "ack after the outage")
+    finally:
+        pub2.kill()
+
+
+def test_report_matches_the_ledger(publisher: PublisherProcess, unbound: ub.UnboundServer,
+                                   safegate_factory: Any) -> None:
+    (gw,) = start_gateways(publisher, unbound, safegate_factory)[:1]
+    batch = [entry(f"BCA-2026-1{i:03d}", f"e{i}.adult-site.test") for i in range(5)]
+    assert publisher.request("POST", "/v1/entries", body={"entries": batch},
+                             token=ADMIN_TOKEN).status == 201
+    for e in batch:
+        wait_for(lambda e=e: ede_of(gw.dns_port, e["value"]) == 16, 5.0, "batch enforced")
+    assert gw.config is not None
+    ledger = gw.config.parent / "var" / "ledger.sqlite3"
+
+    def verified() -> int:
+        with sqlite3.connect(ledger) as db:
+            return int(db.execute("SELECT COUNT(*) FROM entries WHERE verified_at IS NOT NULL"
+                                  ).fetchone()[0])
+
+    wait_for(lambda: verified() == 5, 5.0, "all five verified in the ledger")
+    today = time.strftime("%Y-%m-%d")
+    out = subprocess.run([sys.executable, "-m", "gateway", "report", "-c", str(gw.config),
+                          "--from", today, "--to", today, "--format", "json", "--tz", "UTC"],
+                         capture_output=True, text=True, cwd=REPO_ROOT, timeout=60, check=False)
+    assert out.returncode == 0, out.stderr
+    report = json.loads(out.stdout)
+    (section,) = report["sections"]
+    with sqlite3.connect(ledger) as db:
+        latencies = sorted(r[0] for r in db.execute(
+            "SELECT verified_at - issued_at FROM entries WHERE outcome = 'verified'"))
+    assert len(latencies) == 5
+    assert section["all"]["received"] == 5 and section["mandatory"]["received"] == 5
+    # no deadline in these entries: verified means within deadline
+    assert section["all"]["within_deadline"] == 5
+    assert section["all"]["never"] == section["all"]["late"] == 0
+    assert section["latency"]["count"] == 5
+    assert section["latency"]["median_s"] == pytest.approx(latencies[2], abs=1e-3)
+    assert section["latency"]["p95_s"] == pytest.approx(latencies[4], abs=1e-3)
+    assert {e["id"] for e in section["entries"]} == {e["id"] for e in batch}
