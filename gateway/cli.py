@@ -64,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
             print(line, file=sys.stderr)
         return 1
     except SafeGateError as exc:
-        print(f"safegate: {exc}", file=sys.stderr)
+        print(f"safegate {args.command}: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 130

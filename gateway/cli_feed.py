@@ -4,13 +4,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
-import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from gateway.errors import ConfigError, ConfigErrors, SafeGateError
+from gateway.errors import SafeGateError
 
 Command = Callable[[argparse.Namespace], int]
 
@@ -24,11 +22,11 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
                                         "DIR/feed.pub)")
     p.add_argument("--out", required=True, type=Path, help="directory for the keys")
     p.add_argument("--name", default="feed", help="file name stem (default: feed)")
-    p.set_defaults(func=_guarded(keygen))
+    p.set_defaults(func=keygen)
 
     p = verbs.add_parser("serve", help="serve the feed, the write API, acks and /metrics")
     p.add_argument("-c", "--config", required=True, type=Path, help="publisher.yaml")
-    p.set_defaults(func=_guarded(serve))
+    p.set_defaults(func=serve)
 
     p = verbs.add_parser("add", help="add one entry (or a batch with --file); one new serial")
     p.add_argument("-c", "--config", required=True, type=Path, help="publisher.yaml")
@@ -50,40 +48,19 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
                    help="JSON file with a list of entries (or {\"entries\": [...]}) to add as "
                         "one batch, instead of --type/--value")
     p.add_argument("--force", action="store_true", help="allow a change larger than max_change")
-    p.set_defaults(func=_guarded(add))
+    p.set_defaults(func=add)
 
     p = verbs.add_parser("remove", help="remove an entry; one new serial")
     p.add_argument("-c", "--config", required=True, type=Path, help="publisher.yaml")
     p.add_argument("--id", required=True, help="reference of the entry")
     p.add_argument("--force", action="store_true", help="allow a change larger than max_change")
-    p.set_defaults(func=_guarded(remove))
+    p.set_defaults(func=remove)
 
     p = verbs.add_parser("list", help="list live entries")
     p.add_argument("-c", "--config", required=True, type=Path, help="publisher.yaml")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.add_argument("--all", action="store_true", help="include removed entries")
-    p.set_defaults(func=_guarded(list_cmd))
-
-
-def _guarded(func: Command) -> Command:
-    """Errors a user can fix become one message on stderr and exit 1."""
-
-    def run(args: argparse.Namespace) -> int:
-        try:
-            return func(args)
-        except (ConfigError, ConfigErrors) as exc:
-            for line in str(exc).splitlines():
-                print(line, file=sys.stderr)
-            return 1
-        except SafeGateError as exc:
-            print(f"safegate feed: {exc}", file=sys.stderr)
-            return 1
-        except KeyboardInterrupt:
-            return 130
-
-    run.__name__ = func.__name__
-    run.__doc__ = func.__doc__
-    return run
+    p.set_defaults(func=list_cmd)
 
 
 def keygen(args: argparse.Namespace) -> int:
@@ -216,20 +193,3 @@ def list_cmd(args: argparse.Namespace) -> int:
         print(f"{e.id}\t{e.type}\t{e.value}\t{','.join(e.categories)}\t"
               f"serial {s.added_serial}\t{' '.join(flags)}".rstrip())
     return 0
-
-
-def main(argv: list[str] | None = None) -> int:
-    """Stand-alone entry point (`python -m gateway.cli_feed feed ...`) until cli.py wires it."""
-    parser = argparse.ArgumentParser(prog="safegate")
-    parser.add_argument("--log-level", default="info",
-                        choices=["debug", "info", "warning", "error"])
-    register(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    func: Command = args.func
-    return func(args)
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import os
 import sqlite3
 import sys
@@ -24,7 +23,7 @@ import yaml
 
 from gateway import export as export_mod
 from gateway import probe_cli
-from gateway.errors import ConfigError, ConfigErrors, SafeGateError
+from gateway.errors import ConfigError
 from gateway.report import (
     DEFAULT_TZ,
     RENDERERS,
@@ -259,28 +258,3 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     e.add_argument("--origin", default="rpz.safegate.invalid", help="zone name")
     e.add_argument("--serial", type=int, default=None, help="SOA serial (default: unix time)")
     e.set_defaults(func=cmd_export)
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="safegate", description="SafeGate compliance tools.")
-    parser.add_argument("--log-level", default="warning",
-                        choices=["debug", "info", "warning", "error"])
-    register(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    try:
-        code: int = args.func(args)
-        return code
-    except (ConfigError, ConfigErrors) as exc:
-        print(str(exc), file=sys.stderr)
-        return 1
-    except SafeGateError as exc:
-        print(f"safegate: {exc}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        return 130
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -127,7 +127,7 @@ def test_export_without_ledger_still_has_the_mandatory_lists(tmp_path: Path) -> 
 def test_cli_export_writes_the_zone(tmp_path: Path) -> None:
     cfg = make_gateway(tmp_path)
     out = tmp_path / "safegate.rpz"
-    r = subprocess.run([sys.executable, "-m", "gateway.cli_report", "export", "rpz", "-c",
+    r = subprocess.run([sys.executable, "-m", "gateway", "export", "rpz", "-c",
                         str(cfg), "--out", str(out), "--serial", "7"], capture_output=True,
                        text=True, timeout=60, cwd=REPO, check=False)
     assert r.returncode == 0, r.stderr

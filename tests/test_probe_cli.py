@@ -240,7 +240,7 @@ def export_zone(tmp_path: Path) -> Path:
 
 async def probe(*args: str, timeout: float = 60) -> tuple[int, str, str]:
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "gateway.cli_report", "probe", *args, cwd=REPO_ROOT,
+        sys.executable, "-m", "gateway", "probe", *args, cwd=REPO_ROOT,
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
     out, err = await asyncio.wait_for(proc.communicate(), timeout)
     assert proc.returncode is not None
@@ -336,7 +336,7 @@ async def test_serve_exposes_metrics(
     fronts.append(front)
     port = free_port(v6=False, udp=False)
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "gateway.cli_report", "probe", "--resolver", front.resolver,
+        sys.executable, "-m", "gateway", "probe", "--resolver", front.resolver,
         "--feed", feed_server.url, "--public-key", str(feed_server.public_key),
         "--serve", f"127.0.0.1:{port}", "--interval", "0.2", cwd=REPO_ROOT,
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)

@@ -18,7 +18,7 @@ import pytest
 from aiohttp.test_utils import TestClient, TestServer
 from prometheus_client import CollectorRegistry
 
-from gateway import cli_feed
+from gateway import cli, cli_feed
 from gateway.errors import ConfigError
 from gateway.feeds.format import Entry, LegalBasis, parse_feed
 from gateway.feeds.rpz import to_rpz
@@ -43,7 +43,7 @@ T = "2026-11-23T10:00:00Z"
 
 def feed_main(setup: PublisherSetup, verb: str, *args: str) -> int:
     """`safegate feed VERB -c publisher.yaml ARGS` in-process (fast)."""
-    return cli_feed.main(["feed", verb, "-c", str(setup.config), *args])
+    return cli.main(["feed", verb, "-c", str(setup.config), *args])
 
 
 def add_args(value: str, *more: str, mandatory: bool = True) -> list[str]:
@@ -262,7 +262,7 @@ def test_cli_config_error_is_file_line(tmp_path: Path,
                                        capsys: pytest.CaptureFixture[str]) -> None:
     path = tmp_path / "publisher.yaml"
     path.write_text("listen: '127.0.0.1:1'\ndatabase: d\nsigning_key: k\nnever_blok: []\n")
-    assert cli_feed.main(["feed", "list", "-c", str(path)]) == 1
+    assert cli.main(["feed", "list", "-c", str(path)]) == 1
     assert capsys.readouterr().err.startswith(f"{path}:4: unknown key 'never_blok'")
 
 

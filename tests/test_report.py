@@ -178,7 +178,7 @@ def make_publisher(tmp_path: Path) -> Path:
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "gateway.cli_report", *args],
+    return subprocess.run([sys.executable, "-m", "gateway", *args],
                           capture_output=True, text=True, timeout=60, cwd=REPO, check=False)
 
 
