@@ -4,14 +4,5 @@
 # config on unprivileged ports (DNS 127.0.0.1:5353 and [::1]:5353). Ctrl-C stops it.
 set -eu
 cd "$(dirname "$0")/.."
-SUDO=""
-[ "$(id -u)" = 0 ] || SUDO=sudo
-need=""
-command -v make >/dev/null 2>&1 || need="$need make"
-python3 -c 'import ensurepip, venv' 2>/dev/null || need="$need python3-venv"
-if [ -n "$need" ]; then
-    $SUDO apt-get update
-    # shellcheck disable=SC2086
-    $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends $need
-fi
+. deploy/bootstrap-debian.sh
 exec make run "$@"
