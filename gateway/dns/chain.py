@@ -84,14 +84,15 @@ class Resolver:
         kind, payload = memo[0], memo[1]
         if kind is _BLOCKED:
             return data[:2] + payload  # type: ignore[no-any-return]
-        q, cache_key, limit, last = payload
+        q, limit, last = payload
+        entry = last[0]
         now = self.clock()
-        entry = self.cache.get(cache_key, now)
-        if entry is None or entry.cnames:  # refetched with a CNAME: re-check it on the slow path
-            return None
+        if entry.expires <= now:
+            return None  # the slow path refetches (or serves stale) and renews this memo
         second = int(now - entry.stored)
-        if last[0] is not entry or last[1] != second:  # TTLs tick once a second
-            last[:] = [entry, second, entry.reply(q, now, limit)[2:]]
+        if last[1] != second:  # TTLs tick once a second
+            last[1:] = [second, entry.reply(q, now, limit)[2:]]
+        self.cache.hits += 1
         return data[:2] + last[2]  # type: ignore[no-any-return]
 
     def _remember(self, profile: Profile, data: bytes, memo: tuple[Any, ...]) -> None:
@@ -149,7 +150,10 @@ class Resolver:
             count("blocked" if blocked else "cached", blocked.category if blocked else "",
                   profile.tier, protocol, time.perf_counter() - start)
             if protocol == "udp" and not entry.cnames:
-                self._remember(profile, data, (_CACHED, (q, cache_key, limit, [None, -1, b""]),
+                # The memo holds the entry itself: it stays a correct answer until it expires
+                # even if the cache evicts it (CNAME answers are re-checked on the slow path).
+                state = [entry, int(now - entry.stored), reply[2:]]
+                self._remember(profile, data, (_CACHED, (q, limit, state),
                                                ("cached", "", profile.tier, "udp")))
             return reply
         return self._forward(q, cache_key, profile, view, protocol, limit, start)

@@ -1,0 +1,98 @@
+"""The query path's memo: repeated query bytes are answered right (ID, TTL, expiry, tiers)."""
+
+from __future__ import annotations
+
+import ipaddress
+
+import dns.message
+import dns.rrset
+
+from gateway.decide import Profile
+from gateway.dns.answers import BlockAnswers
+from gateway.dns.cache import AnswerCache, CacheConfig, entry_from_reply
+from gateway.dns.chain import Resolver, View
+from gateway.dns.upstream import Forwarder, ForwarderConfig, Upstream
+from gateway.lists import SCOPE_BOTH, Action, Rule
+from gateway.lists.index import IndexBuilder, ListIndex
+from gateway.metrics import DnsStats
+from gateway.netindex import PrefixMap
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def resolver(clock: Clock) -> Resolver:
+    b = IndexBuilder()
+    b.add(b"blocked.test", Rule("adult", SCOPE_BOTH, Action.DEFAULT, False))
+    index = ListIndex.from_bytes(b.to_bytes())
+
+    def profile(i: int, blocked: frozenset[str]) -> Profile:
+        return Profile(i, f"net{i}", f"tier{i}", blocked, "nxdomain", frozenset(), frozenset(),
+                       False, index)
+
+    clients = PrefixMap([(ipaddress.ip_network("127.0.0.1/32"), profile(0, frozenset({"adult"}))),
+                         (ipaddress.ip_network("127.0.0.4/32"), profile(1, frozenset()))])
+    view = View(clients, BlockAnswers.for_addresses(30, ["127.0.0.1"]), 1)
+    cache = AnswerCache(CacheConfig())
+    fwd = Forwarder([Upstream("127.0.0.1", 9)], ForwarderConfig())
+    return Resolver(view, cache, fwd, DnsStats(), clock=clock)
+
+
+def fill(r: Resolver, name: str, ttl: int, now: float) -> None:
+    q = dns.message.make_query(name, "A")
+    reply = dns.message.make_response(q)
+    reply.answer.append(dns.rrset.from_text(name + ".", ttl, "IN", "A", "192.0.2.1"))
+    entry = entry_from_reply(reply.to_wire(), r.cache.cfg, now)
+    assert entry is not None
+    r.cache.put((name.lower().rstrip(".").encode(), 1, 1, 0), entry)
+
+
+def ask(r: Resolver, packet: bytes, client: str = "127.0.0.1") -> dns.message.Message:
+    out = r.handle(packet, client, "udp")
+    assert isinstance(out, bytes), "expected a synchronous answer"
+    return dns.message.from_wire(out)
+
+
+def test_memoized_cached_answer_patches_id_and_counts_ttl_down() -> None:
+    clock = Clock()
+    r = resolver(clock)
+    fill(r, "www.example.test", 300, clock.now)
+    q = dns.message.make_query("WWW.Example.test", "A")
+    first = ask(r, q.to_wire())
+    assert first.answer[0].ttl == 300
+    for step, qid in ((10.5, 7), (30.0, 8)):
+        clock.now += step
+        q.id = qid
+        again = ask(r, q.to_wire())
+        assert again.id == qid
+        assert again.question[0].name.to_text() == "WWW.Example.test."
+        assert again.answer[0].ttl == 300 - int(clock.now - 1000.0)
+    assert r.stats.queries[("cached", "", "tier0", "udp")] == 3
+
+
+def test_memo_expires_with_the_entry() -> None:
+    clock = Clock()
+    r = resolver(clock)
+    fill(r, "short.example.test", 5, clock.now)
+    packet = dns.message.make_query("short.example.test", "A").to_wire()
+    ask(r, packet)
+    clock.now += 6
+    pending = r.handle(packet, "127.0.0.1", "udp")
+    assert not isinstance(pending, bytes)  # expired: goes upstream, not served from the memo
+    pending.close()  # type: ignore[union-attr]
+
+
+def test_memo_is_per_profile() -> None:
+    clock = Clock()
+    r = resolver(clock)
+    fill(r, "x.blocked.test", 300, clock.now)
+    packet = dns.message.make_query("x.blocked.test", "A").to_wire()
+    assert ask(r, packet, "127.0.0.4").answer  # tier1 blocks nothing: the cached answer
+    assert ask(r, packet, "127.0.0.1").rcode() == 3  # tier0 blocks adult: NXDOMAIN
+    assert ask(r, packet, "127.0.0.1").rcode() == 3  # and again from its memo
+    assert ask(r, packet, "127.0.0.4").answer
