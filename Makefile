@@ -22,12 +22,13 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 CONFIG ?= deploy/example/gateway.yaml
 
-.PHONY: help run venv test lint typecheck unit bench deps-apt clean
+.PHONY: help run venv test lint typecheck unit bench bench-feeds deps-apt clean
 
 help:
 	@echo "make run       create .venv, install SafeGate, run it with $(CONFIG)"
 	@echo "make test      ruff + mypy + pytest (needs: make deps-apt)"
 	@echo "make bench     DNS benchmark vs dnsmasq (bench/dns_compare.py)"
+	@echo "make bench-feeds  central feed latency and 100k-entry apply (bench/feed_latency.py)"
 	@echo "make deps-apt  install the Debian packages the tests use"
 
 $(VBIN)/python:
@@ -67,6 +68,9 @@ test: venv
 
 bench: venv deps-apt
 	$(VBIN)/python bench/dns_compare.py $(BENCH_ARGS)
+
+bench-feeds: venv deps-apt
+	$(VBIN)/python bench/feed_latency.py $(BENCH_ARGS)
 
 # Daemons in these packages (unbound, prometheus) are kept from auto-starting while apt runs
 # (policy-rc.d 101): tests start their own on loopback, and Debian's unbound would otherwise

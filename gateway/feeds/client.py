@@ -30,7 +30,7 @@ import aiohttp
 
 from gateway.config import FeedConfig, FeedGuardConfig
 from gateway.feeds.format import Entry, Feed, FeedError, apply_diff, parse_feed
-from gateway.feeds.ledger import DNS_TYPES, Ledger, LedgerEntry
+from gateway.feeds.ledger import DNS_TYPES, RECORD_CHUNK, Ledger, LedgerEntry
 from gateway.feeds.outbox import AckTarget, backoff
 from gateway.feeds.signing import SIGNATURE_HEADER, Verifier
 from gateway.feeds.stats import FeedMetrics
@@ -141,6 +141,28 @@ class Applied:
 
 
 @dataclass
+class _Update:
+    """A verified document ready to go in force (FeedClient._prepare)."""
+
+    applied: Applied
+    changed: set[str]
+    removed: set[str]
+    received_at: float
+
+
+@dataclass
+class _Plan:
+    """What an entry set becomes: its overlay and its ledger rows (FeedClient._plan)."""
+
+    overlay: Overlay
+    refused: dict[str, str]            # entry id -> the never_block name it covers
+    newly_refused: dict[str, str]      # changed entries among them -> their value
+    kinds: dict[str, int]
+    by_category: dict[str, int]
+    upserts: list[tuple[Entry, str]]
+
+
+@dataclass
 class PlainApplied:
     digest: str
     rules: dict[bytes, tuple[Rule, ...]]
@@ -169,6 +191,7 @@ class FeedClient:
     held_id: str = ""
     failures: int = 0
     want_full: bool = False
+    busy: bool = False             # accept_async is applying an update (see check_confirmations)
 
     def __post_init__(self) -> None:
         self.dir = self.state_dir / "feeds"
@@ -342,7 +365,7 @@ class FeedClient:
         if status == 304:
             self._success()
             return "unchanged"
-        result = self.accept(body, resp_headers.get(SIGNATURE_HEADER))
+        result = await self.accept_async(body, resp_headers.get(SIGNATURE_HEADER))
         if result == "need_full":
             self.want_full = True
         elif result in ("updated", "unchanged"):
@@ -357,8 +380,39 @@ class FeedClient:
 
     def accept(self, body: bytes, signature: str | None, *, confirmed: bool = False) -> str:
         """Verify, check, persist and apply one document; raises Rejected."""
+        update = self._prepare(body, signature, self.clock(), confirmed)
+        if isinstance(update, str):
+            return update
+        self.applied = update.applied
+        self._install(update.applied.serial, update.applied.entries, update.changed,
+                      update.removed, update.received_at, ack=True)
+        self._clear_held()
+        return "updated"
+
+    async def accept_async(self, body: bytes, signature: str | None) -> str:
+        """accept() without stopping DNS: verifying, parsing, comparing and storing a big
+        document, and building its overlay, run in a worker thread (pure work on data only this
+        client touches: `busy` keeps confirmations away meanwhile); the swap and the ledger
+        stay on the event loop, the ledger in short transactions (Ledger.record_async)."""
+        self.busy = True
+        try:
+            update = await asyncio.to_thread(self._prepare, body, signature, self.clock(),
+                                             False)
+            if isinstance(update, str):
+                return update
+            self.applied = update.applied
+            await self._install_async(update.applied.serial, update.applied.entries,
+                                      update.changed, update.removed, update.received_at)
+            self._clear_held()
+            return "updated"
+        finally:
+            self.busy = False
+
+    def _prepare(self, body: bytes, signature: str | None, received_at: float,
+                 confirmed: bool) -> _Update | str:
+        """Everything before the swap: a result string (nothing to apply) or the update, with
+        the document already stored; raises Rejected. Touches no event-loop state."""
         assert self.verifier is not None
-        received_at = self.clock()
         try:
             self.verifier.verify(body, signature)
         except FeedError as exc:
@@ -404,11 +458,9 @@ class FeedClient:
             self._store_snapshot(body, signature or "")
         changed = {k for k, v in new.items() if current.get(k) != v}
         removed = set(current) - set(new)
-        self.applied = Applied(feed.serial, new, body,
-                               applied.diffs + 1 if applied and feed.is_diff else 0)
-        self._install(feed.serial, new, changed, removed, received_at, ack=True)
-        self._clear_held()
-        return "updated"
+        return _Update(Applied(feed.serial, new, body,
+                               applied.diffs + 1 if applied and feed.is_diff else 0),
+                       changed, removed, received_at)
 
     def _store_snapshot(self, body: bytes, sig: str) -> None:
         # The new signature is written aside first; start-up also tries NAME.sig.new, so a
@@ -428,6 +480,36 @@ class FeedClient:
     def _install(self, serial: int, entries: Mapping[str, Entry], changed: Iterable[str],
                  removed: Iterable[str], received_at: float, ack: bool) -> None:
         """Build the overlay from the whole entry set, swap it in, then record it."""
+        plan = self._plan(entries, changed)
+        applied_at = self._swap(plan)
+        ids = self.ledger.record(self.name, serial, plan.upserts, sorted(removed), received_at,
+                                 applied_at, self.ack, force_ack=ack)
+        self._log_applied(serial, plan, ids)
+        if self.on_applied is not None and ids:
+            found = self.ledger.rows(self.name, ids)
+            self.on_applied(self.name, [found[i] for i in ids
+                                        if i in found and found[i].enforced_at_dns])
+
+    async def _install_async(self, serial: int, entries: Mapping[str, Entry],
+                             changed: Iterable[str], removed: Iterable[str],
+                             received_at: float) -> None:
+        """_install for the polling path: same steps, never a long stop of the event loop."""
+        plan = await asyncio.to_thread(self._plan, entries, changed)
+        applied_at = self._swap(plan)
+        ids = await self.ledger.record_async(self.name, serial, plan.upserts, sorted(removed),
+                                             received_at, applied_at, self.ack, force_ack=True)
+        self._log_applied(serial, plan, ids)
+        if self.on_applied is not None:
+            for i in range(0, len(ids), RECORD_CHUNK):   # in chunks too: 100k probes to queue
+                part = ids[i:i + RECORD_CHUNK]
+                found = self.ledger.rows(self.name, part)
+                self.on_applied(self.name, [found[k] for k in part
+                                            if k in found and found[k].enforced_at_dns])
+                if i + RECORD_CHUNK < len(ids):
+                    await asyncio.sleep(0)
+
+    def _plan(self, entries: Mapping[str, Entry], changed: Iterable[str]) -> _Plan:
+        """The overlay and the ledger rows for an entry set (pure: safe in a worker thread)."""
         refused: dict[str, str] = {}
         rules: dict[bytes, list[Rule]] = defaultdict(list)
         kinds: dict[str, int] = defaultdict(int)
@@ -449,29 +531,33 @@ class FeedClient:
             scope = SCOPE_BOTH if e.type == "domain" else SCOPE_SELF
             rules[e.value.encode()].extend(
                 Rule(c, scope, Action.DEFAULT, e.mandatory, e.id) for c in e.categories)
-        self.target.set_overlay(self.name, Overlay({k: tuple(v) for k, v in rules.items()}))
-        applied_at = self.clock()
         changed = set(changed)
-        for rid, name in sorted(refused.items()):
-            if rid in changed:
-                self.metrics.refused.labels(self.name).inc()
-                log.warning("feed %s: entry %s (%s) refused: it covers never_block name %s",
-                            self.name, rid, entries[rid].value, name)
         upserts = [(e, "refused" if e.id in refused else
                     "applied" if e.type in DNS_TYPES and e.action == "block" else "received")
                    for e in (entries[i] for i in sorted(changed))]
-        ids = self.ledger.record(self.name, serial, upserts, sorted(removed), received_at,
-                                 applied_at, self.ack, force_ack=ack)
+        return _Plan(Overlay({k: tuple(v) for k, v in rules.items()}), refused,
+                     {rid: entries[rid].value for rid in refused if rid in changed},
+                     dict(kinds), dict(by_category), upserts)
+
+    def _swap(self, plan: _Plan) -> float:
+        """Put the plan's overlay in force; returns applied_at."""
+        self.target.set_overlay(self.name, plan.overlay)
+        applied_at = self.clock()
+        for rid, value in sorted(plan.newly_refused.items()):
+            self.metrics.refused.labels(self.name).inc()
+            log.warning("feed %s: entry %s (%s) refused: it covers never_block name %s",
+                        self.name, rid, value, plan.refused[rid])
+        return applied_at
+
+    def _log_applied(self, serial: int, plan: _Plan, ids: list[str]) -> None:
+        kinds = plan.kinds
         self.metrics.serial.labels(self.name).set(serial)
-        self.metrics.set_entries(self.name, dict(by_category))
+        self.metrics.set_entries(self.name, plan.by_category)
         log.info("feed %s: serial %d in force: %d DNS block entries (%d mandatory), %d warn "
                  "(recorded, not blocked), %d url/ip/cidr/hash (kept for the HTTP proxy), %d "
-                 "refused; %d changed", self.name, serial, kinds["block"], kinds["mandatory"],
-                 kinds["warn"], kinds["not-dns"], len(refused), len(ids))
-        if self.on_applied is not None and ids:
-            fresh = [r for r in (self.ledger.get(self.name, i) for i in ids)
-                     if r is not None and r.enforced_at_dns]
-            self.on_applied(self.name, fresh)
+                 "refused; %d changed", self.name, serial, kinds.get("block", 0),
+                 kinds.get("mandatory", 0), kinds.get("warn", 0), kinds.get("not-dns", 0),
+                 len(plan.refused), len(ids))
 
     # ------------------------------------------------------------------ plain lists
 

@@ -6,10 +6,11 @@ about writes its ack to the outbox in the same transaction, so a crash can lose 
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import sqlite3
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -43,6 +44,8 @@ CREATE INDEX IF NOT EXISTS probes_ts ON probes (ts);
 
 DNS_TYPES = ("domain", "domain-exact")
 DEFAULT_DEADLINE = 24 * 3600.0   # when an entry has no deadline: issued_at + 24 h
+RECORD_CHUNK = 1000              # entries per transaction in record_async (~30-50 ms each)
+_IN_CHUNK = 500                  # ids per `IN (...)` (SQLite's variable limit is 999 on old builds)
 
 
 @dataclass(frozen=True)
@@ -68,12 +71,26 @@ class LedgerEntry:
         return self.type in DNS_TYPES and self.outcome in ("applied", "verified", "failed")
 
 
+@dataclass(frozen=True)
+class ProbeRecord:
+    """One self-probe's result, to be stored (Ledger.record_probes)."""
+
+    feed: str
+    entry_id: str
+    result: str
+    ts: float
+    gave_up: bool
+    ack: AckTarget | None
+    serial: int
+
+
 def _ts(text: str | None) -> float | None:
     return None if text is None else parse_time(text).timestamp()
 
 
 class Ledger:
-    """One SQLite connection on the event loop's thread; writes are few and small."""
+    """One SQLite connection on the event loop's thread. Writes are small, except a big feed
+    update, which record_async splits into short transactions."""
 
     def __init__(self, path: Path, clock: Callable[[], float] = time.time,
                  readonly: bool = False) -> None:
@@ -119,6 +136,18 @@ class Ledger:
         rows = self.conn.execute("SELECT * FROM entries WHERE feed=? ORDER BY entry_id", (feed,))
         return [_entry(r) for r in rows]
 
+    def rows(self, feed: str, ids: Iterable[str]) -> dict[str, LedgerEntry]:
+        """The recorded rows of `ids` (missing ids are left out), read in bulk."""
+        ids = list(ids)
+        out: dict[str, LedgerEntry] = {}
+        for i in range(0, len(ids), _IN_CHUNK):
+            part = ids[i:i + _IN_CHUNK]
+            marks = ",".join("?" * len(part))
+            for row in self.conn.execute(f"SELECT * FROM entries WHERE feed=? AND entry_id IN "
+                                         f"({marks})", (feed, *part)):
+                out[row["entry_id"]] = _entry(row)
+        return out
+
     def record(self, feed: str, serial: int, upserts: Iterable[tuple[Entry, str]],
                removed: Iterable[str], received_at: float, applied_at: float | None,
                ack: AckTarget | None, force_ack: bool = False) -> list[str]:
@@ -128,49 +157,90 @@ class Ledger:
         entry already recorded with the same content keeps its times (a restart re-applying
         the last-known-good copy must not reset when it was first received or verified).
         """
-        changed: list[str] = []
+        upserts, removed = list(upserts), list(removed)
         with self.transaction() as c:
-            for entry, outcome in upserts:
-                old = self.get(feed, entry.id)
-                if old is not None and _same(old, entry) and old.removed_at is None and \
-                        _compatible(old.outcome, outcome):
-                    if outcome == "applied" and old.applied_at is None:
-                        c.execute("UPDATE entries SET applied_at=? WHERE feed=? AND entry_id=?",
-                                  (applied_at, feed, entry.id))
-                        changed.append(entry.id)
-                    continue
-                basis = entry.legal_basis
-                c.execute(
-                    "INSERT OR REPLACE INTO entries (feed, entry_id, type, value, categories, "
-                    "mandatory, authority, decision, decision_date, serial, issued_at, deadline, "
-                    "received_at, applied_at, verified_at, removed_at, outcome, probe_failures) "
-                    "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,NULL,NULL,?,0)",
-                    (feed, entry.id, entry.type, entry.value, ",".join(entry.categories),
-                     int(entry.mandatory), basis.authority if basis else None,
-                     basis.decision if basis else None, basis.date if basis else None, serial,
-                     _ts(entry.issued_at) or received_at, _ts(entry.deadline),
-                     old.received_at if old is not None and _same(old, entry)
-                     and old.removed_at is None else received_at,
-                     applied_at if outcome == "applied" else None, outcome))
-                changed.append(entry.id)
-            for rid in removed:
-                cur = c.execute("UPDATE entries SET removed_at=?, outcome='removed' WHERE feed=? "
-                                "AND entry_id=? AND removed_at IS NULL",
-                                (applied_at or received_at, feed, rid))
-                if cur.rowcount:
-                    changed.append(rid)
+            changed = self._record_part(c, feed, serial, upserts, removed, received_at,
+                                        applied_at)
             if ack is not None and (changed or force_ack):
                 self._enqueue_ack(c, ack, serial, changed)
         if ack is not None and (changed or force_ack):
             self._notify()
         return changed
 
+    async def record_async(self, feed: str, serial: int, upserts: Sequence[tuple[Entry, str]],
+                           removed: Sequence[str], received_at: float,
+                           applied_at: float | None, ack: AckTarget | None,
+                           force_ack: bool = False, chunk: int = RECORD_CHUNK) -> list[str]:
+        """record() for big updates: one transaction per `chunk` entries (each with the acks of
+        its own changes, so an ack still exists exactly when its change does), yielding to the
+        event loop between them. A 100k-entry snapshot in one transaction would stop DNS for
+        seconds; a crash half-way is repaired at start-up, which records the stored copy again.
+        """
+        changed: list[str] = []
+        parts: list[tuple[list[tuple[Entry, str]], list[str]]] = [
+            (list(upserts[i:i + chunk]), []) for i in range(0, len(upserts), chunk)]
+        parts += [([], list(removed[i:i + chunk])) for i in range(0, len(removed), chunk)]
+        for n, (ups, rms) in enumerate(parts or [([], [])]):
+            last = n == max(0, len(parts) - 1)
+            with self.transaction() as c:
+                done = self._record_part(c, feed, serial, ups, rms, received_at, applied_at)
+                send = ack is not None and (done or (last and force_ack and not changed))
+                if send:
+                    assert ack is not None
+                    self._enqueue_ack(c, ack, serial, done)
+            changed += done
+            if send:
+                self._notify()
+            if not last:
+                await asyncio.sleep(0)
+        return changed
+
+    def _record_part(self, c: sqlite3.Connection, feed: str, serial: int,
+                     upserts: list[tuple[Entry, str]], removed: list[str], received_at: float,
+                     applied_at: float | None) -> list[str]:
+        changed: list[str] = []
+        olds = self.rows(feed, (e.id for e, _ in upserts))
+        applied_only: list[tuple[float | None, str, str]] = []
+        inserts: list[tuple[Any, ...]] = []
+        for entry, outcome in upserts:
+            old = olds.get(entry.id)
+            same = old is not None and _same(old, entry) and old.removed_at is None
+            if old is not None and same and _compatible(old.outcome, outcome):
+                if outcome == "applied" and old.applied_at is None:
+                    applied_only.append((applied_at, feed, entry.id))
+                    changed.append(entry.id)
+                continue
+            basis = entry.legal_basis
+            inserts.append(
+                (feed, entry.id, entry.type, entry.value, ",".join(entry.categories),
+                 int(entry.mandatory), basis.authority if basis else None,
+                 basis.decision if basis else None, basis.date if basis else None, serial,
+                 _ts(entry.issued_at) or received_at, _ts(entry.deadline),
+                 old.received_at if old is not None and same else received_at,
+                 applied_at if outcome == "applied" else None, outcome))
+            changed.append(entry.id)
+        c.executemany("UPDATE entries SET applied_at=? WHERE feed=? AND entry_id=?",
+                      applied_only)
+        c.executemany(
+            "INSERT OR REPLACE INTO entries (feed, entry_id, type, value, categories, "
+            "mandatory, authority, decision, decision_date, serial, issued_at, deadline, "
+            "received_at, applied_at, verified_at, removed_at, outcome, probe_failures) "
+            "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,NULL,NULL,?,0)", inserts)
+        for rid in removed:
+            cur = c.execute("UPDATE entries SET removed_at=?, outcome='removed' WHERE feed=? "
+                            "AND entry_id=? AND removed_at IS NULL",
+                            (applied_at or received_at, feed, rid))
+            if cur.rowcount:
+                changed.append(rid)
+        return changed
+
     def _enqueue_ack(self, c: sqlite3.Connection, ack: AckTarget, serial: int,
                      ids: Iterable[str], stats: list[dict[str, Any]] | None = None) -> None:
-        rows = [self.get(ack.feed, i) for i in ids]
+        ids = list(ids)
+        found = self.rows(ack.feed, ids)
+        rows = [found[i] for i in ids if i in found]
         entries = [ack_entry(r.entry_id, r.received_at, r.applied_at, r.verified_at, r.outcome)
-                   for r in rows if r is not None and r.type in DNS_TYPES
-                   and r.outcome != "received"]
+                   for r in rows if r.type in DNS_TYPES and r.outcome != "received"]
         now = self.clock()
         for i in range(0, max(1, len(entries)), ACK_ENTRIES):   # POST bodies stay small
             chunk = entries[i:i + ACK_ENTRIES]
@@ -180,36 +250,51 @@ class Ledger:
                      ack: AckTarget | None, serial: int) -> tuple[str | None, float | None]:
         """Store a probe; returns (new outcome if it changed, issued->verified seconds if this
         is the entry's first verification)."""
-        latency: float | None = None
-        new: str | None = None
+        return self.record_probes([ProbeRecord(feed, entry_id, result, ts, gave_up, ack,
+                                               serial)])[0]
+
+    def record_probes(self, probes: Sequence[ProbeRecord]
+                      ) -> list[tuple[str | None, float | None]]:
+        """record_probe for many probes in one transaction (one fsync, not one per probe: the
+        probes of a 100k-entry update are stored in batches)."""
+        out: list[tuple[str | None, float | None]] = []
+        acks: dict[tuple[AckTarget, int], list[str]] = {}
         with self.transaction() as c:
-            c.execute("INSERT INTO probes (ts, feed, entry_id, result) VALUES (?,?,?,?)",
-                      (ts, feed, entry_id, result))
-            row = self.get(feed, entry_id)
-            if row is None or row.removed_at is not None or not row.enforced_at_dns:
-                return None, None
-            if result == "blocked":
-                if row.verified_at is None:
-                    c.execute("UPDATE entries SET verified_at=?, outcome='verified' WHERE feed=? "
-                              "AND entry_id=?", (ts, feed, entry_id))
-                    latency = max(0.0, ts - row.issued_at)
-                    new = "verified"
-                elif row.outcome != "verified":
-                    c.execute("UPDATE entries SET outcome='verified' WHERE feed=? AND entry_id=?",
-                              (feed, entry_id))
-                    new = "verified"
-            else:
-                c.execute("UPDATE entries SET probe_failures=probe_failures+1 WHERE feed=? AND "
-                          "entry_id=?", (feed, entry_id))
-                if gave_up and row.outcome != "failed":
-                    c.execute("UPDATE entries SET outcome='failed' WHERE feed=? AND entry_id=?",
-                              (feed, entry_id))
-                    new = "failed"
-            if new is not None and ack is not None:
-                self._enqueue_ack(c, ack, serial, [entry_id])
-        if new is not None and ack is not None:
+            c.executemany("INSERT INTO probes (ts, feed, entry_id, result) VALUES (?,?,?,?)",
+                          [(p.ts, p.feed, p.entry_id, p.result) for p in probes])
+            for p in probes:
+                new, latency = self._probe_outcome(c, p)
+                out.append((new, latency))
+                if new is not None and p.ack is not None:
+                    acks.setdefault((p.ack, p.serial), []).append(p.entry_id)
+            for (target, serial), ids in acks.items():
+                self._enqueue_ack(c, target, serial, ids)
+        if acks:
             self._notify()
-        return new, latency
+        return out
+
+    def _probe_outcome(self, c: sqlite3.Connection, p: ProbeRecord
+                       ) -> tuple[str | None, float | None]:
+        row = self.get(p.feed, p.entry_id)
+        if row is None or row.removed_at is not None or not row.enforced_at_dns:
+            return None, None
+        key = (p.feed, p.entry_id)
+        if p.result == "blocked":
+            if row.verified_at is None:
+                c.execute("UPDATE entries SET verified_at=?, outcome='verified' WHERE feed=? "
+                          "AND entry_id=?", (p.ts, *key))
+                return "verified", max(0.0, p.ts - row.issued_at)
+            if row.outcome != "verified":
+                c.execute("UPDATE entries SET outcome='verified' WHERE feed=? AND entry_id=?",
+                          key)
+                return "verified", None
+            return None, None
+        c.execute("UPDATE entries SET probe_failures=probe_failures+1 WHERE feed=? AND "
+                  "entry_id=?", key)
+        if p.gave_up and row.outcome != "failed":
+            c.execute("UPDATE entries SET outcome='failed' WHERE feed=? AND entry_id=?", key)
+            return "failed", None
+        return None, None
 
     def overdue(self, feed: str, now: float) -> int:
         """Mandatory DNS block entries in force, past their deadline and never verified."""

@@ -20,7 +20,7 @@ from prometheus_client import CollectorRegistry
 
 from gateway.config import GatewayConfig
 from gateway.feeds.client import FeedClient, OverlayTarget, held_paths
-from gateway.feeds.ledger import Ledger, LedgerEntry
+from gateway.feeds.ledger import Ledger, LedgerEntry, ProbeRecord
 from gateway.feeds.outbox import AckTarget, OutboxSender, acks_url
 from gateway.feeds.stats import FeedMetrics, HourlyStats
 from gateway.metrics import DnsStats
@@ -35,6 +35,8 @@ FAILED_RECHECK = 300.0       # after the tries: probe a failed entry again every
 REVERIFY_EVERY = 600.0       # re-probe verified mandatory entries (a regression must show)
 HOUSEKEEPING_EVERY = 1.0     # confirmation markers; gauges every GAUGES_EVERY
 GAUGES_EVERY = 30.0
+PROBE_BATCH = 256            # due probes stored per ledger transaction
+PROBE_YIELD_EVERY = 32       # probes between turns given to the event loop
 
 
 class GatewayLike(OverlayTarget, Protocol):
@@ -122,27 +124,54 @@ class Prober:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self.wake.wait(), timeout)
                 continue
-            job = heapq.heappop(self._heap)
-            del self._current[(job.feed, job.entry_id)]
-            await self.probe(job)
+            now = self.clock()
+            batch: list[_Job] = []
+            while self._heap and len(batch) < PROBE_BATCH and self._heap[0].due <= now:
+                job = heapq.heappop(self._heap)
+                if self._current.get((job.feed, job.entry_id)) == job.seq:
+                    del self._current[(job.feed, job.entry_id)]
+                    batch.append(job)
+            await self.probe_batch(batch)
+            # A blocked name is answered without awaiting anything: without this a 100k-entry
+            # update would be probed in one go while no DNS query is served.
+            await asyncio.sleep(0)
 
     async def probe(self, job: _Job) -> None:
-        entry = self.ledger.get(job.feed, job.entry_id)
-        if entry is None or not entry.enforced_at_dns or entry.removed_at is not None:
+        await self.probe_batch([job])
+
+    async def probe_batch(self, jobs: list[_Job]) -> None:
+        """Probe each job's entry, then store all results in one ledger transaction."""
+        done: list[tuple[_Job, LedgerEntry, str]] = []
+        for n, job in enumerate(jobs):
+            entry = self.ledger.get(job.feed, job.entry_id)
+            if entry is None or not entry.enforced_at_dns or entry.removed_at is not None:
+                continue
+            try:
+                result: str | None = probe_verdict(await self.gateway.probe(entry.value),
+                                                   entry, self.gateway.loaded)
+            except Exception:  # a probe must never stop the prober
+                log.exception("probe of %s failed", entry.value)
+                result = "error"
+            if result is None:
+                continue  # no network's tier blocks its categories: nothing to verify
+            done.append((job, entry, result))
+            if n % PROBE_YIELD_EVERY == PROBE_YIELD_EVERY - 1:
+                await asyncio.sleep(0)
+        if not done:
             return
-        try:
-            result: str | None = probe_verdict(await self.gateway.probe(entry.value), entry,
-                                               self.gateway.loaded)
-        except Exception:  # a probe must never stop the prober
-            log.exception("probe of %s failed", entry.value)
-            result = "error"
-        if result is None:
-            return  # no network's tier blocks its categories: nothing to verify
+        now = self.clock()
+        records = []
+        for job, _entry, result in done:
+            gave_up = False if result == "blocked" else self.next_delay(job.attempt)[1]
+            records.append(ProbeRecord(job.feed, job.entry_id, result, now, gave_up,
+                                       self.acks.get(job.feed), self.serials(job.feed)))
+        outcomes = self.ledger.record_probes(records)
+        for (job, entry, result), (new, latency) in zip(done, outcomes, strict=True):
+            self._after_probe(job, entry, result, new, latency)
+
+    def _after_probe(self, job: _Job, entry: LedgerEntry, result: str, new: str | None,
+                     latency: float | None) -> None:
         self.metrics.probes.labels(result).inc()
-        delay, gave_up = (0.0, False) if result == "blocked" else self.next_delay(job.attempt)
-        new, latency = self.ledger.record_probe(
-            job.feed, job.entry_id, result, self.clock(), gave_up=gave_up,
-            ack=self.acks.get(job.feed), serial=self.serials(job.feed))
         if latency is not None:
             self.metrics.latency.labels(job.feed).observe(latency)
         if new == "failed":
@@ -156,7 +185,8 @@ class Prober:
             log.warning("feed %s: verified entry %s (%s) probed %s", job.feed, job.entry_id,
                         entry.value, result)
         if result != "blocked":
-            self._push(job.feed, job.entry_id, job.attempt + 1, self.clock() + delay)
+            self._push(job.feed, job.entry_id, job.attempt + 1,
+                       self.clock() + self.next_delay(job.attempt)[0])
 
     def reverify(self, feeds: list[str]) -> int:
         """Queue every verified mandatory DNS entry for a fresh probe."""
@@ -266,8 +296,8 @@ class FeedManager:
         n = 0
         for client in self.clients.values():
             marker = held_paths(self.config.state_dir, client.name)[3]
-            if not marker.exists():
-                continue
+            if client.busy or not marker.exists():
+                continue   # busy: an update is being applied; the marker waits a second
             try:
                 held_id = marker.read_text().strip()
             except OSError:
