@@ -1,7 +1,7 @@
 """Benchmark the list index at scale: compile time, serving-process RSS, lookups per second.
 
 Not a test: run by hand (`python bench/index_memory.py --sizes 1000000 5000000`) and paste or
-write (`--out docs/performance-index.md`) the numbers. For each size it
+write (`--out FILE`) the numbers for docs/performance.md. For each size it
   1. writes N synthetic names across four category files (2% of names in two categories,
      so merged combos exist), plus a lists.yaml;
   2. runs `python -m gateway.lists.compile` as a subprocess, as the server does, and records
