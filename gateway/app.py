@@ -16,13 +16,24 @@ from prometheus_client import CollectorRegistry
 
 from gateway.dns.cache import AnswerCache
 from gateway.dns.chain import Resolver
+from gateway.dns.doh import DohHandler
+from gateway.dns.dot import DotServer, ReloadableContext
 from gateway.dns.server import DnsServer
 from gateway.dns.upstream import Forwarder, Upstream
 from gateway.errors import ConfigError, ConfigErrors, SafeGateError
 from gateway.lists.overlay import Overlay
 from gateway.metrics import GatewayCollector, Metrics
 from gateway.probe import ProbeResult, probe_name
-from gateway.state import Builder, Loaded, fingerprint, remove_stale_indexes, watched_files
+from gateway.schedules import MAX_SLEEP
+from gateway.state import (
+    Builder,
+    Loaded,
+    fingerprint,
+    remove_stale_indexes,
+    schedule_changed,
+    schedule_delay,
+    watched_files,
+)
 from gateway.web import blockpage_app, metrics_app
 
 if TYPE_CHECKING:
@@ -42,6 +53,8 @@ class Gateway:
         self.loaded: Loaded | None = None
         self.resolver: Resolver | None = None
         self.dns: DnsServer | None = None
+        self.dot: DotServer | None = None
+        self.web_tls: ReloadableContext | None = None
         self.runners: list[web.AppRunner] = []
         self._reload_lock = asyncio.Lock()
         self._watched: tuple[tuple[str, int, int, int], ...] = ()
@@ -74,7 +87,19 @@ class Gateway:
         self.dns = DnsServer(self.resolver, list(loaded.config.dns_listen),
                              loaded.config.tcp_idle_timeout)
         await self.dns.start()
-        await self._serve_http(blockpage_app(), loaded.config.web_listen)
+        if loaded.config.dot is not None:
+            dot = loaded.config.dot
+            self.dot = DotServer(self.resolver, list(dot.listen),
+                                 ReloadableContext(dot.cert, dot.key, ("dot",)),
+                                 loaded.config.tcp_idle_timeout)
+            await self.dot.start()
+        doh = DohHandler(self.resolver,
+                         lambda: self.loaded.config.trusted_frontends if self.loaded else ())
+        if loaded.config.web_tls is not None:
+            self.web_tls = ReloadableContext(loaded.config.web_tls.cert,
+                                             loaded.config.web_tls.key, ("http/1.1",))
+        await self._serve_http(blockpage_app(doh.add_routes), loaded.config.web_listen,
+                               self.web_tls)
         # Everything loaded so far lives as long as the process: keep the cyclic GC from
         # walking it on every full collection (pauses of tens of ms under load otherwise).
         gc.collect()
@@ -102,10 +127,12 @@ class Gateway:
         self.metrics.last_reload_ok.set(1)
         remove_stale_indexes(loaded.config.state_dir, loaded.index_path)
 
-    async def _serve_http(self, app: web.Application, addr: tuple[str, int]) -> None:
+    async def _serve_http(self, app: web.Application, addr: tuple[str, int],
+                          tls: ReloadableContext | None = None) -> None:
         runner = web.AppRunner(app, access_log=None)
         await runner.setup()
-        await web.TCPSite(runner, addr[0], addr[1]).start()
+        await web.TCPSite(runner, addr[0], addr[1],
+                          ssl_context=tls.outer if tls is not None else None).start()
         self.runners.append(runner)
 
     async def reload(self, why: str) -> bool:
@@ -124,6 +151,7 @@ class Gateway:
                 return False
             if loaded.config.dns_listen != self.loaded.config.dns_listen if self.loaded else False:
                 log.warning("dns.listen changed: restart SafeGate for new listeners to apply")
+            self._reload_tls(loaded)
             if self.feeds is not None:
                 self.feeds.config_changed(loaded.config)
             elif loaded.config.feeds:
@@ -132,6 +160,22 @@ class Gateway:
             log.info("reloaded: generation %d, %d list entries", loaded.view.generation,
                      loaded.index.size)
             return True
+
+    def _reload_tls(self, loaded: Loaded) -> None:
+        """New certificates for new connections (the files were checked loadable just now)."""
+        for what, running, tls in (("dns.tls", self.dot.context if self.dot else None,
+                                    loaded.config.dot),
+                                   ("web.tls", self.web_tls, loaded.config.web_tls)):
+            if tls is None or running is None:
+                if (tls is None) != (running is None):
+                    log.warning("%s added or removed: restart SafeGate for it to apply", what)
+                continue
+            if what == "dns.tls" and self.dot and tls.listen != tuple(self.dot.listen):
+                log.warning("dns.tls.listen changed: restart SafeGate for it to apply")
+            try:
+                running.reload(tls.cert, tls.key)
+            except (OSError, ValueError) as exc:
+                log.error("%s: keeping the running certificate: %s", what, exc)
 
     def set_overlay(self, name: str, overlay: Overlay | None) -> int:
         """Put a feed's rules in force (None removes them); atomic like a reload.
@@ -165,6 +209,34 @@ class Gateway:
             if current != self._watched:
                 await self.reload("files changed")
 
+    async def schedule_timer(self) -> None:
+        """Swap in new profiles at each schedule window edge (issue #4), so that the query path
+        never reads a clock: the decision sees the categories open windows add in the profile.
+        """
+        while not self._stop.is_set():
+            delay = MAX_SLEEP
+            if self.loaded is not None:
+                delay = schedule_delay(self.loaded, self.builder.clock())
+            with contextlib.suppress(TimeoutError):
+                # Just after the edge, never just before it; and at least once a minute, which
+                # catches a reload that built its view just before an edge and a clock that jumped
+                # (the check is a few set operations; nothing is rebuilt unless windows changed).
+                await asyncio.wait_for(self._stop.wait(), min(delay + 0.05, 60.0))
+            if self._stop.is_set():
+                return
+            self.apply_schedule()
+
+    def apply_schedule(self) -> bool:
+        """Rebuild the view if the open windows changed since it was built; True if swapped."""
+        if self.loaded is None or self.resolver is None:
+            return False
+        if not schedule_changed(self.loaded, self.builder.clock()):
+            return False
+        self.loaded = self.builder.rebuild_view(self.loaded)
+        self.resolver.swap(self.loaded.view)
+        log.info("schedule windows changed: generation %d", self.loaded.view.generation)
+        return True
+
     async def run_forever(self) -> None:
         loop = asyncio.get_running_loop()
         reloads: set[asyncio.Task[bool]] = set()
@@ -179,10 +251,12 @@ class Gateway:
         loop.add_signal_handler(signal.SIGINT, self._stop.set)
         await self.start()
         watcher = loop.create_task(self.watch())
+        timer = loop.create_task(self.schedule_timer())
         await self._stop.wait()
         log.info("shutting down")
         watcher.cancel()
-        await asyncio.gather(watcher, *reloads, return_exceptions=True)
+        timer.cancel()
+        await asyncio.gather(watcher, timer, *reloads, return_exceptions=True)
         await self.stop()
 
     async def stop(self) -> None:
@@ -192,6 +266,8 @@ class Gateway:
             self.feeds = None
         if self.dns is not None:
             await self.dns.stop()
+        if self.dot is not None:
+            await self.dot.stop()
         if self.resolver is not None:
             self.resolver.forwarder.close()
         for runner in self.runners:

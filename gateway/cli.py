@@ -38,6 +38,9 @@ def main(argv: list[str] | None = None) -> int:
     p_explain.add_argument("client", help="client IP address (IPv4 or IPv6)")
     p_explain.add_argument("name", help="domain name, e.g. www.example.com")
     p_explain.add_argument("--json", action="store_true", help="machine-readable output")
+    p_explain.add_argument("--at", metavar="ISO8601",
+                           help="evaluate schedule windows at this time (e.g. 2025-03-03T08:00; "
+                                "without an offset, in the configured timezone)")
 
     # Feeds and compliance (issue #3): publisher verbs, the gateway's feed status, reports,
     # the independent probe and RPZ export. Each module adds its own commands.
@@ -57,7 +60,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "check":
             return check(args.config)
         if args.command == "explain":
-            return explain(args.config, args.client, args.name, args.json)
+            return explain(args.config, args.client, args.name, args.json, args.at)
         return int(args.func(args))
     except (ConfigError, ConfigErrors) as exc:
         for line in str(exc).splitlines():
@@ -89,8 +92,12 @@ def check(config: Path) -> int:
     return 0
 
 
-def explain(config: Path, client: str, name: str, as_json: bool) -> int:
+def explain(config: Path, client: str, name: str, as_json: bool, at: str | None = None) -> int:
     """The decision function plus printing: the same code a query takes."""
+    from datetime import UTC, datetime
+    from zoneinfo import ZoneInfo
+
+    from gateway.config import load_config
     from gateway.lists.compile import find_rule_lines
     from gateway.names import normalize_name
     from gateway.state import load_in_process
@@ -103,7 +110,16 @@ def explain(config: Path, client: str, name: str, as_json: bool) -> int:
         key = normalize_name(name)
     except ValueError as exc:
         raise SafeGateError(f"{name!r}: {exc}") from None
-    loaded = load_in_process(config)
+    tz = ZoneInfo(load_config(config).timezone)
+    when = datetime.now(UTC)
+    if at is not None:
+        try:
+            when = datetime.fromisoformat(at)
+        except ValueError:
+            raise SafeGateError(f"--at {at!r} is not an ISO 8601 date-time") from None
+        if when.tzinfo is None:
+            when = when.replace(tzinfo=tz)  # a wall time in the gateway's zone
+    loaded = load_in_process(config, at=when)
     profile = loaded.view.clients.lookup(client)
     out: dict[str, Any] = {"client": client, "name": key.decode()}
     if profile is None:
@@ -115,7 +131,12 @@ def explain(config: Path, client: str, name: str, as_json: bool) -> int:
         v = profile.decide(key)
         out.update(network=profile.network, network_defined_at=f"{net.path}:{net.line}",
                    tier=profile.tier)
-        if v.blocked:
+        out.update(_explain_tier(loaded, profile.tier, when, tz))
+        if v.rewrite:
+            out.update(verdict="rewritten", reason="safesearch", rule=v.rule.decode(),
+                       answer=f"CNAME {v.rewrite.decode()} + its A/AAAA from upstream",
+                       rcode="from upstream", ede=None)
+        elif v.blocked:
             out.update(verdict="blocked", reason=v.reason, category=v.category,
                        rule=v.rule.decode(), answer=v.answer, ede=v.ede,
                        ede_text=v.ede_text(),
@@ -127,7 +148,7 @@ def explain(config: Path, client: str, name: str, as_json: bool) -> int:
             out["sources"] = [f"{p}:{line}: {text}" for p, line, text in
                               find_rule_lines(loaded.catalog, v.category, v.rule)]
     if as_json:
-        print(json.dumps(out, ensure_ascii=False, indent=2))
+        print(json.dumps(out, ensure_ascii=False, indent=2, default=str))
     else:
         for k, val in out.items():
             if isinstance(val, list):
@@ -137,6 +158,28 @@ def explain(config: Path, client: str, name: str, as_json: bool) -> int:
             elif val is not None:
                 print(f"{k}: {val}")
     return 0
+
+
+def _explain_tier(loaded: Any, tier_name: str, when: Any, tz: Any) -> dict[str, Any]:
+    """Time, schedule windows (active or not at `when`), SafeSearch and bypass settings."""
+    from gateway.schedules import holiday_on, is_active, local_time
+
+    tier = loaded.policy.tiers[tier_name]
+    local = local_time(when, tz)
+    holidays = loaded.policy.holidays
+    holiday = holiday_on(local.date(), holidays)
+    out: dict[str, Any] = {"time": f"{local.isoformat()} ({tz.key})"}
+    if holiday is not None:
+        out["holiday"] = f"{holiday.name or 'holiday'} ({holiday.start} to {holiday.end})"
+    out["schedules"] = [
+        f"{'ACTIVE  ' if is_active(w, local, holidays) else 'inactive'} {w.label()} "
+        f"({w.path}:{w.line})" for w in tier.schedules] or None
+    out["safesearch"] = tier.safesearch
+    out["bypass_protection"] = ("on: use-application-dns.net, mask.icloud.com, "
+                                "mask-h2.icloud.com -> NXDOMAIN; resolver.arpa -> NODATA; ECH "
+                                "stripped from HTTPS/SVCB answers" if tier.bypass_protection
+                                else "off")
+    return out
 
 
 if __name__ == "__main__":

@@ -28,11 +28,12 @@ from gateway.yamlconf import (
 Address = tuple[str, int]
 
 TOP_KEYS = ("dns", "web", "metrics", "policies", "blocklists", "state_dir", "reload", "gateway",
-            "feeds", "feed_guard")
+            "feeds", "feed_guard", "timezone")
 DNS_KEYS = ("listen", "upstreams", "block_ttl", "tcp_idle_timeout", "upstream_timeout",
-            "query_timeout", "cache")
+            "query_timeout", "cache", "tls", "trusted_frontends")
+TLS_KEYS = ("listen", "cert", "key")
 CACHE_KEYS = ("size", "min_ttl", "max_ttl", "negative_max_ttl", "stale_ttl")
-WEB_KEYS = ("listen", "public_address")
+WEB_KEYS = ("listen", "public_address", "tls")
 METRICS_KEYS = ("listen",)
 RELOAD_KEYS = ("watch_interval",)
 IDENTITY_KEYS = ("id", "token", "report_stats")
@@ -73,6 +74,15 @@ class FeedGuardConfig:
 
 
 @dataclass(frozen=True)
+class TlsConfig:
+    """A certificate and key (PEM), checked loadable at config time; DoT also has listeners."""
+
+    cert: Path
+    key: Path
+    listen: tuple[Address, ...] = ()
+
+
+@dataclass(frozen=True)
 class GatewayConfig:
     path: Path
     dns_listen: tuple[Address, ...]
@@ -93,6 +103,11 @@ class GatewayConfig:
     report_stats: bool = False
     feeds: tuple[FeedConfig, ...] = ()
     feed_guard: FeedGuardConfig = field(default_factory=FeedGuardConfig)
+    dot: TlsConfig | None = None             # dns.tls: DNS over TLS listeners
+    web_tls: TlsConfig | None = None         # web.tls: the web listener (block page, DoH) on HTTPS
+    # Front ends (reverse proxies) whose X-Forwarded-For (and later PROXY v2 / ECS) we believe.
+    trusted_frontends: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
+    timezone: str = "Asia/Ho_Chi_Minh"       # schedule windows are wall times in this zone
 
 
 def parse_address(text: str, default_port: int) -> Address:
@@ -227,6 +242,10 @@ def load_config(path: str | Path) -> GatewayConfig:
                          "report_stats")
     feeds = _feeds(doc, rel, gateway_id, gateway_token)
     guard = _feed_guard(doc, feeds, upstreams)
+    dot = _tls(dns, "tls", "dns.tls", rel, listeners=True)
+    web_tls = _tls(web, "tls", "web.tls", rel, listeners=False)
+    frontends = _networks(dns.get("trusted_frontends", []), "dns.trusted_frontends", dns,
+                          "trusted_frontends")
     return GatewayConfig(
         path=path.resolve(),
         dns_listen=listen,
@@ -249,7 +268,64 @@ def load_config(path: str | Path) -> GatewayConfig:
         report_stats=report_stats,
         feeds=feeds,
         feed_guard=guard,
+        dot=dot,
+        web_tls=web_tls,
+        trusted_frontends=frontends,
+        timezone=_timezone(doc),
     )
+
+
+def _timezone(doc: YDict) -> str:
+    """`timezone:` an IANA zone name (zoneinfo), checked here so a typo is a file:line error."""
+    from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+    name = expect_str(doc.get("timezone", "Asia/Ho_Chi_Minh"), "timezone", doc, "timezone")
+    try:
+        ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise error_at(f"timezone {name!r} is not a known IANA time zone (e.g. "
+                       "Asia/Ho_Chi_Minh)", None, doc, "timezone") from None
+    return name
+
+
+def _tls(parent: YDict, key: str, what: str, rel: Callable[[str], Path], *, listeners: bool
+         ) -> TlsConfig | None:
+    """`dns.tls` / `web.tls`; a cert or key that does not load is an error here, not at bind."""
+    if key not in parent:
+        return None
+    from gateway.dns.dot import server_context
+
+    tls = expect_mapping(parent[key], what, parent, key)
+    check_keys(tls, TLS_KEYS if listeners else ("cert", "key"), what)
+    for required in ("cert", "key", *(("listen",) if listeners else ())):
+        if required not in tls:
+            raise error_at(f"{what} is missing {required!r}", tls, parent, key)
+    cert = rel(expect_str(tls["cert"], f"{what}.cert", tls, "cert"))
+    pkey = rel(expect_str(tls["key"], f"{what}.key", tls, "key"))
+    listen: tuple[Address, ...] = ()
+    if listeners:
+        listen = tuple(_addresses(tls["listen"], f"{what}.listen", tls, "listen", 853))
+        if not listen:
+            raise error_at(f"{what}.listen is empty", None, tls, "listen")
+    try:
+        server_context(cert, pkey)
+    except (OSError, ValueError) as exc:  # ssl.SSLError is an OSError
+        raise error_at(f"{what}: cannot load certificate {cert} with key {pkey}: {exc}", None,
+                       tls, "cert") from None
+    return TlsConfig(cert, pkey, listen)
+
+
+def _networks(value: Any, what: str, parent: YDict, key: str
+              ) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
+    items = expect_list(value, what, parent, key)
+    out = []
+    for i, item in enumerate(items):
+        text = expect_str(item, f"an entry of {what}", items, i)
+        try:
+            out.append(ipaddress.ip_network(text.strip(), strict=False))
+        except ValueError as exc:
+            raise error_at(f"{what}: {text!r}: {exc}", item, items, i) from None
+    return tuple(out)
 
 
 def _opt_str(parent: YDict, key: str, what: str) -> str:
@@ -402,5 +478,5 @@ def _float(value: Any, what: str, parent: YDict, key: str) -> float:
     return float(value)
 
 
-__all__ = ["Address", "ConfigError", "FeedConfig", "FeedGuardConfig", "GatewayConfig",
+__all__ = ["Address", "ConfigError", "FeedConfig", "FeedGuardConfig", "GatewayConfig", "TlsConfig",
            "format_address", "load_config", "parse_address"]

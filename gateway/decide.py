@@ -2,9 +2,12 @@
 
 Order matters and is the product's promise (design.md):
   1. mandatory entries (CSAM, authority feeds) block for every tier; nothing lifts them;
-  2. the network's and tier's own deny / allow lists (the more specific match wins, deny on ties);
-  3. the tier's blocked categories;
-  4. allowlist-only tiers block whatever nothing above allowed.
+  2. bypass names (DoH canary, iCloud Private Relay, DDR) unless the tier turned protection off;
+  3. the network's and tier's own deny / allow lists (the more specific match wins, deny on ties);
+  4. the tier's blocked categories, plus those its schedule windows add right now (the server
+     rebuilds profiles at each window edge, so time never enters this function);
+  5. allowlist-only tiers block whatever nothing above allowed;
+  6. a name that is not blocked and is a search engine's host gets the SafeSearch rewrite.
 Within one category the most specific list entry decides, so an RPZ `rpz-passthru` or an
 adblock `@@||name^` exception lifts that category's block for the names under it.
 """
@@ -37,6 +40,7 @@ class Verdict:
     answer: str = ""            # blockpage | nxdomain | nodata | null (blocked only)
     ede: int = 0
     ref: str = ""               # the feed entry id, when a feed entry decided
+    rewrite: bytes = b""        # SafeSearch: answer with a CNAME to this name (not blocked)
     bodies: dict[tuple[int, bool, bool], tuple[int, bytes, bytes]] = field(
         default_factory=dict, compare=False, repr=False)  # synthesized replies, see answers.py
 
@@ -47,12 +51,39 @@ class Verdict:
             return f"deny: {rule}"
         if self.reason == "allowlist-only":
             return "not on the allowlist"
+        if self.reason == "bypass":
+            return f"bypass: {rule}"
+        if self.reason == "schedule":
+            return f"{self.category}: {rule} (schedule)"
         if self.ref:
             return f"{self.category}: {rule} ({self.ref})"
         return f"{self.category}: {rule}"
 
 
 ALLOWED = Verdict(blocked=False, reason="none")
+
+# Names that switch clients away from this resolver, and the answer that keeps them here.
+# Firefox turns its default DoH off on NXDOMAIN for the canary; Apple asks networks to answer
+# NXDOMAIN for Private Relay; NODATA for resolver.arpa (RFC 9462) means "no designated
+# encrypted resolver", so no DDR upgrade.
+BYPASS_NAMES: dict[bytes, str] = {
+    b"use-application-dns.net": "nxdomain",
+    b"mask.icloud.com": "nxdomain",
+    b"mask-h2.icloud.com": "nxdomain",
+    b"resolver.arpa": "nodata",
+}
+_DDR_SUFFIX = b".resolver.arpa"    # _dns.resolver.arpa and anything else under it: NODATA
+
+
+def bypass_verdict(key: bytes) -> Verdict | None:
+    """The block verdict for a bypass name, or None."""
+    answer = BYPASS_NAMES.get(key)
+    if answer is not None:
+        return Verdict(True, "bypass", "bypass", key, 0, answer, EDE_BLOCKED)
+    if key.endswith(_DDR_SUFFIX):
+        off = len(key) - len(_DDR_SUFFIX) + 1
+        return Verdict(True, "bypass", "bypass", key[off:], off, "nodata", EDE_BLOCKED)
+    return None
 
 
 class Profile:
@@ -62,12 +93,13 @@ class Profile:
     never outlive the lists and policy that produced it.
     """
 
-    __slots__ = ("_memo", "allow", "answer", "blocked", "default_block", "deny", "id", "index",
-                 "network", "replies", "tier")
+    __slots__ = ("_memo", "allow", "answer", "blocked", "bypass", "default_block", "deny", "id",
+                 "index", "network", "replies", "rewrites", "scheduled", "tier")
 
     def __init__(self, id: int, network: str, tier: str, blocked: frozenset[str], answer: str,
                  allow: frozenset[bytes], deny: frozenset[bytes], default_block: bool,
-                 index: Matcher) -> None:
+                 index: Matcher, *, scheduled: frozenset[str] = frozenset(),
+                 rewrites: dict[bytes, bytes] | None = None, bypass: bool = False) -> None:
         self.id = id
         self.network = network
         self.tier = tier
@@ -77,6 +109,11 @@ class Profile:
         self.deny = deny
         self.default_block = default_block
         self.index = index
+        # Categories the tier's schedule windows add at the time this profile was built (also
+        # in `blocked`); a block by one of them is reported as reason "schedule".
+        self.scheduled = scheduled
+        self.rewrites = rewrites or {}   # SafeSearch: host -> CNAME target (safesearch.py)
+        self.bypass = bypass             # bypass_protection: bypass names, ECH stripping
         self._memo: OrderedDict[bytes, Verdict] = OrderedDict()
         # The query path's memo of whole UDP replies by query bytes (see dns/chain.py); here so
         # that it is rebuilt with the profile on every reload.
@@ -109,6 +146,16 @@ def _suffix_match(names: frozenset[bytes], key: bytes) -> int:
 
 def decide(profile: Profile, key: bytes) -> Verdict:
     """The uncached decision; see the module docstring for the order."""
+    verdict = _decide(profile, key)
+    if not verdict.blocked and profile.rewrites:
+        # After every block: a blocked google stays blocked; an allowed one is still rewritten.
+        target = profile.rewrites.get(key)
+        if target is not None:
+            return Verdict(False, "safesearch", "safesearch", key, 0, rewrite=target)
+    return verdict
+
+
+def _decide(profile: Profile, key: bytes) -> Verdict:
     matches = profile.index.match(key)
     # (category, mandatory) -> (offset, action, ref) of the most specific entry
     decided: dict[tuple[str, bool], tuple[int, int, str]] = {}
@@ -127,6 +174,10 @@ def decide(profile: Profile, key: bytes) -> Verdict:
         off, category, action, ref = best
         return _blocked("mandatory", category, key, off, action, profile.answer, EDE_CENSORED,
                         ref)
+    if profile.bypass:
+        bypass = bypass_verdict(key)
+        if bypass is not None:
+            return bypass
 
     deny_off = _suffix_match(profile.deny, key)
     allow_off = _suffix_match(profile.allow, key)
@@ -141,7 +192,8 @@ def decide(profile: Profile, key: bytes) -> Verdict:
             best = (off, category, action, ref)
     if best is not None:
         off, category, action, ref = best
-        return _blocked("policy", category, key, off, action, profile.answer, EDE_BLOCKED, ref)
+        reason = "schedule" if category in profile.scheduled else "policy"
+        return _blocked(reason, category, key, off, action, profile.answer, EDE_BLOCKED, ref)
     if profile.default_block:
         return Verdict(True, "allowlist-only", "allowlist-only", b"", 0, profile.answer,
                        EDE_BLOCKED)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -10,6 +11,7 @@ from typing import Any
 
 from gateway.errors import ConfigError, ConfigErrors
 from gateway.names import normalize_name
+from gateway.schedules import Holiday, Window, parse_holidays, parse_windows
 from gateway.yamlconf import (
     YDict,
     YList,
@@ -22,8 +24,12 @@ from gateway.yamlconf import (
 )
 
 ANSWERS = ("blockpage", "nxdomain", "nodata", "null")
-TIER_KEYS = ("block", "answer", "description", "allow", "deny", "default")
+TIER_KEYS = ("block", "answer", "description", "allow", "deny", "default", "schedules",
+             "safesearch", "bypass_protection")
+SAFESEARCH_MODES = ("off", "moderate", "strict")
 NETWORK_KEYS = ("name", "cidrs", "tier", "allow", "deny", "description")
+TOKEN_KEYS = ("token", "tier", "description")
+_TOKEN = re.compile(r"[A-Za-z0-9_-]{6,64}")
 
 Network4or6 = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -37,6 +43,9 @@ class Tier:
     deny: tuple[bytes, ...] = ()
     default_block: bool = False   # allowlist-only (e.g. mầm non): what no allow names is blocked
     description: str = ""
+    schedules: tuple[Window, ...] = ()   # time windows adding categories (gateway/schedules.py)
+    safesearch: str = "off"              # off | moderate | strict (gateway/safesearch.py)
+    bypass_protection: bool = True       # DoH canary, iCloud Private Relay, DDR, ECH (decide.py)
     path: str = ""
     line: int = 0
 
@@ -53,11 +62,24 @@ class Network:
     line: int = 0
 
 
+@dataclass(frozen=True)
+class Token:
+    """A DoH path token (/dns-query/{token}): whoever holds it gets `tier`, wherever they are."""
+
+    token: str
+    tier: str
+    description: str = ""
+    path: str = ""
+    line: int = 0
+
+
 @dataclass
 class Policy:
     tiers: dict[str, Tier] = field(default_factory=dict)
     networks: list[Network] = field(default_factory=list)
+    tokens: list[Token] = field(default_factory=list)
     files: list[Path] = field(default_factory=list)
+    holidays: list[Holiday] = field(default_factory=list)  # suspend school_days_only windows
 
 
 def policy_files(entries: Iterable[str | Path]) -> list[Path]:
@@ -81,17 +103,22 @@ def load_policy(entries: Iterable[str | Path], categories: Iterable[str]) -> Pol
     files = policy_files(entries)
     policy.files = files
     raw_networks: list[tuple[YList, Any, int]] = []
+    raw_tokens: list[tuple[YList, Any, int]] = []
     broken: set[str] = set()  # tiers with errors: networks using them are not errors too
     for path in files:
         try:
             doc = load_yaml(path)
             doc = expect_mapping(doc, "a policy file")
-            check_keys(doc, ("tiers", "networks"), "a policy file")
+            check_keys(doc, ("tiers", "networks", "tokens", "holidays"), "a policy file")
         except ConfigError as exc:
             errors.append(exc)
             continue
         if doc.path == "":
             doc.path = str(path)
+        try:
+            policy.holidays += parse_holidays(doc.get("holidays", []), doc, "holidays")
+        except ConfigError as exc:
+            errors.append(exc)
         tiers = expect_mapping(doc.get("tiers"), "tiers", doc, "tiers")
         for name, body in tiers.items():
             try:
@@ -111,6 +138,12 @@ def load_policy(entries: Iterable[str | Path], categories: Iterable[str]) -> Pol
             continue
         for i, body in enumerate(nets):
             raw_networks.append((nets, body, i))
+        try:
+            toks = expect_list(doc.get("tokens", []), "tokens", doc, "tokens")
+        except ConfigError as exc:
+            errors.append(exc)
+            continue
+        raw_tokens.extend((toks, body, i) for i, body in enumerate(toks))
     seen_cidrs: dict[Network4or6, Network] = {}
     for parent, body, i in raw_networks:
         try:
@@ -127,6 +160,21 @@ def load_policy(entries: Iterable[str | Path], categories: Iterable[str]) -> Pol
                     net.path, net.line))
             seen_cidrs[cidr] = net
         policy.networks.append(net)
+    seen_tokens: dict[str, Token] = {}
+    for parent, body, i in raw_tokens:
+        try:
+            token = _token(body, parent, i, policy.tiers)
+        except ConfigError as exc:
+            if not (isinstance(body, dict) and body.get("tier") in broken):
+                errors.append(exc)
+            continue
+        if token.token in seen_tokens:
+            used = seen_tokens[token.token]
+            errors.append(ConfigError(f"token is already used at {used.path}:{used.line}",
+                                      token.path, token.line))
+            continue
+        seen_tokens[token.token] = token
+        policy.tokens.append(token)
     if errors:
         raise ConfigErrors(errors)
     return policy
@@ -164,12 +212,23 @@ def _tier(name: str, body: Any, parent: YDict, known: set[str]) -> Tier:
     default = str(body.get("default", "allow"))
     if default not in ("allow", "block"):
         raise error_at(f"default must be allow or block, got {default!r}", None, body, "default")
+    raw = body.get("safesearch", "off")
+    safesearch = "off" if raw is False else str(raw)  # YAML 1.1 reads a bare `off` as false
+    if safesearch not in SAFESEARCH_MODES:
+        raise error_at(f"safesearch must be one of {', '.join(SAFESEARCH_MODES)}, got "
+                       f"{safesearch!r}", None, body, "safesearch")
+    bypass = body.get("bypass_protection", True)
+    if not isinstance(bypass, bool):
+        raise error_at(f"bypass_protection must be true or false, got {bypass!r}", None, body,
+                       "bypass_protection")
     return Tier(
         name=name, block=tuple(cats), answer=answer,
         allow=_names(body.get("allow", []), "allow", body, "allow"),
         deny=_names(body.get("deny", []), "deny", body, "deny"),
         default_block=default == "block",
         description=str(body.get("description", "")),
+        schedules=parse_windows(body.get("schedules", []), "schedules", body, "schedules", known),
+        safesearch=safesearch, bypass_protection=bypass,
         path=parent.path, line=parent.key_lines.get(name, 0),
     )
 
@@ -202,3 +261,22 @@ def _network(body: Any, parent: Any, index: int, tiers: dict[str, Tier]) -> Netw
         description=str(body.get("description", "")),
         path=body.path, line=body.line,
     )
+
+
+def _token(body: Any, parent: Any, index: int, tiers: dict[str, Tier]) -> Token:
+    body = expect_mapping(body, "a token", parent, index)
+    check_keys(body, TOKEN_KEYS, "a token")
+    for required in ("token", "tier"):
+        if required not in body:
+            raise error_at(f"token is missing {required!r}", body, parent, index)
+    # Never echo the token itself in errors: it is a credential.
+    text = expect_str(body["token"], "token", body, "token")
+    if not _TOKEN.fullmatch(text):
+        raise error_at("token must be 6 to 64 characters of A-Z, a-z, 0-9, '_' and '-'", None,
+                       body, "token")
+    tier = expect_str(body["tier"], "tier", body, "tier")
+    if tier not in tiers:
+        raise error_at(f"token uses unknown tier {tier!r} "
+                       f"(defined tiers: {', '.join(sorted(tiers)) or 'none'})", tier, body, "tier")
+    return Token(token=text, tier=tier, description=str(body.get("description", "")),
+                 path=body.path, line=body.line)

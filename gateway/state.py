@@ -15,7 +15,9 @@ import logging
 import os
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +32,8 @@ from gateway.lists.index import ListIndex
 from gateway.lists.overlay import Layered, Matcher, Overlay
 from gateway.netindex import PrefixMap
 from gateway.policy import Network, Network4or6, Policy, load_policy, policy_files
+from gateway.safesearch import Rewrites, load_rewrites
+from gateway.schedules import MAX_SLEEP, active_categories, next_change
 
 log = logging.getLogger(__name__)
 
@@ -69,43 +73,93 @@ def watched_files(config_path: Path, loaded: Loaded | None) -> list[Path]:
     if loaded is not None:
         paths += list(loaded.config.policies) + policy_files(loaded.config.policies)
         paths += [loaded.catalog.path, *loaded.catalog.files()]
+        # A renewed certificate (Let's Encrypt) is picked up like any other changed file.
+        paths += [p for tls in (loaded.config.dot, loaded.config.web_tls) if tls is not None
+                  for p in (tls.cert, tls.key)]
     return paths
 
 
-def build_view(config: GatewayConfig, policy: Policy, index: Matcher, generation: int
-               ) -> tuple[View, dict[str, Profile]]:
-    """Profiles per network and the client map; pure and quick (no list parsing)."""
+def build_view(config: GatewayConfig, policy: Policy, index: Matcher, generation: int,
+               *, at: datetime | None = None) -> tuple[View, dict[str, Profile]]:
+    """Profiles per network and the client map; pure and quick (no list parsing).
+
+    `at` (default: now) is when schedule windows are evaluated: the profiles block what the
+    windows open at that instant add, until the server builds the next view at the next edge.
+    """
+    extra = scheduled_categories(config, policy, at or datetime.now(UTC))
+    rewrites = load_rewrites()
     profiles: dict[str, Profile] = {}
     items: list[tuple[Network4or6, Profile]] = []
     for i, net in enumerate(policy.networks):
-        profile = _profile(i, net, policy, index)
+        profile = _profile(i, net, policy, index, extra, rewrites)
         profiles[net.name] = profile
         items.extend((cidr, profile) for cidr in net.cidrs)
+    # One profile per DoH token (not shared with a network's): its memo and its tier are its own.
+    tokens = {t.token: _profile(len(policy.networks) + i,
+                                Network(name="token", cidrs=(), tier=t.tier), policy, index,
+                                extra, rewrites)
+              for i, t in enumerate(policy.tokens)}
     answers = BlockAnswers.for_addresses(config.block_ttl, list(config.blockpage_addresses))
-    return View(PrefixMap(items), answers, generation), profiles
+    return View(PrefixMap(items), answers, generation, tokens), profiles
 
 
-def _profile(i: int, net: Network, policy: Policy, index: Matcher) -> Profile:
+def scheduled_categories(config: GatewayConfig, policy: Policy, at: datetime
+                         ) -> dict[str, frozenset[str]]:
+    """Per tier, the categories its schedule windows block at `at` beyond its own `block`."""
+    from zoneinfo import ZoneInfo
+
+    tz = ZoneInfo(config.timezone)
+    return {name: active_categories(t.schedules, policy.holidays, at, tz) - set(t.block)
+            for name, t in policy.tiers.items() if t.schedules}
+
+
+def schedule_delay(loaded: Loaded, now: datetime) -> float:
+    """Seconds from `now` until a schedule window of the loaded policy may open or close."""
+    from zoneinfo import ZoneInfo
+
+    windows = [w for t in loaded.policy.tiers.values() for w in t.schedules]
+    if not windows:
+        return MAX_SLEEP
+    at = next_change(windows, now, ZoneInfo(loaded.config.timezone))
+    return min(max((at - now).total_seconds(), 0.0), MAX_SLEEP)
+
+
+def schedule_changed(loaded: Loaded, now: datetime) -> bool:
+    """Whether the windows open at `now` differ from those the running profiles were built with."""
+    want = scheduled_categories(loaded.config, loaded.policy, now)
+    return any(p.scheduled != want.get(p.tier, frozenset())
+               for p in (*loaded.profiles.values(), *loaded.view.tokens.values()))
+
+
+def _profile(i: int, net: Network, policy: Policy, index: Matcher,
+             extra: dict[str, frozenset[str]] | None = None, rewrites: Rewrites | None = None
+             ) -> Profile:
     tier = policy.tiers[net.tier]
+    scheduled = (extra or {}).get(tier.name, frozenset())
     return Profile(
-        id=i, network=net.name, tier=tier.name, blocked=frozenset(tier.block),
+        id=i, network=net.name, tier=tier.name, blocked=frozenset(tier.block) | scheduled,
         answer=tier.answer, allow=frozenset(tier.allow + net.allow),
-        deny=frozenset(tier.deny + net.deny), default_block=tier.default_block, index=index)
+        deny=frozenset(tier.deny + net.deny), default_block=tier.default_block, index=index,
+        scheduled=scheduled, bypass=tier.bypass_protection,
+        rewrites=rewrites.for_mode(tier.safesearch) if rewrites is not None else None)
 
 
 def load_policy_for(config: GatewayConfig, catalog: Catalog) -> Policy:
     return load_policy(config.policies, catalog.categories.keys())
 
 
-def load_in_process(config_path: str | Path) -> Loaded:
-    """Everything, compiled in this process (for `check` and `explain`, not for serving)."""
+def load_in_process(config_path: str | Path, at: datetime | None = None) -> Loaded:
+    """Everything, compiled in this process (for `check` and `explain`, not for serving).
+
+    `at`: evaluate schedule windows at that instant instead of now (`explain --at`).
+    """
     config = load_config(config_path)
     catalog = load_catalog(config.blocklists)
     policy = load_policy_for(config, catalog)
     result = compile_catalog(catalog, None)
     assert isinstance(result.index, bytes)
     index = ListIndex.from_bytes(result.index)
-    view, profiles = build_view(config, policy, index, 1)
+    view, profiles = build_view(config, policy, index, 1, at=at)
     return Loaded(config, policy, catalog, index, view, profiles, summary=result.summary(),
                   lists_fingerprint=fingerprint([catalog.path, *catalog.files()]))
 
@@ -124,12 +178,15 @@ class Builder:
         self.config_path = config_path
         self.generation = 0
         self.overlays: dict[str, Overlay] = {}  # by feed name; survive file reloads
+        # Schedule windows are evaluated at clock(); tests inject one.
+        self.clock: Callable[[], datetime] = lambda: datetime.now(UTC)
 
     def rebuild_view(self, loaded: Loaded) -> Loaded:
         """The same files with the current overlays: a feed update, no list recompile."""
         self.generation += 1
         view, profiles = build_view(loaded.config, loaded.policy,
-                                    layered(loaded.index, self.overlays), self.generation)
+                                    layered(loaded.index, self.overlays), self.generation,
+                                    at=self.clock())
         return dataclasses.replace(loaded, view=view, profiles=profiles)
 
     async def build(self, previous: Loaded | None) -> Loaded:
@@ -145,7 +202,7 @@ class Builder:
             index = ListIndex.open(index_path)
         self.generation += 1
         view, profiles = build_view(config, policy, layered(index, self.overlays),
-                                    self.generation)
+                                    self.generation, at=self.clock())
         return Loaded(config, policy, catalog, index, view, profiles, summary, lists_fp,
                       index_path)
 

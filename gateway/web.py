@@ -55,9 +55,14 @@ padding-top:1em}}</style></head><body>
 """
 
 
-def blockpage_app() -> web.Application:
-    """The page a blocked name's A/AAAA answer leads a browser to (full version: issue 5)."""
+def blockpage_app(*mounts: Callable[[web.Application], None]) -> web.Application:
+    """The page a blocked name's A/AAAA answer leads a browser to (full version: issue 5).
+
+    `mounts` add their routes first (DoH's /dns-query): the block page catches every path.
+    """
     app = web.Application()
+    for mount in mounts:
+        mount(app)
     app.router.add_route("*", "/{tail:.*}", _blockpage)
     return app
 

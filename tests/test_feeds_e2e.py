@@ -150,9 +150,11 @@ def test_publisher_outage_and_gateway_restart_without_publisher(
                          token=ADMIN_TOKEN)
         assert r.status == 201
         for gw in (gw_a, restarted):
-            wait_for(lambda gw=gw: ede_of(gw.dns_port, "adult.example") == 16, 15.0,
+            # The clients back off exponentially (1 s doubling, jittered) while the publisher is
+            # down: allow for a retry that was scheduled ~16 s out.
+            wait_for(lambda gw=gw: ede_of(gw.dns_port, "adult.example") == 16, 40.0,
                      "new entry after the outage")
-        wait_for(lambda: acked(pub2, "BCA-2026-0003", "gw-b"), 15.0, "ack after the outage")
+        wait_for(lambda: acked(pub2, "BCA-2026-0003", "gw-b"), 40.0, "ack after the outage")
     finally:
         pub2.kill()
 

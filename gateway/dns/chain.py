@@ -1,7 +1,8 @@
-"""One query's path, top to bottom. Every transport (UDP, TCP; later DoT, DoH) calls `handle`.
+"""One query's path, top to bottom. Every transport (UDP, TCP, DoT, DoH) calls `handle`.
 
     wire      parse the header and question straight from the bytes
     identify  client address -> network -> profile          (REFUSED when in no network)
+              (a DoH path token names its profile directly)
     decide    mandatory > deny/allow > tier categories      (memoized per profile)
     answer    blocked: synthesized locally, with EDE
               ANY: RFC 8482 minimal answer
@@ -17,15 +18,17 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import struct
 import time
 from collections.abc import Callable, Coroutine
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from gateway.decide import Profile, Verdict
-from gateway.dns import wire
+from gateway.dns import rewrite, wire
 from gateway.dns.answers import BlockAnswers, any_reply, refused_reply
 from gateway.dns.cache import AnswerCache, CacheConfig, Entry, entry_from_reply
+from gateway.dns.svcb import TYPE_HTTPS, TYPE_SVCB, strip_ech
 from gateway.dns.upstream import Forwarder, UpstreamError
 from gateway.metrics import DnsStats
 from gateway.netindex import PrefixMap
@@ -38,6 +41,7 @@ _MEMO_LIMIT = 16_384  # memoized UDP replies per profile (~0.3 KB each)
 _ERROR_ACTIONS = {wire.NOTIMP: "notimp", wire.BADVERS: "badvers"}
 _BLOCKED = "blocked"
 _CACHED = "cached"
+_NO_ECH = 4  # cache-key flag: an HTTPS/SVCB answer stored with `ech` stripped (bypass tiers)
 
 
 @dataclass(frozen=True)
@@ -47,6 +51,7 @@ class View:
     clients: PrefixMap[Profile]
     answers: BlockAnswers
     generation: int
+    tokens: dict[str, Profile] = field(default_factory=dict)  # DoH path token -> its profile
 
 
 class Resolver:
@@ -64,10 +69,14 @@ class Resolver:
         """Queries already past `identify` finish with the old view; new ones see the new one."""
         self.view = view
 
-    def handle(self, data: bytes, client: str, protocol: str) -> bytes | Pending | None:
-        """Reply bytes, None to drop, or a coroutine that produces the reply (cache miss)."""
+    def handle(self, data: bytes, client: str, protocol: str, *, profile: Profile | None = None
+               ) -> bytes | Pending | None:
+        """Reply bytes, None to drop, or a coroutine that produces the reply (cache miss).
+
+        `profile`, when given (a DoH path token), stands in for the client address lookup.
+        """
         start = time.perf_counter()
-        if protocol == "udp":
+        if protocol == "udp" and profile is None:
             # Memo: the same query bytes (all but the ID) from the same profile get the same
             # reply, so a repeated blocked or cached query skips even the wire parse.
             profile = self.view.clients.lookup(client)
@@ -78,7 +87,7 @@ class Resolver:
                     if reply is not None:
                         self.stats.count_key(memo[2], time.perf_counter() - start)
                         return reply
-        return self._handle(data, client, protocol, start)
+        return self._handle(data, client, protocol, start, profile)
 
     def _memo_reply(self, memo: tuple[Any, ...], data: bytes) -> bytes | None:
         kind, payload = memo[0], memo[1]
@@ -103,8 +112,8 @@ class Resolver:
             replies.popitem(last=False)
         replies[data[2:]] = memo
 
-    def _handle(self, data: bytes, client: str, protocol: str, start: float
-                ) -> bytes | Pending | None:
+    def _handle(self, data: bytes, client: str, protocol: str, start: float,
+                chosen: Profile | None = None) -> bytes | Pending | None:
         count = self.stats.count
         try:
             q = wire.parse_query(data)
@@ -123,7 +132,7 @@ class Resolver:
             return wire.error_reply(q, q.error)
 
         view = self.view
-        profile = view.clients.lookup(client)
+        profile = chosen if chosen is not None else view.clients.lookup(client)
         if profile is None:
             count("refused", "", "", protocol, time.perf_counter() - start)
             return refused_reply(q)
@@ -142,7 +151,12 @@ class Resolver:
             return any_reply(q)
 
         limit = q.max_udp_response() if protocol == "udp" else TCP_LIMIT
+        if verdict.rewrite:
+            return self._rewrite(q, verdict, profile, view, protocol, limit, start)
         cache_key = (q.key, q.qtype, q.qclass, (q.do << 1) | bool(q.flags & wire.CD))
+        if profile.bypass and q.qtype in (TYPE_HTTPS, TYPE_SVCB):
+            # Stripped and unstripped answers are cached apart (tiers differ).
+            cache_key = (*cache_key[:3], cache_key[3] | _NO_ECH)
         now = self.clock()
         entry = self.cache.get(cache_key, now)
         if entry is not None:
@@ -157,6 +171,60 @@ class Resolver:
                                                ("cached", "", profile.tier, "udp")))
             return reply
         return self._forward(q, cache_key, profile, view, protocol, limit, start)
+
+    def _rewrite(self, q: wire.Query, verdict: Verdict, profile: Profile, view: View,
+                 protocol: str, limit: int, start: float) -> bytes | Pending:
+        """SafeSearch: CNAME to the target plus the target's records (cached like any other)."""
+        target = verdict.rewrite
+        if q.qtype == wire.TYPE_CNAME:
+            self.stats.count("rewritten", "safesearch", profile.tier, protocol,
+                             time.perf_counter() - start)
+            return rewrite.cname_only(q, target, view.answers.ttl)
+        cd = bool(q.flags & wire.CD)
+        tq = wire.parse_query(wire.build_query(0, wire.key_to_wire(target) + q.question[-4:],
+                                               do=q.do, cd=cd))
+        assert tq is not None
+        key = (tq.key, tq.qtype, tq.qclass, (q.do << 1) | cd)
+        now = self.clock()
+        entry = self.cache.get(key, now)
+        if entry is not None:
+            self.stats.count("rewritten", "safesearch", profile.tier, protocol,
+                             time.perf_counter() - start)
+            return rewrite.splice(q, target, entry.reply(tq, now, TCP_LIMIT), limit,
+                                  view.answers.ttl)
+        return self._rewrite_miss(q, tq, key, target, profile, view, protocol, limit, start)
+
+    async def _rewrite_miss(self, q: wire.Query, tq: wire.Query, key: tuple[bytes, int, int, int],
+                            target: bytes, profile: Profile, view: View, protocol: str,
+                            limit: int, start: float) -> bytes | None:
+        count = self.stats.count
+        try:
+            raw = await self.forwarder.resolve(tq.question, do=q.do, cd=bool(q.flags & wire.CD))
+        except UpstreamError as exc:
+            now = self.clock()
+            stale = self.cache.get_stale(key, now)
+            if stale is None:
+                log.info("upstreams failed for a SafeSearch target: %s", exc)
+                count("servfail", "", profile.tier, protocol, time.perf_counter() - start)
+                return wire.error_reply(q, wire.SERVFAIL)
+            entry: Entry | None = stale
+            target_reply = stale.reply(tq, now, TCP_LIMIT, stale=True)
+        else:
+            now = self.clock()
+            try:
+                entry = entry_from_reply(raw, self.cache.cfg, now)
+            except (wire.WireError, IndexError, ValueError):
+                entry = None
+            if entry is not None:
+                self.cache.put(key, entry)
+            else:
+                entry = _uncached_entry(raw, now)
+            if entry is None:
+                count("servfail", "", profile.tier, protocol, time.perf_counter() - start)
+                return wire.error_reply(q, wire.SERVFAIL)
+            target_reply = entry.reply(tq, now, TCP_LIMIT)
+        count("rewritten", "safesearch", profile.tier, protocol, time.perf_counter() - start)
+        return rewrite.splice(q, target, target_reply, limit, view.answers.ttl)
 
     def _from_entry(self, q: wire.Query, entry: Entry, profile: Profile, view: View, now: float,
                     limit: int, stale: bool) -> tuple[bytes, Verdict | None]:
@@ -190,8 +258,10 @@ class Resolver:
             return wire.error_reply(q, wire.SERVFAIL)
         now = self.clock()
         try:
+            if cache_key[3] & _NO_ECH:
+                raw = strip_ech(raw)  # before caching: a malformed record fails closed here
             entry = entry_from_reply(raw, self.cache.cfg, now)
-        except (wire.WireError, IndexError, ValueError):
+        except (wire.WireError, IndexError, ValueError, struct.error):
             log.warning("upstream sent a malformed reply; answering SERVFAIL")
             count("servfail", "", profile.tier, protocol, time.perf_counter() - start)
             return wire.error_reply(q, wire.SERVFAIL)

@@ -78,8 +78,9 @@ class TcpProtocol(asyncio.Protocol):
     """RFC 7766: 2-byte length framing, several (pipelined) queries per connection, idle timeout."""
 
     def __init__(self, resolver: Resolver, tasks: Tasks, idle_timeout: float,
-                 connections: set[TcpProtocol]) -> None:
+                 connections: set[TcpProtocol], protocol: str = "tcp") -> None:
         self.resolver = resolver
+        self.protocol = protocol  # metrics label: "tcp", or "dot" for the same framing in TLS
         self.tasks = tasks
         self.idle_timeout = idle_timeout
         self.connections = connections
@@ -133,7 +134,7 @@ class TcpProtocol(asyncio.Protocol):
 
     def _query(self, msg: bytes) -> None:
         try:
-            result = self.resolver.handle(msg, self.peer, "tcp")
+            result = self.resolver.handle(msg, self.peer, self.protocol)
         except Exception:
             log.exception("bug: query handling raised; answering FORMERR")
             result = formerr_from_header(msg)
