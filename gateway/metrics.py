@@ -32,6 +32,10 @@ ACTIONS = ("allowed", "blocked", "cached", "stale", "refused", "servfail", "form
            "badvers", "any", "rewritten")
 
 
+_BOUNDS = LATENCY_BUCKETS
+_bucket = bisect.bisect_left
+
+
 class DnsStats:
     """Hot-path counters: one dict increment and one bucket increment per query."""
 
@@ -41,7 +45,6 @@ class DnsStats:
         self.queries: dict[tuple[str, str, str, str], int] = {}
         self.buckets = [0] * (len(LATENCY_BUCKETS) + 1)
         self.duration_sum = 0.0
-        self.duration_count = 0
 
     def count(self, action: str, category: str, tier: str, protocol: str, seconds: float) -> None:
         self.count_key((action, category, tier, protocol), seconds)
@@ -49,9 +52,8 @@ class DnsStats:
     def count_key(self, key: tuple[str, str, str, str], seconds: float) -> None:
         q = self.queries
         q[key] = q.get(key, 0) + 1
-        self.buckets[bisect.bisect_left(LATENCY_BUCKETS, seconds)] += 1
+        self.buckets[_bucket(_BOUNDS, seconds)] += 1
         self.duration_sum += seconds
-        self.duration_count += 1
 
 
 class GatewayCollector(Collector):
