@@ -41,6 +41,9 @@ def main(argv: list[str] | None = None) -> int:
     p_explain.add_argument("--at", metavar="ISO8601",
                            help="evaluate schedule windows at this time (e.g. 2025-03-03T08:00; "
                                 "without an offset, in the configured timezone)")
+    p_explain.add_argument("--token", metavar="TOKEN",
+                           help="as a DoH client of /dns-query/TOKEN (the token's tier decides, "
+                                "not the client address)")
 
     # Feeds and compliance (issue #3): publisher verbs, the gateway's feed status, reports,
     # the independent probe and RPZ export. Each module adds its own commands.
@@ -60,7 +63,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "check":
             return check(args.config)
         if args.command == "explain":
-            return explain(args.config, args.client, args.name, args.json, args.at)
+            return explain(args.config, args.client, args.name, args.json, args.at, args.token)
         return int(args.func(args))
     except (ConfigError, ConfigErrors) as exc:
         for line in str(exc).splitlines():
@@ -92,7 +95,8 @@ def check(config: Path) -> int:
     return 0
 
 
-def explain(config: Path, client: str, name: str, as_json: bool, at: str | None = None) -> int:
+def explain(config: Path, client: str, name: str, as_json: bool, at: str | None = None,
+            token: str | None = None) -> int:
     """The decision function plus printing: the same code a query takes."""
     from datetime import UTC, datetime
     from zoneinfo import ZoneInfo
@@ -120,17 +124,29 @@ def explain(config: Path, client: str, name: str, as_json: bool, at: str | None 
         if when.tzinfo is None:
             when = when.replace(tzinfo=tz)  # a wall time in the gateway's zone
     loaded = load_in_process(config, at=when)
-    profile = loaded.view.clients.lookup(client)
     out: dict[str, Any] = {"client": client, "name": key.decode()}
+    if token is not None:
+        profile = loaded.view.tokens.get(token)
+        if profile is None:
+            raise SafeGateError("no policy file defines that DoH token")
+        out["identity"] = "DoH path token"
+    else:
+        profile = loaded.view.clients.lookup(client)
+        out["identity"] = "client address"
     if profile is None:
         out.update(network=None, tier=None, verdict="refused", rcode="REFUSED", ede=18,
                    reason="the client is in no configured network (SafeGate is not an open "
                           "resolver)")
     else:
-        net = next(n for n in loaded.policy.networks if n.name == profile.network)
         v = profile.decide(key)
-        out.update(network=profile.network, network_defined_at=f"{net.path}:{net.line}",
-                   tier=profile.tier)
+        if token is not None:
+            tok = next(t for t in loaded.policy.tokens if t.token == token)
+            out.update(network=None, token_defined_at=f"{tok.path}:{tok.line}",
+                       tier=profile.tier)
+        else:
+            net = next(n for n in loaded.policy.networks if n.name == profile.network)
+            out.update(network=profile.network, network_defined_at=f"{net.path}:{net.line}",
+                       tier=profile.tier)
         out.update(_explain_tier(loaded, profile.tier, when, tz))
         if v.rewrite:
             out.update(verdict="rewritten", reason="safesearch", rule=v.rule.decode(),

@@ -105,3 +105,22 @@ def test_explain_blocked_allowed_refused(tmp_path: Path) -> None:
     assert json.loads(r.stdout)["verdict"] == "refused"
     text = safegate("explain", "-c", cfg, "127.0.0.1", "play.games.test")
     assert "reason: deny" in text.stdout and "rule: games.test" in text.stdout
+
+
+def test_explain_as_a_doh_token_client(tmp_path: Path) -> None:
+    policy = POLICY + "tokens:\n  - {token: k7f3q9x, tier: staff}\n"
+    cfg = str(config(tmp_path, policy=policy))
+    # by address, 127.0.0.1 is the kids network: gambling is blocked ...
+    r = safegate("explain", "-c", cfg, "127.0.0.1", "gamble.test", "--json")
+    out = json.loads(r.stdout)
+    assert (out["identity"], out["verdict"]) == ("client address", "blocked")
+    # ... but with the staff token, the token's tier decides
+    r = safegate("explain", "-c", cfg, "127.0.0.1", "gamble.test", "--token", "k7f3q9x",
+                 "--json")
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout)
+    assert (out["identity"], out["tier"], out["verdict"]) == ("DoH path token", "staff",
+                                                              "allowed")
+    assert out["token_defined_at"].endswith("p.yaml:13")
+    r = safegate("explain", "-c", cfg, "127.0.0.1", "gamble.test", "--token", "nope-token")
+    assert r.returncode == 1 and "no policy file defines that DoH token" in r.stderr
