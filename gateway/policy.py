@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import ipaddress
 import re
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from gateway.errors import ConfigError, ConfigErrors
 from gateway.names import normalize_name
@@ -22,6 +22,8 @@ from gateway.yamlconf import (
     expect_str,
     load_yaml,
 )
+
+T = TypeVar("T")
 
 ANSWERS = ("blockpage", "nxdomain", "nodata", "null")
 TIER_KEYS = ("block", "answer", "description", "allow", "deny", "default", "schedules",
@@ -146,11 +148,8 @@ def load_policy(entries: Iterable[str | Path], categories: Iterable[str]) -> Pol
         raw_tokens.extend((toks, body, i) for i, body in enumerate(toks))
     seen_cidrs: dict[Network4or6, Network] = {}
     for parent, body, i in raw_networks:
-        try:
-            net = _network(body, parent, i, policy.tiers)
-        except ConfigError as exc:
-            if not (isinstance(body, dict) and body.get("tier") in broken):
-                errors.append(exc)
+        net = _tier_user(_network, body, parent, i, policy.tiers, broken, errors)
+        if net is None:
             continue
         for cidr in net.cidrs:
             if cidr in seen_cidrs:
@@ -162,11 +161,8 @@ def load_policy(entries: Iterable[str | Path], categories: Iterable[str]) -> Pol
         policy.networks.append(net)
     seen_tokens: dict[str, Token] = {}
     for parent, body, i in raw_tokens:
-        try:
-            token = _token(body, parent, i, policy.tiers)
-        except ConfigError as exc:
-            if not (isinstance(body, dict) and body.get("tier") in broken):
-                errors.append(exc)
+        token = _tier_user(_token, body, parent, i, policy.tiers, broken, errors)
+        if token is None:
             continue
         if token.token in seen_tokens:
             used = seen_tokens[token.token]
@@ -178,6 +174,18 @@ def load_policy(entries: Iterable[str | Path], categories: Iterable[str]) -> Pol
     if errors:
         raise ConfigErrors(errors)
     return policy
+
+
+def _tier_user(parse: Callable[[Any, Any, int, dict[str, Tier]], T], body: Any, parent: Any,
+               index: int, tiers: dict[str, Tier], broken: set[str], errors: list[ConfigError]
+               ) -> T | None:
+    """Parse a network or token; its error is recorded unless it only repeats a broken tier's."""
+    try:
+        return parse(body, parent, index, tiers)
+    except ConfigError as exc:
+        if not (isinstance(body, dict) and body.get("tier") in broken):
+            errors.append(exc)
+        return None
 
 
 def _names(value: Any, what: str, parent: Any, key: str) -> tuple[bytes, ...]:
