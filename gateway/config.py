@@ -28,9 +28,9 @@ from gateway.yamlconf import (
 Address = tuple[str, int]
 
 TOP_KEYS = ("dns", "web", "metrics", "policies", "blocklists", "state_dir", "reload", "gateway",
-            "feeds", "feed_guard", "timezone")
+            "feeds", "feed_guard", "timezone", "subscribers", "proxy", "reports")
 DNS_KEYS = ("listen", "upstreams", "block_ttl", "tcp_idle_timeout", "upstream_timeout",
-            "query_timeout", "cache", "tls", "trusted_frontends")
+            "query_timeout", "cache", "tls", "trusted_frontends", "proxy_protocol", "forward_ecs")
 TLS_KEYS = ("listen", "cert", "key")
 CACHE_KEYS = ("size", "min_ttl", "max_ttl", "negative_max_ttl", "stale_ttl")
 WEB_KEYS = ("listen", "public_address", "tls")
@@ -42,6 +42,8 @@ FEED_KEYS = ("name", "url", "type", "public_key", "interval", "category", "manda
 FEED_TYPES = ("safegate", "hosts", "domains", "adblock", "rpz")
 GUARD_KEYS = ("never_block", "max_change")
 MAX_CHANGE_KEYS = ("ratio", "entries")
+PROXY_KEYS = ("enabled", "listen", "ca_dir")
+REPORTS_KEYS = ("forward_to",)
 _FEED_NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,62}")
 
 
@@ -83,6 +85,22 @@ class TlsConfig:
 
 
 @dataclass(frozen=True)
+class ProxyConfig:
+    """`proxy:` the optional HTTP(S) filtering proxy (issue 5), a process of its own."""
+
+    enabled: bool = False
+    listen: Address = ("127.0.0.1", 3128)   # explicit proxy; DNS-steered interception too
+    ca_dir: Path = Path("var/ca")            # generated CA, served at the web listener's /ca
+
+
+@dataclass(frozen=True)
+class ReportsConfig:
+    """`reports:` where harmful-content and mistake reports are forwarded (issue 5)."""
+
+    forward_to: tuple[str, ...] = ()         # a publisher's /v1/reports or any JSON webhook
+
+
+@dataclass(frozen=True)
 class GatewayConfig:
     path: Path
     dns_listen: tuple[Address, ...]
@@ -108,6 +126,13 @@ class GatewayConfig:
     # Front ends (reverse proxies) whose X-Forwarded-For (and later PROXY v2 / ECS) we believe.
     trusted_frontends: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
     timezone: str = "Asia/Ho_Chi_Minh"       # schedule windows are wall times in this zone
+    # PROXY protocol v2 headers (UDP and TCP) are read from trusted_frontends only.
+    proxy_protocol: bool = False
+    # Pass a trusted front end's EDNS Client Subnet upstream (default: stripped, for privacy).
+    forward_ecs: bool = False
+    subscribers: Path | None = None          # ISP subscribers: prefix -> tier (subscribers.py)
+    proxy: ProxyConfig = field(default_factory=ProxyConfig)
+    reports: ReportsConfig = field(default_factory=ReportsConfig)
 
 
 def parse_address(text: str, default_port: int) -> Address:
@@ -246,6 +271,18 @@ def load_config(path: str | Path) -> GatewayConfig:
     web_tls = _tls(web, "tls", "web.tls", rel, listeners=False)
     frontends = _networks(dns.get("trusted_frontends", []), "dns.trusted_frontends", dns,
                           "trusted_frontends")
+    proxy_protocol = _bool(dns.get("proxy_protocol", False), "dns.proxy_protocol", dns,
+                           "proxy_protocol")
+    if proxy_protocol and not frontends:
+        raise error_at("dns.proxy_protocol is on but dns.trusted_frontends is empty: list the "
+                       "front ends (dnsdist) allowed to send PROXY v2 headers", None, dns,
+                       "proxy_protocol")
+    forward_ecs = _bool(dns.get("forward_ecs", False), "dns.forward_ecs", dns, "forward_ecs")
+    subscribers = None
+    if "subscribers" in doc:
+        subscribers = rel(expect_str(doc["subscribers"], "subscribers", doc, "subscribers"))
+        if not subscribers.is_file():
+            raise error_at(f"subscribers: file {subscribers} not found", None, doc, "subscribers")
     return GatewayConfig(
         path=path.resolve(),
         dns_listen=listen,
@@ -272,7 +309,40 @@ def load_config(path: str | Path) -> GatewayConfig:
         web_tls=web_tls,
         trusted_frontends=frontends,
         timezone=_timezone(doc),
+        proxy_protocol=proxy_protocol,
+        forward_ecs=forward_ecs,
+        subscribers=subscribers,
+        proxy=_proxy(doc, rel),
+        reports=_reports(doc),
     )
+
+
+def _proxy(doc: YDict, rel: Callable[[str], Path]) -> ProxyConfig:
+    """`proxy:`; off unless `enabled: true`."""
+    proxy = expect_mapping(doc.get("proxy"), "proxy", doc, "proxy")
+    check_keys(proxy, PROXY_KEYS, "proxy")
+    return ProxyConfig(
+        enabled=_bool(proxy.get("enabled", False), "proxy.enabled", proxy, "enabled"),
+        listen=_address(proxy.get("listen", "127.0.0.1:3128"), "proxy.listen", proxy, "listen",
+                        3128),
+        ca_dir=rel(expect_str(proxy.get("ca_dir", "var/ca"), "proxy.ca_dir", proxy, "ca_dir")),
+    )
+
+
+def _reports(doc: YDict) -> ReportsConfig:
+    """`reports:`; each forward_to is an http(s) URL."""
+    reports = expect_mapping(doc.get("reports"), "reports", doc, "reports")
+    check_keys(reports, REPORTS_KEYS, "reports")
+    items = expect_list(reports.get("forward_to", []), "reports.forward_to", reports,
+                        "forward_to")
+    urls: list[str] = []
+    for i, item in enumerate(items):
+        url = expect_str(item, "a reports.forward_to entry", items, i)
+        parts = urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise error_at(f"reports.forward_to: {url!r} is not an http(s) URL", None, items, i)
+        urls.append(url)
+    return ReportsConfig(tuple(urls))
 
 
 def _timezone(doc: YDict) -> str:
@@ -478,5 +548,6 @@ def _float(value: Any, what: str, parent: YDict, key: str) -> float:
     return float(value)
 
 
-__all__ = ["Address", "ConfigError", "FeedConfig", "FeedGuardConfig", "GatewayConfig", "TlsConfig",
+__all__ = ["Address", "ConfigError", "FeedConfig", "FeedGuardConfig", "GatewayConfig",
+           "ProxyConfig", "ReportsConfig", "TlsConfig",
            "format_address", "load_config", "parse_address"]
