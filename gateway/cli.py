@@ -44,6 +44,12 @@ def main(argv: list[str] | None = None) -> int:
     p_explain.add_argument("--token", metavar="TOKEN",
                            help="as a DoH client of /dns-query/TOKEN (the token's tier decides, "
                                 "not the client address)")
+    p_explain.add_argument("--proxy-source", metavar="ADDRESS",
+                           help="CLIENT is a front end (dnsdist) whose PROXY v2 header names "
+                                "ADDRESS as the real client")
+    p_explain.add_argument("--ecs", metavar="SUBNET",
+                           help="the query carries EDNS Client Subnet SUBNET (e.g. "
+                                "2001:db8:1200::/56), as a front end adds it")
 
     # Feeds and compliance (issue #3): publisher verbs, the gateway's feed status, reports,
     # the independent probe and RPZ export. Each module adds its own commands.
@@ -63,7 +69,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "check":
             return check(args.config)
         if args.command == "explain":
-            return explain(args.config, args.client, args.name, args.json, args.at, args.token)
+            return explain(args.config, args.client, args.name, args.json, args.at, args.token,
+                           proxy_source=args.proxy_source, ecs=args.ecs)
         return int(args.func(args))
     except (ConfigError, ConfigErrors) as exc:
         for line in str(exc).splitlines():
@@ -91,12 +98,15 @@ def check(config: Path) -> int:
     entries = summary.get("entries_by_category", {})
     print(f"{config}: OK: {len(loaded.policy.tiers)} tiers, {len(loaded.policy.networks)} "
           f"networks, {sum(entries.values())} list entries in {len(entries)} categories, "
-          f"{total_skipped} list lines skipped")
+          f"{total_skipped} list lines skipped"
+          + (f", {loaded.subscribers.count} subscriber prefixes in "
+             f"{len(loaded.subscribers.profiles)} profiles" if loaded.subscribers else ""))
     return 0
 
 
 def explain(config: Path, client: str, name: str, as_json: bool, at: str | None = None,
-            token: str | None = None) -> int:
+            token: str | None = None, *, proxy_source: str | None = None,
+            ecs: str | None = None) -> int:
     """The decision function plus printing: the same code a query takes."""
     from datetime import UTC, datetime
     from zoneinfo import ZoneInfo
@@ -131,8 +141,9 @@ def explain(config: Path, client: str, name: str, as_json: bool, at: str | None 
             raise SafeGateError("no policy file defines that DoH token")
         out["identity"] = "DoH path token"
     else:
-        profile = loaded.view.clients.lookup(client)
-        out["identity"] = "client address"
+        address, out["identity"], out["identity_detail"] = _identity(loaded, client,
+                                                                     proxy_source, ecs)
+        profile = loaded.view.clients.lookup(address)
     if profile is None:
         out.update(network=None, tier=None, verdict="refused", rcode="REFUSED", ede=18,
                    reason="the client is in no configured network (SafeGate is not an open "
@@ -143,6 +154,8 @@ def explain(config: Path, client: str, name: str, as_json: bool, at: str | None 
             tok = next(t for t in loaded.policy.tokens if t.token == token)
             out.update(network=None, token_defined_at=f"{tok.path}:{tok.line}",
                        tier=profile.tier)
+        elif profile.network == "subscribers":
+            out.update(_explain_subscriber(loaded, address, profile))
         else:
             net = next(n for n in loaded.policy.networks if n.name == profile.network)
             out.update(network=profile.network, network_defined_at=f"{net.path}:{net.line}",
@@ -174,6 +187,62 @@ def explain(config: Path, client: str, name: str, as_json: bool, at: str | None 
             elif val is not None:
                 print(f"{k}: {val}")
     return 0
+
+
+def _identity(loaded: Any, client: str, proxy_source: str | None, ecs: str | None
+              ) -> tuple[str, str, str | None]:
+    """(the address that decides, its source, why): the rules of dns/chain.py, in words.
+
+    The source is "client address", "PROXY v2" or "ECS".
+    """
+    config = loaded.config
+    if proxy_source is None and ecs is None:
+        return client, "client address", None
+    for flag, value in (("--proxy-source", proxy_source), ("--ecs", ecs)):
+        if value is None:
+            continue
+        try:
+            ipaddress.ip_network(value, strict=False)
+        except ValueError:
+            raise SafeGateError(f"{flag} {value!r} is not an address or subnet") from None
+    trusted = loaded.view.frontends is not None and loaded.view.frontends.lookup(client)
+    if not trusted:
+        return client, "client address", (f"a PROXY v2 header or ECS is ignored: {client} is "
+                                          f"not in dns.trusted_frontends of {config.path}")
+    if proxy_source is not None:
+        if not config.proxy_protocol:
+            return client, "client address", ("dns.proxy_protocol is off, so a PROXY v2 "
+                                              "header is not read")
+        return proxy_source, "PROXY v2", (f"the header from trusted front end {client} names "
+                                          f"{proxy_source}")
+    assert ecs is not None
+    net = ipaddress.ip_network(ecs, strict=False)
+    if net.prefixlen == 0:
+        return client, "client address", "an ECS of /0 names nobody"
+    forwarded = ("forwarded upstream cut to /24 or /56 (dns.forward_ecs)" if
+                 config.forward_ecs else "stripped before forwarding upstream")
+    return str(net.network_address), "ECS", (f"EDNS Client Subnet {net} from trusted front "
+                                             f"end {client}; {forwarded}")
+
+
+def _explain_subscriber(loaded: Any, address: str, profile: Any) -> dict[str, Any]:
+    from gateway.subscribers import find_line
+
+    path = loaded.config.subscribers
+    found = loaded.view.clients.match(address)
+    prefix = found[0] if found else "?"
+    line = find_line(path, prefix) if found else 0
+    spec = loaded.subscribers.profiles[profile.id - len(loaded.policy.networks)
+                                       - len(loaded.policy.tokens)]
+    out: dict[str, Any] = {"network": None, "subscriber": prefix,
+                           "subscriber_defined_at": f"{path}:{line}", "tier": profile.tier,
+                           "filtered": ("yes: blocks carry EDE 17 Filtered (the subscriber "
+                                        "chose this filtering)") if spec.filtered else "no"}
+    if spec.allow:
+        out["subscriber_allow"] = [n.decode() for n in spec.allow]
+    if spec.deny:
+        out["subscriber_deny"] = [n.decode() for n in spec.deny]
+    return out
 
 
 def _explain_tier(loaded: Any, tier_name: str, when: Any, tz: Any) -> dict[str, Any]:

@@ -14,6 +14,7 @@ adblock `@@||name^` exception lifts that category's block for the names under it
 
 from __future__ import annotations
 
+import dataclasses
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any
@@ -93,13 +94,14 @@ class Profile:
     never outlive the lists and policy that produced it.
     """
 
-    __slots__ = ("_memo", "allow", "answer", "blocked", "bypass", "default_block", "deny", "id",
-                 "index", "network", "replies", "rewrites", "scheduled", "tier")
+    __slots__ = ("_memo", "allow", "answer", "blocked", "bypass", "default_block", "deny",
+                 "filtered", "id", "index", "network", "replies", "rewrites", "scheduled", "tier")
 
     def __init__(self, id: int, network: str, tier: str, blocked: frozenset[str], answer: str,
                  allow: frozenset[bytes], deny: frozenset[bytes], default_block: bool,
                  index: Matcher, *, scheduled: frozenset[str] = frozenset(),
-                 rewrites: dict[bytes, bytes] | None = None, bypass: bool = False) -> None:
+                 rewrites: dict[bytes, bytes] | None = None, bypass: bool = False,
+                 filtered: bool = False) -> None:
         self.id = id
         self.network = network
         self.tier = tier
@@ -114,6 +116,9 @@ class Profile:
         self.scheduled = scheduled
         self.rewrites = rewrites or {}   # SafeSearch: host -> CNAME target (safesearch.py)
         self.bypass = bypass             # bypass_protection: bypass names, ECH stripping
+        # The subscriber chose this filtering (ISP parental control): EDE 17 "Filtered"
+        # instead of 15 "Blocked" (RFC 8914); legal orders stay 16 "Censored".
+        self.filtered = filtered
         self._memo: OrderedDict[bytes, Verdict] = OrderedDict()
         # The query path's memo of whole UDP replies by query bytes (see dns/chain.py); here so
         # that it is rebuilt with the profile on every reload.
@@ -147,7 +152,11 @@ def _suffix_match(names: frozenset[bytes], key: bytes) -> int:
 def decide(profile: Profile, key: bytes) -> Verdict:
     """The uncached decision; see the module docstring for the order."""
     verdict = _decide(profile, key)
-    if not verdict.blocked and profile.rewrites:
+    if verdict.blocked:
+        if profile.filtered and verdict.ede == EDE_BLOCKED:
+            return dataclasses.replace(verdict, ede=EDE_FILTERED)
+        return verdict
+    if profile.rewrites:
         # After every block: a blocked google stays blocked; an allowed one is still rewritten.
         target = profile.rewrites.get(key)
         if target is not None:

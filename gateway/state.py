@@ -34,6 +34,7 @@ from gateway.netindex import PrefixMap
 from gateway.policy import Network, Network4or6, Policy, load_policy, policy_files
 from gateway.safesearch import Rewrites, load_rewrites
 from gateway.schedules import MAX_SLEEP, active_categories, next_change
+from gateway.subscribers import Subscribers, load_subscribers
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +54,7 @@ class Loaded:
     summary: dict[str, Any] = field(default_factory=dict)   # the compile report
     lists_fingerprint: Fingerprint = ()
     index_path: Path | None = None
+    subscribers: Subscribers | None = None
 
 
 def fingerprint(paths: list[Path]) -> Fingerprint:
@@ -76,17 +78,24 @@ def watched_files(config_path: Path, loaded: Loaded | None) -> list[Path]:
         # A renewed certificate (Let's Encrypt) is picked up like any other changed file.
         paths += [p for tls in (loaded.config.dot, loaded.config.web_tls) if tls is not None
                   for p in (tls.cert, tls.key)]
+        if loaded.config.subscribers is not None:
+            paths.append(loaded.config.subscribers)
     return paths
 
 
 def build_view(config: GatewayConfig, policy: Policy, index: Matcher, generation: int,
-               *, at: datetime | None = None) -> tuple[View, dict[str, Profile]]:
+               *, at: datetime | None = None, subscribers: Subscribers | None = None
+               ) -> tuple[View, dict[str, Profile]]:
     """Profiles per network and the client map; pure and quick (no list parsing).
+
+    Subscribers' prefix tables are shared as they are (no per-subscriber work): only their few
+    distinct profiles are built.
 
     `at` (default: now) is when schedule windows are evaluated: the profiles block what the
     windows open at that instant add, until the server builds the next view at the next edge.
     """
-    extra = scheduled_categories(config, policy, at or datetime.now(UTC))
+    when = at or datetime.now(UTC)
+    extra = scheduled_categories(config, policy, when)
     rewrites = load_rewrites()
     profiles: dict[str, Profile] = {}
     items: list[tuple[Network4or6, Profile]] = []
@@ -99,8 +108,20 @@ def build_view(config: GatewayConfig, policy: Policy, index: Matcher, generation
                                 Network(name="token", cidrs=(), tier=t.tier), policy, index,
                                 extra, rewrites)
               for i, t in enumerate(policy.tokens)}
+    layers = []
+    if subscribers is not None:
+        base = len(policy.networks) + len(policy.tokens)
+        subscriber_profiles = [
+            _profile(base + i, Network(name="subscribers", cidrs=(), tier=s.tier, allow=s.allow,
+                                       deny=s.deny), policy, index, extra, rewrites,
+                     filtered=s.filtered)
+            for i, s in enumerate(subscribers.profiles)]
+        layers.append((subscribers.tables, subscriber_profiles))
     answers = BlockAnswers.for_addresses(config.block_ttl, list(config.blockpage_addresses))
-    return View(PrefixMap(items), answers, generation, tokens), profiles
+    frontends = (PrefixMap([(net, True) for net in config.trusted_frontends])
+                 if config.trusted_frontends else None)
+    return View(PrefixMap(items, layers), answers, generation, tokens, frontends,
+                config.proxy_protocol, config.forward_ecs, built_at=when), profiles
 
 
 def scheduled_categories(config: GatewayConfig, policy: Policy, at: datetime
@@ -127,20 +148,20 @@ def schedule_delay(loaded: Loaded, now: datetime) -> float:
 def schedule_changed(loaded: Loaded, now: datetime) -> bool:
     """Whether the windows open at `now` differ from those the running profiles were built with."""
     want = scheduled_categories(loaded.config, loaded.policy, now)
-    return any(p.scheduled != want.get(p.tier, frozenset())
-               for p in (*loaded.profiles.values(), *loaded.view.tokens.values()))
+    have = scheduled_categories(loaded.config, loaded.policy, loaded.view.built_at)
+    return want != have
 
 
 def _profile(i: int, net: Network, policy: Policy, index: Matcher,
-             extra: dict[str, frozenset[str]] | None = None, rewrites: Rewrites | None = None
-             ) -> Profile:
+             extra: dict[str, frozenset[str]] | None = None, rewrites: Rewrites | None = None,
+             *, filtered: bool = False) -> Profile:
     tier = policy.tiers[net.tier]
     scheduled = (extra or {}).get(tier.name, frozenset())
     return Profile(
         id=i, network=net.name, tier=tier.name, blocked=frozenset(tier.block) | scheduled,
         answer=tier.answer, allow=frozenset(tier.allow + net.allow),
         deny=frozenset(tier.deny + net.deny), default_block=tier.default_block, index=index,
-        scheduled=scheduled, bypass=tier.bypass_protection,
+        scheduled=scheduled, bypass=tier.bypass_protection, filtered=filtered,
         rewrites=rewrites.for_mode(tier.safesearch) if rewrites is not None else None)
 
 
@@ -159,9 +180,29 @@ def load_in_process(config_path: str | Path, at: datetime | None = None) -> Load
     result = compile_catalog(catalog, None)
     assert isinstance(result.index, bytes)
     index = ListIndex.from_bytes(result.index)
-    view, profiles = build_view(config, policy, index, 1, at=at)
+    subscribers = _subscribers(config, policy, None)
+    view, profiles = build_view(config, policy, index, 1, at=at, subscribers=subscribers)
     return Loaded(config, policy, catalog, index, view, profiles, summary=result.summary(),
-                  lists_fingerprint=fingerprint([catalog.path, *catalog.files()]))
+                  lists_fingerprint=fingerprint([catalog.path, *catalog.files()]),
+                  subscribers=subscribers)
+
+
+def _subscribers(config: GatewayConfig, policy: Policy, previous: Subscribers | None
+                 ) -> Subscribers | None:
+    """The subscribers file, re-parsed only when it changed; tiers checked against `policy`."""
+    path = config.subscribers
+    if path is None:
+        return None
+    from gateway.subscribers import file_fingerprint
+
+    try:
+        unchanged = (previous is not None and previous.path == path
+                     and previous.fingerprint == file_fingerprint(path))
+    except OSError as exc:
+        raise ConfigError(f"cannot read subscribers file: {exc.strerror}", str(path)) from None
+    subs = previous if unchanged and previous is not None else load_subscribers(path)
+    subs.check_tiers(policy.tiers)
+    return subs
 
 
 def layered(index: ListIndex, overlays: dict[str, Overlay]) -> Matcher:
@@ -186,7 +227,7 @@ class Builder:
         self.generation += 1
         view, profiles = build_view(loaded.config, loaded.policy,
                                     layered(loaded.index, self.overlays), self.generation,
-                                    at=self.clock())
+                                    at=self.clock(), subscribers=loaded.subscribers)
         return dataclasses.replace(loaded, view=view, profiles=profiles)
 
     async def build(self, previous: Loaded | None) -> Loaded:
@@ -200,11 +241,14 @@ class Builder:
         else:
             index_path, summary = await self._compile(config, catalog)
             index = ListIndex.open(index_path)
+        # A million-line subscribers file takes seconds to parse: a thread keeps DNS answering.
+        subscribers = await asyncio.to_thread(
+            _subscribers, config, policy, previous.subscribers if previous else None)
         self.generation += 1
         view, profiles = build_view(config, policy, layered(index, self.overlays),
-                                    self.generation, at=self.clock())
+                                    self.generation, at=self.clock(), subscribers=subscribers)
         return Loaded(config, policy, catalog, index, view, profiles, summary, lists_fp,
-                      index_path)
+                      index_path, subscribers)
 
     async def _compile(self, config: GatewayConfig, catalog: Catalog
                        ) -> tuple[Path, dict[str, Any]]:

@@ -124,3 +124,36 @@ def test_explain_as_a_doh_token_client(tmp_path: Path) -> None:
     assert out["token_defined_at"].endswith("p.yaml:13")
     r = safegate("explain", "-c", cfg, "127.0.0.1", "gamble.test", "--token", "nope-token")
     assert r.returncode == 1 and "no policy file defines that DoH token" in r.stderr
+
+
+def test_explain_names_the_identity_behind_a_front_end(tmp_path: Path) -> None:
+    """Subscribers, ECS and PROXY v2: explain shows which address decided, and why."""
+    (tmp_path / "subscribers.csv").write_text(
+        "prefix,tier,filtered,deny\n# a comment\n2001:db8:1200::/56,kids,yes,games.example\n")
+    cfg = str(config(tmp_path, extra={
+        "subscribers": "subscribers.csv",
+        "dns": {"trusted_frontends": ["127.0.0.4/32"], "proxy_protocol": True}}))
+    r = safegate("explain", "-c", cfg, "127.0.0.4", "gamble.test", "--proxy-source",
+                 "2001:db8:1200:ab::1", "--json")
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout)
+    assert (out["identity"], out["subscriber"], out["tier"], out["verdict"], out["ede"]) == (
+        "PROXY v2", "2001:db8:1200::/56", "kids", "blocked", 17)
+    assert out["subscriber_defined_at"] == f"{tmp_path / 'subscribers.csv'}:3"
+    assert out["subscriber_deny"] == ["games.example"]
+    r = safegate("explain", "-c", cfg, "127.0.0.4", "gamble.test", "--ecs",
+                 "2001:db8:1200:ab::/56", "--json")
+    out = json.loads(r.stdout)
+    assert (out["identity"], out["tier"], out["verdict"]) == ("ECS", "kids", "blocked")
+    assert "stripped before forwarding upstream" in out["identity_detail"]
+    # From an address that is not a trusted front end, the ECS is not believed: 127.0.0.3's
+    # own network decides.
+    r = safegate("explain", "-c", cfg, "127.0.0.3", "gamble.test", "--ecs",
+                 "2001:db8:1200:ab::/56", "--json")
+    out = json.loads(r.stdout)
+    assert (out["identity"], out["network"], out["tier"]) == ("client address", "zero-net",
+                                                              "zero")
+    assert "not in dns.trusted_frontends" in out["identity_detail"]
+    text = safegate("explain", "-c", cfg, "127.0.0.4", "gamble.test", "--proxy-source",
+                    "2001:db8:1200::9").stdout
+    assert "filtered: yes: blocks carry EDE 17 Filtered" in text

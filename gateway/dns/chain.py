@@ -1,8 +1,9 @@
 """One query's path, top to bottom. Every transport (UDP, TCP, DoT, DoH) calls `handle`.
 
     wire      parse the header and question straight from the bytes
-    identify  client address -> network -> profile          (REFUSED when in no network)
-              (a DoH path token names its profile directly)
+    identify  client address -> subscriber or network -> profile  (REFUSED when in none)
+              (a DoH path token names its profile directly; from dns.trusted_frontends only,
+              a PROXY v2 header or the query's EDNS Client Subnet names the client)
     decide    mandatory > deny/allow > tier categories      (memoized per profile)
     answer    blocked: synthesized locally, with EDE
               ANY: RFC 8482 minimal answer
@@ -22,10 +23,11 @@ import struct
 import time
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
 from gateway.decide import Profile, Verdict
-from gateway.dns import rewrite, wire
+from gateway.dns import proxyproto, rewrite, wire
 from gateway.dns.answers import BlockAnswers, any_reply, refused_reply
 from gateway.dns.cache import AnswerCache, CacheConfig, Entry, entry_from_reply
 from gateway.dns.svcb import TYPE_HTTPS, TYPE_SVCB, strip_ech
@@ -43,6 +45,7 @@ _MEMO_LIMIT = 16_384  # memoized UDP replies per profile (~0.3 KB each)
 _ERROR_ACTIONS = {wire.NOTIMP: "notimp", wire.BADVERS: "badvers"}
 _BLOCKED = "blocked"
 _CACHED = "cached"
+_EPOCH = datetime.fromtimestamp(0, UTC)
 _NO_ECH = 4  # cache-key flag: an HTTPS/SVCB answer stored with `ech` stripped (bypass tiers)
 
 
@@ -54,6 +57,11 @@ class View:
     answers: BlockAnswers
     generation: int
     tokens: dict[str, Profile] = field(default_factory=dict)  # DoH path token -> its profile
+    # Front ends (dnsdist) whose PROXY v2 header or EDNS Client Subnet names the real client.
+    frontends: PrefixMap[bool] | None = None
+    proxy_protocol: bool = False
+    forward_ecs: bool = False
+    built_at: datetime = _EPOCH  # when schedule windows were evaluated for these profiles
 
 
 class Resolver:
@@ -71,13 +79,25 @@ class Resolver:
         """Queries already past `identify` finish with the old view; new ones see the new one."""
         self.view = view
 
-    def handle(self, data: bytes, client: str, protocol: str, *, profile: Profile | None = None
-               ) -> bytes | Pending | None:
+    def expects_proxy(self, peer: str) -> bool:
+        """Whether a connection from `peer` may open with a PROXY v2 header."""
+        view = self.view
+        return bool(view.proxy_protocol and view.frontends is not None
+                    and view.frontends.lookup(peer))
+
+    def handle(self, data: bytes, client: str, protocol: str, *, profile: Profile | None = None,
+               proxied: bool = False) -> bytes | Pending | None:
         """Reply bytes, None to drop, or a coroutine that produces the reply (cache miss).
 
         `profile`, when given (a DoH path token), stands in for the client address lookup.
+        `proxied`: `client` came from a trusted front end's PROXY v2 header (TCP reads it once
+        per connection), so the query's own ECS is not an identity any more.
         """
         start = perf_counter()
+        frontends = self.view.frontends
+        if frontends is not None and profile is None and not proxied \
+                and frontends.lookup(client):
+            return self._from_frontend(data, client, protocol, start)
         if protocol == "udp" and profile is None:
             # Memo: the same query bytes (all but the ID) from the same profile get the same
             # reply, so a repeated blocked or cached query skips even the wire parse. (Kept
@@ -102,6 +122,21 @@ class Resolver:
                         return data[:2] + last[2]  # type: ignore[no-any-return]
         return self._handle(data, client, protocol, start, profile)
 
+    def _from_frontend(self, data: bytes, frontend: str, protocol: str, start: float
+                       ) -> bytes | Pending | None:
+        """A query from dns.trusted_frontends: the real client is in a PROXY v2 header (UDP;
+        TCP's is read by the transport) or in the query's EDNS Client Subnet."""
+        view = self.view
+        if view.proxy_protocol and protocol == "udp" and data[:12] == proxyproto.SIGNATURE:
+            try:
+                source, size = proxyproto.parse(data)
+            except proxyproto.ProxyHeaderError as exc:
+                log.debug("dropping a datagram with a bad PROXY v2 header: %s", exc)
+                self.stats.count("formerr", "", "", protocol, perf_counter() - start)
+                return None
+            return self.handle(data[size:], source or frontend, protocol, proxied=True)
+        return self._handle(data, frontend, protocol, start, ecs_trusted=True)
+
     def _remember(self, profile: Profile, data: bytes, memo: tuple[Any, ...]) -> None:
         replies = profile.replies
         if len(replies) >= _MEMO_LIMIT:
@@ -111,7 +146,8 @@ class Resolver:
         replies[data[2:]] = memo
 
     def _handle(self, data: bytes, client: str, protocol: str, start: float,
-                chosen: Profile | None = None) -> bytes | Pending | None:
+                chosen: Profile | None = None, *, ecs_trusted: bool = False
+                ) -> bytes | Pending | None:
         count = self.stats.count
         try:
             q = wire.parse_query(data)
@@ -130,6 +166,15 @@ class Resolver:
             return wire.error_reply(q, q.error)
 
         view = self.view
+        forward_ecs = b""
+        if ecs_trusted and q.ecs:
+            # Behind a front end that does not speak PROXY v2: the subnet it put in the query
+            # names the subscriber. (Never believed from anyone else: `ecs_trusted`.)
+            address = wire.ecs_address(q.ecs)
+            if address is not None:
+                client = address
+                if view.forward_ecs:
+                    forward_ecs = wire.ecs_truncate(q.ecs)
         profile = chosen if chosen is not None else view.clients.lookup(client)
         if profile is None:
             count("refused", "", "", protocol, time.perf_counter() - start)
@@ -151,6 +196,9 @@ class Resolver:
         limit = q.max_udp_response() if protocol == "udp" else TCP_LIMIT
         if verdict.rewrite:
             return self._rewrite(q, verdict, profile, view, protocol, limit, start)
+        if forward_ecs:
+            # Answers tailored to a subnet are not shared: no cache, no memo (opt-in setting).
+            return self._forward(q, None, profile, view, protocol, limit, start, forward_ecs)
         cache_key = (q.key, q.qtype, q.qclass, (q.do << 1) | bool(q.flags & wire.CD))
         if profile.bypass and q.qtype in (TYPE_HTTPS, TYPE_SVCB):
             # Stripped and unstripped answers are cached apart (tiers differ).
@@ -236,16 +284,18 @@ class Resolver:
                 return view.answers.blocked_reply(q, via), via
         return entry.reply(q, now, limit, stale), None
 
-    async def _forward(self, q: wire.Query, cache_key: tuple[bytes, int, int, int],
+    async def _forward(self, q: wire.Query, cache_key: tuple[bytes, int, int, int] | None,
                        profile: Profile, view: View, protocol: str, limit: int,
-                       start: float) -> bytes | None:
+                       start: float, ecs: bytes = b"") -> bytes | None:
+        """Ask upstream, cache (unless `cache_key` is None) and answer."""
         question = q.question[:-4].lower() + q.question[-4:]
         count = self.stats.count
         try:
-            raw = await self.forwarder.resolve(question, do=q.do, cd=bool(q.flags & wire.CD))
+            raw = await self.forwarder.resolve(question, do=q.do, cd=bool(q.flags & wire.CD),
+                                               ecs=ecs)
         except UpstreamError as exc:
             now = self.clock()
-            stale = self.cache.get_stale(cache_key, now)
+            stale = self.cache.get_stale(cache_key, now) if cache_key is not None else None
             if stale is not None:
                 reply, blocked = self._from_entry(q, stale, profile, view, now, limit, True)
                 count("blocked" if blocked else "stale", blocked.category if blocked else "",
@@ -256,9 +306,14 @@ class Resolver:
             return wire.error_reply(q, wire.SERVFAIL)
         now = self.clock()
         try:
-            if cache_key[3] & _NO_ECH:
+            if cache_key is not None:
+                strip = bool(cache_key[3] & _NO_ECH)
+            else:
+                strip = profile.bypass and q.qtype in (TYPE_HTTPS, TYPE_SVCB)
+            if strip:
                 raw = strip_ech(raw)  # before caching: a malformed record fails closed here
-            entry = entry_from_reply(raw, self.cache.cfg, now)
+            entry = entry_from_reply(raw, self.cache.cfg, now) if cache_key is not None \
+                else None
         except (wire.WireError, IndexError, ValueError, struct.error):
             log.warning("upstream sent a malformed reply; answering SERVFAIL")
             count("servfail", "", profile.tier, protocol, time.perf_counter() - start)
@@ -269,7 +324,7 @@ class Resolver:
             if entry is None:
                 count("servfail", "", profile.tier, protocol, time.perf_counter() - start)
                 return wire.error_reply(q, wire.SERVFAIL)
-        else:
+        elif cache_key is not None:
             self.cache.put(cache_key, entry)
         reply, blocked = self._from_entry(q, entry, profile, view, now, limit, False)
         count("blocked" if blocked else "allowed", blocked.category if blocked else "",

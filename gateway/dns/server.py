@@ -9,6 +9,7 @@ import struct
 from collections.abc import Coroutine
 from typing import Any, cast
 
+from gateway.dns import proxyproto
 from gateway.dns.chain import Resolver
 from gateway.dns.wire import formerr_from_header
 
@@ -89,6 +90,8 @@ class TcpProtocol(asyncio.Protocol):
         self.peer = ""
         self.inflight = 0
         self.idle_handle: asyncio.TimerHandle | None = None
+        self.expect_proxy = False   # a trusted front end's PROXY v2 header may come first
+        self.proxied = False        # self.peer came from that header
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)
@@ -98,6 +101,7 @@ class TcpProtocol(asyncio.Protocol):
         self.connections.add(self)
         peer = transport.get_extra_info("peername")
         self.peer = peer[0] if peer else ""
+        self.expect_proxy = self.protocol == "tcp" and self.resolver.expects_proxy(self.peer)
         self._arm_idle()
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -120,6 +124,8 @@ class TcpProtocol(asyncio.Protocol):
         self.buffer += data
         self._arm_idle()
         buf = self.buffer
+        if self.expect_proxy and not self._proxy_header(buf):
+            return  # wait for the rest of the header
         while len(buf) >= 2:
             size = struct.unpack_from(">H", buf)[0]
             if len(buf) < 2 + size:
@@ -132,9 +138,34 @@ class TcpProtocol(asyncio.Protocol):
         if self.inflight >= MAX_TCP_PIPELINE and self.transport is not None:
             self.transport.pause_reading()
 
+    def _proxy_header(self, buf: bytearray) -> bool:
+        """Consume a PROXY v2 header at the start of the stream; False while it is incomplete.
+
+        A trusted front end that sends plain DNS instead is served as itself.
+        """
+        head = bytes(buf[:12])
+        if proxyproto.SIGNATURE[:len(head)] != head:
+            self.expect_proxy = False
+            return True
+        try:
+            if len(buf) < proxyproto.HEADER_LEN or len(buf) < proxyproto.header_size(buf):
+                return False
+            source, size = proxyproto.parse(buf)
+        except proxyproto.ProxyHeaderError as exc:
+            log.debug("closing a connection with a bad PROXY v2 header: %s", exc)
+            if self.transport is not None:
+                self.transport.abort()
+            buf.clear()
+            return False
+        del buf[:size]
+        self.expect_proxy = False
+        if source is not None:
+            self.peer, self.proxied = source, True
+        return True
+
     def _query(self, msg: bytes) -> None:
         try:
-            result = self.resolver.handle(msg, self.peer, self.protocol)
+            result = self.resolver.handle(msg, self.peer, self.protocol, proxied=self.proxied)
         except Exception:
             log.exception("bug: query handling raised; answering FORMERR")
             result = formerr_from_header(msg)

@@ -113,19 +113,23 @@ class Forwarder:
         self.cfg = cfg
         self.observer = observer or UpstreamObserver()
         self.clock = clock
-        self._inflight: dict[tuple[bytes, bool, bool], asyncio.Future[bytes]] = {}
+        self._inflight: dict[tuple[bytes, bool, bool, bytes], asyncio.Future[bytes]] = {}
         self._channels: dict[str, _UdpChannel] = {}
 
-    async def resolve(self, question: bytes, *, do: bool, cd: bool) -> bytes:
-        """The upstream reply (raw bytes) for a question section with a lowercased name."""
-        key = (question, do, cd)
+    async def resolve(self, question: bytes, *, do: bool, cd: bool, ecs: bytes = b"") -> bytes:
+        """The upstream reply (raw bytes) for a question section with a lowercased name.
+
+        `ecs`: EDNS Client Subnet option data to send (only with dns.forward_ecs; never by
+        default: the subscriber's address stays with us).
+        """
+        key = (question, do, cd, ecs)
         fut = self._inflight.get(key)
         if fut is not None:
             return await asyncio.shield(fut)
         fut = asyncio.get_running_loop().create_future()
         self._inflight[key] = fut
         try:
-            reply = await self._resolve(question, do, cd)
+            reply = await self._resolve(question, do, cd, ecs)
         except BaseException as exc:
             err = exc if isinstance(exc, UpstreamError) else UpstreamError(repr(exc))
             if not fut.done():
@@ -147,7 +151,7 @@ class Forwarder:
         benched = [u for u in self.upstreams if u.benched_until > now]
         return healthy + benched
 
-    async def _resolve(self, question: bytes, do: bool, cd: bool) -> bytes:
+    async def _resolve(self, question: bytes, do: bool, cd: bool, ecs: bytes) -> bytes:
         deadline = time.monotonic() + self.cfg.query_timeout
         last_error = "no upstream answered"
         fallback: bytes | None = None
@@ -157,7 +161,7 @@ class Forwarder:
                 last_error = "query timeout"
                 break
             try:
-                reply = await self._ask(upstream, question, do, cd, budget)
+                reply = await self._ask(upstream, question, do, cd, budget, ecs)
             except (OSError, TimeoutError, wire.WireError, UpstreamError) as exc:
                 reason = _reason(exc)
                 last_error = f"{upstream.label}: {reason}"
@@ -185,14 +189,14 @@ class Forwarder:
                         self.cfg.bench_seconds, upstream.failures)
 
     async def _ask(self, upstream: Upstream, question: bytes, do: bool, cd: bool,
-                   timeout: float) -> bytes:
+                   timeout: float, ecs: bytes = b"") -> bytes:
         start = time.perf_counter()
         self.observer.query(upstream.label, "udp")
-        reply = await self._udp(upstream, question, do, cd, timeout)
+        reply = await self._udp(upstream, question, do, cd, timeout, ecs)
         if reply[2] & (wire.TC >> 8):
             self.observer.query(upstream.label, "tcp")
             qid = secrets.randbits(16)
-            msg = wire.build_query(qid, question, do=do, cd=cd)
+            msg = wire.build_query(qid, question, do=do, cd=cd, ecs=ecs)
             reply = await asyncio.wait_for(self._tcp(upstream, msg, qid, question), timeout)
         self.observer.latency(upstream.label, time.perf_counter() - start)
         return reply
@@ -209,7 +213,7 @@ class Forwarder:
         return chan
 
     async def _udp(self, upstream: Upstream, question: bytes, do: bool, cd: bool,
-                   timeout: float) -> bytes:
+                   timeout: float, ecs: bytes = b"") -> bytes:
         """One UDP exchange over the upstream's current channel."""
         chan = await self._channel(upstream)
         loop = asyncio.get_running_loop()
@@ -222,7 +226,7 @@ class Forwarder:
         timer = loop.call_later(timeout, _expire, fut)
         try:
             assert chan.transport is not None
-            chan.transport.sendto(wire.build_query(qid, question, do=do, cd=cd))
+            chan.transport.sendto(wire.build_query(qid, question, do=do, cd=cd, ecs=ecs))
             return await fut
         finally:
             timer.cancel()

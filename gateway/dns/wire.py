@@ -7,6 +7,7 @@ a query, more than one additional record) takes `parse_query_slow`, which walks 
 
 from __future__ import annotations
 
+import socket
 import struct
 
 # Header flag bits.
@@ -247,10 +248,38 @@ def truncated_reply(q: Query, rcode: int, extra_flags: int = 0) -> bytes:
     return out
 
 
-def build_query(qid: int, question: bytes, *, do: bool, cd: bool) -> bytes:
-    """A query to an upstream for a question section (name lowercased), with our EDNS."""
+def build_query(qid: int, question: bytes, *, do: bool, cd: bool, ecs: bytes = b"") -> bytes:
+    """A query to an upstream for a question section (name lowercased), with our EDNS.
+
+    `ecs` is EDNS Client Subnet option data (RFC 7871), sent only when configured.
+    """
     flags = RD | (CD if cd else 0)
-    return header(qid, flags, 1, 0, 0, 1) + question + opt_record(do)
+    options = struct.pack(">HH", OPT_ECS, len(ecs)) + ecs if ecs else b""
+    return header(qid, flags, 1, 0, 0, 1) + question + opt_record(do, 0, options)
+
+
+def ecs_address(option: bytes) -> str | None:
+    """The client address an ECS option names (RFC 7871 6), zero-padded; None if it names
+    none (source prefix 0) or is malformed. Only trusted front ends' ECS is ever read."""
+    if len(option) < 4:
+        return None
+    family, source = struct.unpack_from(">HB", option)
+    addr = option[4:]
+    if family == 1 and 0 < source <= 32 and len(addr) == (source + 7) // 8:
+        return socket.inet_ntop(socket.AF_INET, addr.ljust(4, b"\0"))
+    if family == 2 and 0 < source <= 128 and len(addr) == (source + 7) // 8:
+        return socket.inet_ntop(socket.AF_INET6, addr.ljust(16, b"\0"))
+    return None
+
+
+def ecs_truncate(option: bytes, v4: int = 24, v6: int = 56) -> bytes:
+    """ECS option data cut to at most /v4 and /v6 (RFC 7871 11.1: privacy) for upstreams."""
+    family, source = struct.unpack_from(">HB", option)
+    keep = min(source, v4 if family == 1 else v6)
+    addr = bytearray(option[4:4 + (keep + 7) // 8])
+    if keep % 8 and addr:
+        addr[-1] &= (0xFF << (8 - keep % 8)) & 0xFF
+    return struct.pack(">HBB", family, keep, 0) + bytes(addr)
 
 
 def key_to_wire(key: bytes) -> bytes:

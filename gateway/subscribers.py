@@ -1,0 +1,210 @@
+"""ISP subscribers: address prefixes -> a profile (tier, overrides, filtered) from CSV or YAML.
+
+An ISP has millions of subscribers and a handful of distinct settings, so each distinct
+(tier, allow, deny, filtered) becomes one shared profile and the prefixes only store its index
+(netindex.Tables). The file is parsed once per change, off the event loop; policy reloads and
+schedule edges reuse the parsed tables.
+
+CSV (the scalable form), comma-separated, `#` comments, an optional header naming the columns:
+
+    prefix,tier,filtered,allow,deny
+    2001:db8:1200::/56,thcs
+    203.0.113.7,tieu-hoc,yes,,games.example social.example
+
+`filtered: yes` means the subscriber chose this filtering (parental control they subscribed to):
+blocks carry EDE 17 "Filtered" (RFC 8914) instead of 15 "Blocked". `allow`/`deny` are names
+separated by spaces or `;`. YAML: a list of mappings with the same keys (allow/deny as lists).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from gateway.errors import ConfigError, ConfigErrors
+from gateway.names import normalize_name
+from gateway.netindex import Tables, parse_prefix
+from gateway.yamlconf import check_keys, error_at, expect_list, expect_mapping, load_yaml
+
+COLUMNS = ("prefix", "tier", "filtered", "allow", "deny")
+_TRUE = {"yes", "true", "1", "y", "on"}
+_FALSE = {"no", "false", "0", "n", "off", ""}
+_NAMES_SPLIT = re.compile(r"[\s;]+")
+MAX_ERRORS = 20  # a broken export reports its first errors, not a million lines
+
+
+@dataclass(frozen=True)
+class SubscriberProfile:
+    """What a subscriber gets; equal settings share one profile."""
+
+    tier: str
+    filtered: bool = False
+    allow: tuple[bytes, ...] = ()
+    deny: tuple[bytes, ...] = ()
+
+
+@dataclass
+class Subscribers:
+    """A parsed subscribers file: prefix tables whose values index `profiles`."""
+
+    path: Path
+    tables: Tables
+    profiles: list[SubscriberProfile]
+    first_line: list[int]          # per profile: the first line using it (for errors)
+    uses: list[int]                # per profile: how many prefixes use it
+    count: int = 0
+    fingerprint: tuple[int, int, int] = (0, 0, 0)
+    by_settings: dict[SubscriberProfile, int] = field(default_factory=dict)
+
+    def check_tiers(self, tiers: Iterable[str]) -> None:
+        """Every profile's tier exists in the policies; errors name the first line using it."""
+        known = set(tiers)
+        errors = [ConfigError(f"tier {p.tier!r} is not defined in the policies (used by "
+                              f"{self.uses[i]} subscriber prefixes)", str(self.path),
+                              self.first_line[i])
+                  for i, p in enumerate(self.profiles) if p.tier not in known]
+        if errors:
+            raise ConfigErrors(errors)
+
+
+def file_fingerprint(path: Path) -> tuple[int, int, int]:
+    st = path.stat()
+    return st.st_mtime_ns, st.st_size, st.st_ino
+
+
+def load_subscribers(path: Path) -> Subscribers:
+    """Parse a subscribers file (.csv, or .yaml/.yml); all problems raise ConfigErrors."""
+    fp = file_fingerprint(path)
+    subs = Subscribers(path, {}, [], [], [], fingerprint=fp)
+    if path.suffix in (".yaml", ".yml"):
+        rows: Iterator[tuple[int, dict[str, Any]]] = _yaml_rows(path)
+    else:
+        rows = _csv_rows(path)
+    errors: list[ConfigError] = []
+    owner: dict[tuple[int, int, int], int] = {}  # (version, plen, key) -> line, for duplicates
+    try:
+        for line, row in rows:
+            try:
+                _add(subs, line, row, owner)
+            except ValueError as exc:
+                errors.append(ConfigError(str(exc), str(path), line))
+                if len(errors) >= MAX_ERRORS:
+                    break
+    except ConfigError as exc:
+        errors.append(exc)
+    if errors:
+        raise ConfigErrors(errors)
+    return subs
+
+
+def _add(subs: Subscribers, line: int, row: dict[str, Any],
+         owner: dict[tuple[int, int, int], int]) -> None:
+    if row.get("_bad"):
+        raise ValueError(f"more columns than the header names ({', '.join(COLUMNS)})")
+    prefix = row.get("prefix")
+    tier = row.get("tier")
+    if not isinstance(prefix, str) or not prefix.strip():
+        raise ValueError("missing prefix")
+    if not isinstance(tier, str) or not tier.strip():
+        raise ValueError(f"{prefix}: missing tier")
+    version, plen, key = parse_prefix(prefix)
+    settings = SubscriberProfile(tier.strip(), _flag(row.get("filtered", "")),
+                                 _names(row.get("allow", "")), _names(row.get("deny", "")))
+    slot = subs.by_settings.get(settings)
+    if slot is None:
+        slot = subs.by_settings[settings] = len(subs.profiles)
+        subs.profiles.append(settings)
+        subs.first_line.append(line)
+        subs.uses.append(0)
+    table = subs.tables.setdefault((version, plen), {})
+    prev = table.get(key)
+    if prev is not None and prev != slot:
+        raise ValueError(f"{prefix.strip()}: this prefix is already listed at line "
+                         f"{owner[(version, plen, key)]} with different settings")
+    if prev is None:
+        owner[(version, plen, key)] = line
+        table[key] = slot
+        subs.uses[slot] += 1
+        subs.count += 1
+
+
+def _flag(value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in _TRUE:
+        return True
+    if text in _FALSE:
+        return False
+    raise ValueError(f"filtered must be yes or no, got {value!r}")
+
+
+def _names(value: Any) -> tuple[bytes, ...]:
+    items = value if isinstance(value, list) else _NAMES_SPLIT.split(str(value or "").strip())
+    out = []
+    for item in items:
+        if not str(item).strip():
+            continue
+        out.append(normalize_name(str(item)))   # ValueError names the bad one
+    return tuple(sorted(set(out)))
+
+
+def _csv_rows(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
+    """(line number, {column: text}); the optional header (a line starting `prefix`) names the
+    columns, otherwise they are positional: prefix,tier,filtered,allow,deny."""
+    columns: tuple[str, ...] = COLUMNS
+    try:
+        f = path.open(encoding="utf-8", newline="")
+    except OSError as exc:
+        raise ConfigError(f"cannot read subscribers file: {exc.strerror}", str(path)) from None
+    with f:
+        seen_data = False
+        for line_no, raw in enumerate(f, 1):
+            text = raw.strip()
+            if not text or text.startswith("#"):
+                continue
+            cells = [c.strip() for c in text.split(",")]
+            if not seen_data and cells[0].lower() == "prefix":
+                unknown = [c for c in cells if c.lower() not in COLUMNS]
+                if unknown or len(set(cells)) != len(cells):
+                    raise ConfigError(f"header: unknown or repeated column(s) "
+                                      f"{', '.join(unknown) or 'repeated'} (columns: "
+                                      f"{', '.join(COLUMNS)})", str(path), line_no)
+                columns = tuple(c.lower() for c in cells)
+                seen_data = True
+                continue
+            seen_data = True
+            if len(cells) > len(columns):
+                yield line_no, {"prefix": cells[0], "tier": "", "_bad": True}
+                continue
+            yield line_no, dict(zip(columns, cells, strict=False))
+
+
+def _yaml_rows(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
+    items = expect_list(load_yaml(path), "a subscribers file (a list of {prefix, tier, ...})")
+    for i, raw in enumerate(items):
+        item = expect_mapping(raw, "a subscribers item", items, i)
+        check_keys(item, COLUMNS, "a subscribers item")
+        lines = getattr(items, "item_lines", None) or []
+        line = lines[i] if i < len(lines) else getattr(item, "line", 0)
+        for key in ("allow", "deny"):
+            if key in item and not isinstance(item[key], list | str):
+                raise error_at(f"{key} must be a list of names", None, item, key)
+        yield line, dict(item)
+
+
+def find_line(path: Path, prefix: str) -> int:
+    """The line of `prefix` in a subscribers file (explain); 0 if not found. A linear scan:
+    the serving process keeps no per-subscriber line numbers."""
+    want = parse_prefix(prefix)
+    rows = _yaml_rows(path) if path.suffix in (".yaml", ".yml") else _csv_rows(path)
+    for line, row in rows:
+        try:
+            if parse_prefix(str(row.get("prefix", ""))) == want:
+                return line
+        except ValueError:
+            continue
+    return 0

@@ -1,0 +1,81 @@
+"""A real front end for tests: Debian's dnsdist on loopback, in front of SafeGate.
+
+It sends the real client's identity the two ways ISPs deploy it: a PROXY protocol v2 header
+(`useProxyProtocol`) or an EDNS Client Subnet option (`useClientSubnet`), from its own address
+`source` (which the test lists, or not, in dns.trusted_frontends).
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import dns.exception
+import dns.message
+import dns.query
+
+DNSDIST = shutil.which("dnsdist") or "/usr/bin/dnsdist"
+
+
+@dataclass
+class Dnsdist:
+    proc: subprocess.Popen[bytes]
+    address: str
+    port: int
+    log: Path
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(5)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+def start_dnsdist(directory: Path, *, listen: str, port: int, backends: list[tuple[str, int]],
+                  source: str, proxy_protocol: bool = False, ecs: bool = False,
+                  timeout: float = 10.0) -> Dnsdist:
+    """dnsdist listening on listen:port (UDP+TCP), forwarding to SafeGate `backends`."""
+    servers = []
+    for host, bport in backends:
+        opts = [f'address="{host}:{bport}"', f'source="{source}"', "checkInterval=1",
+                "maxCheckFailures=3", "tcpConnectTimeout=2"]
+        if proxy_protocol:
+            opts.append("useProxyProtocol=true")
+        if ecs:
+            opts.append("useClientSubnet=true")
+        servers.append("newServer({" + ", ".join(opts) + "})")
+    conf = "\n".join([
+        f'setLocal("{listen}:{port}")',
+        'setACL({"127.0.0.0/8", "::1/128"})',
+        "setECSSourcePrefixV4(32)",
+        "setECSSourcePrefixV6(128)",
+        "setECSOverride(true)",
+        'setServerPolicy(firstAvailable)',
+        *servers,
+    ]) + "\n"
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / "dnsdist.conf"
+    path.write_text(conf)
+    log = directory / "dnsdist.log"
+    proc = subprocess.Popen([DNSDIST, "--supervised", "--disable-syslog", "-C", str(path)],
+                            stdin=subprocess.DEVNULL, stdout=log.open("wb"),
+                            stderr=subprocess.STDOUT)
+    front = Dnsdist(proc, listen, port, log)
+    deadline = time.monotonic() + timeout
+    q = dns.message.make_query("dnsdist-up.test", "A")
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"dnsdist exited: {log.read_text()[-2000:]}")
+        try:
+            dns.query.udp(q, listen, port=port, timeout=0.5)
+            return front
+        except (dns.exception.Timeout, OSError):
+            time.sleep(0.1)
+    front.stop()
+    raise RuntimeError(f"dnsdist did not answer within {timeout}s: {log.read_text()[-2000:]}")
