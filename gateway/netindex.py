@@ -99,15 +99,20 @@ class PrefixMap(Generic[T]):
         return None
 
     def _lookup(self, address: str) -> T | None:
+        if "%" in address:
+            address = address.split("%", 1)[0]
         try:
-            ip = _parse(address)
-        except ValueError:
+            if ":" in address:
+                n = int.from_bytes(socket.inet_pton(socket.AF_INET6, address), "big")
+                if n >> 32 == 0xFFFF:  # ::ffff:a.b.c.d, how dual-stack sockets show IPv4
+                    tables, bits, n = self._v4, 32, n & 0xFFFFFFFF
+                else:
+                    tables, bits = self._v6, 128
+            else:
+                n = int.from_bytes(socket.inet_pton(socket.AF_INET, address), "big")
+                tables, bits = self._v4, 32
+        except OSError:
             return None  # fail closed: an address we cannot read belongs to no network
-        n = int(ip)
-        if ip.version == 4:
-            tables, bits = self._v4, 32
-        else:
-            tables, bits = self._v6, 128
         for plen, table, values in tables:
             slot = table.get(n >> (bits - plen))
             if slot is not None:

@@ -77,40 +77,119 @@ def file_fingerprint(path: Path) -> tuple[int, int, int]:
 
 def load_subscribers(path: Path) -> Subscribers:
     """Parse a subscribers file (.csv, or .yaml/.yml); all problems raise ConfigErrors."""
-    fp = file_fingerprint(path)
-    subs = Subscribers(path, {}, [], [], [], fingerprint=fp)
-    if path.suffix in (".yaml", ".yml"):
-        rows: Iterator[tuple[int, dict[str, Any]]] = _yaml_rows(path)
-    else:
-        rows = _csv_rows(path)
+    subs = Subscribers(path, {}, [], [], [], fingerprint=file_fingerprint(path))
     errors: list[ConfigError] = []
-    owner: dict[tuple[int, int, int], int] = {}  # (version, plen, key) -> line, for duplicates
     try:
-        for line, row in rows:
-            try:
-                _add(subs, line, row, owner)
-            except ValueError as exc:
-                errors.append(ConfigError(str(exc), str(path), line))
-                if len(errors) >= MAX_ERRORS:
-                    break
+        if path.suffix in (".yaml", ".yml"):
+            _load_yaml(subs, errors)
+        else:
+            _load_csv(subs, errors)
     except ConfigError as exc:
         errors.append(exc)
     if errors:
-        raise ConfigErrors(errors)
+        raise ConfigErrors(errors[:MAX_ERRORS])
     return subs
 
 
-def _add(subs: Subscribers, line: int, row: dict[str, Any],
-         owner: dict[tuple[int, int, int], int]) -> None:
-    if row.get("_bad"):
-        raise ValueError(f"more columns than the header names ({', '.join(COLUMNS)})")
-    prefix = row.get("prefix")
+def _load_csv(subs: Subscribers, errors: list[ConfigError]) -> None:
+    """The hot loop of a million-line load: a line's settings text (all after the prefix) is
+    looked up as written, so only the first line of each distinct setting is normalised."""
+    path = subs.path
+    columns: tuple[str, ...] = COLUMNS
+    slots: dict[str, int] = {}
+    tables = subs.tables
+    seen_data = False
+    try:
+        f = path.open(encoding="utf-8", newline="")
+    except OSError as exc:
+        raise ConfigError(f"cannot read subscribers file: {exc.strerror}", str(path)) from None
+    with f:
+        for line, raw in enumerate(f, 1):
+            text = raw.strip()
+            if not text or text[0] == "#":
+                continue
+            if not seen_data:
+                seen_data = True
+                if text[:6].lower() == "prefix":
+                    columns = _header(text, path, line)
+                    continue
+            prefix, _, settings = text.partition(",")
+            try:
+                slot = slots.get(settings)
+                if slot is None:
+                    cells = [c.strip() for c in settings.split(",")]
+                    if len(cells) > len(columns) - 1:
+                        raise ValueError(f"more columns than the header names "
+                                         f"({', '.join(columns)})")
+                    row = dict(zip(columns[1:], cells, strict=False))
+                    slot = slots[settings] = _slot(subs, line, prefix, row)
+                version, plen, key = parse_prefix(prefix)
+                table = tables.get((version, plen))
+                if table is None:
+                    table = tables[(version, plen)] = {}
+                prev = table.get(key)
+                if prev is None:
+                    table[key] = slot
+                    subs.uses[slot] += 1
+                    subs.count += 1
+                elif prev != slot:
+                    _duplicate(subs, prefix)
+            except ValueError as exc:
+                errors.append(ConfigError(str(exc), str(path), line))
+                if len(errors) >= MAX_ERRORS:
+                    return
+
+
+def _header(text: str, path: Path, line: int) -> tuple[str, ...]:
+    cells = tuple(c.strip().lower() for c in text.split(","))
+    unknown = [c for c in cells if c not in COLUMNS]
+    if unknown or len(set(cells)) != len(cells) or cells[0] != "prefix":
+        raise ConfigError(f"header: unknown or repeated column(s) "
+                          f"{', '.join(unknown) or 'repeated'} (columns: "
+                          f"{', '.join(COLUMNS)}, prefix first)", str(path), line)
+    return cells
+
+
+def _duplicate(subs: Subscribers, prefix: str) -> None:
+    first = find_line(subs.path, prefix.strip())
+    raise ValueError(f"{prefix.strip()}: this prefix is already listed at line {first} "
+                     "with different settings")
+
+
+def _load_yaml(subs: Subscribers, errors: list[ConfigError]) -> None:
+    """The YAML form: for small files (a school's or a test's), not for millions."""
+    by_settings: dict[Any, int] = {}
+    for line, row in _yaml_rows(subs.path):
+        try:
+            prefix = row.get("prefix")
+            if not isinstance(prefix, str) or not prefix:
+                raise ValueError("missing prefix")
+            version, plen, key = parse_prefix(prefix)
+            written = tuple(_hashable(row.get(c, "")) for c in COLUMNS[1:])
+            slot = by_settings.get(written)
+            if slot is None:
+                slot = by_settings[written] = _slot(subs, line, prefix, row)
+            table = subs.tables.setdefault((version, plen), {})
+            prev = table.get(key)
+            if prev is None:
+                table[key] = slot
+                subs.uses[slot] += 1
+                subs.count += 1
+            elif prev != slot:
+                _duplicate(subs, prefix)
+        except ValueError as exc:
+            errors.append(ConfigError(str(exc), str(subs.path), line))
+
+
+def _hashable(value: Any) -> Any:
+    return tuple(value) if isinstance(value, list) else value
+
+
+def _slot(subs: Subscribers, line: int, prefix: str, row: dict[str, Any]) -> int:
+    """The profile slot for settings seen for the first time (equal settings share one)."""
     tier = row.get("tier")
-    if not isinstance(prefix, str) or not prefix.strip():
-        raise ValueError("missing prefix")
     if not isinstance(tier, str) or not tier.strip():
-        raise ValueError(f"{prefix}: missing tier")
-    version, plen, key = parse_prefix(prefix)
+        raise ValueError(f"{prefix.strip()}: missing tier")
     settings = SubscriberProfile(tier.strip(), _flag(row.get("filtered", "")),
                                  _names(row.get("allow", "")), _names(row.get("deny", "")))
     slot = subs.by_settings.get(settings)
@@ -119,16 +198,7 @@ def _add(subs: Subscribers, line: int, row: dict[str, Any],
         subs.profiles.append(settings)
         subs.first_line.append(line)
         subs.uses.append(0)
-    table = subs.tables.setdefault((version, plen), {})
-    prev = table.get(key)
-    if prev is not None and prev != slot:
-        raise ValueError(f"{prefix.strip()}: this prefix is already listed at line "
-                         f"{owner[(version, plen, key)]} with different settings")
-    if prev is None:
-        owner[(version, plen, key)] = line
-        table[key] = slot
-        subs.uses[slot] += 1
-        subs.count += 1
+    return slot
 
 
 def _flag(value: Any) -> bool:
@@ -152,37 +222,6 @@ def _names(value: Any) -> tuple[bytes, ...]:
     return tuple(sorted(set(out)))
 
 
-def _csv_rows(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
-    """(line number, {column: text}); the optional header (a line starting `prefix`) names the
-    columns, otherwise they are positional: prefix,tier,filtered,allow,deny."""
-    columns: tuple[str, ...] = COLUMNS
-    try:
-        f = path.open(encoding="utf-8", newline="")
-    except OSError as exc:
-        raise ConfigError(f"cannot read subscribers file: {exc.strerror}", str(path)) from None
-    with f:
-        seen_data = False
-        for line_no, raw in enumerate(f, 1):
-            text = raw.strip()
-            if not text or text.startswith("#"):
-                continue
-            cells = [c.strip() for c in text.split(",")]
-            if not seen_data and cells[0].lower() == "prefix":
-                unknown = [c for c in cells if c.lower() not in COLUMNS]
-                if unknown or len(set(cells)) != len(cells):
-                    raise ConfigError(f"header: unknown or repeated column(s) "
-                                      f"{', '.join(unknown) or 'repeated'} (columns: "
-                                      f"{', '.join(COLUMNS)})", str(path), line_no)
-                columns = tuple(c.lower() for c in cells)
-                seen_data = True
-                continue
-            seen_data = True
-            if len(cells) > len(columns):
-                yield line_no, {"prefix": cells[0], "tier": "", "_bad": True}
-                continue
-            yield line_no, dict(zip(columns, cells, strict=False))
-
-
 def _yaml_rows(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
     items = expect_list(load_yaml(path), "a subscribers file (a list of {prefix, tier, ...})")
     for i, raw in enumerate(items):
@@ -197,13 +236,18 @@ def _yaml_rows(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
 
 
 def find_line(path: Path, prefix: str) -> int:
-    """The line of `prefix` in a subscribers file (explain); 0 if not found. A linear scan:
-    the serving process keeps no per-subscriber line numbers."""
+    """The line of `prefix` in a subscribers file (explain, duplicates); 0 if not found. A
+    linear scan: nobody keeps per-subscriber line numbers in memory."""
     want = parse_prefix(prefix)
-    rows = _yaml_rows(path) if path.suffix in (".yaml", ".yml") else _csv_rows(path)
-    for line, row in rows:
+    if path.suffix in (".yaml", ".yml"):
+        pairs: Iterable[tuple[int, str]] = ((line, str(row.get("prefix", "")))
+                                            for line, row in _yaml_rows(path))
+    else:
+        with path.open(encoding="utf-8") as f:
+            pairs = [(line, raw.split(",", 1)[0]) for line, raw in enumerate(f, 1)]
+    for line, text in pairs:
         try:
-            if parse_prefix(str(row.get("prefix", ""))) == want:
+            if parse_prefix(text) == want:
                 return line
         except ValueError:
             continue

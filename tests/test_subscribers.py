@@ -77,7 +77,7 @@ prefix,tier,filtered
         f"{path}:5: 10.0.0.2: missing tier",
         f"{path}:6: filtered must be yes or no, got 'maybe'",
         f"{path}:7: 10.0.0.1: this prefix is already listed at line 2 with different settings",
-        f"{path}:8: more columns than the header names (prefix, tier, filtered, allow, deny)",
+        f"{path}:8: more columns than the header names (prefix, tier, filtered)",
     ]
 
 
