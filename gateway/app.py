@@ -34,10 +34,13 @@ from gateway.state import (
     schedule_delay,
     watched_files,
 )
-from gateway.web import blockpage_app, metrics_app
+from gateway.web import Site, blockpage_app, gateway_url, metrics_app
 
 if TYPE_CHECKING:
+    from gateway.blockpage import BlockInfo
+    from gateway.config import GatewayConfig
     from gateway.feeds.manager import FeedManager
+    from gateway.reports.service import ReportService
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +64,7 @@ class Gateway:
         self._stop = asyncio.Event()
         self._ready = False
         self.feeds: FeedManager | None = None   # issue #3: central feeds (gateway/feeds/)
+        self.reports: ReportService | None = None   # issue #5: block page reports
 
     def ready(self) -> bool:
         """Ready once lists are loaded and every listener is up (for /readyz)."""
@@ -98,8 +102,8 @@ class Gateway:
         if loaded.config.web_tls is not None:
             self.web_tls = ReloadableContext(loaded.config.web_tls.cert,
                                              loaded.config.web_tls.key, ("http/1.1",))
-        await self._serve_http(blockpage_app(doh.add_routes), loaded.config.web_listen,
-                               self.web_tls)
+        await self._serve_http(blockpage_app(doh.add_routes, site=await self._site(doh)),
+                               loaded.config.web_listen, self.web_tls)
         # Everything loaded so far lives as long as the process: keep the cyclic GC from
         # walking it on every full collection (pauses of tens of ms under load otherwise).
         gc.collect()
@@ -116,6 +120,45 @@ class Gateway:
 
             self.feeds = FeedManager(loaded.config, self, self.registry, self.metrics.dns)
             await self.feeds.start()
+
+    async def _site(self, doh: DohHandler) -> Site:
+        """The block page, reports and CA page, reading the running configuration."""
+        from gateway.reports.service import ReportService
+
+        assert self.loaded is not None
+        first = self.loaded
+
+        def config() -> GatewayConfig:
+            return (self.loaded or first).config
+
+        self.reports = ReportService(config, self.registry)
+        await self.reports.start()
+        cfg = first.config
+        url = gateway_url(cfg.blockpage_addresses[0] if cfg.blockpage_addresses
+                          else cfg.web_listen[0], cfg.web_listen[1], cfg.web_tls is not None)
+        return Site(explain=self.explain_host, client_address=doh.client_address,
+                    report_url=lambda: url + "/report", timezone=lambda: config().timezone,
+                    ca_dir=lambda: config().proxy.ca_dir, desk=self.reports.desk)
+
+    def explain_host(self, client: str, host: str) -> BlockInfo | None:
+        """Why `host` is blocked for `client` right now (the block page's "why"), or None."""
+        from gateway.blockpage import from_verdict
+        from gateway.names import normalize_name
+
+        if self.loaded is None:
+            return None
+        profile = self.loaded.view.clients.lookup(client)
+        try:
+            key = normalize_name(host)
+        except ValueError:
+            return None
+        if profile is None:
+            return None
+        verdict = profile.decide(key)
+        basis = None
+        if verdict.ref and self.feeds is not None:
+            basis = self.feeds.ledger.legal_basis(verdict.ref)
+        return from_verdict(host, verdict, profile.tier, basis)
 
     def _install(self, loaded: Loaded) -> None:
         assert self.resolver is not None
@@ -272,6 +315,9 @@ class Gateway:
             self.resolver.forwarder.close()
         for runner in self.runners:
             await runner.cleanup()
+        if self.reports is not None:
+            await self.reports.stop()
+            self.reports = None
         if self.loaded is not None:
             remove_stale_indexes(self.loaded.config.state_dir, None)
 

@@ -1,4 +1,5 @@
-"""The block page: what a person sees when SafeGate blocked a name or a URL, vi and en.
+"""The pages people see, in Vietnamese and English: the block page, the answer to a report,
+and the proxy CA onboarding page.
 
 Pure rendering (no I/O, no clock: `now` is passed in), shared by the gateway's web listener
 (names blocked by DNS) and the proxy (URL-level blocks, issue 5). Everything echoed is escaped.
@@ -10,7 +11,12 @@ import html
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
+from typing import TYPE_CHECKING
 from urllib.parse import urlencode, urlsplit
+
+if TYPE_CHECKING:
+    from gateway.decide import Verdict
+    from gateway.feeds.format import LegalBasis
 
 HOTLINE = "111"
 LANGS = ("vi", "en")
@@ -34,6 +40,23 @@ class BlockInfo:
     @property
     def status(self) -> int:
         return 451 if self.legal else 403
+
+
+def from_verdict(target: str, verdict: Verdict, tier: str,
+                 legal_basis: LegalBasis | None = None) -> BlockInfo | None:
+    """What the page says for a DNS verdict (None if the name is not blocked).
+
+    Mandatory entries are legal orders (451); `legal_basis` is the feed entry's, when a feed
+    entry decided (see Ledger.legal_basis).
+    """
+    if not verdict.blocked:
+        return None
+    legal = verdict.reason == "mandatory"
+    basis = legal_basis if legal else None
+    return BlockInfo(target=target, category=verdict.category, reason=verdict.reason,
+                     legal=legal, authority=basis.authority if basis else "",
+                     decision=basis.decision if basis else "",
+                     decision_date=basis.date if basis else "", entry_id=verdict.ref, tier=tier)
 
 
 # Human labels; an unknown category is shown as its identifier.
@@ -236,40 +259,170 @@ def render_html(info: BlockInfo, lang: str, now: datetime, report_url: str,
     other = "en" if lang == "vi" else "vi"
     items = "\n".join(f"<dt>{k}</dt><dd>{v}</dd>" for k, v in rows)
     hotline = t["hotline"].format(hotline=f"<strong>{HOTLINE}</strong>")
-    return (
-        f"<!doctype html>\n<html lang=\"{lang}\"><head><meta charset=\"utf-8\">\n"
-        "<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\n"
-        "<meta name=\"robots\" content=\"noindex\">\n"
-        f"<title>{e(t['title'])} - SafeGate</title><style>{_STYLE}</style></head><body>\n"
-        f"<a class=\"lang\" lang=\"{other}\" href=\"?{e(urlencode({'lang': other}))}\">"
-        f"{e(t['switch'])}</a>\n"
-        f"<h1>{e(t['h1_legal'] if info.legal else t['h1'])}</h1>\n<dl>\n{items}\n</dl>\n"
-        f"<p id=\"hotline\">{hotline}</p>\n"
-        + render_forms(info, lang, report_url, csrf)
-        + "</body></html>\n")
+    body = (f"<a class=\"lang\" lang=\"{other}\" href=\"?{e(urlencode({'lang': other}))}\">"
+            f"{e(t['switch'])}</a>\n"
+            f"<h1>{e(t['h1_legal'] if info.legal else t['h1'])}</h1>\n<dl>\n{items}\n</dl>\n"
+            f"<p id=\"hotline\">{hotline}</p>\n" + render_forms(info, lang, report_url, csrf))
+    return page(lang, t["title"], body)
 
 
 def render_forms(info: BlockInfo, lang: str, report_url: str, csrf: str) -> str:
     """The two report forms ("mistake", "harmful"), posting to the gateway's report URL."""
+    return "".join(_form(kind, info.target, info.category, info.entry_id, lang, report_url,
+                         csrf) for kind in ("mistake", "harmful"))
+
+
+def _form(kind: str, target: str, category: str, entry_id: str, lang: str, report_url: str,
+          csrf: str, comment: str = "", contact: str = "") -> str:
     t = _TEXT[lang]
     e = _esc
-    hidden = {"target": info.target, "category": info.category, "entry_id": info.entry_id,
+    hidden = {"kind": kind, "target": target, "category": category, "entry_id": entry_id,
               "lang": lang, "csrf": csrf}
     fields = "".join(f"<input type=\"hidden\" name=\"{k}\" value=\"{e(v)}\">"
                      for k, v in hidden.items())
-    forms = []
-    for kind in ("mistake", "harmful"):
-        forms.append(
-            f"<form id=\"report-{kind}\" method=\"post\" action=\"{e(report_url)}\">"
-            f"<h2>{e(t[kind])}</h2><input type=\"hidden\" name=\"kind\" value=\"{kind}\">"
-            f"{fields}<label>{e(t['comment'])}<br>"
-            "<textarea name=\"comment\" maxlength=\"1000\" rows=\"3\"></textarea></label><br>"
+    return (f"<form id=\"report-{e(kind)}\" method=\"post\" action=\"{e(report_url)}\">"
+            f"<h2>{e(t.get(kind, kind))}</h2>{fields}<label>{e(t['comment'])}<br>"
+            "<textarea name=\"comment\" maxlength=\"1000\" rows=\"3\">"
+            f"{_esc(comment, keep=chr(10))}</textarea></label><br>"
             f"<label>{e(t['contact'])}<br><input type=\"text\" name=\"contact\" "
-            "maxlength=\"200\"></label><br>"
+            f"maxlength=\"200\" value=\"{e(contact)}\"></label><br>"
             f"<button type=\"submit\">{e(t['send'])}</button></form>\n")
-    return "".join(forms)
 
 
-def _esc(value: str) -> str:
+_RESULT: dict[str, dict[str, tuple[int, str]]] = {
+    "vi": {
+        "stored": (200, "Cảm ơn bạn. Báo cáo đã được ghi nhận và chuyển tới cơ quan phụ trách."),
+        "csrf": (403, "Vui lòng bấm Gửi để xác nhận báo cáo này."),
+        "rate_limited": (429, "Bạn đã gửi nhiều báo cáo trong thời gian ngắn. Vui lòng thử lại "
+                              "sau ít phút."),
+        "invalid": (400, "Báo cáo không hợp lệ."),
+    },
+    "en": {
+        "stored": (200, "Thank you. Your report was received and will be passed to the "
+                        "responsible authority."),
+        "csrf": (403, "Please press Send to confirm this report."),
+        "rate_limited": (429, "You sent several reports in a short time. Please try again in a "
+                              "few minutes."),
+        "invalid": (400, "This report is not valid."),
+    },
+}
+
+
+def render_report_result(outcome: str, form: Mapping[str, str], headers: Mapping[str, str], *,
+                         report_url: str, csrf: str, report_id: str = "", error: str = ""
+                         ) -> tuple[int, dict[str, str], bytes]:
+    """The answer to POST /report: thanks, too many, invalid, or (a missing or stale CSRF
+    token, e.g. a form the proxy rendered) the same form again, filled in, with a fresh token.
+    """
+    lang = choose_lang(headers, form.get("lang"))
+    t = _TEXT[lang]
+    status, message = _RESULT[lang][outcome]
+    out = {"Cache-Control": "no-store", "Content-Language": lang}
+    if not wants_html(headers):
+        out["Content-Type"] = "text/plain; charset=utf-8"
+        text = message + (f" ({report_id})" if report_id else "") + (
+            f"\n{error}" if error else "")
+        return status, out, (text + "\n").encode("utf-8")
+    body = [f"<p id=\"result\">{_esc(message)}</p>"]
+    if report_id:
+        body.append(f"<p><code id=\"report-id\">{_esc(report_id)}</code></p>")
+    if error:
+        body.append(f"<p id=\"error\">{_esc(error)}</p>")
+    kind = form.get("kind", "")
+    if outcome == "csrf" and kind in ("mistake", "harmful"):
+        body.append(_form(kind, form.get("target", ""), form.get("category", ""),
+                          form.get("entry_id", ""), lang, report_url, csrf,
+                          form.get("comment", ""), form.get("contact", "")))
+    body.append(f"<p id=\"hotline\">{t['hotline'].format(hotline=f'<strong>{HOTLINE}</strong>')}"
+                "</p>")
+    out["Content-Type"] = "text/html; charset=utf-8"
+    return status, out, page(lang, t["title"], "\n".join(body)).encode("utf-8")
+
+
+def page(lang: str, title: str, body: str) -> str:
+    """A minimal page around `body` (already escaped)."""
+    return (f"<!doctype html>\n<html lang=\"{lang}\"><head><meta charset=\"utf-8\">\n"
+            "<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\n"
+            "<meta name=\"robots\" content=\"noindex\">\n"
+            f"<title>{_esc(title)} - SafeGate</title><style>{_STYLE}</style></head><body>\n"
+            f"{body}\n</body></html>\n")
+
+
+def _esc(value: str, keep: str = "") -> str:
     """HTML-escape for text and double-quoted attributes; control characters dropped."""
-    return html.escape("".join(ch for ch in value if ch.isprintable() or ch in "\t"), quote=True)
+    return html.escape("".join(ch for ch in value if ch.isprintable() or ch in keep), quote=True)
+
+
+# Per platform: how to trust the CA, (vi, en). The file to use comes first.
+_CA_STEPS: tuple[tuple[str, str, str, str], ...] = (
+    ("Windows", "safegate-ca.cer",
+     "Mở tệp .cer, chọn Install Certificate, chọn Local Machine, đặt vào "
+     "\"Trusted Root Certification Authorities\", rồi Finish.",
+     "Open the .cer file, choose Install Certificate, Local Machine, place it in "
+     "\"Trusted Root Certification Authorities\", then Finish."),
+    ("macOS", "safegate-ca.pem",
+     "Mở tệp .pem bằng Keychain Access (keychain System), nhấp đúp chứng chỉ SafeGate, mục "
+     "Trust chọn \"Always Trust\".",
+     "Open the .pem file in Keychain Access (System keychain), double-click the SafeGate "
+     "certificate and set Trust to \"Always Trust\"."),
+    ("iOS / iPadOS", "safegate-ca.pem",
+     "Tải tệp bằng Safari, vào Cài đặt > Đã tải về hồ sơ > Cài đặt; sau đó Cài đặt > Cài đặt "
+     "chung > Giới thiệu > Cài đặt tin cậy chứng nhận, bật SafeGate.",
+     "Download the file in Safari, then Settings > Profile Downloaded > Install; then "
+     "Settings > General > About > Certificate Trust Settings and turn SafeGate on."),
+    ("Android", "safegate-ca.cer",
+     "Cài đặt > Bảo mật > Mã hoá và thông tin xác thực > Cài đặt chứng chỉ > Chứng chỉ CA, "
+     "chọn tệp .cer đã tải.",
+     "Settings > Security > Encryption & credentials > Install a certificate > CA "
+     "certificate, and pick the downloaded .cer file."),
+    ("ChromeOS", "safegate-ca.pem",
+     "Mở chrome://settings/certificates, thẻ Authorities, Import, chọn tệp .pem, đánh dấu "
+     "\"Trust this certificate for identifying websites\".",
+     "Open chrome://settings/certificates, Authorities tab, Import, choose the .pem file and "
+     "tick \"Trust this certificate for identifying websites\"."),
+)
+
+_CA_TEXT: dict[str, dict[str, str]] = {
+    "vi": {
+        "title": "Chứng chỉ bộ lọc HTTPS",
+        "intro": "Bộ lọc HTTPS của SafeGate chỉ kiểm tra những trang mà cơ quan chức năng yêu "
+                 "cầu chặn theo địa chỉ. Để các trang đó hiện trang thông báo thay vì lỗi bảo "
+                 "mật, hãy cài chứng chỉ gốc dưới đây. Các trang khác không bị giải mã.",
+        "download": "Tải chứng chỉ",
+        "missing": "Bộ lọc HTTPS (proxy) chưa được bật trên cổng này, nên không có chứng chỉ "
+                   "để cài. Bạn không cần làm gì thêm.",
+        "switch": "English",
+    },
+    "en": {
+        "title": "HTTPS filter certificate",
+        "intro": "SafeGate's HTTPS filter only inspects pages that an authority ordered "
+                 "blocked by address. Install the root certificate below so that those pages "
+                 "show the block page instead of a security error. Other sites are never "
+                 "decrypted.",
+        "download": "Download the certificate",
+        "missing": "The HTTPS filter (proxy) is not enabled on this gateway, so there is no "
+                   "certificate to install. You do not need to do anything.",
+        "switch": "Tiếng Việt",
+    },
+}
+
+
+def render_ca_page(lang: str, available: set[str]) -> tuple[int, str]:
+    """(status, page): links to the certificate files that exist and the steps per platform;
+    404 with an explanation when there are none (the proxy is not enabled)."""
+    t = _CA_TEXT[lang]
+    other = "en" if lang == "vi" else "vi"
+    parts = [f"<a class=\"lang\" lang=\"{other}\" href=\"?lang={other}\">{t['switch']}</a>",
+             f"<h1>{_esc(t['title'])}</h1>"]
+    if not available:
+        parts.append(f"<p id=\"missing\">{_esc(t['missing'])}</p>")
+        return 404, page(lang, t["title"], "\n".join(parts))
+    parts.append(f"<p>{_esc(t['intro'])}</p>\n<h2>{_esc(t['download'])}</h2>\n<ul>")
+    parts.extend(f"<li><a href=\"/ca/{name}\" download>{name}</a></li>"
+                 for name in sorted(available))
+    parts.append("</ul>")
+    for platform, name, vi, en in _CA_STEPS:
+        steps = vi if lang == "vi" else en
+        parts.append(f"<h2>{_esc(platform)}</h2>\n<p><a href=\"/ca/{name}\">{name}</a>: "
+                     f"{_esc(steps)}</p>")
+    return 200, page(lang, t["title"], "\n".join(parts))

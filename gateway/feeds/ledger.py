@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from gateway.feeds.format import Entry, parse_time
+from gateway.feeds.format import Entry, LegalBasis, parse_time
 from gateway.feeds.outbox import ACK_ENTRIES, AckTarget, ack_entry, enqueue, iso
 
 SCHEMA = """
@@ -131,6 +131,14 @@ class Ledger:
         row = self.conn.execute("SELECT * FROM entries WHERE feed=? AND entry_id=?",
                                 (feed, entry_id)).fetchone()
         return None if row is None else _entry(row)
+
+    def legal_basis(self, entry_id: str) -> LegalBasis | None:
+        """The legal basis of an entry in force (any feed), for the block page (issue 5)."""
+        row = self.conn.execute(
+            "SELECT authority, decision, decision_date FROM entries WHERE entry_id=? AND "
+            "removed_at IS NULL AND authority IS NOT NULL ORDER BY serial DESC LIMIT 1",
+            (entry_id,)).fetchone()
+        return None if row is None else LegalBasis(row[0], row[1] or "", row[2] or "")
 
     def entries(self, feed: str) -> list[LedgerEntry]:
         rows = self.conn.execute("SELECT * FROM entries WHERE feed=? ORDER BY entry_id", (feed,))

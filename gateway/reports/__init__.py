@@ -1,0 +1,1 @@
+"""Harmful-content and mistake reports: validated, stored in SQLite, forwarded via an outbox."""

@@ -1,0 +1,57 @@
+"""Accepting a report from the block page's form: CSRF, rate limit, validate, store.
+
+Pure of HTTP: web.py turns an Outcome into a page. The order matters: the CSRF check comes
+before the rate limit, so forged posts cannot use up a real person's allowance, and the rate
+limit before parsing, so a flood costs us no database writes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from gateway.reports.guard import CsrfTokens, RateLimiter
+from gateway.reports.metrics import ReportMetrics
+from gateway.reports.model import Report, ReportError, from_form
+from gateway.reports.store import ReportStore
+
+
+@dataclass(frozen=True)
+class Outcome:
+    status: str                 # stored | csrf | rate_limited | invalid
+    report: Report | None = None
+    error: str = ""
+
+
+class ReportDesk:
+    """Everything POST /report needs, passed in (the gateway builds one in app.py)."""
+
+    def __init__(self, store: ReportStore, tokens: CsrfTokens, limiter: RateLimiter,
+                 metrics: ReportMetrics, gateway_id: Callable[[], str],
+                 targets: Callable[[], Sequence[str]]) -> None:
+        self.store = store
+        self.tokens = tokens
+        self.limiter = limiter
+        self.metrics = metrics
+        self.gateway_id = gateway_id
+        self.targets = targets
+
+    def submit(self, form: Mapping[str, Any], address: str, now: float) -> Outcome:
+        """Store the report if the form is genuine, within the limit and valid."""
+        if not self.tokens.valid(str(form.get("csrf", "")), now):
+            self.metrics.rejected.labels("csrf").inc()
+            return Outcome("csrf")
+        if not self.limiter.allow(address, now):
+            self.metrics.rejected.labels("rate_limited").inc()
+            return Outcome("rate_limited")
+        try:
+            report = from_form(form, gateway=self.gateway_id(),
+                               now=datetime.fromtimestamp(now, UTC))
+        except ReportError as exc:
+            self.metrics.rejected.labels("invalid").inc()
+            return Outcome("invalid", error=str(exc))
+        self.store.add(report, list(self.targets()))
+        self.metrics.received.labels(report.kind).inc()
+        return Outcome("stored", report)

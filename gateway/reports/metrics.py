@@ -1,0 +1,37 @@
+"""Report metrics, on the registry passed in. No label carries a client or a target."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from prometheus_client import CollectorRegistry, Counter, Gauge
+
+from gateway.reports.model import KINDS
+
+REJECT_REASONS = ("csrf", "rate_limited", "invalid")
+
+
+class ReportMetrics:
+    """safegate_reports_* (README "Metrics"); `pending` is read from the outbox per scrape."""
+
+    def __init__(self, registry: CollectorRegistry, pending: Callable[[], int]) -> None:
+        self.received = Counter("safegate_reports_received_total",
+                                "Reports accepted and stored, by kind", ["kind"],
+                                registry=registry)
+        self.rejected = Counter("safegate_reports_rejected_total",
+                                "Report submissions refused, by reason", ["reason"],
+                                registry=registry)
+        self.forwarded = Counter("safegate_reports_forwarded_total",
+                                 "Report deliveries a forward_to target acknowledged",
+                                 registry=registry)
+        self.forward_failures = Counter("safegate_reports_forward_failures_total",
+                                        "Report delivery attempts that failed (retried)",
+                                        registry=registry)
+        self.pending = Gauge("safegate_reports_pending",
+                             "Report deliveries still owed to forward_to targets",
+                             registry=registry)
+        self.pending.set_function(lambda: float(pending()))
+        for kind in KINDS:
+            self.received.labels(kind)
+        for reason in REJECT_REASONS:
+            self.rejected.labels(reason)
