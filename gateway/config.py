@@ -42,7 +42,11 @@ FEED_KEYS = ("name", "url", "type", "public_key", "interval", "category", "manda
 FEED_TYPES = ("safegate", "hosts", "domains", "adblock", "rpz")
 GUARD_KEYS = ("never_block", "max_change")
 MAX_CHANGE_KEYS = ("ratio", "entries")
-PROXY_KEYS = ("enabled", "listen", "ca_dir")
+SUBSCRIBERS_KEYS = ("url", "interval", "token_file", "format")
+PROXY_KEYS = ("enabled", "listen", "ca_dir", "intercept_listen", "origin_ports", "public_address",
+              "metrics_listen", "max_image_bytes", "upstream_ca", "restrict_hosts", "scan_hosts")
+PROXY_SCHEMES = ("http", "https")
+RESTRICT_SERVICES = ("youtube", "google")
 REPORTS_KEYS = ("forward_to",)
 _FEED_NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,62}")
 
@@ -85,12 +89,31 @@ class TlsConfig:
 
 
 @dataclass(frozen=True)
+class SubscribersSource:
+    """`subscribers: {url: ...}`: the ISP's provisioning system publishes the file."""
+
+    url: str
+    interval: float = 300.0
+    token_file: Path | None = None   # a bearer token for the URL, read at each poll
+
+
+@dataclass(frozen=True)
 class ProxyConfig:
     """`proxy:` the optional HTTP(S) filtering proxy (issue 5), a process of its own."""
 
     enabled: bool = False
     listen: Address = ("127.0.0.1", 3128)   # explicit proxy; DNS-steered interception too
     ca_dir: Path = Path("var/ca")            # generated CA, served at the web listener's /ca
+    # DNS-steered listeners by scheme ("http"/"https"); the resolver answers their address for
+    # names in the intercept set. Connections are forwarded to origin_ports[scheme] of the name.
+    intercept_listen: tuple[tuple[str, Address], ...] = ()
+    origin_ports: tuple[tuple[str, int], ...] = (("http", 80), ("https", 443))
+    public_address: str = ""                 # host clients reach `listen` at (the PAC file)
+    metrics_listen: Address = ("127.0.0.1", 9154)
+    max_image_bytes: int = 4 * 1024 * 1024   # larger images are not hash-checked
+    upstream_ca: Path | None = None          # CA bundle for origin certificates (default: certifi)
+    restrict_hosts: tuple[tuple[str, str], ...] = ()   # (service, host) beyond the built-in ones
+    scan_hosts: tuple[str, ...] = ()         # names (and subdomains) whose images are hash-checked
 
 
 @dataclass(frozen=True)
@@ -131,6 +154,9 @@ class GatewayConfig:
     # Pass a trusted front end's EDNS Client Subnet upstream (default: stripped, for privacy).
     forward_ecs: bool = False
     subscribers: Path | None = None          # ISP subscribers: prefix -> tier (subscribers.py)
+    # When subscribers come from a URL: where and how often; `subscribers` is then the local
+    # last-known-good copy in state_dir (subscribers_feed.py).
+    subscribers_source: SubscribersSource | None = None
     proxy: ProxyConfig = field(default_factory=ProxyConfig)
     reports: ReportsConfig = field(default_factory=ReportsConfig)
 
@@ -278,11 +304,7 @@ def load_config(path: str | Path) -> GatewayConfig:
                        "front ends (dnsdist) allowed to send PROXY v2 headers", None, dns,
                        "proxy_protocol")
     forward_ecs = _bool(dns.get("forward_ecs", False), "dns.forward_ecs", dns, "forward_ecs")
-    subscribers = None
-    if "subscribers" in doc:
-        subscribers = rel(expect_str(doc["subscribers"], "subscribers", doc, "subscribers"))
-        if not subscribers.is_file():
-            raise error_at(f"subscribers: file {subscribers} not found", None, doc, "subscribers")
+    subscribers, subscribers_source = _subscribers(doc, rel, state_dir)
     return GatewayConfig(
         path=path.resolve(),
         dns_listen=listen,
@@ -312,20 +334,114 @@ def load_config(path: str | Path) -> GatewayConfig:
         proxy_protocol=proxy_protocol,
         forward_ecs=forward_ecs,
         subscribers=subscribers,
+        subscribers_source=subscribers_source,
         proxy=_proxy(doc, rel),
         reports=_reports(doc),
     )
+
+
+def _subscribers(doc: YDict, rel: Callable[[str], Path], state_dir: Path
+                 ) -> tuple[Path | None, SubscribersSource | None]:
+    """`subscribers: FILE` or `subscribers: {url, interval, token_file, format}`."""
+    if "subscribers" not in doc:
+        return None, None
+    raw = doc["subscribers"]
+    if isinstance(raw, str):
+        path = rel(raw)
+        if not path.is_file():
+            raise error_at(f"subscribers: file {path} not found", None, doc, "subscribers")
+        return path, None
+    item = expect_mapping(raw, "subscribers (a file name, or {url: ...})", doc, "subscribers")
+    check_keys(item, SUBSCRIBERS_KEYS, "subscribers")
+    url = expect_str(item.get("url"), "subscribers.url", item, "url")
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise error_at(f"subscribers.url must be an http(s) URL, got {url!r}", None, item, "url")
+    fmt = expect_str(item.get("format", "yaml" if parts.path.endswith((".yaml", ".yml"))
+                              else "csv"), "subscribers.format", item, "format")
+    if fmt not in ("csv", "yaml"):
+        raise error_at(f"subscribers.format must be csv or yaml, got {fmt!r}", None, item,
+                       "format")
+    token_file = None
+    if "token_file" in item:
+        token_file = rel(expect_str(item["token_file"], "subscribers.token_file", item,
+                                    "token_file"))
+        if not token_file.is_file():
+            raise error_at(f"subscribers.token_file {token_file} not found", None, item,
+                           "token_file")
+    interval = _float(item.get("interval", 300), "subscribers.interval", item, "interval")
+    return state_dir / f"subscribers.{fmt}", SubscribersSource(url, interval, token_file)
 
 
 def _proxy(doc: YDict, rel: Callable[[str], Path]) -> ProxyConfig:
     """`proxy:`; off unless `enabled: true`."""
     proxy = expect_mapping(doc.get("proxy"), "proxy", doc, "proxy")
     check_keys(proxy, PROXY_KEYS, "proxy")
+    listen = _address(proxy.get("listen", "127.0.0.1:3128"), "proxy.listen", proxy, "listen",
+                      3128)
+    steer = expect_mapping(proxy.get("intercept_listen"), "proxy.intercept_listen", proxy,
+                           "intercept_listen")
+    check_keys(steer, PROXY_SCHEMES, "proxy.intercept_listen")
+    ports = expect_mapping(proxy.get("origin_ports"), "proxy.origin_ports", proxy,
+                           "origin_ports")
+    check_keys(ports, PROXY_SCHEMES, "proxy.origin_ports")
+    origin = {"http": 80, "https": 443}
+    for scheme in PROXY_SCHEMES:
+        if scheme in ports:
+            origin[scheme] = _int(ports[scheme], f"proxy.origin_ports.{scheme}", ports, scheme, 1)
+            if origin[scheme] > 65535:
+                raise error_at(f"proxy.origin_ports.{scheme} must be a port (1-65535)", None,
+                               ports, scheme)
+    public = _opt_str(proxy, "public_address", "proxy.public_address")
+    if not public and ipaddress.ip_address(listen[0]).is_unspecified:
+        raise error_at("proxy.listen is a wildcard address: set proxy.public_address to the "
+                       "address clients reach the proxy at (it goes in the PAC file)", None,
+                       proxy, "listen")
+    upstream_ca = None
+    if "upstream_ca" in proxy:
+        upstream_ca = rel(expect_str(proxy["upstream_ca"], "proxy.upstream_ca", proxy,
+                                     "upstream_ca"))
+        if not upstream_ca.is_file():
+            raise error_at(f"proxy.upstream_ca: file {upstream_ca} not found", None, proxy,
+                           "upstream_ca")
+    services = expect_mapping(proxy.get("restrict_hosts"), "proxy.restrict_hosts", proxy,
+                              "restrict_hosts")
+    check_keys(services, RESTRICT_SERVICES, "proxy.restrict_hosts")
+    restrict: list[tuple[str, str]] = []
+    for service, raw in services.items():
+        items = expect_list(raw, f"proxy.restrict_hosts.{service}", services, service)
+        for i, item in enumerate(items):
+            text = expect_str(item, f"an entry of proxy.restrict_hosts.{service}", items, i)
+            try:
+                restrict.append((str(service), normalize_name(text).decode("ascii")))
+            except ValueError as exc:
+                raise error_at(f"proxy.restrict_hosts.{service}: {text!r}: {exc}", item, items,
+                               i) from None
+    scan = expect_list(proxy.get("scan_hosts", []), "proxy.scan_hosts", proxy, "scan_hosts")
+    scan_hosts: list[str] = []
+    for i, item in enumerate(scan):
+        text = expect_str(item, "an entry of proxy.scan_hosts", scan, i)
+        try:
+            scan_hosts.append(normalize_name(text).decode("ascii"))
+        except ValueError as exc:
+            raise error_at(f"proxy.scan_hosts: {text!r}: {exc}", item, scan, i) from None
     return ProxyConfig(
         enabled=_bool(proxy.get("enabled", False), "proxy.enabled", proxy, "enabled"),
-        listen=_address(proxy.get("listen", "127.0.0.1:3128"), "proxy.listen", proxy, "listen",
-                        3128),
+        listen=listen,
         ca_dir=rel(expect_str(proxy.get("ca_dir", "var/ca"), "proxy.ca_dir", proxy, "ca_dir")),
+        intercept_listen=tuple(
+            (scheme, _address(steer[scheme], f"proxy.intercept_listen.{scheme}", steer, scheme,
+                              origin[scheme]))
+            for scheme in PROXY_SCHEMES if scheme in steer),
+        origin_ports=tuple(origin.items()),
+        public_address=public or listen[0],
+        metrics_listen=_address(proxy.get("metrics_listen", "127.0.0.1:9154"),
+                                "proxy.metrics_listen", proxy, "metrics_listen", 9154),
+        max_image_bytes=_int(proxy.get("max_image_bytes", 4 * 1024 * 1024),
+                             "proxy.max_image_bytes", proxy, "max_image_bytes", 0),
+        upstream_ca=upstream_ca,
+        restrict_hosts=tuple(restrict),
+        scan_hosts=tuple(scan_hosts),
     )
 
 

@@ -195,6 +195,11 @@ def _subscribers(config: GatewayConfig, policy: Policy, previous: Subscribers | 
         return None
     from gateway.subscribers import file_fingerprint
 
+    if config.subscribers_source is not None and not path.exists():
+        log.warning("subscribers: no copy of %s yet; networks alone decide until it arrives",
+                    config.subscribers_source.url)
+        return None
+
     try:
         unchanged = (previous is not None and previous.path == path
                      and previous.fingerprint == file_fingerprint(path))
@@ -219,6 +224,9 @@ class Builder:
         self.config_path = config_path
         self.generation = 0
         self.overlays: dict[str, Overlay] = {}  # by feed name; survive file reloads
+        # A subscribers file already parsed and checked (subscribers_feed.py): the next build
+        # uses it if the file on disk is still that one.
+        self.primed_subscribers: Subscribers | None = None
         # Schedule windows are evaluated at clock(); tests inject one.
         self.clock: Callable[[], datetime] = lambda: datetime.now(UTC)
 
@@ -242,8 +250,9 @@ class Builder:
             index_path, summary = await self._compile(config, catalog)
             index = ListIndex.open(index_path)
         # A million-line subscribers file takes seconds to parse: a thread keeps DNS answering.
-        subscribers = await asyncio.to_thread(
-            _subscribers, config, policy, previous.subscribers if previous else None)
+        known = self.primed_subscribers or (previous.subscribers if previous else None)
+        self.primed_subscribers = None
+        subscribers = await asyncio.to_thread(_subscribers, config, policy, known)
         self.generation += 1
         view, profiles = build_view(config, policy, layered(index, self.overlays),
                                     self.generation, at=self.clock(), subscribers=subscribers)

@@ -1,0 +1,146 @@
+"""Subscribers loaded from a URL (the ISP's provisioning system), end to end.
+
+A real HTTP server on loopback publishes the CSV; a real SafeGate polls it. A new file applies,
+a broken one is rejected while the running subscribers stay, an outage changes nothing, and a
+restart during the outage starts from the last-known-good copy.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+import time
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import dns.message
+import dns.query
+import dns.rcode
+import pytest
+
+from tests.support import unbound as ub
+from tests.support.procs import SafeGateProcess, write_gateway_config
+from tests.test_frontends_e2e import LISTS, LISTS_YAML, POLICY
+
+pytestmark = pytest.mark.integration
+
+TOKEN = "s3cret-provisioning-token"
+V1 = "prefix,tier\n127.0.8.5,kids\n"
+V2 = V1 + "127.0.8.9,kids\n"
+BROKEN = V2 + "127.0.8.10,grade-nine\n"
+
+
+class Publisher:
+    """The provisioning system's HTTP endpoint: ETag, bearer token, switchable content."""
+
+    def __init__(self) -> None:
+        self.body = V1.encode()
+        self.requests: list[tuple[str, str]] = []   # (If-None-Match, status)
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:  # noqa: N802 (http.server's name)
+                etag = '"' + hashlib.sha256(outer.body).hexdigest()[:16] + '"'
+                if self.headers.get("Authorization") != f"Bearer {TOKEN}":
+                    status = 401
+                elif self.headers.get("If-None-Match") == etag:
+                    status = 304
+                else:
+                    status = 200
+                outer.requests.append((self.headers.get("If-None-Match", ""), str(status)))
+                self.send_response(status)
+                self.send_header("ETag", etag)
+                body = outer.body if status == 200 else b""
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.port = self.server.server_address[1]
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/isp/subscribers.csv"
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def publisher() -> Iterator[Publisher]:
+    pub = Publisher()
+    yield pub
+    pub.stop()
+
+
+def _rcode(gw: SafeGateProcess, source: str) -> int:
+    q = dns.message.make_query("gamble.test", "A", use_edns=0, payload=1232)
+    return dns.query.udp(q, "127.0.0.1", port=gw.dns_port, timeout=2,  # type: ignore[no-any-return]
+                         source=source).rcode()
+
+
+def _until(check: Any, what: str, timeout: float = 15.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, what
+        time.sleep(0.1)
+
+
+def test_subscribers_from_a_url(unbound: ub.UnboundServer, safegate_factory: Any,
+                                publisher: Publisher, tmp_path: Path) -> None:
+    (tmp_path / "token").write_text(TOKEN + "\n")
+    cfg = write_gateway_config(
+        tmp_path, upstream_port=unbound.port, policies={"p.yaml": POLICY}, lists=LISTS,
+        lists_yaml=LISTS_YAML, ipv6=False,
+        extra={"subscribers": {"url": publisher.url, "interval": 0.3, "token_file": "token"},
+               "reload": {"watch_interval": 0.2}})
+    gw = safegate_factory(cfg)
+    kids, later = "127.0.8.5", "127.0.8.9"
+    _until(lambda: _rcode(gw, kids) == dns.rcode.NXDOMAIN, "the first file never applied")
+    assert _rcode(gw, later) == dns.rcode.NOERROR           # isp network (teens)
+    local = tmp_path / "var" / "subscribers.csv"
+    assert local.read_text() == V1
+
+    publisher.body = V2.encode()
+    _until(lambda: _rcode(gw, later) == dns.rcode.NXDOMAIN, "the update never applied")
+    _until(lambda: any(inm and status == "304" for inm, status in publisher.requests),
+           "no conditional request was answered 304")
+
+    publisher.body = BROKEN.encode()
+    _until(lambda: 'safegate_subscribers_updates_total{result="rejected"} 1.0'
+           in gw.metrics_text(), "the broken file was not rejected")
+    assert "tier 'grade-nine' is not defined in the policies" in gw.stderr_text()
+    assert local.read_text() == V2                          # last-known-good kept
+    assert _rcode(gw, later) == dns.rcode.NXDOMAIN
+
+    publisher.stop()
+    _until(lambda: 'safegate_subscribers_updates_total{result="error"} 0.0'
+           not in gw.metrics_text(), "the outage was not counted")
+    assert _rcode(gw, later) == dns.rcode.NXDOMAIN
+    gw.stop()
+
+    # A restart while the provisioning system is down starts from the local copy.
+    gw2 = safegate_factory(cfg)
+    assert _rcode(gw2, later) == dns.rcode.NXDOMAIN
+    assert _rcode(gw2, "127.0.8.10") == dns.rcode.NOERROR   # the rejected line never applied
+
+
+def test_a_subscribers_url_needs_a_valid_setting(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    cfg = write_gateway_config(tmp_path, upstream_port=53000, policies={"p.yaml": POLICY},
+                               lists=LISTS, lists_yaml=LISTS_YAML,
+                               extra={"subscribers": {"url": "ftp://isp.example/s.csv"}})
+    r = subprocess.run([sys.executable, "-m", "gateway", "check", "-c", str(cfg)],
+                       capture_output=True, text=True, timeout=60, check=False)
+    assert r.returncode == 1
+    assert "subscribers.url must be an http(s) URL, got 'ftp://isp.example/s.csv'" in r.stderr
