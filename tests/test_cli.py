@@ -157,3 +157,20 @@ def test_explain_names_the_identity_behind_a_front_end(tmp_path: Path) -> None:
     text = safegate("explain", "-c", cfg, "127.0.0.4", "gamble.test", "--proxy-source",
                     "2001:db8:1200::9").stdout
     assert "filtered: yes: blocks carry EDE 17 Filtered" in text
+
+
+def test_the_isp_example_checks_and_explains_a_subscriber_behind_dnsdist() -> None:
+    cfg = str(REPO / "deploy/example/isp/gateway.yaml")
+    r = safegate("check", "-c", cfg)
+    assert r.returncode == 0, r.stderr
+    assert "OK: 3 tiers, 3 networks" in r.stdout
+    assert "5 subscriber prefixes in 3 profiles" in r.stdout
+    r = safegate("explain", "-c", cfg, "127.0.0.2", "007win.com", "--proxy-source",
+                 "2001:db8:1200::9", "--json")
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout)
+    assert (out["identity"], out["subscriber"], out["tier"], out["verdict"], out["ede"]) == (
+        "PROXY v2", "2001:db8:1200::/56", "tre-em", "blocked", 17)
+    r = safegate("explain", "-c", cfg, "2001:db8:7777::1", "007win.com", "--json")
+    out = json.loads(r.stdout)
+    assert (out["network"], out["tier"], out["verdict"]) == ("isp-ipv6", "co-ban", "allowed")
