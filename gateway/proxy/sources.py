@@ -1,0 +1,204 @@
+"""Build the proxy's Rules from disk: URL lists, feeds' verified copies, policies, SafeSearch.
+
+Runs in a worker thread of the proxy process (and may be called by the gateway process): it
+reads files only. A feed's entries come from its last-known-good copy, re-verified by the feed
+client's own loading (signatures and diff chain), never from unverified bytes.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from prometheus_client import CollectorRegistry
+
+from gateway.config import GatewayConfig, load_config
+from gateway.feeds.format import Entry
+from gateway.lists.catalog import Catalog, Source, load_catalog
+from gateway.lists.overlay import Overlay
+from gateway.netindex import PrefixMap
+from gateway.policy import Policy, load_policy, policy_files
+from gateway.proxy.rules import GOOGLE, YOUTUBE, ClientTier, Rules, rules_intercept_hosts
+from gateway.proxy.urls import LegalOrder, UrlEntry, UrlIndex, UrlKey, parse_entry_url
+from gateway.safesearch import load_rewrites
+from gateway.state import Fingerprint, fingerprint
+
+log = logging.getLogger(__name__)
+
+INTERCEPT_FILE = "proxy-intercept.txt"
+HASH_TYPES = ("sha256", "pdq")
+MAX_SKIPPED_LOGGED = 20
+
+
+@dataclass
+class Loaded:
+    """A built rule set and what it was built from (to know when to rebuild)."""
+
+    config: GatewayConfig
+    rules: Rules
+    tiers: list[ClientTier]
+    watched: list[Path] = field(default_factory=list)
+    skipped: int = 0
+
+
+class _NoTarget:
+    """The feed client's overlay target: the proxy only reads entries, DNS is not its job."""
+
+    def set_overlay(self, name: str, overlay: Overlay | None) -> int:
+        return 0
+
+
+def feed_entries(config: GatewayConfig) -> dict[str, list[Entry]]:
+    """Per signed feed, the entries of its verified last-known-good copy (block actions only).
+
+    A throwaway FeedClient (in-memory ledger, private metrics) does the loading, so the
+    signature and diff-chain checks are exactly the gateway's; nothing is written to disk.
+    """
+    from gateway.feeds.client import FeedClient
+    from gateway.feeds.ledger import Ledger
+    from gateway.feeds.stats import FeedMetrics
+
+    out: dict[str, list[Entry]] = {}
+    ledger = Ledger(Path(":memory:"))
+    try:
+        for cfg in config.feeds:
+            if not cfg.signed:
+                continue  # plain list feeds carry names only
+            client = FeedClient(cfg, config.feed_guard, _NoTarget(), None, ledger,
+                                FeedMetrics(CollectorRegistry()), config.state_dir)
+            if client.load_local() and client.applied is not None:
+                out[cfg.name] = [e for e in client.applied.entries.values()
+                                 if e.action == "block"]
+    finally:
+        ledger.close()
+    return out
+
+
+def feed_files(config: GatewayConfig) -> list[Path]:
+    """A signed feed's stored snapshot, signature and diff directory (to notice updates)."""
+    d = config.state_dir / "feeds"
+    return [p for cfg in config.feeds if cfg.signed
+            for p in (d / f"{cfg.name}.json", d / f"{cfg.name}.sig", d / f"{cfg.name}.d")]
+
+
+def url_list_entries(source: Source) -> tuple[list[tuple[UrlKey, UrlEntry]], int]:
+    """A `format: urls` file: one URL per line, `#` comments; bad lines are skipped (logged
+    with file:line, like the DNS lists' skipped lines)."""
+    out: list[tuple[UrlKey, UrlEntry]] = []
+    skipped = 0
+    text = source.path.read_text(encoding="utf-8", errors="replace")
+    for n, raw in enumerate(text.splitlines(), 1):
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        try:
+            key = parse_entry_url(line)
+        except ValueError as exc:
+            skipped += 1
+            if skipped <= MAX_SKIPPED_LOGGED:
+                log.warning("%s:%d: skipped: %s", source.path, n, exc)
+            continue
+        origin = f"{source.path.name}:{n}"
+        out.append((key, UrlEntry(origin, line, (source.category,), source.mandatory,
+                                  None, origin)))
+    return out, skipped
+
+
+def url_feed_entries(feed: str, entries: Iterable[Entry]) -> list[tuple[UrlKey, UrlEntry]]:
+    """A feed's `url` entries as index items (values were validated by the feed parser)."""
+    out: list[tuple[UrlKey, UrlEntry]] = []
+    for e in entries:
+        if e.type != "url":
+            continue
+        try:
+            key = parse_entry_url(e.value)
+        except ValueError as exc:
+            log.warning("feed %s: entry %s not usable by the proxy: %s", feed, e.id, exc)
+            continue
+        legal = (LegalOrder(e.legal_basis.authority, e.legal_basis.decision, e.legal_basis.date)
+                 if e.legal_basis is not None else None)
+        out.append((key, UrlEntry(e.id, e.value, e.categories, e.mandatory, legal,
+                                  f"feed {feed}")))
+    return out
+
+
+def client_tiers(policy: Policy) -> tuple[PrefixMap[ClientTier], list[ClientTier]]:
+    """Client address -> its network's tier (the network's own deny lists are names: DNS's)."""
+    tiers = {name: ClientTier(name, frozenset(t.block), t.safesearch)
+             for name, t in policy.tiers.items()}
+    items = [(cidr, tiers[n.tier]) for n in policy.networks for cidr in n.cidrs
+             if n.tier in tiers]
+    return PrefixMap(items), list(tiers.values())
+
+
+def restrict_hosts(config: GatewayConfig) -> dict[str, str]:
+    """YouTube and Google hosts from the SafeSearch data file, plus proxy.restrict_hosts."""
+    rewrites = load_rewrites()
+    out = {host.decode("ascii"): engine for host, engine in rewrites.engine.items()
+           if engine in (YOUTUBE, GOOGLE)}
+    out.update((host, service) for service, host in config.proxy.restrict_hosts)
+    return out
+
+
+def build(config_path: Path, generation: int = 0) -> Loaded:
+    """Load everything and build the Rules; raises ConfigError (file:line) on a bad file."""
+    config = load_config(config_path)
+    catalog: Catalog = load_catalog(config.blocklists)
+    policy = load_policy(config.policies, catalog.categories.keys())
+    items: list[tuple[UrlKey, UrlEntry]] = []
+    skipped = 0
+    for source in catalog.url_sources():
+        found, bad = url_list_entries(source)
+        items.extend(found)
+        skipped += bad
+    hashes: list[Entry] = []
+    for feed, entries in feed_entries(config).items():
+        items.extend(url_feed_entries(feed, entries))
+        hashes.extend(e for e in entries if e.type in HASH_TYPES)
+    clients, tiers = client_tiers(policy)
+    rules = Rules(UrlIndex(items), clients, restrict_hosts(config),
+                  frozenset(config.proxy.scan_hosts), tuple(hashes), generation)
+    watched = [config.path, *config.policies, *policy_files(config.policies), *catalog.files(),
+               *feed_files(config)]
+    return Loaded(config, rules, tiers, watched, skipped)
+
+
+def watch_state(loaded: Loaded) -> Fingerprint:
+    """What a rebuild depends on; feed directories included (a new diff changes their mtime)."""
+    return fingerprint(loaded.watched)
+
+
+def write_intercept_file(state_dir: Path, hosts: Iterable[str], why: str = "") -> Path:
+    """`<state_dir>/proxy-intercept.txt`, atomically: one lowercase name per line."""
+    path = state_dir / INTERCEPT_FILE
+    state_dir.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    lines = ["# SafeGate proxy intercept set: the resolver answers the proxy's address for "
+             "these names.", f"# {why}" if why else "# written by safegate proxy", *hosts]
+    with open(tmp, "w", encoding="ascii") as f:
+        f.write("\n".join(lines) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    return path
+
+
+def read_intercept_file(path: Path) -> list[str]:
+    """The names in an intercept file (comments and blank lines dropped)."""
+    out = []
+    for line in path.read_text(encoding="ascii").splitlines():
+        line = line.strip()
+        if line and not line.startswith("#"):
+            out.append(line.lower())
+    return out
+
+
+def intercept_set(loaded: Loaded) -> list[str]:
+    return rules_intercept_hosts(loaded.rules, loaded.tiers)
+
+
+__all__ = ["INTERCEPT_FILE", "Loaded", "build", "feed_entries", "intercept_set",
+           "read_intercept_file", "write_intercept_file"]

@@ -1,0 +1,402 @@
+"""The proxy as a real process: curl through the explicit proxy and through DNS steering.
+
+A real origin (aiohttp, HTTP and HTTPS with a test CA) and a real upstream (unbound) on
+loopback; the proxy resolves every name through unbound, never the system resolver.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import hashlib
+import io
+import ipaddress
+import os
+import sqlite3
+import ssl
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiohttp import web
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+
+from gateway.feeds.format import Entry, Feed, LegalBasis
+from gateway.feeds.signing import generate_keys, load_signer
+from tests.support.procs import REPO_ROOT, free_port, write_gateway_config
+
+pytest.importorskip("mitmproxy")
+pytestmark = pytest.mark.integration
+
+NAMES = ("news.test", "www.news.test", "video.test", "search.test", "plain.test", "img.test")
+ISSUED = "2026-01-05T08:00:00Z"
+LEGAL = LegalBasis("Bộ Thông tin và Truyền thông", "QĐ-123/2026", "2026-01-05")
+
+POLICY = """
+tiers:
+  tieu-hoc:
+    block: [adult]
+    safesearch: strict
+networks:
+  - name: loopback
+    cidrs: ["127.0.0.0/8", "::1/128"]
+    tier: tieu-hoc
+"""
+LISTS_YAML = """
+categories:
+  adult:
+    - {path: adult-pages.txt, format: urls}
+  games:
+    - {path: games-pages.txt, format: urls}
+"""
+ADULT_PAGES = "# one URL per line\nhttp://news.test/adult/*\nnot a url\n"
+GAMES_PAGES = "https://news.test/games/\n"       # games is not blocked for this tier
+
+
+def synthetic_png(seed: int) -> bytes:
+    """Noise generated here: never real material."""
+    from PIL import Image
+
+    rng = __import__("random").Random(seed)
+    img = Image.new("RGB", (64, 64))
+    img.putdata([(rng.randrange(256), rng.randrange(256), rng.randrange(256))
+                 for _ in range(64 * 64)])
+    out = io.BytesIO()
+    img.save(out, format="PNG")
+    return out.getvalue()
+
+
+# ---------------------------------------------------------------------- certificates
+
+
+def make_ca(directory: Path, cn: str) -> tuple[Any, Any, Path]:
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
+    now = dt.datetime.now(dt.UTC)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
+            .public_key(key.public_key()).serial_number(x509.random_serial_number())
+            .not_valid_before(now - dt.timedelta(days=1))
+            .not_valid_after(now + dt.timedelta(days=30))
+            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+            .add_extension(x509.KeyUsage(True, False, False, False, False, True, True, False,
+                                         False), critical=True)
+            .sign(key, hashes.SHA256()))
+    path = directory / f"{cn}.pem"
+    path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    return key, cert, path
+
+
+def make_leaf(directory: Path, ca_key: Any, ca_cert: Any, names: tuple[str, ...]
+              ) -> tuple[Path, Path]:
+    key = ec.generate_private_key(ec.SECP256R1())
+    now = dt.datetime.now(dt.UTC)
+    cert = (x509.CertificateBuilder()
+            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, names[0])]))
+            .issuer_name(ca_cert.subject).public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - dt.timedelta(days=1))
+            .not_valid_after(now + dt.timedelta(days=30))
+            .add_extension(x509.SubjectAlternativeName(
+                [x509.DNSName(n) for n in names]
+                + [x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False)
+            .sign(ca_key, hashes.SHA256()))
+    cert_path, key_path = directory / "origin.pem", directory / "origin.key"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM,
+                                           serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
+    return cert_path, key_path
+
+
+# ---------------------------------------------------------------------- the origin
+
+
+@dataclass
+class Origin:
+    """HTTP and HTTPS on loopback; answers `origin <host> <path?query> yt=<header>`."""
+
+    http_port: int = 0
+    https_port: int = 0
+    image: bytes = b""
+    seen: list[dict[str, str]] = field(default_factory=list)
+
+    async def handle(self, request: web.Request) -> web.Response:
+        self.seen.append({"host": request.host, "path": request.path_qs,
+                          "yt": request.headers.get("YouTube-Restrict", "")})
+        if request.path.startswith("/img/"):
+            return web.Response(body=self.image, content_type="image/png")
+        return web.Response(text=f"origin {request.host} {request.path_qs} "
+                                 f"yt={request.headers.get('YouTube-Restrict', '')}\n")
+
+
+@pytest.fixture(scope="module")
+def origin(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Origin, Path]]:
+    d = tmp_path_factory.mktemp("origin")
+    ca_key, ca_cert, ca_path = make_ca(d, "SafeGate Test Origin CA")
+    cert, key = make_leaf(d, ca_key, ca_cert, NAMES)
+    org = Origin(http_port=free_port(v6=False, udp=False),
+                 https_port=free_port(v6=False, udp=False), image=synthetic_png(1))
+    loop = asyncio.new_event_loop()
+    started = threading.Event()
+    runner_box: list[web.AppRunner] = []
+
+    async def start() -> None:
+        app = web.Application()
+        app.router.add_route("*", "/{tail:.*}", org.handle)
+        runner = web.AppRunner(app, access_log=None)
+        await runner.setup()
+        tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        tls.load_cert_chain(cert, key)
+        await web.TCPSite(runner, "127.0.0.1", org.http_port).start()
+        await web.TCPSite(runner, "127.0.0.1", org.https_port, ssl_context=tls).start()
+        runner_box.append(runner)
+        started.set()
+
+    thread = threading.Thread(target=lambda: (loop.run_until_complete(start()),
+                                              loop.run_forever()), daemon=True)
+    thread.start()
+    assert started.wait(10)
+    yield org, ca_path
+    asyncio.run_coroutine_threadsafe(runner_box[0].cleanup(), loop).result(10)
+    loop.call_soon_threadsafe(loop.stop)
+    thread.join(5)
+
+
+# ---------------------------------------------------------------------- the proxy
+
+
+@dataclass
+class Proxy:
+    proc: subprocess.Popen[bytes]
+    config: Path
+    state: Path
+    port: int
+    steer_http: int
+    steer_https: int
+    metrics: int
+    stderr: Path
+
+    def metric(self, name: str, **labels: str) -> float:
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics}/metrics", timeout=5) as r:
+            text = r.read().decode()
+        want = ",".join(f'{k}="{v}"' for k, v in labels.items())
+        for line in text.splitlines():
+            head, _, value = line.rpartition(" ")
+            if head == (f"{name}{{{want}}}" if want else name):
+                return float(value)
+        raise AssertionError(f"{name}{{{want}}} not in /metrics")
+
+
+def write_feed(state: Path, key: Path, entries: list[Entry]) -> None:
+    """The feed client's last-known-good copy, as it stores it (snapshot + signature)."""
+    body = Feed(1, ISSUED, tuple(entries)).to_bytes()
+    d = state / "feeds"
+    d.mkdir(parents=True, exist_ok=True)
+    (d / "central.json").write_bytes(body)
+    (d / "central.sig").write_text(load_signer(key).sign(body))
+
+
+def start_proxy(config: Path, ports: dict[str, int], timeout: float = 20.0) -> Proxy:
+    stderr = config.parent / "proxy.stderr.log"
+    env = dict(os.environ, PYTHONUNBUFFERED="1", PYTHONPATH=str(REPO_ROOT))
+    with open(stderr, "wb") as err:
+        proc = subprocess.Popen([sys.executable, "-m", "gateway", "--log-level", "info",
+                                 "proxy", "-c", str(config)], stdout=subprocess.DEVNULL,
+                                stderr=err, stdin=subprocess.DEVNULL, cwd=REPO_ROOT, env=env)
+    proxy = Proxy(proc, config, config.parent / "var", ports["listen"], ports["http"],
+                  ports["https"], ports["metrics"], stderr)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, f"proxy exited {proc.returncode}:\n{stderr.read_text()}"
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{proxy.metrics}/readyz",
+                                        timeout=0.5) as r:
+                if r.status == 200:
+                    return proxy
+        except OSError:
+            pass
+        time.sleep(0.1)
+    proc.kill()
+    raise AssertionError(f"proxy not ready:\n{stderr.read_text()}")
+
+
+@pytest.fixture(scope="module")
+def proxy(origin: tuple[Origin, Path], tmp_path_factory: pytest.TempPathFactory,
+          ) -> Iterator[Proxy]:
+    from tests.support.unbound import start_unbound
+
+    org, origin_ca = origin
+    upstream = start_unbound(tmp_path_factory.mktemp("unbound"),
+                             [f"{n}. 60 IN A 127.0.0.1" for n in NAMES])
+    d = tmp_path_factory.mktemp("proxy")
+    _, pub = generate_keys(d / "keys")
+    ports = {k: free_port(v6=False, udp=False) for k in ("listen", "http", "https", "metrics")}
+    cfg = write_gateway_config(
+        d, upstream_port=upstream.port, policies={"p.yaml": POLICY},
+        lists={"adult-pages.txt": ADULT_PAGES, "games-pages.txt": GAMES_PAGES},
+        lists_yaml=LISTS_YAML, ipv6=False,
+        extra={"feeds": [{"name": "central", "url": "http://127.0.0.1:9/v1/feed",
+                          "type": "safegate", "public_key": str(pub), "acks": False}],
+               "proxy": {"enabled": True, "listen": f"127.0.0.1:{ports['listen']}",
+                         "ca_dir": "var/ca", "metrics_listen": f"127.0.0.1:{ports['metrics']}",
+                         "intercept_listen": {"http": f"127.0.0.1:{ports['http']}",
+                                              "https": f"127.0.0.1:{ports['https']}"},
+                         "origin_ports": {"http": org.http_port, "https": org.https_port},
+                         "upstream_ca": str(origin_ca),
+                         "restrict_hosts": {"youtube": ["video.test"],
+                                            "google": ["search.test"]},
+                         "scan_hosts": ["img.test"]}})
+    image_sha = hashlib.sha256(org.image).hexdigest()
+    write_feed(d / "var", d / "keys" / "feed.key", [
+        Entry("takedown-42", "url", "https://news.test/post/42", ("violence",), "block", True,
+              LEGAL, ISSUED),
+        Entry("img-1", "sha256", image_sha, ("csam",), "block", True, LEGAL, ISSUED)])
+    proc = start_proxy(cfg, ports)
+    yield proc
+    proc.proc.terminate()
+    try:
+        code = proc.proc.wait(10)
+    finally:
+        proc.proc.kill()
+        upstream.stop()
+    assert code == 0, proc.stderr.read_text()[-5000:]
+
+
+def curl(*args: str) -> tuple[int, str, str]:
+    """(HTTP status, body, stderr) of one curl run (status 0: no HTTP answer)."""
+    p = subprocess.run(["curl", "-sS", "--max-time", "10", "-w", "\n%{http_code}", *args],
+                       capture_output=True, text=True, timeout=20)
+    body, _, code = p.stdout.rpartition("\n")
+    return int(code or 0), body, p.stderr
+
+
+def ca(proxy: Proxy) -> str:
+    return str(proxy.state / "ca" / "mitmproxy-ca-cert.pem")
+
+
+# ---------------------------------------------------------------------- tests
+
+
+def test_ca_generated_with_mitmproxy_names_and_private_key(proxy: Proxy) -> None:
+    d = proxy.state / "ca"
+    for name in ("mitmproxy-ca.pem", "mitmproxy-ca-cert.pem", "mitmproxy-ca-cert.cer",
+                 "mitmproxy-ca-cert.p12"):
+        assert (d / name).is_file(), name
+    assert (d / "mitmproxy-ca.pem").stat().st_mode & 0o077 == 0
+
+
+def test_intercept_file_lists_url_hosts_restricted_and_scanned(proxy: Proxy) -> None:
+    from gateway.proxy.sources import read_intercept_file
+
+    hosts = read_intercept_file(proxy.state / "proxy-intercept.txt")
+    assert {"news.test", "www.news.test", "video.test", "search.test", "img.test"} <= set(hosts)
+    assert "plain.test" not in hosts
+
+
+@pytest.mark.parametrize("via", ["explicit", "steered"])
+def test_https_legal_category_and_neighbour(proxy: Proxy, origin: tuple[Origin, Path],
+                                            via: str) -> None:
+    org, _ = origin
+
+    def get(path: str) -> tuple[int, str, str]:
+        if via == "explicit":
+            return curl("-x", f"http://127.0.0.1:{proxy.port}", "--cacert", ca(proxy),
+                        f"https://news.test:{org.https_port}{path}")
+        return curl("--connect-to", f"news.test:443:127.0.0.1:{proxy.steer_https}",
+                    "--cacert", ca(proxy), f"https://news.test{path}")
+
+    legal_before = proxy.metric("safegate_proxy_requests_total", action="legal")
+    status, body, err = get("/post/42")
+    assert status == 451, err
+    assert "QĐ-123/2026" in body and "takedown-42" in body
+    assert proxy.metric("safegate_proxy_requests_total", action="legal") == legal_before + 1
+    status, body, _ = get("/post/42?utm_source=x")      # a query does not escape the entry
+    assert status == 451
+    status, body, _ = get("/adult/page.html")
+    assert status == 403 and "adult" in body
+    status, body, _ = get("/post/43")                   # the neighbour is untouched
+    assert status == 200 and body.startswith("origin news.test")
+    status, body, _ = get("/games/")                    # games: not blocked for this tier
+    assert status == 200
+
+
+@pytest.mark.parametrize("via", ["explicit", "steered"])
+def test_plain_http_blocks_and_neighbour(proxy: Proxy, origin: tuple[Origin, Path],
+                                         via: str) -> None:
+    org, _ = origin
+    if via == "explicit":
+        base, extra = f"http://www.news.test:{org.http_port}", ["-x",
+                                                                f"http://127.0.0.1:{proxy.port}"]
+    else:
+        base, extra = f"http://127.0.0.1:{proxy.steer_http}", ["-H", "Host: www.news.test"]
+    assert curl(*extra, base + "/post/42")[0] == 451
+    assert curl(*extra, base + "/adult/x")[0] == 403
+    status, body, _ = curl(*extra, base + "/post/420")
+    assert status == 200 and "/post/420" in body
+
+
+def test_passthrough_keeps_the_origin_certificate(proxy: Proxy, origin: tuple[Origin, Path]
+                                                  ) -> None:
+    org, origin_ca = origin
+    before = proxy.metric("safegate_proxy_connections_total", mode="passthrough")
+    # Trusting only the origin's CA works: the proxy did not decrypt.
+    status, body, err = curl("-x", f"http://127.0.0.1:{proxy.port}", "--cacert", str(origin_ca),
+                             f"https://plain.test:{org.https_port}/x")
+    assert status == 200 and body.startswith("origin plain.test"), err
+    status, body, err = curl("--connect-to", f"plain.test:443:127.0.0.1:{proxy.steer_https}",
+                             "--cacert", str(origin_ca), "https://plain.test/y")
+    assert status == 200, err
+    # ... and an intercepted name is not signed by the origin's CA.
+    status, _, err = curl("--connect-to", f"news.test:443:127.0.0.1:{proxy.steer_https}",
+                          "--cacert", str(origin_ca), "https://news.test/post/43")
+    assert status == 0 and "certificate" in err.lower()
+    assert proxy.metric("safegate_proxy_connections_total", mode="passthrough") == before + 2
+
+
+def test_restricted_modes_reach_the_origin(proxy: Proxy, origin: tuple[Origin, Path]) -> None:
+    status, body, err = curl("--connect-to", f"video.test:443:127.0.0.1:{proxy.steer_https}",
+                             "--cacert", ca(proxy), "https://video.test/watch?v=abc")
+    assert status == 200, err
+    assert "yt=Strict" in body
+    status, body, _ = curl("--connect-to", f"search.test:443:127.0.0.1:{proxy.steer_https}",
+                           "--cacert", ca(proxy), "https://search.test/search?q=cats")
+    assert status == 200 and "safe=active" in body and "q=cats" in body
+    assert proxy.metric("safegate_proxy_requests_total", action="restricted") >= 2
+
+
+def test_matching_image_is_replaced_and_reported(proxy: Proxy) -> None:
+    status, body, err = curl("--connect-to", f"img.test:443:127.0.0.1:{proxy.steer_https}",
+                             "--cacert", ca(proxy), "-o", "/dev/null", "-w",
+                             "%{content_type} %{size_download}\n%{http_code}",
+                             "https://img.test/img/a.png")
+    assert status == 200, err
+    assert body.strip().startswith("image/gif 43"), body
+    assert proxy.metric("safegate_proxy_hash_matches_total", type="sha256") == 1
+    with sqlite3.connect(proxy.state / "reports.sqlite3") as db:
+        rows = db.execute("SELECT kind, target, entry_id FROM reports").fetchall()
+    assert ("match", "https://img.test/img/a.png", "img-1") in rows
+
+
+def test_reload_on_list_change(proxy: Proxy) -> None:
+    pages = proxy.config.parent / "blocklists" / "adult-pages.txt"
+    url = f"http://127.0.0.1:{proxy.steer_http}/fresh/1"
+    assert curl("-H", "Host: news.test", url)[0] == 200
+    pages.write_text(ADULT_PAGES + "news.test/fresh/1\n")
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        if curl("-H", "Host: news.test", url)[0] == 403:
+            break
+        time.sleep(0.2)
+    else:
+        raise AssertionError("new URL entry not in force after 10 s")
+    assert proxy.metric("safegate_proxy_rules_generation") > 1
