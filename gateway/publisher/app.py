@@ -23,6 +23,8 @@ from gateway.publisher.acks import AckError, iso, parse_ack
 from gateway.publisher.config import PublisherConfig
 from gateway.publisher.edits import EditError, Editor, Guard
 from gateway.publisher.metrics import PublisherCollector, entry_deadline
+from gateway.publisher.reports import ReportInbox
+from gateway.publisher.reports import add_routes as add_report_routes
 from gateway.publisher.store import Store, StoredEntry, StoreError
 from gateway.publisher.watch import SerialWatcher
 
@@ -108,6 +110,7 @@ def make_app(store: Store, signer: Signer, config: PublisherConfig,
     app.router.add_delete("/v1/entries/{id}", remove_entry)
     app.router.add_post("/v1/acks", post_ack)
     app.router.add_get("/v1/rpz", get_rpz)
+    add_report_routes(app, ReportInbox(store.db), registry, _gateway_of, _require_admin)
     app.router.add_get("/metrics", get_metrics)
     app.router.add_get("/healthz", healthz)
     return app
@@ -304,8 +307,8 @@ async def remove_entry(request: web.Request) -> web.Response:
 # ---------------------------------------------------------------------- acks, metrics
 
 
-async def post_ack(request: web.Request) -> web.Response:
-    """A gateway's report of what it applied and verified (docs/feeds-contract.md)."""
+def _gateway_of(request: web.Request) -> str | web.Response:
+    """The gateway id whose token the request bears, or the 401 to answer."""
     token = _bearer(request)
     gateway = None
     if token is not None:
@@ -316,6 +319,14 @@ async def post_ack(request: web.Request) -> web.Response:
     if gateway is None:
         return _error(401, "a valid gateway token is required",
                       {"WWW-Authenticate": 'Bearer realm="safegate-publisher"'})
+    return gateway
+
+
+async def post_ack(request: web.Request) -> web.Response:
+    """A gateway's report of what it applied and verified (docs/feeds-contract.md)."""
+    gateway = _gateway_of(request)
+    if isinstance(gateway, web.Response):
+        return gateway
     try:
         ack = parse_ack(await request.read())
     except AckError as exc:

@@ -1,0 +1,160 @@
+"""The block page alone: status, language choice, what it shows, and escaping (XSS)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from html.parser import HTMLParser
+from zoneinfo import ZoneInfo
+
+import pytest
+
+from gateway.blockpage import (
+    BlockInfo,
+    choose_lang,
+    from_verdict,
+    render_block,
+    render_report_result,
+)
+from gateway.decide import Verdict
+from gateway.feeds.format import LegalBasis
+
+NOW = datetime(2026, 3, 2, 8, 15, 0, tzinfo=ZoneInfo("Asia/Ho_Chi_Minh"))
+HTML = {"Accept": "text/html,application/xhtml+xml"}
+REPORT = "http://127.0.0.1:8080/report"
+LEGAL = BlockInfo("takedown.example/post/1", "csam", "mandatory", True,
+                  "https://authority.example/orders", "123/QĐ-BCA", "2026-02-20", "BCA-1",
+                  "thcs")
+POLICY = BlockInfo("gamble.test", "gambling", "policy", False, tier="tieu-hoc")
+
+
+class Collect(HTMLParser):
+    """Tags and attributes as a browser's parser sees them."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.tags: list[tuple[str, dict[str, str | None]]] = []
+        self.text: list[str] = []
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        self.tags.append((tag, dict(attrs)))
+
+    def handle_data(self, data: str) -> None:
+        self.text.append(data)
+
+
+def parse(body: bytes) -> Collect:
+    c = Collect()
+    c.feed(body.decode())
+    return c
+
+
+def test_legal_order_is_451_with_authority_decision_date_entry_and_link() -> None:
+    status, headers, body = render_block(LEGAL, HTML, now=NOW, report_url=REPORT)
+    assert status == 451
+    assert headers["Cache-Control"] == "no-store"
+    assert headers["Link"] == '<https://authority.example/orders>; rel="blocked-by"'
+    text = " ".join(parse(body).text)
+    for shown in ("takedown.example/post/1", "123/QĐ-BCA", "2026-02-20", "BCA-1",
+                  "Xâm hại tình dục trẻ em", "2026-03-02 08:15:00", "111",
+                  "Báo chặn nhầm", "Báo cáo nội dung độc hại", "Nội dung bị gỡ bỏ"):
+        assert shown in text, shown
+
+
+def test_policy_block_is_403_without_link_and_names_the_tier() -> None:
+    status, headers, body = render_block(POLICY, HTML, now=NOW, report_url=REPORT)
+    assert status == 403 and "Link" not in headers
+    text = " ".join(parse(body).text)
+    assert "Cờ bạc" in text and "tiểu học" in text and "Trang này đã bị chặn" in text
+
+
+def test_authority_that_is_not_a_url_gives_no_link_header() -> None:
+    info = BlockInfo("x.example", "csam", "mandatory", True, "Bộ Công an", "1", "2026-01-01")
+    assert "Link" not in render_block(info, HTML, now=NOW, report_url=REPORT)[1]
+
+
+@pytest.mark.parametrize(("accept_language", "lang", "expected"), [
+    ("", None, "vi"),
+    ("en-US,en;q=0.9", None, "en"),
+    ("fr,en;q=0.5,vi;q=0.8", None, "vi"),
+    ("en;q=0", None, "vi"),
+    ("en", "vi", "vi"),
+    ("vi", "en", "en"),
+    ("vi", "xx", "vi"),
+])
+def test_language_choice(accept_language: str, lang: str | None, expected: str) -> None:
+    assert choose_lang({"Accept-Language": accept_language}, lang) == expected
+
+
+def test_english_page_and_switch_back_to_vietnamese() -> None:
+    _, headers, body = render_block(LEGAL, {**HTML, "Accept-Language": "en"}, now=NOW,
+                                    report_url=REPORT)
+    page = parse(body)
+    text = " ".join(page.text)
+    assert headers["Content-Language"] == "en"
+    assert "Unavailable for legal reasons" in text and "Report this as a mistake" in text
+    links = [a for t, a in page.tags if t == "a" and a.get("class") == "lang"]
+    assert links == [{"class": "lang", "lang": "vi", "href": "?lang=vi"}]
+
+
+def test_curl_gets_a_short_text_body() -> None:
+    status, headers, body = render_block(LEGAL, {"Accept": "*/*"}, now=NOW, report_url=REPORT)
+    assert status == 451 and headers["Content-Type"].startswith("text/plain")
+    assert body.decode() == ("Bị chặn bởi SafeGate: takedown.example/post/1 (csam)\n"
+                             "Bị chặn theo quyết định của cơ quan có thẩm quyền; không thể bỏ "
+                             "chặn. https://authority.example/orders 123/QĐ-BCA 2026-02-20 "
+                             "BCA-1\n")
+
+
+HOSTILE = [
+    '"><script>alert(1)</script>',
+    "' onmouseover='alert(1)",
+    "javascript:alert(1)//<img src=x onerror=alert(1)>",
+    "x.example/\r\nSet-Cookie: a=b",
+]
+
+
+@pytest.mark.parametrize("hostile", HOSTILE)
+def test_everything_echoed_is_escaped_in_text_and_attributes(hostile: str) -> None:
+    info = BlockInfo(hostile, hostile, "policy", True, hostile, hostile, hostile, hostile,
+                     hostile)
+    status, headers, body = render_block(info, HTML, now=NOW, report_url=REPORT,
+                                         csrf=hostile)
+    assert status == 451 and "Link" not in headers
+    assert all("\n" not in v for v in headers.values())
+    page = parse(body)
+    # No element or attribute the hostile text could have introduced.
+    assert {t for t, _ in page.tags} <= {"html", "head", "meta", "title", "style", "body", "a",
+                                         "h1", "h2", "dl", "dt", "dd", "strong", "code", "time",
+                                         "p", "form", "input", "label", "br", "textarea",
+                                         "button"}
+    for _, attrs in page.tags:
+        assert not any(k.startswith("on") for k in attrs), attrs
+    hidden = {a["name"]: a["value"] for t, a in page.tags
+              if t == "input" and a.get("type") == "hidden"}
+    clean = hostile.replace("\r", "").replace("\n", "")
+    assert hidden["target"] == clean and hidden["csrf"] == clean   # round-trips as data
+    assert "<script>" not in body.decode()
+
+
+def test_report_result_csrf_refill_keeps_what_was_typed_and_escapes_it() -> None:
+    form = {"kind": "harmful", "target": "a.example", "comment": "</textarea><b>x</b>",
+            "contact": '"><i>', "lang": "en"}
+    status, _, body = render_report_result("csrf", form, HTML, report_url=REPORT, csrf="t.1")
+    assert status == 403
+    page = parse(body)
+    assert "</textarea><b>x</b>" in "".join(page.text)
+    assert not any(t in ("b", "i") for t, _ in page.tags)
+    contact = [a for t, a in page.tags if t == "input" and a.get("name") == "contact"]
+    assert contact[0]["value"] == '"><i>'
+
+
+def test_from_verdict_only_mandatory_blocks_are_legal() -> None:
+    basis = LegalBasis("Bộ Công an", "9/QĐ", "2026-01-01")
+    mandatory = Verdict(True, "mandatory", "csam", b"x.example", 0, "blockpage", 16, ref="E1")
+    info = from_verdict("x.example", mandatory, "thcs", basis)
+    assert info is not None and info.legal and info.decision == "9/QĐ"
+    assert info.entry_id == "E1" and info.tier == "thcs"
+    policy = Verdict(True, "policy", "adult", b"x.example", 0, "blockpage", 15, ref="E2")
+    info = from_verdict("x.example", policy, "thcs", basis)
+    assert info is not None and not info.legal and info.authority == ""
+    assert from_verdict("x.example", Verdict(False, "none"), "thcs") is None
