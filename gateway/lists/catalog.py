@@ -20,11 +20,14 @@ from gateway.yamlconf import (
     where,
 )
 
-__all__ = ["MANDATORY_CATEGORIES", "MATCH_MODES", "Catalog", "Source", "load_catalog"]
+__all__ = ["MANDATORY_CATEGORIES", "MATCH_MODES", "URL_FORMAT", "Catalog", "Source",
+           "load_catalog"]
 
 # Categories enforced whatever a profile says: an admin cannot opt a network out of these.
 MANDATORY_CATEGORIES = frozenset({"csam"})
 MATCH_MODES = ("suffix", "exact")
+# One URL per line: enforced by the HTTP proxy (gateway/proxy/), never by the DNS index.
+URL_FORMAT = "urls"
 _CATEGORY_NAME = re.compile(r"[a-z0-9][a-z0-9_-]*")
 _SOURCE_KEYS = ("path", "format", "mandatory", "match", "description", "url")
 
@@ -50,12 +53,19 @@ class Catalog:
     categories: dict[str, list[Source]] = field(default_factory=dict)
 
     def sources(self) -> list[Source]:
-        """Every source, in declaration order."""
-        return [s for sources in self.categories.values() for s in sources]
+        """Every name source (what the DNS index is compiled from), in declaration order."""
+        return [s for sources in self.categories.values() for s in sources
+                if s.format != URL_FORMAT]
+
+    def url_sources(self) -> list[Source]:
+        """The `format: urls` sources: URL-level entries for the HTTP proxy only."""
+        return [s for sources in self.categories.values() for s in sources
+                if s.format == URL_FORMAT]
 
     def files(self) -> list[Path]:
         """lists.yaml and every list file: what the reload watcher has to stat."""
-        return [self.path, *(s.path for s in self.sources())]
+        return [self.path, *(s.path for s in self.sources()),
+                *(s.path for s in self.url_sources())]
 
 
 def load_catalog(path: str | Path) -> Catalog:
@@ -96,9 +106,9 @@ def _source(category: str, raw: Any, parent: Any, index: int, base: Path) -> Sou
         if required not in item:
             raise error_at(f"source needs {required!r}", item, parent, index)
     fmt = expect_str(item["format"], "format", item, "format")
-    if fmt not in FORMATS:
+    if fmt not in (*FORMATS, URL_FORMAT):
         raise error_at(
-            f"unknown format {fmt!r} (expected one of: {', '.join(FORMATS)})",
+            f"unknown format {fmt!r} (expected one of: {', '.join((*FORMATS, URL_FORMAT))})",
             None, item, "format",
         )
     match = expect_str(item.get("match", "suffix"), "match", item, "match")

@@ -31,7 +31,7 @@ from typing import Any, NamedTuple
 
 from gateway.errors import ConfigError
 from gateway.lists import SCOPE_BOTH, SCOPE_SELF, Action, Rule
-from gateway.lists.catalog import Catalog, Source, load_catalog
+from gateway.lists.catalog import URL_FORMAT, Catalog, Source, load_catalog
 from gateway.lists.index import IndexBuilder
 from gateway.lists.parsers import ParsedRule, Skipped, parse
 
@@ -312,6 +312,8 @@ def find_rule_lines(catalog: Catalog, category: str, key: bytes) -> list[tuple[s
     """
     found: list[tuple[str, int, str]] = []
     for source in catalog.categories.get(category, []):
+        if source.format == URL_FORMAT:
+            continue  # URL lists are the proxy's, not names
         lines, _ = _read_lines(catalog, source)
         for item in parse(source.format, lines):
             if type(item) is ParsedRule and item.key == key:
