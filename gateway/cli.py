@@ -53,11 +53,12 @@ def main(argv: list[str] | None = None) -> int:
 
     # Feeds and compliance (issue #3): publisher verbs, the gateway's feed status, reports,
     # the independent probe and RPZ export. Each module adds its own commands.
-    from gateway import cli_feed, cli_gateway_feed, cli_report, cli_reports
+    from gateway import cli_feed, cli_gateway_feed, cli_proxy, cli_report, cli_reports
 
     cli_feed.register(sub)
     cli_gateway_feed.register(sub)
     cli_report.register(sub)
+    cli_proxy.register(sub)   # issue #5: the HTTP(S) proxy process
     cli_reports.register(sub)   # issue #5: reports sent from block pages
 
     args = parser.parse_args(argv)
