@@ -24,6 +24,8 @@ from gateway.errors import ConfigError, ConfigErrors, SafeGateError
 from gateway.lists.overlay import Overlay
 from gateway.metrics import GatewayCollector, Metrics
 from gateway.probe import ProbeResult, probe_name
+from gateway.proxy.pac import pac_mount
+from gateway.proxy.supervisor import ProxySupervisor, proxy_command
 from gateway.schedules import MAX_SLEEP
 from gateway.state import (
     Builder,
@@ -65,6 +67,7 @@ class Gateway:
         self._ready = False
         self.feeds: FeedManager | None = None   # issue #3: central feeds (gateway/feeds/)
         self.reports: ReportService | None = None   # issue #5: block page reports
+        self.proxy: ProxySupervisor | None = None   # issue #5: the proxy child process
 
     def ready(self) -> bool:
         """Ready once lists are loaded and every listener is up (for /readyz)."""
@@ -102,8 +105,12 @@ class Gateway:
         if loaded.config.web_tls is not None:
             self.web_tls = ReloadableContext(loaded.config.web_tls.cert,
                                              loaded.config.web_tls.key, ("http/1.1",))
-        await self._serve_http(blockpage_app(doh.add_routes, site=await self._site(doh)),
+        pac = pac_mount(lambda: self.loaded.config if self.loaded else None)  # GET /proxy.pac
+        await self._serve_http(blockpage_app(doh.add_routes, pac, site=await self._site(doh)),
                                loaded.config.web_listen, self.web_tls)
+        if loaded.config.proxy.enabled:
+            self.proxy = ProxySupervisor(proxy_command(self.config_path))
+            self.proxy.start()
         # Everything loaded so far lives as long as the process: keep the cyclic GC from
         # walking it on every full collection (pauses of tens of ms under load otherwise).
         gc.collect()
@@ -304,6 +311,9 @@ class Gateway:
 
     async def stop(self) -> None:
         self._stop.set()
+        if self.proxy is not None:
+            await self.proxy.stop()
+            self.proxy = None
         if self.feeds is not None:
             await self.feeds.stop()
             self.feeds = None
