@@ -26,6 +26,7 @@ from gateway.proxy.hashes import (
     decode_rgb,
     entries_from_feed_entries,
     pdq_hashes,
+    pdq_words,
 )
 
 BASIS = {"authority": "Authority of Example", "decision": "12/QD", "date": "2026-11-20"}
@@ -353,7 +354,6 @@ def test_multi_index_search_equals_brute_force(radius: int) -> None:
         # The hard case for a multi-index: the flips spread as evenly as possible over chunks.
         queries.append(flip(base, [(j % 16) * 16 + j // 16 for j in range(k)]))
     queries += [f"{rng.getrandbits(256):064x}" for _ in range(20)]
-    from gateway.proxy.hashes import pdq_words
     found = 0
     for q in queries:
         got = sorted(search.within(pdq_words(q)))
@@ -363,7 +363,6 @@ def test_multi_index_search_equals_brute_force(radius: int) -> None:
 
 
 def test_empty_search_finds_nothing() -> None:
-    from gateway.proxy.hashes import pdq_words
     assert PdqSearch([], 31).within(pdq_words("ab" * 32)) == []
 
 
@@ -396,3 +395,14 @@ async def test_check_runs_off_the_event_loop() -> None:
     assert elapsed > 0.03
     assert ticks >= 5, (ticks, elapsed)
     assert await index.check(b"junk", "image/png") is None       # default executor
+
+
+async def test_concurrent_checks_in_a_pool_give_each_its_own_answer() -> None:
+    e = entry(ORIGINAL_PDQ, eid="PDQ-1")
+    index = HashIndex.from_entries([e])
+    copies = [encode(scene(1), "JPEG", quality=q) for q in (40, 60, 80, 95)]
+    others = [encode(scene(seed), "JPEG", quality=80) for seed in (20, 21, 22, 23)]
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        got = await asyncio.gather(*(index.check(d, "image/jpeg", executor=pool)
+                                     for pair in zip(copies, others, strict=True) for d in pair))
+    assert [g is not None and g.entry == e for g in got] == [True, False] * 4
