@@ -5,6 +5,11 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from gateway.errors import SafeGateError
+
+INSTALL_HINT = ("needs mitmproxy (and pdqhash for image hashes): pip install 'safegate[proxy]' "
+                "(from a clone: .venv/bin/pip install -e '.[proxy]')")
+
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = subparsers.add_parser(
@@ -15,6 +20,10 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
 
 def _run(args: argparse.Namespace) -> int:
+    try:
+        import mitmproxy  # noqa: F401  - an optional extra: say what to install, not a traceback
+    except ImportError:
+        raise SafeGateError(INSTALL_HINT) from None
     from gateway.proxy.runner import run
 
     return run(args.config)

@@ -37,8 +37,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 STEER_TARGET = "steered.invalid"   # placeholder destination; the SNI / Host header replaces it
-INSTALL_HINT = ("safegate proxy needs mitmproxy (and pdqhash for image hashes): pip install "
-                "'safegate[proxy]'  (from a clone: .venv/bin/pip install -e '.[proxy]')")
 
 
 def mode_specs(proxy: ProxyConfig) -> list[str]:
@@ -155,11 +153,9 @@ class ProxyProcess:
             log.error("hash match report not stored: %s", exc)
 
     async def run(self) -> int:
-        try:
-            from mitmproxy import options
-            from mitmproxy.tools.dump import DumpMaster
-        except ImportError:
-            raise SafeGateError(INSTALL_HINT) from None
+        from mitmproxy import options
+        from mitmproxy.tools.dump import DumpMaster
+
         from gateway.reports.guard import CsrfTokens, load_secret
         from gateway.reports.store import FILENAME, ReportStore
 
