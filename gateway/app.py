@@ -43,6 +43,7 @@ if TYPE_CHECKING:
     from gateway.config import GatewayConfig
     from gateway.feeds.manager import FeedManager
     from gateway.reports.service import ReportService
+    from gateway.subscribers import Subscribers
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +68,7 @@ class Gateway:
         self._ready = False
         self.feeds: FeedManager | None = None   # issue #3: central feeds (gateway/feeds/)
         self.reports: ReportService | None = None   # issue #5: block page reports
+        self.background: list[asyncio.Task[None]] = []   # pollers stopped with the gateway
         self.proxy: ProxySupervisor | None = None   # issue #5: the proxy child process
 
     def ready(self) -> bool:
@@ -91,6 +93,7 @@ class Gateway:
             lambda: dict(self.loaded.index.entries_by_category) if self.loaded else {}))
         self._install(loaded)
         await self._start_feeds(loaded)
+        self._start_subscribers_feed(loaded)
         self.dns = DnsServer(self.resolver, list(loaded.config.dns_listen),
                              loaded.config.tcp_idle_timeout)
         await self.dns.start()
@@ -119,6 +122,22 @@ class Gateway:
         self.metrics.ready.set(1)
         log.info("SafeGate ready: %d networks, %d list entries", len(loaded.policy.networks),
                  loaded.index.size)
+
+    def _start_subscribers_feed(self, loaded: Loaded) -> None:
+        """Poll `subscribers.url` (issue #4); the file watch reloads what it validated."""
+        source, path = loaded.config.subscribers_source, loaded.config.subscribers
+        if source is None or path is None:
+            return
+        from gateway.subscribers_feed import SubscribersFeed, SubscribersFeedMetrics
+
+        def tiers() -> list[str]:
+            return list(self.loaded.policy.tiers) if self.loaded else []
+
+        def prime(subs: Subscribers) -> None:
+            self.builder.primed_subscribers = subs
+
+        feed = SubscribersFeed(source, path, tiers, prime, SubscribersFeedMetrics(self.registry))
+        self.background.append(asyncio.get_running_loop().create_task(feed.run(self._stop)))
 
     async def _start_feeds(self, loaded: Loaded) -> None:
         """Feeds' last-known-good copies go in force before DNS listens and readiness."""
@@ -314,6 +333,8 @@ class Gateway:
         if self.proxy is not None:
             await self.proxy.stop()
             self.proxy = None
+        await asyncio.gather(*self.background, return_exceptions=True)
+        self.background.clear()
         if self.feeds is not None:
             await self.feeds.stop()
             self.feeds = None

@@ -116,7 +116,7 @@ def explain(config: Path, client: str, name: str, as_json: bool, at: str | None 
     from gateway.config import load_config
     from gateway.lists.compile import find_rule_lines
     from gateway.names import normalize_name
-    from gateway.state import load_in_process
+    from gateway.state import load_in_process, steering
 
     try:
         ipaddress.ip_address(client)
@@ -163,7 +163,14 @@ def explain(config: Path, client: str, name: str, as_json: bool, at: str | None 
             out.update(network=profile.network, network_defined_at=f"{net.path}:{net.line}",
                        tier=profile.tier)
         out.update(_explain_tier(loaded, profile.tier, when, tz))
-        if v.rewrite:
+        if v.steer:
+            out.update(verdict="intercepted", reason="intercept", rule=v.rule.decode(),
+                       answer="A/AAAA: the proxy's address ("
+                              + ", ".join(steering(loaded.config)) + "); HTTPS/SVCB: NODATA",
+                       rcode="NOERROR", ede=None,
+                       why="the proxy must see this name (URL-level entries, image scanning or "
+                           "a restricted mode); other names never pass through it")
+        elif v.rewrite:
             out.update(verdict="rewritten", reason="safesearch", rule=v.rule.decode(),
                        answer=f"CNAME {v.rewrite.decode()} + its A/AAAA from upstream",
                        rcode="from upstream", ede=None)

@@ -7,7 +7,9 @@ Order matters and is the product's promise (design.md):
   4. the tier's blocked categories, plus those its schedule windows add right now (the server
      rebuilds profiles at each window edge, so time never enters this function);
   5. allowlist-only tiers block whatever nothing above allowed;
-  6. a name that is not blocked and is a search engine's host gets the SafeSearch rewrite.
+  6. a name that is not blocked and is a search engine's host gets the SafeSearch rewrite;
+  7. a name in the proxy's intercept set (URL-level entries, image scanning, restricted modes)
+     is answered with the proxy's address, so its traffic goes through the proxy.
 Within one category the most specific list entry decides, so an RPZ `rpz-passthru` or an
 adblock `@@||name^` exception lifts that category's block for the names under it.
 """
@@ -42,6 +44,7 @@ class Verdict:
     ede: int = 0
     ref: str = ""               # the feed entry id, when a feed entry decided
     rewrite: bytes = b""        # SafeSearch: answer with a CNAME to this name (not blocked)
+    steer: bool = False         # the proxy must see it: answer the proxy's address (not blocked)
     bodies: dict[tuple[int, bool, bool], tuple[int, bytes, bytes]] = field(
         default_factory=dict, compare=False, repr=False)  # synthesized replies, see answers.py
 
@@ -95,13 +98,14 @@ class Profile:
     """
 
     __slots__ = ("_memo", "allow", "answer", "blocked", "bypass", "default_block", "deny",
-                 "filtered", "id", "index", "network", "replies", "rewrites", "scheduled", "tier")
+                 "filtered", "id", "index", "network", "replies", "rewrites", "scheduled",
+                 "steer", "tier")
 
     def __init__(self, id: int, network: str, tier: str, blocked: frozenset[str], answer: str,
                  allow: frozenset[bytes], deny: frozenset[bytes], default_block: bool,
                  index: Matcher, *, scheduled: frozenset[str] = frozenset(),
                  rewrites: dict[bytes, bytes] | None = None, bypass: bool = False,
-                 filtered: bool = False) -> None:
+                 filtered: bool = False, steer: frozenset[bytes] = frozenset()) -> None:
         self.id = id
         self.network = network
         self.tier = tier
@@ -119,6 +123,7 @@ class Profile:
         # The subscriber chose this filtering (ISP parental control): EDE 17 "Filtered"
         # instead of 15 "Blocked" (RFC 8914); legal orders stay 16 "Censored".
         self.filtered = filtered
+        self.steer = steer               # the proxy's intercept set (DNS-steered interception)
         self._memo: OrderedDict[bytes, Verdict] = OrderedDict()
         # The query path's memo of whole UDP replies by query bytes (see dns/chain.py); here so
         # that it is rebuilt with the profile on every reload.
@@ -161,6 +166,12 @@ def decide(profile: Profile, key: bytes) -> Verdict:
         target = profile.rewrites.get(key)
         if target is not None:
             return Verdict(False, "safesearch", "safesearch", key, 0, rewrite=target)
+    if profile.steer:
+        # The intercept set holds hosts as URL entries name them, `www.` stripped.
+        host = key[4:] if key.startswith(b"www.") else key
+        if host in profile.steer or key in profile.steer:
+            return Verdict(False, "intercept", "", host, len(key) - len(host), "steer",
+                           steer=True)
     return verdict
 
 

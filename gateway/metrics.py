@@ -29,7 +29,7 @@ LATENCY_BUCKETS = (0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01,
 
 # Bounded label values (design.md: "bounded metric labels").
 ACTIONS = ("allowed", "blocked", "cached", "stale", "refused", "servfail", "formerr", "notimp",
-           "badvers", "any", "rewritten")
+           "badvers", "any", "rewritten", "intercepted")
 
 
 _BOUNDS = LATENCY_BUCKETS

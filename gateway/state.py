@@ -55,6 +55,7 @@ class Loaded:
     lists_fingerprint: Fingerprint = ()
     index_path: Path | None = None
     subscribers: Subscribers | None = None
+    intercept: frozenset[bytes] = frozenset()   # the proxy's intercept set (DNS steering)
 
 
 def fingerprint(paths: list[Path]) -> Fingerprint:
@@ -80,12 +81,53 @@ def watched_files(config_path: Path, loaded: Loaded | None) -> list[Path]:
                   for p in (tls.cert, tls.key)]
         if loaded.config.subscribers is not None:
             paths.append(loaded.config.subscribers)
+        if steering(loaded.config):
+            paths.append(loaded.config.state_dir / INTERCEPT_FILE)
     return paths
 
 
+# Written by the proxy process (gateway/proxy/sources.py), read here: one name per line.
+INTERCEPT_FILE = "proxy-intercept.txt"
+
+
+def steering(config: GatewayConfig) -> list[str]:
+    """The addresses DNS-steered names are answered with ([] when the proxy does not steer)."""
+    proxy = config.proxy
+    if not proxy.enabled or not proxy.intercept_listen:
+        return []
+    import ipaddress
+
+    hosts = [host for _, (host, _) in proxy.intercept_listen
+             if not ipaddress.ip_address(host).is_unspecified]
+    if not hosts and proxy.public_address:
+        hosts = [proxy.public_address]
+    return list(dict.fromkeys(hosts))
+
+
+def read_intercept(config: GatewayConfig) -> frozenset[bytes]:
+    """The proxy's intercept set, if the proxy steers and has written it (else empty)."""
+    if not steering(config):
+        return frozenset()
+    from gateway.names import normalize_name
+
+    try:
+        text = (config.state_dir / INTERCEPT_FILE).read_text(encoding="ascii")
+    except (OSError, UnicodeDecodeError):
+        return frozenset()
+    names = set()
+    for line in text.splitlines():
+        line = line.strip()
+        if line and not line.startswith("#"):
+            try:
+                names.add(normalize_name(line))
+            except ValueError:
+                log.warning("%s: ignoring %r", INTERCEPT_FILE, line)
+    return frozenset(names)
+
+
 def build_view(config: GatewayConfig, policy: Policy, index: Matcher, generation: int,
-               *, at: datetime | None = None, subscribers: Subscribers | None = None
-               ) -> tuple[View, dict[str, Profile]]:
+               *, at: datetime | None = None, subscribers: Subscribers | None = None,
+               intercept: frozenset[bytes] = frozenset()) -> tuple[View, dict[str, Profile]]:
     """Profiles per network and the client map; pure and quick (no list parsing).
 
     Subscribers' prefix tables are shared as they are (no per-subscriber work): only their few
@@ -100,13 +142,13 @@ def build_view(config: GatewayConfig, policy: Policy, index: Matcher, generation
     profiles: dict[str, Profile] = {}
     items: list[tuple[Network4or6, Profile]] = []
     for i, net in enumerate(policy.networks):
-        profile = _profile(i, net, policy, index, extra, rewrites)
+        profile = _profile(i, net, policy, index, extra, rewrites, steer=intercept)
         profiles[net.name] = profile
         items.extend((cidr, profile) for cidr in net.cidrs)
     # One profile per DoH token (not shared with a network's): its memo and its tier are its own.
     tokens = {t.token: _profile(len(policy.networks) + i,
                                 Network(name="token", cidrs=(), tier=t.tier), policy, index,
-                                extra, rewrites)
+                                extra, rewrites, steer=intercept)
               for i, t in enumerate(policy.tokens)}
     layers = []
     if subscribers is not None:
@@ -114,10 +156,11 @@ def build_view(config: GatewayConfig, policy: Policy, index: Matcher, generation
         subscriber_profiles = [
             _profile(base + i, Network(name="subscribers", cidrs=(), tier=s.tier, allow=s.allow,
                                        deny=s.deny), policy, index, extra, rewrites,
-                     filtered=s.filtered)
+                     filtered=s.filtered, steer=intercept)
             for i, s in enumerate(subscribers.profiles)]
         layers.append((subscribers.tables, subscriber_profiles))
-    answers = BlockAnswers.for_addresses(config.block_ttl, list(config.blockpage_addresses))
+    answers = BlockAnswers.for_addresses(config.block_ttl, list(config.blockpage_addresses),
+                                         steering(config))
     frontends = (PrefixMap([(net, True) for net in config.trusted_frontends])
                  if config.trusted_frontends else None)
     return View(PrefixMap(items, layers), answers, generation, tokens, frontends,
@@ -154,14 +197,14 @@ def schedule_changed(loaded: Loaded, now: datetime) -> bool:
 
 def _profile(i: int, net: Network, policy: Policy, index: Matcher,
              extra: dict[str, frozenset[str]] | None = None, rewrites: Rewrites | None = None,
-             *, filtered: bool = False) -> Profile:
+             *, filtered: bool = False, steer: frozenset[bytes] = frozenset()) -> Profile:
     tier = policy.tiers[net.tier]
     scheduled = (extra or {}).get(tier.name, frozenset())
     return Profile(
         id=i, network=net.name, tier=tier.name, blocked=frozenset(tier.block) | scheduled,
         answer=tier.answer, allow=frozenset(tier.allow + net.allow),
         deny=frozenset(tier.deny + net.deny), default_block=tier.default_block, index=index,
-        scheduled=scheduled, bypass=tier.bypass_protection, filtered=filtered,
+        scheduled=scheduled, bypass=tier.bypass_protection, filtered=filtered, steer=steer,
         rewrites=rewrites.for_mode(tier.safesearch) if rewrites is not None else None)
 
 
@@ -181,10 +224,12 @@ def load_in_process(config_path: str | Path, at: datetime | None = None) -> Load
     assert isinstance(result.index, bytes)
     index = ListIndex.from_bytes(result.index)
     subscribers = _subscribers(config, policy, None)
-    view, profiles = build_view(config, policy, index, 1, at=at, subscribers=subscribers)
+    intercept = read_intercept(config)
+    view, profiles = build_view(config, policy, index, 1, at=at, subscribers=subscribers,
+                                intercept=intercept)
     return Loaded(config, policy, catalog, index, view, profiles, summary=result.summary(),
                   lists_fingerprint=fingerprint([catalog.path, *catalog.files()]),
-                  subscribers=subscribers)
+                  subscribers=subscribers, intercept=intercept)
 
 
 def _subscribers(config: GatewayConfig, policy: Policy, previous: Subscribers | None
@@ -235,7 +280,8 @@ class Builder:
         self.generation += 1
         view, profiles = build_view(loaded.config, loaded.policy,
                                     layered(loaded.index, self.overlays), self.generation,
-                                    at=self.clock(), subscribers=loaded.subscribers)
+                                    at=self.clock(), subscribers=loaded.subscribers,
+                                    intercept=loaded.intercept)
         return dataclasses.replace(loaded, view=view, profiles=profiles)
 
     async def build(self, previous: Loaded | None) -> Loaded:
@@ -253,11 +299,13 @@ class Builder:
         known = self.primed_subscribers or (previous.subscribers if previous else None)
         self.primed_subscribers = None
         subscribers = await asyncio.to_thread(_subscribers, config, policy, known)
+        intercept = read_intercept(config)
         self.generation += 1
         view, profiles = build_view(config, policy, layered(index, self.overlays),
-                                    self.generation, at=self.clock(), subscribers=subscribers)
+                                    self.generation, at=self.clock(), subscribers=subscribers,
+                                    intercept=intercept)
         return Loaded(config, policy, catalog, index, view, profiles, summary, lists_fp,
-                      index_path, subscribers)
+                      index_path, subscribers, intercept)
 
     async def _compile(self, config: GatewayConfig, catalog: Catalog
                        ) -> tuple[Path, dict[str, Any]]:

@@ -41,7 +41,7 @@ class Publisher:
         outer = self
 
         class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:  # noqa: N802 (http.server's name)
+            def do_GET(self) -> None:
                 etag = '"' + hashlib.sha256(outer.body).hexdigest()[:16] + '"'
                 if self.headers.get("Authorization") != f"Bearer {TOKEN}":
                     status = 401

@@ -24,12 +24,17 @@ class BlockAnswers:
     ttl: int = 30
     blockpage_v4: tuple[bytes, ...] = ()  # packed addresses of the block-page web server
     blockpage_v6: tuple[bytes, ...] = ()
+    steer_v4: tuple[bytes, ...] = ()      # the proxy's DNS-steering listeners (issue 5)
+    steer_v6: tuple[bytes, ...] = ()
 
     @classmethod
-    def for_addresses(cls, ttl: int, addresses: list[str]) -> BlockAnswers:
+    def for_addresses(cls, ttl: int, addresses: list[str], steer: list[str] | None = None
+                      ) -> BlockAnswers:
         v4 = tuple(ipaddress.ip_address(a).packed for a in addresses if ":" not in a)
         v6 = tuple(ipaddress.ip_address(a).packed for a in addresses if ":" in a)
-        return cls(ttl=ttl, blockpage_v4=v4, blockpage_v6=v6)
+        s4 = tuple(ipaddress.ip_address(a).packed for a in steer or () if ":" not in a)
+        s6 = tuple(ipaddress.ip_address(a).packed for a in steer or () if ":" in a)
+        return cls(ttl=ttl, blockpage_v4=v4, blockpage_v6=v6, steer_v4=s4, steer_v6=s6)
 
     def blocked_reply(self, q: wire.Query, verdict: Verdict) -> bytes:
         """The reply for a blocked name, per the verdict's answer mode."""
@@ -64,12 +69,18 @@ class BlockAnswers:
             ns = 1
         ar = 0
         if q.edns:
-            records += wire.opt_record(q.do, 0, wire.ede_option(verdict.ede, verdict.ede_text()))
+            ede = wire.ede_option(verdict.ede, verdict.ede_text()) if verdict.ede else b""
+            records += wire.opt_record(q.do, 0, ede)
             ar = 1
         return wire.QR | wire.RA | rcode, struct.pack(">HHHH", 1, an, ns, ar), records
 
     def _addresses(self, qtype: int, answer: str) -> tuple[bytes, ...]:
-        if answer == "blockpage":
+        if answer == "steer":
+            if qtype == wire.TYPE_A:
+                return self.steer_v4
+            if qtype == wire.TYPE_AAAA:
+                return self.steer_v6
+        elif answer == "blockpage":
             if qtype == wire.TYPE_A:
                 return self.blockpage_v4
             if qtype == wire.TYPE_AAAA:

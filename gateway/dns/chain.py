@@ -7,6 +7,7 @@
     decide    mandatory > deny/allow > tier categories      (memoized per profile)
     answer    blocked: synthesized locally, with EDE
               ANY: RFC 8482 minimal answer
+              intercept set: the proxy's address (DNS-steered interception, issue 5)
               cached: prebuilt bytes, ID and TTLs patched, CNAME targets re-checked
               else: forward upstream (in-flight dedup, cache fill, serve-stale)
     account   counters by action, category, tier, protocol  (never by client)
@@ -46,6 +47,7 @@ _ERROR_ACTIONS = {wire.NOTIMP: "notimp", wire.BADVERS: "badvers"}
 _BLOCKED = "blocked"
 _CACHED = "cached"
 _EPOCH = datetime.fromtimestamp(0, UTC)
+_STEERED_TYPES = (wire.TYPE_A, wire.TYPE_AAAA, TYPE_HTTPS, TYPE_SVCB)
 _NO_ECH = 4  # cache-key flag: an HTTPS/SVCB answer stored with `ech` stripped (bypass tiers)
 
 
@@ -192,6 +194,16 @@ class Resolver:
         if q.qtype == wire.TYPE_ANY:
             count("any", "", profile.tier, protocol, time.perf_counter() - start)
             return any_reply(q)
+
+        if verdict.steer and q.qtype in _STEERED_TYPES:
+            # DNS-steered interception: the proxy's address, and no HTTPS/SVCB record (whose
+            # ECH or alternative endpoints would take the client around the proxy).
+            count("intercepted", "", profile.tier, protocol, time.perf_counter() - start)
+            reply = view.answers.blocked_reply(q, verdict)
+            if protocol == "udp":
+                self._remember(profile, data, (_BLOCKED, reply[2:],
+                                               ("intercepted", "", profile.tier, "udp")))
+            return reply
 
         limit = q.max_udp_response() if protocol == "udp" else TCP_LIMIT
         if verdict.rewrite:
