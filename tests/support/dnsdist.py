@@ -7,9 +7,11 @@ It sends the real client's identity the two ways ISPs deploy it: a PROXY protoco
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -57,15 +59,23 @@ def start_dnsdist(directory: Path, *, listen: str, port: int, backends: list[tup
         "setECSSourcePrefixV6(128)",
         "setECSOverride(true)",
         'setServerPolicy(firstAvailable)',
+        'setSecurityPollSuffix("")',   # no query to the vendor's domain: loopback only
         *servers,
     ]) + "\n"
     directory.mkdir(parents=True, exist_ok=True)
     path = directory / "dnsdist.conf"
     path.write_text(conf)
-    log = directory / "dnsdist.log"
-    proc = subprocess.Popen([DNSDIST, "--supervised", "--disable-syslog", "-C", str(path)],
+    return launch_dnsdist(path, directory / "dnsdist.log", listen=listen, port=port,
+                          timeout=timeout)
+
+
+def launch_dnsdist(config: Path, log: Path, *, listen: str, port: int,
+                   env: Mapping[str, str] | None = None, timeout: float = 10.0) -> Dnsdist:
+    """Run dnsdist with an existing config (e.g. deploy/dnsdist/dnsdist.conf, whose settings
+    come from `env`) and wait until it answers on listen:port (any answer, SERVFAIL too)."""
+    proc = subprocess.Popen([DNSDIST, "--supervised", "--disable-syslog", "-C", str(config)],
                             stdin=subprocess.DEVNULL, stdout=log.open("wb"),
-                            stderr=subprocess.STDOUT)
+                            stderr=subprocess.STDOUT, env={**os.environ, **(env or {})})
     front = Dnsdist(proc, listen, port, log)
     deadline = time.monotonic() + timeout
     q = dns.message.make_query("dnsdist-up.test", "A")
