@@ -44,6 +44,7 @@ if TYPE_CHECKING:
     from gateway.feeds.manager import FeedManager
     from gateway.reports.service import ReportService
     from gateway.subscribers import Subscribers
+    from gateway.workers import Deltas, WorkerPool
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +70,8 @@ class Gateway:
         self.feeds: FeedManager | None = None   # issue #3: central feeds (gateway/feeds/)
         self.reports: ReportService | None = None   # issue #5: block page reports
         self.background: list[asyncio.Task[None]] = []   # pollers stopped with the gateway
+        self.workers: WorkerPool | None = None   # dns.workers > 1 (gateway/workers.py)
+        self.worker_cache: dict[str, int] = {}
         self.proxy: ProxySupervisor | None = None   # issue #5: the proxy child process
 
     def ready(self) -> bool:
@@ -86,17 +89,25 @@ class Gateway:
         forwarder = Forwarder([Upstream(h, p) for h, p in loaded.config.upstreams],
                               loaded.config.forwarder, self.metrics.upstream_observer())
         self.resolver = Resolver(loaded.view, cache, forwarder, self.metrics.dns)
+        extra = self.worker_cache   # dns.workers: the other processes' cache counters
+
         self.registry.register(GatewayCollector(
             self.metrics.dns,
-            lambda: {"hits": cache.hits, "misses": cache.misses, "evictions": cache.evictions,
-                     "stale_served": cache.stale_served, "entries": len(cache)},
+            lambda: {"hits": cache.hits + extra.get("hits", 0),
+                     "misses": cache.misses + extra.get("misses", 0),
+                     "evictions": cache.evictions + extra.get("evictions", 0),
+                     "stale_served": cache.stale_served + extra.get("stale_served", 0),
+                     "entries": len(cache)},
             lambda: dict(self.loaded.index.entries_by_category) if self.loaded else {}))
         self._install(loaded)
         await self._start_feeds(loaded)
         self._start_subscribers_feed(loaded)
+        workers = loaded.config.workers
         self.dns = DnsServer(self.resolver, list(loaded.config.dns_listen),
-                             loaded.config.tcp_idle_timeout)
+                             loaded.config.tcp_idle_timeout, reuse_port=workers > 1)
         await self.dns.start()
+        if workers > 1:
+            await self._start_workers(loaded)
         if loaded.config.dot is not None:
             dot = loaded.config.dot
             self.dot = DotServer(self.resolver, list(dot.listen),
@@ -122,6 +133,25 @@ class Gateway:
         self.metrics.ready.set(1)
         log.info("SafeGate ready: %d networks, %d list entries", len(loaded.policy.networks),
                  loaded.index.size)
+
+    async def _start_workers(self, loaded: Loaded) -> None:
+        """dns.workers > 1: the other resolver processes (gateway/workers.py)."""
+        from gateway.workers import WorkerPool, add_deltas, snapshot_of
+
+        def on_deltas(d: Deltas) -> None:
+            add_deltas(self.metrics.dns, self.worker_cache, self.metrics, d)
+
+        self.workers = WorkerPool(loaded.config.workers, self.config_path,
+                                  list(loaded.config.dns_listen),
+                                  loaded.config.tcp_idle_timeout, on_deltas)
+        await self.workers.start(snapshot_of(loaded, self.builder.overlays))
+
+    def _publish(self) -> None:
+        """Hand the state just swapped in to the workers (reload, feed update, schedule)."""
+        if self.workers is not None and self.loaded is not None:
+            from gateway.workers import snapshot_of
+
+            self.workers.publish(snapshot_of(self.loaded, self.builder.overlays))
 
     def _start_subscribers_feed(self, loaded: Loaded) -> None:
         """Poll `subscribers.url` (issue #4); the file watch reloads what it validated."""
@@ -194,6 +224,7 @@ class Gateway:
         self.metrics.reloads.labels("success").inc()
         self.metrics.last_reload_success.set(time.time())
         self.metrics.last_reload_ok.set(1)
+        self._publish()
         remove_stale_indexes(loaded.config.state_dir, loaded.index_path)
 
     async def _serve_http(self, app: web.Application, addr: tuple[str, int],
@@ -259,11 +290,17 @@ class Gateway:
             self.builder.overlays[name] = overlay
         self.loaded = self.builder.rebuild_view(self.loaded)
         self.resolver.swap(self.loaded.view)
+        self._publish()
         return self.loaded.view.generation
 
     async def probe(self, name: str) -> ProbeResult:
         """Ask the live query path about `name` from one client address of every network."""
         assert self.loaded is not None and self.resolver is not None
+        if self.workers is not None:
+            # Enforced means enforced by every process answering on this node.
+            generation = self.loaded.view.generation
+            if not await self.workers.wait_applied(generation):
+                log.warning("not every DNS worker serves generation %d yet", generation)
         return await probe_name(self.resolver, self.loaded, name)
 
     async def watch(self) -> None:
@@ -303,6 +340,7 @@ class Gateway:
             return False
         self.loaded = self.builder.rebuild_view(self.loaded)
         self.resolver.swap(self.loaded.view)
+        self._publish()
         log.info("schedule windows changed: generation %d", self.loaded.view.generation)
         return True
 
@@ -330,6 +368,9 @@ class Gateway:
 
     async def stop(self) -> None:
         self._stop.set()
+        if self.workers is not None:
+            await self.workers.stop()
+            self.workers = None
         if self.proxy is not None:
             await self.proxy.stop()
             self.proxy = None

@@ -30,7 +30,8 @@ Address = tuple[str, int]
 TOP_KEYS = ("dns", "web", "metrics", "policies", "blocklists", "state_dir", "reload", "gateway",
             "feeds", "feed_guard", "timezone", "subscribers", "proxy", "reports")
 DNS_KEYS = ("listen", "upstreams", "block_ttl", "tcp_idle_timeout", "upstream_timeout",
-            "query_timeout", "cache", "tls", "trusted_frontends", "proxy_protocol", "forward_ecs")
+            "query_timeout", "cache", "tls", "trusted_frontends", "proxy_protocol", "forward_ecs",
+            "workers")
 TLS_KEYS = ("listen", "cert", "key")
 CACHE_KEYS = ("size", "min_ttl", "max_ttl", "negative_max_ttl", "stale_ttl")
 WEB_KEYS = ("listen", "public_address", "tls")
@@ -153,6 +154,7 @@ class GatewayConfig:
     proxy_protocol: bool = False
     # Pass a trusted front end's EDNS Client Subnet upstream (default: stripped, for privacy).
     forward_ecs: bool = False
+    workers: int = 1                         # resolver processes sharing the DNS sockets
     subscribers: Path | None = None          # ISP subscribers: prefix -> tier (subscribers.py)
     # When subscribers come from a URL: where and how often; `subscribers` is then the local
     # last-known-good copy in state_dir (subscribers_feed.py).
@@ -304,6 +306,9 @@ def load_config(path: str | Path) -> GatewayConfig:
                        "front ends (dnsdist) allowed to send PROXY v2 headers", None, dns,
                        "proxy_protocol")
     forward_ecs = _bool(dns.get("forward_ecs", False), "dns.forward_ecs", dns, "forward_ecs")
+    workers = _int(dns.get("workers", 1), "dns.workers", dns, "workers", 1)
+    if workers > 64:
+        raise error_at(f"dns.workers must be at most 64, got {workers}", None, dns, "workers")
     subscribers, subscribers_source = _subscribers(doc, rel, state_dir)
     return GatewayConfig(
         path=path.resolve(),
@@ -333,6 +338,7 @@ def load_config(path: str | Path) -> GatewayConfig:
         timezone=_timezone(doc),
         proxy_protocol=proxy_protocol,
         forward_ecs=forward_ecs,
+        workers=workers,
         subscribers=subscribers,
         subscribers_source=subscribers_source,
         proxy=_proxy(doc, rel),

@@ -199,8 +199,11 @@ class DnsServer:
     """All DNS listeners (UDP + TCP on each configured address)."""
 
     def __init__(self, resolver: Resolver, listen: list[tuple[str, int]],
-                 tcp_idle_timeout: float = 10.0) -> None:
+                 tcp_idle_timeout: float = 10.0, *, reuse_port: bool = False) -> None:
         self.resolver = resolver
+        # dns.workers > 1: every process binds the same addresses and the kernel spreads
+        # queries over them (by the 4-tuple hash).
+        self.reuse_port = reuse_port
         self.listen = listen
         self.tcp_idle_timeout = tcp_idle_timeout
         self.tasks = Tasks()
@@ -216,6 +219,8 @@ class DnsServer:
             if family == socket.AF_INET6:
                 sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if self.reuse_port:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 * 1024 * 1024)
             sock.bind((host, port))
             transport, _ = await loop.create_datagram_endpoint(
@@ -225,6 +230,8 @@ class DnsServer:
             if family == socket.AF_INET6:
                 tsock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
             tsock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if self.reuse_port:
+                tsock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
             tsock.bind((host, port))
             server = await loop.create_server(
                 lambda: TcpProtocol(self.resolver, self.tasks, self.tcp_idle_timeout,

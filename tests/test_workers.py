@@ -1,0 +1,115 @@
+"""dns.workers: several resolver processes share the DNS sockets and answer as one.
+
+Each query comes from a fresh socket (a new source port), so the kernel's SO_REUSEPORT hash
+spreads them over the processes: a worker that missed a reload, or counts that were not
+folded into the primary's metrics, would show as a fraction of wrong answers or a short count.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import socket
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+import dns.message
+import dns.query
+import dns.rcode
+import pytest
+
+from tests.support import unbound as ub
+from tests.support.procs import SafeGateProcess
+from tests.test_resolver_e2e import LISTS, LISTS_YAML, POLICY
+
+pytestmark = pytest.mark.integration
+
+N = 120
+
+
+def _children(pid: int) -> list[int]:
+    out = subprocess.run(["ps", "-o", "pid=", "--ppid", str(pid)], capture_output=True,
+                         text=True, check=False).stdout
+    return [int(x) for x in out.split()]
+
+
+def _workers(gw: SafeGateProcess) -> list[int]:
+    """The worker processes (spawned interpreters running gateway.workers)."""
+    out = []
+    for pid in _children(gw.pid):
+        try:
+            cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ")
+        except OSError:
+            continue
+        if b"spawn_main" in cmd:
+            out.append(pid)
+    return out
+
+
+def _answers(gw: SafeGateProcess, name: str, n: int = N) -> list[str]:
+    """The A record each query got (the block page's address when blocked), or the RCODE."""
+    out = []
+    for _ in range(n):
+        q = dns.message.make_query(name, "A")
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:   # a new source port
+            s.bind(("127.0.0.1", 0))
+            r = dns.query.udp(q, "127.0.0.1", port=gw.dns_port, timeout=2, sock=s)
+        out.append(r.answer[0][0].address if r.answer else dns.rcode.to_text(r.rcode()))
+    return out
+
+
+def _metric(gw: SafeGateProcess, pattern: str) -> float:
+    m = re.search(pattern + r" ([0-9.e+]+)", gw.metrics_text())
+    return float(m.group(1)) if m else 0.0
+
+
+def _until(check: Any, what: str, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, what
+        time.sleep(0.1)
+
+
+@pytest.fixture
+def gw(unbound: ub.UnboundServer, safegate_factory: Any) -> SafeGateProcess:
+    return safegate_factory(upstream_port=unbound.port, policies={"p.yaml": POLICY},  # type: ignore[no-any-return]
+                            lists=LISTS, lists_yaml=LISTS_YAML,
+                            extra={"dns": {"workers": 2}, "reload": {"watch_interval": 0.2}})
+
+
+def test_two_workers_answer_reload_together_and_count_as_one(gw: SafeGateProcess) -> None:
+    assert len(_workers(gw)) == 1           # the primary + one worker
+    # 127.0.0.1 is the kids network: gambling is blocked (the block page) by every process.
+    assert set(_answers(gw, "gamble.test")) == {"127.0.0.1"}
+    blocked = ('safegate_dns_queries_total{action="blocked",category="gambling",'
+               'protocol="udp",tier="kids"}')
+    _until(lambda: _metric(gw, re.escape(blocked)) == N,
+           f"the node's metrics should count all {N} queries")
+    # A policy change reaches every process: no query lands on a stale one.
+    assert gw.config is not None
+    policy = gw.config.parent / "policies" / "p.yaml"
+    policy.write_text(POLICY.replace("kids: {block: [adult, gambling]",
+                                     "kids: {block: [adult]"))
+    _until(lambda: 'safegate_config_reloads_total{result="success"} 2.0' in gw.metrics_text(),
+           "the reload did not happen")
+    time.sleep(0.3)
+    assert set(_answers(gw, "gamble.test")) == {ub.BLOCKED_TARGET_A}   # the real address
+    allowed = ('safegate_dns_queries_total{action="allowed",category="",protocol="udp",'
+               'tier="kids"}')
+    _until(lambda: _metric(gw, re.escape(allowed)) + _metric(
+        gw, re.escape(allowed.replace('"allowed"', '"cached"'))) == N, "allowed count")
+
+
+def test_a_killed_worker_is_replaced_and_dns_keeps_answering(gw: SafeGateProcess) -> None:
+    (worker,) = _workers(gw)
+    os.kill(worker, signal.SIGKILL)
+    # The dead process's socket is gone with it: every query reaches the primary meanwhile.
+    assert set(_answers(gw, "adult.example", 40)) == {"127.0.0.1"}
+    _until(lambda: len(_workers(gw)) == 1 and _workers(gw) != [worker],
+           "the worker was not restarted")
+    assert "restarting DNS worker 1" in gw.stderr_text()
+    time.sleep(0.5)
+    assert set(_answers(gw, "adult.example")) == {"127.0.0.1"}
