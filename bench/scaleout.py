@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 import secrets
 import signal
@@ -37,6 +38,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from bench.dns_compare import CLK_TCK, all_cpu_ticks, tree_pids  # noqa: E402
 from tests.support.dnsdist import Dnsdist, launch_dnsdist  # noqa: E402
 from tests.support.procs import (  # noqa: E402
     SafeGateProcess,
@@ -225,25 +227,38 @@ def write_queries(path: Path) -> Path:
     return path
 
 
-def dnsperf(front: Front, qfile: Path, out: Path, *, duration: float | None = None,
+def dnsperf(target: tuple[str, int], qfile: Path, out: Path, *, duration: float | None = None,
             runs: int | None = None, rate: int | None = None, source: str = KIDS_SUBSCRIBER,
-            timeout: float = 1.0) -> str:
-    """Run dnsperf against dnsdist from `source`; return its report."""
-    cmd = ["dnsperf", "-s", front.dnsdist.address, "-p", str(front.dnsdist.port),
+            timeout: float = 1.0, ours: Sequence[int] = ()) -> tuple[str, float]:
+    """Run dnsperf against target (dnsdist, or a node directly) from `source`.
+
+    Returns its report and the CPU seconds that processes other than dnsperf and `ours` used
+    meanwhile: this 2-core VM is shared, and a busy neighbour skews every number.
+    """
+    cmd = ["dnsperf", "-s", target[0], "-p", str(target[1]),
            "-a", source, "-d", str(qfile), "-c", "8", "-q", "200", "-t", str(timeout)]
     cmd += ["-n", str(runs)] if runs else ["-l", str(duration)]
     if rate:
         cmd += ["-Q", str(rate)]
+    ticks0 = all_cpu_ticks()
     with out.open("w") as fh:
-        proc = subprocess.run(cmd, stdout=fh, stderr=subprocess.STDOUT, check=False)
+        proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT)
+        proc.wait()
+    ticks1 = all_cpu_ticks()
     text = out.read_text()
     if proc.returncode != 0:
         raise RuntimeError(f"dnsperf failed ({proc.returncode}):\n{text[-2000:]}")
-    return text
+    mine = {os.getpid(), proc.pid}
+    for pid in ours:
+        mine.update(tree_pids(pid))
+    foreign = sum(t - ticks0.get(p, 0) for p, t in ticks1.items() if p not in mine)
+    return text, foreign / CLK_TCK
 
 
-def parse(text: str, nodes: int, label: str) -> PerfResult:
+def parse(report: tuple[str, float], nodes: int, label: str) -> PerfResult:
+    text, foreign_cpu = report
     res = PerfResult(nodes=nodes, label=label)
+    res.notes["other_processes_cpu_s"] = round(foreign_cpu, 1)
     res.sent = int(_num(r"Queries sent:\s+(\d+)", text))
     res.completed = int(_num(r"Queries completed:\s+(\d+)", text))
     res.lost = int(_num(r"Queries lost:\s+(\d+)", text))
@@ -259,20 +274,27 @@ def node_counts(front: Front) -> dict[str, int]:
 
 
 def throughput(workdir: Path, upstream: UnboundServer, count: int,
-               args: argparse.Namespace) -> PerfResult:
+               args: argparse.Namespace) -> list[PerfResult]:
     """QPS through dnsdist with `count` nodes (after one warming pass over the names)."""
     base = workdir / f"n{count}"
     nodes = start_nodes(base, count, upstream.port)
     front = start_front(base / "dnsdist", nodes)
     try:
         qfile = write_queries(base / "queries.txt")
-        dnsperf(front, qfile, base / "warm.txt", runs=1, rate=5000)
+        target = (front.dnsdist.address, front.dnsdist.port)
+        ours = [front.dnsdist.proc.pid, upstream.pid, *(n.pid for n in nodes)]
+        dnsperf(target, qfile, base / "warm.txt", runs=1, rate=5000)
+        out: list[PerfResult] = []
+        if count == 1:   # the same node without dnsdist: what the front end costs
+            out.append(parse(dnsperf(nodes[0].dns_addrs[0], qfile, base / "direct.txt",
+                                     duration=args.duration, ours=ours),
+                             1, "direct, no dnsdist"))
         before = node_counts(front)
-        res = parse(dnsperf(front, qfile, base / "peak.txt", duration=args.duration),
-                    count, "peak")
+        res = parse(dnsperf(target, qfile, base / "peak.txt", duration=args.duration,
+                            ours=ours), count, "through dnsdist")
         after = node_counts(front)
         res.per_node_queries = {k: after[k] - before.get(k, 0) for k in after}
-        return res
+        return [*out, res]
     finally:
         front.stop()
         for node in nodes:
@@ -292,7 +314,8 @@ def kill_one(workdir: Path, upstream: UnboundServer, args: argparse.Namespace,
     front = start_front(base / "dnsdist", nodes)
     try:
         qfile = write_queries(base / "queries.txt")
-        dnsperf(front, qfile, base / "warm.txt", runs=1, rate=5000)
+        target = (front.dnsdist.address, front.dnsdist.port)
+        dnsperf(target, qfile, base / "warm.txt", runs=1, rate=5000)
         marks: dict[str, float] = {}
 
         def killer() -> None:
@@ -306,8 +329,9 @@ def kill_one(workdir: Path, upstream: UnboundServer, args: argparse.Namespace,
         thread = threading.Thread(target=killer)
         before = node_counts(front)
         thread.start()
-        res = parse(dnsperf(front, qfile, base / "kill.txt", duration=args.kill_duration,
-                            rate=args.kill_rate), 3, f"{sig.name} one of 3")
+        ours = [front.dnsdist.proc.pid, upstream.pid, *(n.pid for n in nodes)]
+        res = parse(dnsperf(target, qfile, base / "kill.txt", duration=args.kill_duration,
+                            rate=args.kill_rate, ours=ours), 3, f"{sig.name} one of 3")
         thread.join()
         after = node_counts(front)
         res.per_node_queries = {k: after[k] - before.get(k, 0) for k in after}
@@ -336,17 +360,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     results: list[PerfResult] = []
     try:
         for count in args.nodes:
-            r = throughput(workdir, upstream, count, args)
-            results.append(r)
-            print(f"{count} node(s): {r.qps:9.0f} qps  avg {r.avg_latency_ms:.2f} ms  "
-                  f"lost {r.lost}/{r.sent}  per node {r.per_node_queries}  [{r.rcodes}]",
-                  flush=True)
+            for r in throughput(workdir, upstream, count, args):
+                results.append(r)
+                print(f"{count} node(s), {r.label}: {r.qps:9.0f} qps  "
+                      f"avg {r.avg_latency_ms:.2f} ms  lost {r.lost}/{r.sent}  "
+                      f"per node {r.per_node_queries}  [{r.rcodes}]  other processes' CPU "
+                      f"{r.notes['other_processes_cpu_s']} s", flush=True)
         for sig in (signal.SIGKILL, signal.SIGSTOP):
             k = kill_one(workdir, upstream, args, sig)
             results.append(k)
             print(f"{sig.name}: lost {k.lost}/{k.sent} at {k.notes['offered_qps']} qps; "
                   f"marked down {k.notes['seconds_until_marked_down']} s after the signal; "
-                  f"per node {k.per_node_queries}  [{k.rcodes}]", flush=True)
+                  f"per node {k.per_node_queries}  [{k.rcodes}]  other processes' CPU "
+                  f"{k.notes['other_processes_cpu_s']} s", flush=True)
     finally:
         upstream.stop()
     (OUT / "scaleout.json").write_text(json.dumps([asdict(r) for r in results], indent=2))
