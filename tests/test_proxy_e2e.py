@@ -7,6 +7,7 @@ loopback; the proxy resolves every name through unbound, never the system resolv
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import hashlib
 import io
@@ -141,7 +142,13 @@ class Origin:
 
 @pytest.fixture(scope="module")
 def origin(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Origin, Path]]:
-    d = tmp_path_factory.mktemp("origin")
+    with serve_origin(tmp_path_factory.mktemp("origin")) as started:
+        yield started
+
+
+@contextlib.contextmanager
+def serve_origin(d: Path) -> Iterator[tuple[Origin, Path]]:
+    """The origin in a thread of its own (its own event loop); also used by the benchmark."""
     ca_key, ca_cert, ca_path = make_ca(d, "SafeGate Test Origin CA")
     cert, key = make_leaf(d, ca_key, ca_cert, NAMES)
     org = Origin(http_port=free_port(v6=False, udp=False),
@@ -206,11 +213,12 @@ def write_feed(state: Path, key: Path, entries: list[Entry]) -> None:
     (d / "central.sig").write_text(load_signer(key).sign(body))
 
 
-def start_proxy(config: Path, ports: dict[str, int], timeout: float = 20.0) -> Proxy:
+def start_proxy(config: Path, ports: dict[str, int], timeout: float = 20.0,
+                log_level: str = "info") -> Proxy:
     stderr = config.parent / "proxy.stderr.log"
     env = dict(os.environ, PYTHONUNBUFFERED="1", PYTHONPATH=str(REPO_ROOT))
     with open(stderr, "wb") as err:
-        proc = subprocess.Popen([sys.executable, "-m", "gateway", "--log-level", "info",
+        proc = subprocess.Popen([sys.executable, "-m", "gateway", "--log-level", log_level,
                                  "proxy", "-c", str(config)], stdout=subprocess.DEVNULL,
                                 stderr=err, stdin=subprocess.DEVNULL, cwd=REPO_ROOT, env=env)
     proxy = Proxy(proc, config, config.parent / "var", ports["listen"], ports["http"],
@@ -233,12 +241,19 @@ def start_proxy(config: Path, ports: dict[str, int], timeout: float = 20.0) -> P
 @pytest.fixture(scope="module")
 def proxy(origin: tuple[Origin, Path], tmp_path_factory: pytest.TempPathFactory,
           ) -> Iterator[Proxy]:
+    with run_proxy(origin, tmp_path_factory.mktemp("unbound"),
+                   tmp_path_factory.mktemp("proxy")) as started:
+        yield started
+
+
+@contextlib.contextmanager
+def run_proxy(origin: tuple[Origin, Path], unbound_dir: Path, d: Path,
+              log_level: str = "info") -> Iterator[Proxy]:
+    """unbound with the test names, the config, the feed copy, and the proxy process."""
     from tests.support.unbound import start_unbound
 
     org, origin_ca = origin
-    upstream = start_unbound(tmp_path_factory.mktemp("unbound"),
-                             [f"{n}. 60 IN A 127.0.0.1" for n in NAMES])
-    d = tmp_path_factory.mktemp("proxy")
+    upstream = start_unbound(unbound_dir, [f"{n}. 60 IN A 127.0.0.1" for n in NAMES])
     _, pub = generate_keys(d / "keys")
     ports = {k: free_port(v6=False, udp=False) for k in ("listen", "http", "https", "metrics")}
     cfg = write_gateway_config(
@@ -261,7 +276,7 @@ def proxy(origin: tuple[Origin, Path], tmp_path_factory: pytest.TempPathFactory,
         Entry("takedown-42", "url", "https://news.test/post/42", ("violence",), "block", True,
               LEGAL, ISSUED),
         Entry("img-1", "sha256", image_sha, ("csam",), "block", True, LEGAL, ISSUED)])
-    proc = start_proxy(cfg, ports)
+    proc = start_proxy(cfg, ports, log_level=log_level)
     yield proc
     proc.proc.terminate()
     try:
@@ -400,3 +415,22 @@ def test_reload_on_list_change(proxy: Proxy) -> None:
     else:
         raise AssertionError("new URL entry not in force after 10 s")
     assert proxy.metric("safegate_proxy_rules_generation") > 1
+
+
+@pytest.mark.parametrize("via", ["explicit-http", "steered-https"])
+def test_keepalive_reuses_server_connections(proxy: Proxy, origin: tuple[Origin, Path],
+                                             via: str) -> None:
+    """mitmproxy allows 5 server connections per client to one address: more requests on one
+    keep-alive connection than that must still all be answered (one server connection)."""
+    org, _ = origin
+    if via == "explicit-http":
+        args = ["-x", f"http://127.0.0.1:{proxy.port}"]
+        urls = [f"http://news.test:{org.http_port}/k/{i}" for i in range(8)]
+    else:
+        args = ["--connect-to", f"news.test:443:127.0.0.1:{proxy.steer_https}", "--cacert",
+                ca(proxy)]
+        urls = [f"https://news.test/k/{i}" for i in range(8)]
+    p = subprocess.run(["curl", "-sS", "--max-time", "10", "-w", "%{http_code} ", *args,
+                        *[x for url in urls for x in ("-o", "/dev/null", url)]],
+                       capture_output=True, text=True, timeout=30)
+    assert p.stdout.split() == ["200"] * 8, p.stderr

@@ -10,6 +10,7 @@ addon needs is passed in.
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING
@@ -21,7 +22,7 @@ from mitmproxy.proxy.mode_specs import ReverseMode
 from gateway.proxy.metrics import ProxyMetrics
 from gateway.proxy.page import PLACEHOLDER_GIF, BlockPages
 from gateway.proxy.resolve import ResolveError, UpstreamResolver
-from gateway.proxy.rules import ALLOWED, REPLACED, Rules, Verdict
+from gateway.proxy.rules import REPLACED, Rules, Verdict
 from gateway.proxy.scan import Scanner, is_image
 
 if TYPE_CHECKING:
@@ -59,19 +60,28 @@ class SafeGateAddon:
         if self.rules.tier_of(client.peername[0]) is None:
             client.error = NOT_IN_NETWORK
 
-    def tls_clienthello(self, data: tls.ClientHelloData) -> None:
-        """Steered connections learn their destination from the SNI; then intercept or not."""
+    async def tls_clienthello(self, data: tls.ClientHelloData) -> None:
+        """Steered connections learn their destination from the SNI; the name is resolved
+        here (upstream), so the server address is an IP from the start and mitmproxy reuses
+        its server connections; then intercept or pass through."""
         context = data.context
         sni = (data.client_hello.sni or "").lower().rstrip(".")
-        mode = context.client.proxy_mode
-        if isinstance(mode, ReverseMode):
-            if not sni:
-                context.server.address = None  # no name, no destination: the connection ends
-                data.ignore_connection = True
-                return
-            context.server.address = (sni, self.origin_ports["https"])
-            context.server.sni = sni
+        if isinstance(context.client.proxy_mode, ReverseMode):
+            port = self.origin_ports["https"]
+        elif context.server.address is not None:
+            port = context.server.address[1]
+        else:
+            port = 0
         host = sni or (context.server.address[0] if context.server.address else "")
+        try:
+            context.server.address = (await self.resolver.address(host), port) if host else None
+        except ResolveError as exc:
+            log.info("no address for %s: %s", host, exc)
+            context.server.address = None      # nowhere to go: the connection ends
+        if context.server.address is None:
+            data.ignore_connection = True
+            return
+        context.server.sni = host
         rules = self.rules
         if rules.intercepts(host, rules.tier_of(context.client.peername[0])):
             self.metrics.connections.labels("intercepted").inc()
@@ -80,8 +90,8 @@ class SafeGateAddon:
             self.metrics.connections.labels("passthrough").inc()
 
     async def server_connect(self, data: server_hooks.ServerConnectionHookData) -> None:
-        """Resolve the name upstream: the system resolver may be SafeGate, which would answer
-        the proxy's own address for names in the intercept set."""
+        """Safety net: a name still unresolved here goes upstream too, never to the system
+        resolver (which may be SafeGate, answering the proxy's own address)."""
         if data.server.address is None:
             return
         host, port = data.server.address[0], data.server.address[1]
@@ -92,12 +102,12 @@ class SafeGateAddon:
 
     # ------------------------------------------------------------------ requests
 
-    def request(self, flow: http.HTTPFlow) -> None:
+    async def request(self, flow: http.HTTPFlow) -> None:
         req = flow.request
         mode = flow.client_conn.proxy_mode
         host = req.pretty_host
         if isinstance(mode, ReverseMode) and mode.scheme == "http":
-            # Steered plain HTTP: the Host header names the destination; keep it as sent.
+            # Steered plain HTTP: the Host header names the destination (and is kept as sent).
             req.data.host = host
             req.data.port = self.origin_ports["http"]
         tier = self.rules.tier_of(flow.client_conn.peername[0])
@@ -107,14 +117,29 @@ class SafeGateAddon:
         port = _port_of(req.host_header, req.port)
         verdict = self.rules.decide(tier, host, port, req.path)
         self.metrics.requests.labels(verdict.action).inc()
-        if verdict.action == ALLOWED:
+        if verdict.entry is not None:
+            status, headers, body = self.pages.render(verdict, _target(flow), tier.name,
+                                                      req.headers)
+            flow.response = http.Response.make(status, body, headers)
             return
-        if verdict.entry is None:
-            _restrict(req, verdict)
+        _restrict(req, verdict)
+        await self._resolve_request(flow)
+
+    async def _resolve_request(self, flow: http.HTTPFlow) -> None:
+        """Plain HTTP names a host per request: resolve it here so that the server address
+        is an IP and keep-alive server connections are reused (mitmproxy matches them by
+        address; it allows only a few per client to one address)."""
+        req = flow.request
+        try:
+            ipaddress.ip_address(req.host.strip("[]"))
             return
-        status, headers, body = self.pages.render(verdict, _target(flow), tier.name,
-                                                  req.headers)
-        flow.response = http.Response.make(status, body, headers)
+        except ValueError:
+            pass
+        try:
+            req.data.host = await self.resolver.address(req.host)
+        except ResolveError as exc:
+            flow.response = http.Response.make(502, f"SafeGate: {exc}\n",
+                                               {"Content-Type": "text/plain"})
 
     async def response(self, flow: http.HTTPFlow) -> None:
         """Hash-check images of decrypted connections (plain HTTP is always visible)."""
