@@ -38,7 +38,12 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from bench.dns_compare import CLK_TCK, all_cpu_ticks, tree_pids  # noqa: E402
+from bench.dns_compare import (  # noqa: E402
+    CLK_TCK,
+    all_cpu_ticks,
+    tree_cpu_seconds,
+    tree_pids,
+)
 from tests.support.dnsdist import Dnsdist, launch_dnsdist  # noqa: E402
 from tests.support.procs import (  # noqa: E402
     SafeGateProcess,
@@ -273,6 +278,12 @@ def node_counts(front: Front) -> dict[str, int]:
     return {name: int(s.get("queries", 0)) for name, s in front.servers().items()}
 
 
+def _cpu(front: Front, nodes: Sequence[SafeGateProcess]) -> dict[str, float]:
+    """CPU seconds used so far by dnsdist and by all nodes together."""
+    return {"dnsdist": tree_cpu_seconds(front.dnsdist.proc.pid),
+            "nodes": sum(tree_cpu_seconds(n.pid) for n in nodes)}
+
+
 def throughput(workdir: Path, upstream: UnboundServer, count: int,
                args: argparse.Namespace) -> list[PerfResult]:
     """QPS through dnsdist with `count` nodes (after one warming pass over the names)."""
@@ -284,17 +295,22 @@ def throughput(workdir: Path, upstream: UnboundServer, count: int,
         target = (front.dnsdist.address, front.dnsdist.port)
         ours = [front.dnsdist.proc.pid, upstream.pid, *(n.pid for n in nodes)]
         dnsperf(target, qfile, base / "warm.txt", runs=1, rate=5000)
-        out: list[PerfResult] = []
+        runs = [(target, "through dnsdist")]
         if count == 1:   # the same node without dnsdist: what the front end costs
-            out.append(parse(dnsperf(nodes[0].dns_addrs[0], qfile, base / "direct.txt",
-                                     duration=args.duration, ours=ours),
-                             1, "direct, no dnsdist"))
-        before = node_counts(front)
-        res = parse(dnsperf(target, qfile, base / "peak.txt", duration=args.duration,
-                            ours=ours), count, "through dnsdist")
-        after = node_counts(front)
-        res.per_node_queries = {k: after[k] - before.get(k, 0) for k in after}
-        return [*out, res]
+            runs.insert(0, (nodes[0].dns_addrs[0], "direct, no dnsdist"))
+        out: list[PerfResult] = []
+        for i, (where, label) in enumerate(runs):
+            before, cpu0 = node_counts(front), _cpu(front, nodes)
+            res = parse(dnsperf(where, qfile, base / f"peak-{i}.txt", duration=args.duration,
+                                ours=ours), count, label)
+            after, cpu1 = node_counts(front), _cpu(front, nodes)
+            res.per_node_queries = {k: after[k] - before.get(k, 0) for k in after}
+            if res.completed:   # CPU per answered query: steadier than QPS on a shared VM
+                for key in cpu1:
+                    res.notes[f"{key}_cpu_us_per_query"] = round(
+                        (cpu1[key] - cpu0[key]) * 1e6 / res.completed, 1)
+            out.append(res)
+        return out
     finally:
         front.stop()
         for node in nodes:
@@ -364,8 +380,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 results.append(r)
                 print(f"{count} node(s), {r.label}: {r.qps:9.0f} qps  "
                       f"avg {r.avg_latency_ms:.2f} ms  lost {r.lost}/{r.sent}  "
-                      f"per node {r.per_node_queries}  [{r.rcodes}]  other processes' CPU "
-                      f"{r.notes['other_processes_cpu_s']} s", flush=True)
+                      f"per node {r.per_node_queries}  [{r.rcodes}]  {r.notes}", flush=True)
         for sig in (signal.SIGKILL, signal.SIGSTOP):
             k = kill_one(workdir, upstream, args, sig)
             results.append(k)

@@ -136,7 +136,9 @@ def test_policy_through_dnsdist_and_failover_when_a_node_is_killed(
     _assert_subscriber_policies(front)
     answered += 4              # the ISP customer's queries in _assert_subscriber_policies
     after = sum(_queries_by_tier(n).get("adults", 0) for n in survivors)
-    assert after - before == answered
+    # Every answer came from a survivor (a query that timed out here may still have been
+    # answered late by one, hence the upper bound).
+    assert answered <= after - before <= answered + failed
 
 
 def test_the_shipped_dnsdist_config_checks_and_has_no_packet_cache() -> None:
