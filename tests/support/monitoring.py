@@ -320,6 +320,7 @@ class Stack:
     nodes: int = 1
     probe_interval: float = 2.0
     unbound: ub.UnboundServer | None = None
+    first_upstream: ub.UnboundServer | None = None
     publisher: PublisherProcess | None = None
     gateways: list[SafeGateProcess] = field(default_factory=list)
     probe: ProbeService | None = None
@@ -333,6 +334,7 @@ class Stack:
     def start(self) -> Stack:
         d = self.directory
         self.unbound = ub.start_unbound(d / "unbound")
+        self.first_upstream = ub.start_unbound(d / "unbound-first")
         self.publisher = start_publisher(d / "publisher", gateways=self.gateway_ids)
         (d / "www").mkdir(parents=True, exist_ok=True)
         (d / "www" / "subscribers.csv").write_text(SUBSCRIBERS_CSV)
@@ -347,14 +349,14 @@ class Stack:
         return self
 
     def _gateway_config(self, gid: str) -> Path:
-        """A gateway on the central feed, subscribers from a URL, and a dead first upstream
-        (nothing listens there) so upstream errors exist, as on any real network some day."""
-        assert self.unbound is not None and self.publisher is not None
-        assert self.files is not None
+        """A gateway on the central feed, subscribers from a URL, and two upstreams: the
+        first one can be stopped (upstream_outage) so upstream errors show on the dashboards."""
+        assert self.unbound is not None and self.first_upstream is not None
+        assert self.publisher is not None and self.files is not None
         pub = self.publisher
-        dead = free_port(v6=False)
         extra = {
-            "dns": {"upstreams": [f"127.0.0.1:{dead}", f"127.0.0.1:{self.unbound.port}"],
+            "dns": {"upstreams": [f"127.0.0.1:{self.first_upstream.port}",
+                                  f"127.0.0.1:{self.unbound.port}"],
                     "upstream_timeout": 0.3},
             "gateway": {"id": gid, "token": gateway_token(gid)},
             "feeds": [{"name": "central", "url": pub.url + "/v1/feed", "type": "safegate",
@@ -365,6 +367,11 @@ class Stack:
         return write_gateway_config(self.directory / gid, upstream_port=self.unbound.port,
                                     policies={"school.yaml": POLICY}, lists=LISTS,
                                     lists_yaml=LISTS_YAML, extra=extra)
+
+    def upstream_outage(self) -> None:
+        """Stop the gateways' first upstream: they fail over to the second, counting errors."""
+        assert self.first_upstream is not None
+        self.first_upstream.stop()
 
     def publish_entry(self, entry_id: str = "BCA-2026-0001", name: str = FEED_ENTRY_NAME
                       ) -> None:
@@ -414,7 +421,8 @@ class Stack:
                      *(g.kill for g in self.gateways),
                      self.files.stop if self.files else None,
                      self.publisher.kill if self.publisher else None,
-                     self.unbound.stop if self.unbound else None):
+                     self.unbound.stop if self.unbound else None,
+                     self.first_upstream.stop if self.first_upstream else None):
             if stop is not None:
                 with contextlib.suppress(Exception):
                     stop()
