@@ -99,13 +99,14 @@ class Profile:
 
     __slots__ = ("_memo", "allow", "answer", "blocked", "bypass", "default_block", "deny",
                  "filtered", "id", "index", "network", "replies", "rewrites", "scheduled",
-                 "steer", "tier")
+                 "steer", "steer_scopes", "tier")
 
     def __init__(self, id: int, network: str, tier: str, blocked: frozenset[str], answer: str,
                  allow: frozenset[bytes], deny: frozenset[bytes], default_block: bool,
                  index: Matcher, *, scheduled: frozenset[str] = frozenset(),
                  rewrites: dict[bytes, bytes] | None = None, bypass: bool = False,
-                 filtered: bool = False, steer: frozenset[bytes] = frozenset()) -> None:
+                 filtered: bool = False, steer: frozenset[bytes] = frozenset(),
+                 steer_scopes: frozenset[bytes] = frozenset()) -> None:
         self.id = id
         self.network = network
         self.tier = tier
@@ -124,6 +125,7 @@ class Profile:
         # instead of 15 "Blocked" (RFC 8914); legal orders stay 16 "Censored".
         self.filtered = filtered
         self.steer = steer               # the proxy's intercept set (DNS-steered interception)
+        self.steer_scopes = steer_scopes  # image-scan scopes: steered with their subdomains
         self._memo: OrderedDict[bytes, Verdict] = OrderedDict()
         # The query path's memo of whole UDP replies by query bytes (see dns/chain.py); here so
         # that it is rebuilt with the profile on every reload.
@@ -172,6 +174,9 @@ def decide(profile: Profile, key: bytes) -> Verdict:
         if host in profile.steer or key in profile.steer:
             return Verdict(False, "intercept", "", host, len(key) - len(host), "steer",
                            steer=True)
+        off = _suffix_match(profile.steer_scopes, key)
+        if off >= 0:
+            return Verdict(False, "intercept", "", key[off:], off, "steer", steer=True)
     return verdict
 
 

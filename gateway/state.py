@@ -125,6 +125,16 @@ def read_intercept(config: GatewayConfig) -> frozenset[bytes]:
     return frozenset(names)
 
 
+def steer_scopes(config: GatewayConfig, intercept: frozenset[bytes]) -> frozenset[bytes]:
+    """proxy.scan_hosts in the intercept set: their subdomains are steered too."""
+    if not intercept:
+        return frozenset()
+    from gateway.names import normalize_name
+
+    return frozenset(n for n in (normalize_name(h) for h in config.proxy.scan_hosts)
+                     if n in intercept)
+
+
 def build_view(config: GatewayConfig, policy: Policy, index: Matcher, generation: int,
                *, at: datetime | None = None, subscribers: Subscribers | None = None,
                intercept: frozenset[bytes] = frozenset()) -> tuple[View, dict[str, Profile]]:
@@ -139,16 +149,18 @@ def build_view(config: GatewayConfig, policy: Policy, index: Matcher, generation
     when = at or datetime.now(UTC)
     extra = scheduled_categories(config, policy, when)
     rewrites = load_rewrites()
+    scopes = steer_scopes(config, intercept)
     profiles: dict[str, Profile] = {}
     items: list[tuple[Network4or6, Profile]] = []
     for i, net in enumerate(policy.networks):
-        profile = _profile(i, net, policy, index, extra, rewrites, steer=intercept)
+        profile = _profile(i, net, policy, index, extra, rewrites, steer=intercept,
+                           scopes=scopes)
         profiles[net.name] = profile
         items.extend((cidr, profile) for cidr in net.cidrs)
     # One profile per DoH token (not shared with a network's): its memo and its tier are its own.
     tokens = {t.token: _profile(len(policy.networks) + i,
                                 Network(name="token", cidrs=(), tier=t.tier), policy, index,
-                                extra, rewrites, steer=intercept)
+                                extra, rewrites, steer=intercept, scopes=scopes)
               for i, t in enumerate(policy.tokens)}
     layers = []
     if subscribers is not None:
@@ -156,7 +168,7 @@ def build_view(config: GatewayConfig, policy: Policy, index: Matcher, generation
         subscriber_profiles = [
             _profile(base + i, Network(name="subscribers", cidrs=(), tier=s.tier, allow=s.allow,
                                        deny=s.deny), policy, index, extra, rewrites,
-                     filtered=s.filtered, steer=intercept)
+                     filtered=s.filtered, steer=intercept, scopes=scopes)
             for i, s in enumerate(subscribers.profiles)]
         layers.append((subscribers.tables, subscriber_profiles))
     answers = BlockAnswers.for_addresses(config.block_ttl, list(config.blockpage_addresses),
@@ -197,7 +209,8 @@ def schedule_changed(loaded: Loaded, now: datetime) -> bool:
 
 def _profile(i: int, net: Network, policy: Policy, index: Matcher,
              extra: dict[str, frozenset[str]] | None = None, rewrites: Rewrites | None = None,
-             *, filtered: bool = False, steer: frozenset[bytes] = frozenset()) -> Profile:
+             *, filtered: bool = False, steer: frozenset[bytes] = frozenset(),
+             scopes: frozenset[bytes] = frozenset()) -> Profile:
     tier = policy.tiers[net.tier]
     scheduled = (extra or {}).get(tier.name, frozenset())
     return Profile(
@@ -205,6 +218,7 @@ def _profile(i: int, net: Network, policy: Policy, index: Matcher,
         answer=tier.answer, allow=frozenset(tier.allow + net.allow),
         deny=frozenset(tier.deny + net.deny), default_block=tier.default_block, index=index,
         scheduled=scheduled, bypass=tier.bypass_protection, filtered=filtered, steer=steer,
+        steer_scopes=scopes,
         rewrites=rewrites.for_mode(tier.safesearch) if rewrites is not None else None)
 
 

@@ -114,3 +114,18 @@ def test_other_types_are_not_steered(tmp_path: Path, qtype: str) -> None:
     pending = r.handle(q.to_wire(), "127.0.0.1", "udp")
     assert pending is not None and not isinstance(pending, bytes)
     pending.close()
+
+
+def test_image_scan_scopes_steer_their_subdomains(tmp_path: Path) -> None:
+    cfg = write_gateway_config(
+        tmp_path, upstream_port=53000, policies={"p.yaml": POLICY}, lists=LISTS,
+        lists_yaml=LISTS_YAML,
+        extra={"proxy": {**PROXY["proxy"], "scan_hosts": ["img.example"]}})
+    (tmp_path / "var" / INTERCEPT_FILE).write_text("img.example\nnews.example\n")
+    r = _resolver(cfg)
+    for name in ("img.example", "cdn.img.example", "a.b.img.example"):
+        assert [rr.to_text() for rr in _ask(r, name, "A").answer[0]] == ["127.0.0.5"], name
+    profile = load_in_process(cfg).view.clients.lookup("127.0.0.1")
+    assert profile is not None
+    assert not profile.decide(b"sub.news.example").steer   # URL entries: exact hosts only
+    assert not profile.decide(b"notimg.example").steer
