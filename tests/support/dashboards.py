@@ -29,6 +29,7 @@ class Target:
     expr: str
     legend: str
     instant: bool
+    format: str         # time_series, table, or heatmap (Grafana de-accumulates buckets)
 
 
 @dataclass(frozen=True)
@@ -37,6 +38,7 @@ class Variable:
     label: str          # the label whose values the variable lists
     match: str          # the series selector of label_values(MATCH, LABEL)
     all_value: str | None
+    multi: bool
 
 
 def dashboard_files() -> list[Path]:
@@ -60,7 +62,7 @@ def panels(doc: Mapping[str, Any]) -> list[dict[str, Any]]:
 
 def targets(doc: Mapping[str, Any]) -> list[Target]:
     return [Target(p["title"], p["type"], t["refId"], t["expr"], t.get("legendFormat", ""),
-                   bool(t.get("instant")))
+                   bool(t.get("instant")), t.get("format", "time_series"))
             for p in panels(doc) for t in p.get("targets", [])]
 
 
@@ -75,7 +77,8 @@ def variables(doc: Mapping[str, Any]) -> list[Variable]:
         if m is None:
             raise ValueError(f"variable {var['name']}: unsupported query {query!r}")
         out.append(Variable(var["name"], m["label"], m["match"].strip(),
-                            var.get("allValue") if var.get("includeAll") else None))
+                            var.get("allValue") if var.get("includeAll") else None,
+                            bool(var.get("multi"))))
     return out
 
 
