@@ -16,8 +16,8 @@ STAMP := $(VENV)/.installed-stamp
 
 # Debian packages the integration tests and the benchmark run; COMMANDS lists what each
 # provides (same order) so we can skip apt when everything is there.
-APT_PKGS     := unbound knot-dnsutils dnsutils prometheus dnsperf dnsmasq-base dnsdist chromium curl nginx-light
-APT_COMMANDS := unbound kdig dig promtool dnsperf dnsmasq dnsdist chromium curl nginx
+APT_PKGS     := unbound knot-dnsutils dnsutils prometheus dnsperf dnsmasq-base dnsdist chromium curl nginx-light systemd
+APT_COMMANDS := unbound kdig dig promtool dnsperf dnsmasq dnsdist chromium curl nginx systemd-analyze
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 CONFIG ?= deploy/example/gateway.yaml
