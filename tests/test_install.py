@@ -77,10 +77,11 @@ def _mirror(root: Path, path: Path) -> None:
 def make_target_root(root: Path) -> Path:
     """A minimal Debian-like root for the installer and systemd-analyze (see module doc)."""
     (root / "etc").mkdir(parents=True)
-    for name in ("passwd", "group", "shadow", "gshadow"):
-        src = Path("/etc") / name
-        if src.exists():
-            shutil.copy2(src, root / "etc" / name)
+    # A fresh system's user database (root only), never a copy of the host's.
+    for name, line in (("passwd", "root:x:0:0:root:/root:/bin/bash"), ("group", "root:x:0:"),
+                       ("shadow", "root:*:19000:0:99999:7:::"), ("gshadow", "root:*::")):
+        (root / "etc" / name).write_text(line + "\n")
+        (root / "etc" / name).chmod(0o640 if "shadow" in name else 0o644)
     for d in ("usr/bin", "usr/sbin", "usr/lib"):
         (root / d).mkdir(parents=True)
     for link, target in (("bin", "usr/bin"), ("sbin", "usr/sbin"), ("lib", "usr/lib")):
