@@ -86,8 +86,9 @@ class Gateway:
         await self._serve_http(metrics_app(self.registry, self.ready), config.metrics_listen)
         loaded = await self.builder.build(None)
         cache = AnswerCache(loaded.config.cache)
-        forwarder = Forwarder([Upstream(h, p) for h, p in loaded.config.upstreams],
-                              loaded.config.forwarder, self.metrics.upstream_observer())
+        upstreams = [Upstream(h, p) for h, p in loaded.config.upstreams]
+        self.metrics.init_upstreams([u.label for u in upstreams])
+        forwarder = Forwarder(upstreams, loaded.config.forwarder, self.metrics.upstream_observer())
         self.resolver = Resolver(loaded.view, cache, forwarder, self.metrics.dns)
         extra = self.worker_cache   # dns.workers: the other processes' cache counters
 

@@ -12,7 +12,7 @@ import bisect
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector
 from prometheus_client.core import (
     CounterMetricFamily,
     GaugeMetricFamily,
@@ -126,10 +126,22 @@ class Metrics:
             registry=registry)
         self.ready = Gauge("safegate_ready", "1 once policies and lists are loaded.",
                            registry=registry)
+        # process_* (CPU, memory, open files) of this process, as Prometheus clients expect.
+        ProcessCollector(registry=registry)
         info = Gauge("safegate_build_info", "SafeGate version.", ["version"], registry=registry)
         info.labels(__version__).set(1)
         for result in ("success", "failure"):
             self.reloads.labels(result)
+
+    def init_upstreams(self, labels: list[str]) -> None:
+        """Create every upstream's series at 0, so rate() sees the first error too."""
+        from gateway.dns.upstream import ERROR_REASONS
+
+        for label in labels:
+            for reason in ERROR_REASONS:
+                self.upstream_errors.labels(label, reason)
+            for protocol in ("udp", "tcp"):
+                self.upstream_queries.labels(label, protocol)
 
     def observe_collector(self, collector: Any) -> None:
         self.registry.register(collector)

@@ -176,3 +176,30 @@ async def test_servfail_tries_the_next_upstream_then_relays_it() -> None:
     finally:
         t1.close()
         t2.close()
+
+
+async def test_a_benched_upstream_is_logged_once_per_outage(caplog: pytest.LogCaptureFixture
+                                                            ) -> None:
+    """With every upstream down, the benched one is still tried (last resort) and fails on
+    every query; the log says so once, not once per query (a Pi's journal would flood)."""
+    silent = Scripted(lambda m: [])
+    t1, port = await serve(silent)
+    now = [1000.0]
+    try:
+        fwd = Forwarder([Upstream("127.0.0.1", port)],
+                        ForwarderConfig(attempt_timeout=0.02, query_timeout=0.05,
+                                        fail_threshold=2, bench_seconds=30),
+                        clock=lambda: now[0])
+        with caplog.at_level("WARNING", logger="gateway.dns.upstream"):
+            for i in range(6):
+                q = dns.message.make_query(f"d{i}.example.test", "A").to_wire()[12:]
+                with pytest.raises(UpstreamError):
+                    await fwd.resolve(q, do=False, cd=False)
+            benched = [r for r in caplog.records if "benched" in r.getMessage()]
+            assert len(silent.queries) == 6 and len(benched) == 1
+            now[0] += 31       # the bench ran out: a new outage is logged again
+            with pytest.raises(UpstreamError):
+                await fwd.resolve(QUESTION, do=False, cd=False)
+            assert len([r for r in caplog.records if "benched" in r.getMessage()]) == 2
+    finally:
+        t1.close()

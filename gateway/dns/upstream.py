@@ -184,9 +184,14 @@ class Forwarder:
     def _failed(self, upstream: Upstream) -> None:
         upstream.failures += 1
         if upstream.failures >= self.cfg.fail_threshold:
-            upstream.benched_until = self.clock() + self.cfg.bench_seconds
-            log.warning("upstream %s benched for %.0fs after %d failures", upstream.label,
-                        self.cfg.bench_seconds, upstream.failures)
+            now = self.clock()
+            was_benched = upstream.benched_until > now
+            upstream.benched_until = now + self.cfg.bench_seconds
+            if not was_benched:
+                # Once per outage, not per query: with every upstream down (a school's uplink
+                # cut), benched ones are still tried as a last resort and fail each time.
+                log.warning("upstream %s benched for %.0fs after %d failures", upstream.label,
+                            self.cfg.bench_seconds, upstream.failures)
 
     async def _ask(self, upstream: Upstream, question: bytes, do: bool, cd: bool,
                    timeout: float, ecs: bytes = b"") -> bytes:
@@ -270,6 +275,10 @@ def _matches(reply: bytes, qid: int, question: bytes) -> bool:
         return False
     echoed = reply[12:12 + len(question)]
     return echoed[:-4].lower() == question[:-4] and echoed[-4:] == question[-4:]
+
+
+# Every value of the upstream error label (servfail and refused also name such replies).
+ERROR_REASONS = ("timeout", "refused", "network", "bad_reply", "servfail")
 
 
 def _reason(exc: BaseException) -> str:
