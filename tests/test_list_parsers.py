@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections import Counter
 from pathlib import Path
 
@@ -18,7 +19,18 @@ from gateway.lists.parsers import (
     parse,
 )
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+def _shared_data() -> Path:
+    """The workplace's shared data: $SAFEGATE_SHARED_DATA, else ../shared/data next to the
+    checkout, else /work/shared/data (a checkout elsewhere, e.g. CI's clean clone)."""
+    env = os.environ.get("SAFEGATE_SHARED_DATA")
+    candidates = [Path(env)] if env else []
+    candidates += [Path(__file__).resolve().parents[2] / "shared" / "data",
+                   Path("/work/shared/data")]
+    return next((p for p in candidates if p.is_dir()), candidates[0])
+
+
+DATA = _shared_data()
 needs_data = pytest.mark.skipif(not DATA.is_dir(), reason=f"{DATA} (shared test data) missing")
 
 B, S, U = SCOPE_BOTH, SCOPE_SELF, SCOPE_SUBS
