@@ -125,3 +125,28 @@ def test_a_killed_worker_is_replaced_and_dns_keeps_answering(gw: SafeGateProcess
     assert "restarting DNS worker 1" in gw.stderr_text()
     time.sleep(0.5)
     assert set(_answers(gw, "adult.example")) == {"127.0.0.1"}
+
+
+def test_a_feed_entry_is_acked_only_once_every_worker_enforces_it(
+        unbound: ub.UnboundServer, safegate_factory: Any, tmp_path: Path) -> None:
+    """The ack tells the regulator "enforced": by then no process of the node may still
+    answer the name (the self-probe waits for every worker's confirmation)."""
+    from tests.support.publisher import ADMIN_TOKEN, start_publisher
+    from tests.test_feeds_e2e import NAME, acked, entry, gateway_extra
+
+    pub = start_publisher(tmp_path / "publisher", gateways=("gw-a",))
+    try:
+        gw = safegate_factory(upstream_port=unbound.port, policies={"p.yaml": POLICY},
+                              lists=LISTS, lists_yaml=LISTS_YAML,
+                              extra={**gateway_extra(pub, "gw-a"), "dns": {"workers": 2}})
+        assert len(_workers(gw)) == 1
+        assert set(_answers(gw, NAME, 40)) == {ub.BLOCKED_TARGET_A}
+        r = pub.request("POST", "/v1/entries", body={"entries": [entry("BCA-2026-0100")]},
+                        token=ADMIN_TOKEN)
+        assert r.status == 201, r.body
+        _until(lambda: acked(pub, "BCA-2026-0100", "gw-a"), "the entry was never acked")
+        # 127.0.0.1 is the kids network (answer: blockpage): the page's address, from every
+        # process, right after the ack.
+        assert set(_answers(gw, NAME)) == {"127.0.0.1"}
+    finally:
+        pub.kill()
