@@ -13,7 +13,7 @@ from typing import Any
 from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter
 
-from gateway.reports.model import Report, ReportError, from_json
+from gateway.reports.model import KINDS, Report, ReportError, from_json
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS reports (id TEXT PRIMARY KEY, gateway TEXT NOT NULL,
@@ -63,6 +63,8 @@ def add_routes(app: web.Application, inbox: ReportInbox, registry: CollectorRegi
     app[RECEIVED] = Counter("safegate_publisher_reports_received_total",
                             "Reports received from gateways (repeats not counted), by kind",
                             ["kind"], registry=registry)
+    for kind in KINDS:   # at 0 from the start, so rate() sees the first report
+        app[RECEIVED].labels(kind)
 
     async def post_report(request: web.Request) -> web.Response:
         gateway = gateway_of(request)
