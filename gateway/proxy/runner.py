@@ -80,6 +80,7 @@ class ProxyProcess:
         self.reports: ReportStore | None = None
         self._watched: Fingerprint = ()
         self._ready = False
+        self._intercept: tuple[Path, list[str], str] | None = None
         self._generation = 0
         self._tasks: set[asyncio.Task[bool]] = set()   # SIGHUP reloads in flight
 
@@ -88,6 +89,14 @@ class ProxyProcess:
 
     def mark_ready(self) -> None:
         self._ready = True
+        self._publish_intercept()
+
+    def _publish_intercept(self) -> None:
+        """Tell the resolver what to steer here, but only once the listeners are bound: a
+        name steered to a proxy that does not listen yet would fail to connect."""
+        if self._ready and self._intercept is not None:
+            state_dir, hosts, why = self._intercept
+            sources.write_intercept_file(state_dir, hosts, why)
 
     async def build(self) -> tuple[sources.Loaded, HashIndex | None]:
         """Build aside (a worker thread): lists, feeds, policies, the hash index."""
@@ -104,8 +113,9 @@ class ProxyProcess:
         self.loaded = loaded
         self._watched = sources.watch_state(loaded)
         hosts = sources.intercept_set(loaded)
-        sources.write_intercept_file(loaded.config.state_dir, hosts,
-                                     f"generation {loaded.rules.generation}")
+        self._intercept = (loaded.config.state_dir, hosts,
+                           f"generation {loaded.rules.generation}")
+        self._publish_intercept()
         self.metrics.rules_generation.set(loaded.rules.generation)
         self.metrics.url_entries.set(loaded.rules.urls.size)
         self.metrics.intercept_hosts.set(len(hosts))
