@@ -97,7 +97,6 @@ def _load_csv(subs: Subscribers, errors: list[ConfigError]) -> None:
     path = subs.path
     columns: tuple[str, ...] = COLUMNS
     slots: dict[str, int] = {}
-    tables = subs.tables
     seen_data = False
     try:
         f = path.open(encoding="utf-8", newline="")
@@ -123,17 +122,7 @@ def _load_csv(subs: Subscribers, errors: list[ConfigError]) -> None:
                                          f"({', '.join(columns)})")
                     row = dict(zip(columns[1:], cells, strict=False))
                     slot = slots[settings] = _slot(subs, line, prefix, row)
-                version, plen, key = parse_prefix(prefix)
-                table = tables.get((version, plen))
-                if table is None:
-                    table = tables[(version, plen)] = {}
-                prev = table.get(key)
-                if prev is None:
-                    table[key] = slot
-                    subs.uses[slot] += 1
-                    subs.count += 1
-                elif prev != slot:
-                    _duplicate(subs, prefix)
+                _insert(subs, prefix, slot)
             except ValueError as exc:
                 errors.append(ConfigError(str(exc), str(path), line))
                 if len(errors) >= MAX_ERRORS:
@@ -150,10 +139,21 @@ def _header(text: str, path: Path, line: int) -> tuple[str, ...]:
     return cells
 
 
-def _duplicate(subs: Subscribers, prefix: str) -> None:
-    first = find_line(subs.path, prefix.strip())
-    raise ValueError(f"{prefix.strip()}: this prefix is already listed at line {first} "
-                     "with different settings")
+def _insert(subs: Subscribers, prefix: str, slot: int) -> None:
+    """Put one prefix in its table; listed twice with other settings is an error."""
+    version, plen, key = parse_prefix(prefix)
+    table = subs.tables.get((version, plen))
+    if table is None:
+        table = subs.tables[(version, plen)] = {}
+    prev = table.get(key)
+    if prev is None:
+        table[key] = slot
+        subs.uses[slot] += 1
+        subs.count += 1
+    elif prev != slot:
+        first = find_line(subs.path, prefix.strip())
+        raise ValueError(f"{prefix.strip()}: this prefix is already listed at line {first} "
+                         "with different settings")
 
 
 def _load_yaml(subs: Subscribers, errors: list[ConfigError]) -> None:
@@ -164,19 +164,12 @@ def _load_yaml(subs: Subscribers, errors: list[ConfigError]) -> None:
             prefix = row.get("prefix")
             if not isinstance(prefix, str) or not prefix:
                 raise ValueError("missing prefix")
-            version, plen, key = parse_prefix(prefix)
+            parse_prefix(prefix)   # a bad prefix is reported before a bad setting
             written = tuple(_hashable(row.get(c, "")) for c in COLUMNS[1:])
             slot = by_settings.get(written)
             if slot is None:
                 slot = by_settings[written] = _slot(subs, line, prefix, row)
-            table = subs.tables.setdefault((version, plen), {})
-            prev = table.get(key)
-            if prev is None:
-                table[key] = slot
-                subs.uses[slot] += 1
-                subs.count += 1
-            elif prev != slot:
-                _duplicate(subs, prefix)
+            _insert(subs, prefix, slot)
         except ValueError as exc:
             errors.append(ConfigError(str(exc), str(subs.path), line))
 
