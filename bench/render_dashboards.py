@@ -104,6 +104,11 @@ def fmt(value: float, unit: str, decimals: int | None = None) -> str:
         if value < 1:
             return f"{value * 1000:.{1 if decimals is None else decimals}f} ms"
         return f"{value:.{1 if decimals is None else decimals}f} s"
+    if unit == "bytes":
+        for scale, name in ((2**30, "GiB"), (2**20, "MiB"), (2**10, "KiB")):
+            if abs(value) >= scale:
+                return f"{value / scale:.{0 if decimals is None else decimals}f} {name}"
+        return f"{value:.0f} B"
     suffix = " /s" if unit == "reqps" else ""
     if decimals == 0 or (decimals is None and float(value).is_integer()):
         return f"{value:,.0f}{suffix}"
