@@ -113,6 +113,12 @@ def test_entry_is_blocked_by_both_gateways_and_acked_within_5s(
     metrics = publisher.request("GET", "/metrics").body.decode()
     assert 'safegate_publisher_gateway_applied_serial{gateway="gw-a"} 1.0' in metrics
     assert 'safegate_publisher_gateway_overdue_entries{gateway="gw-b"} 0.0' in metrics
+    # The regulator's own measurement, from the acks: issued -> verified within 10 s.
+    for gid in ("gw-a", "gw-b"):
+        assert (f'safegate_publisher_enforcement_latency_seconds_count{{gateway="{gid}"}} 1.0'
+                in metrics)
+        assert (f'safegate_publisher_enforcement_latency_seconds_bucket{{gateway="{gid}",'
+                f'le="10.0"}} 1.0' in metrics)
     gm = gws[0].metrics_text()
     assert 'safegate_feed_serial{feed="central"} 1.0' in gm
     assert 'safegate_probe_checks_total{result="blocked"}' in gm

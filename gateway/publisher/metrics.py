@@ -10,10 +10,17 @@ import time
 from collections.abc import Callable, Iterator
 from datetime import timedelta
 
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
 from prometheus_client.registry import Collector
+from prometheus_client.utils import floatToGoString
 
 from gateway.feeds.format import Entry, parse_time
+from gateway.feeds.stats import LATENCY_BUCKETS
 from gateway.publisher.store import PROBE_RESULTS, Store
 
 
@@ -92,6 +99,8 @@ class PublisherCollector(Collector):
         yield queries
         yield blocked
 
+        yield self._latency(store)
+
         probes = CounterMetricFamily("safegate_publisher_gateway_probe_checks",
                                      "Self-probe results the gateway reported, from its acks.",
                                      labels=["gateway", "result"])
@@ -100,3 +109,21 @@ class PublisherCollector(Collector):
             for result in PROBE_RESULTS:
                 probes.add_metric([gw, result], totals.get((gw, result), 0))
         yield probes
+
+    def _latency(self, store: Store) -> Metric:
+        """Issued -> verified per gateway, from the acks: the regulator's own measurement of
+        how fast each order took effect (the gateways' histograms are their own view)."""
+        h = HistogramMetricFamily(
+            "safegate_publisher_enforcement_latency_seconds",
+            "Time from an entry's issued_at to the gateway's ack that a self-probe saw it "
+            "enforced.", labels=["gateway"])
+        by_gateway: dict[str, list[float]] = {gw: [] for gw in self.gateways}
+        for gw, seconds in store.verified_latencies():
+            if gw in by_gateway:
+                by_gateway[gw].append(seconds)
+        for gw, values in by_gateway.items():
+            buckets = [(floatToGoString(b), sum(1 for v in values if v <= b))
+                       for b in LATENCY_BUCKETS]
+            buckets.append(("+Inf", len(values)))
+            h.add_metric([gw], buckets, sum(values))
+        return h

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from gateway.errors import SafeGateError
-from gateway.feeds.format import Entry, LegalBasis
+from gateway.feeds.format import Entry, LegalBasis, parse_time
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -277,6 +277,18 @@ class Store:
         rows = self.db.execute(f"SELECT {_ENTRY_COLUMNS} FROM entries WHERE removed_serial IS "
                                "NULL AND mandatory=1 AND action='block' ORDER BY id")
         return [_stored(r).entry for r in rows]
+
+    def verified_latencies(self) -> list[tuple[str, float]]:
+        """(gateway, seconds from the entry's issued_at to the gateway's verified ack)."""
+        out = []
+        for gw, verified_at, issued_at in self.db.execute(
+                "SELECT a.gateway, a.verified_at, e.issued_at FROM acks a "
+                "JOIN entries e ON e.id = a.entry_id WHERE a.verified_at IS NOT NULL"):
+            try:
+                out.append((gw, max(0.0, verified_at - parse_time(issued_at).timestamp())))
+            except (TypeError, ValueError):
+                continue
+        return out
 
     def verified_ids(self) -> dict[str, set[str]]:
         """gateway -> ids of entries it has verified."""
