@@ -17,7 +17,6 @@ from prometheus_client.core import (
     Metric,
 )
 from prometheus_client.registry import Collector
-from prometheus_client.utils import floatToGoString
 
 from gateway.feeds.format import Entry, parse_time
 from gateway.feeds.stats import LATENCY_BUCKETS
@@ -122,7 +121,7 @@ class PublisherCollector(Collector):
             if gw in by_gateway:
                 by_gateway[gw].append(seconds)
         for gw, values in by_gateway.items():
-            buckets = [(floatToGoString(b), sum(1 for v in values if v <= b))
+            buckets = [(repr(float(b)), sum(1 for v in values if v <= b))
                        for b in LATENCY_BUCKETS]
             buckets.append(("+Inf", len(values)))
             h.add_metric([gw], buckets, sum(values))
