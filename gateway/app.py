@@ -27,6 +27,7 @@ from gateway.probe import ProbeResult, probe_name
 from gateway.proxy.pac import pac_mount
 from gateway.proxy.supervisor import ProxySupervisor, proxy_command
 from gateway.schedules import MAX_SLEEP
+from gateway.sdnotify import Notifier
 from gateway.state import (
     Builder,
     Loaded,
@@ -52,8 +53,10 @@ log = logging.getLogger(__name__)
 class Gateway:
     """The running gateway: owns the resolver, listeners and the reload loop."""
 
-    def __init__(self, config_path: Path, registry: CollectorRegistry | None = None) -> None:
+    def __init__(self, config_path: Path, registry: CollectorRegistry | None = None,
+                 notifier: Notifier | None = None) -> None:
         self.config_path = config_path
+        self.notifier = notifier or Notifier()   # systemd Type=notify (a no-op elsewhere)
         self.registry = registry or CollectorRegistry()
         self.metrics = Metrics(self.registry)
         self.builder = Builder(config_path)
@@ -131,6 +134,7 @@ class Gateway:
         gc.collect()
         gc.freeze()
         self._ready = True
+        self.notifier.ready(self._status())
         self.metrics.ready.set(1)
         log.info("SafeGate ready: %d networks, %d list entries", len(loaded.policy.networks),
                  loaded.index.size)
@@ -240,27 +244,43 @@ class Gateway:
         """Build aside and swap; on any error keep serving what runs now and say why."""
         async with self._reload_lock:
             log.info("reloading (%s)", why)
+            self.notifier.reloading()
             try:
-                loaded = await self.builder.build(self.loaded)
-            except (ConfigError, ConfigErrors, SafeGateError, OSError) as exc:
-                for line in str(exc).splitlines():
-                    log.error("reload failed, keeping the running configuration: %s", line)
-                self.metrics.reloads.labels("failure").inc()
-                self.metrics.last_reload_ok.set(0)
-                # Don't retry the same broken files every poll: wait for the next change.
-                self._watched = fingerprint(watched_files(self.config_path, self.loaded))
-                return False
-            if loaded.config.dns_listen != self.loaded.config.dns_listen if self.loaded else False:
-                log.warning("dns.listen changed: restart SafeGate for new listeners to apply")
-            self._reload_tls(loaded)
-            if self.feeds is not None:
-                self.feeds.config_changed(loaded.config)
-            elif loaded.config.feeds:
-                log.warning("feeds were added: restart SafeGate for them to apply")
-            self._install(loaded)
-            log.info("reloaded: generation %d, %d list entries", loaded.view.generation,
-                     loaded.index.size)
-            return True
+                return await self._reload()
+            finally:
+                self.notifier.ready(self._status())
+
+    def _status(self) -> str:
+        """One line for `systemctl status`."""
+        if self.loaded is None:
+            return "loading"
+        return (f"serving generation {self.loaded.view.generation}: "
+                f"{len(self.loaded.policy.networks)} networks, {self.loaded.index.size} list "
+                "entries")
+
+    async def _reload(self) -> bool:
+        """One reload attempt (the caller holds the lock and tells systemd)."""
+        try:
+            loaded = await self.builder.build(self.loaded)
+        except (ConfigError, ConfigErrors, SafeGateError, OSError) as exc:
+            for line in str(exc).splitlines():
+                log.error("reload failed, keeping the running configuration: %s", line)
+            self.metrics.reloads.labels("failure").inc()
+            self.metrics.last_reload_ok.set(0)
+            # Don't retry the same broken files every poll: wait for the next change.
+            self._watched = fingerprint(watched_files(self.config_path, self.loaded))
+            return False
+        if loaded.config.dns_listen != self.loaded.config.dns_listen if self.loaded else False:
+            log.warning("dns.listen changed: restart SafeGate for new listeners to apply")
+        self._reload_tls(loaded)
+        if self.feeds is not None:
+            self.feeds.config_changed(loaded.config)
+        elif loaded.config.feeds:
+            log.warning("feeds were added: restart SafeGate for them to apply")
+        self._install(loaded)
+        log.info("reloaded: generation %d, %d list entries", loaded.view.generation,
+                 loaded.index.size)
+        return True
 
     def _reload_tls(self, loaded: Loaded) -> None:
         """New certificates for new connections (the files were checked loadable just now)."""
@@ -360,11 +380,13 @@ class Gateway:
         await self.start()
         watcher = loop.create_task(self.watch())
         timer = loop.create_task(self.schedule_timer())
+        watchdog = loop.create_task(self.notifier.watchdog(self._stop))
         await self._stop.wait()
         log.info("shutting down")
+        self.notifier.stopping()
         watcher.cancel()
         timer.cancel()
-        await asyncio.gather(watcher, timer, *reloads, return_exceptions=True)
+        await asyncio.gather(watcher, timer, watchdog, *reloads, return_exceptions=True)
         await self.stop()
 
     async def stop(self) -> None:

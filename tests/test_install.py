@@ -266,7 +266,10 @@ def test_service_unit_contract() -> None:
     assert keys["ProtectSystem"] == "strict" and keys["ReadWritePaths"] == "/var/lib/safegate"
     assert keys["RestrictAddressFamilies"] == "AF_INET AF_INET6 AF_UNIX"
     assert keys["Restart"] == "on-failure" and keys["NoNewPrivileges"] == "yes"
-    assert "--wait-ready" in keys["ExecStartPost"]
+    # "started" means answering: READY=1 once lists are loaded and every listener is up, and
+    # a watchdog fed from the event loop (tests/test_sdnotify.py).
+    assert keys["Type"] == "notify" and keys["NotifyAccess"] == "main"
+    assert int(keys["WatchdogSec"]) > 0
 
 
 # ---------------------------------------------------------------- the installed gateway runs
