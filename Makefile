@@ -11,13 +11,16 @@ PYTHON ?= $(shell for p in python3 python3.13 python3.12 python3.11; do \
 
 VENV  := .venv
 VBIN  := $(VENV)/bin
-# Re-install only when pyproject.toml changes (or the venv is new).
-STAMP := $(VENV)/.installed-stamp
+# Re-install only when pyproject.toml changes (or the venv is new). `make run` installs what
+# the gateway needs and nothing more (no compiler needed on a fresh Pi); the tests, linters
+# and benchmarks install the dev extra on top (mitmproxy, pdqhash, playwright, ...).
+RUN_STAMP := $(VENV)/.installed-run-stamp
+STAMP     := $(VENV)/.installed-stamp
 
 # Debian packages the integration tests and the benchmark run; COMMANDS lists what each
 # provides (same order) so we can skip apt when everything is there.
-APT_PKGS     := unbound knot-dnsutils dnsutils prometheus dnsperf dnsmasq-base dnsdist chromium curl nginx-light systemd
-APT_COMMANDS := unbound kdig dig promtool dnsperf dnsmasq dnsdist chromium curl nginx systemd-analyze
+APT_PKGS     := g++ python3-dev unbound knot-dnsutils dnsutils prometheus dnsperf dnsmasq-base dnsdist chromium curl nginx-light systemd
+APT_COMMANDS := g++ python3-config unbound kdig dig promtool dnsperf dnsmasq dnsdist chromium curl nginx systemd-analyze
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 CONFIG ?= deploy/example/gateway.yaml
@@ -42,14 +45,19 @@ $(VBIN)/python:
 	fi
 	$(PYTHON) -m venv $(VENV)
 
+$(RUN_STAMP): pyproject.toml | $(VBIN)/python
+	$(VBIN)/python -m pip install --quiet --upgrade pip
+	$(VBIN)/python -m pip install --quiet -e .
+	@touch $@
+
 $(STAMP): pyproject.toml | $(VBIN)/python
 	$(VBIN)/python -m pip install --quiet --upgrade pip
 	$(VBIN)/python -m pip install --quiet -e '.[dev]'
-	@touch $@
+	@touch $@ $(RUN_STAMP)
 
 venv: $(STAMP)
 
-run: venv
+run: $(RUN_STAMP)
 	exec $(VBIN)/safegate run -c $(CONFIG)
 
 lint: venv
