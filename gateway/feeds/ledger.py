@@ -17,6 +17,7 @@ from typing import Any
 
 from gateway.feeds.format import Entry, LegalBasis, parse_time
 from gateway.feeds.outbox import ACK_ENTRIES, AckTarget, ack_entry, enqueue, iso
+from gateway.sqlitedb import open_db
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS entries (
@@ -97,16 +98,7 @@ class Ledger:
         self.path = path
         self.clock = clock
         self.listeners: list[Callable[[], None]] = []   # told when an ack is enqueued
-        if readonly:
-            self.conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, isolation_level=None)
-        else:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            self.conn = sqlite3.connect(path, isolation_level=None)
-            self.conn.execute("PRAGMA journal_mode=WAL")
-            # FULL: an ack or a verification must survive a power cut (writes are rare).
-            self.conn.execute("PRAGMA synchronous=FULL")
-            self.conn.executescript(SCHEMA)
-        self.conn.row_factory = sqlite3.Row
+        self.conn = open_db(path, SCHEMA, readonly=readonly, timeout=5.0)
 
     def close(self) -> None:
         self.conn.close()

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from gateway.reports.model import Report
+from gateway.sqlitedb import open_db
 
 FILENAME = "reports.sqlite3"
 
@@ -61,17 +62,8 @@ class ReportStore:
         self.listeners: list[Callable[[], None]] = []   # told when a report is added
         # isolation_level IMMEDIATE: every write takes the write lock up front (busy timeout
         # applies), so two processes never deadlock upgrading a read to a write.
-        if readonly:
-            self.conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=10.0)
-        else:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            self.conn = sqlite3.connect(path, isolation_level="IMMEDIATE", timeout=10.0)
-            with self.conn:
-                self.conn.execute("PRAGMA journal_mode=WAL")
-                # FULL: a report the person was told we received must survive a power cut.
-                self.conn.execute("PRAGMA synchronous=FULL")
-                self.conn.executescript(SCHEMA)
-        self.conn.row_factory = sqlite3.Row
+        self.conn = open_db(path, SCHEMA, readonly=readonly,
+                            isolation_level=None if readonly else "IMMEDIATE")
 
     def close(self) -> None:
         self.conn.close()
