@@ -6,7 +6,7 @@ import ipaddress
 import os
 import re
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -14,6 +14,7 @@ from urllib.parse import urlsplit
 from gateway.dns.cache import CacheConfig
 from gateway.dns.upstream import ForwarderConfig
 from gateway.errors import ConfigError
+from gateway.limits import Limits
 from gateway.names import normalize_name
 from gateway.yamlconf import (
     YDict,
@@ -28,7 +29,7 @@ from gateway.yamlconf import (
 Address = tuple[str, int]
 
 TOP_KEYS = ("dns", "web", "metrics", "policies", "blocklists", "state_dir", "reload", "gateway",
-            "feeds", "feed_guard", "timezone", "subscribers", "proxy", "reports")
+            "feeds", "feed_guard", "timezone", "subscribers", "proxy", "reports", "limits")
 DNS_KEYS = ("listen", "upstreams", "block_ttl", "tcp_idle_timeout", "upstream_timeout",
             "query_timeout", "cache", "tls", "trusted_frontends", "proxy_protocol", "forward_ecs",
             "workers")
@@ -161,6 +162,7 @@ class GatewayConfig:
     subscribers_source: SubscribersSource | None = None
     proxy: ProxyConfig = field(default_factory=ProxyConfig)
     reports: ReportsConfig = field(default_factory=ReportsConfig)
+    limits: Limits = field(default_factory=Limits)
 
 
 def parse_address(text: str, default_port: int) -> Address:
@@ -343,7 +345,41 @@ def load_config(path: str | Path) -> GatewayConfig:
         subscribers_source=subscribers_source,
         proxy=_proxy(doc, rel),
         reports=_reports(doc),
+        limits=_limits(doc, dns),
     )
+
+
+def _limits(doc: YDict, dns: YDict) -> Limits:
+    """`limits:` one sub-mapping per part; each key is a field of gateway/limits.py.
+
+    `dns.tcp_idle_timeout` (the older spelling) still sets limits.tcp.idle_timeout.
+    """
+    section = expect_mapping(doc.get("limits"), "limits", doc, "limits")
+    defaults = Limits()
+    check_keys(section, [f.name for f in fields(Limits)], "limits")
+    parts: dict[str, Any] = {}
+    for part in fields(Limits):
+        current = getattr(defaults, part.name)
+        sub = expect_mapping(section.get(part.name), f"limits.{part.name}", section, part.name)
+        check_keys(sub, [f.name for f in fields(current)], f"limits.{part.name}")
+        values: dict[str, Any] = {}
+        for f in fields(current):
+            if f.name not in sub:
+                continue
+            what = f"limits.{part.name}.{f.name}"
+            if f.type == "bool":
+                values[f.name] = _bool(sub[f.name], what, sub, f.name)
+            elif f.type == "int":
+                values[f.name] = _int(sub[f.name], what, sub, f.name, 0)
+            elif f.type == "float":
+                values[f.name] = _float(sub[f.name], what, sub, f.name)
+            else:  # tuple[str, ...]: networks
+                values[f.name] = tuple(str(n) for n in _networks(sub[f.name], what, sub, f.name))
+        parts[part.name] = replace(current, **values)
+    if "tcp_idle_timeout" in dns and "idle_timeout" not in expect_mapping(section.get("tcp")):
+        parts["tcp"] = replace(parts["tcp"], idle_timeout=_float(
+            dns["tcp_idle_timeout"], "dns.tcp_idle_timeout", dns, "tcp_idle_timeout"))
+    return Limits(**parts)
 
 
 def _subscribers(doc: YDict, rel: Callable[[str], Path], state_dir: Path
