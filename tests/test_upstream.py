@@ -7,6 +7,8 @@ queries, replying late or wrongly) cannot be provoked from a real resolver on de
 from __future__ import annotations
 
 import asyncio
+import ssl
+import struct
 from collections.abc import Callable
 from pathlib import Path
 
@@ -423,3 +425,49 @@ def test_config_errors_name_the_upstream_line(tmp_path: Path) -> None:
     assert loaded.forwarder.qname_0x20 and loaded.forwarder.tls_ca is None
     assert [u.label for u in upstreams_from(loaded.upstreams)] == \
         ["tls://127.0.0.1:853", "[::1]:5353"]
+
+
+async def test_a_tls_query_is_retried_once_when_the_reused_connection_closes_under_it(
+        tmp_path: Path) -> None:
+    """The server's idle timeout can race a query on the persistent connection: the query
+    goes out again on a fresh connection instead of failing."""
+    from tests.test_upstream_e2e import make_ca_and_cert
+
+    ca, cert, key = make_ca_and_cert(tmp_path, "dot.test")
+    server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server_ctx.load_cert_chain(cert, key)
+    connections: list[int] = []
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        connections.append(len(connections))
+        first = len(connections) == 1
+        try:
+            for answered in range(10):
+                size = struct.unpack(">H", await reader.readexactly(2))[0]
+                msg = dns.message.from_wire(await reader.readexactly(size))
+                if first and answered == 1:
+                    return          # hang up on the second query of the first connection
+                reply = answer(msg)
+                writer.write(struct.pack(">H", len(reply)) + reply)
+        except asyncio.IncompleteReadError:
+            pass
+        finally:
+            writer.close()
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0, ssl=server_ctx)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        seen = Observed()
+        fwd = Forwarder([Upstream("127.0.0.1", port, "tls", "dot.test")],
+                        ForwarderConfig(tls_ca=str(ca)), seen)
+        for name in ("one.example.test", "two.example.test", "three.example.test"):
+            got = dns.message.from_wire(await fwd.resolve(question(name), do=False, cd=False))
+            assert got.answer[0][0].address == "192.0.2.1"
+        assert len(connections) == 2 and seen.errors == []
+        assert fwd.open_sockets() == 1
+        fwd.close()
+        await asyncio.sleep(0)
+        assert fwd.open_sockets() == 0
+    finally:
+        server.close()
+        await server.wait_closed()

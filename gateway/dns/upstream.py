@@ -319,6 +319,21 @@ class _TlsClient:
 
     async def exchange(self, question: bytes, msg_for: Callable[[int], bytes],
                        timeout: float) -> bytes:
+        """One query; once more on a new connection if a reused one closed under it (the
+        server's idle timeout may have raced our query)."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        reused = self.conn is not None and not self.conn.closed
+        try:
+            return await self._exchange(question, msg_for, timeout)
+        except ConnectionError:
+            remaining = deadline - loop.time()
+            if not reused or remaining <= 0:
+                raise
+            return await self._exchange(question, msg_for, remaining)
+
+    async def _exchange(self, question: bytes, msg_for: Callable[[int], bytes],
+                        timeout: float) -> bytes:
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[bytes] = loop.create_future()
         timer = loop.call_later(timeout, _expire, fut)
