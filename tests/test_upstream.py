@@ -471,3 +471,29 @@ async def test_a_tls_query_is_retried_once_when_the_reused_connection_closes_und
     finally:
         server.close()
         await server.wait_closed()
+
+
+def test_worker_counts_reach_the_primarys_metrics() -> None:
+    """dns.workers: a worker's drops, mismatches and open sockets show in the node's scrape."""
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    from gateway.metrics import DnsStats, Metrics
+    from gateway.workers import Deltas, add_deltas
+
+    registry = CollectorRegistry()
+    metrics = Metrics(registry)
+    metrics.init_upstreams(["127.0.0.1:53", "tls://127.0.0.1:853"], lambda: 3)
+    add_deltas(DnsStats(), {}, metrics, Deltas(
+        upstream_mismatched={("127.0.0.1:53", "case"): 2}, upstream_dropped={"zone": 5},
+        worker=1, upstream_sockets=4))
+    add_deltas(DnsStats(), {}, metrics, Deltas(worker=2, upstream_sockets=1))
+    add_deltas(DnsStats(), {}, metrics, Deltas(worker=1, upstream_sockets=2))
+    text = generate_latest(registry).decode()
+    assert 'safegate_upstream_mismatched_replies_total{reason="case",upstream="127.0.0.1:53"} ' \
+        '2.0' in text
+    assert 'safegate_upstream_dropped_total{reason="zone"} 5.0' in text
+    assert 'safegate_upstream_dropped_total{reason="inflight"} 0.0' in text
+    assert "safegate_upstream_sockets 6.0" in text          # 3 here + 2 + 1 in workers
+    assert 'safegate_upstream_queries_total{protocol="tls",upstream="tls://127.0.0.1:853"} 0.0' \
+        in text
+    assert 'protocol="udp",upstream="tls://' not in text

@@ -269,7 +269,7 @@ class _TlsConnection:
                 if not fut.done():
                     fut.set_exception(exc)
 
-    def send(self, qid: int, msg: bytes) -> None:
+    def send(self, msg: bytes) -> None:
         self.writer.write(struct.pack(">H", len(msg)) + msg)
 
     def close(self) -> None:
@@ -293,7 +293,6 @@ class _TlsClient:
         self.conn: _TlsConnection | None = None
         self._connecting: asyncio.Task[_TlsConnection] | None = None
         self._idle_timer: asyncio.TimerHandle | None = None
-        self.connects = 0
 
     async def _connection(self) -> _TlsConnection:
         conn = self.conn
@@ -309,7 +308,6 @@ class _TlsClient:
         up = self.upstream
         reader, writer = await asyncio.open_connection(
             up.host, up.port, ssl=self.ctx, server_hostname=up.tls_name or up.host)
-        self.connects += 1
         return _TlsConnection(up, reader, writer, self.observer)
 
     def _opened(self, task: asyncio.Task[_TlsConnection]) -> None:
@@ -347,7 +345,7 @@ class _TlsClient:
             while qid in conn.pending:
                 qid = secrets.randbits(16)
             conn.pending[qid] = (question, fut)
-            conn.send(qid, msg_for(qid))
+            conn.send(msg_for(qid))
             return await fut
         finally:
             timer.cancel()
@@ -411,14 +409,15 @@ class Forwarder:
         self.limits = limits or UpstreamLimits()
         self._inflight: dict[tuple[bytes, bool, bool, bytes], asyncio.Future[bytes]] = {}
         self._zones: dict[bytes, int] = {}   # parent zone -> questions of it in flight
-        self._pools = {u.label: _UdpPool(u, self.limits.sockets, self.limits.socket_uses,
-                                         cfg.qname_0x20, self.observer)
+        # Keyed by the Upstream itself: two entries may share a label (the same address twice,
+        # or one TLS address with two certificate names).
+        self._pools = {u: _UdpPool(u, self.limits.sockets, self.limits.socket_uses,
+                                   cfg.qname_0x20, self.observer)
                        for u in upstreams if u.transport != TLS}
-        self._tls: dict[str, _TlsClient] = {}
+        self._tls: dict[Upstream, _TlsClient] = {}
         if any(u.transport == TLS for u in upstreams):
             ctx = tls_context(cfg.tls_ca)
-            self._tls = {u.label: _TlsClient(u, ctx, self.limits.tls_idle_timeout,
-                                             self.observer)
+            self._tls = {u: _TlsClient(u, ctx, self.limits.tls_idle_timeout, self.observer)
                          for u in upstreams if u.transport == TLS}
 
     def open_sockets(self) -> int:
@@ -524,7 +523,7 @@ class Forwarder:
         start = time.perf_counter()
         if upstream.transport == TLS:
             self.observer.query(upstream.label, "tls")
-            reply = await self._tls[upstream.label].exchange(
+            reply = await self._tls[upstream].exchange(
                 question, lambda qid: wire.build_query(qid, question, do=do, cd=cd, ecs=ecs),
                 timeout)
             self.observer.latency(upstream.label, time.perf_counter() - start)
@@ -543,7 +542,7 @@ class Forwarder:
                    timeout: float, ecs: bytes = b"") -> bytes:
         """One UDP exchange over a socket picked at random from the upstream's pool."""
         loop = asyncio.get_running_loop()
-        pool = self._pools[upstream.label]
+        pool = self._pools[upstream]
         chan = pool.pick(loop)
         qid = secrets.randbits(16)
         while qid in chan.pending:
