@@ -165,8 +165,8 @@ def slow_zone() -> Iterator[SlowZoneUpstream]:
 
 def test_a_random_subdomain_flood_fills_only_its_zone_share(slow_zone: SlowZoneUpstream,
                                                             safegate_factory: Any) -> None:
-    gw = gateway(safegate_factory, [f"127.0.0.1:{slow_zone.port}"], upstream_timeout=3,
-                 query_timeout=3, limits={"upstream": {"inflight": 64,
+    gw = gateway(safegate_factory, [f"127.0.0.1:{slow_zone.port}"], upstream_timeout=5,
+                 query_timeout=5, limits={"upstream": {"inflight": 64,
                                                        "inflight_per_zone": 8}})
     names = [f"r{i}.slow.test" for i in range(40)]
     got = burst(gw.dns_port, names, timeout=30)
