@@ -19,7 +19,7 @@ from gateway.dns.chain import Resolver
 from gateway.dns.doh import DohHandler
 from gateway.dns.dot import DotServer, ReloadableContext
 from gateway.dns.server import DnsServer
-from gateway.dns.upstream import Forwarder, Upstream
+from gateway.dns.upstream import Forwarder, upstreams_from
 from gateway.errors import ConfigError, ConfigErrors, SafeGateError
 from gateway.lists.overlay import Overlay
 from gateway.metrics import GatewayCollector, Metrics
@@ -89,9 +89,10 @@ class Gateway:
         await self._serve_http(metrics_app(self.registry, self.ready), config.metrics_listen)
         loaded = await self.builder.build(None)
         cache = AnswerCache(loaded.config.cache)
-        upstreams = [Upstream(h, p) for h, p in loaded.config.upstreams]
-        self.metrics.init_upstreams([u.label for u in upstreams])
-        forwarder = Forwarder(upstreams, loaded.config.forwarder, self.metrics.upstream_observer())
+        upstreams = upstreams_from(loaded.config.upstreams)
+        forwarder = Forwarder(upstreams, loaded.config.forwarder, self.metrics.upstream_observer(),
+                              limits=loaded.config.limits.upstream)
+        self.metrics.init_upstreams([u.label for u in upstreams], forwarder.open_sockets)
         self.resolver = Resolver(loaded.view, cache, forwarder, self.metrics.dns)
         extra = self.worker_cache   # dns.workers: the other processes' cache counters
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import ipaddress
 import os
 import re
+import ssl
 from collections.abc import Callable
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
@@ -16,6 +17,7 @@ from gateway.dns.upstream import ForwarderConfig
 from gateway.errors import ConfigError
 from gateway.limits import Limits
 from gateway.names import normalize_name
+from gateway.upstream_spec import UpstreamSpec, parse_host_port, parse_upstream
 from gateway.yamlconf import (
     YDict,
     check_keys,
@@ -32,7 +34,7 @@ TOP_KEYS = ("dns", "web", "metrics", "policies", "blocklists", "state_dir", "rel
             "feeds", "feed_guard", "timezone", "subscribers", "proxy", "reports", "limits")
 DNS_KEYS = ("listen", "upstreams", "block_ttl", "tcp_idle_timeout", "upstream_timeout",
             "query_timeout", "cache", "tls", "trusted_frontends", "proxy_protocol", "forward_ecs",
-            "workers")
+            "workers", "upstream_0x20", "upstream_ca")
 TLS_KEYS = ("listen", "cert", "key")
 CACHE_KEYS = ("size", "min_ttl", "max_ttl", "negative_max_ttl", "stale_ttl")
 WEB_KEYS = ("listen", "public_address", "tls")
@@ -129,7 +131,7 @@ class ReportsConfig:
 class GatewayConfig:
     path: Path
     dns_listen: tuple[Address, ...]
-    upstreams: tuple[Address, ...]
+    upstreams: tuple[UpstreamSpec, ...]      # dns.upstreams: plain DNS or tls://
     web_listen: Address
     blockpage_addresses: tuple[str, ...]
     metrics_listen: Address
@@ -167,34 +169,7 @@ class GatewayConfig:
 
 def parse_address(text: str, default_port: int) -> Address:
     """"127.0.0.1:5353", "[::1]:5353", "::1", "0.0.0.0" -> (host, port); ValueError if bad."""
-    text = text.strip()
-    if text.startswith("["):
-        host, sep, rest = text[1:].partition("]")
-        if not sep:
-            raise ValueError("missing ']' after an IPv6 address")
-        port = default_port
-        if rest:
-            if not rest.startswith(":"):
-                raise ValueError("expected ':PORT' after ']'")
-            port = _port(rest[1:])
-    elif text.count(":") == 1:
-        host, port_text = text.split(":")
-        port = _port(port_text)
-    else:
-        host, port = text, default_port
-    try:
-        ipaddress.ip_address(host)
-    except ValueError:
-        if host != "localhost":
-            raise ValueError(f"{host!r} is not an IP address") from None
-        host = "127.0.0.1"
-    return host, port
-
-
-def _port(text: str) -> int:
-    if not text.isdigit() or not 0 < int(text) < 65536:
-        raise ValueError(f"bad port {text!r}")
-    return int(text)
+    return parse_host_port(text, default_port)
 
 
 def format_address(addr: Address) -> str:
@@ -236,11 +211,11 @@ def load_config(path: str | Path) -> GatewayConfig:
     listen = tuple(_addresses(dns.get("listen", ["127.0.0.1:5353"]), "dns.listen", dns, "listen",
                               53))
     if "upstreams" in dns:
-        upstreams = tuple(_addresses(dns["upstreams"], "dns.upstreams", dns, "upstreams", 53))
+        upstreams = _upstreams(dns["upstreams"], dns)
         if not upstreams:
             raise error_at("dns.upstreams is empty", None, dns, "upstreams")
     else:
-        upstreams = tuple(a for a in system_nameservers() if a not in listen)
+        upstreams = tuple(UpstreamSpec(*a) for a in system_nameservers() if a not in listen)
         if not upstreams:
             raise error_at("no dns.upstreams given and none found in /etc/resolv.conf",
                            dns, doc, "dns")
@@ -288,6 +263,9 @@ def load_config(path: str | Path) -> GatewayConfig:
                                "upstream_timeout"),
         query_timeout=_float(dns.get("query_timeout", 4.0), "dns.query_timeout", dns,
                              "query_timeout"),
+        qname_0x20=_bool(dns.get("upstream_0x20", False), "dns.upstream_0x20", dns,
+                         "upstream_0x20"),
+        tls_ca=_upstream_ca(dns, rel),
     )
     identity = expect_mapping(doc.get("gateway"), "gateway", doc, "gateway")
     check_keys(identity, IDENTITY_KEYS, "gateway")
@@ -637,8 +615,8 @@ def _feeds(doc: YDict, rel: Callable[[str], Path], gateway_id: str, gateway_toke
     return tuple(out)
 
 
-def _feed_guard(doc: YDict, feeds: tuple[FeedConfig, ...], upstreams: tuple[Address, ...]
-                ) -> FeedGuardConfig:
+def _feed_guard(doc: YDict, feeds: tuple[FeedConfig, ...],
+                upstreams: tuple[UpstreamSpec, ...]) -> FeedGuardConfig:
     """`feed_guard:`, plus the names a feed must never cut us off from (publishers, upstreams)."""
     guard = expect_mapping(doc.get("feed_guard"), "feed_guard", doc, "feed_guard")
     check_keys(guard, GUARD_KEYS, "feed_guard")
@@ -651,7 +629,7 @@ def _feed_guard(doc: YDict, feeds: tuple[FeedConfig, ...], upstreams: tuple[Addr
             names.append(normalize_name(text).decode("ascii"))
         except ValueError as exc:
             raise error_at(f"feed_guard.never_block: {text!r}: {exc}", item, items, i) from None
-    hosts = [urlsplit(f.url).hostname or "" for f in feeds] + [h for h, _ in upstreams]
+    hosts = [urlsplit(f.url).hostname or "" for f in feeds] + [u.host for u in upstreams]
     for host in hosts:
         try:
             ipaddress.ip_address(host)
@@ -691,6 +669,31 @@ def _addresses(value: Any, what: str, parent: YDict, key: str, default_port: int
         except ValueError as exc:
             raise error_at(f"{what}: {text!r}: {exc}", item, items, i) from None
     return out
+
+
+def _upstreams(value: Any, parent: YDict) -> tuple[UpstreamSpec, ...]:
+    items = expect_list(value, "dns.upstreams", parent, "upstreams")
+    out = []
+    for i, item in enumerate(items):
+        text = expect_str(item, "dns.upstreams", items, i)
+        try:
+            out.append(parse_upstream(text))
+        except ValueError as exc:
+            raise error_at(f"dns.upstreams: {text!r}: {exc}", item, items, i) from None
+    return tuple(out)
+
+
+def _upstream_ca(dns: YDict, rel: Callable[[str], Path]) -> str | None:
+    """`dns.upstream_ca`: a PEM bundle that replaces the system store for tls:// upstreams."""
+    if "upstream_ca" not in dns:
+        return None
+    path = rel(expect_str(dns["upstream_ca"], "dns.upstream_ca", dns, "upstream_ca"))
+    try:
+        ssl.create_default_context(cafile=str(path))
+    except (OSError, ValueError) as exc:   # ssl.SSLError is an OSError
+        raise error_at(f"dns.upstream_ca: {path}: not a readable PEM CA bundle ({exc})", None,
+                       dns, "upstream_ca") from None
+    return str(path)
 
 
 def _int(value: Any, what: str, parent: YDict, key: str, minimum: int) -> int:

@@ -42,6 +42,9 @@ class UpstreamLimits:
 
     inflight: int = 1024                 # distinct questions waiting on all upstreams at once
     inflight_per_zone: int = 64          # of those, under one parent zone (random-subdomain floods)
+    sockets: int = 8                     # UDP sockets (random source ports) open per upstream
+    socket_uses: int = 16                # queries one UDP socket sends before it is replaced
+    tls_idle_timeout: float = 30.0       # a tls:// upstream connection with nothing asked: closed
 
 
 @dataclass(frozen=True)

@@ -114,6 +114,22 @@ class Metrics:
         self.upstream_latency = Histogram(
             "safegate_upstream_request_duration_seconds", "Upstream round-trip time.",
             ["upstream"], buckets=LATENCY_BUCKETS, registry=registry)
+        self.upstream_mismatched = Counter(
+            "safegate_upstream_mismatched_replies",
+            "Upstream replies ignored: unknown_id (late or spoofed), question (ID guessed, "
+            "question wrong), case (dns.upstream_0x20 case not echoed: a spoofing attempt).",
+            ["upstream", "reason"], registry=registry)
+        self.upstream_dropped = Counter(
+            "safegate_upstream_dropped",
+            "Questions answered SERVFAIL without asking an upstream: limits.upstream.inflight "
+            "(inflight) or its per-parent-zone share (zone) was full.",
+            ["reason"], registry=registry)
+        self.upstream_sockets = Gauge(
+            "safegate_upstream_sockets",
+            "UDP sockets and TLS connections open to upstreams (all resolver processes).",
+            registry=registry)
+        # dns.workers: each worker's last reported count, added to the primary's own.
+        self.worker_upstream_sockets: dict[int, int] = {}
         self.reloads = Counter(
             "safegate_config_reloads", "Configuration and list reloads, by result.",
             ["result"], registry=registry)
@@ -133,15 +149,25 @@ class Metrics:
         for result in ("success", "failure"):
             self.reloads.labels(result)
 
-    def init_upstreams(self, labels: list[str]) -> None:
-        """Create every upstream's series at 0, so rate() sees the first error too."""
-        from gateway.dns.upstream import ERROR_REASONS
+    def init_upstreams(self, labels: list[str], open_sockets: Callable[[], int] | None = None
+                       ) -> None:
+        """Create every upstream's series at 0, so rate() sees the first error too.
+
+        `open_sockets`: the primary's forwarder's count, read at scrape time."""
+        from gateway.dns.upstream import DROP_REASONS, ERROR_REASONS, MISMATCH_REASONS
 
         for label in labels:
             for reason in ERROR_REASONS:
                 self.upstream_errors.labels(label, reason)
-            for protocol in ("udp", "tcp"):
+            for reason in MISMATCH_REASONS:
+                self.upstream_mismatched.labels(label, reason)
+            for protocol in ("tls",) if label.startswith("tls://") else ("udp", "tcp"):
                 self.upstream_queries.labels(label, protocol)
+        for reason in DROP_REASONS:
+            self.upstream_dropped.labels(reason)
+        if open_sockets is not None:
+            workers = self.worker_upstream_sockets
+            self.upstream_sockets.set_function(lambda: open_sockets() + sum(workers.values()))
 
     def observe_collector(self, collector: Any) -> None:
         self.registry.register(collector)
@@ -162,3 +188,9 @@ class _UpstreamMetrics(UpstreamObserver):
 
     def latency(self, upstream: str, seconds: float) -> None:
         self.m.upstream_latency.labels(upstream).observe(seconds)
+
+    def mismatch(self, upstream: str, reason: str) -> None:
+        self.m.upstream_mismatched.labels(upstream, reason).inc()
+
+    def dropped(self, reason: str) -> None:
+        self.m.upstream_dropped.labels(reason).inc()

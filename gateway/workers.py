@@ -34,7 +34,7 @@ from gateway.config import GatewayConfig
 from gateway.dns.cache import AnswerCache
 from gateway.dns.chain import Resolver
 from gateway.dns.server import DnsServer
-from gateway.dns.upstream import Forwarder, Upstream, UpstreamObserver
+from gateway.dns.upstream import Forwarder, UpstreamObserver, upstreams_from
 from gateway.lists.index import ListIndex
 from gateway.lists.overlay import Overlay
 from gateway.metrics import DnsStats
@@ -72,6 +72,10 @@ class Deltas:
     upstream_queries: dict[tuple[str, str], int] = field(default_factory=dict)
     upstream_errors: dict[tuple[str, str], int] = field(default_factory=dict)
     upstream_latency: list[tuple[str, float]] = field(default_factory=list)
+    upstream_mismatched: dict[tuple[str, str], int] = field(default_factory=dict)
+    upstream_dropped: dict[str, int] = field(default_factory=dict)
+    worker: int = 0
+    upstream_sockets: int = 0                # open now (a gauge, not a delta)
 
 
 class _Observer(UpstreamObserver):
@@ -81,6 +85,8 @@ class _Observer(UpstreamObserver):
         self.queries: defaultdict[tuple[str, str], int] = defaultdict(int)
         self.errors: defaultdict[tuple[str, str], int] = defaultdict(int)
         self.latencies: list[tuple[str, float]] = []
+        self.mismatched: defaultdict[tuple[str, str], int] = defaultdict(int)
+        self.dropped_: defaultdict[str, int] = defaultdict(int)
 
     def query(self, upstream: str, protocol: str) -> None:
         self.queries[(upstream, protocol)] += 1
@@ -91,6 +97,12 @@ class _Observer(UpstreamObserver):
     def latency(self, upstream: str, seconds: float) -> None:
         if len(self.latencies) < 10_000:   # bounded between reports
             self.latencies.append((upstream, seconds))
+
+    def mismatch(self, upstream: str, reason: str) -> None:
+        self.mismatched[(upstream, reason)] += 1
+
+    def dropped(self, reason: str) -> None:
+        self.dropped_[reason] += 1
 
 
 # ---------------------------------------------------------------- the primary's side
@@ -244,6 +256,12 @@ def add_deltas(stats: DnsStats, cache_extra: dict[str, int], upstream: Any, d: D
         upstream.upstream_errors.labels(label, reason).inc(n)
     for label, seconds in d.upstream_latency:
         upstream.upstream_latency.labels(label).observe(seconds)
+    for (label, reason), n in d.upstream_mismatched.items():
+        upstream.upstream_mismatched.labels(label, reason).inc(n)
+    for reason, n in d.upstream_dropped.items():
+        upstream.upstream_dropped.labels(reason).inc(n)
+    if d.worker:
+        upstream.worker_upstream_sockets[d.worker] = d.upstream_sockets
 
 
 # ---------------------------------------------------------------- the worker's side
@@ -287,8 +305,8 @@ class _Worker:
         assert kind == "state"
         view = self._view(snapshot, build_view)
         config = snapshot.config
-        forwarder = Forwarder([Upstream(h, p) for h, p in config.upstreams], config.forwarder,
-                              self.observer)
+        forwarder = Forwarder(upstreams_from(config.upstreams), config.forwarder, self.observer,
+                              limits=config.limits.upstream)
         self.resolver = Resolver(view, AnswerCache(config.cache), forwarder, DnsStats())
         server = DnsServer(self.resolver, self.listen, self.idle_timeout, reuse_port=True)
         await server.start()
@@ -338,6 +356,7 @@ class _Worker:
         last_b: list[int] = []
         last_sum = 0.0
         last_cache: dict[str, int] = {}
+        last_sockets = -1
         while True:
             await asyncio.sleep(STATS_INTERVAL)
             assert self.resolver is not None
@@ -351,13 +370,20 @@ class _Worker:
             d = Deltas(queries, buckets, stats.duration_sum - last_sum,
                        {k: v - last_cache.get(k, 0) for k, v in now_cache.items()},
                        dict(self.observer.queries), dict(self.observer.errors),
-                       self.observer.latencies)
+                       self.observer.latencies, dict(self.observer.mismatched),
+                       dict(self.observer.dropped_), self.id,
+                       self.resolver.forwarder.open_sockets())
             self.observer.queries.clear()
             self.observer.errors.clear()
             self.observer.latencies = []
+            self.observer.mismatched.clear()
+            self.observer.dropped_.clear()
             last_q, last_b, last_sum, last_cache = (dict(stats.queries), list(stats.buckets),
                                                     stats.duration_sum, now_cache)
-            if queries or d.upstream_queries or d.upstream_errors or any(d.cache.values()):
+            sockets_changed = d.upstream_sockets != last_sockets
+            last_sockets = d.upstream_sockets
+            if queries or d.upstream_queries or d.upstream_errors or any(d.cache.values()) \
+                    or d.upstream_mismatched or d.upstream_dropped or sockets_changed:
                 try:
                     self.conn.send(("stats", d))
                 except (BrokenPipeError, OSError):

@@ -7,7 +7,10 @@ queries, replying late or wrongly) cannot be provoked from a real resolver on de
 from __future__ import annotations
 
 import asyncio
+import ssl
+import struct
 from collections.abc import Callable
+from pathlib import Path
 
 import dns.flags
 import dns.message
@@ -15,7 +18,19 @@ import dns.rdatatype
 import dns.rrset
 import pytest
 
-from gateway.dns.upstream import Forwarder, ForwarderConfig, Upstream, UpstreamError
+from gateway.config import load_config
+from gateway.dns.upstream import (
+    Forwarder,
+    ForwarderConfig,
+    Upstream,
+    UpstreamBusy,
+    UpstreamError,
+    UpstreamObserver,
+    upstreams_from,
+)
+from gateway.errors import ConfigError
+from gateway.limits import UpstreamLimits
+from gateway.upstream_spec import UpstreamSpec, parse_upstream
 
 QUESTION = dns.message.make_query("www.example.test", "A").to_wire()[12:]
 
@@ -203,3 +218,282 @@ async def test_a_benched_upstream_is_logged_once_per_outage(caplog: pytest.LogCa
             assert len([r for r in caplog.records if "benched" in r.getMessage()]) == 2
     finally:
         t1.close()
+
+
+# ---------------------------------------------------------------- sockets, 0x20, in-flight caps
+
+
+class Recording(Scripted):
+    """Scripted, and remembers each query's raw bytes and source port."""
+
+    def __init__(self, respond: Callable[[dns.message.Message], list[bytes]],
+                 delay: float = 0.0) -> None:
+        super().__init__(respond, delay)
+        self.raw: list[bytes] = []
+        self.ports: list[int] = []
+
+    def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
+        self.raw.append(data)
+        self.ports.append(addr[1])
+        super().datagram_received(data, addr)
+
+
+def question(name: str) -> bytes:
+    return dns.message.make_query(name, "A").to_wire()[12:]  # type: ignore[no-any-return]
+
+
+async def test_concurrent_misses_share_a_bounded_socket_pool() -> None:
+    """Issue #10 item 1: thousands of concurrent misses must not each open a socket (and leak
+    all but one); afterwards only the pool stays open."""
+    proto = Recording(lambda m: [answer(m)], delay=0.05)
+    transport, port = await serve(proto)
+    try:
+        limits = UpstreamLimits(inflight=5000, inflight_per_zone=5000, sockets=4, socket_uses=8)
+        # (the scripted server's receive buffer drops part of such a burst: those time out)
+        fwd = Forwarder([Upstream("127.0.0.1", port)],
+                        ForwarderConfig(attempt_timeout=0.5, fail_threshold=10**6),
+                        limits=limits)
+        peak = 0
+
+        async def one(i: int) -> bytes:
+            nonlocal peak
+            peak = max(peak, fwd.open_sockets())
+            return await fwd.resolve(question(f"n{i}.example.test"), do=False, cd=False)
+
+        replies = await asyncio.gather(*(one(i) for i in range(2000)), return_exceptions=True)
+        assert any(isinstance(r, bytes) for r in replies)
+        # in flight: at most the pool plus one retired socket per pending query
+        assert peak <= 4 + 2000
+        assert fwd.open_sockets() <= 4
+        # every socket served at most socket_uses queries
+        counts = {p: proto.ports.count(p) for p in set(proto.ports)}
+        assert max(counts.values()) <= 8
+        fwd.close()
+        assert fwd.open_sockets() == 0
+    finally:
+        transport.close()
+
+
+async def test_sequential_queries_rotate_random_source_ports() -> None:
+    proto = Recording(lambda m: [answer(m)])
+    transport, port = await serve(proto)
+    try:
+        fwd = Forwarder([Upstream("127.0.0.1", port)], ForwarderConfig(),
+                        limits=UpstreamLimits(sockets=8, socket_uses=16))
+        for i in range(320):
+            await fwd.resolve(question(f"s{i}.example.test"), do=False, cd=False)
+        counts = {p: proto.ports.count(p) for p in set(proto.ports)}
+        assert max(counts.values()) <= 16
+        assert len(counts) >= 320 // 16
+        assert fwd.open_sockets() <= 8
+        fwd.close()
+    finally:
+        transport.close()
+
+
+class Observed(UpstreamObserver):
+    def __init__(self) -> None:
+        self.mismatches: list[tuple[str, str]] = []
+        self.drops: list[str] = []
+        self.errors: list[tuple[str, str]] = []
+
+    def mismatch(self, upstream: str, reason: str) -> None:
+        self.mismatches.append((upstream, reason))
+
+    def dropped(self, reason: str) -> None:
+        self.drops.append(reason)
+
+    def error(self, upstream: str, reason: str) -> None:
+        self.errors.append((upstream, reason))
+
+
+async def test_0x20_sends_mixed_case_and_ignores_a_lowercased_echo() -> None:
+    name = "www.mixed-case-example.test"
+    echo = Recording(lambda m: [answer(m)])
+    t1, echo_port = await serve(echo)
+
+    def lowercased(m: dns.message.Message) -> list[bytes]:
+        wire_reply = bytearray(answer(m))
+        n = len(m.question[0].name.to_wire())
+        wire_reply[12:12 + n] = bytes(wire_reply[12:12 + n]).lower()
+        return [bytes(wire_reply)]
+
+    spoofy = Recording(lowercased)
+    t2, spoofy_port = await serve(spoofy)
+    try:
+        seen = Observed()
+        fwd = Forwarder([Upstream("127.0.0.1", echo_port)], ForwarderConfig(qname_0x20=True),
+                        seen)
+        for i in range(8):
+            got = dns.message.from_wire(await fwd.resolve(question(f"{i}{name}"), do=False,
+                                                          cd=False))
+            assert got.answer[0][0].address == "192.0.2.1"
+        sent = [dns.message.from_wire(r).question[0].name.to_text() for r in echo.raw]
+        assert all(s.lower() == f"{i}{name}." for i, s in enumerate(sent))
+        assert any(s != s.lower() for s in sent)   # 8 names x 23 letters: never all lower
+        assert seen.mismatches == []
+
+        fwd = Forwarder([Upstream("127.0.0.1", spoofy_port)],
+                        ForwarderConfig(qname_0x20=True, attempt_timeout=0.2,
+                                        query_timeout=0.3), seen)
+        q = question(name)
+        with pytest.raises(UpstreamError):
+            await fwd.resolve(q, do=False, cd=False)
+        if dns.message.from_wire(spoofy.raw[0]).question[0].name.to_text() != name + ".":
+            assert seen.mismatches == [(f"127.0.0.1:{spoofy_port}", "case")]
+        # 0x20 off (the default): case is not checked, the same server's reply is used
+        fwd = Forwarder([Upstream("127.0.0.1", spoofy_port)], ForwarderConfig())
+        assert (await fwd.resolve(q, do=False, cd=False))[3] & 0xF == 0
+    finally:
+        t1.close()
+        t2.close()
+
+
+async def test_inflight_caps_answer_busy_at_once() -> None:
+    silent = Recording(lambda m: [])
+    transport, port = await serve(silent)
+    try:
+        seen = Observed()
+        fwd = Forwarder([Upstream("127.0.0.1", port)],
+                        ForwarderConfig(attempt_timeout=5, query_timeout=5), seen,
+                        limits=UpstreamLimits(inflight=6, inflight_per_zone=4))
+        flood = [asyncio.ensure_future(fwd.resolve(question(f"r{i}.flood.test"), do=False,
+                                                   cd=False)) for i in range(10)]
+        await asyncio.sleep(0)
+        busy = [f for f in flood if f.done()]
+        assert len(busy) == 6 and all(isinstance(f.exception(), UpstreamBusy) for f in busy)
+        assert seen.drops == ["zone"] * 6
+        other = [asyncio.ensure_future(fwd.resolve(question(f"o{i}.other.test"), do=False,
+                                                   cd=False)) for i in range(3)]
+        await asyncio.sleep(0)
+        assert [f.done() for f in other] == [False, False, True]
+        assert seen.drops[-1] == "inflight"
+        exc = other[2].exception()
+        assert isinstance(exc, UpstreamBusy) and exc.ede[4:6] == b"\x00\x0e"   # EDE 14
+        # a question already in flight is shared, never refused
+        again = asyncio.ensure_future(fwd.resolve(question("r0.flood.test"), do=False, cd=False))
+        await asyncio.sleep(0)
+        assert not again.done()
+        for f in [*flood, *other, again]:
+            f.cancel()
+        await asyncio.gather(*flood, *other, again, return_exceptions=True)
+        assert fwd._zones == {} and fwd._inflight == {}
+        fwd.close()
+    finally:
+        transport.close()
+
+
+# ---------------------------------------------------------------- dns.upstreams entries
+
+
+@pytest.mark.parametrize(("text", "spec"), [
+    ("127.0.0.1", UpstreamSpec("127.0.0.1", 53)),
+    ("udp://[::1]:5353", UpstreamSpec("::1", 5353)),
+    ("tls://127.0.0.1", UpstreamSpec("127.0.0.1", 853, "tls")),
+    ("tls://127.0.0.1:8853#Dot.Test.", UpstreamSpec("127.0.0.1", 8853, "tls", "dot.test")),
+    ("TLS://[::1]#dot.test", UpstreamSpec("::1", 853, "tls", "dot.test")),
+])
+def test_upstream_entries_parse(text: str, spec: UpstreamSpec) -> None:
+    assert parse_upstream(text) == spec
+
+
+@pytest.mark.parametrize(("text", "problem"), [
+    ("https://127.0.0.1", "unknown scheme"),
+    ("127.0.0.1#dot.test", "only for tls://"),
+    ("tls://dns.example:853", "not an IP address"),
+    ("tls://127.0.0.1#bad name", "bad certificate name"),
+    ("tls://127.0.0.1:99999", "bad port"),
+])
+def test_bad_upstream_entries_say_why(text: str, problem: str) -> None:
+    with pytest.raises(ValueError, match=problem):
+        parse_upstream(text)
+
+
+def test_config_errors_name_the_upstream_line(tmp_path: Path) -> None:
+    cfg = tmp_path / "gateway.yaml"
+    cfg.write_text("dns:\n  upstreams:\n    - 127.0.0.1\n    - tls://127.0.0.1#bad name\n")
+    with pytest.raises(ConfigError, match=r"gateway.yaml:4: .*bad certificate name"):
+        load_config(cfg)
+    cfg.write_text("dns:\n  upstreams: ['tls://127.0.0.1']\n  upstream_ca: nope.pem\n")
+    with pytest.raises(ConfigError, match=r"gateway.yaml:3: dns.upstream_ca: .*nope.pem"):
+        load_config(cfg)
+    cfg.write_text("dns:\n  upstreams: ['tls://127.0.0.1#dot.test', '[::1]:5353']\n"
+                   "  upstream_0x20: true\n")
+    loaded = load_config(cfg)
+    assert loaded.upstreams == (UpstreamSpec("127.0.0.1", 853, "tls", "dot.test"),
+                                UpstreamSpec("::1", 5353))
+    assert loaded.forwarder.qname_0x20 and loaded.forwarder.tls_ca is None
+    assert [u.label for u in upstreams_from(loaded.upstreams)] == \
+        ["tls://127.0.0.1:853", "[::1]:5353"]
+
+
+async def test_a_tls_query_is_retried_once_when_the_reused_connection_closes_under_it(
+        tmp_path: Path) -> None:
+    """The server's idle timeout can race a query on the persistent connection: the query
+    goes out again on a fresh connection instead of failing."""
+    from tests.test_upstream_e2e import make_ca_and_cert
+
+    ca, cert, key = make_ca_and_cert(tmp_path, "dot.test")
+    server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server_ctx.load_cert_chain(cert, key)
+    connections: list[int] = []
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        connections.append(len(connections))
+        first = len(connections) == 1
+        try:
+            for answered in range(10):
+                size = struct.unpack(">H", await reader.readexactly(2))[0]
+                msg = dns.message.from_wire(await reader.readexactly(size))
+                if first and answered == 1:
+                    return          # hang up on the second query of the first connection
+                reply = answer(msg)
+                writer.write(struct.pack(">H", len(reply)) + reply)
+        except asyncio.IncompleteReadError:
+            pass
+        finally:
+            writer.close()
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0, ssl=server_ctx)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        seen = Observed()
+        fwd = Forwarder([Upstream("127.0.0.1", port, "tls", "dot.test")],
+                        ForwarderConfig(tls_ca=str(ca)), seen)
+        for name in ("one.example.test", "two.example.test", "three.example.test"):
+            got = dns.message.from_wire(await fwd.resolve(question(name), do=False, cd=False))
+            assert got.answer[0][0].address == "192.0.2.1"
+        assert len(connections) == 2 and seen.errors == []
+        assert fwd.open_sockets() == 1
+        fwd.close()
+        await asyncio.sleep(0)
+        assert fwd.open_sockets() == 0
+    finally:
+        server.close()
+        await server.wait_closed()
+
+
+def test_worker_counts_reach_the_primarys_metrics() -> None:
+    """dns.workers: a worker's drops, mismatches and open sockets show in the node's scrape."""
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    from gateway.metrics import DnsStats, Metrics
+    from gateway.workers import Deltas, add_deltas
+
+    registry = CollectorRegistry()
+    metrics = Metrics(registry)
+    metrics.init_upstreams(["127.0.0.1:53", "tls://127.0.0.1:853"], lambda: 3)
+    add_deltas(DnsStats(), {}, metrics, Deltas(
+        upstream_mismatched={("127.0.0.1:53", "case"): 2}, upstream_dropped={"zone": 5},
+        worker=1, upstream_sockets=4))
+    add_deltas(DnsStats(), {}, metrics, Deltas(worker=2, upstream_sockets=1))
+    add_deltas(DnsStats(), {}, metrics, Deltas(worker=1, upstream_sockets=2))
+    text = generate_latest(registry).decode()
+    assert 'safegate_upstream_mismatched_replies_total{reason="case",upstream="127.0.0.1:53"} ' \
+        '2.0' in text
+    assert 'safegate_upstream_dropped_total{reason="zone"} 5.0' in text
+    assert 'safegate_upstream_dropped_total{reason="inflight"} 0.0' in text
+    assert "safegate_upstream_sockets 6.0" in text          # 3 here + 2 + 1 in workers
+    assert 'safegate_upstream_queries_total{protocol="tls",upstream="tls://127.0.0.1:853"} 0.0' \
+        in text
+    assert 'protocol="udp",upstream="tls://' not in text

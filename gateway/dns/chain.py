@@ -32,7 +32,7 @@ from gateway.dns import proxyproto, rewrite, wire
 from gateway.dns.answers import BlockAnswers, any_reply, refused_reply
 from gateway.dns.cache import AnswerCache, CacheConfig, Entry, entry_from_reply
 from gateway.dns.svcb import TYPE_HTTPS, TYPE_SVCB, strip_ech
-from gateway.dns.upstream import Forwarder, UpstreamError
+from gateway.dns.upstream import Forwarder, UpstreamBusy, UpstreamError
 from gateway.metrics import DnsStats
 from gateway.netindex import PrefixMap
 
@@ -262,9 +262,9 @@ class Resolver:
             now = self.clock()
             stale = self.cache.get_stale(key, now)
             if stale is None:
-                log.info("upstreams failed for a SafeSearch target: %s", exc)
+                _log_failure(exc, "a SafeSearch target")
                 count("servfail", "", profile.tier, protocol, time.perf_counter() - start)
-                return wire.error_reply(q, wire.SERVFAIL)
+                return wire.error_reply(q, wire.SERVFAIL, exc.ede)
             entry: Entry | None = stale
             target_reply = stale.reply(tq, now, TCP_LIMIT, stale=True)
         else:
@@ -313,9 +313,9 @@ class Resolver:
                 count("blocked" if blocked else "stale", blocked.category if blocked else "",
                       profile.tier, protocol, time.perf_counter() - start)
                 return reply
-            log.info("upstreams failed for a query: %s", exc)
+            _log_failure(exc, "a query")
             count("servfail", "", profile.tier, protocol, time.perf_counter() - start)
-            return wire.error_reply(q, wire.SERVFAIL)
+            return wire.error_reply(q, wire.SERVFAIL, exc.ede)
         now = self.clock()
         try:
             if cache_key is not None:
@@ -342,6 +342,13 @@ class Resolver:
         count("blocked" if blocked else "allowed", blocked.category if blocked else "",
               profile.tier, protocol, time.perf_counter() - start)
         return reply
+
+
+def _log_failure(exc: UpstreamError, what: str) -> None:
+    # Over the in-flight cap is a flood's normal outcome (counted by a metric): no log line
+    # per query at INFO.
+    log.log(logging.DEBUG if isinstance(exc, UpstreamBusy) else logging.INFO,
+            "upstreams failed for %s: %s", what, exc)
 
 
 def _uncached_entry(raw: bytes, now: float) -> Entry | None:

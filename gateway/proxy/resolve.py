@@ -16,7 +16,7 @@ from collections.abc import Callable
 from dnslib import QTYPE, RCODE, DNSRecord
 
 from gateway.config import GatewayConfig
-from gateway.dns.upstream import Forwarder, Upstream, UpstreamError
+from gateway.dns.upstream import Forwarder, UpstreamError, upstreams_from
 from gateway.dns.wire import key_to_wire
 from gateway.names import normalize_name
 
@@ -39,7 +39,8 @@ class UpstreamResolver:
 
     @classmethod
     def from_config(cls, config: GatewayConfig) -> UpstreamResolver:
-        return cls(Forwarder([Upstream(h, p) for h, p in config.upstreams], config.forwarder))
+        return cls(Forwarder(upstreams_from(config.upstreams), config.forwarder,
+                             limits=config.limits.upstream))
 
     async def address(self, host: str) -> str:
         """An IP literal is returned as is; a name is resolved (A, then AAAA)."""
