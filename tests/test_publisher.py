@@ -25,6 +25,7 @@ from gateway.errors import ConfigError
 from gateway.feeds.format import Entry, LegalBasis, parse_feed
 from gateway.feeds.rpz import to_rpz
 from gateway.feeds.signing import Verifier, generate_keys, load_signer
+from gateway.limits import PublisherLimits
 from gateway.publisher.app import BUILDER, make_app
 from gateway.publisher.config import load_publisher_config
 from gateway.publisher.edits import never_block_conflict
@@ -89,6 +90,11 @@ def setup(tmp_path: Path) -> PublisherSetup:
     ("listen: ':1'\ndatabase: d\nsigning_key: k\ndiff_history: 0\n", 4, "diff_history"),
     ("listen: ':1'\ndatabase: d\nsigning_key: k\ntls: {cert: c}\n", 4, "tls needs 'key'"),
     ("listen: ':1'\ndatabase: d\nsigning_key: k\nadmin_token: 'x'\n", 4, "admin_token must"),
+    ("listen: ':1'\ndatabase: d\nsigning_key: k\nheartbeat: 0\n", 4, "heartbeat must be"),
+    ("listen: ':1'\ndatabase: d\nsigning_key: k\nlimits:\n  ack_bytes: 0\n", 5,
+     "limits.ack_bytes must be an integer"),
+    ("listen: ':1'\ndatabase: d\nsigning_key: k\nlimits:\n  series: 3\n", 5,
+     "unknown key 'series'"),
 ])
 def test_config_errors_name_file_and_line(tmp_path: Path, text: str, line: int,
                                           problem: str) -> None:
@@ -111,6 +117,8 @@ def test_config_defaults_and_relative_paths(tmp_path: Path) -> None:
     assert cfg.never_block == ("gov.vn", "edu.vn")
     assert (cfg.max_change_ratio, cfg.max_change_entries) == (0.10, 1000)
     assert cfg.admin_token is None and cfg.gateways == {} and cfg.overdue_after_hours == 24
+    assert cfg.heartbeat == 3600 and cfg.limits == PublisherLimits()
+    assert (cfg.limits.ack_bytes, cfg.limits.stats_series) == (4 * 1024 * 1024, 256)
 
 
 # ------------------------------------------------------------------ guard rails, rpz
