@@ -42,7 +42,7 @@ METRICS_KEYS = ("listen",)
 RELOAD_KEYS = ("watch_interval",)
 IDENTITY_KEYS = ("id", "token", "report_stats")
 FEED_KEYS = ("name", "url", "type", "public_key", "interval", "category", "mandatory", "acks",
-             "long_poll")
+             "long_poll", "max_age")
 FEED_TYPES = ("safegate", "hosts", "domains", "adblock", "rpz")
 GUARD_KEYS = ("never_block", "max_change")
 MAX_CHANGE_KEYS = ("ratio", "entries")
@@ -68,6 +68,10 @@ class FeedConfig:
     mandatory: bool = False
     acks: bool = False
     long_poll: float = 30.0
+    # Oldest a signed feed's newest verified document may be (by its signed generated_at)
+    # before the feed counts as stale. Publishers re-sign every hour by default (heartbeat);
+    # the client fetches a fresh copy at max_age / 2.
+    max_age: float = 86400.0
 
     @property
     def signed(self) -> bool:
@@ -610,8 +614,14 @@ def _feeds(doc: YDict, rel: Callable[[str], Path], gateway_id: str, gateway_toke
                 or not 0 <= long_poll <= 60:
             raise error_at(f"{what}: long_poll must be 0 (off) to 60 seconds, got {long_poll!r}",
                            None, item, "long_poll")
+        max_age = FeedConfig.max_age
+        if "max_age" in item:
+            if ftype != "safegate":
+                raise error_at(f"{what}: max_age is only for type safegate (a plain list carries "
+                               "no signed time)", None, item, "max_age")
+            max_age = _float(item["max_age"], f"{what}: max_age", item, "max_age")
         out.append(FeedConfig(name, url, ftype, tuple(keys), interval, category, mandatory,
-                              acks, float(long_poll)))
+                              acks, float(long_poll), max_age))
     return tuple(out)
 
 

@@ -62,7 +62,8 @@ class FileLimits:
 
     config_bytes: int = 4 * MIB          # gateway.yaml, policy files, lists.yaml, subscribers
     list_bytes: int = 2048 * MIB         # one blocklist file
-    feed_bytes: int = 256 * MIB          # one downloaded feed document or list
+    feed_bytes: int = 256 * MIB          # one downloaded feed document or list (a 100k-entry
+                                         # snapshot is ~25 MB; bigger is refused, LKG kept)
 
 
 @dataclass(frozen=True)
@@ -87,6 +88,20 @@ class RrlLimits:
     ipv6_prefix: int = 56
     exempt: tuple[str, ...] = ()         # networks never limited (trusted front ends are, too)
     table_size: int = 65_536             # tracked (prefix, response) buckets
+
+
+@dataclass(frozen=True)
+class PublisherLimits:
+    """The feed publisher's ack endpoint: `limits:` in publisher.yaml (not gateway.yaml)."""
+
+    # One POST /v1/acks body. A gateway's outbox sends at most 1000 entries (~200 KB) and a
+    # bounded number of stats rows per POST, so this leaves room without letting one gateway
+    # token make the publisher hold megabytes per request.
+    ack_bytes: int = 4 * MIB
+    # Distinct (category, tier) stats series kept per gateway: each becomes two /metrics
+    # series, so an ack listing 5,000 invented categories must not grow /metrics by 10,000.
+    # Rows for further pairs are dropped (safegate_publisher_ack_stats_dropped_total).
+    stats_series: int = 256
 
 
 @dataclass(frozen=True)

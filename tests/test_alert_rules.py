@@ -12,8 +12,9 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 RULES = REPO / "deploy/prometheus/alerts.yml"
 RULE_TESTS = REPO / "deploy/prometheus/tests/alerts_test.yml"
-ALERTS = ("SafeGateFeedStale", "SafeGateEnforcementOverdue", "SafeGateProbeFailures",
-          "SafeGateGatewayNotAcking", "SafeGateGatewayLagging", "SafeGatePublisherOverdue",
+ALERTS = ("SafeGateFeedStale", "SafeGateFeedDocumentStale", "SafeGateEnforcementOverdue",
+          "SafeGateProbeFailures", "SafeGateGatewayNotAcking", "SafeGateGatewayLagging",
+          "SafeGatePublisherOverdue",
           "SafeGateDnsDown")
 
 

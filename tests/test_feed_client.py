@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,7 +24,7 @@ from gateway.app import Gateway
 from gateway.cli_gateway_feed import confirm, status
 from gateway.config import load_config
 from gateway.feeds.client import Rejected, looks_truncated
-from gateway.feeds.format import Entry, Feed, LegalBasis
+from gateway.feeds.format import Entry, Feed, LegalBasis, now_iso
 from gateway.feeds.manager import FeedManager
 from gateway.feeds.signing import SIGNATURE_HEADER, Signer, generate_keys, load_signer
 from tests.support import unbound as ub
@@ -43,8 +44,9 @@ def entry(eid: str, value: str, *, mandatory: bool = True, etype: str = "domain"
 
 
 def doc(serial: int, entries: list[Entry], since: int | None = None,
-        removed: tuple[str, ...] = ()) -> bytes:
-    return Feed(serial, ISSUED, tuple(entries), removed, since).to_bytes()
+        removed: tuple[str, ...] = (), generated_at: str | None = None) -> bytes:
+    """Signed now unless told otherwise (an old document makes the feed stale: max_age)."""
+    return Feed(serial, generated_at or now_iso(), tuple(entries), removed, since).to_bytes()
 
 
 @dataclass
@@ -205,6 +207,75 @@ async def test_bad_documents_are_rejected_and_the_previous_list_stays(
         publisher.serve(newer, signer)
         assert await client.poll_once() == "updated"
         assert await blocked(gateway, "phish.example")
+    finally:
+        await m.stop()
+
+
+def _iso(ts: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ts))
+
+
+async def test_document_age_max_age_and_what_a_304_is_worth(
+        tmp_path: Path, unbound: ub.UnboundServer, gateway: Gateway, publisher: Publisher,
+        keys: tuple[Signer, Path, Signer]) -> None:
+    """The age is the signed generated_at of the newest verified document: an old one makes
+    the feed stale at once (last_success stays 0), past max_age / 2 the client asks without
+    If-None-Match and refuses a 304; a re-signed copy (heartbeat) makes it fresh, is stored,
+    and counts again after a restart; then 304s to conditional polls are success again."""
+    signer, pub, _ = keys
+    cfg = feed_config(tmp_path / "feeds", unbound.port,
+                      [feed_item(publisher.url, pub, max_age=3600)])
+    entries = [entry("E-1", "malware.example")]
+    old = doc(1, entries, generated_at=_iso(time.time() - 10 * 3600))
+    m = await manager_for(gateway, cfg)
+    client = m.clients["central"]
+
+    def metric(name: str) -> float:
+        for fam in (m.metrics.document_age, m.metrics.stale, m.metrics.last_success):
+            for smp in next(iter(fam.collect())).samples:
+                if smp.name == name and smp.labels == {"feed": "central"}:
+                    return float(smp.value)
+        return 0.0   # last_success before the first success: no sample
+
+    try:
+        assert metric("safegate_feed_document_age_seconds") == float("inf")
+        assert metric("safegate_feed_stale") == 1
+        publisher.serve(old, signer)
+        assert await client.poll_once() == "updated"   # applied: blocks are never refused
+        assert await blocked(gateway, "malware.example")
+        assert 10 * 3600 <= metric("safegate_feed_document_age_seconds") < 10 * 3600 + 60
+        assert metric("safegate_feed_stale") == 1
+        assert metric("safegate_feed_last_success_timestamp_seconds") == 0
+        assert client.check_fresh() is False
+
+        # old: the next poll is unconditional; a 304 to it, or the same old copy, is refused
+        publisher.reply = lambda r: web.Response(status=304)
+        with pytest.raises(Rejected) as info:
+            await client.poll_once()
+        assert info.value.reason == "not_modified"
+        asked = publisher.requests[-1]
+        assert asked["query"] == {} and "If-None-Match" not in asked["headers"]
+        assert asked["headers"]["Cache-Control"] == "no-cache"
+        publisher.serve(old, signer)
+        with pytest.raises(Rejected) as info:
+            await client.poll_once()
+        assert info.value.reason == "stale"
+        assert metric("safegate_feed_last_success_timestamp_seconds") == 0
+
+        resigned = doc(1, entries)   # same serial and entries, signed now
+        publisher.serve(resigned, signer)
+        assert await client.poll_once() == "unchanged"
+        assert metric("safegate_feed_document_age_seconds") < 60
+        assert metric("safegate_feed_stale") == 0 and client.check_fresh() is True
+        assert metric("safegate_feed_last_success_timestamp_seconds") > 0
+        publisher.reply = lambda r: web.Response(status=304)
+        assert await client.poll_once() == "unchanged"   # conditional again, and trusted
+        assert publisher.requests[-1]["query"]["since"] == "1"
+    finally:
+        await m.stop()
+    m = await manager_for(gateway, cfg)   # a restart re-verifies the stored re-signed copy
+    try:
+        assert m.clients["central"].document_age() < 60
     finally:
         await m.stop()
 
@@ -393,6 +464,47 @@ async def test_plain_domains_feed_uses_etag_and_304(
         await m2.stop()
 
 
+async def test_plain_list_over_feed_bytes_is_refused_and_the_old_list_stays(
+        tmp_path: Path, unbound: ub.UnboundServer, gateway: Gateway,
+        publisher: Publisher) -> None:
+    """limits.files.feed_bytes bounds every download, declared (Content-Length) or streamed
+    (chunked, no length): refused with reason too_big, the list in force stays."""
+    small = b"malware.example\n"
+    big = b"".join(b"n%d.example\n" % i for i in range(20))
+    state = {"body": small, "chunked": False}
+
+    async def reply(request: web.Request) -> web.StreamResponse:
+        if not state["chunked"]:
+            return web.Response(body=state["body"], content_type="text/plain")
+        resp = web.StreamResponse()
+        resp.enable_chunked_encoding()
+        await resp.prepare(request)
+        for i in range(0, len(big), 16):
+            await resp.write(big[i:i + 16])
+        await resp.write_eof()
+        return resp
+
+    publisher.reply = reply
+    cfg = feed_config(tmp_path / "feeds", unbound.port, [
+        {"name": "isp", "url": publisher.url, "type": "domains", "category": "malware",
+         "mandatory": True, "interval": 60}], limits={"files": {"feed_bytes": 100}})
+    m = await manager_for(gateway, cfg)
+    client = m.clients["isp"]
+    try:
+        assert await client.poll_once() == "updated"
+        state["body"] = big
+        for chunked in (False, True):
+            state["chunked"] = chunked
+            with pytest.raises(Rejected) as exc:
+                await client.poll_once()
+            assert exc.value.reason == "too_big" and "feed_bytes (100)" in str(exc.value)
+        assert sample(m, "safegate_feed_rejected_total", feed="isp", reason="too_big") == 2
+        assert await blocked(gateway, "malware.example")
+        assert not await blocked(gateway, "n1.example")
+    finally:
+        await m.stop()
+
+
 async def test_acks_reach_the_publisher_with_entry_states(
         tmp_path: Path, unbound: ub.UnboundServer, gateway: Gateway, publisher: Publisher,
         keys: tuple[Signer, Path, Signer]) -> None:
@@ -432,6 +544,10 @@ async def test_config_errors_name_file_and_line(tmp_path: Path, unbound: ub.Unbo
          "unknown key 'color'"),
         ({"name": "x", "url": "http://h/v1/feed", "public_key": str(pub)}, "acks need"),
         ({"name": "x", "url": "ftp://h/", "public_key": str(pub), "acks": False}, r"http\(s\)"),
+        ({"name": "x", "url": "http://h/l", "type": "domains", "category": "malware",
+          "max_age": 60}, "max_age is only for type safegate"),
+        ({"name": "x", "url": "http://h/v1/feed", "public_key": str(pub), "acks": False,
+          "max_age": 0}, "max_age must be a positive number of seconds"),
     ]
     for item, message in bad:
         cfg = feed_config(tmp_path / "c", unbound.port, [item])
@@ -443,6 +559,7 @@ async def test_config_errors_name_file_and_line(tmp_path: Path, unbound: ub.Unbo
          "acks": False}], feed_guard={"never_block": ["gov.vn"]})
     c = load_config(good)
     assert c.feeds[0].type == "safegate" and c.feeds[0].long_poll == 30
+    assert c.feeds[0].max_age == 86400
     assert c.feed_guard.never_block == ("gov.vn", "feeds.example.vn")
 
 

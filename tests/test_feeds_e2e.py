@@ -7,23 +7,28 @@ reachable still enforces; a removal lifts the block; the report matches the ledg
 
 from __future__ import annotations
 
+import asyncio
 import json
 import sqlite3
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import dns.edns
 import dns.message
 import dns.query
 import dns.rcode
 import pytest
+from aiohttp import web
+from prometheus_client.parser import text_string_to_metric_families
 
 from tests.support import unbound as ub
-from tests.support.procs import REPO_ROOT, SafeGateProcess
+from tests.support.procs import REPO_ROOT, SafeGateProcess, free_port
 from tests.support.publisher import (
     ADMIN_TOKEN,
     PublisherProcess,
@@ -202,3 +207,148 @@ def test_report_matches_the_ledger(publisher: PublisherProcess, unbound: ub.Unbo
     assert section["latency"]["median_s"] == pytest.approx(latencies[2], abs=1e-3)
     assert section["latency"]["p95_s"] == pytest.approx(latencies[4], abs=1e-3)
     assert {e["id"] for e in section["entries"]} == {e["id"] for e in batch}
+
+
+# ---------------------------------------------------------------------- freshness, size
+
+
+def gauge(gw: SafeGateProcess, name: str, **labels: str) -> float:
+    """One sample of the gateway's /metrics (0 when absent, as a counter never touched)."""
+    for fam in text_string_to_metric_families(gw.metrics_text()):
+        for s in fam.samples:
+            if s.name == name and s.labels == labels:
+                return float(s.value)
+    return 0.0
+
+
+class Relay:
+    """An HTTP cache between publisher and gateway (aiohttp, in its own thread): it forwards
+    the first `forward` requests, then answers 304 Not Modified to everything, as a broken or
+    hostile cache may, until `forward` is raised again."""
+
+    def __init__(self, upstream: str, forward: int = 1) -> None:
+        self.upstream = upstream
+        self.forward = forward
+        self.requests: list[dict[str, str]] = []
+        self.port = free_port(v6=False, udp=False)
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.runner: web.AppRunner | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    async def _handle(self, request: web.Request) -> web.StreamResponse:
+        self.requests.append(dict(request.headers))
+        if self.forward <= 0:
+            return web.Response(status=304, headers={"ETag": '"1"'})
+        self.forward -= 1
+        headers = {k: v for k, v in request.headers.items()
+                   if k in ("If-None-Match", "Cache-Control", "Pragma")}
+        async with aiohttp.ClientSession() as session, session.get(
+                self.upstream + request.path_qs, headers=headers) as r:
+            body = await r.read()
+            keep = {k: v for k, v in r.headers.items()
+                    if k in ("SafeGate-Signature", "ETag", "Cache-Control", "X-SafeGate-Full")}
+            return web.Response(status=r.status, body=body or None, headers=keep,
+                                content_type=None if r.status == 304 else r.content_type)
+
+    async def _start(self) -> None:
+        app = web.Application()
+        app.router.add_get("/v1/feed", self._handle)
+        self.runner = web.AppRunner(app)
+        await self.runner.setup()
+        await web.TCPSite(self.runner, "127.0.0.1", self.port).start()
+
+    def start(self) -> Relay:
+        self.thread.start()
+        asyncio.run_coroutine_threadsafe(self._start(), self.loop).result(10)
+        return self
+
+    def stop(self) -> None:
+        if self.runner is not None:
+            asyncio.run_coroutine_threadsafe(self.runner.cleanup(), self.loop).result(10)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(10)
+
+
+def test_a_relay_answering_304_forever_makes_the_feed_stale_not_frozen(
+        tmp_path: Path, unbound: ub.UnboundServer, safegate_factory: Any) -> None:
+    """A cache that answers 304 to every poll must not hold a gateway one serial behind with
+    a fresh last_success: past max_age the feed is stale (metric, log), the client asks
+    without If-None-Match, and it catches up as soon as the relay passes requests again."""
+    pub = start_publisher(tmp_path / "publisher", gateways=("gw-a",), extra={"heartbeat": 1})
+    relay = Relay(pub.url).start()
+    try:
+        assert pub.request("POST", "/v1/entries", body={"entries": [entry("BCA-1")]},
+                           token=ADMIN_TOKEN).status == 201
+        max_age = 4
+        gw = safegate_factory(upstream_port=unbound.port, policies={"p.yaml": POLICY},
+                              lists=LISTS, lists_yaml=LISTS_YAML, extra={"feeds": [
+                                  {"name": "central", "url": relay.url + "/v1/feed",
+                                   "type": "safegate", "public_key": str(pub.setup.public_key),
+                                   "interval": 1, "long_poll": 10, "acks": False,
+                                   "max_age": max_age}]})
+        feed = {"feed": "central"}
+        wait_for(lambda: gauge(gw, "safegate_feed_serial", **feed) == 1, 20, "serial 1")
+        assert ede_of(gw.dns_port, NAME) == 16
+        assert pub.request("POST", "/v1/entries", body={"entries": [
+            entry("BCA-2", "adult.example")]}, token=ADMIN_TOKEN).status == 201
+
+        wait_for(lambda: gauge(gw, "safegate_feed_stale", **feed) == 1, 60, "stale")
+        assert gauge(gw, "safegate_feed_document_age_seconds", **feed) > max_age
+        # stale, yet the last-known-good stays enforced and the missed entry is missed
+        assert gauge(gw, "safegate_feed_serial", **feed) == 1
+        assert ede_of(gw.dns_port, NAME) == 16   # EDE 16 (censored): the feed's block
+        assert ede_of(gw.dns_port, "adult.example") != 16   # the local policy's, if any
+        # the relay's 304s no longer count as success, and no longer as an answer at all
+        last = gauge(gw, "safegate_feed_last_success_timestamp_seconds", **feed)
+        seen = gauge(gw, "safegate_feed_rejected_total", reason="not_modified", **feed)
+        wait_for(lambda: gauge(gw, "safegate_feed_rejected_total", reason="not_modified",
+                               **feed) > seen, 60, "another 304 from the relay")
+        assert gauge(gw, "safegate_feed_last_success_timestamp_seconds", **feed) == last
+        unconditional = relay.requests[-1]
+        assert "If-None-Match" not in unconditional
+        assert unconditional.get("Cache-Control") == "no-cache"
+        wait_for(lambda: "STALE" in gw.stderr_text(), 10, "logged as stale")
+
+        relay.forward = 1_000_000   # the relay passes requests again
+        wait_for(lambda: gauge(gw, "safegate_feed_serial", **feed) == 2, 90, "caught up")
+        wait_for(lambda: ede_of(gw.dns_port, "adult.example") == 16, 10, "new entry enforced")
+        wait_for(lambda: gauge(gw, "safegate_feed_stale", **feed) == 0, 30, "fresh again")
+        assert gauge(gw, "safegate_feed_last_success_timestamp_seconds", **feed) > last
+        wait_for(lambda: "fresh again" in gw.stderr_text(), 10, "logged fresh again")
+    finally:
+        relay.stop()
+        pub.kill()
+
+
+def test_a_feed_document_over_the_size_limit_is_refused_and_the_old_one_stays(
+        tmp_path: Path, unbound: ub.UnboundServer, safegate_factory: Any) -> None:
+    pub = start_publisher(tmp_path / "publisher", gateways=("gw-a",))
+    try:
+        assert pub.request("POST", "/v1/entries", body={"entries": [entry("BCA-1")]},
+                           token=ADMIN_TOKEN).status == 201
+        limit = 4096
+        gw = safegate_factory(upstream_port=unbound.port, policies={"p.yaml": POLICY},
+                              lists=LISTS, lists_yaml=LISTS_YAML, extra={
+                                  "limits": {"files": {"feed_bytes": limit}},
+                                  "feeds": [{"name": "central", "url": pub.url + "/v1/feed",
+                                             "type": "safegate", "acks": False,
+                                             "public_key": str(pub.setup.public_key),
+                                             "interval": 1, "long_poll": 10}]})
+        feed = {"feed": "central"}
+        wait_for(lambda: gauge(gw, "safegate_feed_serial", **feed) == 1, 20, "serial 1")
+        big = [entry(f"BIG-{i}", f"big{i}.example") for i in range(40)]
+        r = pub.request("POST", "/v1/entries", body={"entries": big}, token=ADMIN_TOKEN)
+        assert r.status == 201
+        assert len(pub.request("GET", "/v1/feed?since=1").body) > limit
+        wait_for(lambda: gauge(gw, "safegate_feed_rejected_total", reason="too_big",
+                               **feed) >= 1, 30, "the big diff refused")
+        assert gauge(gw, "safegate_feed_serial", **feed) == 1
+        assert ede_of(gw.dns_port, NAME) == 16
+        assert ede_of(gw.dns_port, "big0.example") is None
+        wait_for(lambda: "limits.files.feed_bytes" in gw.stderr_text(), 10, "logged")
+    finally:
+        pub.kill()

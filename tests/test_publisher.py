@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import http.client
 import json
 import subprocess
 import threading
@@ -17,12 +18,14 @@ import dns.zone
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 from prometheus_client import CollectorRegistry
+from prometheus_client.parser import text_string_to_metric_families
 
 from gateway import cli, cli_feed
 from gateway.errors import ConfigError
 from gateway.feeds.format import Entry, LegalBasis, parse_feed
 from gateway.feeds.rpz import to_rpz
 from gateway.feeds.signing import Verifier, generate_keys, load_signer
+from gateway.limits import PublisherLimits
 from gateway.publisher.app import BUILDER, make_app
 from gateway.publisher.config import load_publisher_config
 from gateway.publisher.edits import never_block_conflict
@@ -87,6 +90,11 @@ def setup(tmp_path: Path) -> PublisherSetup:
     ("listen: ':1'\ndatabase: d\nsigning_key: k\ndiff_history: 0\n", 4, "diff_history"),
     ("listen: ':1'\ndatabase: d\nsigning_key: k\ntls: {cert: c}\n", 4, "tls needs 'key'"),
     ("listen: ':1'\ndatabase: d\nsigning_key: k\nadmin_token: 'x'\n", 4, "admin_token must"),
+    ("listen: ':1'\ndatabase: d\nsigning_key: k\nheartbeat: 0\n", 4, "heartbeat must be"),
+    ("listen: ':1'\ndatabase: d\nsigning_key: k\nlimits:\n  ack_bytes: 0\n", 5,
+     "limits.ack_bytes must be an integer"),
+    ("listen: ':1'\ndatabase: d\nsigning_key: k\nlimits:\n  series: 3\n", 5,
+     "unknown key 'series'"),
 ])
 def test_config_errors_name_file_and_line(tmp_path: Path, text: str, line: int,
                                           problem: str) -> None:
@@ -109,6 +117,8 @@ def test_config_defaults_and_relative_paths(tmp_path: Path) -> None:
     assert cfg.never_block == ("gov.vn", "edu.vn")
     assert (cfg.max_change_ratio, cfg.max_change_entries) == (0.10, 1000)
     assert cfg.admin_token is None and cfg.gateways == {} and cfg.overdue_after_hours == 24
+    assert cfg.heartbeat == 3600 and cfg.limits == PublisherLimits()
+    assert (cfg.limits.ack_bytes, cfg.limits.stats_series) == (4 * 1024 * 1024, 256)
 
 
 # ------------------------------------------------------------------ guard rails, rpz
@@ -679,3 +689,139 @@ async def test_serve_over_tls(tmp_path: Path) -> None:
     finally:
         stop.set()
         await asyncio.wait_for(task, 10)
+
+
+# ---------------------------------------------------------------------- impossible acks
+
+
+def _series(text: str, name: str, **labels: str) -> dict[tuple[tuple[str, str], ...], float]:
+    """Samples of `name` whose labels include `labels`, keyed by their label pairs."""
+    out = {}
+    for fam in text_string_to_metric_families(text):
+        for s in fam.samples:
+            if s.name == name and all(s.labels.get(k) == v for k, v in labels.items()):
+                out[tuple(sorted(s.labels.items()))] = s.value
+    return out
+
+
+def _value(text: str, name: str, **labels: str) -> float:
+    found = _series(text, name, **labels)
+    assert len(found) == 1, (name, labels, found)
+    return next(iter(found.values()))
+
+
+def test_impossible_acks_are_refused_and_stats_stay_bounded(tmp_path: Path) -> None:
+    """An ack for a serial the feed never reached, or for entries it never had, changes
+    nothing (4xx, clear error); 5,000 invented categories do not grow /metrics past the
+    per-gateway series budget (limits.stats_series, 256 by default)."""
+    with start_publisher(tmp_path / "pub", gateways=("gw-a",)) as pub:
+        tok = pub.setup.gateway_tokens["gw-a"]
+        for i in range(3):
+            assert pub.feed("add", *add_args(f"s{i}.example", "--id", f"S-{i}")).returncode == 0
+        serial = pub.request("GET", "/v1/entries").json()["serial"]
+        assert serial == 3
+        done = {"id": "S-0", "received_at": T, "applied_at": T, "verified_at": None,
+                "outcome": "applied"}
+        assert pub.request("POST", "/v1/acks", body=ack(serial=2, entries=[done]),
+                           token=tok).status == 200
+        before = pub.request("GET", "/metrics").body.decode()
+        assert _value(before, "safegate_publisher_gateway_applied_serial", gateway="gw-a") == 2
+
+        future = pub.request("POST", "/v1/acks", body=ack(serial=100003, entries=[done]),
+                             token=tok)
+        assert future.status == 409
+        assert "serial 100003 is newer than the feed (serial 3)" in future.json()["error"]
+        ghost = dict(done, id="NOT-IN-FEED")
+        unknown = pub.request("POST", "/v1/acks", body=ack(serial=3, entries=[done, ghost]),
+                              token=tok)
+        assert unknown.status == 422 and "NOT-IN-FEED" in unknown.json()["error"]
+
+        after = pub.request("GET", "/metrics").body.decode()
+        # nothing moved: the lag alert (publisher serial - applied serial) still sees lag 1
+        assert _value(after, "safegate_publisher_gateway_applied_serial", gateway="gw-a") == 2
+        assert _value(after, "safegate_publisher_gateway_last_ack_timestamp_seconds",
+                      gateway="gw-a") == _value(
+            before, "safegate_publisher_gateway_last_ack_timestamp_seconds", gateway="gw-a")
+        assert _value(after, "safegate_publisher_acks_rejected_total", gateway="gw-a",
+                      reason="future_serial") == 1
+        assert _value(after, "safegate_publisher_acks_rejected_total", gateway="gw-a",
+                      reason="unknown_entries") == 1
+        view = pub.request("GET", "/v1/entries/S-0").json()
+        assert [g["applied_serial"] for g in view["gateways"]] == [2]
+
+        stats = [{"hour": T, "category": f"cat{i:04d}", "tier": "thcs", "queries": 1,
+                  "blocked": 0} for i in range(5000)]
+        r = pub.request("POST", "/v1/acks", body=ack(serial=3, entries=[done], stats=stats),
+                        token=tok)
+        # the first ack stored one pair (adult, thcs): 255 more fit in the budget of 256
+        assert r.status == 200 and r.json() == {"ok": True, "stats_dropped": 5000 - 255}
+        text = pub.request("GET", "/metrics").body.decode()
+        promtool_ok(text)
+        assert len(_series(text, "safegate_publisher_gateway_queries_total")) == 256
+        assert len(_series(text, "safegate_publisher_gateway_blocked_total")) == 256
+        assert _value(text, "safegate_publisher_ack_stats_dropped_total", gateway="gw-a") == 4745
+        assert len(text) < 100_000, len(text)   # was 887 KB
+        # the rest of that ack was recorded; a known pair still updates with a full budget
+        assert _value(text, "safegate_publisher_gateway_applied_serial", gateway="gw-a") == 3
+        r = pub.request("POST", "/v1/acks", body=ack(serial=3, entries=[], stats=[
+            dict(stats[0], queries=9)]), token=tok)
+        assert r.status == 200 and r.json() == {"ok": True}
+        text = pub.request("GET", "/metrics").body.decode()
+        assert _value(text, "safegate_publisher_gateway_queries_total", gateway="gw-a",
+                      category="cat0000") == 9
+
+
+def test_ack_body_size_and_series_limits_are_configurable(tmp_path: Path) -> None:
+    with start_publisher(tmp_path / "pub", gateways=("gw-a",),
+                         extra={"limits": {"ack_bytes": 4096, "stats_series": 3}}) as pub:
+        tok = pub.setup.gateway_tokens["gw-a"]
+        assert pub.feed("add", *add_args("s.example", "--id", "S-0")).returncode == 0
+        big = ack(serial=1, entries=[], stats=[
+            {"hour": T, "category": f"c{i}", "tier": "t", "queries": 1, "blocked": 0}
+            for i in range(100)])
+        r = pub.request("POST", "/v1/acks", body=big, token=tok)
+        assert r.status == 413 and "4096 bytes" in r.json()["error"]
+        # the same without Content-Length (chunked) is cut off at the limit too
+        conn = http.client.HTTPConnection(pub.url.removeprefix("http://"), timeout=10)
+        data = json.dumps(big).encode()
+        conn.request("POST", "/v1/acks", body=iter([data[:3000], data[3000:]]),
+                     headers={"Authorization": f"Bearer {tok}",
+                              "Content-Type": "application/json"}, encode_chunked=True)
+        resp = conn.getresponse()
+        assert resp.status == 413, resp.read()
+        conn.close()
+        r = pub.request("POST", "/v1/acks", body=dict(big, stats=big["stats"][:10]), token=tok)
+        assert r.status == 200 and r.json()["stats_dropped"] == 7
+        text = pub.request("GET", "/metrics").body.decode()
+        assert len(_series(text, "safegate_publisher_gateway_queries_total")) == 3
+        assert _value(text, "safegate_publisher_acks_rejected_total", gateway="gw-a",
+                      reason="too_large") == 2
+
+
+def test_heartbeat_re_signs_an_idle_feed(tmp_path: Path) -> None:
+    """No write for a while: the served document still carries a fresh signed time, so a
+    gateway can tell a live publisher from a cache replaying its old answer."""
+    with start_publisher(tmp_path / "pub", extra={"heartbeat": 1}) as pub:
+        assert pub.feed("add", *add_args("idle.example", "--id", "I-1")).returncode == 0
+        verifier = Verifier.from_files([pub.setup.public_key])
+
+        def fetch(query: str) -> Any:
+            r = pub.request("GET", "/v1/feed" + query)
+            assert r.status == 200
+            verifier.verify(r.body, r.headers["SafeGate-Signature"])
+            return parse_feed(r.body)
+
+        first, first_diff = fetch(""), fetch("?since=0")
+        deadline = time.monotonic() + 30
+        while True:
+            later = fetch("")
+            if later.generated_at > first.generated_at:
+                break
+            assert time.monotonic() < deadline, "the document was never re-signed"
+            time.sleep(0.2)
+        assert later.serial == first.serial == 1 and later.entries == first.entries
+        assert fetch("?since=0").generated_at > first_diff.generated_at
+    cfg = load_publisher_config(pub.setup.config)
+    assert cfg.heartbeat == 1.0
+    assert load_publisher_config(write_publisher_config(
+        tmp_path / "defaults").config).heartbeat == 3600.0

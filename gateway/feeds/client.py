@@ -8,6 +8,13 @@ On disk (STATE_DIR/feeds/): NAME.json + NAME.sig is the last full signed snapsho
 NAME.d/SERIAL.json + .sig the signed diffs applied since, so a restart re-verifies every byte it
 enforces; after MAX_DIFFS diffs the client asks for a full snapshot, which replaces the chain.
 Plain list feeds (unauthenticated) keep NAME.list + NAME.meta.json.
+
+Freshness of a signed feed: the publisher re-signs its documents at least every `heartbeat`
+(a new generated_at, a signed field), and the client tracks the generated_at of the newest
+document it verified and applied. Past max_age / 2 it stops asking conditionally (no `since`,
+no If-None-Match, Cache-Control: no-cache) so a cache in between cannot answer for the
+publisher; past max_age the feed is stale: metrics and the log say so, the last-known-good
+stays enforced (blocks are never dropped for want of news), and last_success stops moving.
 """
 
 from __future__ import annotations
@@ -17,6 +24,7 @@ import contextlib
 import hashlib
 import json
 import logging
+import math
 import os
 import random
 import time
@@ -29,11 +37,12 @@ from typing import Any, Protocol
 import aiohttp
 
 from gateway.config import FeedConfig, FeedGuardConfig
-from gateway.feeds.format import Entry, Feed, FeedError, apply_diff, parse_feed
+from gateway.feeds.format import Entry, Feed, FeedError, apply_diff, parse_feed, parse_time
 from gateway.feeds.ledger import DNS_TYPES, RECORD_CHUNK, Ledger, LedgerEntry
 from gateway.feeds.outbox import AckTarget, backoff
 from gateway.feeds.signing import SIGNATURE_HEADER, Verifier
 from gateway.feeds.stats import FeedMetrics
+from gateway.limits import FileLimits
 from gateway.lists import SCOPE_BOTH, SCOPE_SELF, Action, Rule
 from gateway.lists.overlay import Overlay
 from gateway.lists.parsers import ParsedRule, parse
@@ -41,7 +50,6 @@ from gateway.lists.parsers import ParsedRule, parse
 log = logging.getLogger(__name__)
 
 MAX_DIFFS = 32                 # stored diffs before a full snapshot is requested
-MAX_BODY = 64 * 1024 * 1024    # a feed larger than this is refused (memory on a Pi)
 MIN_GAP = 1.0                  # never more than one request per second
 
 
@@ -194,12 +202,17 @@ class FeedClient:
     failures: int = 0
     want_full: bool = False
     busy: bool = False             # accept_async is applying an update (see check_confirmations)
+    max_bytes: int = FileLimits.feed_bytes   # cfg.limits.files.feed_bytes
+    signed_at: float | None = None   # generated_at of the newest verified document applied
+    stale: bool = False              # logged state (the metric is computed at scrape time)
 
     def __post_init__(self) -> None:
         self.dir = self.state_dir / "feeds"
         self.verifier = Verifier.from_files(list(self.cfg.public_keys)) if self.cfg.signed \
             else None
         self.metrics.init_feed(self.cfg.name)
+        if self.cfg.signed:
+            self.metrics.init_signed(self.cfg.name, self.document_age, self.cfg.max_age)
 
     @property
     def name(self) -> str:
@@ -208,6 +221,38 @@ class FeedClient:
     @property
     def serial(self) -> int:
         return self.applied.serial if self.applied else 0
+
+    def document_age(self) -> float:
+        """Seconds since the publisher signed the newest verified document (inf: none yet)."""
+        if self.signed_at is None:
+            return math.inf
+        return max(0.0, self.clock() - self.signed_at)
+
+    def fresh(self) -> bool:
+        return self.document_age() <= self.cfg.max_age
+
+    def _saw_signed(self, feed: Feed) -> None:
+        """Note the signing time of a verified document that is (or matches) the one in force;
+        the newest wins, so a replayed older copy cannot make the feed look younger."""
+        t = parse_time(feed.generated_at).timestamp()
+        if self.signed_at is None or t > self.signed_at:
+            self.signed_at = t
+
+    def check_fresh(self) -> bool:
+        """Log when a signed feed turns stale or fresh again; returns fresh()."""
+        fresh = self.fresh()
+        if not fresh and not self.stale:
+            age = self.document_age()
+            log.error("feed %s: STALE: the newest verified document was signed %s ago (max_age "
+                      "%.0fs); serial %d stays enforced, fetching without caches until the "
+                      "publisher answers", self.name,
+                      "never" if math.isinf(age) else f"{age:.0f}s", self.cfg.max_age,
+                      self.serial)
+        elif fresh and self.stale:
+            log.warning("feed %s: fresh again (serial %d, signed %.0fs ago)", self.name,
+                        self.serial, self.document_age())
+        self.stale = not fresh
+        return fresh
 
     # ------------------------------------------------------------------ start-up
 
@@ -250,6 +295,7 @@ class FeedClient:
             return False
         entries = apply_diff({}, snap)
         serial, diffs = snap.serial, 0
+        self._saw_signed(snap)
         for path in sorted((self.dir / f"{self.name}.d").glob("*.json")):
             diff = self._verified(path, path.with_suffix(".sig"))
             if diff is None:
@@ -262,6 +308,7 @@ class FeedClient:
                 break
             entries = apply_diff(entries, diff)
             serial, diffs = diff.serial, diffs + 1
+            self._saw_signed(diff)
         self.applied = Applied(serial, entries, b"", diffs)
         active = {r.entry_id for r in self.ledger.entries(self.name) if r.removed_at is None}
         self._install(serial, entries, entries.keys(), active - set(entries), self.clock(),
@@ -293,6 +340,8 @@ class FeedClient:
             try:
                 status = await self.poll_once()
             except Rejected as exc:
+                if self.cfg.signed:
+                    self.check_fresh()
                 self.failures += 1
                 delay = backoff(self.failures - 1, self.rng)
                 log.warning("feed %s: update rejected (%s): %s; keeping serial %d, retrying in "
@@ -300,6 +349,8 @@ class FeedClient:
                 await sleep(delay)
                 continue
             self.failures = 0
+            if self.cfg.signed:
+                self.check_fresh()
             took = self.clock() - started
             if status == "need_full":
                 delay = 0.0
@@ -335,13 +386,16 @@ class FeedClient:
                     return 304, b"", resp.headers
                 if resp.status != 200:
                     raise Rejected("http", f"HTTP {resp.status} from {self.cfg.url}")
-                if resp.content_length is not None and resp.content_length > MAX_BODY:
-                    raise Rejected("http", f"document of {resp.content_length} bytes is too big")
+                limit = self.max_bytes
+                if resp.content_length is not None and resp.content_length > limit:
+                    raise Rejected("too_big", f"document of {resp.content_length} bytes is "
+                                              f"larger than limits.files.feed_bytes ({limit})")
                 chunks, size = [], 0
                 async for chunk in resp.content.iter_chunked(65536):
                     size += len(chunk)
-                    if size > MAX_BODY:
-                        raise Rejected("http", "document too big")
+                    if size > limit:
+                        raise Rejected("too_big", f"document larger than "
+                                                  f"limits.files.feed_bytes ({limit})")
                     chunks.append(chunk)
                 body = b"".join(chunks)
                 if resp.content_length is not None and resp.content_length != len(body):
@@ -357,22 +411,39 @@ class FeedClient:
         params: dict[str, str] = {}
         headers: dict[str, str] = {}
         applied = self.applied
-        full = self.want_full or applied is None or applied.diffs >= MAX_DIFFS
+        # Half-way to max_age: a conditional request could be answered by any cache on the
+        # way, so ask for the whole document; a live publisher's copy is re-signed (heartbeat).
+        refresh = applied is not None and self.document_age() > self.cfg.max_age / 2
+        full = self.want_full or applied is None or applied.diffs >= MAX_DIFFS or refresh
         if applied is not None and not full:
             params["since"] = str(applied.serial)
             headers["If-None-Match"] = f'"{applied.serial}"'
             if self.cfg.long_poll:
                 params["wait"] = str(int(self.cfg.long_poll))
+        else:
+            headers["Cache-Control"] = "no-cache"
+            headers["Pragma"] = "no-cache"
         status, body, resp_headers = await self._get(params, headers, self.cfg.long_poll + 30)
         if status == 304:
-            self._success()
+            if full:
+                raise Rejected("not_modified", "304 Not Modified to an unconditional request: "
+                                               "something between this gateway and the "
+                                               "publisher answers for it")
+            if self.fresh():   # a 304 only vouches for a copy still within max_age
+                self._success()
             return "unchanged"
         result = await self.accept_async(body, resp_headers.get(SIGNATURE_HEADER))
         if result == "need_full":
             self.want_full = True
         elif result in ("updated", "unchanged"):
             self.want_full = False
-            self._success()
+            if self.fresh():
+                self._success()
+            if refresh and self.document_age() > self.cfg.max_age / 2:
+                raise Rejected("stale", f"the newest document served (serial {self.serial}) "
+                                        f"was signed {self.document_age():.0f}s ago: is the "
+                                        "publisher's heartbeat longer than max_age / 2, or is "
+                                        "a cache replaying it?")
         return result
 
     def _success(self) -> None:
@@ -433,10 +504,13 @@ class FeedClient:
                                              f"{applied.serial}")
             if feed.serial == applied.serial:
                 if hashlib.sha256(body).digest() == applied.digest:
+                    self._saw_signed(feed)
                     return "unchanged"
                 if not feed.is_diff and apply_diff({}, feed) == applied.entries:
+                    # the same entries re-signed (heartbeat): stored, so a restart knows it
                     self._store_snapshot(body, signature or "")   # compacts the diff chain
                     applied.digest, applied.diffs = hashlib.sha256(body).digest(), 0
+                    self._saw_signed(feed)
                     return "unchanged"
                 raise Rejected("old_serial", f"serial {feed.serial} replayed with different "
                                              "content")
@@ -460,6 +534,7 @@ class FeedClient:
             self._store_snapshot(body, signature or "")
         changed = {k for k, v in new.items() if current.get(k) != v}
         removed = set(current) - set(new)
+        self._saw_signed(feed)
         return _Update(Applied(feed.serial, new, hashlib.sha256(body).digest(),
                                applied.diffs + 1 if applied and feed.is_diff else 0),
                        changed, removed, received_at)

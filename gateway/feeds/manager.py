@@ -252,7 +252,7 @@ class FeedManager:
             client = FeedClient(f, cfg.feed_guard, self.gateway, self.session, self.ledger,
                                 self.metrics, cfg.state_dir, acks[f.name],
                                 on_applied=self.prober.schedule, clock=self.clock,
-                                sleep=self.sleep)
+                                sleep=self.sleep, max_bytes=cfg.limits.files.feed_bytes)
             self.clients[f.name] = client
             client.load_local()
             target = acks[f.name]

@@ -31,6 +31,8 @@ log = logging.getLogger(__name__)
 
 BATCH = 500           # outbox rows looked at per POST
 ACK_ENTRIES = 1000    # entries per outbox row and (unless one row has more) per POST
+ACK_STATS = 2000      # stats rows per POST (after a long outage: one hour's rows per row), so a
+                      # POST stays under the publisher's limits.ack_bytes (4 MiB by default)
 POST_TIMEOUT = 30.0
 
 
@@ -141,13 +143,15 @@ class OutboxSender:
         if not rows:
             return True
         bodies: list[dict[str, Any]] = []
-        count = 0
+        count = stats = 0
         for r in rows:   # merge while the POST stays small (the publisher limits body size)
             b = json.loads(r["body"])
-            if bodies and count + len(b["entries"]) > ACK_ENTRIES:
+            if bodies and (count + len(b["entries"]) > ACK_ENTRIES
+                           or stats + len(b.get("stats", [])) > ACK_STATS):
                 break
             bodies.append(b)
             count += len(b["entries"])
+            stats += len(b.get("stats", []))
         rows = rows[:len(bodies)]
         body = merge(bodies)
         body["sent_at"] = iso(self.clock())

@@ -22,7 +22,7 @@ log = logging.getLogger(__name__)
 LATENCY_BUCKETS = (1, 2, 5, 10, 30, 60, 120, 300, 600, 1800, 3600, 7200, 21600, 43200, 86400,
                    172800)
 REJECT_REASONS = ("unsigned", "bad_signature", "truncated", "malformed", "old_serial", "guard",
-                  "http")
+                  "http", "too_big", "not_modified", "stale")
 PROBE_RESULTS = ("blocked", "not_blocked", "error")
 HOUR = 3600
 
@@ -35,8 +35,17 @@ class FeedMetrics:
                             ["feed"], registry=registry)
         self.last_success = Gauge(
             "safegate_feed_last_success_timestamp_seconds",
-            "When the feed was last fetched (or found unchanged) and valid.", ["feed"],
+            "When the feed was last fetched (or found unchanged) and valid; for a signed feed only "
+            "while its newest verified document is within max_age.", ["feed"],
             registry=registry)
+        self.document_age = Gauge(
+            "safegate_feed_document_age_seconds",
+            "Seconds since the publisher signed the newest verified document of a signed feed "
+            "(+Inf until one is verified).", ["feed"], registry=registry)
+        self.stale = Gauge(
+            "safegate_feed_stale",
+            "1 while a signed feed's newest verified document is older than feeds[].max_age "
+            "(its last-known-good copy stays enforced).", ["feed"], registry=registry)
         self.entries = Gauge("safegate_feed_entries", "Entries in force per feed and category.",
                              ["feed", "category"], registry=registry)
         self.latency = Histogram(
@@ -71,6 +80,11 @@ class FeedMetrics:
         self.refused.labels(feed)
         self.held.labels(feed).set(0)
         self.overdue.labels(feed).set(0)
+
+    def init_signed(self, feed: str, age: Callable[[], float], max_age: float) -> None:
+        """Age and staleness of a signed feed, computed at scrape time from `age`."""
+        self.document_age.labels(feed).set_function(age)
+        self.stale.labels(feed).set_function(lambda: float(not age() <= max_age))
 
     def set_entries(self, feed: str, by_category: dict[str, int]) -> None:
         """Replace the feed's per-category counts (categories that vanished go to 0)."""

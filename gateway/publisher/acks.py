@@ -9,8 +9,10 @@ from typing import Any
 
 from gateway.errors import SafeGateError
 from gateway.feeds.format import parse_time
-from gateway.publisher.store import PROBE_RESULTS, Ack, AckEntry, StatRow
+from gateway.publisher.store import PROBE_RESULTS, Ack, AckEntry, StatRow, Store
 
+# safegate_publisher_acks_rejected_total{reason}
+REJECT_REASONS = ("malformed", "too_large", "future_serial", "unknown_entries")
 OUTCOMES = ("received", "verified", "applied", "failed", "refused", "removed")
 # Category and tier become metric label values: bounded in length; their number is bounded by
 # the gateway's policy. Not stricter: tier names are free-form policy keys, and a 400 would stall
@@ -19,7 +21,12 @@ _LABEL = re.compile(r"[^\x00-\x1f\x7f]{1,63}")
 
 
 class AckError(SafeGateError):
-    """A malformed ack (HTTP 400)."""
+    """An ack refused whole: `status` is the HTTP answer, `reason` a metric label."""
+
+    def __init__(self, message: str, status: int = 400, reason: str = "malformed") -> None:
+        self.status = status
+        self.reason = reason
+        super().__init__(message)
 
 
 def parse_ack(body: bytes) -> Ack:
@@ -50,6 +57,23 @@ def parse_ack(body: bytes) -> Ack:
                            "non-negative count")
         probes[key] = n
     return Ack(gateway, serial, entries, stats, probes)
+
+
+def check_ack(ack: Ack, store: Store) -> None:
+    """Refuse an ack that claims what cannot be: a serial the feed never had, or entries it
+    never listed. Stored, such an ack would pin the gateway's applied serial above every
+    future one (the lag alert could never fire again) or fill the acks table with junk ids.
+    Both only grow at the publisher, so checking outside the write transaction is safe."""
+    current = store.serial()
+    if ack.serial > current:
+        raise AckError(f"serial {ack.serial} is newer than the feed (serial {current}); "
+                       "nothing was recorded", 409, "future_serial")
+    unknown = store.unknown_ids([e.entry_id for e in ack.entries])
+    if unknown:
+        shown = ", ".join(repr(i) for i in unknown[:5])
+        more = f" and {len(unknown) - 5} more" if len(unknown) > 5 else ""
+        raise AckError(f"{len(unknown)} entry id(s) are not in this feed: {shown}{more}; "
+                       "nothing was recorded", 422, "unknown_entries")
 
 
 def _list(doc: dict[str, Any], key: str) -> list[Any]:

@@ -9,7 +9,7 @@ import json
 import logging
 import re
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,10 +19,10 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 from gateway.feeds.format import Feed, now_iso
 from gateway.feeds.rpz import to_rpz
 from gateway.feeds.signing import SIGNATURE_HEADER, Signer
-from gateway.publisher.acks import AckError, iso, parse_ack
+from gateway.publisher.acks import REJECT_REASONS, AckError, check_ack, iso, parse_ack
 from gateway.publisher.config import PublisherConfig
 from gateway.publisher.edits import EditError, Editor, Guard
-from gateway.publisher.metrics import PublisherCollector, entry_deadline
+from gateway.publisher.metrics import AckMetrics, PublisherCollector, entry_deadline
 from gateway.publisher.reports import ReportInbox
 from gateway.publisher.reports import add_routes as add_report_routes
 from gateway.publisher.store import Store, StoredEntry, StoreError
@@ -31,7 +31,7 @@ from gateway.publisher.watch import SerialWatcher
 log = logging.getLogger("safegate.publisher")
 
 MAX_WAIT = 60.0
-MAX_BODY = 32 * 1024 * 1024   # an ack after a first full apply lists every entry
+MAX_BODY = 32 * 1024 * 1024   # the admin write API (a batch of entries); acks have their own
 FULL_HEADER = "X-SafeGate-Full"
 _STATUS = {"invalid": 400, "refused": 422, "conflict": 409, "not_found": 404}
 _ETAG = re.compile(r'"(\d+)"')
@@ -47,21 +47,33 @@ class SignedDoc:
 
 class FeedBuilder:
     """Signed documents, built once per (serial, since): every gateway woken by a new serial
-    asks for the same diff at the same moment."""
+    asks for the same diff at the same moment.
+
+    The heartbeat: a cached document older than `heartbeat` seconds is built and signed again
+    (new generated_at, same entries), so whatever a gateway fetches is at most that old even
+    on a feed nobody has written to for weeks. Gateways check that age (feeds[].max_age):
+    a cache or relay replaying an old answer cannot pass for a live publisher.
+    """
 
     MAX_CACHED = 256
 
-    def __init__(self, store: Store, signer: Signer, diff_history: int) -> None:
+    def __init__(self, store: Store, signer: Signer, diff_history: int,
+                 heartbeat: float = 3600.0, clock: Callable[[], float] = time.monotonic
+                 ) -> None:
         self.store = store
         self.signer = signer
         self.diff_history = diff_history
-        self._cache: dict[tuple[int, int | None], SignedDoc] = {}
+        self.heartbeat = heartbeat
+        self.clock = clock
+        self._cache: dict[tuple[int, int | None], tuple[SignedDoc, float]] = {}
 
     def build(self, current: int, since: int | None) -> SignedDoc:
         """A snapshot (since None, or since older than diff_history) or a diff from `since`."""
         full_fallback = since is not None and current - since > self.diff_history
         key = (current, None if full_fallback else since)
-        doc = self._cache.get(key)
+        now = self.clock()
+        cached = self._cache.get(key)
+        doc = cached[0] if cached is not None and now - cached[1] < self.heartbeat else None
         if doc is None:
             if key[1] is None:
                 serial, entries = self.store.snapshot()
@@ -74,7 +86,7 @@ class FeedBuilder:
             if serial == current:   # a write can land between serial() and the read
                 if len(self._cache) >= self.MAX_CACHED:
                     self._cache.clear()
-                self._cache[key] = doc
+                self._cache[key] = (doc, now)
         if full_fallback:
             doc = SignedDoc(doc.serial, doc.body, doc.signature, True)
         return doc
@@ -86,6 +98,7 @@ REGISTRY = web.AppKey("registry", CollectorRegistry)
 WATCHER = web.AppKey("watcher", SerialWatcher)
 BUILDER = web.AppKey("builder", FeedBuilder)
 EDITOR = web.AppKey("editor", Editor)
+ACK_METRICS = web.AppKey("ack_metrics", AckMetrics)
 
 
 def make_app(store: Store, signer: Signer, config: PublisherConfig,
@@ -96,7 +109,8 @@ def make_app(store: Store, signer: Signer, config: PublisherConfig,
     app[CONFIG] = config
     app[REGISTRY] = registry
     app[WATCHER] = SerialWatcher(store.serial, poll_interval)
-    app[BUILDER] = FeedBuilder(store, signer, config.diff_history)
+    app[BUILDER] = FeedBuilder(store, signer, config.diff_history, config.heartbeat)
+    app[ACK_METRICS] = AckMetrics(registry, sorted(config.gateways), REJECT_REASONS)
     app[EDITOR] = Editor(store, Guard(config.never_block, config.max_change_ratio,
                                       config.max_change_entries))
     registry.register(PublisherCollector(store, list(config.gateways),
@@ -322,18 +336,49 @@ def _gateway_of(request: web.Request) -> str | web.Response:
     return gateway
 
 
+async def _read_bounded(request: web.Request, limit: int) -> bytes:
+    """The body, or AckError(413) past `limit` bytes (declared or actually sent)."""
+    too_big = AckError(f"the ack is larger than {limit} bytes (limits.ack_bytes); send fewer "
+                       "entries per POST", 413, "too_large")
+    if request.content_length is not None and request.content_length > limit:
+        raise too_big
+    chunks, size = [], 0
+    while chunk := await request.content.read(65536):   # chunked: no length to check first
+        size += len(chunk)
+        if size > limit:
+            raise too_big
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
 async def post_ack(request: web.Request) -> web.Response:
-    """A gateway's report of what it applied and verified (docs/feeds-contract.md)."""
+    """A gateway's report of what it applied and verified (docs/feeds-contract.md).
+
+    An ack is refused whole (4xx, nothing stored) when it is malformed, too large, claims a
+    serial the feed never reached, or names entries the feed never had; stats rows beyond
+    the gateway's series budget are dropped and counted, the rest of the ack is kept.
+    """
     gateway = _gateway_of(request)
     if isinstance(gateway, web.Response):
         return gateway
+    config, store, metrics = request.app[CONFIG], request.app[STORE], request.app[ACK_METRICS]
     try:
-        ack = parse_ack(await request.read())
+        ack = parse_ack(await _read_bounded(request, config.limits.ack_bytes))
+        if ack.gateway != gateway:
+            return _error(403, f"this token belongs to gateway {gateway!r}, not "
+                               f"{ack.gateway!r}")
+        check_ack(ack, store)
     except AckError as exc:
-        return _error(400, str(exc))
-    if ack.gateway != gateway:
-        return _error(403, f"this token belongs to gateway {gateway!r}, not {ack.gateway!r}")
-    request.app[STORE].record_ack(ack, time.time())
+        metrics.rejected.labels(gateway, exc.reason).inc()
+        log.warning("ack from gateway %s refused (%s): %s", gateway, exc.reason, exc)
+        return _error(exc.status, str(exc))
+    dropped = store.record_ack(ack, time.time(), config.limits.stats_series)
+    if dropped:
+        metrics.stats_dropped.labels(gateway).inc(dropped)
+        log.warning("ack from gateway %s: %d stats rows dropped (limits.stats_series = %d "
+                    "(category, tier) series per gateway)", gateway, dropped,
+                    config.limits.stats_series)
+        return web.json_response({"ok": True, "stats_dropped": dropped})
     return web.json_response({"ok": True})
 
 

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import os
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
 from gateway.config import Address, parse_address
+from gateway.limits import PublisherLimits
 from gateway.names import normalize_name
 from gateway.yamlconf import (
     YDict,
@@ -21,7 +22,7 @@ from gateway.yamlconf import (
 )
 
 TOP_KEYS = ("listen", "database", "signing_key", "gateways", "admin_token", "never_block",
-            "max_change", "diff_history", "overdue_after_hours", "tls")
+            "max_change", "diff_history", "overdue_after_hours", "tls", "heartbeat", "limits")
 GATEWAY_KEYS = ("id", "token")
 MAX_CHANGE_KEYS = ("ratio", "entries")
 TLS_KEYS = ("cert", "key")
@@ -29,6 +30,10 @@ DEFAULT_NEVER_BLOCK = ("gov.vn", "edu.vn")
 MIN_TOKEN_LENGTH = 16
 # Gateway ids become metric label values and ack keys: keep them short and tame.
 _GATEWAY_ID = re.compile(r"[a-z0-9][a-z0-9_.-]{0,62}")
+# Every served document is re-signed (fresh generated_at) once it is this old, so a gateway on
+# an idle feed can tell a live publisher from a cache replaying an old answer. Gateways refresh
+# at max_age / 2 (default 12 h): one hour keeps that far inside (docs/feeds-gateway.md).
+DEFAULT_HEARTBEAT = 3600.0
 
 
 @dataclass(frozen=True)
@@ -46,6 +51,8 @@ class PublisherConfig:
     overdue_after_hours: float = 24.0
     tls_cert: Path | None = None
     tls_key: Path | None = None
+    heartbeat: float = DEFAULT_HEARTBEAT
+    limits: PublisherLimits = field(default_factory=PublisherLimits)
 
 
 def load_publisher_config(path: str | Path) -> PublisherConfig:
@@ -101,7 +108,23 @@ def load_publisher_config(path: str | Path) -> PublisherConfig:
                                     doc, "overdue_after_hours", 0.0, None),
         tls_cert=tls_cert,
         tls_key=tls_key,
+        heartbeat=_number(doc.get("heartbeat", DEFAULT_HEARTBEAT), "heartbeat", doc,
+                          "heartbeat", 1.0, None),
+        limits=_limits(doc),
     )
+
+
+def _limits(doc: YDict) -> PublisherLimits:
+    """`limits:` keys are the fields of gateway.limits.PublisherLimits (positive integers)."""
+    if "limits" not in doc:
+        return PublisherLimits()
+    section = expect_mapping(doc["limits"], "limits", doc, "limits")
+    names = [f.name for f in fields(PublisherLimits)]
+    check_keys(section, names, "limits")
+    return replace(PublisherLimits(), **{
+        name: int(_number(section[name], f"limits.{name}", section, name, 1, None,
+                          integer=True))
+        for name in names if name in section})
 
 
 def _gateways(doc: YDict, admin: str | None) -> dict[str, str]:

@@ -10,6 +10,7 @@ import time
 from collections.abc import Callable, Iterator
 from datetime import timedelta
 
+from prometheus_client import CollectorRegistry, Counter
 from prometheus_client.core import (
     CounterMetricFamily,
     GaugeMetricFamily,
@@ -21,6 +22,24 @@ from prometheus_client.registry import Collector
 from gateway.feeds.format import Entry, parse_time
 from gateway.feeds.stats import LATENCY_BUCKETS
 from gateway.publisher.store import PROBE_RESULTS, Store
+
+
+class AckMetrics:
+    """Acks refused or trimmed, counted in-process (they never reach the database)."""
+
+    def __init__(self, registry: CollectorRegistry, gateways: list[str],
+                 reasons: tuple[str, ...]) -> None:
+        self.rejected = Counter("safegate_publisher_acks_rejected",
+                                "Acks refused whole (nothing recorded), by reason.",
+                                ["gateway", "reason"], registry=registry)
+        self.stats_dropped = Counter(
+            "safegate_publisher_ack_stats_dropped",
+            "Stats rows not stored because the gateway already has limits.stats_series "
+            "(category, tier) series.", ["gateway"], registry=registry)
+        for gw in gateways:
+            for reason in reasons:
+                self.rejected.labels(gw, reason)
+            self.stats_dropped.labels(gw)
 
 
 def entry_deadline(entry: Entry, default_hours: float) -> float:

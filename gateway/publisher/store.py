@@ -232,8 +232,23 @@ class Store:
             db.executemany("INSERT OR IGNORE INTO gateways (id) VALUES (?)",
                            [(i,) for i in ids])
 
-    def record_ack(self, ack: Ack, now: float) -> None:
-        """Apply an ack. Every step is idempotent, so a re-sent ack changes nothing.
+    def unknown_ids(self, ids: Sequence[str]) -> list[str]:
+        """The ids in `ids` this feed never had (removed entries are known: rows stay)."""
+        out: list[str] = []
+        for i in range(0, len(ids), 500):   # SQLite's bound-parameter limit
+            part = list(dict.fromkeys(ids[i:i + 500]))
+            known = {r[0] for r in self.db.execute(
+                f"SELECT id FROM entries WHERE id IN ({','.join('?' * len(part))})", part)}
+            out.extend(x for x in part if x not in known)
+        return out
+
+    def record_ack(self, ack: Ack, now: float, max_series: int | None = None) -> int:
+        """Apply an ack; returns how many stats rows were dropped by `max_series`.
+        Every step is idempotent, so a re-sent ack changes nothing.
+
+        At most `max_series` distinct (category, tier) pairs are kept per gateway: each pair
+        is a /metrics series, and categories and tiers are the gateway's free-form names.
+        Rows for pairs already stored always go in, so a full budget never loses real data.
 
         Stats rows and probe counts are the gateway's totals (a closed hour's row; its probe
         ledger's counts), so they replace what was stored: adding would count every retry
@@ -241,6 +256,21 @@ class Store:
         apart from a new ack.
         """
         with self._write() as db:
+            stats, dropped = list(ack.stats), 0
+            if max_series is not None:
+                pairs = {(r[0], r[1]) for r in db.execute(
+                    "SELECT DISTINCT category, tier FROM gateway_stats WHERE gateway=?",
+                    (ack.gateway,))}
+                kept = []
+                for s in stats:
+                    pair = (s.category, s.tier)
+                    if pair not in pairs:
+                        if len(pairs) >= max_series:
+                            dropped += 1
+                            continue
+                        pairs.add(pair)
+                    kept.append(s)
+                stats = kept
             db.execute("INSERT INTO gateways (id, applied_serial, last_ack) VALUES (?,?,?) "
                        "ON CONFLICT (id) DO UPDATE SET "
                        "applied_serial=max(applied_serial, excluded.applied_serial), "
@@ -259,10 +289,11 @@ class Store:
                 "INSERT OR REPLACE INTO gateway_stats (gateway, hour, category, tier, queries, "
                 "blocked) VALUES (?,?,?,?,?,?)",
                 [(ack.gateway, s.hour, s.category, s.tier, s.queries, s.blocked)
-                 for s in ack.stats])
+                 for s in stats])
             db.executemany(
                 "INSERT OR REPLACE INTO gateway_probes (gateway, result, count) VALUES (?,?,?)",
                 [(ack.gateway, r, n) for r, n in sorted(ack.probes.items())])
+        return dropped
 
     def gateway_rows(self) -> dict[str, GatewayRow]:
         return {r[0]: GatewayRow(int(r[1]), r[2]) for r in
