@@ -251,7 +251,8 @@ async def test_concurrent_misses_share_a_bounded_socket_pool() -> None:
         limits = UpstreamLimits(inflight=5000, inflight_per_zone=5000, sockets=4, socket_uses=8)
         # (the scripted server's receive buffer drops part of such a burst: those time out)
         fwd = Forwarder([Upstream("127.0.0.1", port)],
-                        ForwarderConfig(attempt_timeout=0.5, fail_threshold=10**6),
+                        ForwarderConfig(attempt_timeout=5.0, query_timeout=10.0,
+                                        fail_threshold=10**6),
                         limits=limits)
         peak = 0
 
