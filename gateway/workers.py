@@ -33,8 +33,10 @@ from typing import Any
 from gateway.config import GatewayConfig
 from gateway.dns.cache import AnswerCache
 from gateway.dns.chain import Resolver
+from gateway.dns.rrl import Rrl
 from gateway.dns.server import DnsServer
 from gateway.dns.upstream import Forwarder, Upstream, UpstreamObserver
+from gateway.limits import RrlLimits
 from gateway.lists.index import ListIndex
 from gateway.lists.overlay import Overlay
 from gateway.metrics import DnsStats
@@ -72,6 +74,7 @@ class Deltas:
     upstream_queries: dict[tuple[str, str], int] = field(default_factory=dict)
     upstream_errors: dict[tuple[str, str], int] = field(default_factory=dict)
     upstream_latency: list[tuple[str, float]] = field(default_factory=list)
+    rrl: dict[str, int] = field(default_factory=dict)   # slipped, dropped, buckets (as deltas)
 
 
 class _Observer(UpstreamObserver):
@@ -244,6 +247,8 @@ def add_deltas(stats: DnsStats, cache_extra: dict[str, int], upstream: Any, d: D
         upstream.upstream_errors.labels(label, reason).inc(n)
     for label, seconds in d.upstream_latency:
         upstream.upstream_latency.labels(label).observe(seconds)
+    for name, n in d.rrl.items():   # the buckets gauge too: the sum of its deltas is its value
+        cache_extra[f"rrl_{name}"] = cache_extra.get(f"rrl_{name}", 0) + n
 
 
 # ---------------------------------------------------------------- the worker's side
@@ -274,6 +279,8 @@ class _Worker:
         self.idle_timeout = idle_timeout
         self.stop = asyncio.Event()
         self.resolver: Resolver | None = None
+        self.rrl: Rrl | None = None
+        self.rrl_limits: RrlLimits | None = None
         self.observer = _Observer()
         self.subscribers: Subscribers | None = None
         self.indexes: dict[Path, ListIndex] = {}
@@ -290,7 +297,11 @@ class _Worker:
         forwarder = Forwarder([Upstream(h, p) for h, p in config.upstreams], config.forwarder,
                               self.observer)
         self.resolver = Resolver(view, AnswerCache(config.cache), forwarder, DnsStats())
-        server = DnsServer(self.resolver, self.listen, self.idle_timeout, reuse_port=True)
+        # Each worker limits the sources the kernel hands it (by 4-tuple hash), in its own table.
+        self.rrl = Rrl(config.limits.rrl)
+        self.rrl_limits = config.limits.rrl
+        server = DnsServer(self.resolver, self.listen, self.idle_timeout, reuse_port=True,
+                           rrl=self.rrl)
         await server.start()
         self.conn.send(("applied", snapshot.generation))
         loop.add_reader(self.conn.fileno(), self._receive, build_view)
@@ -326,6 +337,10 @@ class _Worker:
         elif kind == "state" and self.resolver is not None:
             try:
                 self.resolver.swap(self._view(payload, build_view))
+                rrl_limits = payload.config.limits.rrl
+                if self.rrl is not None and rrl_limits != self.rrl_limits:
+                    self.rrl.configure(rrl_limits)
+                    self.rrl_limits = rrl_limits
             except Exception as exc:  # keep serving the old view; the primary logs it
                 with contextlib.suppress(OSError):
                     self.conn.send(("error", f"generation {payload.generation}: {exc!r}"))
@@ -338,9 +353,15 @@ class _Worker:
         last_b: list[int] = []
         last_sum = 0.0
         last_cache: dict[str, int] = {}
+        last_rrl: dict[str, int] = {}
         while True:
             await asyncio.sleep(STATS_INTERVAL)
-            assert self.resolver is not None
+            assert self.resolver is not None and self.rrl is not None
+            now_rrl = {"slipped": self.rrl.slipped, "dropped": self.rrl.dropped,
+                       "buckets": len(self.rrl)}
+            rrl = {k: v - last_rrl.get(k, 0) for k, v in now_rrl.items()
+                   if v != last_rrl.get(k, 0)}
+            last_rrl = now_rrl
             stats, cache = self.resolver.stats, self.resolver.cache
             queries = {k: v - last_q.get(k, 0) for k, v in stats.queries.items()
                        if v != last_q.get(k, 0)}
@@ -351,13 +372,14 @@ class _Worker:
             d = Deltas(queries, buckets, stats.duration_sum - last_sum,
                        {k: v - last_cache.get(k, 0) for k, v in now_cache.items()},
                        dict(self.observer.queries), dict(self.observer.errors),
-                       self.observer.latencies)
+                       self.observer.latencies, rrl)
             self.observer.queries.clear()
             self.observer.errors.clear()
             self.observer.latencies = []
             last_q, last_b, last_sum, last_cache = (dict(stats.queries), list(stats.buckets),
                                                     stats.duration_sum, now_cache)
-            if queries or d.upstream_queries or d.upstream_errors or any(d.cache.values()):
+            if (queries or d.upstream_queries or d.upstream_errors or any(d.cache.values())
+                    or rrl):
                 try:
                     self.conn.send(("stats", d))
                 except (BrokenPipeError, OSError):
