@@ -105,6 +105,8 @@ class Gateway:
                      "stale_served": cache.stale_served + extra.get("stale_served", 0),
                      "entries": len(cache)},
             lambda: dict(self.loaded.index.entries_by_category) if self.loaded else {}))
+        self.metrics.blocked_bodies.set_function(
+            lambda: len(self.loaded.view.answers.bodies) if self.loaded else 0)
         rrl = self.rrl = Rrl(loaded.config.limits.rrl)
         self.registry.register(RrlCollector(
             lambda: {"slipped": rrl.slipped + extra.get("rrl_slipped", 0),

@@ -152,6 +152,11 @@ class Metrics:
             registry=registry)
         self.ready = Gauge("safegate_ready", "1 once policies and lists are loaded.",
                            registry=registry)
+        # Read at scrape time from the running view (gateway/app.py sets the function).
+        self.blocked_bodies = Gauge(
+            "safegate_blocked_bodies",
+            "Prebuilt blocked-reply bodies kept (at most limits.memory.blocked_bodies).",
+            registry=registry)
         # process_* (CPU, memory, open files) of this process, as Prometheus clients expect.
         ProcessCollector(registry=registry)
         info = Gauge("safegate_build_info", "SafeGate version.", ["version"], registry=registry)

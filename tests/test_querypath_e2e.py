@@ -185,6 +185,7 @@ def test_a_qtype_sweep_over_blocked_names_does_not_grow_memory(
     grown_mb = (_rss_kb(gw.pid) - before) / 1024
     # Before the bound: ~60,000 bodies of ~0.5 KB stayed (~40 MB measured). After: at most
     # 256 bodies and 1,000 memoized replies (< 1 MB); 8 MB leaves room for allocator noise.
+    print(f"\nRSS grew {grown_mb:.1f} MB over {len(sweep)} queries")
     assert grown_mb < 8, f"RSS grew {grown_mb:.1f} MB"
     assert len(replies) == len(sweep)
     for packet, raw in zip(sweep[::997], replies[::997], strict=True):

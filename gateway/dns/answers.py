@@ -3,8 +3,8 @@
 Bodies are built once per (verdict, qtype, EDNS, DO) and kept in one bounded LRU per view
 (`limits.memory.blocked_bodies`); a reply is then a header, the client's own question bytes,
 and that body. (They used to live on the verdict without a bound: a client sweeping the 65,536
-qtypes over one blocked name left ~80 MB behind.) Equal verdicts share bodies: every name an
-allowlist-only tier blocks has the same verdict, so one body per qtype serves them all.
+qtypes over one blocked name left ~80 MB behind.) The cache is keyed by the verdict's identity
+(hashing the dataclass costs ~1 µs, an id ~0.1) and holds the verdict, so the id stays its own.
 """
 
 from __future__ import annotations
@@ -34,26 +34,29 @@ class BodyCache:
 
     def __init__(self, limit: int) -> None:
         self.limit = limit
-        self._data: OrderedDict[tuple[Verdict, int, bool, bool], Body] = OrderedDict()
+        self._data: OrderedDict[tuple[int, int, bool, bool], tuple[Verdict, Body]] = \
+            OrderedDict()
         self.built = 0   # bodies built, for tests and benchmarks
 
     def __len__(self) -> int:
         return len(self._data)
 
-    def get(self, key: tuple[Verdict, int, bool, bool]) -> Body | None:
-        body = self._data.get(key)
-        if body is not None:
-            self._data.move_to_end(key)
-        return body
+    def get(self, key: tuple[int, int, bool, bool]) -> Body | None:
+        hit = self._data.get(key)
+        if hit is None:
+            return None
+        self._data.move_to_end(key)
+        return hit[1]
 
-    def put(self, key: tuple[Verdict, int, bool, bool], body: Body) -> None:
+    def put(self, key: tuple[int, int, bool, bool], verdict: Verdict, body: Body) -> None:
+        """Keep `body`; `key` starts with id(verdict), and holding the verdict keeps it alive,
+        so that id cannot name another verdict while the entry lives."""
         self.built += 1
-        if self.limit <= 0:
-            return
-        data = self._data
-        data[key] = body
-        if len(data) > self.limit:
-            data.popitem(last=False)
+        if self.limit > 0:
+            data = self._data
+            data[key] = (verdict, body)
+            if len(data) > self.limit:
+                data.popitem(last=False)
 
 
 @dataclass(frozen=True)
@@ -78,13 +81,21 @@ class BlockAnswers:
         return cls(ttl=ttl, blockpage_v4=v4, blockpage_v6=v6, steer_v4=s4, steer_v6=s6,
                    bodies=BodyCache(blocked_bodies))
 
-    def blocked_reply(self, q: wire.Query, verdict: Verdict) -> bytes:
-        """The reply for a blocked name, per the verdict's answer mode."""
-        key = (verdict, q.qtype, q.edns, q.do)
+    def blocked_reply(self, q: wire.Query, verdict: Verdict, keep: bool = True) -> bytes:
+        """The reply for a blocked name, per the verdict's answer mode.
+
+        `keep=False` for a verdict made for this one reply (a CNAME target's): its body would
+        only push a reusable one out of the cache.
+        """
+        if not keep:
+            flags, counts, records = self._body(q, verdict)
+            return (struct.pack(">HH", q.id, flags | (q.flags & (wire.RD | wire.CD))) + counts
+                    + q.question + records)
+        key = (id(verdict), q.qtype, q.edns, q.do)
         body = self.bodies.get(key)
         if body is None:
             body = self._body(q, verdict)
-            self.bodies.put(key, body)
+            self.bodies.put(key, verdict, body)
         flags, counts, records = body
         return (struct.pack(">HH", q.id, flags | (q.flags & (wire.RD | wire.CD))) + counts
                 + q.question + records)

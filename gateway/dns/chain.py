@@ -300,7 +300,7 @@ class Resolver:
                 # Answer for the queried name, citing the target's entry (the SOA owner is then
                 # the queried name itself: offset 0).
                 via = dataclasses.replace(verdict, offset=0)
-                return view.answers.blocked_reply(q, via), via
+                return view.answers.blocked_reply(q, via, keep=False), via
         return entry.reply(q, now, limit, stale), None
 
     async def _forward(self, q: wire.Query, cache_key: tuple[bytes, int, int, int] | None,
