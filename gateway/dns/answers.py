@@ -1,6 +1,6 @@
 """Replies SafeGate writes itself: blocked names (with EDE), REFUSED, RFC 8482 ANY.
 
-Bodies are built once per (verdict, qtype, EDNS, DO) and kept in one bounded LRU per view
+Bodies are built once per (verdict, qtype, EDNS, DO) and kept in one bounded FIFO per view
 (`limits.memory.blocked_bodies`); a reply is then a header, the client's own question bytes,
 and that body. (They used to live on the verdict without a bound: a client sweeping the 65,536
 qtypes over one blocked name left ~80 MB behind.) The cache is keyed by the verdict's identity
