@@ -188,3 +188,14 @@ def test_check_costs_little() -> None:
     print(f"\nRRL check: {us[0]:.2f} µs under the gate, {us[1]:.2f} counted per answer, "
           f"{us[2]:.2f} disabled")
     assert gate.dropped == counted.dropped == 0 and max(us) < 1000
+
+
+def test_configure_applies_new_limits_on_reload(resolver: Resolver) -> None:
+    out = reply(resolver, "allowed.test", "TXT")
+    rrl = Rrl(limits(slip=0), Clock())
+    assert run(rrl, "10.1.2.3", out, 16) == (14, 0, 2)
+    rrl.configure(limits(enabled=False))
+    assert run(rrl, "10.1.2.3", out, 50) == (50, 0, 0)
+    rrl.configure(limits(slip=0, responses_per_second=1, errors_per_second=1))  # fresh tables
+    assert run(rrl, "10.1.2.3", out, 6) == (4, 0, 2)    # gate 1/s x 2 s, then the answer's 2
+    assert rrl.dropped == 4                             # counters run on across reloads
