@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import socket
 import struct
+import time
 from pathlib import Path
 from typing import Any
 
@@ -205,9 +206,13 @@ def test_a_qtype_sweep_over_blocked_names_does_not_grow_memory(
 # ---------------------------------------------------------------- 12: RRL
 
 
+@pytest.mark.parametrize("workers", [1, 2])
 def test_rrl_slips_and_drops_a_udp_burst_and_tcp_still_answers(
-        unbound: ub.UnboundServer, safegate_factory: Any) -> None:
+        unbound: ub.UnboundServer, safegate_factory: Any, workers: int) -> None:
+    """With dns.workers 2 the burst (one socket: one 4-tuple) lands on one of the processes;
+    a worker's counts reach the primary's /metrics within its report interval."""
     gw = start(safegate_factory, unbound, {
+        "dns": {"workers": workers},
         "limits": {"rrl": {"responses_per_second": 5, "errors_per_second": 5, "window": 1,
                            "slip": 2}}})
     for action in ("slipped", "dropped"):
@@ -240,6 +245,10 @@ def test_rrl_slips_and_drops_a_udp_burst_and_tcp_still_answers(
     dropped = n - answered - slipped
     assert answered < n and slipped > 0 and dropped > 0
     assert abs(slipped - dropped) <= 1                     # slip 2: every other limited one
+    deadline = time.monotonic() + 10
+    while (metric(gw, "safegate_rrl_limited_total", action="slipped") != slipped
+           and time.monotonic() < deadline):
+        time.sleep(0.1)
     assert metric(gw, "safegate_rrl_limited_total", action="slipped") == slipped
     assert metric(gw, "safegate_rrl_limited_total", action="dropped") == dropped
     assert metric(gw, "safegate_rrl_buckets") >= 2        # the prefix's gate and the answer's
