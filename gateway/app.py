@@ -18,11 +18,12 @@ from gateway.dns.cache import AnswerCache
 from gateway.dns.chain import Resolver
 from gateway.dns.doh import DohHandler
 from gateway.dns.dot import DotServer, ReloadableContext
+from gateway.dns.rrl import Rrl
 from gateway.dns.server import DnsServer
 from gateway.dns.upstream import Forwarder, upstreams_from
 from gateway.errors import ConfigError, ConfigErrors, SafeGateError
 from gateway.lists.overlay import Overlay
-from gateway.metrics import GatewayCollector, Metrics
+from gateway.metrics import GatewayCollector, Metrics, RrlCollector
 from gateway.probe import ProbeResult, probe_name
 from gateway.proxy.pac import pac_mount
 from gateway.proxy.supervisor import ProxySupervisor, proxy_command
@@ -62,6 +63,7 @@ class Gateway:
         self.builder = Builder(config_path)
         self.loaded: Loaded | None = None
         self.resolver: Resolver | None = None
+        self.rrl: Rrl | None = None             # UDP response rate limiting (limits.rrl)
         self.dns: DnsServer | None = None
         self.dot: DotServer | None = None
         self.web_tls: ReloadableContext | None = None
@@ -104,12 +106,19 @@ class Gateway:
                      "stale_served": cache.stale_served + extra.get("stale_served", 0),
                      "entries": len(cache)},
             lambda: dict(self.loaded.index.entries_by_category) if self.loaded else {}))
+        self.metrics.blocked_bodies.set_function(
+            lambda: len(self.loaded.view.answers.bodies) if self.loaded else 0)
+        rrl = self.rrl = Rrl(loaded.config.limits.rrl)
+        self.registry.register(RrlCollector(
+            lambda: {"slipped": rrl.slipped + extra.get("rrl_slipped", 0),
+                     "dropped": rrl.dropped + extra.get("rrl_dropped", 0),
+                     "buckets": len(rrl) + extra.get("rrl_buckets", 0)}))
         self._install(loaded)
         await self._start_feeds(loaded)
         self._start_subscribers_feed(loaded)
         workers = loaded.config.workers
         self.dns = DnsServer(self.resolver, list(loaded.config.dns_listen),
-                             loaded.config.tcp_idle_timeout, reuse_port=workers > 1)
+                             loaded.config.tcp_idle_timeout, reuse_port=workers > 1, rrl=rrl)
         await self.dns.start()
         if workers > 1:
             await self._start_workers(loaded)
@@ -225,6 +234,9 @@ class Gateway:
     def _install(self, loaded: Loaded) -> None:
         assert self.resolver is not None
         self.resolver.swap(loaded.view)
+        if self.rrl is not None and (self.loaded is None
+                                     or self.loaded.config.limits.rrl != loaded.config.limits.rrl):
+            self.rrl.configure(loaded.config.limits.rrl)
         self.loaded = loaded
         self._watched = fingerprint(watched_files(self.config_path, loaded))
         self.metrics.reloads.labels("success").inc()

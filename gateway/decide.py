@@ -18,17 +18,16 @@ from __future__ import annotations
 
 import dataclasses
 from collections import OrderedDict
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
+from gateway.limits import MemoryLimits
 from gateway.lists import Action
 from gateway.lists.overlay import Matcher
 
 EDE_BLOCKED = 15
 EDE_CENSORED = 16
 EDE_FILTERED = 17
-
-_MEMO_LIMIT = 50_000  # verdicts per profile (~0.2 KB each; allowed names share one)
 
 
 @dataclass(frozen=True)
@@ -45,8 +44,6 @@ class Verdict:
     ref: str = ""               # the feed entry id, when a feed entry decided
     rewrite: bytes = b""        # SafeSearch: answer with a CNAME to this name (not blocked)
     steer: bool = False         # the proxy must see it: answer the proxy's address (not blocked)
-    bodies: dict[tuple[int, bool, bool], tuple[int, bytes, bytes]] = field(
-        default_factory=dict, compare=False, repr=False)  # synthesized replies, see answers.py
 
     def ede_text(self) -> str:
         """Short EXTRA-TEXT: the category and the list entry."""
@@ -98,15 +95,17 @@ class Profile:
     """
 
     __slots__ = ("_memo", "allow", "answer", "blocked", "bypass", "default_block", "deny",
-                 "filtered", "id", "index", "network", "replies", "rewrites", "scheduled",
-                 "steer", "steer_scopes", "tier")
+                 "filtered", "id", "index", "network", "replies", "reply_memo", "rewrites",
+                 "scheduled", "steer", "steer_scopes", "tier", "verdict_memo")
 
     def __init__(self, id: int, network: str, tier: str, blocked: frozenset[str], answer: str,
                  allow: frozenset[bytes], deny: frozenset[bytes], default_block: bool,
                  index: Matcher, *, scheduled: frozenset[str] = frozenset(),
                  rewrites: dict[bytes, bytes] | None = None, bypass: bool = False,
                  filtered: bool = False, steer: frozenset[bytes] = frozenset(),
-                 steer_scopes: frozenset[bytes] = frozenset()) -> None:
+                 steer_scopes: frozenset[bytes] = frozenset(),
+                 verdict_memo: int = MemoryLimits.verdict_memo,
+                 reply_memo: int = MemoryLimits.reply_memo) -> None:
         self.id = id
         self.network = network
         self.tier = tier
@@ -130,13 +129,19 @@ class Profile:
         # The query path's memo of whole UDP replies by query bytes (see dns/chain.py); here so
         # that it is rebuilt with the profile on every reload.
         self.replies: OrderedDict[bytes, Any] = OrderedDict()
+        # limits.memory: verdicts (~0.2 KB each; allowed names share one) and whole replies
+        # (~0.3 KB each) kept per profile, oldest evicted first.
+        self.verdict_memo = verdict_memo
+        self.reply_memo = reply_memo
 
     def decide(self, key: bytes) -> Verdict:
         """The verdict for a lowercase dotted name (memoized)."""
         memo = self._memo
         verdict = memo.get(key)
         if verdict is None:
-            if len(memo) >= _MEMO_LIMIT:
+            if len(memo) >= self.verdict_memo:
+                if not memo:
+                    return decide(self, key)  # limits.memory.verdict_memo: 0, no memo
                 memo.popitem(last=False)  # oldest first; a clear would thrash at the limit
             verdict = memo[key] = decide(self, key)
         return verdict

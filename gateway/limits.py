@@ -80,14 +80,15 @@ class RrlLimits:
     """Response rate limiting in the style of BIND/Knot RRL: `limits.rrl` (UDP only)."""
 
     enabled: bool = True
-    responses_per_second: int = 50       # identical responses per second to one source prefix
-    errors_per_second: int = 10          # NXDOMAIN/REFUSED/SERVFAIL/FORMERR per second, likewise
+    responses_per_second: int = 50       # identical answers (or NXDOMAIN/NODATA of one zone) per
+                                         # second to one source prefix; 0: not limited
+    errors_per_second: int = 10          # REFUSED/SERVFAIL/FORMERR/NOTIMP per second, likewise
     window: int = 5                      # seconds of credit a source may bank
     slip: int = 2                        # every Nth limited reply goes out as TC=1 (0: drop all)
     ipv4_prefix: int = 24
     ipv6_prefix: int = 56
     exempt: tuple[str, ...] = ()         # networks never limited (trusted front ends are, too)
-    table_size: int = 65_536             # tracked (prefix, response) buckets
+    table_size: int = 65_536             # (prefix, response) buckets; prefixes, addresses likewise
 
 
 @dataclass(frozen=True)

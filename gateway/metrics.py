@@ -99,6 +99,32 @@ class GatewayCollector(Collector):
         yield e
 
 
+RRL_ACTIONS = ("slipped", "dropped")
+
+
+class RrlCollector(Collector):
+    """Response rate limiting (dns/rrl.py), read at scrape time: the check itself stays a few
+    hundred nanoseconds, so it counts in plain ints."""
+
+    def __init__(self, counts: Callable[[], dict[str, int]]) -> None:
+        self.counts = counts   # slipped, dropped, buckets
+
+    def collect(self) -> Iterator[Metric]:
+        counts = self.counts()
+        c = CounterMetricFamily("safegate_rrl_limited",
+                                "UDP responses held back by response rate limiting: sent as a "
+                                "bare TC=1 reply (slipped) or not sent (dropped).",
+                                labels=["action"])
+        for action in RRL_ACTIONS:
+            c.add_metric([action], counts.get(action, 0))
+        yield c
+        g = GaugeMetricFamily("safegate_rrl_buckets",
+                              "(source prefix, response) buckets response rate limiting tracks "
+                              "(at most limits.rrl.table_size per process).")
+        g.add_metric([], counts.get("buckets", 0))
+        yield g
+
+
 class Metrics:
     """Every SafeGate gateway metric, created against one registry."""
 
@@ -142,6 +168,11 @@ class Metrics:
             registry=registry)
         self.ready = Gauge("safegate_ready", "1 once policies and lists are loaded.",
                            registry=registry)
+        # Read at scrape time from the running view (gateway/app.py sets the function).
+        self.blocked_bodies = Gauge(
+            "safegate_blocked_bodies",
+            "Prebuilt blocked-reply bodies kept (at most limits.memory.blocked_bodies).",
+            registry=registry)
         # process_* (CPU, memory, open files) of this process, as Prometheus clients expect.
         ProcessCollector(registry=registry)
         info = Gauge("safegate_build_info", "SafeGate version.", ["version"], registry=registry)

@@ -26,6 +26,7 @@ from gateway.decide import Profile
 from gateway.dns.answers import BlockAnswers
 from gateway.dns.chain import View
 from gateway.errors import ConfigError, ConfigErrors, SafeGateError
+from gateway.limits import MemoryLimits
 from gateway.lists.catalog import Catalog, load_catalog
 from gateway.lists.compile import compile_catalog
 from gateway.lists.index import ListIndex
@@ -150,17 +151,19 @@ def build_view(config: GatewayConfig, policy: Policy, index: Matcher, generation
     extra = scheduled_categories(config, policy, when)
     rewrites = load_rewrites()
     scopes = steer_scopes(config, intercept)
+    memory = config.limits.memory
     profiles: dict[str, Profile] = {}
     items: list[tuple[Network4or6, Profile]] = []
     for i, net in enumerate(policy.networks):
         profile = _profile(i, net, policy, index, extra, rewrites, steer=intercept,
-                           scopes=scopes)
+                           scopes=scopes, memory=memory)
         profiles[net.name] = profile
         items.extend((cidr, profile) for cidr in net.cidrs)
     # One profile per DoH token (not shared with a network's): its memo and its tier are its own.
     tokens = {t.token: _profile(len(policy.networks) + i,
                                 Network(name="token", cidrs=(), tier=t.tier), policy, index,
-                                extra, rewrites, steer=intercept, scopes=scopes)
+                                extra, rewrites, steer=intercept, scopes=scopes,
+                                memory=memory)
               for i, t in enumerate(policy.tokens)}
     layers = []
     if subscribers is not None:
@@ -168,11 +171,11 @@ def build_view(config: GatewayConfig, policy: Policy, index: Matcher, generation
         subscriber_profiles = [
             _profile(base + i, Network(name="subscribers", cidrs=(), tier=s.tier, allow=s.allow,
                                        deny=s.deny), policy, index, extra, rewrites,
-                     filtered=s.filtered, steer=intercept, scopes=scopes)
+                     filtered=s.filtered, steer=intercept, scopes=scopes, memory=memory)
             for i, s in enumerate(subscribers.profiles)]
         layers.append((subscribers.tables, subscriber_profiles))
     answers = BlockAnswers.for_addresses(config.block_ttl, list(config.blockpage_addresses),
-                                         steering(config))
+                                         steering(config), memory.blocked_bodies)
     frontends = (PrefixMap([(net, True) for net in config.trusted_frontends])
                  if config.trusted_frontends else None)
     return View(PrefixMap(items, layers), answers, generation, tokens, frontends,
@@ -210,16 +213,19 @@ def schedule_changed(loaded: Loaded, now: datetime) -> bool:
 def _profile(i: int, net: Network, policy: Policy, index: Matcher,
              extra: dict[str, frozenset[str]] | None = None, rewrites: Rewrites | None = None,
              *, filtered: bool = False, steer: frozenset[bytes] = frozenset(),
-             scopes: frozenset[bytes] = frozenset()) -> Profile:
+             scopes: frozenset[bytes] = frozenset(),
+             memory: MemoryLimits | None = None) -> Profile:
     tier = policy.tiers[net.tier]
     scheduled = (extra or {}).get(tier.name, frozenset())
+    memory = memory or MemoryLimits()
     return Profile(
         id=i, network=net.name, tier=tier.name, blocked=frozenset(tier.block) | scheduled,
         answer=tier.answer, allow=frozenset(tier.allow + net.allow),
         deny=frozenset(tier.deny + net.deny), default_block=tier.default_block, index=index,
         scheduled=scheduled, bypass=tier.bypass_protection, filtered=filtered, steer=steer,
         steer_scopes=scopes,
-        rewrites=rewrites.for_mode(tier.safesearch) if rewrites is not None else None)
+        rewrites=rewrites.for_mode(tier.safesearch) if rewrites is not None else None,
+        verdict_memo=memory.verdict_memo, reply_memo=memory.reply_memo)
 
 
 def load_policy_for(config: GatewayConfig, catalog: Catalog) -> Policy:

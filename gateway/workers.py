@@ -33,8 +33,10 @@ from typing import Any
 from gateway.config import GatewayConfig
 from gateway.dns.cache import AnswerCache
 from gateway.dns.chain import Resolver
+from gateway.dns.rrl import Rrl
 from gateway.dns.server import DnsServer
 from gateway.dns.upstream import Forwarder, UpstreamObserver, upstreams_from
+from gateway.limits import RrlLimits
 from gateway.lists.index import ListIndex
 from gateway.lists.overlay import Overlay
 from gateway.metrics import DnsStats
@@ -76,6 +78,7 @@ class Deltas:
     upstream_dropped: dict[str, int] = field(default_factory=dict)
     worker: int = 0
     upstream_sockets: int = 0                # open now (a gauge, not a delta)
+    rrl: dict[str, int] = field(default_factory=dict)   # slipped, dropped, buckets (as deltas)
 
 
 class _Observer(UpstreamObserver):
@@ -262,6 +265,8 @@ def add_deltas(stats: DnsStats, cache_extra: dict[str, int], upstream: Any, d: D
         upstream.upstream_dropped.labels(reason).inc(n)
     if d.worker:
         upstream.worker_upstream_sockets[d.worker] = d.upstream_sockets
+    for name, n in d.rrl.items():   # the buckets gauge too: the sum of its deltas is its value
+        cache_extra[f"rrl_{name}"] = cache_extra.get(f"rrl_{name}", 0) + n
 
 
 # ---------------------------------------------------------------- the worker's side
@@ -292,6 +297,8 @@ class _Worker:
         self.idle_timeout = idle_timeout
         self.stop = asyncio.Event()
         self.resolver: Resolver | None = None
+        self.rrl: Rrl | None = None
+        self.rrl_limits: RrlLimits | None = None
         self.observer = _Observer()
         self.subscribers: Subscribers | None = None
         self.indexes: dict[Path, ListIndex] = {}
@@ -308,7 +315,11 @@ class _Worker:
         forwarder = Forwarder(upstreams_from(config.upstreams), config.forwarder, self.observer,
                               limits=config.limits.upstream)
         self.resolver = Resolver(view, AnswerCache(config.cache), forwarder, DnsStats())
-        server = DnsServer(self.resolver, self.listen, self.idle_timeout, reuse_port=True)
+        # Each worker limits the sources the kernel hands it (by 4-tuple hash), in its own table.
+        self.rrl = Rrl(config.limits.rrl)
+        self.rrl_limits = config.limits.rrl
+        server = DnsServer(self.resolver, self.listen, self.idle_timeout, reuse_port=True,
+                           rrl=self.rrl)
         await server.start()
         self.conn.send(("applied", snapshot.generation))
         loop.add_reader(self.conn.fileno(), self._receive, build_view)
@@ -344,6 +355,10 @@ class _Worker:
         elif kind == "state" and self.resolver is not None:
             try:
                 self.resolver.swap(self._view(payload, build_view))
+                rrl_limits = payload.config.limits.rrl
+                if self.rrl is not None and rrl_limits != self.rrl_limits:
+                    self.rrl.configure(rrl_limits)
+                    self.rrl_limits = rrl_limits
             except Exception as exc:  # keep serving the old view; the primary logs it
                 with contextlib.suppress(OSError):
                     self.conn.send(("error", f"generation {payload.generation}: {exc!r}"))
@@ -357,9 +372,15 @@ class _Worker:
         last_sum = 0.0
         last_cache: dict[str, int] = {}
         last_sockets = -1
+        last_rrl: dict[str, int] = {}
         while True:
             await asyncio.sleep(STATS_INTERVAL)
-            assert self.resolver is not None
+            assert self.resolver is not None and self.rrl is not None
+            now_rrl = {"slipped": self.rrl.slipped, "dropped": self.rrl.dropped,
+                       "buckets": len(self.rrl)}
+            rrl = {k: v - last_rrl.get(k, 0) for k, v in now_rrl.items()
+                   if v != last_rrl.get(k, 0)}
+            last_rrl = now_rrl
             stats, cache = self.resolver.stats, self.resolver.cache
             queries = {k: v - last_q.get(k, 0) for k, v in stats.queries.items()
                        if v != last_q.get(k, 0)}
@@ -372,7 +393,7 @@ class _Worker:
                        dict(self.observer.queries), dict(self.observer.errors),
                        self.observer.latencies, dict(self.observer.mismatched),
                        dict(self.observer.dropped_), self.id,
-                       self.resolver.forwarder.open_sockets())
+                       self.resolver.forwarder.open_sockets(), rrl)
             self.observer.queries.clear()
             self.observer.errors.clear()
             self.observer.latencies = []
@@ -383,7 +404,7 @@ class _Worker:
             sockets_changed = d.upstream_sockets != last_sockets
             last_sockets = d.upstream_sockets
             if queries or d.upstream_queries or d.upstream_errors or any(d.cache.values()) \
-                    or d.upstream_mismatched or d.upstream_dropped or sockets_changed:
+                    or d.upstream_mismatched or d.upstream_dropped or sockets_changed or rrl:
                 try:
                     self.conn.send(("stats", d))
                 except (BrokenPipeError, OSError):

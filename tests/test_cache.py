@@ -112,6 +112,19 @@ def test_ad_bit_only_for_clients_that_asked_for_dnssec() -> None:
     assert do.flags & dns.flags.AD
 
 
+def test_truncated_reply_keeps_the_upstreams_ad_bit() -> None:
+    """Issue #10 item 16: unbound answers a DO query that does not fit TC=1 with AD=1."""
+    raw = upstream_reply(answers=[f"www.example.test. 300 IN A 192.0.2.{i}" for i in range(40)],
+                         ad=True)
+    entry = entry_from_reply(raw, CacheConfig(), now=0.0)
+    assert entry is not None
+    do = dns.message.from_wire(entry.reply(client_query(use_edns=0, want_dnssec=True,
+                                                        payload=512), 0.0, 512))
+    assert do.flags & dns.flags.TC and do.flags & dns.flags.AD and not do.answer
+    plain = dns.message.from_wire(entry.reply(client_query(), 0.0, 512))
+    assert plain.flags & dns.flags.TC and not plain.flags & dns.flags.AD
+
+
 def test_stale_answers_have_ttl_30() -> None:
     raw = upstream_reply(answers=["www.example.test. 300 IN A 192.0.2.1"])
     entry = entry_from_reply(raw, CacheConfig(), now=0.0)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import ipaddress
 
 import dns.message
+import dns.rcode
 import dns.rrset
 
 from gateway.decide import Profile
@@ -96,3 +97,35 @@ def test_memo_is_per_profile() -> None:
     assert ask(r, packet, "127.0.0.1").rcode() == 3  # tier0 blocks adult: NXDOMAIN
     assert ask(r, packet, "127.0.0.1").rcode() == 3  # and again from its memo
     assert ask(r, packet, "127.0.0.4").answer
+
+
+def test_memos_and_blocked_bodies_stay_within_their_limits() -> None:
+    """Issue #10 item 2: a qtype x EDNS x DO sweep over blocked names stays bounded, and every
+    answer is still the right one (bodies rebuilt after eviction are the same bytes)."""
+    b = IndexBuilder()
+    b.add(b"blocked.test", Rule("adult", SCOPE_BOTH, Action.DEFAULT, False))
+    profile = Profile(0, "net", "tier", frozenset({"adult"}), "nxdomain", frozenset(),
+                      frozenset(), False, ListIndex.from_bytes(b.to_bytes()), verdict_memo=4,
+                      reply_memo=8)
+    answers = BlockAnswers.for_addresses(30, [], blocked_bodies=5)
+    r = Resolver(View(PrefixMap([(ipaddress.ip_network("127.0.0.1/32"), profile)]), answers, 1),
+                 AnswerCache(CacheConfig()), Forwarder([Upstream("127.0.0.1", 9)],
+                                                       ForwarderConfig()), DnsStats())
+    first: dict[tuple[str, int, int], bytes] = {}
+    for rounds in range(2):
+        for qtype in range(1, 200):
+            for name in ("a.blocked.test", "b.blocked.test", "c.blocked.test"):
+                q = dns.message.make_query(name, qtype, use_edns=0 if qtype % 2 else None,
+                                           want_dnssec=qtype % 3 == 0)
+                q.id = 7
+                out = r.handle(q.to_wire(), "127.0.0.1", "udp")
+                assert isinstance(out, bytes)
+                if rounds == 0:
+                    first[(name, qtype, q.flags)] = out
+                    msg = dns.message.from_wire(out)
+                    assert msg.rcode() == dns.rcode.NXDOMAIN and msg.authority
+                else:
+                    assert out == first[(name, qtype, q.flags)]
+                assert len(answers.bodies) <= 5 and len(profile.replies) <= 8
+                assert len(profile._memo) <= 4
+    assert answers.bodies.built > 5   # evicted bodies were rebuilt, not kept

@@ -71,8 +71,11 @@ def _config_dir(gw: SafeGateProcess) -> Path:
 
 def test_reload_under_load_sighup_and_file_watch(unbound: ub.UnboundServer,
                                                  safegate_factory: Any) -> None:
+    # The load is one source asking the same names as fast as it can: RRL would rightly limit
+    # it (limits.rrl), and this test is about reloads.
     gw = safegate_factory(upstream_port=unbound.port, policies={"p.yaml": POLICY}, lists=LISTS,
-                          lists_yaml=LISTS_YAML, extra={"reload": {"watch_interval": 0.2}})
+                          lists_yaml=LISTS_YAML, extra={"reload": {"watch_interval": 0.2},
+                                                        "limits": {"rrl": {"enabled": False}}})
     base = _config_dir(gw)
     load = Load(gw.dns_port)
     load.start()

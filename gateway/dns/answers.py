@@ -1,52 +1,103 @@
 """Replies SafeGate writes itself: blocked names (with EDE), REFUSED, RFC 8482 ANY.
 
-Bodies are built once per (verdict, qtype, EDNS, DO) and kept on the verdict; a reply is then
-a header, the client's own question bytes, and that body.
+Bodies are built once per (verdict, qtype, EDNS, DO) and kept in one bounded FIFO per view
+(`limits.memory.blocked_bodies`); a reply is then a header, the client's own question bytes,
+and that body. (They used to live on the verdict without a bound: a client sweeping the 65,536
+qtypes over one blocked name left ~80 MB behind.) The cache is keyed by the verdict's identity
+(hashing the dataclass costs ~1 µs, an id ~0.1) and holds the verdict, so the id stays its own.
 """
 
 from __future__ import annotations
 
 import ipaddress
 import struct
-from dataclasses import dataclass
+from collections import OrderedDict
+from dataclasses import dataclass, field
 
 from gateway.decide import Verdict
 from gateway.dns import wire
+from gateway.limits import MemoryLimits
 
 EDE_PROHIBITED = 18
+EDE_NOT_SUPPORTED = 21
 _SOA_RDATA_NAMES = b"\x08safegate\x07invalid\x00\x0ahostmaster\x08safegate\x07invalid\x00"
+
+
+Body = tuple[int, bytes, bytes]  # (flags, counts, records)
+
+
+class BodyCache:
+    """Prebuilt blocked-reply bodies, the oldest evicted past `limit` (0: none kept).
+
+    First in, first out: a hit costs one dict probe and no reordering; an evicted body that is
+    still wanted is rebuilt in a few µs. Only the slow path reaches it: a repeated query is
+    answered from the profile's reply memo.
+    """
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        # (id(verdict), qtype, EDNS, DO) -> (verdict, body): holding the verdict keeps it
+        # alive, so its id cannot name another verdict while the entry lives.
+        self.data: OrderedDict[tuple[int, int, bool, bool], tuple[Verdict, Body]] = \
+            OrderedDict()
+        self.built = 0   # bodies built, for tests and benchmarks
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+    def put(self, key: tuple[int, int, bool, bool], verdict: Verdict, body: Body) -> None:
+        self.built += 1
+        if self.limit > 0:
+            data = self.data
+            data[key] = (verdict, body)
+            if len(data) > self.limit:
+                data.popitem(last=False)
 
 
 @dataclass(frozen=True)
 class BlockAnswers:
-    """Addresses and TTL used in block answers."""
+    """Addresses and TTL used in block answers, and the bodies built from them."""
 
     ttl: int = 30
     blockpage_v4: tuple[bytes, ...] = ()  # packed addresses of the block-page web server
     blockpage_v6: tuple[bytes, ...] = ()
     steer_v4: tuple[bytes, ...] = ()      # the proxy's DNS-steering listeners (issue 5)
     steer_v6: tuple[bytes, ...] = ()
+    bodies: BodyCache = field(default_factory=lambda: BodyCache(MemoryLimits.blocked_bodies),
+                              compare=False, repr=False)
 
     @classmethod
-    def for_addresses(cls, ttl: int, addresses: list[str], steer: list[str] | None = None
-                      ) -> BlockAnswers:
+    def for_addresses(cls, ttl: int, addresses: list[str], steer: list[str] | None = None,
+                      blocked_bodies: int = MemoryLimits.blocked_bodies) -> BlockAnswers:
         v4 = tuple(ipaddress.ip_address(a).packed for a in addresses if ":" not in a)
         v6 = tuple(ipaddress.ip_address(a).packed for a in addresses if ":" in a)
         s4 = tuple(ipaddress.ip_address(a).packed for a in steer or () if ":" not in a)
         s6 = tuple(ipaddress.ip_address(a).packed for a in steer or () if ":" in a)
-        return cls(ttl=ttl, blockpage_v4=v4, blockpage_v6=v6, steer_v4=s4, steer_v6=s6)
+        return cls(ttl=ttl, blockpage_v4=v4, blockpage_v6=v6, steer_v4=s4, steer_v6=s6,
+                   bodies=BodyCache(blocked_bodies))
 
-    def blocked_reply(self, q: wire.Query, verdict: Verdict) -> bytes:
-        """The reply for a blocked name, per the verdict's answer mode."""
-        slot = (q.qtype, q.edns, q.do)
-        body = verdict.bodies.get(slot)
-        if body is None:
-            body = verdict.bodies[slot] = self._body(q, verdict)
+    def blocked_reply(self, q: wire.Query, verdict: Verdict, keep: bool = True) -> bytes:
+        """The reply for a blocked name, per the verdict's answer mode.
+
+        `keep=False` for a verdict made for this one reply (a CNAME target's): its body would
+        only push a reusable one out of the cache.
+        """
+        if not keep:
+            flags, counts, records = self._body(q, verdict)
+            return (struct.pack(">HH", q.id, flags | (q.flags & (wire.RD | wire.CD))) + counts
+                    + q.question + records)
+        key = (id(verdict), q.qtype, q.edns, q.do)
+        hit = self.bodies.data.get(key)
+        if hit is None:
+            body = self._body(q, verdict)
+            self.bodies.put(key, verdict, body)
+        else:
+            body = hit[1]
         flags, counts, records = body
         return (struct.pack(">HH", q.id, flags | (q.flags & (wire.RD | wire.CD))) + counts
                 + q.question + records)
 
-    def _body(self, q: wire.Query, verdict: Verdict) -> tuple[int, bytes, bytes]:
+    def _body(self, q: wire.Query, verdict: Verdict) -> Body:
         """(flags, counts, records); the ID, RD/CD and question are added per reply."""
         rdatas = self._addresses(q.qtype, verdict.answer)
         rcode = wire.NXDOMAIN if verdict.answer == "nxdomain" else wire.NOERROR
@@ -96,6 +147,15 @@ class BlockAnswers:
 def refused_reply(q: wire.Query) -> bytes:
     """REFUSED for clients outside every network (no open resolver), EDE 18 when EDNS."""
     ede = wire.ede_option(EDE_PROHIBITED, "not a SafeGate client network") if q.edns else b""
+    return wire.error_reply(q, wire.REFUSED, ede)
+
+
+def class_refused_reply(q: wire.Query) -> bytes:
+    """REFUSED for any class but IN (CHAOS version.bind, class ANY, ...): such a query is never
+    forwarded, so the upstream's software and host stay private and class ANY, which upstreams
+    leave unanswered, cannot bench them. EDE 21 "Not Supported" (RFC 8914) with EDNS: the
+    client is welcome, the class is what we do not serve (18 "Prohibited" would blame it)."""
+    ede = wire.ede_option(EDE_NOT_SUPPORTED, "only class IN is served") if q.edns else b""
     return wire.error_reply(q, wire.REFUSED, ede)
 
 

@@ -76,15 +76,17 @@ class Entry:
         """
         body = self.records(now, stale)
         an, ns, ar = self.counts
-        flags = wire.reply_flags(q, self.rcode, self.flags if q.do or q.flags & wire.AD else
-                                 self.flags & ~wire.AD)
+        ad = self.flags if q.do or q.flags & wire.AD else self.flags & ~wire.AD
+        flags = wire.reply_flags(q, self.rcode, ad)
         if q.edns:
             out = (wire.header(q.id, flags, 1, an, ns, ar + 1) + q.question + body
                    + wire.opt_record(q.do, self.rcode))
         else:
             out = wire.header(q.id, flags, 1, an, ns, ar) + q.question + body
         if len(out) > limit:
-            return wire.truncated_reply(q, self.rcode)
+            # The upstream's AD stays on the truncated reply, as unbound sends it: the client
+            # retrying over TCP gets the same answer, and TC alone says nothing about validation.
+            return wire.truncated_reply(q, self.rcode, ad)
         return out
 
 

@@ -4,6 +4,8 @@
     identify  client address -> subscriber or network -> profile  (REFUSED when in none)
               (a DoH path token names its profile directly; from dns.trusted_frontends only,
               a PROXY v2 header or the query's EDNS Client Subnet names the client)
+    class     only IN is served: CHAOS (version.bind), ANY and the rest get REFUSED here,
+              never forwarded
     decide    mandatory > deny/allow > tier categories      (memoized per profile)
     answer    blocked: synthesized locally, with EDE
               ANY: RFC 8482 minimal answer
@@ -29,7 +31,7 @@ from typing import Any
 
 from gateway.decide import Profile, Verdict
 from gateway.dns import proxyproto, rewrite, wire
-from gateway.dns.answers import BlockAnswers, any_reply, refused_reply
+from gateway.dns.answers import BlockAnswers, any_reply, class_refused_reply, refused_reply
 from gateway.dns.cache import AnswerCache, CacheConfig, Entry, entry_from_reply
 from gateway.dns.svcb import TYPE_HTTPS, TYPE_SVCB, strip_ech
 from gateway.dns.upstream import Forwarder, UpstreamBusy, UpstreamError
@@ -42,7 +44,6 @@ log = logging.getLogger(__name__)
 
 Pending = Coroutine[Any, Any, bytes | None]
 TCP_LIMIT = 65_535
-_MEMO_LIMIT = 16_384  # memoized UDP replies per profile (~0.3 KB each)
 _ERROR_ACTIONS = {wire.NOTIMP: "notimp", wire.BADVERS: "badvers"}
 _BLOCKED = "blocked"
 _CACHED = "cached"
@@ -141,7 +142,9 @@ class Resolver:
 
     def _remember(self, profile: Profile, data: bytes, memo: tuple[Any, ...]) -> None:
         replies = profile.replies
-        if len(replies) >= _MEMO_LIMIT:
+        if len(replies) >= profile.reply_memo:
+            if not replies:
+                return  # limits.memory.reply_memo: 0 turns the memo off
             # Evict the oldest insert: a full clear would make a working set just over the
             # limit miss on every query.
             replies.popitem(last=False)
@@ -181,6 +184,10 @@ class Resolver:
         if profile is None:
             count("refused", "", "", protocol, time.perf_counter() - start)
             return refused_reply(q)
+
+        if q.qclass != wire.CLASS_IN:
+            count("refused", "", profile.tier, protocol, time.perf_counter() - start)
+            return class_refused_reply(q)
 
         verdict = profile.decide(q.key)
         if verdict.blocked:
@@ -292,8 +299,8 @@ class Resolver:
             if verdict.blocked:
                 # Answer for the queried name, citing the target's entry (the SOA owner is then
                 # the queried name itself: offset 0).
-                via = dataclasses.replace(verdict, offset=0, bodies={})
-                return view.answers.blocked_reply(q, via), via
+                via = dataclasses.replace(verdict, offset=0)
+                return view.answers.blocked_reply(q, via, keep=False), via
         return entry.reply(q, now, limit, stale), None
 
     async def _forward(self, q: wire.Query, cache_key: tuple[bytes, int, int, int] | None,

@@ -11,6 +11,7 @@ from typing import Any, cast
 
 from gateway.dns import proxyproto
 from gateway.dns.chain import Resolver
+from gateway.dns.rrl import Rrl
 from gateway.dns.wire import formerr_from_header
 
 log = logging.getLogger(__name__)
@@ -40,9 +41,10 @@ class Tasks:
 class UdpProtocol(asyncio.DatagramProtocol):
     """Answers each datagram synchronously when it can; schedules upstream work otherwise."""
 
-    def __init__(self, resolver: Resolver, tasks: Tasks) -> None:
+    def __init__(self, resolver: Resolver, tasks: Tasks, rrl: Rrl | None = None) -> None:
         self.resolver = resolver
         self.tasks = tasks
+        self.rrl = rrl  # response rate limiting: UDP sources can be forged (dns/rrl.py)
         self.transport: asyncio.DatagramTransport | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -57,6 +59,10 @@ class UdpProtocol(asyncio.DatagramProtocol):
         if result is None:
             return
         if isinstance(result, bytes):
+            if self.rrl is not None:
+                result = self.rrl.check(addr[0], result, self.resolver.view.frontends)
+                if result is None:
+                    return
             self.transport.sendto(result, addr)  # type: ignore[union-attr]
         else:
             self.tasks.spawn(self._finish(result, addr))
@@ -68,6 +74,8 @@ class UdpProtocol(asyncio.DatagramProtocol):
         except Exception:
             log.exception("bug: upstream handling raised")
             return
+        if reply is not None and self.rrl is not None:
+            reply = self.rrl.check(addr[0], reply, self.resolver.view.frontends)
         if reply is not None and self.transport is not None and not self.transport.is_closing():
             self.transport.sendto(reply, addr)
 
@@ -199,8 +207,10 @@ class DnsServer:
     """All DNS listeners (UDP + TCP on each configured address)."""
 
     def __init__(self, resolver: Resolver, listen: list[tuple[str, int]],
-                 tcp_idle_timeout: float = 10.0, *, reuse_port: bool = False) -> None:
+                 tcp_idle_timeout: float = 10.0, *, reuse_port: bool = False,
+                 rrl: Rrl | None = None) -> None:
         self.resolver = resolver
+        self.rrl = rrl
         # dns.workers > 1: every process binds the same addresses and the kernel spreads
         # queries over them (by the 4-tuple hash).
         self.reuse_port = reuse_port
@@ -224,7 +234,7 @@ class DnsServer:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 * 1024 * 1024)
             sock.bind((host, port))
             transport, _ = await loop.create_datagram_endpoint(
-                lambda: UdpProtocol(self.resolver, self.tasks), sock=sock)
+                lambda: UdpProtocol(self.resolver, self.tasks, self.rrl), sock=sock)
             self._udp.append(transport)
             tsock = socket.socket(family, socket.SOCK_STREAM)
             if family == socket.AF_INET6:
