@@ -376,7 +376,8 @@ def _limits(doc: YDict, dns: YDict) -> Limits:
             else:  # tuple[str, ...]: networks
                 values[f.name] = tuple(str(n) for n in _networks(sub[f.name], what, sub, f.name))
         parts[part.name] = replace(current, **values)
-    if "tcp_idle_timeout" in dns and "idle_timeout" not in expect_mapping(section.get("tcp")):
+    tcp = expect_mapping(section.get("tcp"), "limits.tcp", section, "tcp")
+    if "tcp_idle_timeout" in dns and "idle_timeout" not in tcp:
         parts["tcp"] = replace(parts["tcp"], idle_timeout=_float(
             dns["tcp_idle_timeout"], "dns.tcp_idle_timeout", dns, "tcp_idle_timeout"))
     return Limits(**parts)
