@@ -37,7 +37,7 @@ from gateway.dns.server import DnsServer
 from gateway.dns.upstream import Forwarder, Upstream, UpstreamObserver
 from gateway.lists.index import ListIndex
 from gateway.lists.overlay import Overlay
-from gateway.metrics import DnsStats
+from gateway.metrics import DnsStats, StreamStats
 from gateway.policy import Policy
 from gateway.subscribers import Subscribers
 
@@ -72,6 +72,7 @@ class Deltas:
     upstream_queries: dict[tuple[str, str], int] = field(default_factory=dict)
     upstream_errors: dict[tuple[str, str], int] = field(default_factory=dict)
     upstream_latency: list[tuple[str, float]] = field(default_factory=list)
+    streams: dict[str, dict[Any, int]] = field(default_factory=dict)  # StreamStats changes
 
 
 class _Observer(UpstreamObserver):
@@ -100,11 +101,10 @@ class WorkerPool:
     """The primary's handle on its N-1 worker processes."""
 
     def __init__(self, count: int, config_path: Path, listen: list[tuple[str, int]],
-                 idle_timeout: float, on_deltas: Callable[[Deltas], None]) -> None:
+                 on_deltas: Callable[[Deltas], None]) -> None:
         self.count = count
         self.config_path = config_path
         self.listen = listen
-        self.idle_timeout = idle_timeout
         self.on_deltas = on_deltas
         self.ctx = multiprocessing.get_context("spawn")
         self.procs: list[Any] = []
@@ -131,7 +131,7 @@ class WorkerPool:
     def _spawn(self, i: int) -> None:
         parent, child = self.ctx.Pipe()
         proc = self.ctx.Process(target=worker_main, name=f"safegate-worker-{i + 1}",
-                                args=(child, i + 1, self.listen, self.idle_timeout),
+                                args=(child, i + 1, self.listen),
                                 daemon=True)
         proc.start()
         child.close()
@@ -244,13 +244,14 @@ def add_deltas(stats: DnsStats, cache_extra: dict[str, int], upstream: Any, d: D
         upstream.upstream_errors.labels(label, reason).inc(n)
     for label, seconds in d.upstream_latency:
         upstream.upstream_latency.labels(label).observe(seconds)
+    upstream.streams.add(d.streams)
 
 
 # ---------------------------------------------------------------- the worker's side
 
 
 def worker_main(conn: multiprocessing.connection.Connection, worker_id: int,
-                listen: list[tuple[str, int]], idle_timeout: float) -> None:
+                listen: list[tuple[str, int]]) -> None:
     """Entry point of a worker process (spawned: a fresh interpreter)."""
     logging.basicConfig(level=logging.INFO,
                         format=f"%(asctime)s %(levelname)s worker-{worker_id} %(name)s: "
@@ -262,16 +263,16 @@ def worker_main(conn: multiprocessing.connection.Connection, worker_id: int,
         runner: Callable[[Any], Any] = uvloop.run
     except ImportError:
         runner = asyncio.run
-    runner(_Worker(conn, worker_id, listen, idle_timeout).run())
+    runner(_Worker(conn, worker_id, listen).run())
 
 
 class _Worker:
     def __init__(self, conn: multiprocessing.connection.Connection, worker_id: int,
-                 listen: list[tuple[str, int]], idle_timeout: float) -> None:
+                 listen: list[tuple[str, int]]) -> None:
         self.conn = conn
         self.id = worker_id
         self.listen = listen
-        self.idle_timeout = idle_timeout
+        self.streams = StreamStats()
         self.stop = asyncio.Event()
         self.resolver: Resolver | None = None
         self.observer = _Observer()
@@ -290,7 +291,9 @@ class _Worker:
         forwarder = Forwarder([Upstream(h, p) for h, p in config.upstreams], config.forwarder,
                               self.observer)
         self.resolver = Resolver(view, AnswerCache(config.cache), forwarder, DnsStats())
-        server = DnsServer(self.resolver, self.listen, self.idle_timeout, reuse_port=True)
+        # TCP limits hold per process: the kernel spreads connections over the workers.
+        server = DnsServer(self.resolver, self.listen, config.limits.tcp, self.streams,
+                           reuse_port=True)
         await server.start()
         self.conn.send(("applied", snapshot.generation))
         loop.add_reader(self.conn.fileno(), self._receive, build_view)
@@ -338,6 +341,7 @@ class _Worker:
         last_b: list[int] = []
         last_sum = 0.0
         last_cache: dict[str, int] = {}
+        last_streams = self.streams.snapshot()
         while True:
             await asyncio.sleep(STATS_INTERVAL)
             assert self.resolver is not None
@@ -355,9 +359,15 @@ class _Worker:
             self.observer.queries.clear()
             self.observer.errors.clear()
             self.observer.latencies = []
+            now_streams = self.streams.snapshot()
+            d.streams = {name: {k: v - last_streams[name][k] for k, v in part.items()
+                                if v != last_streams[name][k]}
+                         for name, part in now_streams.items()}
+            last_streams = now_streams
             last_q, last_b, last_sum, last_cache = (dict(stats.queries), list(stats.buckets),
                                                     stats.duration_sum, now_cache)
-            if queries or d.upstream_queries or d.upstream_errors or any(d.cache.values()):
+            if queries or d.upstream_queries or d.upstream_errors or any(d.cache.values()) \
+                    or any(d.streams.values()):
                 try:
                     self.conn.send(("stats", d))
                 except (BrokenPipeError, OSError):
