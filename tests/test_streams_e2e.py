@@ -350,3 +350,23 @@ def test_dot_trickled_handshake_and_frame_are_closed(unbound: ub.UnboundServer,
         assert trickle_until_closed(s2, data) < len(data)
     wait_for(lambda: metric(gw, "safegate_dns_stream_closed_total", protocol="dot",
                             reason="frame_timeout") == 2, 10, "frame timeout counted")
+
+
+def test_worker_processes_apply_the_tcp_limits_and_report_them(unbound: ub.UnboundServer,
+                                                                safegate_factory: Any) -> None:
+    """dns.workers: 2: each process holds its own table (per_client 2 each, so 2 to 4
+    connections from one host get in) and the primary's /metrics counts the worker's too."""
+    gw = start(safegate_factory, unbound, dns={"workers": 2},
+               limits={"tcp": {"per_client": 2}})
+    held = [tcp_conn(gw, OUTSIDE) for _ in range(12)]
+    try:
+        accepted = sum(answered(s, 50 + i) for i, s in enumerate(held))
+        assert 2 <= accepted <= 4
+        wait_for(lambda: metric(gw, "safegate_dns_stream_refused_total", protocol="tcp",
+                                reason="per_client") == 12 - accepted, 15,
+                 "the worker's refusals reach the primary's /metrics")
+        wait_for(lambda: metric(gw, "safegate_dns_stream_connections", protocol="tcp")
+                 == accepted, 15, "open connections summed over the processes")
+    finally:
+        for s in held:
+            s.close()
