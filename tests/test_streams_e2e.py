@@ -23,6 +23,7 @@ import dns.message
 import dns.rcode
 import pytest
 
+from gateway.dns.streams import client_key
 from tests.support import unbound as ub
 from tests.support.procs import SafeGateProcess, free_port
 from tests.test_doh_dot import make_cert
@@ -250,6 +251,35 @@ def test_one_host_cannot_take_the_tcp_table(unbound: ub.UnboundServer,
     log = gw.stderr_text()
     assert log.count(f"refused a connection from {OUTSIDE}") == 1   # once a minute per client
     promtool_ok(gw)
+
+
+def test_ipv6_clients_are_capped_per_64_and_front_ends_are_not(unbound: ub.UnboundServer,
+                                                                safegate_factory: Any) -> None:
+    """per_client counts an IPv6 /64 as one client (one host usually owns it); a trusted
+    front end (dnsdist) carries many clients on its connections, so it has no per-client cap
+    (the global one still holds)."""
+    assert client_key("2001:db8:1:2::1") == client_key("2001:db8:1:2:ffff::9") \
+        == "2001:0db8:0001:0002::/64"
+    assert client_key("2001:db8:1:3::1") != client_key("2001:db8:1:2::1")
+    assert client_key("fe80::1%lo") != client_key("fe80::2%lo")   # a LAN shares fe80::/64
+    assert client_key("192.0.2.1") == "192.0.2.1"
+    gw = start(safegate_factory, unbound, dns={"trusted_frontends": ["127.0.0.5/32"]},
+               limits={"tcp": {"per_client": 2}})
+    held: list[socket.socket] = []
+    try:
+        for i in range(3):
+            s = socket.create_connection(("::1", gw.dns_port), timeout=5)
+            held.append(s)
+            assert answered(s, 10 + i) == (i < 2)
+        for i in range(4):
+            s = tcp_conn(gw, "127.0.0.5")
+            held.append(s)
+            assert answered(s, 20 + i)
+    finally:
+        for s in held:
+            s.close()
+    assert metric(gw, "safegate_dns_stream_refused_total", protocol="tcp",
+                  reason="per_client") == 1
 
 
 def test_trickled_frame_is_closed_after_frame_timeout(unbound: ub.UnboundServer,

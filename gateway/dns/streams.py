@@ -40,13 +40,16 @@ _NAMES = {"tcp": "DNS over TCP", "dot": "DNS over TLS"}
 
 
 def client_key(address: str) -> str:
-    """What the per-client cap counts: the address, or for IPv6 its /64."""
+    """What the per-client cap counts: the address, or for IPv6 its /64 (but link-local)."""
     if ":" not in address:
         return address
     try:
-        return ipaddress.IPv6Address(address).exploded[:19] + "::/64"
+        ip = ipaddress.IPv6Address(address.partition("%")[0])   # `exploded` trips on a zone
     except ValueError:
         return address
+    if ip.is_link_local:
+        return address   # every host of a LAN shares fe80::/64: each address is a client
+    return ip.exploded[:19] + "::/64"
 
 
 class StreamTable(Generic[C]):
