@@ -130,6 +130,28 @@ def rss_kib(pid: int) -> int:
     raise AssertionError("no VmRSS")
 
 
+def flood_without_reading(gw: SafeGateProcess, sock: socket.socket) -> tuple[int, int]:
+    """Pipeline up to 24 MiB of queries on `sock`, never reading; (bytes sent, peak RSS KiB).
+
+    Sending stops when the gateway takes no more for 3 s (it stopped reading) or closes.
+    """
+    one = frame("x.outside.test", 7)
+    chunk = one * ((1 << 20) // len(one))
+    sent, peak = 0, rss_kib(gw.pid)
+    last_progress = time.monotonic()
+    sock.settimeout(0.5)
+    while sent < 24 * (1 << 20) and time.monotonic() - last_progress < 3:
+        try:
+            sent += sock.send(chunk)
+            last_progress = time.monotonic()
+        except TimeoutError:
+            pass
+        except OSError:   # closed by the gateway
+            break
+        peak = max(peak, rss_kib(gw.pid))
+    return sent, max(peak, rss_kib(gw.pid))
+
+
 def tcp_conn(gw: SafeGateProcess, source: str, timeout: float = 5.0) -> socket.socket:
     return socket.create_connection(("127.0.0.1", gw.dns_port), timeout=timeout,
                                     source_address=(source, 0))
@@ -161,25 +183,11 @@ def test_client_that_never_reads_is_bounded_then_closed(unbound: ub.UnboundServe
     gw = start(safegate_factory, unbound, limits={"tcp": {"idle_timeout": 2}})
     assert gw.query(ub.ALLOWED, tcp=True).answer   # warm: first query's allocations done
     before = rss_kib(gw.pid)
-    one = frame("x.outside.test", 7)
-    chunk = one * ((1 << 20) // len(one))
-    sent, peak = 0, before
     with socket.socket() as s:
         s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)   # and it never reads
         s.bind((OUTSIDE, 0))
         s.connect(("127.0.0.1", gw.dns_port))
-        last_progress = time.monotonic()
-        while sent < 24 * (1 << 20) and time.monotonic() - last_progress < 3:
-            try:
-                s.settimeout(0.5)
-                sent += s.send(chunk)
-                last_progress = time.monotonic()
-            except TimeoutError:
-                pass
-            except (BrokenPipeError, ConnectionResetError):   # closed by the gateway
-                break
-            peak = max(peak, rss_kib(gw.pid))
-        peak = max(peak, rss_kib(gw.pid))
+        sent, peak = flood_without_reading(gw, s)
         assert peak - before < 16 * 1024, f"RSS grew {peak - before} KiB for {sent} bytes sent"
         # the client has not read for idle_timeout while stalled: closed and counted
         wait_for(lambda: metric(gw, "safegate_dns_stream_closed_total", protocol="tcp",
@@ -360,6 +368,23 @@ def test_one_host_cannot_take_the_dot_table(unbound: ub.UnboundServer, safegate_
         for s in held:
             s.close()
     promtool_ok(gw)
+
+
+def test_dot_client_that_never_reads_is_bounded_then_closed(
+        unbound: ub.UnboundServer, safegate_factory: Any, certs: tuple[Path, Path]) -> None:
+    """#10.3 over TLS: the same bound (see the TCP test) holds under the TLS layer."""
+    gw = start_dot(safegate_factory, unbound, certs, {"idle_timeout": 2})
+    s = dot_conn(gw, certs, OUTSIDE)
+    assert s is not None
+    with s:
+        assert answered(s, 1)
+        before = rss_kib(gw.pid)
+        sent, peak = flood_without_reading(gw, s)
+        assert peak - before < 16 * 1024, f"RSS grew {peak - before} KiB for {sent} bytes sent"
+        wait_for(lambda: metric(gw, "safegate_dns_stream_closed_total", protocol="dot",
+                                reason="backpressure") == 1, 30, "backpressure close")
+        wait_for(lambda: metric(gw, "safegate_dns_stream_connections", protocol="dot") == 0,
+                 10, "slot freed")
 
 
 def test_dot_trickled_handshake_and_frame_are_closed(unbound: ub.UnboundServer,
