@@ -16,7 +16,8 @@ MIB = 1024 * KIB
 
 @dataclass(frozen=True)
 class StreamLimits:
-    """DNS over TCP (`limits.tcp`) or over TLS (`limits.dot`): one table per transport."""
+    """DNS over TCP (`limits.tcp`) or over TLS (`limits.dot`): one table per transport and
+    process (with dns.workers: N, each process holds its own TCP table)."""
 
     connections: int = 1024              # open connections, all clients together
     per_client: int = 16                 # open connections from one address (IPv6: one /64)
