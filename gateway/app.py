@@ -118,7 +118,8 @@ class Gateway:
         self._start_subscribers_feed(loaded)
         workers = loaded.config.workers
         self.dns = DnsServer(self.resolver, list(loaded.config.dns_listen),
-                             loaded.config.tcp_idle_timeout, reuse_port=workers > 1, rrl=rrl)
+                             loaded.config.limits.tcp, self.metrics.streams,
+                             reuse_port=workers > 1, rrl=rrl)
         await self.dns.start()
         if workers > 1:
             await self._start_workers(loaded)
@@ -126,7 +127,7 @@ class Gateway:
             dot = loaded.config.dot
             self.dot = DotServer(self.resolver, list(dot.listen),
                                  ReloadableContext(dot.cert, dot.key, ("dot",)),
-                                 loaded.config.tcp_idle_timeout)
+                                 loaded.config.limits.dot, self.metrics.streams)
             await self.dot.start()
         doh = DohHandler(self.resolver,
                          lambda: self.loaded.config.trusted_frontends if self.loaded else ())
@@ -157,8 +158,7 @@ class Gateway:
             add_deltas(self.metrics.dns, self.worker_cache, self.metrics, d)
 
         self.workers = WorkerPool(loaded.config.workers, self.config_path,
-                                  list(loaded.config.dns_listen),
-                                  loaded.config.tcp_idle_timeout, on_deltas)
+                                  list(loaded.config.dns_listen), on_deltas)
         await self.workers.start(snapshot_of(loaded, self.builder.overlays))
 
     def _publish(self) -> None:

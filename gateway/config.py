@@ -334,7 +334,7 @@ def load_config(path: str | Path) -> GatewayConfig:
 def _limits(doc: YDict, dns: YDict) -> Limits:
     """`limits:` one sub-mapping per part; each key is a field of gateway/limits.py.
 
-    `dns.tcp_idle_timeout` (the older spelling) still sets limits.tcp.idle_timeout.
+    `dns.tcp_idle_timeout` (the older spelling) still sets limits.tcp/dot.idle_timeout.
     """
     section = expect_mapping(doc.get("limits"), "limits", doc, "limits")
     defaults = Limits()
@@ -358,10 +358,12 @@ def _limits(doc: YDict, dns: YDict) -> Limits:
             else:  # tuple[str, ...]: networks
                 values[f.name] = tuple(str(n) for n in _networks(sub[f.name], what, sub, f.name))
         parts[part.name] = replace(current, **values)
-    tcp = expect_mapping(section.get("tcp"), "limits.tcp", section, "tcp")
-    if "tcp_idle_timeout" in dns and "idle_timeout" not in tcp:
-        parts["tcp"] = replace(parts["tcp"], idle_timeout=_float(
-            dns["tcp_idle_timeout"], "dns.tcp_idle_timeout", dns, "tcp_idle_timeout"))
+    if "tcp_idle_timeout" in dns:
+        idle = _float(dns["tcp_idle_timeout"], "dns.tcp_idle_timeout", dns, "tcp_idle_timeout")
+        for stream in ("tcp", "dot"):   # DoT followed this key before limits: existed
+            given = expect_mapping(section.get(stream), f"limits.{stream}", section, stream)
+            if "idle_timeout" not in given:
+                parts[stream] = replace(parts[stream], idle_timeout=idle)
     return Limits(**parts)
 
 

@@ -16,10 +16,14 @@ MIB = 1024 * KIB
 
 @dataclass(frozen=True)
 class StreamLimits:
-    """DNS over TCP (`limits.tcp`) or over TLS (`limits.dot`): one table per transport."""
+    """DNS over TCP (`limits.tcp`) or over TLS (`limits.dot`): one table per transport and
+    process (with dns.workers: N, each process holds its own TCP table)."""
 
     connections: int = 1024              # open connections, all clients together
     per_client: int = 16                 # open connections from one address (IPv6: one /64)
+    outside: int = 128                   # of `connections`, held by clients outside every
+                                         # network (they get REFUSED anyway): one such host
+                                         # cannot starve the inside ones, who may evict them
     queries_per_connection: int = 64     # pipelined queries in flight on one connection
     queued_bytes: int = 256 * KIB        # reply bytes waiting for a client that does not read
     idle_timeout: float = 10.0           # no query for this long: closed

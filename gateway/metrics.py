@@ -32,6 +32,12 @@ ACTIONS = ("allowed", "blocked", "cached", "stale", "refused", "servfail", "form
            "badvers", "any", "rewritten", "intercepted")
 
 
+# DNS over TCP/TLS connection limits (gateway/dns/streams.py): why a connection was refused,
+# and why the gateway closed one it had accepted.
+STREAM_PROTOCOLS = ("tcp", "dot")
+STREAM_REFUSALS = ("global", "outside", "per_client")
+STREAM_CLOSES = ("idle", "frame_timeout", "backpressure", "evicted", "handshake", "proxy_header")
+
 _BOUNDS = LATENCY_BUCKETS
 _bucket = bisect.bisect_left
 
@@ -54,6 +60,55 @@ class DnsStats:
         q[key] = q.get(key, 0) + 1
         self.buckets[_bucket(_BOUNDS, seconds)] += 1
         self.duration_sum += seconds
+
+
+class StreamStats:
+    """Connection counters of the TCP and DoT listeners (plain ints: workers send deltas)."""
+
+    __slots__ = ("closed", "connections", "refused")
+
+    def __init__(self) -> None:
+        self.connections = dict.fromkeys(STREAM_PROTOCOLS, 0)
+        self.refused = {(p, r): 0 for p in STREAM_PROTOCOLS for r in STREAM_REFUSALS}
+        self.closed = {(p, r): 0 for p in STREAM_PROTOCOLS for r in STREAM_CLOSES}
+
+    def snapshot(self) -> dict[str, dict[Any, int]]:
+        return {"connections": dict(self.connections), "refused": dict(self.refused),
+                "closed": dict(self.closed)}
+
+    def add(self, delta: dict[str, dict[Any, int]]) -> None:
+        """Fold in another process's changes (`snapshot` differences, gateway/workers.py)."""
+        for name in ("connections", "refused", "closed"):
+            mine = getattr(self, name)
+            for key, n in delta.get(name, {}).items():
+                if key in mine:
+                    mine[key] += n
+
+
+class StreamCollector(Collector):
+    """Exports StreamStats at scrape time."""
+
+    def __init__(self, stats: StreamStats) -> None:
+        self.stats = stats
+
+    def collect(self) -> Iterator[Metric]:
+        g = GaugeMetricFamily("safegate_dns_stream_connections",
+                              "Open DNS connections over TCP or TLS (DoT).", labels=["protocol"])
+        for protocol, n in self.stats.connections.items():
+            g.add_metric([protocol], n)
+        yield g
+        r = CounterMetricFamily("safegate_dns_stream_refused",
+                                "DNS TCP/DoT connections refused at accept, by the limit hit.",
+                                labels=["protocol", "reason"])
+        for (protocol, reason), n in self.stats.refused.items():
+            r.add_metric([protocol, reason], n)
+        yield r
+        c = CounterMetricFamily("safegate_dns_stream_closed",
+                                "DNS TCP/DoT connections the gateway closed, by reason.",
+                                labels=["protocol", "reason"])
+        for (protocol, reason), n in self.stats.closed.items():
+            c.add_metric([protocol, reason], n)
+        yield c
 
 
 class GatewayCollector(Collector):
@@ -131,6 +186,8 @@ class Metrics:
     def __init__(self, registry: CollectorRegistry) -> None:
         self.registry = registry
         self.dns = DnsStats()
+        self.streams = StreamStats()
+        registry.register(StreamCollector(self.streams))
         self.upstream_queries = Counter(
             "safegate_upstream_queries", "Queries sent to upstream resolvers.",
             ["upstream", "protocol"], registry=registry)

@@ -39,7 +39,7 @@ from gateway.dns.upstream import Forwarder, UpstreamObserver, upstreams_from
 from gateway.limits import RrlLimits
 from gateway.lists.index import ListIndex
 from gateway.lists.overlay import Overlay
-from gateway.metrics import DnsStats
+from gateway.metrics import DnsStats, StreamStats
 from gateway.policy import Policy
 from gateway.subscribers import Subscribers
 
@@ -79,6 +79,7 @@ class Deltas:
     worker: int = 0
     upstream_sockets: int = 0                # open now (a gauge, not a delta)
     rrl: dict[str, int] = field(default_factory=dict)   # slipped, dropped, buckets (as deltas)
+    streams: dict[str, dict[Any, int]] = field(default_factory=dict)  # StreamStats changes
 
 
 class _Observer(UpstreamObserver):
@@ -115,11 +116,10 @@ class WorkerPool:
     """The primary's handle on its N-1 worker processes."""
 
     def __init__(self, count: int, config_path: Path, listen: list[tuple[str, int]],
-                 idle_timeout: float, on_deltas: Callable[[Deltas], None]) -> None:
+                 on_deltas: Callable[[Deltas], None]) -> None:
         self.count = count
         self.config_path = config_path
         self.listen = listen
-        self.idle_timeout = idle_timeout
         self.on_deltas = on_deltas
         self.ctx = multiprocessing.get_context("spawn")
         self.procs: list[Any] = []
@@ -146,7 +146,7 @@ class WorkerPool:
     def _spawn(self, i: int) -> None:
         parent, child = self.ctx.Pipe()
         proc = self.ctx.Process(target=worker_main, name=f"safegate-worker-{i + 1}",
-                                args=(child, i + 1, self.listen, self.idle_timeout),
+                                args=(child, i + 1, self.listen),
                                 daemon=True)
         proc.start()
         child.close()
@@ -267,13 +267,14 @@ def add_deltas(stats: DnsStats, cache_extra: dict[str, int], upstream: Any, d: D
         upstream.worker_upstream_sockets[d.worker] = d.upstream_sockets
     for name, n in d.rrl.items():   # the buckets gauge too: the sum of its deltas is its value
         cache_extra[f"rrl_{name}"] = cache_extra.get(f"rrl_{name}", 0) + n
+    upstream.streams.add(d.streams)
 
 
 # ---------------------------------------------------------------- the worker's side
 
 
 def worker_main(conn: multiprocessing.connection.Connection, worker_id: int,
-                listen: list[tuple[str, int]], idle_timeout: float) -> None:
+                listen: list[tuple[str, int]]) -> None:
     """Entry point of a worker process (spawned: a fresh interpreter)."""
     logging.basicConfig(level=logging.INFO,
                         format=f"%(asctime)s %(levelname)s worker-{worker_id} %(name)s: "
@@ -285,16 +286,16 @@ def worker_main(conn: multiprocessing.connection.Connection, worker_id: int,
         runner: Callable[[Any], Any] = uvloop.run
     except ImportError:
         runner = asyncio.run
-    runner(_Worker(conn, worker_id, listen, idle_timeout).run())
+    runner(_Worker(conn, worker_id, listen).run())
 
 
 class _Worker:
     def __init__(self, conn: multiprocessing.connection.Connection, worker_id: int,
-                 listen: list[tuple[str, int]], idle_timeout: float) -> None:
+                 listen: list[tuple[str, int]]) -> None:
         self.conn = conn
         self.id = worker_id
         self.listen = listen
-        self.idle_timeout = idle_timeout
+        self.streams = StreamStats()
         self.stop = asyncio.Event()
         self.resolver: Resolver | None = None
         self.rrl: Rrl | None = None
@@ -315,11 +316,12 @@ class _Worker:
         forwarder = Forwarder(upstreams_from(config.upstreams), config.forwarder, self.observer,
                               limits=config.limits.upstream)
         self.resolver = Resolver(view, AnswerCache(config.cache), forwarder, DnsStats())
-        # Each worker limits the sources the kernel hands it (by 4-tuple hash), in its own table.
+        # Each worker limits the sources the kernel hands it (by 4-tuple hash), in its own table;
+        # TCP limits hold per process too: the kernel spreads connections over the workers.
         self.rrl = Rrl(config.limits.rrl)
         self.rrl_limits = config.limits.rrl
-        server = DnsServer(self.resolver, self.listen, self.idle_timeout, reuse_port=True,
-                           rrl=self.rrl)
+        server = DnsServer(self.resolver, self.listen, config.limits.tcp, self.streams,
+                           reuse_port=True, rrl=self.rrl)
         await server.start()
         self.conn.send(("applied", snapshot.generation))
         loop.add_reader(self.conn.fileno(), self._receive, build_view)
@@ -373,6 +375,7 @@ class _Worker:
         last_cache: dict[str, int] = {}
         last_sockets = -1
         last_rrl: dict[str, int] = {}
+        last_streams = self.streams.snapshot()
         while True:
             await asyncio.sleep(STATS_INTERVAL)
             assert self.resolver is not None and self.rrl is not None
@@ -399,12 +402,18 @@ class _Worker:
             self.observer.latencies = []
             self.observer.mismatched.clear()
             self.observer.dropped_.clear()
+            now_streams = self.streams.snapshot()
+            d.streams = {name: {k: v - last_streams[name][k] for k, v in part.items()
+                                if v != last_streams[name][k]}
+                         for name, part in now_streams.items()}
+            last_streams = now_streams
             last_q, last_b, last_sum, last_cache = (dict(stats.queries), list(stats.buckets),
                                                     stats.duration_sum, now_cache)
             sockets_changed = d.upstream_sockets != last_sockets
             last_sockets = d.upstream_sockets
             if queries or d.upstream_queries or d.upstream_errors or any(d.cache.values()) \
-                    or d.upstream_mismatched or d.upstream_dropped or sockets_changed or rrl:
+                    or d.upstream_mismatched or d.upstream_dropped or sockets_changed or rrl \
+                    or any(d.streams.values()):
                 try:
                     self.conn.send(("stats", d))
                 except (BrokenPipeError, OSError):

@@ -10,6 +10,9 @@ from pathlib import Path
 
 from gateway.dns.chain import Resolver
 from gateway.dns.server import Tasks, TcpProtocol
+from gateway.dns.streams import StreamTable
+from gateway.limits import StreamLimits
+from gateway.metrics import StreamStats
 
 log = logging.getLogger(__name__)
 
@@ -50,17 +53,24 @@ class ReloadableContext:
 
 
 class DotServer:
-    """DoT listeners: one TLS socket per address, each connection a TcpProtocol labelled "dot"."""
+    """DoT listeners: one TLS socket per address, each connection a TcpProtocol labelled "dot".
 
-    def __init__(self, resolver: Resolver, listen: list[tuple[str, int]], context:
-                 ReloadableContext, idle_timeout: float = 10.0) -> None:
+    Connections are accepted here, in plain TCP, and admitted by the table before TLS starts:
+    a refused peer costs no handshake, and a handshake holds its slot for at most
+    frame_timeout.
+    """
+
+    def __init__(self, resolver: Resolver, listen: list[tuple[str, int]],
+                 context: ReloadableContext, limits: StreamLimits | None = None,
+                 stats: StreamStats | None = None) -> None:
         self.resolver = resolver
         self.listen = listen
         self.context = context
-        self.idle_timeout = idle_timeout
         self.tasks = Tasks()
-        self._servers: list[asyncio.Server] = []
-        self._connections: set[TcpProtocol] = set()
+        self.table: StreamTable[TcpProtocol] = StreamTable(
+            limits or StreamLimits(), "dot", resolver, stats or StreamStats())
+        self._sockets: list[socket.socket] = []
+        self._accepting: list[asyncio.Task[None]] = []
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
@@ -71,19 +81,45 @@ class DotServer:
                 sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             sock.bind((host, port))
-            server = await loop.create_server(
-                lambda: TcpProtocol(self.resolver, self.tasks, self.idle_timeout,
-                                    self._connections, "dot"),
-                sock=sock, backlog=256, ssl=self.context.outer, ssl_handshake_timeout=10.0)
-            self._servers.append(server)
+            sock.listen(256)
+            sock.setblocking(False)
+            self._sockets.append(sock)
+            self._accepting.append(loop.create_task(self._accept(sock)))
             log.info("DNS over TLS listening on %s port %d", host, port)
 
+    async def _accept(self, listener: socket.socket) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            try:
+                sock, addr = await loop.sock_accept(listener)
+            except OSError as exc:   # out of descriptors, mostly: let some close first
+                log.warning("DoT: accept failed: %s", exc)
+                await asyncio.sleep(0.1)
+                continue
+            conn = TcpProtocol(self.resolver, self.tasks, self.table, tls=True)
+            if not conn.admit(addr[0]):
+                sock.close()
+                continue
+            self.tasks.spawn(self._handshake(conn, sock))
+
+    async def _handshake(self, conn: TcpProtocol, sock: socket.socket) -> None:
+        try:
+            await asyncio.get_running_loop().connect_accepted_socket(
+                lambda: conn, sock, ssl=self.context.outer,
+                ssl_handshake_timeout=self.table.limits.frame_timeout)
+        except ConnectionAbortedError:   # what the loop raises on ssl_handshake_timeout
+            conn.handshake_failed("frame_timeout")
+        except Exception as exc:   # bad TLS, a reset: the peer's failure
+            log.debug("DoT handshake with %s failed: %r", conn.remote, exc)
+            conn.handshake_failed("handshake")
+
     async def stop(self) -> None:
-        for server in self._servers:
-            server.close()
-        for conn in list(self._connections):
+        for task in self._accepting:
+            task.cancel()
+        await asyncio.gather(*self._accepting, return_exceptions=True)
+        for sock in self._sockets:
+            sock.close()
+        for conn in list(self.table.conns):
             if conn.transport is not None:
                 conn.transport.abort()
         await self.tasks.cancel_all()
-        for server in self._servers:
-            await server.wait_closed()

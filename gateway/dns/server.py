@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import socket
 import struct
 from collections.abc import Coroutine
@@ -12,12 +13,14 @@ from typing import Any, cast
 from gateway.dns import proxyproto
 from gateway.dns.chain import Resolver
 from gateway.dns.rrl import Rrl
+from gateway.dns.streams import StreamTable
 from gateway.dns.wire import formerr_from_header
+from gateway.limits import StreamLimits
+from gateway.metrics import StreamStats
 
 log = logging.getLogger(__name__)
 
-MAX_TCP_CONNECTIONS = 1024
-MAX_TCP_PIPELINE = 64  # queries one TCP connection may have in flight
+_frame_size = struct.Struct(">H").unpack_from
 
 
 class Tasks:
@@ -84,67 +87,227 @@ class UdpProtocol(asyncio.DatagramProtocol):
 
 
 class TcpProtocol(asyncio.Protocol):
-    """RFC 7766: 2-byte length framing, several (pipelined) queries per connection, idle timeout."""
+    """RFC 7766 framing and pipelining on one connection, within its table's limits (#10).
 
-    def __init__(self, resolver: Resolver, tasks: Tasks, idle_timeout: float,
-                 connections: set[TcpProtocol], protocol: str = "tcp") -> None:
+    Bounded per connection: queries in flight (`queries_per_connection`), reply bytes queued
+    for a client that does not read (`queued_bytes`: parsing and reading stop until the
+    transport drains, and a client that reads nothing for `idle_timeout` is closed), a
+    started frame or TLS handshake must end within `frame_timeout` (trickling bytes does not
+    re-arm it), and no query for `idle_timeout` closes the connection. A client that
+    half-closes (shutdown SHUT_WR) still gets every answer, then the connection closes.
+
+    One timer per connection, re-armed only when a deadline comes earlier than the one it
+    waits for: the per-query path takes a timestamp, not a timer.
+    """
+
+    def __init__(self, resolver: Resolver, tasks: Tasks, table: StreamTable[TcpProtocol],
+                 tls: bool = False) -> None:
+        limits = table.limits
         self.resolver = resolver
-        self.protocol = protocol  # metrics label: "tcp", or "dot" for the same framing in TLS
         self.tasks = tasks
-        self.idle_timeout = idle_timeout
-        self.connections = connections
+        self.table = table
+        self.protocol = table.protocol  # metrics label: "tcp", or "dot" (the same in TLS)
+        self.tls = tls                  # DoT: admitted at accept, made once TLS is up
+        self.admitted = False
+        self.max_inflight = max(1, limits.queries_per_connection)
+        self.queued_bytes = limits.queued_bytes
+        self.idle_timeout = limits.idle_timeout
+        self.frame_timeout = limits.frame_timeout
+        # Reading pauses while parsing is stalled, so the input holds at most what one read
+        # brought (asyncio and uvloop read 256 KiB) and a partial frame; a transport that
+        # delivers past pause_reading() is closed beyond that.
+        self.input_limit = max(self.queued_bytes, 65_538) + 262_144
+        self.loop: asyncio.AbstractEventLoop | None = None
         self.transport: asyncio.Transport | None = None
         self.buffer = bytearray()
-        self.peer = ""
+        self.peer = ""              # the client: the socket's peer, or a PROXY v2 header's
+        self.remote = ""            # the socket's peer (what the table counts)
         self.inflight = 0
-        self.idle_handle: asyncio.TimerHandle | None = None
         self.expect_proxy = False   # a trusted front end's PROXY v2 header may come first
         self.proxied = False        # self.peer came from that header
+        self.write_paused = False   # the transport holds more than queued_bytes
+        self.read_paused = False
+        self.eof = False            # the client half-closed: answer what is pending, then close
+        self.closing = False        # closed by a limit (or gone): nothing more to do
+        self.last_query = 0.0       # loop time of the last complete frame or answer
+        self.frame_start: float | None = None  # a partial frame (or the handshake) began
+        self.stall_start: float | None = None  # the write buffer went over queued_bytes
+        self.timer: asyncio.TimerHandle | None = None
+        self.timer_at = math.inf
+
+    def admit(self, peer: str) -> bool:
+        """Take a slot in the table for `peer` (False: refused, counted and logged)."""
+        self.peer = self.remote = peer
+        self.admitted = self.table.admit(self, peer)
+        return self.admitted
+
+    def handshake_failed(self, reason: str) -> None:
+        """DoT: the TLS handshake timed out ("frame_timeout") or failed ("handshake")."""
+        self.closing = True
+        self.table.closed(self, reason, self.remote)
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = cast(asyncio.Transport, transport)
-        if len(self.connections) >= MAX_TCP_CONNECTIONS:
-            self.transport.abort()
+        tr = cast(asyncio.Transport, transport)
+        self.transport = tr
+        if not self.admitted:
+            peer = tr.get_extra_info("peername")
+            if not self.admit(peer[0] if peer else ""):
+                self.closing = True
+                tr.abort()
+                return
+        loop = self.loop = asyncio.get_running_loop()
+        self.last_query = now = loop.time()
+        self._arm(now + self.idle_timeout)
+        tr.set_write_buffer_limits(high=self.queued_bytes)
+        self.expect_proxy = not self.tls and self.resolver.expects_proxy(self.peer)
+
+    def evict(self) -> bool:
+        if self.transport is None:
+            return False   # DoT still in its handshake: that ends within frame_timeout
+        self._close("evicted")
+        return True
+
+    def _close(self, reason: str) -> None:
+        """Close on a limit: counted and logged by the table, slot freed at once."""
+        if self.closing:
             return
-        self.connections.add(self)
-        peer = transport.get_extra_info("peername")
-        self.peer = peer[0] if peer else ""
-        self.expect_proxy = self.protocol == "tcp" and self.resolver.expects_proxy(self.peer)
-        self._arm_idle()
+        self.closing = True
+        self.table.closed(self, reason, self.remote)
+        self._cancel_timer()
+        if self.transport is not None:
+            if reason == "idle":
+                self.transport.close()
+            else:
+                self.transport.abort()   # what is queued is not worth waiting for
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self.connections.discard(self)
-        if self.idle_handle is not None:
-            self.idle_handle.cancel()
+        self.closing = True
+        self.table.release(self)
+        self._cancel_timer()
+        self.buffer.clear()
 
-    def _arm_idle(self) -> None:
-        if self.idle_handle is not None:
-            self.idle_handle.cancel()
-        self.idle_handle = asyncio.get_running_loop().call_later(self.idle_timeout, self._idle)
+    def _cancel_timer(self) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+        self.timer_at = math.inf
 
-    def _idle(self) -> None:
-        if self.inflight == 0 and self.transport is not None:
-            self.transport.close()
-        else:
-            self._arm_idle()
+    def _arm(self, at: float) -> None:
+        """Make sure the timer fires by `at` (a later deadline waits for the next tick)."""
+        if at < self.timer_at and self.loop is not None and not self.closing:
+            if self.timer is not None:
+                self.timer.cancel()
+            self.timer = self.loop.call_at(at, self._tick)
+            self.timer_at = at
+
+    def _tick(self) -> None:
+        self.timer = None
+        self.timer_at = math.inf
+        if self.closing or self.loop is None:
+            return
+        now = self.loop.time() + 0.001   # a timer may fire a hair early
+        start = self.frame_start
+        if start is not None and now >= start + self.frame_timeout:
+            self._close("frame_timeout")
+            return
+        stall = self.stall_start
+        if stall is not None and now >= stall + self.idle_timeout:
+            self._close("backpressure")
+            return
+        at = self.last_query + self.idle_timeout
+        if now >= at:
+            if self.inflight == 0 and stall is None:
+                self._close("idle")
+                return
+            at = now + self.idle_timeout   # busy (answers pending or queued): look again
+        if start is not None:
+            at = min(at, start + self.frame_timeout)
+        if stall is not None:
+            at = min(at, stall + self.idle_timeout)
+        self._arm(at)
 
     def data_received(self, data: bytes) -> None:
-        self.buffer += data
-        self._arm_idle()
         buf = self.buffer
+        buf += data
+        if self.read_paused and len(buf) > self.input_limit:
+            self._close("backpressure")
+            return
         if self.expect_proxy and not self._proxy_header(buf):
             return  # wait for the rest of the header
+        self._parse()
+
+    def _parse(self) -> None:
+        """Answer the complete frames buffered, until the connection's bounds stop it.
+
+        One read may carry thousands of frames, so the bounds are checked per frame; what is
+        left waits in the buffer with reading paused until the bound clears (`_resume`).
+        """
+        buf = self.buffer
+        got = stalled = False
         while len(buf) >= 2:
-            size = struct.unpack_from(">H", buf)[0]
+            if self.write_paused or self.inflight >= self.max_inflight:
+                stalled = True
+                break
+            size = _frame_size(buf)[0]
             if len(buf) < 2 + size:
                 break
             msg = bytes(buf[2:2 + size])
             del buf[:2 + size]
-            if size == 0:
-                continue  # a zero-length frame carries nothing to answer
-            self._query(msg)
-        if self.inflight >= MAX_TCP_PIPELINE and self.transport is not None:
+            got = True
+            if size:  # a zero-length frame carries nothing to answer
+                self._query(msg)
+        now = self.loop.time() if self.loop is not None else 0.0
+        if got:
+            self.last_query = now
+        if stalled:
+            self.frame_start = None   # our pause, not the client's slowness
+            self._pause_reading()
+        elif buf:
+            if got or self.frame_start is None:   # a new partial frame began
+                self.frame_start = now
+                self._arm(now + self.frame_timeout)
+        else:
+            self.frame_start = None
+            if self.write_paused or self.inflight >= self.max_inflight:
+                self._pause_reading()
+        if self.eof:
+            self._maybe_finish()
+
+    def _pause_reading(self) -> None:
+        if not self.read_paused and self.transport is not None:
+            self.read_paused = True
             self.transport.pause_reading()
+
+    def _resume(self) -> None:
+        """A bound cleared (the write buffer drained, an answer left the pipeline)."""
+        if self.closing or self.write_paused or self.inflight >= self.max_inflight:
+            return
+        if self.buffer:
+            self._parse()
+        elif self.eof:
+            self._maybe_finish()
+        if (self.read_paused and not self.eof and not self.closing and not self.write_paused
+                and self.inflight < self.max_inflight and self.transport is not None):
+            self.read_paused = False
+            self.transport.resume_reading()
+
+    def eof_received(self) -> bool | None:
+        """The client shut down its sending side: keep the connection for pending answers."""
+        self.eof = True
+        if self.tls:
+            return None   # asyncio cannot keep TLS half-open: it closes either way
+        if self.inflight == 0 and not self._frame_waiting():
+            return None   # nothing pending: the transport closes after flushing the answers
+        return True
+
+    def _frame_waiting(self) -> bool:
+        buf = self.buffer
+        return len(buf) >= 2 and len(buf) >= 2 + _frame_size(buf)[0]
+
+    def _maybe_finish(self) -> None:
+        """After EOF: close (flushing the answers) once nothing is pending."""
+        if self.inflight == 0 and not self._frame_waiting() and self.transport is not None:
+            self.transport.close()
 
     def _proxy_header(self, buf: bytearray) -> bool:
         """Consume a PROXY v2 header at the start of the stream; False while it is incomplete.
@@ -161,8 +324,7 @@ class TcpProtocol(asyncio.Protocol):
             source, size = proxyproto.parse(buf)
         except proxyproto.ProxyHeaderError as exc:
             log.debug("closing a connection with a bad PROXY v2 header: %s", exc)
-            if self.transport is not None:
-                self.transport.abort()
+            self._close("proxy_header")
             buf.clear()
             return False
         del buf[:size]
@@ -195,31 +357,45 @@ class TcpProtocol(asyncio.Protocol):
             self.inflight -= 1
         if reply is not None:
             self._send(reply)
-        if self.transport is not None and self.inflight < MAX_TCP_PIPELINE:
-            self.transport.resume_reading()
+        if self.loop is not None:
+            self.last_query = self.loop.time()   # an answer sent: idle counts from here
+        self._resume()
 
     def _send(self, reply: bytes) -> None:
         if self.transport is not None and not self.transport.is_closing():
             self.transport.write(struct.pack(">H", len(reply)) + reply)
+
+    def pause_writing(self) -> None:
+        """The transport holds more than queued_bytes: stop answering until it drains."""
+        self.write_paused = True
+        if self.loop is not None and self.stall_start is None:
+            self.stall_start = now = self.loop.time()
+            self._arm(now + self.idle_timeout)
+        self._pause_reading()
+
+    def resume_writing(self) -> None:
+        self.write_paused = False
+        self.stall_start = None
+        self._resume()
 
 
 class DnsServer:
     """All DNS listeners (UDP + TCP on each configured address)."""
 
     def __init__(self, resolver: Resolver, listen: list[tuple[str, int]],
-                 tcp_idle_timeout: float = 10.0, *, reuse_port: bool = False,
-                 rrl: Rrl | None = None) -> None:
+                 limits: StreamLimits | None = None, stats: StreamStats | None = None, *,
+                 reuse_port: bool = False, rrl: Rrl | None = None) -> None:
         self.resolver = resolver
         self.rrl = rrl
         # dns.workers > 1: every process binds the same addresses and the kernel spreads
-        # queries over them (by the 4-tuple hash).
+        # queries over them (by the 4-tuple hash). Each process has its own TCP table.
         self.reuse_port = reuse_port
         self.listen = listen
-        self.tcp_idle_timeout = tcp_idle_timeout
         self.tasks = Tasks()
+        self.table: StreamTable[TcpProtocol] = StreamTable(
+            limits or StreamLimits(), "tcp", resolver, stats or StreamStats())
         self._udp: list[asyncio.DatagramTransport] = []
         self._tcp: list[asyncio.Server] = []
-        self._connections: set[TcpProtocol] = set()
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
@@ -244,8 +420,8 @@ class DnsServer:
                 tsock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
             tsock.bind((host, port))
             server = await loop.create_server(
-                lambda: TcpProtocol(self.resolver, self.tasks, self.tcp_idle_timeout,
-                                    self._connections), sock=tsock, backlog=256)
+                lambda: TcpProtocol(self.resolver, self.tasks, self.table),
+                sock=tsock, backlog=256)
             self._tcp.append(server)
             log.info("DNS listening on %s port %d (UDP, TCP)", host, port)
 
@@ -254,7 +430,7 @@ class DnsServer:
             transport.close()
         for server in self._tcp:
             server.close()
-        for conn in list(self._connections):
+        for conn in list(self.table.conns):
             if conn.transport is not None:
                 conn.transport.close()
         await self.tasks.cancel_all()
