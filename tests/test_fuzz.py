@@ -9,44 +9,26 @@ that one packet, and bench/fuzz.py runs the same mutators for minutes or hours.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import random
-import struct
 import time
 from typing import Any
 
 import dns.edns
-import dns.message
 import dns.rcode
-import dns.rrset
 import pytest
 
-from gateway.dns import cache, proxyproto, wire
 from tests.support import fuzzing
 from tests.support import unbound as ub
 from tests.support.procs import SafeGateProcess
 
 SEED = int(os.environ.get("SAFEGATE_FUZZ_SEED", "20261204"))
 COUNT = int(os.environ.get("SAFEGATE_FUZZ_COUNT", "3000"))
-FRONTEND = "127.0.0.9"  # a trusted front end (PROXY v2 on); every other source is not one
-
-POLICY = """\
-tiers:
-  kids: {block: [adult], answer: nxdomain}
-networks:
-  - {name: loopback, cidrs: ["127.0.0.0/8", "::1/128"], tier: kids}
-"""
-LISTS_YAML = "categories:\n  adult:\n    - {path: adult.txt, format: domains}\n"
+FRONTEND = fuzzing.FRONTEND
 
 
 def _seed_banner() -> str:
     return f"fuzz seed {SEED} (SAFEGATE_FUZZ_SEED), count {COUNT} (SAFEGATE_FUZZ_COUNT)"
-
-
-def _parses_and_echoes(reply: bytes, qid: int, what: str, case: fuzzing.Case) -> None:
-    msg = fuzzing.parse_reply(reply)
-    assert msg.id == qid and msg.flags & 0x8000, f"{what}: {case.describe(SEED)}"
 
 
 def test_wire_parser_only_raises_documented_errors() -> None:
@@ -56,85 +38,18 @@ def test_wire_parser_only_raises_documented_errors() -> None:
     rng = random.Random(f"{SEED}:wire-extra")
     for i in range(COUNT * 4):
         case = fuzzing.wire_case(SEED, i)
-        pkt = case.payload
-        try:
-            q = wire.parse_query(pkt)
-            formerr = wire.formerr_from_header(pkt)
-        except Exception as exc:
-            raise AssertionError(f"{exc!r} from {case.describe(SEED)}") from exc
-        if fuzzing.is_query(pkt):
-            assert formerr is not None and q is not None, case.describe(SEED)
-            _parses_and_echoes(formerr, q.id, "formerr_from_header", case)
-        else:
-            assert formerr is None and q is None, case.describe(SEED)
-            continue
-        _parses_and_echoes(wire.error_reply(q, q.error or wire.SERVFAIL), q.id, "error_reply",
-                           case)
-        if q.question:
-            _parses_and_echoes(wire.truncated_reply(q, 0), q.id, "truncated_reply", case)
-        for option in (q.ecs, fuzzing.ecs_garbage(rng)):
-            if option is not None and wire.ecs_address(option) is not None:
-                wire.ecs_truncate(option)
-        for start in (12, rng.randrange(len(pkt) + 1)):
-            for walk in (wire.read_name, wire.skip_name):
-                with contextlib.suppress(wire.WireError):
-                    walk(pkt, start)
-        with contextlib.suppress(proxyproto.ProxyHeaderError):
-            proxyproto.parse(fuzzing.proxy_header(rng, udp=bool(i & 1)) + pkt)
-
-
-def _upstream_replies() -> list[bytes]:
-    """What unbound sends for the corpus: answers, CNAMEs, negative answers with SOA."""
-    out = []
-    soa = dns.rrset.from_text("test.", 3600, "IN", "SOA",
-                              "ns.test. hostmaster.test. 1 3600 600 86400 60")
-    for _label, query in fuzzing.CORPUS[::3]:
-        msg = dns.message.from_wire(query)
-        resp = dns.message.make_response(msg)
-        qname = msg.question[0].name
-        kind = len(out) % 4
-        if kind == 0:
-            resp.answer.append(dns.rrset.from_text(qname, 300, "IN", "A", "192.0.2.10"))
-        elif kind == 1:
-            resp.answer.append(dns.rrset.from_text(qname, 300, "IN", "CNAME", "allowed.test."))
-            resp.answer.append(dns.rrset.from_text("allowed.test.", 300, "IN", "A", "192.0.2.1"))
-        elif kind == 2:
-            resp.set_rcode(dns.rcode.NXDOMAIN)
-            resp.authority.append(soa)
-        else:
-            resp.answer.append(dns.rrset.from_text(qname, 300, "IN", "TXT", '"x"'))
-        out.append(resp.to_wire())
-    return out
+        problems = fuzzing.check_wire(case, rng)
+        assert not problems, f"{case.describe(SEED)}\n" + "\n".join(problems)
 
 
 def test_upstream_reply_reader_only_raises_what_its_callers_catch() -> None:
     """A hostile or broken upstream: entry_from_reply (cache fill and one-off relay) raises
-    only what chain.py catches around it, and a built entry renders a reply without error.
-    The header and question stay intact: the forwarder drops replies that do not match."""
+    only what chain.py catches around it, and a built entry renders a reply without error."""
     print(_seed_banner())
-    replies = _upstream_replies()
-    cfg = cache.CacheConfig()
     for i in range(COUNT * 2):
-        rng = fuzzing.case_rng(SEED, "upstream", i)
-        raw = rng.choice(replies)
-        head = fuzzing.question_end(raw)
-        body, names = fuzzing.mutate(rng, b"\0" * 12 + raw[head:])
-        reply = raw[:head] + body[12:]
-        if rng.random() < 0.3:
-            reply = raw[:head] + reply[head:][:rng.randrange(len(reply) - head + 1)]
-        for relay in (False, True):
-            try:
-                entry = cache.entry_from_reply(reply, cfg, 100.0, relay=relay)
-            except (wire.WireError, IndexError, ValueError):
-                continue
-            except Exception as exc:
-                raise AssertionError(f"{exc!r} from upstream case {SEED}:upstream:{i} via "
-                                     f"{'+'.join(names)}: {reply.hex()}") from exc
-            if entry is not None:
-                q = wire.parse_query(struct.pack(">6H", 1, wire.RD, 1, 0, 0, 0) + raw[12:head])
-                assert q is not None and not q.error
-                entry.reply(q, 150.0, 512)
-                entry.reply(q, 150.0, 65535, stale=True)
+        case, question = fuzzing.upstream_case(SEED, i)
+        problems = fuzzing.check_upstream(case, question)
+        assert not problems, f"{case.describe(SEED)}\n" + "\n".join(problems)
 
 
 # ---------------------------------------------------------------- a real gateway
@@ -142,14 +57,8 @@ def test_upstream_reply_reader_only_raises_what_its_callers_catch() -> None:
 
 @pytest.fixture
 def fuzz_gateway(unbound: ub.UnboundServer, safegate_factory: Any) -> SafeGateProcess:
-    # RRL off: every reply to this one loopback source is checked; RRL would (rightly) drop
-    # most of them. A trusted front end other than the fuzzer's address: PROXY v2 headers
-    # from 127.0.0.1 are plain bytes, from FRONTEND they are read.
     return safegate_factory(  # type: ignore[no-any-return]
-        upstream_port=unbound.port, policies={"p.yaml": POLICY},
-        lists={"adult.txt": fuzzing.BLOCKED_LIST}, lists_yaml=LISTS_YAML, log_level="debug",
-        extra={"dns": {"trusted_frontends": [f"{FRONTEND}/32"], "proxy_protocol": True},
-               "limits": {"rrl": {"enabled": False}}})
+        **fuzzing.gateway_config(unbound.port), log_level="debug")
 
 
 @pytest.mark.integration

@@ -16,21 +16,26 @@ The caller owns the gateway process and checks its stderr for tracebacks.
 
 from __future__ import annotations
 
+import contextlib
 import random
 import selectors
 import socket
 import struct
 import time
+import traceback
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import Any
 
 import dns.edns
 import dns.exception
 import dns.message
+import dns.rcode
 import dns.rdatatype
+import dns.rrset
 
-from gateway.dns import proxyproto
+from gateway.dns import cache, proxyproto, wire
 
 # ---------------------------------------------------------------- corpus
 
@@ -75,6 +80,31 @@ def build_corpus() -> list[tuple[str, bytes]]:
 
 
 CORPUS = build_corpus()
+
+# The gateway under fuzz: loopback in a tier that blocks BLOCKED_LIST, a trusted front end
+# other than the fuzzer's own address (so PROXY v2 headers from 127.0.0.1 are plain bytes and
+# from FRONTEND are read), and RRL off: every reply to this one loopback source is checked,
+# and RRL would (rightly) drop most of them.
+FRONTEND = "127.0.0.9"
+GATEWAY_POLICY = """\
+tiers:
+  kids: {block: [adult], answer: nxdomain}
+networks:
+  - {name: loopback, cidrs: ["127.0.0.0/8", "::1/128"], tier: kids}
+"""
+
+
+def gateway_config(upstream_port: int) -> dict[str, Any]:
+    """Keyword arguments for procs.write_gateway_config (tests and bench use the same)."""
+    return {
+        "upstream_port": upstream_port,
+        "policies": {"p.yaml": GATEWAY_POLICY},
+        "lists": {"adult.txt": BLOCKED_LIST},
+        "lists_yaml": "categories:\n  adult:\n    - {path: adult.txt, format: domains}\n",
+        "extra": {"dns": {"trusted_frontends": [f"{FRONTEND}/32"], "proxy_protocol": True},
+                  "limits": {"rrl": {"enabled": False}}},
+    }
+
 
 # ---------------------------------------------------------------- mutators
 
@@ -442,6 +472,8 @@ def replay(spec: str, frontend: str | None = None) -> Case:
     build = {"udp": udp_case, "tcp": tcp_case}.get(kind)
     if kind == "wire":
         return wire_case(int(seed), int(index))
+    if kind == "upstream":
+        return upstream_case(int(seed), int(index))[0]
     if build is None:
         raise ValueError(f"unknown case kind {kind!r} in {spec!r}")
     return build(int(seed), int(index), frontend)
@@ -511,6 +543,116 @@ def control_ok(reply: bytes, qid: int) -> str | None:
     if msg.id != qid or msg.rcode() != 0 or addrs != [ALLOWED_A]:
         return f"control query for {ALLOWED} A got {msg.to_text()!r}"
     return None
+
+
+# ---------------------------------------------------------------- in-process checks
+
+
+def _reply_problem(reply: bytes, qid: int, what: str) -> str | None:
+    try:
+        msg = parse_reply(reply)
+    except dns.exception.DNSException as exc:
+        return f"{what} does not parse with dnspython ({exc}): {reply.hex()}"
+    if msg.id != qid or not msg.flags & 0x8000:
+        return f"{what} has ID {msg.id} (want {qid}) or QR=0: {reply.hex()}"
+    return None
+
+
+def check_wire(case: Case, rng: random.Random) -> list[str]:
+    """The parser's contract on one packet: parse_query never raises (None only for a
+    non-query), read_name/skip_name raise only WireError, the PROXY v2 reader only
+    ProxyHeaderError, ECS helpers never; replies built from what it read are valid messages."""
+    pkt = case.payload
+    problems: list[str] = []
+    try:
+        q = wire.parse_query(pkt)
+        formerr = wire.formerr_from_header(pkt)
+        if (q is None) != (not is_query(pkt)) or (formerr is None) != (not is_query(pkt)):
+            return [f"parse_query/formerr_from_header disagree with the header: {q}, {formerr!r}"]
+        if q is None or formerr is None:
+            return []
+        replies = [(formerr, "formerr_from_header"),
+                   (wire.error_reply(q, q.error or wire.SERVFAIL), "error_reply")]
+        if q.question:
+            replies.append((wire.truncated_reply(q, 0), "truncated_reply"))
+        for reply, what in replies:
+            problem = _reply_problem(reply, q.id, what)
+            if problem:
+                problems.append(problem)
+        for option in (q.ecs, ecs_garbage(rng)):
+            if option is not None and wire.ecs_address(option) is not None:
+                wire.ecs_truncate(option)
+        for start in (12, rng.randrange(len(pkt) + 1)):
+            for walk in (wire.read_name, wire.skip_name):
+                with contextlib.suppress(wire.WireError):
+                    walk(pkt, start)
+        with contextlib.suppress(proxyproto.ProxyHeaderError):
+            proxyproto.parse(proxy_header(rng, udp=bool(case.index & 1)) + pkt)
+    except Exception as exc:
+        problems.append(f"raised {exc!r}:\n{traceback.format_exc()}")
+    return problems
+
+
+def upstream_replies() -> list[bytes]:
+    """Replies like unbound's for the corpus: answers, CNAME chains, NXDOMAIN with SOA, TXT."""
+    out = []
+    soa = dns.rrset.from_text("test.", 3600, "IN", "SOA",
+                              "ns.test. hostmaster.test. 1 3600 600 86400 60")
+    for _label, query in CORPUS[::3]:
+        msg = dns.message.from_wire(query)
+        resp = dns.message.make_response(msg)
+        qname = msg.question[0].name
+        kind = len(out) % 4
+        if kind == 0:
+            resp.answer.append(dns.rrset.from_text(qname, 300, "IN", "A", ALLOWED_A))
+        elif kind == 1:
+            resp.answer.append(dns.rrset.from_text(qname, 300, "IN", "CNAME", f"{ALLOWED}."))
+            resp.answer.append(dns.rrset.from_text(f"{ALLOWED}.", 300, "IN", "A", ALLOWED_A))
+        elif kind == 2:
+            resp.set_rcode(dns.rcode.NXDOMAIN)
+            resp.authority.append(soa)
+        else:
+            resp.answer.append(dns.rrset.from_text(qname, 300, "IN", "TXT", '"x"'))
+        out.append(resp.to_wire())
+    return out
+
+
+UPSTREAM_REPLIES = upstream_replies()
+
+
+def upstream_case(seed: int, index: int) -> tuple[Case, bytes]:
+    """(a mutated upstream reply, the question section it answers). Header and question stay
+    intact: the forwarder drops replies whose ID or question do not match its query."""
+    rng = case_rng(seed, "upstream", index)
+    raw = rng.choice(UPSTREAM_REPLIES)
+    head = question_end(raw)
+    body, names = mutate(rng, b"\0" * 12 + raw[head:])
+    reply = raw[:head] + body[12:]
+    if rng.random() < 0.3:
+        reply = reply[:head + rng.randrange(len(reply) - head + 1)]
+        names = [*names, "cut"]
+    return Case("upstream", index, "upstream", names, reply), raw[12:head]
+
+
+def check_upstream(case: Case, question: bytes) -> list[str]:
+    """entry_from_reply (cache fill and one-off relay) raises only what chain.py catches
+    around both (WireError, IndexError, ValueError); an entry renders replies without error."""
+    query = wire.parse_query(struct.pack(">6H", 1, wire.RD, 1, 0, 0, 0) + question)
+    assert query is not None and not query.error
+    for relay in (False, True):
+        try:
+            entry = cache.entry_from_reply(case.payload, cache.CacheConfig(), 100.0, relay=relay)
+        except (wire.WireError, IndexError, ValueError):
+            continue
+        except Exception as exc:
+            return [f"entry_from_reply(relay={relay}) raised {exc!r}"]
+        if entry is not None:
+            try:
+                entry.reply(query, 150.0, 512)
+                entry.reply(query, 150.0, 65535, stale=True)
+            except Exception as exc:
+                return [f"Entry.reply raised {exc!r}"]
+    return []
 
 
 # ---------------------------------------------------------------- runners
