@@ -15,8 +15,11 @@ blocks a real list (--blocklist, default HaGeZi Light, 86k names from /work/shar
      - one feed update: `safegate feed add` of a new mandatory entry on the publisher;
        measured until the gateway answers it blocked (EDE 16).
    After the slice: the gateway's VmRSS and open descriptors (/proc/PID/fd), summed over its
-   process tree, and dnsperf's sent/completed/lost. p99 is over every query of the slice,
-   from dnsperf -v per-query latencies (dnsperf has no histogram option).
+   process tree, and dnsperf's sent/lost/average latency. p99 comes from a prober beside
+   dnsperf (20 queries/s of the same mix, its own latencies): dnsperf 2.10 has no histogram
+   option, and -v (a line per query) writes hundreds of MB a minute from the load core.
+   Also per minute: the CPU seconds other processes used meanwhile (a busy neighbour on a
+   shared machine moves every number; dns_compare.py reports the same).
 3. Verdict: RSS and fds of the last 5 minutes against minutes 2-6.
 
 Run: `make soak SOAK_ARGS="--minutes 30"` or `.venv/bin/python bench/soak.py --minutes 3`.
@@ -31,6 +34,7 @@ import json
 import os
 import random
 import shutil
+import socket
 import subprocess
 import sys
 import threading
@@ -50,6 +54,8 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from bench.dns_compare import (  # noqa: E402
+    CLK_TCK,
+    all_cpu_ticks,
     cached_name,
     percentiles,
     tree_pids,
@@ -140,6 +146,79 @@ def wait_blocked(name: str, port: int, code: int, t0: float, timeout: float = 45
             return time.monotonic() - t0
         time.sleep(0.05)
     return None
+
+
+class Prober(threading.Thread):
+    """p99 source: dnsperf reports only average latency, and its -v line per query would mean
+    hundreds of MB a minute written from the load core. This sends --probe-qps queries a
+    second of the same mix (its own unique misses) from its own socket, one at a time, and
+    keeps its own latencies; `take()` hands over those since the last call."""
+
+    def __init__(self, port: int, blocked: Sequence[str], n_cached: int, qps: float,
+                 seed: int) -> None:
+        super().__init__(daemon=True)
+        self.port, self.blocked, self.n_cached, self.qps = port, blocked, n_cached, qps
+        self.rng = random.Random(f"{seed}:prober")
+        self.stop = threading.Event()
+        self.lock = threading.Lock()
+        self.latencies: list[float] = []
+        self.lost = 0
+
+    def _pick(self, i: int) -> str:
+        x = self.rng.random()
+        if x < 0.20:
+            return self.rng.choice(self.blocked)
+        if x < 0.95:
+            return cached_name(self.rng.randrange(self.n_cached))
+        return f"p{i}.probe.miss.test"
+
+    def run(self) -> None:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+            sock.connect(("127.0.0.1", self.port))
+            next_at, i = time.monotonic(), 0
+            while not self.stop.is_set():
+                q = dns.message.make_query(self._pick(i), "A")
+                wire_q, i = q.to_wire(), i + 1
+                t0 = time.perf_counter()
+                sock.send(wire_q)
+                latency = _await_reply(sock, wire_q[:2], t0, 2.0)
+                with self.lock:
+                    if latency is None:
+                        self.lost += 1
+                    else:
+                        self.latencies.append(latency)
+                next_at += 1 / self.qps
+                self.stop.wait(max(0.0, next_at - time.monotonic()))
+
+    def take(self) -> dict[str, float]:
+        with self.lock:
+            lat, lost = sorted(self.latencies), self.lost
+            self.latencies, self.lost = [], 0
+        if not lat:
+            return {"n": 0, "lost": lost}
+
+        def pct(p: float) -> float:
+            return lat[min(len(lat) - 1, int(p / 100 * len(lat)))] * 1000
+
+        return {"n": len(lat), "lost": lost, "p50": pct(50), "p99": pct(99),
+                "max": lat[-1] * 1000}
+
+
+def _await_reply(sock: socket.socket, qid: bytes, sent: float, timeout: float
+                 ) -> float | None:
+    """Seconds from `sent` to the reply with this ID (stale replies skipped); None: timeout."""
+    deadline = sent + timeout
+    while True:
+        left = deadline - time.perf_counter()
+        if left <= 0:
+            return None
+        sock.settimeout(left)
+        try:
+            data = sock.recv(65535)
+        except (TimeoutError, OSError):
+            return None
+        if data[:2] == qid:
+            return time.perf_counter() - sent
 
 
 def run_dnsperf(port: int, qfile: Path, *, args: argparse.Namespace, seconds: int | None = None,
@@ -259,24 +338,31 @@ def minute_events(m: int, t0: float, gw: SafeGateProcess, pub: PublisherProcess,
 
 
 def verdict(rows: list[dict[str, Any]]) -> tuple[str, dict[str, Any]]:
-    """RSS and fds of the last 5 minutes against minutes 2-6 (1-based, as in the table)."""
-    base = rows[1:6] or rows
-    last = rows[-5:]
-    note = "" if len(rows) >= 10 else f" (short run: {len(rows)} min, the windows overlap)"
+    """RSS and fds of the last 5 minutes against minutes 2-6 (1-based, as in the table).
+
+    The windows never overlap: a run shorter than 11 minutes compares what it has after the
+    baseline (under 7 minutes: minute 2, or 1, against the last minute), and says so.
+    """
+    if len(rows) >= 7:
+        base, last = rows[1:6], rows[max(6, len(rows) - 5):]
+        what = f"minutes 2-6 vs {last[0]['minute']}-{last[-1]['minute']}"
+    else:
+        base, last = rows[1:2] or rows[:1], rows[-1:]
+        what = f"minute {base[0]['minute']} vs {last[0]['minute']} (short run)"
 
     def mx(rs: list[dict[str, Any]], k: str) -> float:
         return max(float(r[k]) for r in rs)
 
     rss_b, rss_l = mx(base, "rss_mb"), mx(last, "rss_mb")
     fd_b, fd_l = mx(base, "fds"), mx(last, "fds")
-    # Flat: the last window's peak within 10% (+2 MB) of the baseline's peak; fds within 5.
+    # Flat: the later window's peak within 10% (+2 MB) of the baseline's peak; fds within 5.
     rss_flat = rss_l <= rss_b * 1.10 + 2
     fds_flat = fd_l <= fd_b + 5
-    line = (f"RSS {'flat' if rss_flat else 'GROWING'} (max {rss_b:.1f} MB in minutes 2-6, "
-            f"{rss_l:.1f} MB in the last 5, {100 * (rss_l - rss_b) / rss_b:+.1f}%); "
-            f"fds {'flat' if fds_flat else 'GROWING'} ({fd_b:.0f} -> {fd_l:.0f}){note}")
+    line = (f"RSS {'flat' if rss_flat else 'GROWING'} ({rss_b:.1f} -> {rss_l:.1f} MB, "
+            f"{100 * (rss_l - rss_b) / rss_b:+.1f}%), fds {'flat' if fds_flat else 'GROWING'} "
+            f"({fd_b:.0f} -> {fd_l:.0f}); peaks of {what}")
     return line, {"rss_flat": rss_flat, "fds_flat": fds_flat, "rss_base_mb": rss_b,
-                  "rss_last_mb": rss_l, "fds_base": fd_b, "fds_last": fd_l}
+                  "rss_last_mb": rss_l, "fds_base": fd_b, "fds_last": fd_l, "windows": what}
 
 
 def fmt(x: float | None, spec: str = ".1f") -> str:
@@ -284,14 +370,15 @@ def fmt(x: float | None, spec: str = ".1f") -> str:
 
 
 def table(rows: list[dict[str, Any]]) -> str:
-    out = ["| minute | RSS MB | fds | sent | lost | p99 ms | avg ms | answered qps | reload s "
-           "| feed s |",
-           "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    out = ["| minute | RSS MB | fds | sent | lost | p99 ms (prober) | avg ms (dnsperf) "
+           "| answered qps | reload s | feed s | other CPU s |",
+           "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
     for r in rows:
         out.append(f"| {r['minute']} | {r['rss_mb']:.1f} | {r['fds']} | {r['sent']:,} | "
                    f"{r['lost']:,} | {fmt(r.get('p99_ms'), '.2f')} | {r['avg_ms']:.2f} | "
                    f"{r['qps']:,.0f} | "
-                   f"{fmt(r.get('reload_s'), '.2f')} | {fmt(r.get('feed_s'), '.2f')} |")
+                   f"{fmt(r.get('reload_s'), '.2f')} | {fmt(r.get('feed_s'), '.2f')} | "
+                   f"{fmt(r.get('other_cpu_s'))} |")
     return "\n".join(out)
 
 
@@ -311,6 +398,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--load-cpu", type=int, default=1)
     ap.add_argument("--log-level", default="info")
     ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--probe-qps", type=float, default=20.0, help="the p99 prober's rate")
     args = ap.parse_args(argv)
 
     for tool in ("dnsperf", "taskset"):
@@ -332,6 +420,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                                "blocklist_names": len(blocked), "minutes": [], "errors": []}
     upstream, pub, gw, policy = start_all(workdir, args.blocklist, args)
     stop = threading.Event()
+    prober: Prober | None = None
     pool = ThreadPoolExecutor(max_workers=2)
     results["start"] = {"rss_mb": tree_rss_mb(gw.pid), "fds": tree_fds(gw.pid)}
     print(f"gateway pid {gw.pid} ready: RSS {tree_rss_mb(gw.pid):.1f} MB, fds {tree_fds(gw.pid)}, "
@@ -358,15 +447,23 @@ def main(argv: Sequence[str] | None = None) -> int:
                             f"s{m}", args.seed)
 
         next_file: Future[Path] = pool.submit(make, 0)
+        prober = Prober(gw.dns_port, blocked, args.cached_names, args.probe_qps, args.seed)
+        prober.start()
         print(table([]), flush=True)
         for m in range(args.minutes):
             qfile = next_file.result()
             if m + 1 < args.minutes:
                 next_file = pool.submit(make, m + 1)
             t0 = time.monotonic()
+            ticks0 = all_cpu_ticks()
             events = pool.submit(minute_events, m, t0, gw, pub, policy, stop)
-            perf = run_dnsperf(gw.dns_port, qfile, args=args, seconds=SLICE, rate=rate,
-                               verbose_to=workdir / f"v-{m}.txt")
+            perf = run_dnsperf(gw.dns_port, qfile, args=args, seconds=SLICE, rate=rate)
+            probe = prober.take()
+            # CPU that other processes (not this script's tree) used meanwhile: on a shared
+            # machine a busy neighbour moves every number (live processes only, approximate).
+            ours = set(tree_pids(os.getpid()))
+            other_s = sum(t - ticks0.get(p, 0) for p, t in all_cpu_ticks().items()
+                          if p not in ours) / CLK_TCK
             qfile.unlink()
             ev = events.result()
             if not gw.running():
@@ -377,8 +474,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                    "fds": tree_fds(gw.pid), "sent": perf["sent"],
                    "completed": perf["completed"], "lost": perf["lost"],
                    "qps": perf["qps"], "avg_ms": perf["avg_ms"],
-                   "p99_ms": perf.get("latency_ms", {}).get("p99"),
-                   "p999_ms": perf.get("latency_ms", {}).get("p99.9"), **ev}
+                   "p99_ms": probe.get("p99"), "probe": probe,
+                   "other_cpu_s": round(other_s, 1), **ev}
             for key in ("reload_s", "feed_s"):
                 if key in ev and ev[key] is None:
                     results["errors"].append(f"minute {m + 1}: {key[:-2]} not seen within 45 s")
@@ -390,6 +487,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         results["errors"].append("interrupted")
     finally:
         stop.set()
+        if prober is not None:
+            prober.stop.set()
         pool.shutdown(wait=True, cancel_futures=True)
         for name, fn in (("gateway", lambda: gw.stop(timeout=15)), ("publisher", pub.stop)):
             try:

@@ -82,8 +82,9 @@ def test_gateway_survives_mutated_udp_and_tcp(fuzz_gateway: SafeGateProcess) -> 
     assert not problems, f"{_seed_banner()}: the gateway logged:\n" + "\n\n".join(problems[:5])
     assert not findings, f"{_seed_banner()}: {len(findings)} findings, first 10:\n" + \
         "\n".join(str(f) for f in findings[:10])
-    # The fuzz really reached the gateway: most datagrams that are queries were answered.
-    assert udp_stats.answered > COUNT // 2, udp_stats
+    # The fuzz reached the query path (not just a closed port): the controls were answered
+    # (checked above) and so was a good share of the rest (today ~90%).
+    assert udp_stats.answered > COUNT // 4, udp_stats
 
     for tcp in (False, True):
         r = gw.query(ub.ALLOWED, "A", tcp=tcp, payload=1232)

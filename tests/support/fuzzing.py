@@ -377,7 +377,7 @@ def mutate(rng: random.Random, base: bytes) -> tuple[bytes, list[str]]:
 
 @dataclass
 class Case:
-    kind: str             # "udp" | "tcp" | "wire"
+    kind: str             # "udp" | "tcp" | "wire" | "upstream"
     index: int
     base: str             # corpus label the case started from
     mutators: list[str]
@@ -386,8 +386,9 @@ class Case:
     source: str = "127.0.0.1"
 
     def describe(self, seed: int) -> str:
+        sender = "" if self.source == "127.0.0.1" else f" sent from {self.source}"
         return (f"{self.kind} case {seed}:{self.kind}:{self.index} from {self.base} via "
-                f"{'+'.join(self.mutators) or 'none'}: {self.payload.hex()}")
+                f"{'+'.join(self.mutators) or 'none'}{sender}: {self.payload.hex()}")
 
 
 def wire_case(seed: int, index: int) -> Case:
@@ -744,7 +745,9 @@ def _udp_batch(cases: Sequence[Case], target: tuple[str, int], seed: int, window
                 sock.send(case.payload)
                 stats.sent += 1
                 stats.count(case)
-                if is_query(_strip_proxy(case)) or case.control:
+                if case.control:  # must be answered: a very generous bound on a busy machine
+                    waiting[pos] = time.monotonic() + 5 * wait
+                elif is_query(_strip_proxy(case)):
                     waiting[pos] = time.monotonic() + wait
                 else:
                     stats.no_reply_expected += 1
