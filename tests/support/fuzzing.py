@@ -84,7 +84,8 @@ CORPUS = build_corpus()
 # The gateway under fuzz: loopback in a tier that blocks BLOCKED_LIST, a trusted front end
 # other than the fuzzer's own address (so PROXY v2 headers from 127.0.0.1 are plain bytes and
 # from FRONTEND are read), and RRL off: every reply to this one loopback source is checked,
-# and RRL would (rightly) drop most of them.
+# and RRL would (rightly) drop most of them. forward_ecs on: a front end's ECS is also cut
+# down and sent upstream (wire.ecs_truncate on client bytes).
 FRONTEND = "127.0.0.9"
 GATEWAY_POLICY = """\
 tiers:
@@ -101,7 +102,8 @@ def gateway_config(upstream_port: int) -> dict[str, Any]:
         "policies": {"p.yaml": GATEWAY_POLICY},
         "lists": {"adult.txt": BLOCKED_LIST},
         "lists_yaml": "categories:\n  adult:\n    - {path: adult.txt, format: domains}\n",
-        "extra": {"dns": {"trusted_frontends": [f"{FRONTEND}/32"], "proxy_protocol": True},
+        "extra": {"dns": {"trusted_frontends": [f"{FRONTEND}/32"], "proxy_protocol": True,
+                          "forward_ecs": True},
                   "limits": {"rrl": {"enabled": False}}},
     }
 
@@ -408,9 +410,27 @@ def control_query(qid: int) -> bytes:
     return msg.to_wire()
 
 
+def ecs_query(rng: random.Random, packet: bytes) -> bytes:
+    """`packet` with its additional section replaced by one OPT holding an ECS option that
+    is valid (naming a loopback or an outside subnet) or garbage."""
+    if len(packet) < 12:
+        return packet
+    if rng.random() < 0.5:
+        opt = dns.edns.ECSOption(rng.choice(("127.0.0.1", "192.0.2.7", "::1", "2001:db8::7")),
+                                 rng.choice((8, 24, 32)) if rng.random() < 0.5 else 24)
+        data = opt.to_wire()
+    else:
+        data = ecs_garbage(rng)
+    rdata = struct.pack(">HH", dns.edns.ECS, len(data)) + data
+    opt_rr = b"\x00" + struct.pack(">HHIH", 41, 1232, 0, len(rdata)) + rdata
+    out = bytearray(packet[:question_end(packet)] + opt_rr)
+    struct.pack_into(">H", out, 10, 1)
+    return bytes(out)
+
+
 def udp_case(seed: int, index: int, frontend: str | None = None) -> Case:
     """A mutated datagram; every CONTROL_EVERY-th a plain control query. With a `frontend`
-    address, one case in eight is sent from it with a PROXY v2 header (valid or garbage)."""
+    address, one case in four is sent from it: with a PROXY v2 header, or plain (ECS)."""
     rng = case_rng(seed, "udp", index)
     if index % CONTROL_EVERY == CONTROL_EVERY - 1:
         return Case("udp", index, f"{ALLOWED}/A/edns", [], control_query(rng.randrange(65536)),
@@ -418,9 +438,16 @@ def udp_case(seed: int, index: int, frontend: str | None = None) -> Case:
     label, base = rng.choice(CORPUS)
     packet, names = mutate(rng, base)
     case = Case("udp", index, label, names, packet)
-    if frontend is not None and rng.random() < 0.125:
-        case.payload = proxy_header(rng, udp=True) + packet
-        case.mutators = ["frontend_proxy", *names]
+    if frontend is not None and rng.random() < 0.25:
+        # Half with a PROXY v2 header (valid or garbage), half plain DNS, whose ECS option
+        # then names the client (and, with forward_ecs, is cut down and sent upstream).
+        if rng.random() < 0.5:
+            case.payload = proxy_header(rng, udp=True) + packet
+            case.mutators = ["frontend_proxy", *names]
+        else:
+            if rng.random() < 0.5:
+                case.payload = ecs_query(rng, packet)
+            case.mutators = ["frontend_plain", *names]
         case.source = frontend
     return case
 
