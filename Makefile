@@ -80,6 +80,12 @@ bench: venv deps-apt
 bench-feeds: venv deps-apt
 	$(VBIN)/python bench/feed_latency.py $(BENCH_ARGS)
 
+# Soak (issue #10): 30 minutes at 70% of peak, a policy reload and a feed update each minute;
+# per-minute RSS, descriptors, lost queries and p99 (bench/soak.py; SOAK_ARGS="--minutes 3").
+.PHONY: soak
+soak: venv deps-apt
+	$(VBIN)/python bench/soak.py $(SOAK_ARGS)
+
 # Daemons in these packages (unbound, prometheus) are kept from auto-starting while apt runs
 # (policy-rc.d 101): tests start their own on loopback, and Debian's unbound would otherwise
 # try to fetch the root trust anchor from the internet.
