@@ -22,6 +22,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from gateway.config import SubscribersSource
 from gateway.errors import ConfigError, ConfigErrors
+from gateway.limits import FileLimits
 from gateway.subscribers import Subscribers, file_fingerprint, load_subscribers
 
 log = logging.getLogger(__name__)
@@ -49,9 +50,10 @@ class SubscribersFeed:
 
     def __init__(self, source: SubscribersSource, path: Path,
                  tiers: Callable[[], Iterable[str]], prime: Callable[[Subscribers], None],
-                 metrics: SubscribersFeedMetrics, clock: Callable[[], float] = time.time
-                 ) -> None:
+                 metrics: SubscribersFeedMetrics, clock: Callable[[], float] = time.time,
+                 limits: FileLimits | None = None) -> None:
         self.source = source
+        self.limits = limits or FileLimits()   # the bounds the reload will apply to the copy
         self.path = path
         self.tiers = tiers
         self.prime = prime
@@ -125,7 +127,7 @@ class SubscribersFeed:
         return "updated"
 
     def _validate(self, path: Path) -> Subscribers:
-        subs = load_subscribers(path)
+        subs = load_subscribers(path, self.limits)
         subs.check_tiers(self.tiers())
         return subs
 
