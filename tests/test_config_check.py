@@ -51,6 +51,13 @@ def test_an_empty_policy_file_is_an_error(tmp_path: Path, text: str) -> None:
     assert f"{policy_path(tmp_path)}: policy file is empty" in err.splitlines()
 
 
+def test_run_refuses_to_start_on_an_empty_policy_file(tmp_path: Path) -> None:
+    cfg = config(tmp_path, policy="")
+    r = safegate("run", "-c", str(cfg))   # exits at once; the 60 s timeout is a bound only
+    assert r.returncode == 1
+    assert f"{policy_path(tmp_path)}: policy file is empty" in r.stderr.splitlines()
+
+
 def test_policies_that_define_no_network_are_an_error(tmp_path: Path) -> None:
     cfg = config(tmp_path, policy="tiers:\n  kids: {block: [adult]}\n")
     rc, _, err = check(cfg)
