@@ -252,12 +252,11 @@ def load_policy_for(config: GatewayConfig, catalog: Catalog) -> Policy:
     policy = load_policy(config.policies, catalog.categories.keys(),
                          config.limits.files.config_bytes)
     if not policy.networks and not policy.tokens and config.subscribers is None:
-        named = ", ".join(str(p) for p in policy.files)
-        where = f"policy files: {named}" if named else (
-            "no *.yaml policy file in " + ", ".join(str(p) for p in config.policies)
-            if config.policies else "`policies:` lists no file")
-        raise ConfigError(f"no network is defined ({where}): every client would be REFUSED",
-                          str(config.path))
+        files = ", ".join(str(p) for p in policy.files)
+        what = f"policy files: {files}" if files else "no *.yaml or *.yml file in " + ", ".join(
+            str(p) for p in config.policies)
+        raise ConfigError(f"no network is defined ({what}): every client would be REFUSED",
+                          str(config.path), config.path_lines.get("policies[0]") or None)
     return policy
 
 

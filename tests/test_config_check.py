@@ -62,8 +62,15 @@ def test_policies_that_define_no_network_are_an_error(tmp_path: Path) -> None:
     cfg = config(tmp_path, policy="tiers:\n  kids: {block: [adult]}\n")
     rc, _, err = check(cfg)
     assert rc == 1
-    assert err.strip() == (f"{cfg}: no network is defined (policy files: "
-                           f"{policy_path(tmp_path)}): every client would be REFUSED")
+    assert err.strip() == (f"{cfg}:{gateway_line(cfg, 'policies') + 1}: no network is defined "
+                           f"(policy files: {policy_path(tmp_path)}): every client would be "
+                           "REFUSED")
+    policy_path(tmp_path).unlink()   # an empty policies/ directory: the same, said so
+    rc, _, err = check(cfg)
+    assert rc == 1
+    assert err.strip() == (f"{cfg}:{gateway_line(cfg, 'policies') + 1}: no network is defined "
+                           f"(no *.yaml or *.yml file in {tmp_path / 'policies'}): every client "
+                           "would be REFUSED")
     # A DoH token (or a subscribers file) gives clients a tier without a network: fine.
     cfg = config(tmp_path / "t", policy="tiers:\n  kids: {block: [adult]}\n"
                                         "tokens:\n  - {token: k7f3q9x, tier: kids}\n")
