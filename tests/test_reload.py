@@ -221,3 +221,21 @@ def test_the_watcher_survives_any_exception_in_a_reload(tmp_path: Path) -> None:
     asyncio.run(scenario())
     assert gw.registry.get_sample_value("safegate_config_reloads_total",
                                         {"result": "failure"}) == 3
+
+
+def test_the_proxy_reload_survives_any_exception(tmp_path: Path) -> None:
+    """The proxy process's rule reload has the same guard (its watcher calls it)."""
+    import asyncio
+
+    from prometheus_client import CollectorRegistry
+
+    from gateway.proxy.runner import ProxyProcess
+
+    proxy = ProxyProcess(tmp_path / "gateway.yaml", CollectorRegistry())
+
+    async def broken_build() -> Any:
+        raise RuntimeError("an unforeseen bug")
+
+    proxy.build = broken_build  # type: ignore[method-assign]
+    assert asyncio.run(proxy.reload("SIGHUP")) is False
+    assert proxy.registry.get_sample_value("safegate_proxy_reload_failures_total") == 1
