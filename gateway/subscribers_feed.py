@@ -77,6 +77,11 @@ class SubscribersFeed:
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:
             log.warning("subscribers: %s: %s", self.source.url, exc or type(exc).__name__)
             result = "error"
+        except Exception:
+            # Anything else (a bug, an export nothing foresaw) must not end the poller: the
+            # running subscribers stay and the next poll tries again.
+            log.exception("subscribers: polling %s failed", self.source.url)
+            result = "error"
         self.metrics.polls.labels(result).inc()
         if result in ("updated", "unchanged"):
             self.metrics.last_success.set(self.clock())
