@@ -101,7 +101,7 @@ def load_yaml_text(text: str, path: str) -> Any:
         loader = _Loader(text)
     except yaml.reader.ReaderError as exc:
         char = exc.character if isinstance(exc.character, str) else chr(exc.character)
-        raise ConfigError(f"control character {char!r} (#x{ord(char):04x}) is not allowed in "
+        raise ConfigError(f"non-printable character {char!r} (#x{ord(char):04x}) is not allowed in "
                           "YAML (is this a text file?)", path,
                           text.count("\n", 0, exc.position) + 1) from None
     loader.source_path = path

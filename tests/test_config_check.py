@@ -107,8 +107,8 @@ def test_a_nul_byte_in_a_policy_file_names_file_and_line(tmp_path: Path) -> None
     p.write_bytes(POLICY.encode().replace(b"teens: {", b"teens: {\x00", 1))
     rc, _, err = check(cfg)
     assert rc == 1
-    assert err.strip() == (f"{p}:3: control character '\\x00' (#x0000) is not allowed in YAML "
-                           "(is this a text file?)")
+    assert err.strip() == (f"{p}:3: non-printable character '\\x00' (#x0000) is not allowed "
+                           "in YAML (is this a text file?)")
 
 
 # ---------------------------------------------------------------- item 14a: size and file type
@@ -264,8 +264,8 @@ NO_LINE_BEFORE = [
     ("policy-not-utf8", _write("policies/p.yaml", POLICY.encode().replace(b"staff", b"st\xffff")),
      "{d}/policies/p.yaml:5: not UTF-8 text (invalid start byte)"),
     ("gateway-control-char", _append_gateway("timezone: \x01\n"),
-     "{d}/gateway.yaml:{last}: control character '\\x01' (#x0001) is not allowed in YAML (is "
-     "this a text file?)"),
+     "{d}/gateway.yaml:{last}: non-printable character '\\x01' (#x0001) is not allowed in "
+     "YAML (is this a text file?)"),
     ("policies-entry-missing", _gateway(policies=["policies/p.yaml", "nope.yaml"]),
      "{d}/gateway.yaml:{policies+2}: policies: {d}/nope.yaml not found"),
     ("policies-empty", _gateway(policies=[]),
