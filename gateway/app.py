@@ -181,7 +181,8 @@ class Gateway:
         def prime(subs: Subscribers) -> None:
             self.builder.primed_subscribers = subs
 
-        feed = SubscribersFeed(source, path, tiers, prime, SubscribersFeedMetrics(self.registry))
+        feed = SubscribersFeed(source, path, tiers, prime, SubscribersFeedMetrics(self.registry),
+                               limits=loaded.config.limits.files)
         self.background.append(asyncio.get_running_loop().create_task(feed.run(self._stop)))
 
     async def _start_feeds(self, loaded: Loaded) -> None:
@@ -260,6 +261,12 @@ class Gateway:
             self.notifier.reloading()
             try:
                 return await self._reload()
+            except Exception:
+                # A bug, or a file no check foresaw: what runs stays, and so must the watcher
+                # (an exception out of here used to end it, and later edits were ignored).
+                log.exception("reload failed unexpectedly, keeping the running configuration")
+                self._reload_failed()
+                return False
             finally:
                 self.notifier.ready(self._status())
 
@@ -278,10 +285,7 @@ class Gateway:
         except (ConfigError, ConfigErrors, SafeGateError, OSError) as exc:
             for line in str(exc).splitlines():
                 log.error("reload failed, keeping the running configuration: %s", line)
-            self.metrics.reloads.labels("failure").inc()
-            self.metrics.last_reload_ok.set(0)
-            # Don't retry the same broken files every poll: wait for the next change.
-            self._watched = fingerprint(watched_files(self.config_path, self.loaded))
+            self._reload_failed()
             return False
         if loaded.config.dns_listen != self.loaded.config.dns_listen if self.loaded else False:
             log.warning("dns.listen changed: restart SafeGate for new listeners to apply")
@@ -294,6 +298,15 @@ class Gateway:
         log.info("reloaded: generation %d, %d list entries", loaded.view.generation,
                  loaded.index.size)
         return True
+
+    def _reload_failed(self) -> None:
+        """Count a failed reload; don't retry the same broken files every poll."""
+        self.metrics.reloads.labels("failure").inc()
+        self.metrics.last_reload_ok.set(0)
+        try:
+            self._watched = fingerprint(watched_files(self.config_path, self.loaded))
+        except Exception:
+            log.exception("cannot stat the watched files")
 
     def _reload_tls(self, loaded: Loaded) -> None:
         """New certificates for new connections (the files were checked loadable just now)."""
@@ -345,9 +358,15 @@ class Gateway:
                 await asyncio.wait_for(self._stop.wait(), interval)
             if self._stop.is_set():
                 return
-            current = fingerprint(watched_files(self.config_path, self.loaded))
-            if current != self._watched:
-                await self.reload("files changed")
+            try:
+                current = fingerprint(watched_files(self.config_path, self.loaded))
+                if current != self._watched:
+                    await self.reload("files changed")
+            except Exception:
+                # Whatever went wrong, keep watching: the next edit may fix it.
+                log.exception("file watcher: reload failed")
+                self.metrics.reloads.labels("failure").inc()
+                self.metrics.last_reload_ok.set(0)
 
     async def schedule_timer(self) -> None:
         """Swap in new profiles at each schedule window edge (issue #4), so that the query path

@@ -6,6 +6,7 @@ import ipaddress
 import os
 import re
 import ssl
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
@@ -17,6 +18,7 @@ from gateway.dns.upstream import ForwarderConfig
 from gateway.errors import ConfigError
 from gateway.limits import Limits
 from gateway.names import normalize_name
+from gateway.readfile import file_problem
 from gateway.upstream_spec import UpstreamSpec, parse_host_port, parse_upstream
 from gateway.yamlconf import (
     YDict,
@@ -26,6 +28,7 @@ from gateway.yamlconf import (
     expect_mapping,
     expect_str,
     load_yaml,
+    where,
 )
 
 Address = tuple[str, int]
@@ -145,6 +148,8 @@ class GatewayConfig:
     block_ttl: int = 30
     tcp_idle_timeout: float = 10.0
     watch_interval: float = 2.0
+    # gateway.yaml's line naming each file ("policies[0]", "blocklists"): errors point there.
+    path_lines: dict[str, int] = field(default_factory=dict, compare=False)
     cache: CacheConfig = field(default_factory=CacheConfig)
     forwarder: ForwarderConfig = field(default_factory=ForwarderConfig)
     gateway_id: str = ""
@@ -201,7 +206,13 @@ def system_nameservers(resolv_conf: Path = Path("/etc/resolv.conf")) -> list[Add
 def load_config(path: str | Path) -> GatewayConfig:
     """Read and validate gateway.yaml; paths in it are relative to the file."""
     path = Path(path)
-    doc = expect_mapping(load_yaml(path), "gateway.yaml")
+    # Read before its own limits are known: the default bound applies to gateway.yaml itself.
+    raw = load_yaml(path)
+    if raw is None:
+        # An empty file (a truncated copy, a failed redirect) must not start a default gateway;
+        # `{}` written on purpose still means "all defaults".
+        raise ConfigError("gateway.yaml is empty; see deploy/example/gateway.yaml", str(path))
+    doc = expect_mapping(raw, "gateway.yaml")
     if not doc.path:
         doc.path = str(path)
     check_keys(doc, TOP_KEYS, "gateway.yaml")
@@ -249,8 +260,14 @@ def load_config(path: str | Path) -> GatewayConfig:
     policy_entries = expect_list(doc.get("policies", ["policies/"]), "policies", doc, "policies")
     policies = tuple(rel(expect_str(p, "a policies entry", policy_entries, i))
                      for i, p in enumerate(policy_entries))
+    if not policies:
+        raise error_at("policies lists no file or directory", None, doc, "policies")
     blocklists = rel(expect_str(doc.get("blocklists", "blocklists/lists.yaml"), "blocklists",
                                 doc, "blocklists"))
+    # Where each file is named, for a "not found" said at that line (state.check_paths).
+    path_lines = {f"policies[{i}]": where(None, policy_entries, i)[1] or 0
+                  for i in range(len(policies))}
+    path_lines["blocklists"] = where(None, doc, "blocklists")[1] or 0
     state_dir = rel(expect_str(doc.get("state_dir", "var/"), "state_dir", doc, "state_dir"))
 
     reload = expect_mapping(doc.get("reload"), "reload", doc, "reload")
@@ -309,6 +326,7 @@ def load_config(path: str | Path) -> GatewayConfig:
                                 "tcp_idle_timeout"),
         watch_interval=_float(reload.get("watch_interval", 2.0), "reload.watch_interval", reload,
                               "watch_interval"),
+        path_lines=path_lines,
         cache=cache_cfg,
         forwarder=fwd,
         gateway_id=gateway_id,
@@ -375,8 +393,9 @@ def _subscribers(doc: YDict, rel: Callable[[str], Path], state_dir: Path
     raw = doc["subscribers"]
     if isinstance(raw, str):
         path = rel(raw)
-        if not path.is_file():
-            raise error_at(f"subscribers: file {path} not found", None, doc, "subscribers")
+        problem = file_problem(path, sys.maxsize, "")   # its size is checked when it is read
+        if problem is not None:
+            raise error_at(f"subscribers: file {path} {problem}", None, doc, "subscribers")
         return path, None
     item = expect_mapping(raw, "subscribers (a file name, or {url: ...})", doc, "subscribers")
     check_keys(item, SUBSCRIBERS_KEYS, "subscribers")

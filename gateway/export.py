@@ -16,8 +16,9 @@ from gateway.errors import ConfigError
 from gateway.feeds.format import Entry
 from gateway.feeds.rpz import to_rpz
 from gateway.lists import SCOPE_BOTH, SCOPE_SELF, SCOPE_SUBS, Action
-from gateway.lists.catalog import Catalog, load_catalog
+from gateway.lists.catalog import LIST_BYTES_KEY, Catalog, load_catalog
 from gateway.lists.parsers import ParsedRule, parse
+from gateway.readfile import read_capped
 
 LEDGER_FILE = "ledger.sqlite3"
 DNS_TYPES = ("domain", "domain-exact")
@@ -79,10 +80,8 @@ def catalog_entries(catalog: Catalog) -> tuple[list[Entry], list[str]]:
             label = str(source.path.relative_to(base))
         except ValueError:
             label = str(source.path)
-        try:
-            text = source.path.read_text(encoding="utf-8", errors="replace")
-        except OSError as exc:
-            raise ConfigError(f"cannot read: {exc.strerror}", str(source.path)) from None
+        text = read_capped(source.path, catalog.list_bytes, LIST_BYTES_KEY).decode(
+            "utf-8", "replace")
         rules = (r for r in parse(source.format, text.splitlines())
                  if isinstance(r, ParsedRule))
         for name, scope, line in _merged_rules(rules):

@@ -64,8 +64,11 @@ class MemoryLimits:
 class FileLimits:
     """Files read whole: `limits.files` (a list of names streams, so it gets a larger bound)."""
 
-    config_bytes: int = 4 * MIB          # gateway.yaml, policy files, lists.yaml, subscribers
+    config_bytes: int = 4 * MIB          # gateway.yaml, policy files, lists.yaml, subscribers YAML
     list_bytes: int = 2048 * MIB         # one blocklist file
+    # A subscribers CSV streams like a list: an ISP's million prefixes are ~28 MB of text
+    # (and ~100 MB of tables), far past config_bytes.
+    subscribers_bytes: int = 256 * MIB
     feed_bytes: int = 256 * MIB          # one downloaded feed document or list (a 100k-entry
                                          # snapshot is ~25 MB; bigger is refused, LKG kept)
 

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from gateway.errors import ConfigError, ConfigErrors
+from gateway.limits import FileLimits
 from gateway.names import normalize_name
 from gateway.schedules import Holiday, Window, parse_holidays, parse_windows
 from gateway.yamlconf import (
@@ -94,11 +95,16 @@ def policy_files(entries: Iterable[str | Path]) -> list[Path]:
                               if x.suffix in (".yaml", ".yml") and not x.name.startswith(".")))
         else:
             out.append(p)
-    return out
+    # A file named both alone and through its directory is one file, loaded once.
+    return list(dict.fromkeys(out))
 
 
-def load_policy(entries: Iterable[str | Path], categories: Iterable[str]) -> Policy:
-    """Load and cross-check every policy file; all errors found are raised together."""
+def load_policy(entries: Iterable[str | Path], categories: Iterable[str],
+                max_bytes: int = FileLimits.config_bytes) -> Policy:
+    """Load and cross-check every policy file; all errors found are raised together.
+
+    `max_bytes` bounds each file (limits.files.config_bytes).
+    """
     known = set(categories)
     policy = Policy()
     errors: list[ConfigError] = []
@@ -109,7 +115,11 @@ def load_policy(entries: Iterable[str | Path], categories: Iterable[str]) -> Pol
     broken: set[str] = set()  # tiers with errors: networks using them are not errors too
     for path in files:
         try:
-            doc = load_yaml(path)
+            doc = load_yaml(path, max_bytes)
+            if doc is None:
+                # A truncated file would otherwise reload "successfully" into a policy that
+                # refuses every client of the networks it used to define.
+                raise ConfigError("policy file is empty", str(path))
             doc = expect_mapping(doc, "a policy file")
             check_keys(doc, ("tiers", "networks", "tokens", "holidays"), "a policy file")
         except ConfigError as exc:
@@ -213,7 +223,9 @@ def _tier(name: str, body: Any, parent: YDict, known: set[str]) -> Tier:
                 f"(categories in the blocklists: {', '.join(sorted(known)) or 'none'})",
                 cat, block, i)
         cats.append(str(cat))
-    answer = str(body.get("answer", "blockpage"))
+    raw_answer = body.get("answer", "blockpage")
+    # README lists `null` (answer 0.0.0.0 / ::) as a mode; bare YAML `null` reads as None.
+    answer = "null" if raw_answer is None else str(raw_answer)
     if answer not in ANSWERS:
         raise error_at(f"answer must be one of {', '.join(ANSWERS)}, got {answer!r}",
                        None, body, "answer")

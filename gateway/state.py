@@ -28,11 +28,12 @@ from gateway.dns.chain import View
 from gateway.errors import ConfigError, ConfigErrors, SafeGateError
 from gateway.limits import MemoryLimits
 from gateway.lists.catalog import Catalog, load_catalog
-from gateway.lists.compile import compile_catalog
+from gateway.lists.compile import compile_catalog, limit_args
 from gateway.lists.index import ListIndex
 from gateway.lists.overlay import Layered, Matcher, Overlay
 from gateway.netindex import PrefixMap
 from gateway.policy import Network, Network4or6, Policy, load_policy, policy_files
+from gateway.readfile import file_problem
 from gateway.safesearch import Rewrites, load_rewrites
 from gateway.schedules import MAX_SLEEP, active_categories, next_change
 from gateway.subscribers import Subscribers, load_subscribers
@@ -228,8 +229,41 @@ def _profile(i: int, net: Network, policy: Policy, index: Matcher,
         verdict_memo=memory.verdict_memo, reply_memo=memory.reply_memo)
 
 
+def check_paths(config: GatewayConfig) -> None:
+    """The policy and list paths exist and are files (or policy directories), or an error at
+    the gateway.yaml line naming them: a file's own reader knows only the file."""
+    named = [(f"policies[{i}]", p, "policies") for i, p in enumerate(config.policies)]
+    for key, path, what in [*named, ("blocklists", config.blocklists, "blocklists")]:
+        if what == "policies" and path.is_dir():
+            continue
+        problem = file_problem(path, sys.maxsize, "")   # sizes are checked as they are read
+        if problem is not None:
+            raise ConfigError(f"{what}: {path} {problem}", str(config.path),
+                              config.path_lines.get(key) or None)
+
+
+def catalog_of(config: GatewayConfig) -> Catalog:
+    """lists.yaml with gateway.yaml's file limits (after check_paths)."""
+    check_paths(config)
+    files = config.limits.files
+    return load_catalog(config.blocklists, files.config_bytes, files.list_bytes)
+
+
 def load_policy_for(config: GatewayConfig, catalog: Catalog) -> Policy:
-    return load_policy(config.policies, catalog.categories.keys())
+    """The policy files of `config`; they must give some client a tier.
+
+    With no network, no DoH token and no subscribers file, every query would be REFUSED: that
+    is a broken configuration (an emptied or missing file), never one to swap in.
+    """
+    policy = load_policy(config.policies, catalog.categories.keys(),
+                         config.limits.files.config_bytes)
+    if not policy.networks and not policy.tokens and config.subscribers is None:
+        files = ", ".join(str(p) for p in policy.files)
+        what = f"policy files: {files}" if files else "no *.yaml or *.yml file in " + ", ".join(
+            str(p) for p in config.policies)
+        raise ConfigError(f"no network is defined ({what}): every client would be REFUSED",
+                          str(config.path), config.path_lines.get("policies[0]") or None)
+    return policy
 
 
 def load_in_process(config_path: str | Path, at: datetime | None = None) -> Loaded:
@@ -238,7 +272,7 @@ def load_in_process(config_path: str | Path, at: datetime | None = None) -> Load
     `at`: evaluate schedule windows at that instant instead of now (`explain --at`).
     """
     config = load_config(config_path)
-    catalog = load_catalog(config.blocklists)
+    catalog = catalog_of(config)
     policy = load_policy_for(config, catalog)
     result = compile_catalog(catalog, None)
     assert isinstance(result.index, bytes)
@@ -270,7 +304,8 @@ def _subscribers(config: GatewayConfig, policy: Policy, previous: Subscribers | 
                      and previous.fingerprint == file_fingerprint(path))
     except OSError as exc:
         raise ConfigError(f"cannot read subscribers file: {exc.strerror}", str(path)) from None
-    subs = previous if unchanged and previous is not None else load_subscribers(path)
+    subs = (previous if unchanged and previous is not None
+            else load_subscribers(path, config.limits.files))
     subs.check_tiers(policy.tiers)
     return subs
 
@@ -307,7 +342,7 @@ class Builder:
     async def build(self, previous: Loaded | None) -> Loaded:
         """A new Loaded; raises ConfigError/ConfigErrors/SafeGateError and leaves `previous` be."""
         config = load_config(self.config_path)
-        catalog = load_catalog(config.blocklists)
+        catalog = catalog_of(config)
         policy = load_policy_for(config, catalog)
         lists_fp = fingerprint([catalog.path, *catalog.files()])
         if previous is not None and previous.lists_fingerprint == lists_fp:
@@ -335,7 +370,8 @@ class Builder:
         out = state / f"lists-{os.getpid()}-{self.generation + 1}.sgidx"
         started = time.monotonic()
         proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "gateway.lists.compile", str(catalog.path), str(out),
+            sys.executable, "-m", "gateway.lists.compile", *limit_args(config.limits.files),
+            str(catalog.path), str(out),
             stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
         stdout, stderr = await proc.communicate()
         if proc.returncode != 0:

@@ -22,17 +22,20 @@ import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from gateway.errors import ConfigError, ConfigErrors
+from gateway.limits import FileLimits
 from gateway.names import normalize_name
 from gateway.netindex import Tables, parse_prefix
+from gateway.readfile import open_regular, too_large
 from gateway.yamlconf import check_keys, error_at, expect_list, expect_mapping, load_yaml
 
 COLUMNS = ("prefix", "tier", "filtered", "allow", "deny")
 _TRUE = {"yes", "true", "1", "y", "on"}
 _FALSE = {"no", "false", "0", "n", "off", ""}
 _NAMES_SPLIT = re.compile(r"[\s;]+")
+SUBSCRIBERS_BYTES_KEY = "limits.files.subscribers_bytes"
 MAX_ERRORS = 20  # a broken export reports its first errors, not a million lines
 
 
@@ -75,15 +78,20 @@ def file_fingerprint(path: Path) -> tuple[int, int, int]:
     return st.st_mtime_ns, st.st_size, st.st_ino
 
 
-def load_subscribers(path: Path) -> Subscribers:
-    """Parse a subscribers file (.csv, or .yaml/.yml); all problems raise ConfigErrors."""
+def load_subscribers(path: Path, limits: FileLimits | None = None) -> Subscribers:
+    """Parse a subscribers file (.csv, or .yaml/.yml); all problems raise ConfigErrors.
+
+    The YAML form is read whole (limits.files.config_bytes); the CSV form streams
+    (limits.files.subscribers_bytes). Neither may be a device or a FIFO.
+    """
+    limits = limits or FileLimits()
     subs = Subscribers(path, {}, [], [], [], fingerprint=file_fingerprint(path))
     errors: list[ConfigError] = []
     try:
         if path.suffix in (".yaml", ".yml"):
-            _load_yaml(subs, errors)
+            _load_yaml(subs, errors, limits.config_bytes)
         else:
-            _load_csv(subs, errors)
+            _load_csv(subs, errors, limits.subscribers_bytes)
     except ConfigError as exc:
         errors.append(exc)
     if errors:
@@ -91,19 +99,15 @@ def load_subscribers(path: Path) -> Subscribers:
     return subs
 
 
-def _load_csv(subs: Subscribers, errors: list[ConfigError]) -> None:
+def _load_csv(subs: Subscribers, errors: list[ConfigError], max_bytes: int) -> None:
     """The hot loop of a million-line load: a line's settings text (all after the prefix) is
     looked up as written, so only the first line of each distinct setting is normalised."""
     path = subs.path
     columns: tuple[str, ...] = COLUMNS
     slots: dict[str, int] = {}
     seen_data = False
-    try:
-        f = path.open(encoding="utf-8", newline="")
-    except OSError as exc:
-        raise ConfigError(f"cannot read subscribers file: {exc.strerror}", str(path)) from None
-    with f:
-        for line, raw in enumerate(f, 1):
+    with open_regular(path, max_bytes, SUBSCRIBERS_BYTES_KEY) as f:
+        for line, raw in enumerate(_text_lines(f, max_bytes, path), 1):
             text = raw.strip()
             if not text or text[0] == "#":
                 continue
@@ -127,6 +131,20 @@ def _load_csv(subs: Subscribers, errors: list[ConfigError]) -> None:
                 errors.append(ConfigError(str(exc), str(path), line))
                 if len(errors) >= MAX_ERRORS:
                     return
+
+
+def _text_lines(f: BinaryIO, max_bytes: int, path: Path) -> Iterator[str]:
+    """The file's lines as text; a line that is not UTF-8, or a file grown past `max_bytes`
+    since it was opened, is an error naming the file (and the line)."""
+    total = 0
+    for line, data in enumerate(f, 1):
+        total += len(data)
+        if total > max_bytes:
+            raise ConfigError(too_large(max_bytes, SUBSCRIBERS_BYTES_KEY), str(path))
+        try:
+            yield data.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise ConfigError(f"not UTF-8 text ({exc.reason})", str(path), line) from None
 
 
 def _header(text: str, path: Path, line: int) -> tuple[str, ...]:
@@ -156,10 +174,10 @@ def _insert(subs: Subscribers, prefix: str, slot: int) -> None:
                          "with different settings")
 
 
-def _load_yaml(subs: Subscribers, errors: list[ConfigError]) -> None:
+def _load_yaml(subs: Subscribers, errors: list[ConfigError], max_bytes: int) -> None:
     """The YAML form: for small files (a school's or a test's), not for millions."""
     by_settings: dict[Any, int] = {}
-    for line, row in _yaml_rows(subs.path):
+    for line, row in _yaml_rows(subs.path, max_bytes):
         try:
             prefix = row.get("prefix")
             if not isinstance(prefix, str) or not prefix:
@@ -215,8 +233,12 @@ def _names(value: Any) -> tuple[bytes, ...]:
     return tuple(sorted(set(out)))
 
 
-def _yaml_rows(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
-    items = expect_list(load_yaml(path), "a subscribers file (a list of {prefix, tier, ...})")
+def _yaml_rows(path: Path, max_bytes: int = FileLimits.config_bytes
+               ) -> Iterator[tuple[int, dict[str, Any]]]:
+    doc = load_yaml(path, max_bytes)
+    if doc is None:
+        return   # an empty file lists no subscriber, as an empty CSV does
+    items = expect_list(doc, "a subscribers file (a list of {prefix, tier, ...})")
     for i, raw in enumerate(items):
         item = expect_mapping(raw, "a subscribers item", items, i)
         check_keys(item, COLUMNS, "a subscribers item")

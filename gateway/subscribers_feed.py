@@ -22,6 +22,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from gateway.config import SubscribersSource
 from gateway.errors import ConfigError, ConfigErrors
+from gateway.limits import FileLimits
 from gateway.subscribers import Subscribers, file_fingerprint, load_subscribers
 
 log = logging.getLogger(__name__)
@@ -49,9 +50,10 @@ class SubscribersFeed:
 
     def __init__(self, source: SubscribersSource, path: Path,
                  tiers: Callable[[], Iterable[str]], prime: Callable[[Subscribers], None],
-                 metrics: SubscribersFeedMetrics, clock: Callable[[], float] = time.time
-                 ) -> None:
+                 metrics: SubscribersFeedMetrics, clock: Callable[[], float] = time.time,
+                 limits: FileLimits | None = None) -> None:
         self.source = source
+        self.limits = limits or FileLimits()   # the bounds the reload will apply to the copy
         self.path = path
         self.tiers = tiers
         self.prime = prime
@@ -74,6 +76,11 @@ class SubscribersFeed:
             result = await self._poll(session)
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:
             log.warning("subscribers: %s: %s", self.source.url, exc or type(exc).__name__)
+            result = "error"
+        except Exception:
+            # Anything else (a bug, an export nothing foresaw) must not end the poller: the
+            # running subscribers stay and the next poll tries again.
+            log.exception("subscribers: polling %s failed", self.source.url)
             result = "error"
         self.metrics.polls.labels(result).inc()
         if result in ("updated", "unchanged"):
@@ -125,7 +132,7 @@ class SubscribersFeed:
         return "updated"
 
     def _validate(self, path: Path) -> Subscribers:
-        subs = load_subscribers(path)
+        subs = load_subscribers(path, self.limits)
         subs.check_tiers(self.tiers())
         return subs
 

@@ -9,6 +9,8 @@ from typing import Any
 import yaml
 
 from gateway.errors import ConfigError
+from gateway.limits import FileLimits
+from gateway.readfile import line_of, read_capped
 
 
 class Node:
@@ -75,32 +77,56 @@ _Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_SEQUENCE_TAG, _constr
 _Loader.add_constructor("tag:yaml.org,2002:str", _construct_str)
 
 
-def load_yaml(path: str | Path) -> Any:
-    """Parse one YAML file; syntax errors become ConfigError with the file and line."""
+CONFIG_BYTES_KEY = "limits.files.config_bytes"
+
+
+def load_yaml(path: str | Path, max_bytes: int = FileLimits.config_bytes,
+              limit_key: str = CONFIG_BYTES_KEY) -> Any:
+    """Parse one YAML file of at most `max_bytes`; problems become ConfigError with the file
+    and line. An empty (or comment-only) file gives None: callers say what that means."""
     path = str(path)
+    data = read_capped(path, max_bytes, limit_key)
     try:
-        text = Path(path).read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise ConfigError("file not found", path) from None
+        text = data.decode("utf-8")
     except UnicodeDecodeError as exc:
-        raise ConfigError(f"not UTF-8 text ({exc.reason})", path) from None
-    except OSError as exc:
-        raise ConfigError(f"cannot read: {exc.strerror}", path) from None
+        raise ConfigError(f"not UTF-8 text ({exc.reason})", path,
+                          line_of(data, exc.start)) from None
     return load_yaml_text(text, path)
 
 
 def load_yaml_text(text: str, path: str) -> Any:
     """Parse YAML text that came from `path` (used in messages)."""
-    loader = _Loader(text)
+    try:
+        # The reader checks every character in the constructor: a NUL byte raises here.
+        loader = _Loader(text)
+    except yaml.reader.ReaderError as exc:
+        char = exc.character if isinstance(exc.character, str) else chr(exc.character)
+        raise ConfigError(f"non-printable character {char!r} (#x{ord(char):04x}) is not allowed in "
+                          "YAML (is this a text file?)", path,
+                          text.count("\n", 0, exc.position) + 1) from None
     loader.source_path = path
     try:
-        return loader.get_single_data()
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        if isinstance(node, yaml.ScalarNode):
+            value = loader.construct_object(node)
+            if value is None:
+                return None   # a lone `~` or `null` is as empty as an empty file
+            # No file of ours is a lone scalar; say so here, where its line is still known.
+            raise ConfigError(f"expected a mapping or a list, got {_kind(value)}", path,
+                              node.start_mark.line + 1)
+        return loader.construct_document(node)
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
-        line = mark.line + 1 if mark is not None else None
-        raise ConfigError(f"YAML syntax error: {exc.problem or exc.context}", path, line) from None
+        raise ConfigError(f"YAML syntax error: {exc.problem or exc.context}", path,
+                          mark.line + 1 if mark is not None else None) from None
     except yaml.YAMLError as exc:
         raise ConfigError(f"YAML error: {exc}", path) from None
+    except RecursionError:
+        # PyYAML composes and constructs recursively: a few hundred nested [ or { exhaust
+        # the stack. No file of ours nests that deep.
+        raise ConfigError("YAML nested too deeply", path) from None
     finally:
         loader.dispose()
 

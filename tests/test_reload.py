@@ -132,3 +132,114 @@ def test_broken_change_keeps_the_running_config(unbound: ub.UnboundServer,
     while blocked(dns.query.udp(q, "127.0.0.1", port=gw.dns_port, timeout=2)):
         assert time.monotonic() < deadline, "the fixed policy was not applied"
         time.sleep(0.1)
+
+
+def _wait_metric(gw: SafeGateProcess, text: str, timeout: float = 20.0) -> str:
+    """The metrics page once it contains `text` (polled; the timeout is only an upper bound)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        page = gw.metrics_text()
+        if text in page:
+            return page
+        assert time.monotonic() < deadline, f"{text!r} never appeared in the metrics"
+        time.sleep(0.05)
+
+
+def _adult_blocked(gw: SafeGateProcess) -> bool:
+    q = dns.message.make_query("x.adult-site.test", "A", use_edns=0)
+    r = dns.query.udp(q, "127.0.0.1", port=gw.dns_port, timeout=2)
+    assert r.rcode() == dns.rcode.NOERROR, r   # never REFUSED: the kids network still exists
+    return blocked(r)
+
+
+def test_a_nul_byte_fails_the_reload_and_the_watcher_keeps_watching(
+        unbound: ub.UnboundServer, safegate_factory: Any) -> None:
+    """Issue #10 item 6: a NUL byte used to raise outside the reload's error handling, which
+    ended the file watcher: no failure counted, and later edits were never picked up."""
+    gw = safegate_factory(upstream_port=unbound.port, policies={"p.yaml": POLICY}, lists=LISTS,
+                          lists_yaml=LISTS_YAML, extra={"reload": {"watch_interval": 0.2}})
+    policy = _config_dir(gw) / "policies" / "p.yaml"
+    _wait_metric(gw, 'safegate_config_reloads_total{result="failure"} 0.0')
+    policy.write_bytes(POLICY.encode().replace(b"teens: {", b"teens: {\x00", 1))
+    _wait_metric(gw, 'safegate_config_reloads_total{result="failure"} 1.0')
+    assert (f"{policy}:3: non-printable character '\\x00' (#x0000) is not allowed"
+            in gw.stderr_text())
+    assert _adult_blocked(gw), "the running policy must still answer"
+    # a valid edit afterwards is picked up by the same watcher
+    policy.write_text(POLICY.replace("kids: {block: [adult, gambling]", "kids: {block: [gambling]"))
+    deadline = time.monotonic() + 20
+    while _adult_blocked(gw):
+        assert time.monotonic() < deadline, "the watcher died: the fixed policy was not applied"
+        time.sleep(0.05)
+    assert "safegate_config_last_reload_successful 1.0" in gw.metrics_text()
+
+
+@pytest.mark.parametrize("text", ["", "# all networks removed\n"])
+def test_an_emptied_policy_file_is_a_failed_reload(unbound: ub.UnboundServer,
+                                                   safegate_factory: Any, text: str) -> None:
+    """Issue #10 item 5: an empty policy file used to reload "successfully" and REFUSE everyone."""
+    gw = safegate_factory(upstream_port=unbound.port, policies={"p.yaml": POLICY}, lists=LISTS,
+                          lists_yaml=LISTS_YAML, extra={"reload": {"watch_interval": 0.2}})
+    policy = _config_dir(gw) / "policies" / "p.yaml"
+    policy.write_text(text)
+    page = _wait_metric(gw, 'safegate_config_reloads_total{result="failure"} 1.0')
+    assert "safegate_config_last_reload_successful 0.0" in page
+    assert f"{policy}: policy file is empty" in gw.stderr_text()
+    assert _adult_blocked(gw)
+
+
+def test_the_watcher_survives_any_exception_in_a_reload(tmp_path: Path) -> None:
+    """Whatever a reload raises (a bug no check foresaw), the watcher counts a failure, logs it
+    and keeps watching. The fault is injected: no input is known to cause one any more."""
+    import asyncio
+
+    from prometheus_client import CollectorRegistry
+
+    from gateway.app import Gateway
+
+    cfg = tmp_path / "gateway.yaml"
+    cfg.write_text("{}\n")
+    gw = Gateway(cfg, CollectorRegistry())
+    builds: list[int] = []
+
+    async def broken_build(previous: object) -> Any:
+        builds.append(1)
+        raise RuntimeError("an unforeseen bug")
+
+    gw.builder.build = broken_build  # type: ignore[method-assign]
+
+    async def scenario() -> None:
+        watcher = asyncio.get_running_loop().create_task(gw.watch())
+        for n in (1, 2):
+            cfg.write_text("{}\n" + "#" * n)   # a change the watcher notices
+            deadline = time.monotonic() + 20
+            while len(builds) < n:
+                assert not watcher.done(), "the watcher died"
+                assert time.monotonic() < deadline
+                await asyncio.sleep(0.05)
+        assert not watcher.done()
+        gw._stop.set()
+        await watcher
+        assert await gw.reload("SIGHUP") is False   # a signal's reload fails the same way
+
+    asyncio.run(scenario())
+    assert gw.registry.get_sample_value("safegate_config_reloads_total",
+                                        {"result": "failure"}) == 3
+
+
+def test_the_proxy_reload_survives_any_exception(tmp_path: Path) -> None:
+    """The proxy process's rule reload has the same guard (its watcher calls it)."""
+    import asyncio
+
+    from prometheus_client import CollectorRegistry
+
+    from gateway.proxy.runner import ProxyProcess
+
+    proxy = ProxyProcess(tmp_path / "gateway.yaml", CollectorRegistry())
+
+    async def broken_build() -> Any:
+        raise RuntimeError("an unforeseen bug")
+
+    proxy.build = broken_build  # type: ignore[method-assign]
+    assert asyncio.run(proxy.reload("SIGHUP")) is False
+    assert proxy.registry.get_sample_value("safegate_proxy_reload_failures_total") == 1

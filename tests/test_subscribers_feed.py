@@ -144,3 +144,26 @@ def test_a_subscribers_url_needs_a_valid_setting(tmp_path: Path) -> None:
                        capture_output=True, text=True, timeout=60, check=False)
     assert r.returncode == 1
     assert "subscribers.url must be an http(s) URL, got 'ftp://isp.example/s.csv'" in r.stderr
+
+
+def test_an_export_that_is_not_utf8_is_rejected_and_polling_goes_on(
+        unbound: ub.UnboundServer, safegate_factory: Any, publisher: Publisher,
+        tmp_path: Path) -> None:
+    """A non-UTF-8 byte used to raise UnicodeDecodeError out of the poller, which ended it:
+    later exports were never fetched. Now it is a rejected file with its line."""
+    (tmp_path / "token").write_text(TOKEN + "\n")
+    cfg = write_gateway_config(
+        tmp_path, upstream_port=unbound.port, policies={"p.yaml": POLICY}, lists=LISTS,
+        lists_yaml=LISTS_YAML, ipv6=False,
+        extra={"subscribers": {"url": publisher.url, "interval": 0.3, "token_file": "token"},
+               "reload": {"watch_interval": 0.2}})
+    gw = safegate_factory(cfg)
+    kids, later = "127.0.8.5", "127.0.8.9"
+    _until(lambda: _rcode(gw, kids) == dns.rcode.NXDOMAIN, "the first file never applied")
+    publisher.body = V1.encode() + b"127.0.8.9,k\xe9ds\n"
+    _until(lambda: 'safegate_subscribers_updates_total{result="rejected"} 1.0'
+           in gw.metrics_text(), "the file was not rejected")
+    assert f"{publisher.url}:3: not UTF-8 text (invalid continuation byte)" in gw.stderr_text()
+    assert _rcode(gw, later) == dns.rcode.NOERROR   # the running subscribers stay
+    publisher.body = V2.encode()
+    _until(lambda: _rcode(gw, later) == dns.rcode.NXDOMAIN, "the poller stopped polling")

@@ -8,7 +8,9 @@ from pathlib import Path
 from typing import Any
 
 from gateway.errors import ConfigError
+from gateway.limits import FileLimits
 from gateway.lists.parsers import FORMATS
+from gateway.readfile import file_problem
 from gateway.yamlconf import (
     YDict,
     check_keys,
@@ -20,7 +22,8 @@ from gateway.yamlconf import (
     where,
 )
 
-__all__ = ["MANDATORY_CATEGORIES", "MATCH_MODES", "URL_FORMAT", "Catalog", "Source",
+__all__ = ["LIST_BYTES_KEY", "MANDATORY_CATEGORIES", "MATCH_MODES", "URL_FORMAT", "Catalog",
+           "Source", "list_file_error",
            "load_catalog"]
 
 # Categories enforced whatever a profile says: an admin cannot opt a network out of these.
@@ -28,6 +31,7 @@ MANDATORY_CATEGORIES = frozenset({"csam"})
 MATCH_MODES = ("suffix", "exact")
 # One URL per line: enforced by the HTTP proxy (gateway/proxy/), never by the DNS index.
 URL_FORMAT = "urls"
+LIST_BYTES_KEY = "limits.files.list_bytes"
 _CATEGORY_NAME = re.compile(r"[a-z0-9][a-z0-9_-]*")
 _SOURCE_KEYS = ("path", "format", "mandatory", "match", "description", "url")
 
@@ -51,6 +55,7 @@ class Catalog:
 
     path: Path
     categories: dict[str, list[Source]] = field(default_factory=dict)
+    list_bytes: int = FileLimits.list_bytes   # each list file's bound (limits.files.list_bytes)
 
     def sources(self) -> list[Source]:
         """Every name source (what the DNS index is compiled from), in declaration order."""
@@ -68,10 +73,25 @@ class Catalog:
                 *(s.path for s in self.url_sources())]
 
 
-def load_catalog(path: str | Path) -> Catalog:
-    """Read and validate a lists.yaml; every problem is a ConfigError with file:line."""
+def list_file_error(file: Path, problem: str, path: str | None, line: int | None
+                    ) -> ConfigError:
+    """A list file that cannot be read, located where lists.yaml names it; one too large is
+    the file's own problem (`FILE: larger than N bytes (limits.files.list_bytes)`)."""
+    if problem.startswith("larger than"):
+        return ConfigError(problem, str(file))
+    if problem in ("not found", "file not found"):
+        return ConfigError(f"list file not found: {file}", path, line)
+    return ConfigError(f"list file {file} {problem}", path, line)
+
+
+def load_catalog(path: str | Path, max_bytes: int = FileLimits.config_bytes,
+                 list_bytes: int = FileLimits.list_bytes) -> Catalog:
+    """Read and validate a lists.yaml; every problem is a ConfigError with file:line.
+
+    `max_bytes` bounds lists.yaml (limits.files.config_bytes), `list_bytes` each list file.
+    """
     path = Path(path).absolute()
-    doc = load_yaml(path)
+    doc = load_yaml(path, max_bytes)
     if doc is None:
         raise ConfigError("empty file: expected a 'categories' mapping", str(path))
     root = expect_mapping(doc, "lists.yaml")
@@ -88,12 +108,13 @@ def load_catalog(path: str | Path) -> Catalog:
             )
         items = expect_list(raw_sources if raw_sources is not None else [], name, cats, name)
         categories[name] = [
-            _source(name, item, items, i, path.parent) for i, item in enumerate(items)
+            _source(name, item, items, i, path.parent, list_bytes) for i, item in enumerate(items)
         ]
-    return Catalog(path, categories)
+    return Catalog(path, categories, list_bytes)
 
 
-def _source(category: str, raw: Any, parent: Any, index: int, base: Path) -> Source:
+def _source(category: str, raw: Any, parent: Any, index: int, base: Path, list_bytes: int
+            ) -> Source:
     item: YDict = expect_mapping(raw, f"source {index + 1} of {category}", parent, index)
     check_keys(item, _SOURCE_KEYS, f"a {category} source")
     line = where(item, parent, index)[1] or 0
@@ -125,9 +146,9 @@ def _source(category: str, raw: Any, parent: Any, index: int, base: Path) -> Sou
         raise error_at("description must be text", None, item, "description")
     rel = expect_str(item["path"], "path", item, "path")
     file = (base / rel).absolute()
-    if not file.is_file():
-        path_line = where(None, item, "path")
-        raise ConfigError(f"list file not found: {file}", path_line[0], path_line[1])
+    problem = file_problem(file, list_bytes, LIST_BYTES_KEY)
+    if problem is not None:
+        raise list_file_error(file, problem, *where(None, item, "path"))
     return Source(
         category=category,
         path=file,

@@ -30,10 +30,19 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from gateway.errors import ConfigError
+from gateway.limits import FileLimits
 from gateway.lists import SCOPE_BOTH, SCOPE_SELF, Action, Rule
-from gateway.lists.catalog import URL_FORMAT, Catalog, Source, load_catalog
+from gateway.lists.catalog import (
+    LIST_BYTES_KEY,
+    URL_FORMAT,
+    Catalog,
+    Source,
+    list_file_error,
+    load_catalog,
+)
 from gateway.lists.index import IndexBuilder
 from gateway.lists.parsers import ParsedRule, Skipped, parse
+from gateway.readfile import open_regular, read_capped
 
 __all__ = [
     "MAX_SKIPPED_EXAMPLES",
@@ -106,14 +115,12 @@ class CompileResult:
 
 
 def _read_bytes(catalog: Catalog, source: Source) -> bytes:
+    """A whole list file, within limits.files.list_bytes (never a device or FIFO)."""
     try:
-        return source.path.read_bytes()
-    except FileNotFoundError:
-        raise ConfigError(f"list file not found: {source.path}", str(catalog.path),
-                          source.line) from None
-    except OSError as exc:
-        raise ConfigError(f"cannot read list file {source.path}: {exc.strerror}",
-                          str(catalog.path), source.line) from None
+        return read_capped(source.path, catalog.list_bytes, LIST_BYTES_KEY)
+    except ConfigError as exc:
+        raise list_file_error(source.path, exc.message, str(catalog.path),
+                              source.line) from None
 
 
 def _decode_lines(data: bytes, at_file_start: bool) -> tuple[list[str], list[int]]:
@@ -153,6 +160,7 @@ class _Task(NamedTuple):
     start: int  # byte offset, always at a line start
     stop: int
     first_line: int  # 1-based number of the slice's first line
+    limit: int  # limits.files.list_bytes: the file is opened again, and checked again
 
 
 @dataclass
@@ -167,7 +175,7 @@ class _Parsed:
 
 def _parse_task(task: _Task) -> _Parsed:
     """Parse and hash one slice; runs in worker processes, so it takes and returns data only."""
-    with open(task.path, "rb") as f:
+    with open_regular(task.path, task.limit, LIST_BYTES_KEY) as f:
         f.seek(task.start)
         data = f.read(task.stop - task.start)
     lines, bad = _decode_lines(data, task.start == 0)
@@ -213,11 +221,13 @@ def _tasks(catalog: Catalog, jobs: int, slice_bytes: int) -> list[_Task]:
             stop = len(data) if k == pieces else data.find(b"\n", k * len(data) // pieces) + 1
             if stop <= start:
                 continue
-            tasks.append(_Task(n, path, source.format, start, stop, first_line))
+            tasks.append(_Task(n, path, source.format, start, stop, first_line,
+                               catalog.list_bytes))
             first_line += data.count(b"\n", start, stop)
             start = stop
         if start < len(data) or not data:
-            tasks.append(_Task(n, path, source.format, start, len(data), first_line))
+            tasks.append(_Task(n, path, source.format, start, len(data), first_line,
+                               catalog.list_bytes))
     return tasks
 
 
@@ -269,7 +279,7 @@ def compile_catalog(
     finally:
         if pool is not None:
             pool.shutdown(cancel_futures=True)
-    _fill_skipped_text(skipped)
+    _fill_skipped_text(skipped, catalog.list_bytes)
     builder.build = {
         "built_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "catalog": str(catalog.path),
@@ -294,12 +304,11 @@ def compile_catalog(
     )
 
 
-def _fill_skipped_text(skipped: list[SkippedLine]) -> None:
+def _fill_skipped_text(skipped: list[SkippedLine], limit: int) -> None:
     """Give not-UTF-8 examples their (replacement-decoded) text; workers left it empty."""
     for i, s in enumerate(skipped):
         if s.reason == _BAD_UTF8 and not s.text:
-            with open(s.path, "rb") as f:
-                raw = f.read().split(b"\n")
+            raw = read_capped(s.path, limit, LIST_BYTES_KEY).split(b"\n")
             text = raw[s.line - 1].decode("utf-8", errors="replace").strip() if (
                 s.line <= len(raw)) else ""
             skipped[i] = SkippedLine(s.path, s.line, text, s.reason)
@@ -323,7 +332,7 @@ def find_rule_lines(catalog: Catalog, category: str, key: bytes) -> list[tuple[s
 
 def compile_subprocess(
     lists_yaml: str | os.PathLike[str], out_path: str | os.PathLike[str],
-    timeout: float | None = 600.0,
+    timeout: float | None = 600.0, limits: FileLimits | None = None,
 ) -> dict[str, Any]:
     """Run a build in a child process; its JSON summary, or ConfigError with its message.
 
@@ -333,8 +342,8 @@ def compile_subprocess(
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH", "")) if p)
     proc = subprocess.run(
-        [sys.executable, "-m", "gateway.lists.compile", os.fspath(lists_yaml),
-         os.fspath(out_path)],
+        [sys.executable, "-m", "gateway.lists.compile", *limit_args(limits or FileLimits()),
+         os.fspath(lists_yaml), os.fspath(out_path)],
         capture_output=True, text=True, timeout=timeout, env=env, check=False,
     )
     if proc.returncode != 0:
@@ -342,6 +351,11 @@ def compile_subprocess(
         raise ConfigError(message.splitlines()[-1])
     summary: dict[str, Any] = json.loads(proc.stdout)
     return summary
+
+
+def limit_args(limits: FileLimits) -> list[str]:
+    """The compiler's command-line options carrying gateway.yaml's file limits."""
+    return [f"--config-bytes={limits.config_bytes}", f"--list-bytes={limits.list_bytes}"]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -354,6 +368,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("out_path")
     parser.add_argument("--examples", type=int, default=20,
                         help="how many skipped lines to list (default 20)")
+    parser.add_argument("--config-bytes", type=int, default=FileLimits.config_bytes,
+                        help="largest lists.yaml read (limits.files.config_bytes)")
+    parser.add_argument("--list-bytes", type=int, default=FileLimits.list_bytes,
+                        help="largest list file read (limits.files.list_bytes)")
     parser.add_argument("--jobs", type=int, default=0,
                         help="worker processes for parsing (default: 2 for catalogs over "
                              "8 MB when there are 2+ CPUs, else 1)")
@@ -362,7 +380,7 @@ def main(argv: list[str] | None = None) -> int:
     # would cost seconds and can never free anything.
     gc.disable()
     try:
-        catalog = load_catalog(args.lists_yaml)
+        catalog = load_catalog(args.lists_yaml, args.config_bytes, args.list_bytes)
         jobs = args.jobs if args.jobs > 0 else _default_jobs(catalog)
         result = compile_catalog(catalog, args.out_path, jobs)
     except ConfigError as exc:

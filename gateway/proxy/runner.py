@@ -130,12 +130,20 @@ class ProxyProcess:
         except (ConfigError, ConfigErrors, SafeGateError, OSError, ValueError) as exc:
             for line in str(exc).splitlines():
                 log.error("proxy reload failed, keeping the rules in force: %s", line)
-            self.metrics.reload_failures.inc()
-            if self.loaded is not None:
-                self._watched = sources.watch_state(self.loaded)  # wait for the next change
+            self._reload_failed()
+            return False
+        except Exception:
+            # Whatever else: the rules in force stay, and so does the watcher that calls us.
+            log.exception("proxy reload failed unexpectedly, keeping the rules in force")
+            self._reload_failed()
             return False
         self.install(loaded, index)
         return True
+
+    def _reload_failed(self) -> None:
+        self.metrics.reload_failures.inc()
+        if self.loaded is not None:
+            self._watched = sources.watch_state(self.loaded)  # wait for the next change
 
     async def watch(self, stop: asyncio.Event) -> None:
         """Poll the mtimes of every file the rules came from (lists, feeds, policies)."""
@@ -143,8 +151,12 @@ class ProxyProcess:
             interval = self.loaded.config.watch_interval if self.loaded else 2.0
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), interval)
-            if self.loaded is not None and sources.watch_state(self.loaded) != self._watched:
-                await self.reload("files changed")
+            try:
+                if self.loaded is not None and sources.watch_state(self.loaded) != self._watched:
+                    await self.reload("files changed")
+            except Exception:
+                log.exception("proxy file watcher: reload failed; still watching")
+                self.metrics.reload_failures.inc()
 
     def on_match(self, url: str, match: HashMatch) -> None:
         """An image matched: a report record (URL, entry id), never the image."""

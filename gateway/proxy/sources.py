@@ -17,12 +17,14 @@ from prometheus_client import CollectorRegistry
 
 from gateway.config import GatewayConfig, load_config
 from gateway.feeds.format import Entry
-from gateway.lists.catalog import Catalog, Source, load_catalog
+from gateway.limits import FileLimits
+from gateway.lists.catalog import LIST_BYTES_KEY, Catalog, Source, load_catalog
 from gateway.lists.overlay import Overlay
 from gateway.netindex import PrefixMap
 from gateway.policy import Policy, load_policy, policy_files
 from gateway.proxy.rules import GOOGLE, YOUTUBE, ClientTier, Rules, rules_intercept_hosts
 from gateway.proxy.urls import LegalOrder, UrlEntry, UrlIndex, UrlKey, parse_entry_url
+from gateway.readfile import read_capped
 from gateway.safesearch import load_rewrites
 from gateway.state import Fingerprint, fingerprint
 
@@ -84,12 +86,13 @@ def feed_files(config: GatewayConfig) -> list[Path]:
             for p in (d / f"{cfg.name}.json", d / f"{cfg.name}.sig", d / f"{cfg.name}.d")]
 
 
-def url_list_entries(source: Source) -> tuple[list[tuple[UrlKey, UrlEntry]], int]:
+def url_list_entries(source: Source, max_bytes: int = FileLimits.list_bytes
+                     ) -> tuple[list[tuple[UrlKey, UrlEntry]], int]:
     """A `format: urls` file: one URL per line, `#` comments; bad lines are skipped (logged
-    with file:line, like the DNS lists' skipped lines)."""
+    with file:line, like the DNS lists' skipped lines). At most `max_bytes` are read."""
     out: list[tuple[UrlKey, UrlEntry]] = []
     skipped = 0
-    text = source.path.read_text(encoding="utf-8", errors="replace")
+    text = read_capped(source.path, max_bytes, LIST_BYTES_KEY).decode("utf-8", "replace")
     for n, raw in enumerate(text.splitlines(), 1):
         line = raw.strip()
         if not line or line.startswith("#"):
@@ -146,12 +149,13 @@ def restrict_hosts(config: GatewayConfig) -> dict[str, str]:
 def build(config_path: Path, generation: int = 0) -> Loaded:
     """Load everything and build the Rules; raises ConfigError (file:line) on a bad file."""
     config = load_config(config_path)
-    catalog: Catalog = load_catalog(config.blocklists)
-    policy = load_policy(config.policies, catalog.categories.keys())
+    files = config.limits.files
+    catalog: Catalog = load_catalog(config.blocklists, files.config_bytes, files.list_bytes)
+    policy = load_policy(config.policies, catalog.categories.keys(), files.config_bytes)
     items: list[tuple[UrlKey, UrlEntry]] = []
     skipped = 0
     for source in catalog.url_sources():
-        found, bad = url_list_entries(source)
+        found, bad = url_list_entries(source, catalog.list_bytes)
         items.extend(found)
         skipped += bad
     hashes: list[Entry] = []
