@@ -69,6 +69,8 @@ class ReportLimits:
     per_v4_24: int = 10                  # reports per hour from one IPv4 /24
     per_v6_56: int = 10                  # reports per hour from one IPv6 /56
     token_lifetime: float = 3600.0       # a form token, bound to the address it was issued to
+    prefixes: int = 16_384               # /24s and /56s the rate limit tracks (stalest forgotten)
+    spent_tokens: int = 65_536           # used tokens remembered until they expire (single use)
 
 
 @dataclass(frozen=True)

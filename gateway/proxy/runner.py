@@ -173,7 +173,7 @@ class ProxyProcess:
         config = loaded.config
         config.proxy.ca_dir.mkdir(parents=True, exist_ok=True)
         self.reports = ReportStore(config.state_dir / FILENAME)
-        tokens = CsrfTokens(load_secret(config.state_dir))
+        tokens = CsrfTokens(load_secret(config.state_dir), config.limits.reports.token_lifetime)
         resolver = UpstreamResolver.from_config(config)
         self.addon = SafeGateAddon(loaded.rules, resolver, self.metrics,
                                    BlockPages(config, tokens.issue),
