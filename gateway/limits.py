@@ -30,9 +30,10 @@ class StreamLimits:
 class WebLimits:
     """The web listener (block page, DoH, reports, /ca): `limits.web`."""
 
-    connections: int = 512
-    per_client: int = 64
+    connections: int = 512               # open connections, all clients together (refused beyond)
+    per_client: int = 64                 # from one address (IPv6: a /64); not trusted front ends
     header_timeout: float = 10.0         # request line and headers must arrive within this
+    request_timeout: float = 30.0        # then the body must arrive and the answer be ready
     idle_timeout: float = 30.0           # keep-alive connection with no request: closed
 
 
