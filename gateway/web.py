@@ -9,6 +9,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
+from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo
 
 from aiohttp import web
@@ -185,8 +186,12 @@ async def _report(request: web.Request) -> web.Response:
 
 
 async def _report_form(request: web.Request) -> web.Response:
-    """An empty report form with a token for this client (a refused post links here)."""
+    """An empty report form with a token for this client (a refused post links here); on a
+    blocked name's Host, /report is just another blocked path."""
     site = request.app[SITE]
+    host = _host(request)
+    if not _is_ip(host) and host.lower() != (urlsplit(site.report_url()).hostname or ""):
+        return await _blockpage(request)
     if site.desk is None:
         raise web.HTTPNotFound(text="reports are not accepted here\n")
     csrf = site.desk.tokens.issue(site.client_address(request), site.clock())

@@ -194,8 +194,9 @@ def test_rate_limit_per_24_tokens_bound_to_address_and_refusals_echo_nothing(
     assert_secure(headers)
     link = re.search(r'id="new-form" href="([^"]+)"', answer)
     assert link is not None
-    status, headers, page = http(gw, "GET", urllib.parse.urlsplit(link.group(1)).path + "?lang=vi",
-                                 source="127.0.0.3")
+    new_form = urllib.parse.urlsplit(link.group(1))
+    status, headers, page = http(gw, "GET", f"{new_form.path}?{new_form.query}",
+                                 host=new_form.netloc, source="127.0.0.3")
     assert status == 200 and 'name="target"' in page and "FORGED" not in page
     assert_secure(headers)
     # The empty form works from the address it was given to.
@@ -240,6 +241,9 @@ def test_security_headers_on_every_page(unbound: ub.UnboundServer,
         assert_secure(headers)
         # The report form posts to the gateway's own address, whatever the page's origin.
         assert f"form-action 'self' {gw.web_url};" in headers["Content-Security-Policy"]
+    # On a blocked name, /report is one more blocked path (the empty form is the gateway's).
+    status, _, page = http(gw, "GET", "/report", host=BLOCKED)
+    assert status == 403 and f"{BLOCKED}/report" in page
 
 
 def test_outage_and_restart_lose_nothing_and_duplicate_nothing(
