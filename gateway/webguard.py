@@ -37,7 +37,8 @@ class WebMetrics:
     """safegate_web_* for every listener, on the registry passed in (labels: listener,
     reason; never a client)."""
 
-    def __init__(self, registry: CollectorRegistry) -> None:
+    def __init__(self, registry: CollectorRegistry,
+                 listeners: tuple[str, ...] = LISTENERS) -> None:
         self.connections = Gauge("safegate_web_connections",
                                  "Open HTTP connections, by listener", ["listener"],
                                  registry=registry)
@@ -50,7 +51,7 @@ class WebMetrics:
                               "within limits.web.header_timeout, request (body and answer) "
                               "not done within request_timeout, or idle for idle_timeout",
                               ["listener", "reason"], registry=registry)
-        for listener in LISTENERS:
+        for listener in listeners:
             self.connections.labels(listener)
             for reason in REFUSED:
                 self.refused.labels(listener, reason)

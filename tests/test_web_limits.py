@@ -228,3 +228,26 @@ def test_web_tls_has_the_same_caps_and_deadlines(tmp_path: Path, unbound: ub.Unb
     finally:
         for sock in opened:
             sock.close()
+
+
+def test_guard_counts_ipv6_by_64_and_exempts_trusted_frontends() -> None:
+    """The bookkeeping behind the caps, without sockets: what a per-client place is."""
+    from ipaddress import ip_network
+
+    from prometheus_client import CollectorRegistry
+
+    from gateway.limits import WebLimits
+    from gateway.webguard import ConnectionGuard, WebMetrics, client_key
+
+    assert client_key(("2001:db8:0:1::1", 443, 0, 0)) == client_key(("2001:db8:0:1:ff::9", 1))
+    assert client_key(("2001:db8:0:2::1", 443, 0, 0)) != client_key(("2001:db8:0:1::1", 1))
+    assert client_key(("::ffff:192.0.2.7", 1, 0, 0)) == "192.0.2.7"
+    guard = ConnectionGuard(WebLimits(connections=4, per_client=1), WebMetrics(
+        CollectorRegistry()), "web", lambda: (ip_network("192.0.2.0/24"),))
+    front = client_key(("192.0.2.10", 1))
+    assert [guard.admit(front, "192.0.2.10") for _ in range(3)] == [None, None, None]
+    other = client_key(("198.51.100.1", 1))
+    assert guard.admit(other, "198.51.100.1") is None
+    assert guard.admit(other, "198.51.100.1") == "global"
+    guard.release(front)
+    assert guard.admit(other, "198.51.100.1") == "per_client"
