@@ -128,9 +128,10 @@ class Gateway:
                                              loaded.config.web_tls.key, ("http/1.1",))
         pac = pac_mount(lambda: self.loaded.config if self.loaded else None)  # GET /proxy.pac
         guard = ConnectionGuard(loaded.config.limits.web, self.web_metrics, "web",
-                                self._frontends)
+                                self._frontends,
+                                self.web_tls.outer if self.web_tls is not None else None)
         await self._serve_http(blockpage_app(doh.add_routes, pac, site=await self._site(doh)),
-                               loaded.config.web_listen, guard, self.web_tls)
+                               loaded.config.web_listen, guard)
         if loaded.config.proxy.enabled:
             self.proxy = ProxySupervisor(proxy_command(self.config_path))
             self.proxy.start()
@@ -242,13 +243,13 @@ class Gateway:
         return self.loaded.config.trusted_frontends if self.loaded else ()
 
     async def _serve_http(self, app: web.Application, addr: tuple[str, int],
-                          guard: ConnectionGuard, tls: ReloadableContext | None = None) -> None:
-        """An aiohttp listener under limits.web (connection caps and deadlines)."""
+                          guard: ConnectionGuard) -> None:
+        """An aiohttp listener under limits.web (connection caps and deadlines; TLS if the
+        guard has a context)."""
         guard.install(app)
         runner = web.AppRunner(app, access_log=None)
         await runner.setup()
-        await GuardedSite(runner, addr[0], addr[1], guard,
-                          ssl_context=tls.outer if tls is not None else None).start()
+        await GuardedSite(runner, addr[0], addr[1], guard).start()
         self.runners.append(runner)
 
     async def reload(self, why: str) -> bool:

@@ -8,14 +8,16 @@ move, a deadline for the rest of the request (a body sent a byte at a time, an a
 read), and an idle deadline between requests. A middleware tells the wrapper when aiohttp has
 parsed the headers (request running: no deadline) and when the handler is done (idle again).
 
-With web.tls the protocol sees the connection once the TLS handshake is done; the handshake
-itself is bounded by asyncio's ssl_handshake_timeout (set to header_timeout).
+With web.tls the listener accepts plain TCP and the guard starts TLS on each admitted
+connection: a connection in its handshake counts under the caps, and handshake plus headers are
+due within header_timeout.
 """
 
 from __future__ import annotations
 
 import asyncio
 import ipaddress
+import logging
 from collections.abc import Awaitable, Callable, Sequence
 from ssl import SSLContext
 from typing import Any, cast
@@ -31,6 +33,9 @@ REFUSED = ("global", "per_client")
 CLOSED = ("header_timeout", "request_timeout", "idle")
 
 WAITING, HEADERS, RUNNING = 0, 1, 2
+EARLY_MAX = 64 * 1024      # a ClientHello, or a request sent right behind the handshake
+
+log = logging.getLogger(__name__)
 
 
 class WebMetrics:
@@ -78,9 +83,11 @@ class ConnectionGuard:
     since every client behind them shares their address."""
 
     def __init__(self, limits: WebLimits, metrics: WebMetrics, listener: str,
-                 exempt: Callable[[], Networks] = lambda: ()) -> None:
+                 exempt: Callable[[], Networks] = lambda: (),
+                 tls: SSLContext | None = None) -> None:
         self.limits = limits
         self.exempt = exempt
+        self.tls = tls
         self.open = 0
         self.per_client: dict[str, int] = {}
         self.by_handler: dict[asyncio.Protocol, _Guarded] = {}
@@ -139,7 +146,9 @@ class ConnectionGuard:
 
 
 class _Guarded(asyncio.Protocol):
-    """One connection: aiohttp's protocol inside, created only once the caps admit it."""
+    """One connection: counted from the TCP accept; TLS (if any) is started here, so that a
+    connection still in its handshake holds a place under the caps and the header deadline;
+    aiohttp's protocol is created once the connection is admitted (and its handshake done)."""
 
     def __init__(self, guard: ConnectionGuard, inner: Callable[[], asyncio.Protocol]) -> None:
         self.guard = guard
@@ -147,8 +156,13 @@ class _Guarded(asyncio.Protocol):
         self.inner: asyncio.Protocol | None = None
         self.transport: asyncio.Transport | None = None
         self.key = ""
+        self.admitted = False
         self.state = WAITING
         self.timer: asyncio.TimerHandle | None = None
+        self.handshake: asyncio.Task[None] | None = None
+        # Bytes that arrived before there was anyone to take them: the ClientHello before
+        # start_tls put TLS in between, or a request right behind the handshake.
+        self.early = bytearray()
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)   # a stream server's, always
@@ -160,13 +174,76 @@ class _Guarded(asyncio.Protocol):
             self.guard.refused[refused].inc()
             self.transport.abort()
             return
+        self.admitted = True
+        if self.guard.tls is None:
+            self._serve(self.transport)
+            return
+        # The handshake is part of what must be done within header_timeout.
+        self.state = HEADERS
+        self._arm(self.guard.limits.header_timeout, "header_timeout")
+        loop = asyncio.get_running_loop()
+        self.handshake = loop.create_task(self._start_tls(self.transport, self.guard.tls))
+        # What the client sent before start_tls swapped in its TLS protocol goes to that
+        # protocol once it is connected: call_soon is first in, first out, so this runs after
+        # the task's first step and then after the callbacks that step scheduled.
+        loop.call_soon(loop.call_soon, self._replay, self.transport)
+
+    async def _start_tls(self, raw: asyncio.Transport, context: SSLContext) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            # Our own timer closes a slow handshake first (and counts it); this is a backstop.
+            tls = await loop.start_tls(raw, self, context, server_side=True,
+                                       ssl_handshake_timeout=2 * self.guard.limits.header_timeout)
+        except asyncio.CancelledError:
+            raw.abort()
+            self._release()
+            raise
+        except Exception as exc:   # reset, timeout, not TLS at all: the client's problem
+            log.debug("web listener: TLS handshake failed: %r", exc)
+            raw.abort()
+            self._release()
+            return
+        if tls is None or not self.admitted or raw.is_closing() or tls.is_closing():
+            # Closed during the handshake: start_tls may still "succeed" with a dead transport.
+            raw.abort()
+            self._release()
+            return
+        self.transport = tls
+        self._serve(tls)
+
+    def _replay(self, raw: asyncio.Transport) -> None:
+        proto = raw.get_protocol()
+        data, self.early = bytes(self.early), bytearray()
+        if not data or proto is self or raw.is_closing():
+            return
+        # asyncio's and uvloop's TLS protocols take bytes the buffered way (uvloop's is no
+        # subclass of asyncio.BufferedProtocol, hence the duck typing).
+        if hasattr(proto, "get_buffer") and hasattr(proto, "buffer_updated"):
+            view = memoryview(data)
+            while view:
+                buf = memoryview(proto.get_buffer(len(view)))
+                n = min(len(buf), len(view))
+                buf[:n] = view[:n]
+                proto.buffer_updated(n)
+                view = view[n:]
+        else:
+            cast(asyncio.Protocol, proto).data_received(data)
+
+    def _serve(self, transport: asyncio.Transport) -> None:
         self.inner = self.make_inner()
         self.guard.by_handler[self.inner] = self
         self.inner.connection_made(transport)
         self.waiting()
+        data, self.early = bytes(self.early), bytearray()
+        if data:
+            self.data_received(data)
 
     def data_received(self, data: bytes) -> None:
         if self.inner is None:
+            if self.admitted:
+                self.early += data
+                if len(self.early) > EARLY_MAX and self.transport is not None:
+                    self.transport.abort()
             return
         if self.state == WAITING:
             # The request's first byte: its headers are due header_timeout from now.
@@ -186,13 +263,19 @@ class _Guarded(asyncio.Protocol):
             self.inner.resume_writing()
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self._cancel()
+        self._release()
         inner, self.inner = self.inner, None
         if inner is None:
             return
         self.guard.by_handler.pop(inner, None)
-        self.guard.release(self.key)
         inner.connection_lost(exc)
+
+    def _release(self) -> None:
+        """Give the connection's places back, once (a failed handshake reports twice)."""
+        self._cancel()
+        if self.admitted:
+            self.admitted = False
+            self.guard.release(self.key)
 
     def running(self) -> None:
         """aiohttp parsed the headers and runs the handler: body and answer are due."""
@@ -219,27 +302,30 @@ class _Guarded(asyncio.Protocol):
 
     def _expire(self, reason: str) -> None:
         self.timer = None
-        if self.inner is None or self.transport is None:
+        if not self.admitted or self.transport is None:
             return
         self.guard.closed[reason].inc()
         self.transport.abort()
+        if self.inner is None:
+            self._release()     # in its handshake: no connection_lost reaches us then
 
 
 class GuardedSite(web.BaseSite):
-    """aiohttp's TCPSite with the guard around every connection's protocol."""
+    """aiohttp's TCPSite with the guard around every connection's protocol (the guard starts
+    TLS itself when it has a context)."""
 
     __slots__ = ("_guard", "_host", "_port")
 
     def __init__(self, runner: web.BaseRunner, host: str, port: int, guard: ConnectionGuard,
-                 ssl_context: SSLContext | None = None, backlog: int = 128) -> None:
-        super().__init__(runner, ssl_context=ssl_context, backlog=backlog)
+                 backlog: int = 128) -> None:
+        super().__init__(runner, backlog=backlog)
         self._host = host
         self._port = port
         self._guard = guard
 
     @property
     def name(self) -> str:
-        scheme = "https" if self._ssl_context else "http"
+        scheme = "https" if self._guard.tls is not None else "http"
         host = f"[{self._host}]" if ":" in self._host else self._host
         return f"{scheme}://{host}:{self._port}"
 
@@ -247,10 +333,5 @@ class GuardedSite(web.BaseSite):
         await super().start()
         server = self._runner.server
         assert server is not None
-        loop = asyncio.get_running_loop()
-        tls: dict[str, Any] = {}
-        if self._ssl_context is not None:
-            tls = {"ssl": self._ssl_context,
-                   "ssl_handshake_timeout": self._guard.limits.header_timeout}
-        self._server = await loop.create_server(
-            self._guard.factory(server), self._host, self._port, backlog=self._backlog, **tls)
+        self._server = await asyncio.get_running_loop().create_server(
+            self._guard.factory(server), self._host, self._port, backlog=self._backlog)

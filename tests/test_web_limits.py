@@ -5,6 +5,7 @@ connection at idle_timeout; the same over web.tls; and the counters say so."""
 
 from __future__ import annotations
 
+import contextlib
 import re
 import select
 import shutil
@@ -220,11 +221,32 @@ def test_web_tls_has_the_same_caps_and_deadlines(tmp_path: Path, unbound: ub.Unb
         assert trickle(slow, SLOW_HEADER) < len(SLOW_HEADER)
         assert metric(gw,
                       'safegate_web_closed_total{listener="web",reason="header_timeout"}') == 1
-        # A connection that never starts its handshake is cut at header_timeout too (by the
-        # TLS layer's handshake timeout: it is not counted under the caps until it is done).
-        silent = connect(gw, "127.0.0.4")
-        opened.append(silent)
-        assert closed_by_peer(silent, timeout=30.0)
+        # Connections that never start their handshake count too, and are cut at
+        # header_timeout (the handshake is part of what is due by then).
+        silent = [connect(gw, "127.0.0.4") for _ in range(3)]
+        opened.extend(silent)
+        assert closed_by_peer(silent[2])       # the third: per_client reached, at once
+        assert metric(gw, 'safegate_web_refused_total{listener="web",reason="per_client"}') == 2
+        assert closed_by_peer(silent[0], timeout=30.0) and closed_by_peer(silent[1])
+        assert metric(gw,
+                      'safegate_web_closed_total{listener="web",reason="header_timeout"}') == 3
+        # Gone in the middle of a handshake, or plain HTTP on the TLS port: nothing stays held.
+        for _ in range(3):
+            connect(gw, "127.0.0.5").close()
+        outgoing = ssl.MemoryBIO()
+        half = ctx.wrap_bio(ssl.MemoryBIO(), outgoing, server_hostname="localhost")
+        with contextlib.suppress(ssl.SSLWantReadError):
+            half.do_handshake()
+        hello = connect(gw, "127.0.0.5")
+        opened.append(hello)
+        hello.sendall(outgoing.read())          # a ClientHello, then the client is gone
+        hello.close()
+        plain = connect(gw, "127.0.0.5")
+        opened.append(plain)
+        plain.sendall(REQUEST)
+        assert closed_by_peer(plain)
+        wait_for(lambda: connections(gw) == 2, 10.0, "only the two held connections remain")
+        assert all(answers(s) for s in held)
     finally:
         for sock in opened:
             sock.close()
