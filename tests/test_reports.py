@@ -282,3 +282,31 @@ def test_outage_and_restart_lose_nothing_and_duplicate_nothing(
     finally:
         again.stop()
         pub.kill()
+
+
+def test_rate_limit_networks_and_token_binding_without_a_gateway() -> None:
+    """IPv6 by /56 and IPv4-mapped addresses as IPv4 (what a dual-stack socket reports), the
+    table bounded; a token checks only against the address it was issued to."""
+    from gateway.limits import ReportLimits
+    from gateway.reports.guard import CsrfTokens, RateLimiter, SpentTokens, prefix_of
+
+    assert prefix_of("2001:db8:0:ff::1") == prefix_of("2001:db8::9") == "2001:db8::/56"
+    assert prefix_of("2001:db8:0:100::1") == "2001:db8:0:100::/56"
+    assert prefix_of("::ffff:192.0.2.7") == prefix_of("192.0.2.200") == "192.0.2.0/24"
+    limiter = RateLimiter(ReportLimits(per_v4_24=1, per_v6_56=2, prefixes=2))
+    assert [limiter.allow(a, 0.0) for a in ("2001:db8::1", "2001:db8:0:ff::2",
+                                            "2001:db8::3")] == [True, True, False]
+    assert limiter.allow("192.0.2.1", 1.0) and not limiter.allow("192.0.2.2", 1.0)
+    assert limiter.allow("198.51.100.1", 2.0) and len(limiter) == 2     # stalest forgotten
+    assert not limiter.allow("192.0.2.3", 1000.0)                       # still tracked
+    assert limiter.allow("192.0.2.3", 3601.5)                            # an hour later
+
+    tokens = CsrfTokens(b"k" * 32, lifetime=60.0)
+    token = tokens.issue("::ffff:192.0.2.7", 100.0)
+    assert tokens.expiry(token, "192.0.2.7", 150.0) == 160
+    assert tokens.expiry(token, "192.0.2.8", 150.0) is None
+    assert tokens.expiry(token, "192.0.2.7", 161.0) is None              # expired
+    assert tokens.expiry(token + "0", "192.0.2.7", 150.0) is None
+    spent = SpentTokens(size=1)
+    assert spent.spend("a", 200, 100.0) and not spent.spend("a", 200, 100.0)
+    assert spent.spend("b", 200, 100.0) and len(spent) == 1              # bounded
