@@ -39,6 +39,7 @@ from gateway.state import (
     watched_files,
 )
 from gateway.web import Site, blockpage_app, gateway_url, metrics_app
+from gateway.webguard import ConnectionGuard, GuardedSite, Networks, WebMetrics
 
 if TYPE_CHECKING:
     from gateway.blockpage import BlockInfo
@@ -60,6 +61,7 @@ class Gateway:
         self.notifier = notifier or Notifier()   # systemd Type=notify (a no-op elsewhere)
         self.registry = registry or CollectorRegistry()
         self.metrics = Metrics(self.registry)
+        self.web_metrics = WebMetrics(self.registry)
         self.builder = Builder(config_path)
         self.loaded: Loaded | None = None
         self.resolver: Resolver | None = None
@@ -88,7 +90,8 @@ class Gateway:
         from gateway.config import load_config
 
         config = load_config(self.config_path)
-        await self._serve_http(metrics_app(self.registry, self.ready), config.metrics_listen)
+        await self._serve_http(metrics_app(self.registry, self.ready), config.metrics_listen,
+                               ConnectionGuard(config.limits.web, self.web_metrics, "metrics"))
         loaded = await self.builder.build(None)
         cache = AnswerCache(loaded.config.cache)
         upstreams = upstreams_from(loaded.config.upstreams)
@@ -135,8 +138,11 @@ class Gateway:
             self.web_tls = ReloadableContext(loaded.config.web_tls.cert,
                                              loaded.config.web_tls.key, ("http/1.1",))
         pac = pac_mount(lambda: self.loaded.config if self.loaded else None)  # GET /proxy.pac
+        guard = ConnectionGuard(loaded.config.limits.web, self.web_metrics, "web",
+                                self._frontends,
+                                self.web_tls.outer if self.web_tls is not None else None)
         await self._serve_http(blockpage_app(doh.add_routes, pac, site=await self._site(doh)),
-                               loaded.config.web_listen, self.web_tls)
+                               loaded.config.web_listen, guard)
         if loaded.config.proxy.enabled:
             self.proxy = ProxySupervisor(proxy_command(self.config_path))
             self.proxy.start()
@@ -246,12 +252,18 @@ class Gateway:
         self._publish()
         remove_stale_indexes(loaded.config.state_dir, loaded.index_path)
 
+    def _frontends(self) -> Networks:
+        """dns.trusted_frontends of the running configuration (exempt from per-client caps)."""
+        return self.loaded.config.trusted_frontends if self.loaded else ()
+
     async def _serve_http(self, app: web.Application, addr: tuple[str, int],
-                          tls: ReloadableContext | None = None) -> None:
+                          guard: ConnectionGuard) -> None:
+        """An aiohttp listener under limits.web (connection caps and deadlines; TLS if the
+        guard has a context)."""
+        guard.install(app)
         runner = web.AppRunner(app, access_log=None)
         await runner.setup()
-        await web.TCPSite(runner, addr[0], addr[1],
-                          ssl_context=tls.outer if tls is not None else None).start()
+        await GuardedSite(runner, addr[0], addr[1], guard).start()
         self.runners.append(runner)
 
     async def reload(self, why: str) -> bool:

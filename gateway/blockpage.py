@@ -7,6 +7,9 @@ Pure rendering (no I/O, no clock: `now` is passed in), shared by the gateway's w
 
 from __future__ import annotations
 
+import base64
+import functools
+import hashlib
 import html
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -114,6 +117,9 @@ _TEXT: dict[str, dict[str, str]] = {
         "comment": "Ghi chú (không bắt buộc)",
         "contact": "Liên hệ để nhận phản hồi (không bắt buộc)",
         "send": "Gửi",
+        "form_title": "Gửi báo cáo",
+        "form_target": "Địa chỉ trang (tên miền hoặc URL)",
+        "new_form": "Mở biểu mẫu báo cáo mới",
         "switch": "English",
         "text": "Bị chặn bởi SafeGate",
     },
@@ -145,6 +151,9 @@ _TEXT: dict[str, dict[str, str]] = {
         "comment": "Comment (optional)",
         "contact": "Contact for a reply (optional)",
         "send": "Send",
+        "form_title": "Send a report",
+        "form_target": "Page address (domain or URL)",
+        "new_form": "Open a new report form",
         "switch": "Tiếng Việt",
         "text": "Blocked by SafeGate",
     },
@@ -154,6 +163,34 @@ _STYLE = ("body{font-family:system-ui,sans-serif;max-width:42em;margin:2em auto;
           "color:#222}h1{color:#b00020}dt{font-weight:600;margin-top:.5em}dd{margin-left:1em;"
           "overflow-wrap:anywhere}form{border:1px solid #ddd;padding:.5em 1em;margin:1em 0}"
           "textarea,input[type=text]{width:100%;box-sizing:border-box}.lang{float:right}")
+# The one inline style sheet, allowed by its hash: no 'unsafe-inline', no script at all.
+STYLE_HASH = "sha256-" + base64.b64encode(hashlib.sha256(_STYLE.encode()).digest()).decode()
+
+
+def security_headers(report_url: str = "") -> dict[str, str]:
+    """What every page of ours carries: no script, no plugin, no framing (clickjacking the
+    report form), no MIME sniffing, no Referer (a block page's URL names what was blocked),
+    and forms may only post to us (this origin and the report handler's)."""
+    return dict(_security_headers(report_url))
+
+
+@functools.lru_cache(maxsize=16)
+def _security_headers(report_url: str) -> tuple[tuple[str, str], ...]:
+    form_action = "'self'"
+    parts = urlsplit(report_url)
+    if parts.scheme in ("http", "https") and parts.netloc and not any(
+            ch in parts.netloc for ch in " ;,'\"\r\n"):
+        # CSP host sources have no IPv6 literal syntax: allow the scheme then (still no script).
+        host = f"{parts.scheme}:" if "[" in parts.netloc else f"{parts.scheme}://{parts.netloc}"
+        form_action += f" {host}"
+    return (
+        ("Content-Security-Policy", f"default-src 'none'; style-src '{STYLE_HASH}'; "
+                                    f"form-action {form_action}; frame-ancestors 'none'; "
+                                    "base-uri 'none'"),
+        ("X-Frame-Options", "DENY"),
+        ("X-Content-Type-Options", "nosniff"),
+        ("Referrer-Policy", "no-referrer"),
+    )
 
 
 def choose_lang(headers: Mapping[str, str], lang: str | None = None) -> str:
@@ -206,7 +243,7 @@ def render_block(info: BlockInfo, headers: Mapping[str, str], *, now: datetime,
     """
     chosen = choose_lang(headers, lang)
     out = {"Cache-Control": "no-store", "Vary": "Accept, Accept-Language",
-           "Content-Language": chosen}
+           "Content-Language": chosen, **security_headers(report_url)}
     if info.legal and _is_url(info.authority):
         out["Link"] = f'<{info.authority}>; rel="blocked-by"'
     if not wants_html(headers):
@@ -273,51 +310,77 @@ def render_forms(info: BlockInfo, lang: str, report_url: str, csrf: str) -> str:
 
 
 def _form(kind: str, target: str, category: str, entry_id: str, lang: str, report_url: str,
-          csrf: str, comment: str = "", contact: str = "") -> str:
+          csrf: str) -> str:
+    """One form; an empty `target` becomes a field the person fills in (GET /report)."""
     t = _TEXT[lang]
     e = _esc
     hidden = {"kind": kind, "target": target, "category": category, "entry_id": entry_id,
               "lang": lang, "csrf": csrf}
+    if not target:
+        del hidden["target"]
     fields = "".join(f"<input type=\"hidden\" name=\"{k}\" value=\"{e(v)}\">"
                      for k, v in hidden.items())
+    if not target:
+        fields += (f"<label>{e(t['form_target'])}<br><input type=\"text\" name=\"target\" "
+                   "maxlength=\"2048\" required></label><br>")
     return (f"<form id=\"report-{e(kind)}\" method=\"post\" action=\"{e(report_url)}\">"
             f"<h2>{e(t.get(kind, kind))}</h2>{fields}<label>{e(t['comment'])}<br>"
-            "<textarea name=\"comment\" maxlength=\"1000\" rows=\"3\">"
-            f"{_esc(comment, keep=chr(10))}</textarea></label><br>"
+            "<textarea name=\"comment\" maxlength=\"1000\" rows=\"3\"></textarea></label><br>"
             f"<label>{e(t['contact'])}<br><input type=\"text\" name=\"contact\" "
-            f"maxlength=\"200\" value=\"{e(contact)}\"></label><br>"
+            "maxlength=\"200\"></label><br>"
             f"<button type=\"submit\">{e(t['send'])}</button></form>\n")
+
+
+def render_report_form(headers: Mapping[str, str], *, report_url: str, csrf: str,
+                       lang: str | None = None) -> tuple[int, dict[str, str], bytes]:
+    """GET /report: both forms, empty, with a fresh token (where a refused post leads)."""
+    chosen = choose_lang(headers, lang)
+    t = _TEXT[chosen]
+    info = BlockInfo(target="", category="", reason="", legal=False)
+    other = "en" if chosen == "vi" else "vi"
+    body = (f"<a class=\"lang\" lang=\"{other}\" href=\"?lang={other}\">{_esc(t['switch'])}</a>\n"
+            f"<h1>{_esc(t['form_title'])}</h1>\n" + render_forms(info, chosen, report_url, csrf))
+    out = {"Cache-Control": "no-store", "Content-Language": chosen,
+           "Content-Type": "text/html; charset=utf-8", **security_headers(report_url)}
+    return 200, out, page(chosen, t["form_title"], body).encode("utf-8")
 
 
 _RESULT: dict[str, dict[str, tuple[int, str]]] = {
     "vi": {
         "stored": (200, "Cảm ơn bạn. Báo cáo đã được ghi nhận và chuyển tới cơ quan phụ trách."),
-        "csrf": (403, "Vui lòng bấm Gửi để xác nhận báo cáo này."),
-        "rate_limited": (429, "Bạn đã gửi nhiều báo cáo trong thời gian ngắn. Vui lòng thử lại "
-                              "sau ít phút."),
+        "csrf": (403, "Biểu mẫu này đã hết hạn hoặc không được mở trên thiết bị này, nên báo "
+                      "cáo chưa được ghi nhận."),
+        "reused": (409, "Biểu mẫu này đã được gửi rồi; báo cáo không được ghi nhận lần nữa."),
+        "rate_limited": (429, "Mạng của bạn đã gửi quá nhiều báo cáo trong một giờ qua. Vui "
+                              "lòng thử lại sau."),
         "invalid": (400, "Báo cáo không hợp lệ."),
     },
     "en": {
         "stored": (200, "Thank you. Your report was received and will be passed to the "
                         "responsible authority."),
-        "csrf": (403, "Please press Send to confirm this report."),
-        "rate_limited": (429, "You sent several reports in a short time. Please try again in a "
-                              "few minutes."),
+        "csrf": (403, "This form has expired or was not opened on this device, so nothing "
+                      "was recorded."),
+        "reused": (409, "This form was already sent; it was not recorded again."),
+        "rate_limited": (429, "Too many reports were sent from your network in the last hour. "
+                              "Please try again later."),
         "invalid": (400, "This report is not valid."),
     },
 }
 
 
 def render_report_result(outcome: str, form: Mapping[str, str], headers: Mapping[str, str], *,
-                         report_url: str, csrf: str, report_id: str = "", error: str = ""
+                         report_url: str, report_id: str = "", error: str = ""
                          ) -> tuple[int, dict[str, str], bytes]:
-    """The answer to POST /report: thanks, too many, invalid, or (a missing or stale CSRF
-    token, e.g. a form the proxy rendered) the same form again, filled in, with a fresh token.
+    """The answer to POST /report: thanks, too many, invalid, or (a missing, forged, expired,
+    spent or someone else's token) a plain refusal with a link to a new, empty form. Nothing
+    that was posted is echoed but the language: a forged post must not put its words on our
+    page.
     """
     lang = choose_lang(headers, form.get("lang"))
     t = _TEXT[lang]
     status, message = _RESULT[lang][outcome]
-    out = {"Cache-Control": "no-store", "Content-Language": lang}
+    out = {"Cache-Control": "no-store", "Content-Language": lang,
+           **security_headers(report_url)}
     if not wants_html(headers):
         out["Content-Type"] = "text/plain; charset=utf-8"
         text = message + (f" ({report_id})" if report_id else "") + (
@@ -328,11 +391,9 @@ def render_report_result(outcome: str, form: Mapping[str, str], headers: Mapping
         body.append(f"<p><code id=\"report-id\">{_esc(report_id)}</code></p>")
     if error:
         body.append(f"<p id=\"error\">{_esc(error)}</p>")
-    kind = form.get("kind", "")
-    if outcome == "csrf" and kind in ("mistake", "harmful"):
-        body.append(_form(kind, form.get("target", ""), form.get("category", ""),
-                          form.get("entry_id", ""), lang, report_url, csrf,
-                          form.get("comment", ""), form.get("contact", "")))
+    if outcome in ("csrf", "reused"):
+        link = f"{report_url}?{urlencode({'lang': lang})}"
+        body.append(f"<p><a id=\"new-form\" href=\"{_esc(link)}\">{_esc(t['new_form'])}</a></p>")
     body.append(f"<p id=\"hotline\">{t['hotline'].format(hotline=f'<strong>{HOTLINE}</strong>')}"
                 "</p>")
     out["Content-Type"] = "text/html; charset=utf-8"

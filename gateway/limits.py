@@ -34,9 +34,10 @@ class StreamLimits:
 class WebLimits:
     """The web listener (block page, DoH, reports, /ca): `limits.web`."""
 
-    connections: int = 512
-    per_client: int = 64
+    connections: int = 512               # open connections, all clients together (refused beyond)
+    per_client: int = 64                 # from one address (IPv6: a /64); not trusted front ends
     header_timeout: float = 10.0         # request line and headers must arrive within this
+    request_timeout: float = 30.0        # then the body must arrive and the answer be ready
     idle_timeout: float = 30.0           # keep-alive connection with no request: closed
 
 
@@ -80,6 +81,8 @@ class ReportLimits:
     per_v4_24: int = 10                  # reports per hour from one IPv4 /24
     per_v6_56: int = 10                  # reports per hour from one IPv6 /56
     token_lifetime: float = 3600.0       # a form token, bound to the address it was issued to
+    prefixes: int = 16_384               # /24s and /56s the rate limit tracks (stalest forgotten)
+    spent_tokens: int = 65_536           # used tokens remembered until they expire (single use)
 
 
 @dataclass(frozen=True)

@@ -9,13 +9,20 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
+from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
 from gateway import blockpage
-from gateway.blockpage import BlockInfo, render_block, render_report_result
+from gateway.blockpage import (
+    BlockInfo,
+    render_block,
+    render_report_form,
+    render_report_result,
+    security_headers,
+)
 from gateway.reports.desk import ReportDesk
 
 READY: web.AppKey[Callable[[], bool]] = web.AppKey("ready")
@@ -80,13 +87,23 @@ def blockpage_app(*mounts: Callable[[web.Application], None],
     """
     app = web.Application(client_max_size=MAX_FORM)
     app[SITE] = site or Site()
+    app.on_response_prepare.append(_secure)
     for mount in mounts:
         mount(app)
+    app.router.add_get("/report", _report_form)
     app.router.add_post("/report", _report)
     app.router.add_get("/ca", _ca_page)
     app.router.add_get("/ca/{name}", _ca_file)
     app.router.add_route("*", "/{tail:.*}", _blockpage)
     return app
+
+
+async def _secure(request: web.Request, response: web.StreamResponse) -> None:
+    """Every answer of the web listener carries the security headers (the pages set them
+    already; this covers /ca, the home page, proxy.pac, DoH and aiohttp's own errors)."""
+    headers = response.headers
+    for name, value in security_headers(request.app[SITE].report_url()).items():
+        headers.setdefault(name, value)
 
 
 def _now(site: Site) -> datetime:
@@ -127,7 +144,8 @@ async def _blockpage(request: web.Request) -> web.Response:
     if info is None:
         # A stale answer in the browser's cache, or a name unblocked since: say so, still 403.
         info = BlockInfo(target=host, category="", reason="unknown", legal=False)
-    csrf = site.desk.tokens.issue(site.clock()) if site.desk is not None else ""
+    csrf = (site.desk.tokens.issue(site.client_address(request), site.clock())
+            if site.desk is not None else "")
     target = host if request.path in ("", "/") else f"{host}{request.path}"
     info = BlockInfo(target, info.category, info.reason, info.legal, info.authority,
                      info.decision, info.decision_date, info.entry_id, info.tier)
@@ -163,9 +181,22 @@ async def _report(request: web.Request) -> web.Response:
     outcome = site.desk.submit(form, site.client_address(request), site.clock())
     status, headers, body = render_report_result(
         outcome.status, form, request.headers, report_url=site.report_url(),
-        csrf=site.desk.tokens.issue(site.clock()),
         report_id=outcome.report.id if outcome.report else "", error=outcome.error)
     return _response(status, headers, body)
+
+
+async def _report_form(request: web.Request) -> web.Response:
+    """An empty report form with a token for this client (a refused post links here); on a
+    blocked name's Host, /report is just another blocked path."""
+    site = request.app[SITE]
+    host = _host(request)
+    if not _is_ip(host) and host.lower() != (urlsplit(site.report_url()).hostname or ""):
+        return await _blockpage(request)
+    if site.desk is None:
+        raise web.HTTPNotFound(text="reports are not accepted here\n")
+    csrf = site.desk.tokens.issue(site.client_address(request), site.clock())
+    return _response(*render_report_form(request.headers, report_url=site.report_url(),
+                                         csrf=csrf, lang=request.query.get("lang")))
 
 
 # ------------------------------------------------------------------------ the CA page

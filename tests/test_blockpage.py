@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import re
 from datetime import datetime
 from html.parser import HTMLParser
 from zoneinfo import ZoneInfo
@@ -136,16 +139,37 @@ def test_everything_echoed_is_escaped_in_text_and_attributes(hostile: str) -> No
     assert "<script>" not in body.decode()
 
 
-def test_report_result_csrf_refill_keeps_what_was_typed_and_escapes_it() -> None:
-    form = {"kind": "harmful", "target": "a.example", "comment": "</textarea><b>x</b>",
-            "contact": '"><i>', "lang": "en"}
-    status, _, body = render_report_result("csrf", form, HTML, report_url=REPORT, csrf="t.1")
-    assert status == 403
+@pytest.mark.parametrize("outcome", ["csrf", "reused"])
+def test_report_result_refused_token_echoes_nothing_and_links_a_new_form(outcome: str) -> None:
+    # A forged post must not put its words (or its target) on the gateway's page.
+    form = {"kind": "harmful", "target": "forged-target.example", "comment": "CALL 0900 NOW",
+            "contact": "scam@evil.example", "lang": "en"}
+    status, headers, body = render_report_result(outcome, form, HTML, report_url=REPORT)
+    assert status == (403 if outcome == "csrf" else 409)
+    text = body.decode()
+    for posted in ("forged-target.example", "CALL 0900 NOW", "scam@evil.example"):
+        assert posted not in text
     page = parse(body)
-    assert "</textarea><b>x</b>" in "".join(page.text)
-    assert not any(t in ("b", "i") for t, _ in page.tags)
-    contact = [a for t, a in page.tags if t == "input" and a.get("name") == "contact"]
-    assert contact[0]["value"] == '"><i>'
+    assert not any(t in ("form", "input", "textarea") for t, _ in page.tags)
+    links = [a for t, a in page.tags if t == "a" and a.get("id") == "new-form"]
+    assert links[0]["href"] == REPORT + "?lang=en"
+    assert headers["X-Frame-Options"] == "DENY"
+
+
+def test_security_headers_allow_the_inline_style_and_posts_to_the_report_origin() -> None:
+    _, headers, body = render_block(POLICY, HTML, now=NOW, report_url=REPORT)
+    csp = headers["Content-Security-Policy"]
+    style = re.search(r"<style>(.*)</style>", body.decode(), re.S)
+    assert style is not None
+    digest = base64.b64encode(hashlib.sha256(style.group(1).encode()).digest()).decode()
+    assert f"style-src 'sha256-{digest}'" in csp
+    assert "default-src 'none'" in csp and "frame-ancestors 'none'" in csp
+    assert "form-action 'self' http://127.0.0.1:8080;" in csp
+    assert 'style="' not in body.decode()      # inline attributes would need 'unsafe-inline'
+    assert (headers["X-Frame-Options"], headers["X-Content-Type-Options"],
+            headers["Referrer-Policy"]) == ("DENY", "nosniff", "no-referrer")
+    six = render_block(POLICY, HTML, now=NOW, report_url="https://[2001:db8::1]/report")[1]
+    assert "form-action 'self' https:;" in six["Content-Security-Policy"]
 
 
 def test_from_verdict_only_mandatory_blocks_are_legal() -> None:

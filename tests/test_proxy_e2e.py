@@ -13,6 +13,7 @@ import hashlib
 import io
 import ipaddress
 import os
+import re
 import sqlite3
 import ssl
 import subprocess
@@ -358,6 +359,27 @@ def test_plain_http_blocks_and_neighbour(proxy: Proxy, origin: tuple[Origin, Pat
     assert curl(*extra, base + "/adult/x")[0] == 403
     status, body, _ = curl(*extra, base + "/post/420")
     assert status == 200 and "/post/420" in body
+
+
+def test_block_page_report_token_is_bound_to_the_client(proxy: Proxy, origin: tuple[Origin, Path],
+                                                      tmp_path: Path) -> None:
+    """The proxy's block page carries a form token the gateway accepts from this client's
+    address only, and the same security headers as the gateway's pages."""
+    from gateway.reports.guard import CsrfTokens, load_secret
+
+    org, _ = origin
+    head = tmp_path / "headers.txt"
+    status, body, err = curl("-x", f"http://127.0.0.1:{proxy.port}", "-H", "Accept: text/html",
+                             "-D", str(head), f"http://www.news.test:{org.http_port}/post/42")
+    assert status == 451, err
+    token = re.search(r'name="csrf" value="([^"]+)"', body)
+    assert token is not None
+    tokens = CsrfTokens(load_secret(proxy.state), 3600.0)
+    assert tokens.expiry(token.group(1), "127.0.0.1", time.time()) is not None
+    assert tokens.expiry(token.group(1), "127.0.0.3", time.time()) is None
+    headers = head.read_text().lower()
+    assert "content-security-policy: default-src 'none'" in headers
+    assert "x-frame-options: deny" in headers and "referrer-policy: no-referrer" in headers
 
 
 def test_passthrough_keeps_the_origin_certificate(proxy: Proxy, origin: tuple[Origin, Path]

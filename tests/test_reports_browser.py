@@ -51,6 +51,8 @@ def test_chromium_legal_block_page_and_report(tmp_path: Path, unbound: ub.Unboun
                 f"--host-resolver-rules=MAP * 127.0.0.1:{web_port}"])
             try:
                 page = browser.new_page(locale="vi-VN")
+                console: list[str] = []     # CSP violations are reported here
+                page.on("console", lambda message: console.append(message.text))
 
                 def legal_page_shown() -> bool:
                     response = page.goto(f"http://{TAKEDOWN}/bai-viet/1")
@@ -71,6 +73,9 @@ def test_chromium_legal_block_page_and_report(tmp_path: Path, unbound: ub.Unboun
                 page.fill("#report-mistake textarea[name=comment]", "a school history page")
                 page.click("#report-mistake button[type=submit]")
                 assert "Thank you" in page.inner_text("#result")
+                # The style sheet applied (its hash is in the CSP) and nothing was refused.
+                assert page.eval_on_selector("body", "b => getComputedStyle(b).maxWidth") != "none"
+                assert not [m for m in console if "Content Security Policy" in m], console
                 page.screenshot(path=str(artifacts() / "report-thanks-en.png"))
             finally:
                 browser.close()

@@ -119,7 +119,7 @@ class SafeGateAddon:
         self.metrics.requests.labels(verdict.action).inc()
         if verdict.entry is not None:
             status, headers, body = self.pages.render(verdict, _target(flow), tier.name,
-                                                      req.headers)
+                                                      req.headers, flow.client_conn.peername[0])
             flow.response = http.Response.make(status, body, headers)
             return
         _restrict(req, verdict)

@@ -24,17 +24,18 @@ def report_url(config: GatewayConfig) -> str:
 
 
 class BlockPages:
-    """Renders a Verdict for a URL; clock and CSRF minting are passed in."""
+    """Renders a Verdict for a URL; clock and CSRF minting (address, now) are passed in."""
 
-    def __init__(self, config: GatewayConfig, csrf: Callable[[float], str] | None = None,
+    def __init__(self, config: GatewayConfig, csrf: Callable[[str, float], str] | None = None,
                  clock: Callable[[], float] = time.time) -> None:
         self.tz = ZoneInfo(config.timezone)
         self.report_url = report_url(config)
         self.csrf = csrf
         self.clock = clock
 
-    def render(self, verdict: Verdict, target: str, tier: str, headers: Mapping[str, str]
-               ) -> tuple[int, dict[str, str], bytes]:
+    def render(self, verdict: Verdict, target: str, tier: str, headers: Mapping[str, str],
+               client: str = "") -> tuple[int, dict[str, str], bytes]:
+        """The page for `client` (its address: the report form's token is bound to it)."""
         entry = verdict.entry
         legal = entry.legal if entry is not None else None
         info = BlockInfo(
@@ -47,4 +48,4 @@ class BlockPages:
         now = self.clock()
         return render_block(info, headers, now=datetime.fromtimestamp(now, self.tz),
                             report_url=self.report_url,
-                            csrf=self.csrf(now) if self.csrf is not None else "")
+                            csrf=self.csrf(client, now) if self.csrf is not None else "")

@@ -185,17 +185,24 @@ class ProxyProcess:
         config = loaded.config
         config.proxy.ca_dir.mkdir(parents=True, exist_ok=True)
         self.reports = ReportStore(config.state_dir / FILENAME)
-        tokens = CsrfTokens(load_secret(config.state_dir))
+        tokens = CsrfTokens(load_secret(config.state_dir), config.limits.reports.token_lifetime)
         resolver = UpstreamResolver.from_config(config)
         self.addon = SafeGateAddon(loaded.rules, resolver, self.metrics,
                                    BlockPages(config, tokens.issue),
                                    dict(config.proxy.origin_ports),
                                    config.proxy.max_image_bytes, self.on_match, index)
         self.install(loaded, index)
-        runner = web.AppRunner(metrics_app(self.registry, self.ready), access_log=None)
+        # The same connection limits as the gateway's listeners (gateway/webguard.py).
+        from gateway.webguard import ConnectionGuard, GuardedSite, WebMetrics
+
+        app = metrics_app(self.registry, self.ready)
+        guard = ConnectionGuard(config.limits.web, WebMetrics(self.registry, ("metrics",)),
+                                "metrics")
+        guard.install(app)
+        runner = web.AppRunner(app, access_log=None)
         await runner.setup()
         host, port = config.proxy.metrics_listen
-        await web.TCPSite(runner, host, port).start()
+        await GuardedSite(runner, host, port, guard).start()
         master = DumpMaster(options.Options(), with_termlog=False, with_dumper=False)
         master.options.update(**options_for(config))  # type: ignore[no-untyped-call]
         master.addons.add(self.addon, _Ready(self))  # type: ignore[no-untyped-call]

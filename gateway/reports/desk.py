@@ -1,8 +1,9 @@
 """Accepting a report from the block page's form: CSRF, rate limit, validate, store.
 
-Pure of HTTP: web.py turns an Outcome into a page. The order matters: the CSRF check comes
-before the rate limit, so forged posts cannot use up a real person's allowance, and the rate
-limit before parsing, so a flood costs us no database writes.
+Pure of HTTP: web.py turns an Outcome into a page. The order matters: the token checks come
+before the rate limit, so forged or replayed posts cannot use up a real person's allowance,
+and the rate limit before parsing, so a flood costs us no database writes. A token is spent
+once the rate limit let it through (a limited post can be sent again later from the same page).
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from gateway.reports.guard import CsrfTokens, RateLimiter
+from gateway.reports.guard import CsrfTokens, RateLimiter, SpentTokens
 from gateway.reports.metrics import ReportMetrics
 from gateway.reports.model import Report, ReportError, from_form
 from gateway.reports.store import ReportStore
@@ -20,7 +21,7 @@ from gateway.reports.store import ReportStore
 
 @dataclass(frozen=True)
 class Outcome:
-    status: str                 # stored | csrf | rate_limited | invalid
+    status: str                 # stored | csrf | reused | rate_limited | invalid
     report: Report | None = None
     error: str = ""
 
@@ -29,23 +30,30 @@ class ReportDesk:
     """Everything POST /report needs, passed in (the gateway builds one in app.py)."""
 
     def __init__(self, store: ReportStore, tokens: CsrfTokens, limiter: RateLimiter,
-                 metrics: ReportMetrics, gateway_id: Callable[[], str],
+                 spent: SpentTokens, metrics: ReportMetrics, gateway_id: Callable[[], str],
                  targets: Callable[[], Sequence[str]]) -> None:
         self.store = store
         self.tokens = tokens
         self.limiter = limiter
+        self.spent = spent
         self.metrics = metrics
         self.gateway_id = gateway_id
         self.targets = targets
 
     def submit(self, form: Mapping[str, Any], address: str, now: float) -> Outcome:
         """Store the report if the form is genuine, within the limit and valid."""
-        if not self.tokens.valid(str(form.get("csrf", "")), now):
+        token = str(form.get("csrf", ""))
+        expiry = self.tokens.expiry(token, address, now)
+        if expiry is None:
             self.metrics.rejected.labels("csrf").inc()
             return Outcome("csrf")
+        if token in self.spent:
+            self.metrics.rejected.labels("reused").inc()
+            return Outcome("reused")
         if not self.limiter.allow(address, now):
             self.metrics.rejected.labels("rate_limited").inc()
             return Outcome("rate_limited")
+        self.spent.spend(token, expiry, now)
         try:
             report = from_form(form, gateway=self.gateway_id(),
                                now=datetime.fromtimestamp(now, UTC))

@@ -18,7 +18,7 @@ from prometheus_client import CollectorRegistry
 from gateway.config import GatewayConfig
 from gateway.reports.desk import ReportDesk
 from gateway.reports.forward import ReportForwarder
-from gateway.reports.guard import CsrfTokens, RateLimiter, load_secret
+from gateway.reports.guard import CsrfTokens, RateLimiter, SpentTokens, load_secret
 from gateway.reports.metrics import ReportMetrics
 from gateway.reports.store import FILENAME, ReportStore
 
@@ -49,9 +49,14 @@ class ReportService:
         first = config()
         self.config = config
         self.store = ReportStore(first.state_dir / FILENAME)
-        self.metrics = ReportMetrics(registry, self.store.pending)
-        self.desk = ReportDesk(self.store, CsrfTokens(load_secret(first.state_dir)),
-                               RateLimiter(), self.metrics, lambda: self.config().gateway_id,
+        limits = first.limits.reports
+        limiter = RateLimiter(limits)
+        spent = SpentTokens(limits.spent_tokens)
+        self.metrics = ReportMetrics(registry, self.store.pending, lambda: len(limiter),
+                                     lambda: len(spent))
+        self.desk = ReportDesk(self.store,
+                               CsrfTokens(load_secret(first.state_dir), limits.token_lifetime),
+                               limiter, spent, self.metrics, lambda: self.config().gateway_id,
                                lambda: self.config().reports.forward_to)
         self.session: aiohttp.ClientSession | None = None
         self.task: asyncio.Task[None] | None = None
