@@ -10,8 +10,8 @@ import timeit
 import dns.message
 import dns.rrset
 
+from gateway.config.limits import RrlLimits
 from gateway.dns.rrl import Rrl
-from gateway.limits import RrlLimits
 
 
 def main(n: int = 200_000) -> None:

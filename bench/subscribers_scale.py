@@ -70,8 +70,8 @@ def one_size(n: int) -> dict[str, float]:
     """Runs inside a fresh process."""
     import ipaddress
 
-    from gateway.netindex import PrefixMap
-    from gateway.subscribers import load_subscribers
+    from gateway.policy.netindex import PrefixMap
+    from gateway.policy.subscribers import load_subscribers
 
     rng = random.Random(n)
     with tempfile.TemporaryDirectory() as d:

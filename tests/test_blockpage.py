@@ -11,15 +11,15 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from gateway.blockpage import (
+from gateway.blockpage.page import (
     BlockInfo,
     choose_lang,
     from_verdict,
     render_block,
     render_report_result,
 )
-from gateway.decide import Verdict
-from gateway.feeds.format import LegalBasis
+from gateway.feedformat.document import LegalBasis
+from gateway.policy.decide import Verdict
 
 NOW = datetime(2026, 3, 2, 8, 15, 0, tzinfo=ZoneInfo("Asia/Ho_Chi_Minh"))
 HTML = {"Accept": "text/html,application/xhtml+xml"}

@@ -11,10 +11,10 @@ import dns.rdatatype
 import dns.rrset
 import pytest
 
-from gateway.decide import EDE_BLOCKED, Profile
 from gateway.dns import wire
 from gateway.dns.svcb import strip_ech, strip_params
 from gateway.lists.index import IndexBuilder, ListIndex
+from gateway.policy.decide import EDE_BLOCKED, Profile
 
 
 def profile(bypass: bool, allow: frozenset[bytes] = frozenset()) -> Profile:

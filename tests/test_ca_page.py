@@ -17,7 +17,7 @@ from cryptography.hazmat.primitives.serialization import pkcs12
 from cryptography.x509.oid import NameOID
 
 from tests.support import unbound as ub
-from tests.test_reports import http
+from tests.test_hotline import http
 from tests.test_resolver_e2e import LISTS, LISTS_YAML, POLICY
 
 pytestmark = pytest.mark.integration

@@ -151,7 +151,7 @@ def test_config_files_past_config_bytes_are_refused(tmp_path: Path, which: str) 
 
 
 def test_gateway_yaml_itself_is_bounded_by_the_default(tmp_path: Path) -> None:
-    from gateway.limits import FileLimits
+    from gateway.config.limits import FileLimits
 
     cfg = config(tmp_path)
     limit = FileLimits().config_bytes

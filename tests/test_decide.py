@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from gateway.decide import EDE_BLOCKED, EDE_CENSORED, Profile, decide
 from gateway.lists import SCOPE_BOTH, SCOPE_SELF, SCOPE_SUBS, Action, Rule
 from gateway.lists.index import IndexBuilder, ListIndex
+from gateway.policy.decide import EDE_BLOCKED, EDE_CENSORED, Profile, decide
 
 RULES = [
     (b"csam-test.invalid", Rule("csam", SCOPE_BOTH, Action.DEFAULT, True)),

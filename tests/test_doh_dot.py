@@ -20,9 +20,9 @@ import dns.query
 import dns.rcode
 import pytest
 
-from gateway.config import load_config
+from gateway.config.gateway import load_config
 from gateway.errors import ConfigError, ConfigErrors
-from gateway.policy import load_policy
+from gateway.policy.policyfile import load_policy
 from tests.support import unbound as ub
 from tests.support.procs import SafeGateProcess, free_port, kdig
 

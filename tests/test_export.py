@@ -7,8 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from gateway.export import build_export, catalog_entries, merge
-from gateway.feeds.format import Entry
+from gateway.compliance.export import build_export, catalog_entries, merge
+from gateway.feedformat.document import Entry
 from gateway.lists import SCOPE_SELF, SCOPE_SUBS
 from gateway.lists.catalog import load_catalog
 from gateway.lists.parsers import ParsedRule, parse_rpz

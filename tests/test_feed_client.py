@@ -20,13 +20,13 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 from prometheus_client import CollectorRegistry
 
-from gateway.app import Gateway
-from gateway.cli_gateway_feed import confirm, status
-from gateway.config import load_config
+from gateway.cli.feeds import confirm, status
+from gateway.config.gateway import load_config
+from gateway.feedformat.document import Entry, Feed, LegalBasis, now_iso
+from gateway.feedformat.signing import SIGNATURE_HEADER, Signer, generate_keys, load_signer
 from gateway.feeds.client import Rejected, looks_truncated
-from gateway.feeds.format import Entry, Feed, LegalBasis, now_iso
 from gateway.feeds.manager import FeedManager
-from gateway.feeds.signing import SIGNATURE_HEADER, Signer, generate_keys, load_signer
+from gateway.runtime.app import Gateway
 from tests.support import unbound as ub
 from tests.support.procs import write_gateway_config
 from tests.test_resolver_e2e import LISTS, LISTS_YAML, POLICY

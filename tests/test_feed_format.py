@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from gateway.feeds.format import (
+from gateway.feedformat.document import (
     Entry,
     Feed,
     FeedError,
@@ -20,7 +20,7 @@ from gateway.feeds.format import (
     normalize_value,
     parse_feed,
 )
-from gateway.feeds.signing import Signer, Verifier, generate_keys, load_signer
+from gateway.feedformat.signing import Signer, Verifier, generate_keys, load_signer
 
 SCHEMA = json.loads((Path(__file__).resolve().parents[1] / "docs/feed.schema.json").read_text())
 T = "2026-11-23T10:00:00Z"
@@ -365,7 +365,7 @@ def test_schema_rejects_broken_documents(path: tuple[Any, ...], value: Any) -> N
 
 
 def test_url_keeps_a_non_default_port_and_refuses_credentials() -> None:
-    from gateway.feeds.format import normalize_value
+    from gateway.feedformat.document import normalize_value
 
     assert normalize_value("url", "HTTPS://X.Example:8443/a?b=1") == "https://x.example:8443/a?b=1"
     assert normalize_value("url", "http://x.example:80/") == "http://x.example/"
@@ -374,7 +374,7 @@ def test_url_keeps_a_non_default_port_and_refuses_credentials() -> None:
 
 
 def test_legal_basis_date_must_be_yyyy_mm_dd() -> None:
-    from gateway.feeds.format import FeedError, make_entry
+    from gateway.feedformat.document import FeedError, make_entry
 
     raw = {"id": "A-1", "type": "domain", "value": "x.example", "categories": ["csam"],
            "mandatory": True, "issued_at": "2026-11-20T00:00:00Z",

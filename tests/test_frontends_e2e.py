@@ -24,8 +24,8 @@ import dns.rdatatype
 import dns.rrset
 import pytest
 
-from gateway.decide import EDE_BLOCKED, EDE_FILTERED
 from gateway.dns import proxyproto
+from gateway.policy.decide import EDE_BLOCKED, EDE_FILTERED
 from tests.support import unbound as ub
 from tests.support.dnsdist import Dnsdist, start_dnsdist
 from tests.support.procs import SafeGateProcess, free_port, write_gateway_config

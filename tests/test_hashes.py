@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageDraw
 
-from gateway.feeds.format import make_entry
+from gateway.feedformat.document import make_entry
 from gateway.proxy.hashes import (
     HashEntry,
     HashIndex,

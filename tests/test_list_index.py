@@ -9,7 +9,7 @@ import pytest
 
 from gateway.lists import SCOPE_BOTH, SCOPE_SELF, SCOPE_SUBS, Action, Rule
 from gateway.lists.index import MAGIC, IndexBuilder, ListIndex, key_hash
-from gateway.names import suffix_offsets
+from gateway.util.names import suffix_offsets
 
 ADULT = Rule("adult", SCOPE_BOTH, Action.DEFAULT, False)
 ADULT_SELF = Rule("adult", SCOPE_SELF, Action.DEFAULT, False)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from gateway.names import normalize_name, suffix_offsets
+from gateway.util.names import normalize_name, suffix_offsets
 
 
 @pytest.mark.parametrize(

@@ -8,9 +8,9 @@ import dns.asyncquery
 import dns.edns
 import dns.message
 
-from gateway.app import Gateway
 from gateway.lists import SCOPE_BOTH, SCOPE_SELF, Action, Rule
 from gateway.lists.overlay import Layered, Overlay
+from gateway.runtime.app import Gateway
 from tests.support import unbound as ub
 from tests.support.procs import write_gateway_config
 from tests.test_resolver_e2e import LISTS, LISTS_YAML, POLICY

@@ -30,10 +30,10 @@ import dns.rrset
 import pytest
 from aiohttp import web
 
-from gateway.export import build_export
-from gateway.feeds.format import Entry, Feed, make_entry
-from gateway.feeds.signing import SIGNATURE_HEADER, generate_keys, load_signer
-from gateway.probe_cli import classify, exit_code, probe_targets, sample
+from gateway.compliance.export import build_export
+from gateway.compliance.probe import classify, exit_code, probe_targets, sample
+from gateway.feedformat.document import Entry, Feed, make_entry
+from gateway.feedformat.signing import SIGNATURE_HEADER, generate_keys, load_signer
 from tests.support.procs import REPO_ROOT, dns_query, free_port
 from tests.support.unbound import (
     ALLOWED,

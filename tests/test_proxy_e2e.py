@@ -33,8 +33,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from gateway.feeds.format import Entry, Feed, LegalBasis
-from gateway.feeds.signing import generate_keys, load_signer
+from gateway.feedformat.document import Entry, Feed, LegalBasis
+from gateway.feedformat.signing import generate_keys, load_signer
 from tests.support.procs import REPO_ROOT, free_port, write_gateway_config
 
 pytest.importorskip("mitmproxy")
@@ -365,7 +365,7 @@ def test_block_page_report_token_is_bound_to_the_client(proxy: Proxy, origin: tu
                                                       tmp_path: Path) -> None:
     """The proxy's block page carries a form token the gateway accepts from this client's
     address only, and the same security headers as the gateway's pages."""
-    from gateway.reports.guard import CsrfTokens, load_secret
+    from gateway.hotline.guard import CsrfTokens, load_secret
 
     org, _ = origin
     head = tmp_path / "headers.txt"

@@ -10,11 +10,11 @@ from pathlib import Path
 
 import pytest
 
-from gateway.config import load_config
+from gateway.config.gateway import load_config
 from gateway.errors import ConfigError
 from gateway.lists.catalog import load_catalog
 from gateway.lists.compile import compile_catalog
-from gateway.netindex import PrefixMap
+from gateway.policy.netindex import PrefixMap
 from gateway.proxy.pac import pac_text
 from gateway.proxy.rules import (
     ALLOWED,

@@ -20,12 +20,13 @@ from aiohttp.test_utils import TestClient, TestServer
 from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 
-from gateway import cli, cli_feed
+from gateway import cli
+from gateway.cli import publisher as cli_publisher
+from gateway.config.limits import PublisherLimits
 from gateway.errors import ConfigError
-from gateway.feeds.format import Entry, LegalBasis, parse_feed
-from gateway.feeds.rpz import to_rpz
-from gateway.feeds.signing import Verifier, generate_keys, load_signer
-from gateway.limits import PublisherLimits
+from gateway.feedformat.document import Entry, LegalBasis, parse_feed
+from gateway.feedformat.rpz import to_rpz
+from gateway.feedformat.signing import Verifier, generate_keys, load_signer
 from gateway.publisher.app import BUILDER, make_app
 from gateway.publisher.config import load_publisher_config
 from gateway.publisher.edits import never_block_conflict
@@ -279,7 +280,7 @@ def test_cli_config_error_is_file_line(tmp_path: Path,
 def test_register_wires_into_a_parser() -> None:
     import argparse
     parser = argparse.ArgumentParser()
-    cli_feed.register(parser.add_subparsers(dest="command"))
+    cli_publisher.register(parser.add_subparsers(dest="command"))
     args = parser.parse_args(["feed", "remove", "-c", "p.yaml", "--id", "X"])
     assert callable(args.func) and args.id == "X"
 

@@ -195,7 +195,7 @@ def test_the_watcher_survives_any_exception_in_a_reload(tmp_path: Path) -> None:
 
     from prometheus_client import CollectorRegistry
 
-    from gateway.app import Gateway
+    from gateway.runtime.app import Gateway
 
     cfg = tmp_path / "gateway.yaml"
     cfg.write_text("{}\n")

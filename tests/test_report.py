@@ -19,8 +19,8 @@ from zoneinfo import ZoneInfo
 import pytest
 import yaml
 
-from gateway.cli_report import build_report
-from gateway.report import (
+from gateway.cli.compliance import build_report
+from gateway.compliance.report import (
     CSV_COLUMNS,
     EntryRow,
     Latency,
@@ -398,7 +398,7 @@ def test_cli_errors(tmp_path: Path) -> None:
 
 
 def test_csv_cells_cannot_become_spreadsheet_formulas() -> None:
-    from gateway.report import _cell
+    from gateway.compliance.report import _cell
 
     assert _cell("=HYPERLINK(\"http://x.invalid\")") == "'=HYPERLINK(\"http://x.invalid\")"
     assert _cell("@SUM(A1)") == "'@SUM(A1)"

@@ -8,12 +8,12 @@ import dns.rcode
 import dns.rrset
 import pytest
 
-from gateway.decide import Profile
 from gateway.dns import wire
 from gateway.dns.rewrite import cname_only, splice
 from gateway.lists import SCOPE_BOTH, Action, Rule
 from gateway.lists.index import IndexBuilder, ListIndex
-from gateway.safesearch import load_rewrites
+from gateway.policy.decide import Profile
+from gateway.policy.safesearch import load_rewrites
 
 REWRITES = load_rewrites()
 

@@ -29,7 +29,7 @@ from bench.scaleout import (
     start_front,
     start_nodes,
 )
-from gateway.decide import EDE_BLOCKED, EDE_FILTERED
+from gateway.policy.decide import EDE_BLOCKED, EDE_FILTERED
 from tests.support import unbound as ub
 from tests.support.dnsdist import DNSDIST
 from tests.support.procs import SafeGateProcess

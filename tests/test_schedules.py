@@ -8,13 +8,13 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from gateway.config import load_config
+from gateway.config.gateway import load_config
 from gateway.errors import ConfigError, ConfigErrors
 from gateway.lists import SCOPE_BOTH, Action, Rule
 from gateway.lists.index import IndexBuilder, ListIndex
-from gateway.policy import load_policy
-from gateway.schedules import Holiday, Window, active_categories, is_active, next_change
-from gateway.state import build_view, schedule_changed, schedule_delay
+from gateway.policy.policyfile import load_policy
+from gateway.policy.schedules import Holiday, Window, active_categories, is_active, next_change
+from gateway.runtime.state import build_view, schedule_changed, schedule_delay
 
 HCM = ZoneInfo("Asia/Ho_Chi_Minh")
 BERLIN = ZoneInfo("Europe/Berlin")
@@ -191,7 +191,7 @@ def test_view_blocks_what_open_windows_add(tmp_path: Path, zone: str, when: dt.d
 
 
 def test_timer_helpers_follow_an_injected_clock(tmp_path: Path) -> None:
-    from gateway.state import Loaded
+    from gateway.runtime.state import Loaded
 
     (tmp_path / "gateway.yaml").write_text(GATEWAY % "Asia/Ho_Chi_Minh")
     (tmp_path / "p.yaml").write_text(POLICY)

@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from gateway.sdnotify import Notifier
+from gateway.runtime.sdnotify import Notifier
 from tests.support import unbound as ub
 from tests.support.procs import SafeGateProcess, dns_query
 from tests.test_resolver_e2e import LISTS, LISTS_YAML, POLICY

@@ -16,8 +16,8 @@ import dns.message
 import dns.query
 import pytest
 
-from gateway.feeds.format import Entry
-from gateway.feeds.signing import generate_keys
+from gateway.feedformat.document import Entry
+from gateway.feedformat.signing import generate_keys
 from tests.support.procs import SafeGateProcess, free_port, write_gateway_config
 from tests.test_proxy_e2e import (
     ADULT_PAGES,

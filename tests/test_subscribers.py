@@ -7,12 +7,12 @@ from pathlib import Path
 
 import pytest
 
-from gateway.decide import EDE_BLOCKED, EDE_CENSORED, EDE_FILTERED, Profile
 from gateway.dns import proxyproto, wire
 from gateway.errors import ConfigErrors
 from gateway.lists import Action, Rule
-from gateway.netindex import PrefixMap, parse_prefix
-from gateway.subscribers import SubscriberProfile, load_subscribers
+from gateway.policy.decide import EDE_BLOCKED, EDE_CENSORED, EDE_FILTERED, Profile
+from gateway.policy.netindex import PrefixMap, parse_prefix
+from gateway.policy.subscribers import SubscriberProfile, load_subscribers
 
 
 def write(tmp_path: Path, text: str, name: str = "subscribers.csv") -> Path:

@@ -18,7 +18,9 @@ import dns.rdatatype
 import dns.rrset
 import pytest
 
-from gateway.config import load_config
+from gateway.config.gateway import load_config
+from gateway.config.limits import UpstreamLimits
+from gateway.config.upstreams import UpstreamSpec, parse_upstream
 from gateway.dns.upstream import (
     Forwarder,
     ForwarderConfig,
@@ -29,8 +31,6 @@ from gateway.dns.upstream import (
     upstreams_from,
 )
 from gateway.errors import ConfigError
-from gateway.limits import UpstreamLimits
-from gateway.upstream_spec import UpstreamSpec, parse_upstream
 
 QUESTION = dns.message.make_query("www.example.test", "A").to_wire()[12:]
 
@@ -478,8 +478,8 @@ def test_worker_counts_reach_the_primarys_metrics() -> None:
     """dns.workers: a worker's drops, mismatches and open sockets show in the node's scrape."""
     from prometheus_client import CollectorRegistry, generate_latest
 
-    from gateway.metrics import DnsStats, Metrics
-    from gateway.workers import Deltas, add_deltas
+    from gateway.runtime.metrics import DnsStats, Metrics
+    from gateway.runtime.workers import Deltas, add_deltas
 
     registry = CollectorRegistry()
     metrics = Metrics(registry)

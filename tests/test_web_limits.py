@@ -23,7 +23,7 @@ from tests.support import unbound as ub
 from tests.support.procs import SafeGateProcess
 from tests.test_doh_dot import make_cert
 from tests.test_feeds_e2e import wait_for
-from tests.test_reports import BLOCKED, http
+from tests.test_hotline import BLOCKED, http
 from tests.test_resolver_e2e import LISTS, LISTS_YAML, POLICY
 
 pytestmark = pytest.mark.integration
@@ -258,8 +258,8 @@ def test_guard_counts_ipv6_by_64_and_exempts_trusted_frontends() -> None:
 
     from prometheus_client import CollectorRegistry
 
-    from gateway.limits import WebLimits
-    from gateway.webguard import ConnectionGuard, WebMetrics, client_key
+    from gateway.config.limits import WebLimits
+    from gateway.runtime.webguard import ConnectionGuard, WebMetrics, client_key
 
     assert client_key(("2001:db8:0:1::1", 443, 0, 0)) == client_key(("2001:db8:0:1:ff::9", 1))
     assert client_key(("2001:db8:0:2::1", 443, 0, 0)) != client_key(("2001:db8:0:1::1", 1))

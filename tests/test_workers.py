@@ -38,7 +38,7 @@ def _children(pid: int) -> list[int]:
 
 
 def _workers(gw: SafeGateProcess) -> list[int]:
-    """The worker processes (spawned interpreters running gateway.workers)."""
+    """The worker processes (spawned interpreters running gateway.runtime.workers)."""
     out = []
     for pid in _children(gw.pid):
         try:

@@ -14,9 +14,9 @@ import struct
 from collections import OrderedDict
 from dataclasses import dataclass, field
 
-from gateway.decide import Verdict
+from gateway.config.limits import MemoryLimits
 from gateway.dns import wire
-from gateway.limits import MemoryLimits
+from gateway.policy.decide import Verdict
 
 EDE_PROHIBITED = 18
 EDE_NOT_SUPPORTED = 21

@@ -17,9 +17,9 @@ from collections.abc import Callable
 
 from aiohttp import web
 
-from gateway.decide import Profile
 from gateway.dns import wire
 from gateway.dns.chain import Resolver
+from gateway.policy.decide import Profile
 
 log = logging.getLogger(__name__)
 

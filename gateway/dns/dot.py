@@ -8,11 +8,11 @@ import socket
 import ssl
 from pathlib import Path
 
+from gateway.config.limits import StreamLimits
 from gateway.dns.chain import Resolver
 from gateway.dns.server import Tasks, TcpProtocol
 from gateway.dns.streams import StreamTable
-from gateway.limits import StreamLimits
-from gateway.metrics import StreamStats
+from gateway.runtime.metrics import StreamStats
 
 log = logging.getLogger(__name__)
 

@@ -31,9 +31,9 @@ from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
 
+from gateway.config.limits import RrlLimits
 from gateway.dns import wire
-from gateway.limits import RrlLimits
-from gateway.netindex import PrefixMap
+from gateway.policy.netindex import PrefixMap
 
 _UNKNOWN: Any = object()  # a source not looked up yet
 _NEGATIVE = b"-"

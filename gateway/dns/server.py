@@ -10,13 +10,13 @@ import struct
 from collections.abc import Coroutine
 from typing import Any, cast
 
+from gateway.config.limits import StreamLimits
 from gateway.dns import proxyproto
 from gateway.dns.chain import Resolver
 from gateway.dns.rrl import Rrl
 from gateway.dns.streams import StreamTable
 from gateway.dns.wire import formerr_from_header
-from gateway.limits import StreamLimits
-from gateway.metrics import StreamStats
+from gateway.runtime.metrics import StreamStats
 
 log = logging.getLogger(__name__)
 

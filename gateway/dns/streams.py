@@ -7,7 +7,7 @@ together (they are answered REFUSED, so they need little room). When the table i
 inside client takes the slot of the oldest outside connection. Trusted front ends (dnsdist)
 carry many clients on their connections, so they have no per-client cap.
 
-Every refusal and every close the gateway decides is counted (gateway.metrics.StreamStats)
+Every refusal and every close the gateway decides is counted (gateway.runtime.metrics.StreamStats)
 and logged at most once a minute per client and reason: a flood never floods the log.
 """
 
@@ -19,9 +19,9 @@ import time
 from collections.abc import Callable
 from typing import Generic, Protocol, TypeVar
 
+from gateway.config.limits import StreamLimits
 from gateway.dns.chain import Resolver
-from gateway.limits import StreamLimits
-from gateway.metrics import StreamStats
+from gateway.runtime.metrics import StreamStats
 
 log = logging.getLogger(__name__)
 

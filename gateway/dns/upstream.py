@@ -34,9 +34,9 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
+from gateway.config.limits import UpstreamLimits
+from gateway.config.upstreams import TLS, UpstreamSpec
 from gateway.dns import wire
-from gateway.limits import UpstreamLimits
-from gateway.upstream_spec import TLS, UpstreamSpec
 
 log = logging.getLogger(__name__)
 

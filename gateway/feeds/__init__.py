@@ -1,1 +1,1 @@
-"""Central block feeds: the signed format, the publisher, and the gateway's client."""
+"""Central block feeds, the gateway side: client, manager, ledger, stats."""

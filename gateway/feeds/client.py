@@ -36,16 +36,16 @@ from typing import Any, Protocol
 
 import aiohttp
 
-from gateway.config import FeedConfig, FeedGuardConfig
-from gateway.feeds.format import Entry, Feed, FeedError, apply_diff, parse_feed, parse_time
+from gateway.config.gateway import FeedConfig, FeedGuardConfig
+from gateway.config.limits import FileLimits
+from gateway.feedformat.document import Entry, Feed, FeedError, apply_diff, parse_feed, parse_time
+from gateway.feedformat.signing import SIGNATURE_HEADER, Verifier
 from gateway.feeds.ledger import DNS_TYPES, RECORD_CHUNK, Ledger, LedgerEntry
-from gateway.feeds.outbox import AckTarget, backoff
-from gateway.feeds.signing import SIGNATURE_HEADER, Verifier
 from gateway.feeds.stats import FeedMetrics
-from gateway.limits import FileLimits
 from gateway.lists import SCOPE_BOTH, SCOPE_SELF, Action, Rule
 from gateway.lists.overlay import Overlay
 from gateway.lists.parsers import ParsedRule, parse
+from gateway.util.outbox import AckTarget, backoff
 
 log = logging.getLogger(__name__)
 

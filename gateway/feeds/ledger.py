@@ -15,9 +15,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from gateway.feeds.format import Entry, LegalBasis, parse_time
-from gateway.feeds.outbox import ACK_ENTRIES, AckTarget, ack_entry, enqueue, iso
-from gateway.sqlitedb import open_db
+from gateway.feedformat.document import Entry, LegalBasis, parse_time
+from gateway.util.outbox import ACK_ENTRIES, AckTarget, ack_entry, enqueue, iso
+from gateway.util.sqlite import open_db
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS entries (

@@ -18,14 +18,14 @@ from typing import Any, Protocol
 import aiohttp
 from prometheus_client import CollectorRegistry
 
-from gateway.config import GatewayConfig
+from gateway.compliance.selfprobe import ProbeResult
+from gateway.config.gateway import GatewayConfig
 from gateway.feeds.client import FeedClient, OverlayTarget, held_paths
 from gateway.feeds.ledger import Ledger, LedgerEntry, ProbeRecord
-from gateway.feeds.outbox import AckTarget, OutboxSender, acks_url
 from gateway.feeds.stats import FeedMetrics, HourlyStats
-from gateway.metrics import DnsStats
-from gateway.probe import ProbeResult
-from gateway.state import Loaded
+from gateway.runtime.metrics import DnsStats
+from gateway.runtime.state import Loaded
+from gateway.util.outbox import AckTarget, OutboxSender, acks_url
 
 log = logging.getLogger(__name__)
 

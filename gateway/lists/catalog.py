@@ -7,11 +7,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from gateway.errors import ConfigError
-from gateway.limits import FileLimits
-from gateway.lists.parsers import FORMATS
-from gateway.readfile import file_problem
-from gateway.yamlconf import (
+from gateway.config.limits import FileLimits
+from gateway.config.yamlconf import (
     YDict,
     check_keys,
     error_at,
@@ -21,6 +18,9 @@ from gateway.yamlconf import (
     load_yaml,
     where,
 )
+from gateway.errors import ConfigError
+from gateway.lists.parsers import FORMATS
+from gateway.util.readfile import file_problem
 
 __all__ = ["LIST_BYTES_KEY", "MANDATORY_CATEGORIES", "MATCH_MODES", "URL_FORMAT", "Catalog",
            "Source", "list_file_error",

@@ -29,8 +29,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
 
+from gateway.config.limits import FileLimits
 from gateway.errors import ConfigError
-from gateway.limits import FileLimits
 from gateway.lists import SCOPE_BOTH, SCOPE_SELF, Action, Rule
 from gateway.lists.catalog import (
     LIST_BYTES_KEY,
@@ -42,7 +42,7 @@ from gateway.lists.catalog import (
 )
 from gateway.lists.index import IndexBuilder
 from gateway.lists.parsers import ParsedRule, Skipped, parse
-from gateway.readfile import open_regular, read_capped
+from gateway.util.readfile import open_regular, read_capped
 
 __all__ = [
     "MAX_SKIPPED_EXAMPLES",

@@ -13,7 +13,7 @@ from collections.abc import Iterable, Iterator
 from typing import NamedTuple
 
 from gateway.lists import SCOPE_BOTH, SCOPE_SELF, SCOPE_SUBS, Action
-from gateway.names import normalize_name
+from gateway.util.names import normalize_name
 
 __all__ = [
     "FORMATS",

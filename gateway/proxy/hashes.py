@@ -33,7 +33,7 @@ from PIL import Image
 if TYPE_CHECKING:
     from numpy.typing import NDArray
 
-    from gateway.feeds.format import Entry
+    from gateway.feedformat.document import Entry
 
 SHA256, PDQ = "sha256", "pdq"
 HASH_TYPES = (SHA256, PDQ)

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from aiohttp import web
 
-from gateway.config import GatewayConfig, format_address
+from gateway.config.gateway import GatewayConfig, format_address
 from gateway.proxy.sources import INTERCEPT_FILE, read_intercept_file
 
 MAX_LISTED = 20_000      # beyond this a PAC file gets slow to evaluate: send everything
@@ -41,7 +41,10 @@ def pac_text(proxy: str, hosts: list[str] | None) -> str:
 
 
 def pac_mount(config: Callable[[], GatewayConfig | None]) -> Callable[[web.Application], None]:
-    """A mount for gateway.web.blockpage_app: adds GET /proxy.pac (only with proxy.enabled)."""
+    """A mount for gateway.runtime.web.blockpage_app: adds GET /proxy.pac.
+
+    Only with proxy.enabled.
+    """
 
     async def handler(request: web.Request) -> web.Response:
         cfg = config()

@@ -1,4 +1,4 @@
-"""The proxy's answers for blocked URLs: gateway/blockpage.py's page, 451 or 403."""
+"""The proxy's answers for blocked URLs: gateway/blockpage/page.py's page, 451 or 403."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ from collections.abc import Callable, Mapping
 from datetime import datetime
 from zoneinfo import ZoneInfo
 
-from gateway.blockpage import BlockInfo, render_block
-from gateway.config import GatewayConfig, format_address
+from gateway.blockpage.page import BlockInfo, render_block
+from gateway.config.gateway import GatewayConfig, format_address
 from gateway.proxy.rules import LEGAL, Verdict
 
 # A 1x1 transparent GIF: what a browser gets instead of an image that matched a hash entry.

@@ -15,10 +15,10 @@ from collections.abc import Callable
 
 from dnslib import QTYPE, RCODE, DNSRecord
 
-from gateway.config import GatewayConfig
+from gateway.config.gateway import GatewayConfig
 from gateway.dns.upstream import Forwarder, UpstreamError, upstreams_from
 from gateway.dns.wire import key_to_wire
-from gateway.names import normalize_name
+from gateway.util.names import normalize_name
 
 MAX_TTL = 300
 NEGATIVE_TTL = 30

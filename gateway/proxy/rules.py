@@ -10,11 +10,11 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from gateway.netindex import PrefixMap
+from gateway.policy.netindex import PrefixMap
 from gateway.proxy.urls import UrlEntry, UrlIndex, host_key, request_key
 
 if TYPE_CHECKING:
-    from gateway.feeds.format import Entry
+    from gateway.feedformat.document import Entry
 
 # Actions: the values of safegate_proxy_requests_total{action}.
 ALLOWED, BLOCKED, LEGAL, RESTRICTED, REPLACED = (

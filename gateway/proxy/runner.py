@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 from aiohttp import web
 from prometheus_client import CollectorRegistry
 
-from gateway.config import GatewayConfig, ProxyConfig
+from gateway.config.gateway import GatewayConfig, ProxyConfig
 from gateway.errors import ConfigError, ConfigErrors, SafeGateError
 from gateway.proxy import sources
 from gateway.proxy.addon import SafeGateAddon
@@ -25,14 +25,14 @@ from gateway.proxy.metrics import ProxyMetrics
 from gateway.proxy.page import BlockPages
 from gateway.proxy.resolve import UpstreamResolver
 from gateway.proxy.scan import build_index
-from gateway.state import Fingerprint
-from gateway.web import metrics_app
+from gateway.runtime.state import Fingerprint
+from gateway.runtime.web import metrics_app
 
 if TYPE_CHECKING:
     from mitmproxy.tools.dump import DumpMaster
 
+    from gateway.hotline.store import ReportStore
     from gateway.proxy.hashes import HashIndex, HashMatch
-    from gateway.reports.store import ReportStore
 
 log = logging.getLogger(__name__)
 
@@ -163,7 +163,7 @@ class ProxyProcess:
         log.warning("image matched %s entry %s; replaced", match.type, match.entry.id)
         if self.reports is None or self.loaded is None:
             return
-        from gateway.reports.model import KINDS, MAX_TARGET, from_form
+        from gateway.hotline.model import KINDS, MAX_TARGET, from_form
 
         cfg = self.loaded.config
         form = {"kind": "match", "target": url[:MAX_TARGET], "category": match.entry.category,
@@ -178,8 +178,8 @@ class ProxyProcess:
         from mitmproxy import options
         from mitmproxy.tools.dump import DumpMaster
 
-        from gateway.reports.guard import CsrfTokens, load_secret
-        from gateway.reports.store import FILENAME, ReportStore
+        from gateway.hotline.guard import CsrfTokens, load_secret
+        from gateway.hotline.store import FILENAME, ReportStore
 
         loaded, index = await self.build()
         config = loaded.config
@@ -192,8 +192,8 @@ class ProxyProcess:
                                    dict(config.proxy.origin_ports),
                                    config.proxy.max_image_bytes, self.on_match, index)
         self.install(loaded, index)
-        # The same connection limits as the gateway's listeners (gateway/webguard.py).
-        from gateway.webguard import ConnectionGuard, GuardedSite, WebMetrics
+        # The same connection limits as the gateway's listeners (gateway/runtime/webguard.py).
+        from gateway.runtime.webguard import ConnectionGuard, GuardedSite, WebMetrics
 
         app = metrics_app(self.registry, self.ready)
         guard = ConnectionGuard(config.limits.web, WebMetrics(self.registry, ("metrics",)),

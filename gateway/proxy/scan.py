@@ -12,7 +12,7 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from gateway.feeds.format import Entry
+    from gateway.feedformat.document import Entry
     from gateway.proxy.hashes import HashIndex, HashMatch
 
 log = logging.getLogger(__name__)

@@ -15,18 +15,18 @@ from pathlib import Path
 
 from prometheus_client import CollectorRegistry
 
-from gateway.config import GatewayConfig, load_config
-from gateway.feeds.format import Entry
-from gateway.limits import FileLimits
+from gateway.config.gateway import GatewayConfig, load_config
+from gateway.config.limits import FileLimits
+from gateway.feedformat.document import Entry
 from gateway.lists.catalog import LIST_BYTES_KEY, Catalog, Source, load_catalog
 from gateway.lists.overlay import Overlay
-from gateway.netindex import PrefixMap
-from gateway.policy import Policy, load_policy, policy_files
+from gateway.policy.netindex import PrefixMap
+from gateway.policy.policyfile import Policy, load_policy, policy_files
+from gateway.policy.safesearch import load_rewrites
 from gateway.proxy.rules import GOOGLE, YOUTUBE, ClientTier, Rules, rules_intercept_hosts
 from gateway.proxy.urls import LegalOrder, UrlEntry, UrlIndex, UrlKey, parse_entry_url
-from gateway.readfile import read_capped
-from gateway.safesearch import load_rewrites
-from gateway.state import Fingerprint, fingerprint
+from gateway.runtime.state import Fingerprint, fingerprint
+from gateway.util.readfile import read_capped
 
 log = logging.getLogger(__name__)
 

@@ -17,8 +17,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from urllib.parse import parse_qsl, urlsplit
 
-from gateway.feeds.format import normalize_value
-from gateway.names import normalize_name
+from gateway.feedformat.document import normalize_value
+from gateway.util.names import normalize_name
 
 _ESCAPE = re.compile(r"%[0-9a-fA-F]{2}")
 

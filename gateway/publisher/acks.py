@@ -8,7 +8,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from gateway.errors import SafeGateError
-from gateway.feeds.format import parse_time
+from gateway.feedformat.document import parse_time
 from gateway.publisher.store import PROBE_RESULTS, Ack, AckEntry, StatRow, Store
 
 # safegate_publisher_acks_rejected_total{reason}

@@ -16,15 +16,15 @@ from typing import Any
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
-from gateway.feeds.format import Feed, now_iso
-from gateway.feeds.rpz import to_rpz
-from gateway.feeds.signing import SIGNATURE_HEADER, Signer
+from gateway.feedformat.document import Feed, now_iso
+from gateway.feedformat.rpz import to_rpz
+from gateway.feedformat.signing import SIGNATURE_HEADER, Signer
 from gateway.publisher.acks import REJECT_REASONS, AckError, check_ack, iso, parse_ack
 from gateway.publisher.config import PublisherConfig
 from gateway.publisher.edits import EditError, Editor, Guard
+from gateway.publisher.hotline import ReportInbox
+from gateway.publisher.hotline import add_routes as add_report_routes
 from gateway.publisher.metrics import AckMetrics, PublisherCollector, entry_deadline
-from gateway.publisher.reports import ReportInbox
-from gateway.publisher.reports import add_routes as add_report_routes
 from gateway.publisher.store import Store, StoredEntry, StoreError
 from gateway.publisher.watch import SerialWatcher
 

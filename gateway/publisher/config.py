@@ -8,10 +8,9 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
-from gateway.config import Address, parse_address
-from gateway.limits import PublisherLimits
-from gateway.names import normalize_name
-from gateway.yamlconf import (
+from gateway.config.gateway import Address, parse_address
+from gateway.config.limits import PublisherLimits
+from gateway.config.yamlconf import (
     YDict,
     check_keys,
     error_at,
@@ -20,6 +19,7 @@ from gateway.yamlconf import (
     expect_str,
     load_yaml,
 )
+from gateway.util.names import normalize_name
 
 TOP_KEYS = ("listen", "database", "signing_key", "gateways", "admin_token", "never_block",
             "max_change", "diff_history", "overdue_after_hours", "tls", "heartbeat", "limits")
@@ -115,7 +115,7 @@ def load_publisher_config(path: str | Path) -> PublisherConfig:
 
 
 def _limits(doc: YDict) -> PublisherLimits:
-    """`limits:` keys are the fields of gateway.limits.PublisherLimits (positive integers)."""
+    """`limits:` keys: the fields of gateway.config.limits.PublisherLimits (positive integers)."""
     if "limits" not in doc:
         return PublisherLimits()
     section = expect_mapping(doc["limits"], "limits", doc, "limits")

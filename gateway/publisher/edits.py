@@ -14,7 +14,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from gateway.errors import SafeGateError
-from gateway.feeds.format import Entry, FeedError, make_entry, now_iso, parse_time
+from gateway.feedformat.document import Entry, FeedError, make_entry, now_iso, parse_time
 from gateway.publisher.store import Store
 
 

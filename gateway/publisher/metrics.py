@@ -19,7 +19,7 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector
 
-from gateway.feeds.format import Entry, parse_time
+from gateway.feedformat.document import Entry, parse_time
 from gateway.feeds.stats import LATENCY_BUCKETS
 from gateway.publisher.store import PROBE_RESULTS, Store
 

@@ -10,9 +10,9 @@ import ssl
 from aiohttp import web
 from prometheus_client import CollectorRegistry, ProcessCollector
 
-from gateway.config import format_address
+from gateway.config.gateway import format_address
 from gateway.errors import SafeGateError
-from gateway.feeds.signing import Signer, load_signer
+from gateway.feedformat.signing import Signer, load_signer
 from gateway.publisher.app import make_app
 from gateway.publisher.config import PublisherConfig
 from gateway.publisher.store import Store

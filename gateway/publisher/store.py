@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from gateway.errors import SafeGateError
-from gateway.feeds.format import Entry, LegalBasis, parse_time
+from gateway.feedformat.document import Entry, LegalBasis, parse_time
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);

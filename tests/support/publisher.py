@@ -24,7 +24,8 @@ import yaml
 
 from tests.support.procs import REPO_ROOT, free_port
 
-# The real `safegate feed` (`python -m gateway.cli_feed feed` is the same without cli.py).
+# The real `safegate feed` (`python -m gateway.cli.publisher feed` is the same without
+# cli/__init__.py).
 FEED_COMMAND: list[str] = [sys.executable, "-m", "gateway", "feed"]
 ADMIN_TOKEN = "admin-token-for-tests-0123456789"
 

@@ -1,0 +1,1 @@
+"""The block page users see when a name is blocked."""

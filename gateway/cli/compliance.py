@@ -1,0 +1,260 @@
+"""The regulator's commands: `safegate report`, `safegate probe`, `safegate export rpz`.
+
+`register()` adds them to the main `safegate` parser; `main()` runs them alone (tests use
+`python -m gateway.cli.compliance`). This module is the I/O shell of gateway.compliance.report:
+it finds the database a config points at and reads its rows; the numbers are computed there.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sqlite3
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from gateway.compliance import export as export_mod
+from gateway.compliance import probe
+from gateway.compliance.report import (
+    DEFAULT_TZ,
+    RENDERERS,
+    EntryRow,
+    Period,
+    Report,
+    Section,
+    StatRow,
+    build_section,
+    build_total,
+    iso_to_unix,
+    parse_period,
+)
+from gateway.errors import ConfigError
+
+GATEWAY_KEYS = frozenset({"dns", "state_dir"})
+PUBLISHER_KEYS = frozenset({"database", "signing_key"})
+PUBLISHER_PROBE_NOTE = ("Probe failures in a publisher report are the cumulative counts the "
+                        "gateways last reported, not limited to the period.")
+
+
+# ---------------------------------------------------------------- which config, which database
+
+
+def config_kind(path: Path) -> tuple[str, dict[str, Any]]:
+    """("gateway" | "publisher", the raw mapping), told apart by their keys."""
+    try:
+        doc = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise ConfigError(f"cannot read: {exc.strerror}", str(path)) from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"YAML error: {exc}", str(path)) from None
+    if not isinstance(doc, dict):
+        raise ConfigError("expected a mapping", str(path))
+    if GATEWAY_KEYS & doc.keys():
+        return "gateway", doc
+    if PUBLISHER_KEYS & doc.keys():
+        return "publisher", doc
+    raise ConfigError("neither a gateway.yaml (dns, state_dir) nor a publisher.yaml "
+                      "(database, signing_key)", str(path))
+
+
+def publisher_database(path: Path, doc: dict[str, Any]) -> Path:
+    db = doc.get("database")
+    if not isinstance(db, str) or not db.strip():
+        raise ConfigError("database must be a file name", str(path))
+    return Path(os.path.normpath(path.resolve().parent / db))
+
+
+def gateway_id(doc: dict[str, Any]) -> str:
+    """The `gateway.id` a gateway acks with (the report names it), or plain "gateway"."""
+    ident = doc.get("gateway")
+    gid = ident.get("id") if isinstance(ident, dict) else None
+    return gid if isinstance(gid, str) and gid else "gateway"
+
+
+@contextmanager
+def readonly(path: Path) -> Iterator[sqlite3.Connection]:
+    db = export_mod.open_readonly(path)
+    try:
+        yield db
+    finally:
+        db.close()
+
+
+# ---------------------------------------------------------------- reading rows
+
+
+def read_ledger(db: sqlite3.Connection, period: Period
+                ) -> tuple[list[EntryRow], dict[str, int], list[StatRow]]:
+    """A gateway's entries received in the period, its failed probes, its hourly stats."""
+    rows = []
+    for (rid, etype, value, cats, mandatory, authority, decision, ddate, issued, deadline,
+         received, applied, verified, removed, outcome) in db.execute(
+            "SELECT entry_id, type, value, categories, mandatory, authority, decision, "
+            "decision_date, issued_at, deadline, received_at, applied_at, verified_at, "
+            "removed_at, outcome FROM entries"):
+        if not period.contains(received) or outcome == "received":
+            # "received" = recorded but not enforced at DNS (warn, or a URL/IP/hash entry for
+            # the HTTP proxy of issue #5): not part of the DNS enforcement report.
+            continue
+        rows.append(EntryRow(rid, etype, value, tuple(c for c in cats.split(",") if c),
+                             bool(mandatory), authority, decision, ddate, issued, deadline,
+                             received, applied, verified, removed, outcome))
+    probes = dict(db.execute(
+        "SELECT result, COUNT(*) FROM probes WHERE ts >= ? AND ts < ? AND result != 'blocked' "
+        "GROUP BY result", (period.start, period.end)).fetchall())
+    return rows, probes, _stats(db, "stats_hourly", period)
+
+
+def _stats(db: sqlite3.Connection, table: str, period: Period, gateway: str | None = None
+           ) -> list[StatRow]:
+    where = "hour >= ? AND hour < ?" + (" AND gateway = ?" if gateway is not None else "")
+    params: tuple[Any, ...] = (period.start, period.end)
+    if gateway is not None:
+        params += (gateway,)
+    return [StatRow(c, t, int(q), int(b)) for c, t, q, b in db.execute(
+        f"SELECT category, tier, SUM(queries), SUM(blocked) FROM {table} WHERE {where} "
+        "GROUP BY category, tier", params)]
+
+
+def read_publisher(db: sqlite3.Connection, period: Period
+                   ) -> list[tuple[str, list[EntryRow], dict[str, int], list[StatRow]]]:
+    """Per gateway: every block entry issued in the period joined with that gateway's ack.
+
+    No ack at all counts as not received: the gateway is answerable for what was issued.
+    """
+    issued = []
+    for (rid, etype, value, cats, mandatory, authority, decision, ddate, issued_at, deadline,
+         removed_at) in db.execute(
+            "SELECT id, type, value, categories, mandatory, authority, decision, decision_date, "
+            "issued_at, deadline, removed_at FROM entries WHERE action = 'block' "
+            "AND type IN ('domain', 'domain-exact')"):  # what gateways enforce at DNS today
+        t = iso_to_unix(issued_at)
+        if t is not None and period.contains(t):
+            issued.append((rid, etype, value, tuple(json.loads(cats)), bool(mandatory), authority,
+                           decision, ddate, t, iso_to_unix(deadline), iso_to_unix(removed_at)))
+    acks: dict[tuple[str, str], tuple[Any, ...]] = {
+        (g, e): rest for g, e, *rest in db.execute(
+            "SELECT gateway, entry_id, received_at, applied_at, verified_at, outcome FROM acks")}
+    gateways = [g for (g,) in db.execute(
+        "SELECT id FROM gateways UNION SELECT gateway FROM acks ORDER BY 1")]
+    out = []
+    for gw in gateways:
+        rows = []
+        for rid, etype, value, cats, mand, auth, dec, ddate, t, deadline, removed in issued:
+            received, applied, verified, outcome = acks.get((gw, rid), (None, None, None, ""))
+            rows.append(EntryRow(rid, etype, value, cats, mand, auth, dec, ddate, t, deadline,
+                                 received, applied, verified, removed, outcome, gw))
+        probes = dict(db.execute(
+            "SELECT result, SUM(count) FROM gateway_probes WHERE gateway = ? "
+            "AND result != 'blocked' GROUP BY result", (gw,)).fetchall())
+        out.append((gw, rows, probes, _stats(db, "gateway_stats", period, gw)))
+    return out
+
+
+def build_report(config: Path, period: Period, now: float) -> Report:
+    """Read whichever database `config` points at and compute its report."""
+    kind, doc = config_kind(config)
+    if kind == "gateway":
+        from gateway.config.gateway import load_config
+
+        path = load_config(config).state_dir / export_mod.LEDGER_FILE
+        with readonly(path) as db:
+            rows, probes, stats = read_ledger(db, period)
+        section = build_section(gateway_id(doc), rows, period, probes, stats)
+        return Report("gateway", str(path), period, now, (section,))
+    path = publisher_database(config, doc)
+    with readonly(path) as db:
+        per_gateway = read_publisher(db, period)
+    sections: tuple[Section, ...] = tuple(
+        build_section(gw, rows, period, probes, stats) for gw, rows, probes, stats in per_gateway)
+    return Report("publisher", str(path), period, now, sections, build_total(sections, period),
+                  (PUBLISHER_PROBE_NOTE,))
+
+
+# ---------------------------------------------------------------- commands
+
+
+def write_output(text: str, out: Path | None) -> None:
+    """stdout, or FILE replaced atomically (a resolver or a mailer may be reading it)."""
+    if out is None:
+        sys.stdout.write(text)
+        return
+    fd, tmp = tempfile.mkstemp(dir=out.resolve().parent, prefix=f".{out.name}.")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
+            f.write(text)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, out)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    try:
+        period = parse_period(args.date_from, args.date_to, args.tz)
+    except ValueError as exc:
+        print(f"safegate report: {exc}", file=sys.stderr)
+        return 1
+    try:
+        report = build_report(args.config, period, time.time())
+    except sqlite3.Error as exc:
+        print(f"safegate report: {args.config}: database error: {exc}", file=sys.stderr)
+        return 1
+    write_output(RENDERERS[args.format](report), args.out)
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from gateway.config.gateway import load_config
+
+    cfg = load_config(args.config)
+    serial = args.serial if args.serial is not None else int(time.time())
+    try:
+        result = export_mod.build_export(cfg.state_dir / export_mod.LEDGER_FILE, cfg.blocklists,
+                                         serial, args.origin)
+    except sqlite3.Error as exc:
+        print(f"safegate export: ledger database error: {exc}", file=sys.stderr)
+        return 1
+    for w in result.warnings:
+        print(f"warning: {w}", file=sys.stderr)
+    write_output(result.zone, args.out)
+    print(f"exported {result.from_ledger} feed entries and {result.from_lists} list rules "
+          f"(serial {serial})", file=sys.stderr)
+    return 0
+
+
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Add `report`, `probe` and `export` to the `safegate` command."""
+    p = subparsers.add_parser(
+        "report", help="compliance report from a gateway ledger or the publisher database",
+        description="Entries received, enforced within deadline, late, never; latencies; "
+                    "probe failures; query totals.")
+    p.add_argument("-c", "--config", required=True, type=Path,
+                   help="gateway.yaml or publisher.yaml")
+    p.add_argument("--from", dest="date_from", required=True,
+                   help="YYYY-MM-DD (start of that day) or an ISO 8601 time")
+    p.add_argument("--to", dest="date_to", required=True,
+                   help="YYYY-MM-DD (inclusive: to the end of that day) or an ISO 8601 time")
+    p.add_argument("--tz", default=DEFAULT_TZ, help=f"time zone of dates (default {DEFAULT_TZ})")
+    p.add_argument("--format", choices=sorted(RENDERERS), default="html")
+    p.add_argument("--out", type=Path, default=None, help="write to FILE instead of stdout")
+    p.set_defaults(func=cmd_report)
+
+    probe.add_parser(subparsers)
+
+    e = subparsers.add_parser("export", help="export the mandatory list (as an RPZ zone)")
+    e.add_argument("what", choices=["rpz"], help="export format")
+    e.add_argument("-c", "--config", required=True, type=Path, help="gateway.yaml")
+    e.add_argument("--out", type=Path, default=None, help="zone file to write (default stdout)")
+    e.add_argument("--origin", default="rpz.safegate.invalid", help="zone name")
+    e.add_argument("--serial", type=int, default=None, help="SOA serial (default: unix time)")
+    e.set_defaults(func=cmd_export)

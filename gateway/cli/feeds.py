@@ -1,0 +1,102 @@
+"""`safegate feeds status|confirm`: a gateway's feeds as its files and ledger show them.
+
+`confirm` applies an update the change guard held: it writes STATE_DIR/feeds/NAME.confirm with
+the held update's id, which the running gateway picks up within a second (and a gateway that
+is stopped picks up at its next start). Wiring: cli/__init__.py calls `register(sub)` and then
+`args.func(args)` for these commands.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from gateway.config.gateway import GatewayConfig, load_config
+from gateway.errors import SafeGateError
+from gateway.feeds.client import held_paths, status_of, write_atomic
+
+
+def register(subparsers: Any) -> None:
+    """Add `feeds` with the `status` and `confirm` verbs (`feed` is the publisher's)."""
+    p = subparsers.add_parser("feeds", help="this gateway's feeds: status, confirm a held update")
+    verbs = p.add_subparsers(dest="feeds_verb", required=True)
+    st = verbs.add_parser("status", help="serial, entries and held updates of every feed")
+    st.add_argument("-c", "--config", required=True, type=Path, help="gateway.yaml")
+    st.add_argument("--json", action="store_true", help="machine-readable output")
+    st.set_defaults(func=_status)
+    cf = verbs.add_parser("confirm", help="apply an update the change guard held")
+    cf.add_argument("-c", "--config", required=True, type=Path, help="gateway.yaml")
+    cf.add_argument("--feed", required=True, help="feed name (from gateway.yaml)")
+    cf.set_defaults(func=_confirm)
+
+
+def _feed_names(config: GatewayConfig) -> list[str]:
+    return [f.name for f in config.feeds]
+
+
+def status(config: GatewayConfig) -> list[dict[str, Any]]:
+    """Per feed: stored serial, held update, ledger counts (read-only: safe while running)."""
+    out = [status_of(config.state_dir, name) for name in _feed_names(config)]
+    db = config.state_dir / "ledger.sqlite3"
+    if db.exists():
+        from gateway.feeds.ledger import Ledger
+
+        ledger = Ledger(db, readonly=True)
+        try:
+            now = time.time()
+            for item in out:
+                item["outcomes"] = ledger.counts(item["feed"])
+                item["overdue"] = ledger.overdue(item["feed"], now)
+            pending = ledger.outbox_pending()
+        finally:
+            ledger.close()
+        for item in out:
+            item["acks_pending"] = pending
+    return out
+
+
+def _status(args: argparse.Namespace) -> int:
+    items = status(load_config(args.config))
+    if args.json:
+        print(json.dumps(items, indent=2))
+        return 0
+    if not items:
+        print("no feeds configured")
+    for item in items:
+        outcomes = ", ".join(f"{n} {k}" for k, n in sorted(item.get("outcomes", {}).items()))
+        print(f"{item['feed']}: serial {item.get('serial', '-')}"
+              + (f", {outcomes}" if outcomes else "")
+              + (f", {item['overdue']} overdue" if item.get("overdue") else ""))
+        held = item.get("held")
+        if held:
+            print(f"  HELD: update {held['id']} changes {held['changes']} entries of "
+                  f"{held['current']} (limit {held['limit']}); apply it with "
+                  f"`safegate feeds confirm -c {args.config} --feed {item['feed']}`")
+    return 0
+
+
+def confirm(config: GatewayConfig, feed: str) -> dict[str, Any]:
+    """Write the confirm marker for the feed's held update; SafeGateError if none is held."""
+    if feed not in _feed_names(config):
+        raise SafeGateError(f"no feed named {feed!r} in {config.path}")
+    meta_p, _, _, marker = held_paths(config.state_dir, feed)
+    try:
+        held: dict[str, Any] = json.loads(meta_p.read_text())
+    except FileNotFoundError:
+        raise SafeGateError(f"feed {feed!r} has no held update") from None
+    except (OSError, ValueError) as exc:
+        raise SafeGateError(f"cannot read {meta_p}: {exc}") from None
+    write_atomic(marker, str(held["id"]).encode())
+    return held
+
+
+def _confirm(args: argparse.Namespace) -> int:
+    held = confirm(load_config(args.config), args.feed)
+    print(f"confirmed update {held['id']} of feed {args.feed} ({held['changes']} changes); the "
+          "running gateway applies it within a few seconds (or at its next start)",
+          file=sys.stderr)
+    return 0

@@ -1,0 +1,1 @@
+"""Compliance: reports to regulators, RPZ export, self-probe and outside probe."""

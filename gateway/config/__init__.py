@@ -1,0 +1,1 @@
+"""What gateway.yaml says: parsing, limits and upstream specs (no DNS, no runtime)."""

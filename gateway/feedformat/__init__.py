@@ -1,0 +1,1 @@
+"""The central feed format shared by publisher and gateway: document, signing, RPZ."""

@@ -1,0 +1,1 @@
+"""Policy, pure: who is who, what is blocked, and when."""

@@ -1,0 +1,242 @@
+"""The policy decision: (profile, name) + compiled lists -> verdict. Pure: no I/O, no clock.
+
+Order matters and is the product's promise (design.md):
+  1. mandatory entries (CSAM, authority feeds) block for every tier; nothing lifts them;
+  2. bypass names (DoH canary, iCloud Private Relay, DDR) unless the tier turned protection off;
+  3. the network's and tier's own deny / allow lists (the more specific match wins, deny on ties);
+  4. the tier's blocked categories, plus those its schedule windows add right now (the server
+     rebuilds profiles at each window edge, so time never enters this function);
+  5. allowlist-only tiers block whatever nothing above allowed;
+  6. a name that is not blocked and is a search engine's host gets the SafeSearch rewrite;
+  7. a name in the proxy's intercept set (URL-level entries, image scanning, restricted modes)
+     is answered with the proxy's address, so its traffic goes through the proxy.
+Within one category the most specific list entry decides, so an RPZ `rpz-passthru` or an
+adblock `@@||name^` exception lifts that category's block for the names under it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Any
+
+from gateway.config.limits import MemoryLimits
+from gateway.lists import Action
+from gateway.lists.overlay import Matcher
+
+EDE_BLOCKED = 15
+EDE_CENSORED = 16
+EDE_FILTERED = 17
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """What to do with a name, and why (shown by `safegate explain` and in EDE EXTRA-TEXT)."""
+
+    blocked: bool
+    reason: str                 # mandatory | policy | deny | allow | allowlist-only | none
+    category: str = ""
+    rule: bytes = b""           # the list entry (a suffix of the name) that decided
+    offset: int = 0             # where `rule` starts inside the queried name
+    answer: str = ""            # blockpage | nxdomain | nodata | null (blocked only)
+    ede: int = 0
+    ref: str = ""               # the feed entry id, when a feed entry decided
+    rewrite: bytes = b""        # SafeSearch: answer with a CNAME to this name (not blocked)
+    steer: bool = False         # the proxy must see it: answer the proxy's address (not blocked)
+
+    def ede_text(self) -> str:
+        """Short EXTRA-TEXT: the category and the list entry."""
+        rule = self.rule.decode("ascii", "replace")
+        if self.reason == "deny":
+            return f"deny: {rule}"
+        if self.reason == "allowlist-only":
+            return "not on the allowlist"
+        if self.reason == "bypass":
+            return f"bypass: {rule}"
+        if self.reason == "schedule":
+            return f"{self.category}: {rule} (schedule)"
+        if self.ref:
+            return f"{self.category}: {rule} ({self.ref})"
+        return f"{self.category}: {rule}"
+
+
+ALLOWED = Verdict(blocked=False, reason="none")
+
+# Names that switch clients away from this resolver, and the answer that keeps them here.
+# Firefox turns its default DoH off on NXDOMAIN for the canary; Apple asks networks to answer
+# NXDOMAIN for Private Relay; NODATA for resolver.arpa (RFC 9462) means "no designated
+# encrypted resolver", so no DDR upgrade.
+BYPASS_NAMES: dict[bytes, str] = {
+    b"use-application-dns.net": "nxdomain",
+    b"mask.icloud.com": "nxdomain",
+    b"mask-h2.icloud.com": "nxdomain",
+    b"resolver.arpa": "nodata",
+}
+_DDR_SUFFIX = b".resolver.arpa"    # _dns.resolver.arpa and anything else under it: NODATA
+
+
+def bypass_verdict(key: bytes) -> Verdict | None:
+    """The block verdict for a bypass name, or None."""
+    answer = BYPASS_NAMES.get(key)
+    if answer is not None:
+        return Verdict(True, "bypass", "bypass", key, 0, answer, EDE_BLOCKED)
+    if key.endswith(_DDR_SUFFIX):
+        off = len(key) - len(_DDR_SUFFIX) + 1
+        return Verdict(True, "bypass", "bypass", key[off:], off, "nodata", EDE_BLOCKED)
+    return None
+
+
+class Profile:
+    """One compiled policy view (a network with its tier); memoizes verdicts per name.
+
+    The memo lives on the profile, and profiles are rebuilt on every reload, so a verdict can
+    never outlive the lists and policy that produced it.
+    """
+
+    __slots__ = ("_memo", "allow", "answer", "blocked", "bypass", "default_block", "deny",
+                 "filtered", "id", "index", "network", "replies", "reply_memo", "rewrites",
+                 "scheduled", "steer", "steer_scopes", "tier", "verdict_memo")
+
+    def __init__(self, id: int, network: str, tier: str, blocked: frozenset[str], answer: str,
+                 allow: frozenset[bytes], deny: frozenset[bytes], default_block: bool,
+                 index: Matcher, *, scheduled: frozenset[str] = frozenset(),
+                 rewrites: dict[bytes, bytes] | None = None, bypass: bool = False,
+                 filtered: bool = False, steer: frozenset[bytes] = frozenset(),
+                 steer_scopes: frozenset[bytes] = frozenset(),
+                 verdict_memo: int = MemoryLimits.verdict_memo,
+                 reply_memo: int = MemoryLimits.reply_memo) -> None:
+        self.id = id
+        self.network = network
+        self.tier = tier
+        self.blocked = blocked
+        self.answer = answer
+        self.allow = allow
+        self.deny = deny
+        self.default_block = default_block
+        self.index = index
+        # Categories the tier's schedule windows add at the time this profile was built (also
+        # in `blocked`); a block by one of them is reported as reason "schedule".
+        self.scheduled = scheduled
+        self.rewrites = rewrites or {}   # SafeSearch: host -> CNAME target (safesearch.py)
+        self.bypass = bypass             # bypass_protection: bypass names, ECH stripping
+        # The subscriber chose this filtering (ISP parental control): EDE 17 "Filtered"
+        # instead of 15 "Blocked" (RFC 8914); legal orders stay 16 "Censored".
+        self.filtered = filtered
+        self.steer = steer               # the proxy's intercept set (DNS-steered interception)
+        self.steer_scopes = steer_scopes  # image-scan scopes: steered with their subdomains
+        self._memo: OrderedDict[bytes, Verdict] = OrderedDict()
+        # The query path's memo of whole UDP replies by query bytes (see dns/chain.py); here so
+        # that it is rebuilt with the profile on every reload.
+        self.replies: OrderedDict[bytes, Any] = OrderedDict()
+        # limits.memory: verdicts (~0.2 KB each; allowed names share one) and whole replies
+        # (~0.3 KB each) kept per profile, oldest evicted first.
+        self.verdict_memo = verdict_memo
+        self.reply_memo = reply_memo
+
+    def decide(self, key: bytes) -> Verdict:
+        """The verdict for a lowercase dotted name (memoized)."""
+        memo = self._memo
+        verdict = memo.get(key)
+        if verdict is None:
+            if len(memo) >= self.verdict_memo:
+                if not memo:
+                    return decide(self, key)  # limits.memory.verdict_memo: 0, no memo
+                memo.popitem(last=False)  # oldest first; a clear would thrash at the limit
+            verdict = memo[key] = decide(self, key)
+        return verdict
+
+
+def _suffix_match(names: frozenset[bytes], key: bytes) -> int:
+    """Offset of the longest suffix of `key` (at a label boundary) found in `names`, or -1."""
+    if not names:
+        return -1
+    off = 0
+    while True:
+        if key[off:] in names:
+            return off
+        dot = key.find(b".", off)
+        if dot < 0:
+            return -1
+        off = dot + 1
+
+
+def decide(profile: Profile, key: bytes) -> Verdict:
+    """The uncached decision; see the module docstring for the order."""
+    verdict = _decide(profile, key)
+    if verdict.blocked:
+        if profile.filtered and verdict.ede == EDE_BLOCKED:
+            return dataclasses.replace(verdict, ede=EDE_FILTERED)
+        return verdict
+    if profile.rewrites:
+        # After every block: a blocked google stays blocked; an allowed one is still rewritten.
+        target = profile.rewrites.get(key)
+        if target is not None:
+            return Verdict(False, "safesearch", "safesearch", key, 0, rewrite=target)
+    if profile.steer:
+        # The intercept set holds hosts as URL entries name them, `www.` stripped.
+        host = key[4:] if key.startswith(b"www.") else key
+        if host in profile.steer or key in profile.steer:
+            return Verdict(False, "intercept", "", host, len(key) - len(host), "steer",
+                           steer=True)
+        off = _suffix_match(profile.steer_scopes, key)
+        if off >= 0:
+            return Verdict(False, "intercept", "", key[off:], off, "steer", steer=True)
+    return verdict
+
+
+def _decide(profile: Profile, key: bytes) -> Verdict:
+    matches = profile.index.match(key)
+    # (category, mandatory) -> (offset, action, ref) of the most specific entry
+    decided: dict[tuple[str, bool], tuple[int, int, str]] = {}
+    for off, rules in matches:  # longest suffix first: the most specific entry decides
+        for rule in rules:
+            slot = (rule.category, rule.mandatory)
+            prev = decided.get(slot)
+            if prev is None or (prev[0] == off and rule.action == Action.PASSTHRU):
+                # (an exception beats a block at the same level)
+                decided[slot] = (off, rule.action, rule.ref)
+    best: tuple[int, str, int, str] | None = None
+    for (category, mandatory), (off, action, ref) in decided.items():
+        if mandatory and action != Action.PASSTHRU and (best is None or (off, category) < best[:2]):
+            best = (off, category, action, ref)
+    if best is not None:
+        off, category, action, ref = best
+        return _blocked("mandatory", category, key, off, action, profile.answer, EDE_CENSORED,
+                        ref)
+    if profile.bypass:
+        bypass = bypass_verdict(key)
+        if bypass is not None:
+            return bypass
+
+    deny_off = _suffix_match(profile.deny, key)
+    allow_off = _suffix_match(profile.allow, key)
+    if deny_off >= 0 and (allow_off < 0 or deny_off <= allow_off):
+        return Verdict(True, "deny", "deny", key[deny_off:], deny_off, profile.answer, EDE_BLOCKED)
+    if allow_off >= 0:
+        return Verdict(False, "allow", "", key[allow_off:], allow_off)
+
+    for (category, mandatory), (off, action, ref) in decided.items():
+        if (not mandatory and action != Action.PASSTHRU and category in profile.blocked
+                and (best is None or (off, category) < best[:2])):
+            best = (off, category, action, ref)
+    if best is not None:
+        off, category, action, ref = best
+        reason = "schedule" if category in profile.scheduled else "policy"
+        return _blocked(reason, category, key, off, action, profile.answer, EDE_BLOCKED, ref)
+    if profile.default_block:
+        return Verdict(True, "allowlist-only", "allowlist-only", b"", 0, profile.answer,
+                       EDE_BLOCKED)
+    return ALLOWED
+
+
+def _blocked(reason: str, category: str, key: bytes, off: int, action: int, default_answer: str,
+             ede: int, ref: str = "") -> Verdict:
+    """A block verdict; an RPZ rule's own action (NXDOMAIN/NODATA) overrides the tier's answer."""
+    if action == Action.NXDOMAIN:
+        answer = "nxdomain"
+    elif action == Action.NODATA:
+        answer = "nodata"
+    else:
+        answer = default_answer
+    return Verdict(True, reason, category, key[off:], off, answer, ede, ref=ref)

@@ -1,0 +1,303 @@
+"""Policy files: tiers (what each age group may not see) and networks (who is in which tier)."""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+from gateway.config.limits import FileLimits
+from gateway.config.yamlconf import (
+    YDict,
+    YList,
+    check_keys,
+    error_at,
+    expect_list,
+    expect_mapping,
+    expect_str,
+    load_yaml,
+)
+from gateway.errors import ConfigError, ConfigErrors
+from gateway.policy.schedules import Holiday, Window, parse_holidays, parse_windows
+from gateway.util.names import normalize_name
+
+T = TypeVar("T")
+
+ANSWERS = ("blockpage", "nxdomain", "nodata", "null")
+TIER_KEYS = ("block", "answer", "description", "allow", "deny", "default", "schedules",
+             "safesearch", "bypass_protection")
+SAFESEARCH_MODES = ("off", "moderate", "strict")
+NETWORK_KEYS = ("name", "cidrs", "tier", "allow", "deny", "description")
+TOKEN_KEYS = ("token", "tier", "description")
+_TOKEN = re.compile(r"[A-Za-z0-9_-]{6,64}")
+
+Network4or6 = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+@dataclass(frozen=True)
+class Tier:
+    name: str
+    block: tuple[str, ...]
+    answer: str
+    allow: tuple[bytes, ...] = ()
+    deny: tuple[bytes, ...] = ()
+    default_block: bool = False   # allowlist-only (e.g. mầm non): what no allow names is blocked
+    description: str = ""
+    # time windows adding categories (gateway/policy/schedules.py)
+    schedules: tuple[Window, ...] = ()
+    safesearch: str = "off"              # off | moderate | strict (gateway/policy/safesearch.py)
+    bypass_protection: bool = True       # DoH canary, iCloud Private Relay, DDR, ECH (decide.py)
+    path: str = ""
+    line: int = 0
+
+
+@dataclass(frozen=True)
+class Network:
+    name: str
+    cidrs: tuple[Network4or6, ...]
+    tier: str
+    allow: tuple[bytes, ...] = ()
+    deny: tuple[bytes, ...] = ()
+    description: str = ""
+    path: str = ""
+    line: int = 0
+
+
+@dataclass(frozen=True)
+class Token:
+    """A DoH path token (/dns-query/{token}): whoever holds it gets `tier`, wherever they are."""
+
+    token: str
+    tier: str
+    description: str = ""
+    path: str = ""
+    line: int = 0
+
+
+@dataclass
+class Policy:
+    tiers: dict[str, Tier] = field(default_factory=dict)
+    networks: list[Network] = field(default_factory=list)
+    tokens: list[Token] = field(default_factory=list)
+    files: list[Path] = field(default_factory=list)
+    holidays: list[Holiday] = field(default_factory=list)  # suspend school_days_only windows
+
+
+def policy_files(entries: Iterable[str | Path]) -> list[Path]:
+    """The YAML files named by `policies:` (files, or directories of *.yaml / *.yml)."""
+    out: list[Path] = []
+    for entry in entries:
+        p = Path(entry)
+        if p.is_dir():
+            out.extend(sorted(x for x in p.iterdir()
+                              if x.suffix in (".yaml", ".yml") and not x.name.startswith(".")))
+        else:
+            out.append(p)
+    # A file named both alone and through its directory is one file, loaded once.
+    return list(dict.fromkeys(out))
+
+
+def load_policy(entries: Iterable[str | Path], categories: Iterable[str],
+                max_bytes: int = FileLimits.config_bytes) -> Policy:
+    """Load and cross-check every policy file; all errors found are raised together.
+
+    `max_bytes` bounds each file (limits.files.config_bytes).
+    """
+    known = set(categories)
+    policy = Policy()
+    errors: list[ConfigError] = []
+    files = policy_files(entries)
+    policy.files = files
+    raw_networks: list[tuple[YList, Any, int]] = []
+    raw_tokens: list[tuple[YList, Any, int]] = []
+    broken: set[str] = set()  # tiers with errors: networks using them are not errors too
+    for path in files:
+        try:
+            doc = load_yaml(path, max_bytes)
+            if doc is None:
+                # A truncated file would otherwise reload "successfully" into a policy that
+                # refuses every client of the networks it used to define.
+                raise ConfigError("policy file is empty", str(path))
+            doc = expect_mapping(doc, "a policy file")
+            check_keys(doc, ("tiers", "networks", "tokens", "holidays"), "a policy file")
+        except ConfigError as exc:
+            errors.append(exc)
+            continue
+        if doc.path == "":
+            doc.path = str(path)
+        try:
+            policy.holidays += parse_holidays(doc.get("holidays", []), doc, "holidays")
+        except ConfigError as exc:
+            errors.append(exc)
+        tiers = expect_mapping(doc.get("tiers"), "tiers", doc, "tiers")
+        for name, body in tiers.items():
+            try:
+                tier = _tier(name, body, tiers, known)
+                if name in policy.tiers:
+                    first = policy.tiers[name]
+                    raise error_at(f"tier {name!r} is already defined at {first.path}:{first.line}",
+                                   None, tiers, name)
+                policy.tiers[name] = tier
+            except ConfigError as exc:
+                errors.append(exc)
+                broken.add(name)
+        try:
+            nets = expect_list(doc.get("networks", []), "networks", doc, "networks")
+        except ConfigError as exc:
+            errors.append(exc)
+            continue
+        for i, body in enumerate(nets):
+            raw_networks.append((nets, body, i))
+        try:
+            toks = expect_list(doc.get("tokens", []), "tokens", doc, "tokens")
+        except ConfigError as exc:
+            errors.append(exc)
+            continue
+        raw_tokens.extend((toks, body, i) for i, body in enumerate(toks))
+    seen_cidrs: dict[Network4or6, Network] = {}
+    for parent, body, i in raw_networks:
+        net = _tier_user(_network, body, parent, i, policy.tiers, broken, errors)
+        if net is None:
+            continue
+        for cidr in net.cidrs:
+            if cidr in seen_cidrs:
+                other = seen_cidrs[cidr]
+                errors.append(ConfigError(
+                    f"{cidr} is already used by network {other.name!r} ({other.path}:{other.line})",
+                    net.path, net.line))
+            seen_cidrs[cidr] = net
+        policy.networks.append(net)
+    seen_tokens: dict[str, Token] = {}
+    for parent, body, i in raw_tokens:
+        token = _tier_user(_token, body, parent, i, policy.tiers, broken, errors)
+        if token is None:
+            continue
+        if token.token in seen_tokens:
+            used = seen_tokens[token.token]
+            errors.append(ConfigError(f"token is already used at {used.path}:{used.line}",
+                                      token.path, token.line))
+            continue
+        seen_tokens[token.token] = token
+        policy.tokens.append(token)
+    if errors:
+        raise ConfigErrors(errors)
+    return policy
+
+
+def _tier_user(parse: Callable[[Any, Any, int, dict[str, Tier]], T], body: Any, parent: Any,
+               index: int, tiers: dict[str, Tier], broken: set[str], errors: list[ConfigError]
+               ) -> T | None:
+    """Parse a network or token; its error is recorded unless it only repeats a broken tier's."""
+    try:
+        return parse(body, parent, index, tiers)
+    except ConfigError as exc:
+        if not (isinstance(body, dict) and body.get("tier") in broken):
+            errors.append(exc)
+        return None
+
+
+def _names(value: Any, what: str, parent: Any, key: str) -> tuple[bytes, ...]:
+    items = expect_list(value, what, parent, key)
+    out = []
+    for i, item in enumerate(items):
+        text = expect_str(item, f"an entry of {what}", items, i)
+        try:
+            out.append(normalize_name(text.removeprefix("*.")))
+        except ValueError as exc:
+            raise error_at(f"{what}: {text!r} {exc}", item, items, i) from None
+    return tuple(out)
+
+
+def _tier(name: str, body: Any, parent: YDict, known: set[str]) -> Tier:
+    body = expect_mapping(body, f"tier {name!r}", parent, name)
+    check_keys(body, TIER_KEYS, f"tier {name!r}")
+    block = expect_list(body.get("block", []), "block", body, "block")
+    cats = []
+    for i, cat in enumerate(block):
+        cat = expect_str(cat, "a category", block, i)
+        if cat not in known:
+            raise error_at(
+                f"tier {name!r} blocks unknown category {cat!r} "
+                f"(categories in the blocklists: {', '.join(sorted(known)) or 'none'})",
+                cat, block, i)
+        cats.append(str(cat))
+    raw_answer = body.get("answer", "blockpage")
+    # README lists `null` (answer 0.0.0.0 / ::) as a mode; bare YAML `null` reads as None.
+    answer = "null" if raw_answer is None else str(raw_answer)
+    if answer not in ANSWERS:
+        raise error_at(f"answer must be one of {', '.join(ANSWERS)}, got {answer!r}",
+                       None, body, "answer")
+    default = str(body.get("default", "allow"))
+    if default not in ("allow", "block"):
+        raise error_at(f"default must be allow or block, got {default!r}", None, body, "default")
+    raw = body.get("safesearch", "off")
+    safesearch = "off" if raw is False else str(raw)  # YAML 1.1 reads a bare `off` as false
+    if safesearch not in SAFESEARCH_MODES:
+        raise error_at(f"safesearch must be one of {', '.join(SAFESEARCH_MODES)}, got "
+                       f"{safesearch!r}", None, body, "safesearch")
+    bypass = body.get("bypass_protection", True)
+    if not isinstance(bypass, bool):
+        raise error_at(f"bypass_protection must be true or false, got {bypass!r}", None, body,
+                       "bypass_protection")
+    return Tier(
+        name=name, block=tuple(cats), answer=answer,
+        allow=_names(body.get("allow", []), "allow", body, "allow"),
+        deny=_names(body.get("deny", []), "deny", body, "deny"),
+        default_block=default == "block",
+        description=str(body.get("description", "")),
+        schedules=parse_windows(body.get("schedules", []), "schedules", body, "schedules", known),
+        safesearch=safesearch, bypass_protection=bypass,
+        path=parent.path, line=parent.key_lines.get(name, 0),
+    )
+
+
+def _network(body: Any, parent: Any, index: int, tiers: dict[str, Tier]) -> Network:
+    body = expect_mapping(body, "a network", parent, index)
+    check_keys(body, NETWORK_KEYS, "a network")
+    for required in ("name", "cidrs", "tier"):
+        if required not in body:
+            raise error_at(f"network is missing {required!r}", body, parent, index)
+    name = expect_str(body["name"], "name", body, "name")
+    tier = expect_str(body["tier"], "tier", body, "tier")
+    if tier not in tiers:
+        raise error_at(f"network {name!r} uses unknown tier {tier!r} "
+                       f"(defined tiers: {', '.join(sorted(tiers)) or 'none'})", tier, body, "tier")
+    raw = expect_list(body["cidrs"], "cidrs", body, "cidrs")
+    cidrs: list[Network4or6] = []
+    for i, item in enumerate(raw):
+        text = expect_str(str(item), "a CIDR", raw, i)
+        try:
+            cidrs.append(ipaddress.ip_network(text.strip(), strict=True))
+        except ValueError as exc:
+            raise error_at(f"bad CIDR {text!r}: {exc}", item, raw, i) from None
+    if not cidrs:
+        raise error_at(f"network {name!r} has no cidrs", None, body, "cidrs")
+    return Network(
+        name=name, cidrs=tuple(cidrs), tier=tier,
+        allow=_names(body.get("allow", []), "allow", body, "allow"),
+        deny=_names(body.get("deny", []), "deny", body, "deny"),
+        description=str(body.get("description", "")),
+        path=body.path, line=body.line,
+    )
+
+
+def _token(body: Any, parent: Any, index: int, tiers: dict[str, Tier]) -> Token:
+    body = expect_mapping(body, "a token", parent, index)
+    check_keys(body, TOKEN_KEYS, "a token")
+    for required in ("token", "tier"):
+        if required not in body:
+            raise error_at(f"token is missing {required!r}", body, parent, index)
+    # Never echo the token itself in errors: it is a credential.
+    text = expect_str(body["token"], "token", body, "token")
+    if not _TOKEN.fullmatch(text):
+        raise error_at("token must be 6 to 64 characters of A-Z, a-z, 0-9, '_' and '-'", None,
+                       body, "token")
+    tier = expect_str(body["tier"], "tier", body, "tier")
+    if tier not in tiers:
+        raise error_at(f"token uses unknown tier {tier!r} "
+                       f"(defined tiers: {', '.join(sorted(tiers)) or 'none'})", tier, body, "tier")
+    return Token(token=text, tier=tier, description=str(body.get("description", "")),
+                 path=body.path, line=body.line)

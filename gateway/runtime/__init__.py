@@ -1,0 +1,1 @@
+"""The running process: wiring, reloads, workers, HTTP listeners, metrics."""

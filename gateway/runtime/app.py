@@ -1,0 +1,473 @@
+"""`safegate run`: start listeners, load policies and lists, reload on SIGHUP or file change."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import gc
+import logging
+import signal
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from aiohttp import web
+from prometheus_client import CollectorRegistry
+
+from gateway.compliance.selfprobe import ProbeResult, probe_name
+from gateway.dns.cache import AnswerCache
+from gateway.dns.chain import Resolver
+from gateway.dns.doh import DohHandler
+from gateway.dns.dot import DotServer, ReloadableContext
+from gateway.dns.rrl import Rrl
+from gateway.dns.server import DnsServer
+from gateway.dns.upstream import Forwarder, upstreams_from
+from gateway.errors import ConfigError, ConfigErrors, SafeGateError
+from gateway.lists.overlay import Overlay
+from gateway.policy.schedules import MAX_SLEEP
+from gateway.proxy.pac import pac_mount
+from gateway.proxy.supervisor import ProxySupervisor, proxy_command
+from gateway.runtime.metrics import GatewayCollector, Metrics, RrlCollector
+from gateway.runtime.sdnotify import Notifier
+from gateway.runtime.state import (
+    Builder,
+    Loaded,
+    fingerprint,
+    remove_stale_indexes,
+    schedule_changed,
+    schedule_delay,
+    watched_files,
+)
+from gateway.runtime.web import Site, blockpage_app, gateway_url, metrics_app
+from gateway.runtime.webguard import ConnectionGuard, GuardedSite, Networks, WebMetrics
+
+if TYPE_CHECKING:
+    from gateway.blockpage.page import BlockInfo
+    from gateway.config.gateway import GatewayConfig
+    from gateway.feeds.manager import FeedManager
+    from gateway.hotline.service import ReportService
+    from gateway.policy.subscribers import Subscribers
+    from gateway.runtime.workers import Deltas, WorkerPool
+
+log = logging.getLogger(__name__)
+
+
+class Gateway:
+    """The running gateway: owns the resolver, listeners and the reload loop."""
+
+    def __init__(self, config_path: Path, registry: CollectorRegistry | None = None,
+                 notifier: Notifier | None = None) -> None:
+        self.config_path = config_path
+        self.notifier = notifier or Notifier()   # systemd Type=notify (a no-op elsewhere)
+        self.registry = registry or CollectorRegistry()
+        self.metrics = Metrics(self.registry)
+        self.web_metrics = WebMetrics(self.registry)
+        self.builder = Builder(config_path)
+        self.loaded: Loaded | None = None
+        self.resolver: Resolver | None = None
+        self.rrl: Rrl | None = None             # UDP response rate limiting (limits.rrl)
+        self.dns: DnsServer | None = None
+        self.dot: DotServer | None = None
+        self.web_tls: ReloadableContext | None = None
+        self.runners: list[web.AppRunner] = []
+        self._reload_lock = asyncio.Lock()
+        self._watched: tuple[tuple[str, int, int, int], ...] = ()
+        self._stop = asyncio.Event()
+        self._ready = False
+        self.feeds: FeedManager | None = None   # issue #3: central feeds (gateway/feeds/)
+        self.reports: ReportService | None = None   # issue #5: block page reports
+        self.background: list[asyncio.Task[None]] = []   # pollers stopped with the gateway
+        self.workers: WorkerPool | None = None   # dns.workers > 1 (gateway/runtime/workers.py)
+        self.worker_cache: dict[str, int] = {}
+        self.proxy: ProxySupervisor | None = None   # issue #5: the proxy child process
+
+    def ready(self) -> bool:
+        """Ready once lists are loaded and every listener is up (for /readyz)."""
+        return self._ready
+
+    async def start(self) -> None:
+        """Metrics first (so /healthz answers while lists load), then lists, then DNS."""
+        from gateway.config.gateway import load_config
+
+        config = load_config(self.config_path)
+        await self._serve_http(metrics_app(self.registry, self.ready), config.metrics_listen,
+                               ConnectionGuard(config.limits.web, self.web_metrics, "metrics"))
+        loaded = await self.builder.build(None)
+        cache = AnswerCache(loaded.config.cache)
+        upstreams = upstreams_from(loaded.config.upstreams)
+        forwarder = Forwarder(upstreams, loaded.config.forwarder, self.metrics.upstream_observer(),
+                              limits=loaded.config.limits.upstream)
+        self.metrics.init_upstreams([u.label for u in upstreams], forwarder.open_sockets)
+        self.resolver = Resolver(loaded.view, cache, forwarder, self.metrics.dns)
+        extra = self.worker_cache   # dns.workers: the other processes' cache counters
+
+        self.registry.register(GatewayCollector(
+            self.metrics.dns,
+            lambda: {"hits": cache.hits + extra.get("hits", 0),
+                     "misses": cache.misses + extra.get("misses", 0),
+                     "evictions": cache.evictions + extra.get("evictions", 0),
+                     "stale_served": cache.stale_served + extra.get("stale_served", 0),
+                     "entries": len(cache)},
+            lambda: dict(self.loaded.index.entries_by_category) if self.loaded else {}))
+        self.metrics.blocked_bodies.set_function(
+            lambda: len(self.loaded.view.answers.bodies) if self.loaded else 0)
+        rrl = self.rrl = Rrl(loaded.config.limits.rrl)
+        self.registry.register(RrlCollector(
+            lambda: {"slipped": rrl.slipped + extra.get("rrl_slipped", 0),
+                     "dropped": rrl.dropped + extra.get("rrl_dropped", 0),
+                     "buckets": len(rrl) + extra.get("rrl_buckets", 0)}))
+        self._install(loaded)
+        await self._start_feeds(loaded)
+        self._start_subscribers_feed(loaded)
+        workers = loaded.config.workers
+        self.dns = DnsServer(self.resolver, list(loaded.config.dns_listen),
+                             loaded.config.limits.tcp, self.metrics.streams,
+                             reuse_port=workers > 1, rrl=rrl)
+        await self.dns.start()
+        if workers > 1:
+            await self._start_workers(loaded)
+        if loaded.config.dot is not None:
+            dot = loaded.config.dot
+            self.dot = DotServer(self.resolver, list(dot.listen),
+                                 ReloadableContext(dot.cert, dot.key, ("dot",)),
+                                 loaded.config.limits.dot, self.metrics.streams)
+            await self.dot.start()
+        doh = DohHandler(self.resolver,
+                         lambda: self.loaded.config.trusted_frontends if self.loaded else ())
+        if loaded.config.web_tls is not None:
+            self.web_tls = ReloadableContext(loaded.config.web_tls.cert,
+                                             loaded.config.web_tls.key, ("http/1.1",))
+        pac = pac_mount(lambda: self.loaded.config if self.loaded else None)  # GET /proxy.pac
+        guard = ConnectionGuard(loaded.config.limits.web, self.web_metrics, "web",
+                                self._frontends,
+                                self.web_tls.outer if self.web_tls is not None else None)
+        await self._serve_http(blockpage_app(doh.add_routes, pac, site=await self._site(doh)),
+                               loaded.config.web_listen, guard)
+        if loaded.config.proxy.enabled:
+            self.proxy = ProxySupervisor(proxy_command(self.config_path))
+            self.proxy.start()
+        # Everything loaded so far lives as long as the process: keep the cyclic GC from
+        # walking it on every full collection (pauses of tens of ms under load otherwise).
+        gc.collect()
+        gc.freeze()
+        self._ready = True
+        self.notifier.ready(self._status())
+        self.metrics.ready.set(1)
+        log.info("SafeGate ready: %d networks, %d list entries", len(loaded.policy.networks),
+                 loaded.index.size)
+
+    async def _start_workers(self, loaded: Loaded) -> None:
+        """dns.workers > 1: the other resolver processes (gateway/runtime/workers.py)."""
+        from gateway.runtime.workers import WorkerPool, add_deltas, snapshot_of
+
+        def on_deltas(d: Deltas) -> None:
+            add_deltas(self.metrics.dns, self.worker_cache, self.metrics, d)
+
+        self.workers = WorkerPool(loaded.config.workers, self.config_path,
+                                  list(loaded.config.dns_listen), on_deltas)
+        await self.workers.start(snapshot_of(loaded, self.builder.overlays))
+
+    def _publish(self) -> None:
+        """Hand the state just swapped in to the workers (reload, feed update, schedule)."""
+        if self.workers is not None and self.loaded is not None:
+            from gateway.runtime.workers import snapshot_of
+
+            self.workers.publish(snapshot_of(self.loaded, self.builder.overlays))
+
+    def _start_subscribers_feed(self, loaded: Loaded) -> None:
+        """Poll `subscribers.url` (issue #4); the file watch reloads what it validated."""
+        source, path = loaded.config.subscribers_source, loaded.config.subscribers
+        if source is None or path is None:
+            return
+        from gateway.runtime.subscribers_poll import SubscribersFeed, SubscribersFeedMetrics
+
+        def tiers() -> list[str]:
+            return list(self.loaded.policy.tiers) if self.loaded else []
+
+        def prime(subs: Subscribers) -> None:
+            self.builder.primed_subscribers = subs
+
+        feed = SubscribersFeed(source, path, tiers, prime, SubscribersFeedMetrics(self.registry),
+                               limits=loaded.config.limits.files)
+        self.background.append(asyncio.get_running_loop().create_task(feed.run(self._stop)))
+
+    async def _start_feeds(self, loaded: Loaded) -> None:
+        """Feeds' last-known-good copies go in force before DNS listens and readiness."""
+        if loaded.config.feeds:
+            from gateway.feeds.manager import FeedManager
+
+            self.feeds = FeedManager(loaded.config, self, self.registry, self.metrics.dns)
+            await self.feeds.start()
+
+    async def _site(self, doh: DohHandler) -> Site:
+        """The block page, reports and CA page, reading the running configuration."""
+        from gateway.hotline.service import ReportService
+
+        assert self.loaded is not None
+        first = self.loaded
+
+        def config() -> GatewayConfig:
+            return (self.loaded or first).config
+
+        self.reports = ReportService(config, self.registry)
+        await self.reports.start()
+        cfg = first.config
+        url = gateway_url(cfg.blockpage_addresses[0] if cfg.blockpage_addresses
+                          else cfg.web_listen[0], cfg.web_listen[1], cfg.web_tls is not None)
+        return Site(explain=self.explain_host, client_address=doh.client_address,
+                    report_url=lambda: url + "/report", timezone=lambda: config().timezone,
+                    ca_dir=lambda: config().proxy.ca_dir, desk=self.reports.desk)
+
+    def explain_host(self, client: str, host: str) -> BlockInfo | None:
+        """Why `host` is blocked for `client` right now (the block page's "why"), or None."""
+        from gateway.blockpage.page import from_verdict
+        from gateway.util.names import normalize_name
+
+        if self.loaded is None:
+            return None
+        profile = self.loaded.view.clients.lookup(client)
+        try:
+            key = normalize_name(host)
+        except ValueError:
+            return None
+        if profile is None:
+            return None
+        verdict = profile.decide(key)
+        basis = None
+        if verdict.ref and self.feeds is not None:
+            basis = self.feeds.ledger.legal_basis(verdict.ref)
+        return from_verdict(host, verdict, profile.tier, basis)
+
+    def _install(self, loaded: Loaded) -> None:
+        assert self.resolver is not None
+        self.resolver.swap(loaded.view)
+        if self.rrl is not None and (self.loaded is None
+                                     or self.loaded.config.limits.rrl != loaded.config.limits.rrl):
+            self.rrl.configure(loaded.config.limits.rrl)
+        self.loaded = loaded
+        self._watched = fingerprint(watched_files(self.config_path, loaded))
+        self.metrics.reloads.labels("success").inc()
+        self.metrics.last_reload_success.set(time.time())
+        self.metrics.last_reload_ok.set(1)
+        self._publish()
+        remove_stale_indexes(loaded.config.state_dir, loaded.index_path)
+
+    def _frontends(self) -> Networks:
+        """dns.trusted_frontends of the running configuration (exempt from per-client caps)."""
+        return self.loaded.config.trusted_frontends if self.loaded else ()
+
+    async def _serve_http(self, app: web.Application, addr: tuple[str, int],
+                          guard: ConnectionGuard) -> None:
+        """An aiohttp listener under limits.web (connection caps and deadlines; TLS if the
+        guard has a context)."""
+        guard.install(app)
+        runner = web.AppRunner(app, access_log=None)
+        await runner.setup()
+        await GuardedSite(runner, addr[0], addr[1], guard).start()
+        self.runners.append(runner)
+
+    async def reload(self, why: str) -> bool:
+        """Build aside and swap; on any error keep serving what runs now and say why."""
+        async with self._reload_lock:
+            log.info("reloading (%s)", why)
+            self.notifier.reloading()
+            try:
+                return await self._reload()
+            except Exception:
+                # A bug, or a file no check foresaw: what runs stays, and so must the watcher
+                # (an exception out of here used to end it, and later edits were ignored).
+                log.exception("reload failed unexpectedly, keeping the running configuration")
+                self._reload_failed()
+                return False
+            finally:
+                self.notifier.ready(self._status())
+
+    def _status(self) -> str:
+        """One line for `systemctl status`."""
+        if self.loaded is None:
+            return "loading"
+        return (f"serving generation {self.loaded.view.generation}: "
+                f"{len(self.loaded.policy.networks)} networks, {self.loaded.index.size} list "
+                "entries")
+
+    async def _reload(self) -> bool:
+        """One reload attempt (the caller holds the lock and tells systemd)."""
+        try:
+            loaded = await self.builder.build(self.loaded)
+        except (ConfigError, ConfigErrors, SafeGateError, OSError) as exc:
+            for line in str(exc).splitlines():
+                log.error("reload failed, keeping the running configuration: %s", line)
+            self._reload_failed()
+            return False
+        if loaded.config.dns_listen != self.loaded.config.dns_listen if self.loaded else False:
+            log.warning("dns.listen changed: restart SafeGate for new listeners to apply")
+        self._reload_tls(loaded)
+        if self.feeds is not None:
+            self.feeds.config_changed(loaded.config)
+        elif loaded.config.feeds:
+            log.warning("feeds were added: restart SafeGate for them to apply")
+        self._install(loaded)
+        log.info("reloaded: generation %d, %d list entries", loaded.view.generation,
+                 loaded.index.size)
+        return True
+
+    def _reload_failed(self) -> None:
+        """Count a failed reload; don't retry the same broken files every poll."""
+        self.metrics.reloads.labels("failure").inc()
+        self.metrics.last_reload_ok.set(0)
+        try:
+            self._watched = fingerprint(watched_files(self.config_path, self.loaded))
+        except Exception:
+            log.exception("cannot stat the watched files")
+
+    def _reload_tls(self, loaded: Loaded) -> None:
+        """New certificates for new connections (the files were checked loadable just now)."""
+        for what, running, tls in (("dns.tls", self.dot.context if self.dot else None,
+                                    loaded.config.dot),
+                                   ("web.tls", self.web_tls, loaded.config.web_tls)):
+            if tls is None or running is None:
+                if (tls is None) != (running is None):
+                    log.warning("%s added or removed: restart SafeGate for it to apply", what)
+                continue
+            if what == "dns.tls" and self.dot and tls.listen != tuple(self.dot.listen):
+                log.warning("dns.tls.listen changed: restart SafeGate for it to apply")
+            try:
+                running.reload(tls.cert, tls.key)
+            except (OSError, ValueError) as exc:
+                log.error("%s: keeping the running certificate: %s", what, exc)
+
+    def set_overlay(self, name: str, overlay: Overlay | None) -> int:
+        """Put a feed's rules in force (None removes them); atomic like a reload.
+
+        Returns the new view generation. The compiled lists are not touched.
+        """
+        if self.loaded is None or self.resolver is None:
+            raise SafeGateError("the gateway is not running yet")
+        if overlay is None:
+            self.builder.overlays.pop(name, None)
+        else:
+            self.builder.overlays[name] = overlay
+        self.loaded = self.builder.rebuild_view(self.loaded)
+        self.resolver.swap(self.loaded.view)
+        self._publish()
+        return self.loaded.view.generation
+
+    async def probe(self, name: str) -> ProbeResult:
+        """Ask the live query path about `name` from one client address of every network."""
+        assert self.loaded is not None and self.resolver is not None
+        if self.workers is not None:
+            # Enforced means enforced by every process answering on this node.
+            generation = self.loaded.view.generation
+            if not await self.workers.wait_applied(generation):
+                log.warning("not every DNS worker serves generation %d yet", generation)
+        return await probe_name(self.resolver, self.loaded, name)
+
+    async def watch(self) -> None:
+        """Poll the config, policy and list files' stat() and reload when anything changes."""
+        while not self._stop.is_set():
+            interval = self.loaded.config.watch_interval if self.loaded else 2.0
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stop.wait(), interval)
+            if self._stop.is_set():
+                return
+            try:
+                current = fingerprint(watched_files(self.config_path, self.loaded))
+                if current != self._watched:
+                    await self.reload("files changed")
+            except Exception:
+                # Whatever went wrong, keep watching: the next edit may fix it.
+                log.exception("file watcher: reload failed")
+                self.metrics.reloads.labels("failure").inc()
+                self.metrics.last_reload_ok.set(0)
+
+    async def schedule_timer(self) -> None:
+        """Swap in new profiles at each schedule window edge (issue #4), so that the query path
+        never reads a clock: the decision sees the categories open windows add in the profile.
+        """
+        while not self._stop.is_set():
+            delay = MAX_SLEEP
+            if self.loaded is not None:
+                delay = schedule_delay(self.loaded, self.builder.clock())
+            with contextlib.suppress(TimeoutError):
+                # Just after the edge, never just before it; and at least once a minute, which
+                # catches a reload that built its view just before an edge and a clock that jumped
+                # (the check is a few set operations; nothing is rebuilt unless windows changed).
+                await asyncio.wait_for(self._stop.wait(), min(delay + 0.05, 60.0))
+            if self._stop.is_set():
+                return
+            self.apply_schedule()
+
+    def apply_schedule(self) -> bool:
+        """Rebuild the view if the open windows changed since it was built; True if swapped."""
+        if self.loaded is None or self.resolver is None:
+            return False
+        if not schedule_changed(self.loaded, self.builder.clock()):
+            return False
+        self.loaded = self.builder.rebuild_view(self.loaded)
+        self.resolver.swap(self.loaded.view)
+        self._publish()
+        log.info("schedule windows changed: generation %d", self.loaded.view.generation)
+        return True
+
+    async def run_forever(self) -> None:
+        loop = asyncio.get_running_loop()
+        reloads: set[asyncio.Task[bool]] = set()
+
+        def on_hup() -> None:
+            task = loop.create_task(self.reload("SIGHUP"))
+            reloads.add(task)
+            task.add_done_callback(reloads.discard)
+
+        loop.add_signal_handler(signal.SIGHUP, on_hup)
+        loop.add_signal_handler(signal.SIGTERM, self._stop.set)
+        loop.add_signal_handler(signal.SIGINT, self._stop.set)
+        await self.start()
+        watcher = loop.create_task(self.watch())
+        timer = loop.create_task(self.schedule_timer())
+        watchdog = loop.create_task(self.notifier.watchdog(self._stop))
+        await self._stop.wait()
+        log.info("shutting down")
+        self.notifier.stopping()
+        watcher.cancel()
+        timer.cancel()
+        await asyncio.gather(watcher, timer, watchdog, *reloads, return_exceptions=True)
+        await self.stop()
+
+    async def stop(self) -> None:
+        self._stop.set()
+        if self.workers is not None:
+            await self.workers.stop()
+            self.workers = None
+        if self.proxy is not None:
+            await self.proxy.stop()
+            self.proxy = None
+        await asyncio.gather(*self.background, return_exceptions=True)
+        self.background.clear()
+        if self.feeds is not None:
+            await self.feeds.stop()
+            self.feeds = None
+        if self.dns is not None:
+            await self.dns.stop()
+        if self.dot is not None:
+            await self.dot.stop()
+        if self.resolver is not None:
+            self.resolver.forwarder.close()
+        for runner in self.runners:
+            await runner.cleanup()
+        if self.reports is not None:
+            await self.reports.stop()
+            self.reports = None
+        if self.loaded is not None:
+            remove_stale_indexes(self.loaded.config.state_dir, None)
+
+
+def run(config_path: Path) -> int:
+    """Run until SIGTERM/SIGINT; uvloop when installed (about 2x the QPS of plain asyncio)."""
+    gateway = Gateway(config_path)
+    try:
+        import uvloop
+    except ImportError:
+        asyncio.run(gateway.run_forever())
+    else:
+        uvloop.run(gateway.run_forever())
+    return 0

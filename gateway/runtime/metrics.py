@@ -1,0 +1,284 @@
+"""Prometheus metrics: names and labels are a contract (README "Metrics"); none carries a client.
+
+Per-query counters are plain Python ints exported by a collector at scrape time: a
+prometheus-client `.labels(...).inc()` costs about a microsecond, which the per-query path
+cannot pay several times over. Slow-path metrics (upstreams, reloads) use prometheus-client
+directly, always against the registry passed in (no global registry).
+"""
+
+from __future__ import annotations
+
+import bisect
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
+from prometheus_client.registry import Collector
+
+from gateway import __version__
+from gateway.dns.upstream import UpstreamObserver
+
+LATENCY_BUCKETS = (0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05,
+                   0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+
+# Bounded label values (design.md: "bounded metric labels").
+ACTIONS = ("allowed", "blocked", "cached", "stale", "refused", "servfail", "formerr", "notimp",
+           "badvers", "any", "rewritten", "intercepted")
+
+
+# DNS over TCP/TLS connection limits (gateway/dns/streams.py): why a connection was refused,
+# and why the gateway closed one it had accepted.
+STREAM_PROTOCOLS = ("tcp", "dot")
+STREAM_REFUSALS = ("global", "outside", "per_client")
+STREAM_CLOSES = ("idle", "frame_timeout", "backpressure", "evicted", "handshake", "proxy_header")
+
+_BOUNDS = LATENCY_BUCKETS
+_bucket = bisect.bisect_left
+
+
+class DnsStats:
+    """Hot-path counters: one dict increment and one bucket increment per query."""
+
+    __slots__ = ("buckets", "duration_count", "duration_sum", "queries")
+
+    def __init__(self) -> None:
+        self.queries: dict[tuple[str, str, str, str], int] = {}
+        self.buckets = [0] * (len(LATENCY_BUCKETS) + 1)
+        self.duration_sum = 0.0
+
+    def count(self, action: str, category: str, tier: str, protocol: str, seconds: float) -> None:
+        self.count_key((action, category, tier, protocol), seconds)
+
+    def count_key(self, key: tuple[str, str, str, str], seconds: float) -> None:
+        q = self.queries
+        q[key] = q.get(key, 0) + 1
+        self.buckets[_bucket(_BOUNDS, seconds)] += 1
+        self.duration_sum += seconds
+
+
+class StreamStats:
+    """Connection counters of the TCP and DoT listeners (plain ints: workers send deltas)."""
+
+    __slots__ = ("closed", "connections", "refused")
+
+    def __init__(self) -> None:
+        self.connections = dict.fromkeys(STREAM_PROTOCOLS, 0)
+        self.refused = {(p, r): 0 for p in STREAM_PROTOCOLS for r in STREAM_REFUSALS}
+        self.closed = {(p, r): 0 for p in STREAM_PROTOCOLS for r in STREAM_CLOSES}
+
+    def snapshot(self) -> dict[str, dict[Any, int]]:
+        return {"connections": dict(self.connections), "refused": dict(self.refused),
+                "closed": dict(self.closed)}
+
+    def add(self, delta: dict[str, dict[Any, int]]) -> None:
+        """Fold in another process's changes (`snapshot` differences, runtime/workers.py)."""
+        for name in ("connections", "refused", "closed"):
+            mine = getattr(self, name)
+            for key, n in delta.get(name, {}).items():
+                if key in mine:
+                    mine[key] += n
+
+
+class StreamCollector(Collector):
+    """Exports StreamStats at scrape time."""
+
+    def __init__(self, stats: StreamStats) -> None:
+        self.stats = stats
+
+    def collect(self) -> Iterator[Metric]:
+        g = GaugeMetricFamily("safegate_dns_stream_connections",
+                              "Open DNS connections over TCP or TLS (DoT).", labels=["protocol"])
+        for protocol, n in self.stats.connections.items():
+            g.add_metric([protocol], n)
+        yield g
+        r = CounterMetricFamily("safegate_dns_stream_refused",
+                                "DNS TCP/DoT connections refused at accept, by the limit hit.",
+                                labels=["protocol", "reason"])
+        for (protocol, reason), n in self.stats.refused.items():
+            r.add_metric([protocol, reason], n)
+        yield r
+        c = CounterMetricFamily("safegate_dns_stream_closed",
+                                "DNS TCP/DoT connections the gateway closed, by reason.",
+                                labels=["protocol", "reason"])
+        for (protocol, reason), n in self.stats.closed.items():
+            c.add_metric([protocol, reason], n)
+        yield c
+
+
+class GatewayCollector(Collector):
+    """Exports DnsStats, the cache's counters and list sizes at scrape time."""
+
+    def __init__(self, stats: DnsStats, cache_stats: Callable[[], dict[str, int]],
+                 list_entries: Callable[[], dict[str, int]]) -> None:
+        self.stats = stats
+        self.cache_stats = cache_stats
+        self.list_entries = list_entries
+
+    def collect(self) -> Iterator[Metric]:
+        q = CounterMetricFamily("safegate_dns_queries", "DNS queries answered, by what was done.",
+                                labels=["action", "category", "tier", "protocol"])
+        for labels, value in sorted(self.stats.queries.items()):
+            q.add_metric(list(labels), value)
+        yield q
+        h = HistogramMetricFamily("safegate_dns_request_duration_seconds",
+                                  "Time from a query's arrival to its reply being sent.")
+        cumulative = 0
+        buckets: list[tuple[str, float]] = []
+        for bound, n in zip((*LATENCY_BUCKETS, float("inf")), self.stats.buckets, strict=True):
+            cumulative += n
+            buckets.append(("+Inf" if bound == float("inf") else repr(bound), cumulative))
+        h.add_metric([], buckets, self.stats.duration_sum)
+        yield h
+        cache = self.cache_stats()
+        for name, help_text in (("hits", "Answers served from the cache."),
+                                ("misses", "Lookups that found no fresh cache entry."),
+                                ("evictions", "Entries evicted to keep the cache bounded."),
+                                ("stale_served", "Expired answers served because every upstream "
+                                                 "failed (RFC 8767).")):
+            c = CounterMetricFamily(f"safegate_cache_{name}", help_text)
+            c.add_metric([], cache[name])
+            yield c
+        g = GaugeMetricFamily("safegate_cache_entries", "Entries in the answer cache.")
+        g.add_metric([], cache["entries"])
+        yield g
+        e = GaugeMetricFamily("safegate_list_entries", "Names loaded per category.",
+                              labels=["category"])
+        for category, n in sorted(self.list_entries().items()):
+            e.add_metric([category], n)
+        yield e
+
+
+RRL_ACTIONS = ("slipped", "dropped")
+
+
+class RrlCollector(Collector):
+    """Response rate limiting (dns/rrl.py), read at scrape time: the check itself stays a few
+    hundred nanoseconds, so it counts in plain ints."""
+
+    def __init__(self, counts: Callable[[], dict[str, int]]) -> None:
+        self.counts = counts   # slipped, dropped, buckets
+
+    def collect(self) -> Iterator[Metric]:
+        counts = self.counts()
+        c = CounterMetricFamily("safegate_rrl_limited",
+                                "UDP responses held back by response rate limiting: sent as a "
+                                "bare TC=1 reply (slipped) or not sent (dropped).",
+                                labels=["action"])
+        for action in RRL_ACTIONS:
+            c.add_metric([action], counts.get(action, 0))
+        yield c
+        g = GaugeMetricFamily("safegate_rrl_buckets",
+                              "(source prefix, response) buckets response rate limiting tracks "
+                              "(at most limits.rrl.table_size per process).")
+        g.add_metric([], counts.get("buckets", 0))
+        yield g
+
+
+class Metrics:
+    """Every SafeGate gateway metric, created against one registry."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.registry = registry
+        self.dns = DnsStats()
+        self.streams = StreamStats()
+        registry.register(StreamCollector(self.streams))
+        self.upstream_queries = Counter(
+            "safegate_upstream_queries", "Queries sent to upstream resolvers.",
+            ["upstream", "protocol"], registry=registry)
+        self.upstream_errors = Counter(
+            "safegate_upstream_errors", "Failed upstream attempts, by reason.",
+            ["upstream", "reason"], registry=registry)
+        self.upstream_latency = Histogram(
+            "safegate_upstream_request_duration_seconds", "Upstream round-trip time.",
+            ["upstream"], buckets=LATENCY_BUCKETS, registry=registry)
+        self.upstream_mismatched = Counter(
+            "safegate_upstream_mismatched_replies",
+            "Upstream replies ignored: unknown_id (late or spoofed), question (ID guessed, "
+            "question wrong), case (dns.upstream_0x20 case not echoed: a spoofing attempt).",
+            ["upstream", "reason"], registry=registry)
+        self.upstream_dropped = Counter(
+            "safegate_upstream_dropped",
+            "Questions answered SERVFAIL without asking an upstream: limits.upstream.inflight "
+            "(inflight) or its per-parent-zone share (zone) was full.",
+            ["reason"], registry=registry)
+        self.upstream_sockets = Gauge(
+            "safegate_upstream_sockets",
+            "UDP sockets and TLS connections open to upstreams (all resolver processes).",
+            registry=registry)
+        # dns.workers: each worker's last reported count, added to the primary's own.
+        self.worker_upstream_sockets: dict[int, int] = {}
+        self.reloads = Counter(
+            "safegate_config_reloads", "Configuration and list reloads, by result.",
+            ["result"], registry=registry)
+        self.last_reload_success = Gauge(
+            "safegate_config_last_reload_success_timestamp_seconds",
+            "When the running configuration was loaded.", registry=registry)
+        self.last_reload_ok = Gauge(
+            "safegate_config_last_reload_successful",
+            "1 if the last reload attempt succeeded, 0 if it failed (the old config still runs).",
+            registry=registry)
+        self.ready = Gauge("safegate_ready", "1 once policies and lists are loaded.",
+                           registry=registry)
+        # Read at scrape time from the running view (gateway/runtime/app.py sets the function).
+        self.blocked_bodies = Gauge(
+            "safegate_blocked_bodies",
+            "Prebuilt blocked-reply bodies kept (at most limits.memory.blocked_bodies).",
+            registry=registry)
+        # process_* (CPU, memory, open files) of this process, as Prometheus clients expect.
+        ProcessCollector(registry=registry)
+        info = Gauge("safegate_build_info", "SafeGate version.", ["version"], registry=registry)
+        info.labels(__version__).set(1)
+        for result in ("success", "failure"):
+            self.reloads.labels(result)
+
+    def init_upstreams(self, labels: list[str], open_sockets: Callable[[], int] | None = None
+                       ) -> None:
+        """Create every upstream's series at 0, so rate() sees the first error too.
+
+        `open_sockets`: the primary's forwarder's count, read at scrape time."""
+        from gateway.dns.upstream import DROP_REASONS, ERROR_REASONS, MISMATCH_REASONS
+
+        for label in labels:
+            for reason in ERROR_REASONS:
+                self.upstream_errors.labels(label, reason)
+            for reason in MISMATCH_REASONS:
+                self.upstream_mismatched.labels(label, reason)
+            for protocol in ("tls",) if label.startswith("tls://") else ("udp", "tcp"):
+                self.upstream_queries.labels(label, protocol)
+        for reason in DROP_REASONS:
+            self.upstream_dropped.labels(reason)
+        if open_sockets is not None:
+            workers = self.worker_upstream_sockets
+            self.upstream_sockets.set_function(lambda: open_sockets() + sum(workers.values()))
+
+    def observe_collector(self, collector: Any) -> None:
+        self.registry.register(collector)
+
+    def upstream_observer(self) -> UpstreamObserver:
+        return _UpstreamMetrics(self)
+
+
+class _UpstreamMetrics(UpstreamObserver):
+    def __init__(self, metrics: Metrics) -> None:
+        self.m = metrics
+
+    def query(self, upstream: str, protocol: str) -> None:
+        self.m.upstream_queries.labels(upstream, protocol).inc()
+
+    def error(self, upstream: str, reason: str) -> None:
+        self.m.upstream_errors.labels(upstream, reason).inc()
+
+    def latency(self, upstream: str, seconds: float) -> None:
+        self.m.upstream_latency.labels(upstream).observe(seconds)
+
+    def mismatch(self, upstream: str, reason: str) -> None:
+        self.m.upstream_mismatched.labels(upstream, reason).inc()
+
+    def dropped(self, reason: str) -> None:
+        self.m.upstream_dropped.labels(reason).inc()

@@ -1,0 +1,1 @@
+"""Small helpers shared by every part: names, SQLite, bounded file reads, the outbox."""
