@@ -11,7 +11,8 @@ import dns.rrset
 from gateway.dns.answers import BlockAnswers
 from gateway.dns.cache import AnswerCache, CacheConfig, entry_from_reply
 from gateway.dns.chain import Resolver, View
-from gateway.dns.upstream import Forwarder, ForwarderConfig, Upstream
+from gateway.dns.upstream import Forwarder, ForwarderConfig
+from gateway.dns.upstream_base import Upstream
 from gateway.lists import SCOPE_BOTH, Action, Rule
 from gateway.lists.index import IndexBuilder, ListIndex
 from gateway.policy.decide import Profile

@@ -21,7 +21,8 @@ from gateway.dns.doh import DohHandler
 from gateway.dns.dot import DotServer, ReloadableContext
 from gateway.dns.rrl import Rrl
 from gateway.dns.server import DnsServer
-from gateway.dns.upstream import Forwarder, upstreams_from
+from gateway.dns.upstream import Forwarder
+from gateway.dns.upstream_base import upstreams_from
 from gateway.errors import ConfigError, ConfigErrors, SafeGateError
 from gateway.lists.overlay import Overlay
 from gateway.policy.schedules import MAX_SLEEP
