@@ -10,7 +10,7 @@ from pathlib import Path
 
 from gateway.config.limits import StreamLimits
 from gateway.dns.chain import Resolver
-from gateway.dns.server import Tasks, TcpProtocol
+from gateway.dns.tcp import Tasks, TcpProtocol
 from gateway.dns.streams import StreamTable
 from gateway.runtime.metrics import StreamStats
 
