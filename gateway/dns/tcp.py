@@ -1,89 +1,23 @@
-"""DNS transports: UDP and TCP (RFC 7766) listeners that feed bytes to the Resolver."""
+"""The TCP and DoT transport: RFC 7766 framing and pipelining on one stream connection."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
 import math
-import socket
 import struct
 from collections.abc import Coroutine
 from typing import Any, cast
 
-from gateway.config.limits import StreamLimits
 from gateway.dns import proxyproto
 from gateway.dns.chain import Resolver
-from gateway.dns.rrl import Rrl
 from gateway.dns.streams import StreamTable
+from gateway.dns.tasks import Tasks
 from gateway.dns.wire import formerr_from_header
-from gateway.runtime.metrics import StreamStats
 
 log = logging.getLogger(__name__)
 
 _frame_size = struct.Struct(">H").unpack_from
-
-
-class Tasks:
-    """Keeps references to background tasks (a bare create_task may be garbage-collected)."""
-
-    def __init__(self) -> None:
-        self._tasks: set[asyncio.Task[Any]] = set()
-
-    def spawn(self, coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
-        task = asyncio.get_running_loop().create_task(coro)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-        return task
-
-    async def cancel_all(self) -> None:
-        for task in list(self._tasks):
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
-
-
-class UdpProtocol(asyncio.DatagramProtocol):
-    """Answers each datagram synchronously when it can; schedules upstream work otherwise."""
-
-    def __init__(self, resolver: Resolver, tasks: Tasks, rrl: Rrl | None = None) -> None:
-        self.resolver = resolver
-        self.tasks = tasks
-        self.rrl = rrl  # response rate limiting: UDP sources can be forged (dns/rrl.py)
-        self.transport: asyncio.DatagramTransport | None = None
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = cast(asyncio.DatagramTransport, transport)  # uvloop's is no subclass
-
-    def datagram_received(self, data: bytes, addr: tuple[Any, ...]) -> None:
-        try:
-            result = self.resolver.handle(data, addr[0], "udp")
-        except Exception:
-            log.exception("bug: query handling raised; answering FORMERR")
-            result = formerr_from_header(data)
-        if result is None:
-            return
-        if isinstance(result, bytes):
-            if self.rrl is not None:
-                result = self.rrl.check(addr[0], result, self.resolver.view.frontends)
-                if result is None:
-                    return
-            self.transport.sendto(result, addr)  # type: ignore[union-attr]
-        else:
-            self.tasks.spawn(self._finish(result, addr))
-
-    async def _finish(self, pending: Coroutine[Any, Any, bytes | None],
-                      addr: tuple[Any, ...]) -> None:
-        try:
-            reply = await pending
-        except Exception:
-            log.exception("bug: upstream handling raised")
-            return
-        if reply is not None and self.rrl is not None:
-            reply = self.rrl.check(addr[0], reply, self.resolver.view.frontends)
-        if reply is not None and self.transport is not None and not self.transport.is_closing():
-            self.transport.sendto(reply, addr)
-
-    def error_received(self, exc: Exception) -> None:
-        log.debug("UDP socket error: %s", exc)
 
 
 class TcpProtocol(asyncio.Protocol):
@@ -377,62 +311,3 @@ class TcpProtocol(asyncio.Protocol):
         self.write_paused = False
         self.stall_start = None
         self._resume()
-
-
-class DnsServer:
-    """All DNS listeners (UDP + TCP on each configured address)."""
-
-    def __init__(self, resolver: Resolver, listen: list[tuple[str, int]],
-                 limits: StreamLimits | None = None, stats: StreamStats | None = None, *,
-                 reuse_port: bool = False, rrl: Rrl | None = None) -> None:
-        self.resolver = resolver
-        self.rrl = rrl
-        # dns.workers > 1: every process binds the same addresses and the kernel spreads
-        # queries over them (by the 4-tuple hash). Each process has its own TCP table.
-        self.reuse_port = reuse_port
-        self.listen = listen
-        self.tasks = Tasks()
-        self.table: StreamTable[TcpProtocol] = StreamTable(
-            limits or StreamLimits(), "tcp", resolver, stats or StreamStats())
-        self._udp: list[asyncio.DatagramTransport] = []
-        self._tcp: list[asyncio.Server] = []
-
-    async def start(self) -> None:
-        loop = asyncio.get_running_loop()
-        for host, port in self.listen:
-            family = socket.AF_INET6 if ":" in host else socket.AF_INET
-            sock = socket.socket(family, socket.SOCK_DGRAM)
-            if family == socket.AF_INET6:
-                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            if self.reuse_port:
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 * 1024 * 1024)
-            sock.bind((host, port))
-            transport, _ = await loop.create_datagram_endpoint(
-                lambda: UdpProtocol(self.resolver, self.tasks, self.rrl), sock=sock)
-            self._udp.append(transport)
-            tsock = socket.socket(family, socket.SOCK_STREAM)
-            if family == socket.AF_INET6:
-                tsock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
-            tsock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            if self.reuse_port:
-                tsock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-            tsock.bind((host, port))
-            server = await loop.create_server(
-                lambda: TcpProtocol(self.resolver, self.tasks, self.table),
-                sock=tsock, backlog=256)
-            self._tcp.append(server)
-            log.info("DNS listening on %s port %d (UDP, TCP)", host, port)
-
-    async def stop(self) -> None:
-        for transport in self._udp:
-            transport.close()
-        for server in self._tcp:
-            server.close()
-        for conn in list(self.table.conns):
-            if conn.transport is not None:
-                conn.transport.close()
-        await self.tasks.cancel_all()
-        for server in self._tcp:
-            await server.wait_closed()

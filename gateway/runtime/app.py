@@ -20,7 +20,7 @@ from gateway.dns.chain import Resolver
 from gateway.dns.doh import DohHandler
 from gateway.dns.dot import DotServer, ReloadableContext
 from gateway.dns.rrl import Rrl
-from gateway.dns.tcp import DnsServer
+from gateway.dns.server import DnsServer
 from gateway.dns.upstream import Forwarder
 from gateway.dns.upstream_base import upstreams_from
 from gateway.errors import ConfigError, ConfigErrors, SafeGateError

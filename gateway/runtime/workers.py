@@ -35,7 +35,7 @@ from gateway.config.limits import RrlLimits
 from gateway.dns.cache import AnswerCache
 from gateway.dns.chain import Resolver
 from gateway.dns.rrl import Rrl
-from gateway.dns.tcp import DnsServer
+from gateway.dns.server import DnsServer
 from gateway.dns.upstream import Forwarder
 from gateway.dns.upstream_base import UpstreamObserver, upstreams_from
 from gateway.lists.index import ListIndex
