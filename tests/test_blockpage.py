@@ -11,7 +11,7 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from gateway.blockpage.page import (
+from gateway.blockpage.model import (
     BlockInfo,
     choose_lang,
     from_verdict,

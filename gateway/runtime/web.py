@@ -15,8 +15,8 @@ from zoneinfo import ZoneInfo
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
-from gateway.blockpage import page as blockpage
-from gateway.blockpage.page import (
+from gateway.blockpage import model as blockpage
+from gateway.blockpage.model import (
     BlockInfo,
     render_block,
     render_report_form,
