@@ -14,7 +14,8 @@ from gateway.dns.chain import Resolver, View
 from gateway.dns.upstream import Forwarder, ForwarderConfig
 from gateway.dns.upstream_base import Upstream
 from gateway.lists import SCOPE_BOTH, Action, Rule
-from gateway.lists.index import IndexBuilder, ListIndex
+from gateway.lists.index import ListIndex
+from gateway.lists.index_builder import IndexBuilder
 from gateway.policy.decide import Profile
 from gateway.policy.netindex import PrefixMap
 from gateway.runtime.metrics import DnsStats

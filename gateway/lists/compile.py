@@ -40,7 +40,7 @@ from gateway.lists.catalog import (
     list_file_error,
     load_catalog,
 )
-from gateway.lists.index import IndexBuilder
+from gateway.lists.index_builder import IndexBuilder
 from gateway.lists.parsers import ParsedRule, Skipped, parse
 from gateway.util.readfile import open_regular, read_capped
 
