@@ -1,5 +1,7 @@
-"""The HTML frame every page of ours shares: the one style sheet, the CSP and security
-headers that go with it, and escaping. Pure; everything echoed goes through esc()."""
+"""The HTML frame every page of ours shares: the style sheet, CSP/security headers, escaping.
+
+Pure; everything echoed goes through esc().
+"""
 
 from __future__ import annotations
 

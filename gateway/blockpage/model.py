@@ -1,5 +1,7 @@
-"""What a block page says: why a host is blocked (from a verdict), the bilingual wording and
-labels, and which language to say it in. Shared by the gateway's web listener and the proxy.
+"""What a block page says: why a host is blocked, the bilingual wording, which language.
+
+BlockInfo comes from a DNS verdict (from_verdict) or from the proxy; the pages that show it
+(page.py, report_pages.py) are shared by the gateway's web listener and the proxy.
 """
 
 from __future__ import annotations

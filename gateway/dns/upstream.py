@@ -1,6 +1,7 @@
-"""Forwarding to upstream resolvers: the order they are tried in, failover, benching of
-failing ones, sharing identical in-flight questions, and the in-flight caps. The transports
-are upstream_udp.py (plain DNS, its spoofing resistance) and upstream_tls.py (DNS over TLS).
+"""Forwarding to upstream resolvers: order, failover, benching, in-flight dedup and caps.
+
+The transports are upstream_udp.py (plain DNS, and its spoofing resistance) and
+upstream_tls.py (DNS over TLS); upstream_base.py holds what the three share.
 """
 
 from __future__ import annotations

@@ -1,5 +1,6 @@
-"""Pure parsers for the list formats people publish: hosts, plain domains, adblock (and RPZ,
-in rpz.py); `parse` picks one by its lists.yaml name.
+"""Pure parsers for the line formats lists are published in: hosts, plain domains, adblock.
+
+`parse` picks a parser by its lists.yaml name (RPZ's is in rpz.py).
 
 Each parser turns lines into ParsedRule (a name with a scope and an action) or Skipped (a line
 it understood but cannot enforce as DNS, with the reason); comments and blank lines yield
