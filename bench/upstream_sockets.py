@@ -1,4 +1,4 @@
-"""Microbenchmark: what a random source port costs per upstream query (gateway/dns/upstream.py).
+"""Microbenchmark: what a random source port costs per upstream query (gateway/dns/upstream_udp.py).
 
 Compares the socket work around one UDP exchange, against a loopback echo server:
   fresh   a new socket per query (socket, connect = kernel-chosen random port, add_reader,

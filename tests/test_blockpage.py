@@ -11,13 +11,9 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from gateway.blockpage.page import (
-    BlockInfo,
-    choose_lang,
-    from_verdict,
-    render_block,
-    render_report_result,
-)
+from gateway.blockpage.model import BlockInfo, choose_lang, from_verdict
+from gateway.blockpage.page import render_block
+from gateway.blockpage.report_pages import render_report_result
 from gateway.feedformat.document import LegalBasis
 from gateway.policy.decide import Verdict
 

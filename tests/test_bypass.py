@@ -13,7 +13,8 @@ import pytest
 
 from gateway.dns import wire
 from gateway.dns.svcb import strip_ech, strip_params
-from gateway.lists.index import IndexBuilder, ListIndex
+from gateway.lists.index import ListIndex
+from gateway.lists.index_builder import IndexBuilder
 from gateway.policy.decide import EDE_BLOCKED, Profile
 
 

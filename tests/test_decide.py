@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 
 from gateway.lists import SCOPE_BOTH, SCOPE_SELF, SCOPE_SUBS, Action, Rule
-from gateway.lists.index import IndexBuilder, ListIndex
+from gateway.lists.index import ListIndex
+from gateway.lists.index_builder import IndexBuilder
 from gateway.policy.decide import EDE_BLOCKED, EDE_CENSORED, Profile, decide
 
 RULES = [

@@ -9,9 +9,9 @@ from pathlib import Path
 
 from gateway.compliance.export import build_export, catalog_entries, merge
 from gateway.feedformat.document import Entry
-from gateway.lists import SCOPE_SELF, SCOPE_SUBS
+from gateway.lists import SCOPE_SELF, SCOPE_SUBS, ParsedRule
 from gateway.lists.catalog import load_catalog
-from gateway.lists.parsers import ParsedRule, parse_rpz
+from gateway.lists.rpz import parse_rpz
 from tests.support.procs import write_gateway_config
 from tests.test_report import LEDGER_SCHEMA
 

@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 
 from gateway.lists import SCOPE_BOTH, SCOPE_SELF, SCOPE_SUBS, Action, Rule
-from gateway.lists.index import MAGIC, IndexBuilder, ListIndex, key_hash
+from gateway.lists.index import MAGIC, ListIndex, key_hash
+from gateway.lists.index_builder import IndexBuilder
 from gateway.util.names import suffix_offsets
 
 ADULT = Rule("adult", SCOPE_BOTH, Action.DEFAULT, False)

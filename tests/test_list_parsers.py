@@ -8,14 +8,13 @@ from pathlib import Path
 
 import pytest
 
+from gateway.lists import ParsedRule, Skipped
 from gateway.lists.parsers import (
     FORMATS,
     SCOPE_BOTH,
     SCOPE_SELF,
     SCOPE_SUBS,
     Action,
-    ParsedRule,
-    Skipped,
     parse,
 )
 

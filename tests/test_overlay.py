@@ -19,7 +19,8 @@ LEGAL = Rule("csam", SCOPE_BOTH, Action.DEFAULT, True, "BTTTT-2026-0042")
 
 
 def test_overlay_matches_beside_the_index() -> None:
-    from gateway.lists.index import IndexBuilder, ListIndex
+    from gateway.lists.index import ListIndex
+    from gateway.lists.index_builder import IndexBuilder
 
     b = IndexBuilder()
     b.add(b"example.test", Rule("adult", SCOPE_BOTH, Action.DEFAULT, False))

@@ -20,17 +20,8 @@ import pytest
 import yaml
 
 from gateway.cli.compliance import build_report
-from gateway.compliance.report import (
-    CSV_COLUMNS,
-    EntryRow,
-    Latency,
-    classify,
-    parse_period,
-    percentile,
-    render_csv,
-    render_html,
-    render_json,
-)
+from gateway.compliance.report import EntryRow, Latency, classify, parse_period, percentile
+from gateway.compliance.report_render import CSV_COLUMNS, render_csv, render_html, render_json
 
 REPO = Path(__file__).resolve().parents[1]
 HCM = ZoneInfo("Asia/Ho_Chi_Minh")
@@ -398,7 +389,7 @@ def test_cli_errors(tmp_path: Path) -> None:
 
 
 def test_csv_cells_cannot_become_spreadsheet_formulas() -> None:
-    from gateway.compliance.report import _cell
+    from gateway.compliance.report_render import _cell
 
     assert _cell("=HYPERLINK(\"http://x.invalid\")") == "'=HYPERLINK(\"http://x.invalid\")"
     assert _cell("@SUM(A1)") == "'@SUM(A1)"

@@ -19,9 +19,11 @@ from gateway.dns.answers import BlockAnswers
 from gateway.dns.cache import AnswerCache, CacheConfig, entry_from_reply
 from gateway.dns.chain import Resolver, View
 from gateway.dns.rrl import Rrl, slip_reply
-from gateway.dns.upstream import Forwarder, ForwarderConfig, Upstream
+from gateway.dns.upstream import Forwarder, ForwarderConfig
+from gateway.dns.upstream_base import Upstream
 from gateway.lists import SCOPE_BOTH, Action, Rule
-from gateway.lists.index import IndexBuilder, ListIndex
+from gateway.lists.index import ListIndex
+from gateway.lists.index_builder import IndexBuilder
 from gateway.policy.decide import Profile
 from gateway.policy.netindex import PrefixMap
 from gateway.runtime.metrics import DnsStats

@@ -11,7 +11,8 @@ import pytest
 from gateway.dns import wire
 from gateway.dns.rewrite import cname_only, splice
 from gateway.lists import SCOPE_BOTH, Action, Rule
-from gateway.lists.index import IndexBuilder, ListIndex
+from gateway.lists.index import ListIndex
+from gateway.lists.index_builder import IndexBuilder
 from gateway.policy.decide import Profile
 from gateway.policy.safesearch import load_rewrites
 

@@ -11,7 +11,8 @@ import pytest
 from gateway.config.gateway import load_config
 from gateway.errors import ConfigError, ConfigErrors
 from gateway.lists import SCOPE_BOTH, Action, Rule
-from gateway.lists.index import IndexBuilder, ListIndex
+from gateway.lists.index import ListIndex
+from gateway.lists.index_builder import IndexBuilder
 from gateway.policy.policyfile import load_policy
 from gateway.policy.schedules import Holiday, Window, active_categories, is_active, next_change
 from gateway.runtime.state import build_view, schedule_changed, schedule_delay

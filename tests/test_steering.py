@@ -19,7 +19,8 @@ import pytest
 
 from gateway.dns.cache import AnswerCache, CacheConfig
 from gateway.dns.chain import Resolver
-from gateway.dns.upstream import Forwarder, ForwarderConfig, Upstream
+from gateway.dns.upstream import Forwarder, ForwarderConfig
+from gateway.dns.upstream_base import Upstream
 from gateway.runtime.metrics import DnsStats
 from gateway.runtime.state import INTERCEPT_FILE, load_in_process
 from tests.support.procs import write_gateway_config

@@ -21,9 +21,8 @@ import pytest
 from gateway.config.gateway import load_config
 from gateway.config.limits import UpstreamLimits
 from gateway.config.upstreams import UpstreamSpec, parse_upstream
-from gateway.dns.upstream import (
-    Forwarder,
-    ForwarderConfig,
+from gateway.dns.upstream import Forwarder, ForwarderConfig
+from gateway.dns.upstream_base import (
     Upstream,
     UpstreamBusy,
     UpstreamError,

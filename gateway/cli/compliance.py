@@ -25,7 +25,6 @@ from gateway.compliance import export as export_mod
 from gateway.compliance import probe
 from gateway.compliance.report import (
     DEFAULT_TZ,
-    RENDERERS,
     EntryRow,
     Period,
     Report,
@@ -36,6 +35,7 @@ from gateway.compliance.report import (
     iso_to_unix,
     parse_period,
 )
+from gateway.compliance.report_render import RENDERERS
 from gateway.errors import ConfigError
 
 GATEWAY_KEYS = frozenset({"dns", "state_dir"})

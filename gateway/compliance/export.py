@@ -15,9 +15,9 @@ from pathlib import Path
 from gateway.errors import ConfigError
 from gateway.feedformat.document import Entry
 from gateway.feedformat.rpz import to_rpz
-from gateway.lists import SCOPE_BOTH, SCOPE_SELF, SCOPE_SUBS, Action
+from gateway.lists import SCOPE_BOTH, SCOPE_SELF, SCOPE_SUBS, Action, ParsedRule
 from gateway.lists.catalog import LIST_BYTES_KEY, Catalog, load_catalog
-from gateway.lists.parsers import ParsedRule, parse
+from gateway.lists.parsers import parse
 from gateway.util.readfile import read_capped
 
 LEDGER_FILE = "ledger.sqlite3"

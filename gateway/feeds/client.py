@@ -42,9 +42,9 @@ from gateway.feedformat.document import Entry, Feed, FeedError, apply_diff, pars
 from gateway.feedformat.signing import SIGNATURE_HEADER, Verifier
 from gateway.feeds.ledger import DNS_TYPES, RECORD_CHUNK, Ledger, LedgerEntry
 from gateway.feeds.stats import FeedMetrics
-from gateway.lists import SCOPE_BOTH, SCOPE_SELF, Action, Rule
+from gateway.lists import SCOPE_BOTH, SCOPE_SELF, Action, ParsedRule, Rule
 from gateway.lists.overlay import Overlay
-from gateway.lists.parsers import ParsedRule, parse
+from gateway.lists.parsers import parse
 from gateway.util.outbox import AckTarget, backoff
 
 log = logging.getLogger(__name__)

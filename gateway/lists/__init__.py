@@ -35,4 +35,25 @@ class Rule(NamedTuple):
     ref: str = ""  # the authority's entry id for feed rules (shown in EDE and explain)
 
 
-__all__ = ["SCOPE_BOTH", "SCOPE_SELF", "SCOPE_SUBS", "Action", "Rule"]
+class ParsedRule(NamedTuple):
+    """A name a list wants handled; `line` is 1-based."""
+
+    key: bytes
+    scope: int
+    action: Action
+    line: int
+
+
+class Skipped(NamedTuple):
+    """A line that yields no rule, and why (shown by `safegate lists check`)."""
+
+    line: int
+    text: str
+    reason: str
+
+
+Parsed = ParsedRule | Skipped  # what every parser yields (parsers.py, rpz.py)
+
+
+__all__ = ["SCOPE_BOTH", "SCOPE_SELF", "SCOPE_SUBS", "Action", "Parsed", "ParsedRule", "Rule",
+           "Skipped"]

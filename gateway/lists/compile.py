@@ -31,7 +31,7 @@ from typing import Any, NamedTuple
 
 from gateway.config.limits import FileLimits
 from gateway.errors import ConfigError
-from gateway.lists import SCOPE_BOTH, SCOPE_SELF, Action, Rule
+from gateway.lists import SCOPE_BOTH, SCOPE_SELF, Action, ParsedRule, Rule, Skipped
 from gateway.lists.catalog import (
     LIST_BYTES_KEY,
     URL_FORMAT,
@@ -40,8 +40,8 @@ from gateway.lists.catalog import (
     list_file_error,
     load_catalog,
 )
-from gateway.lists.index import IndexBuilder
-from gateway.lists.parsers import ParsedRule, Skipped, parse
+from gateway.lists.index_builder import IndexBuilder
+from gateway.lists.parsers import parse
 from gateway.util.readfile import open_regular, read_capped
 
 __all__ = [

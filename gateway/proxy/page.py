@@ -7,7 +7,8 @@ from collections.abc import Callable, Mapping
 from datetime import datetime
 from zoneinfo import ZoneInfo
 
-from gateway.blockpage.page import BlockInfo, render_block
+from gateway.blockpage.model import BlockInfo
+from gateway.blockpage.page import render_block
 from gateway.config.gateway import GatewayConfig, format_address
 from gateway.proxy.rules import LEGAL, Verdict
 

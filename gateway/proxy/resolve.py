@@ -16,7 +16,8 @@ from collections.abc import Callable
 from dnslib import QTYPE, RCODE, DNSRecord
 
 from gateway.config.gateway import GatewayConfig
-from gateway.dns.upstream import Forwarder, UpstreamError, upstreams_from
+from gateway.dns.upstream import Forwarder
+from gateway.dns.upstream_base import UpstreamError, upstreams_from
 from gateway.dns.wire import key_to_wire
 from gateway.util.names import normalize_name
 

@@ -21,7 +21,8 @@ from gateway.dns.doh import DohHandler
 from gateway.dns.dot import DotServer, ReloadableContext
 from gateway.dns.rrl import Rrl
 from gateway.dns.server import DnsServer
-from gateway.dns.upstream import Forwarder, upstreams_from
+from gateway.dns.upstream import Forwarder
+from gateway.dns.upstream_base import upstreams_from
 from gateway.errors import ConfigError, ConfigErrors, SafeGateError
 from gateway.lists.overlay import Overlay
 from gateway.policy.schedules import MAX_SLEEP
@@ -42,7 +43,7 @@ from gateway.runtime.web import Site, blockpage_app, gateway_url, metrics_app
 from gateway.runtime.webguard import ConnectionGuard, GuardedSite, Networks, WebMetrics
 
 if TYPE_CHECKING:
-    from gateway.blockpage.page import BlockInfo
+    from gateway.blockpage.model import BlockInfo
     from gateway.config.gateway import GatewayConfig
     from gateway.feeds.manager import FeedManager
     from gateway.hotline.service import ReportService
@@ -220,7 +221,7 @@ class Gateway:
 
     def explain_host(self, client: str, host: str) -> BlockInfo | None:
         """Why `host` is blocked for `client` right now (the block page's "why"), or None."""
-        from gateway.blockpage.page import from_verdict
+        from gateway.blockpage.model import from_verdict
         from gateway.util.names import normalize_name
 
         if self.loaded is None:

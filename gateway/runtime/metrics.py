@@ -22,7 +22,7 @@ from prometheus_client.core import (
 from prometheus_client.registry import Collector
 
 from gateway import __version__
-from gateway.dns.upstream import UpstreamObserver
+from gateway.dns.upstream_base import UpstreamObserver
 
 LATENCY_BUCKETS = (0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05,
                    0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
@@ -242,7 +242,7 @@ class Metrics:
         """Create every upstream's series at 0, so rate() sees the first error too.
 
         `open_sockets`: the primary's forwarder's count, read at scrape time."""
-        from gateway.dns.upstream import DROP_REASONS, ERROR_REASONS, MISMATCH_REASONS
+        from gateway.dns.upstream_base import DROP_REASONS, ERROR_REASONS, MISMATCH_REASONS
 
         for label in labels:
             for reason in ERROR_REASONS:

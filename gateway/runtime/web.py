@@ -15,14 +15,11 @@ from zoneinfo import ZoneInfo
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
-from gateway.blockpage import page as blockpage
-from gateway.blockpage.page import (
-    BlockInfo,
-    render_block,
-    render_report_form,
-    render_report_result,
-    security_headers,
-)
+from gateway.blockpage.ca_page import render_ca_page
+from gateway.blockpage.frame import page, security_headers
+from gateway.blockpage.model import BlockInfo, choose_lang
+from gateway.blockpage.page import render_block
+from gateway.blockpage.report_pages import render_report_form, render_report_result
 from gateway.hotline.desk import ReportDesk
 
 READY: web.AppKey[Callable[[], bool]] = web.AppKey("ready")
@@ -159,14 +156,14 @@ async def _blockpage(request: web.Request) -> web.Response:
 def _home(site: Site, request: web.Request, lang: str | None
           ) -> tuple[int, dict[str, str], bytes]:
     """The gateway's own address: what it is, and where the CA page is."""
-    chosen = blockpage.choose_lang(request.headers, lang)
+    chosen = choose_lang(request.headers, lang)
     text = {"vi": ("SafeGate: cổng lọc nội dung bảo vệ trẻ em.",
                    "Cài chứng chỉ của bộ lọc HTTPS"),
             "en": ("SafeGate: a content-filtering gateway that protects children.",
                    "Install the HTTPS filter's certificate")}[chosen]
     body = f"<p>{text[0]}</p>\n<p><a href=\"/ca?lang={chosen}\">{text[1]}</a></p>"
     return 200, {"Cache-Control": "no-store", "Content-Type": "text/html; charset=utf-8"}, \
-        blockpage.page(chosen, "SafeGate", body).encode("utf-8")
+        page(chosen, "SafeGate", body).encode("utf-8")
 
 
 async def _report(request: web.Request) -> web.Response:
@@ -226,9 +223,9 @@ def _ca_path(site: Site, name: str) -> Path | None:
 
 async def _ca_page(request: web.Request) -> web.Response:
     site = request.app[SITE]
-    lang = blockpage.choose_lang(request.headers, request.query.get("lang"))
+    lang = choose_lang(request.headers, request.query.get("lang"))
     available = {name for name in CA_FILES if _ca_path(site, name) is not None}
-    status, html = blockpage.render_ca_page(lang, available)
+    status, html = render_ca_page(lang, available)
     return web.Response(status=status, body=html.encode("utf-8"), headers={
         "Content-Type": "text/html; charset=utf-8", "Cache-Control": "no-store"})
 

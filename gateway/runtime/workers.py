@@ -36,7 +36,8 @@ from gateway.dns.cache import AnswerCache
 from gateway.dns.chain import Resolver
 from gateway.dns.rrl import Rrl
 from gateway.dns.server import DnsServer
-from gateway.dns.upstream import Forwarder, UpstreamObserver, upstreams_from
+from gateway.dns.upstream import Forwarder
+from gateway.dns.upstream_base import UpstreamObserver, upstreams_from
 from gateway.lists.index import ListIndex
 from gateway.lists.overlay import Overlay
 from gateway.policy.policyfile import Policy

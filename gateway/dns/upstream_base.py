@@ -1,0 +1,102 @@
+"""What the forwarder and its transports share: an upstream, the errors, the observer hooks.
+
+Also the check that a reply answers what was sent: replies that match no pending query, or
+match its ID but not its question, are ignored and counted (`mismatch`), never believed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from collections.abc import Iterable
+
+from gateway.config.upstreams import UpstreamSpec
+from gateway.dns import wire
+
+EDE_NOT_READY = 14    # RFC 8914: the server cannot answer this now (over our upstream caps)
+
+
+class UpstreamError(Exception):
+    """Every upstream failed (timeout, network error, or an answer we could not use)."""
+
+    ede: bytes = b""   # an EDE option (RFC 8914) for the SERVFAIL, when there is one to give
+
+
+class UpstreamBusy(UpstreamError):
+    """Not sent at all: `limits.upstream.inflight` (or its per-zone share) is full."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(f"upstream in-flight cap reached ({reason})")
+        self.reason = reason
+        self.ede = wire.ede_option(EDE_NOT_READY, "too many upstream queries in flight")
+
+
+class Upstream:
+    """One upstream resolver and its health."""
+
+    __slots__ = ("benched_until", "failures", "family", "host", "label", "port", "tls_name",
+                 "transport")
+
+    def __init__(self, host: str, port: int, transport: str = "udp",
+                 tls_name: str | None = None) -> None:
+        self.host = host
+        self.port = port
+        self.transport = transport
+        self.tls_name = tls_name
+        self.family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        self.label = UpstreamSpec(host, port, transport, tls_name).label
+        self.failures = 0
+        self.benched_until = 0.0
+
+
+def upstreams_from(specs: Iterable[UpstreamSpec]) -> list[Upstream]:
+    """The forwarder's upstreams for config's `dns.upstreams`."""
+    return [Upstream(s.host, s.port, s.transport, s.tls_name) for s in specs]
+
+
+class UpstreamObserver:
+    """Hooks the forwarder calls so metrics stay outside it (a no-op base)."""
+
+    def query(self, upstream: str, protocol: str) -> None:
+        """An attempt was sent."""
+
+    def error(self, upstream: str, reason: str) -> None:
+        """An attempt failed."""
+
+    def latency(self, upstream: str, seconds: float) -> None:
+        """An attempt got a usable answer after `seconds`."""
+
+    def mismatch(self, upstream: str, reason: str) -> None:
+        """A reply was ignored (MISMATCH_REASONS): late, or a spoofing attempt."""
+
+    def dropped(self, reason: str) -> None:
+        """A question was not sent: an in-flight cap (DROP_REASONS) was full."""
+
+
+# Label values: why a reply was ignored, and why a question was not sent.
+MISMATCH_REASONS = ("unknown_id", "question", "case")
+DROP_REASONS = ("inflight", "zone")
+
+# Every value of the upstream error label (servfail and refused also name such replies;
+# tls: the handshake or certificate check failed).
+ERROR_REASONS = ("timeout", "refused", "network", "bad_reply", "servfail", "tls")
+
+
+def expire(fut: asyncio.Future[bytes]) -> None:
+    """A query's timer ran out (call_later target)."""
+    if not fut.done():
+        fut.set_exception(TimeoutError())
+
+
+def reply_mismatch(reply: bytes, sent: bytes, exact_case: bool) -> str:
+    """"" when `reply` (whose ID matched) answers the question `sent`, else why not: its
+    question differs ("question"), or only the case of its name does with 0x20 on ("case")."""
+    n = len(sent)
+    if len(reply) < 12 + n or not reply[2] & 0x80 or reply[4:6] != b"\x00\x01":
+        return "question"
+    echoed = reply[12:12 + n]
+    if echoed == sent:
+        return ""
+    if echoed[-4:] != sent[-4:] or echoed[:-4].lower() != sent[:-4].lower():
+        return "question"
+    return "case" if exact_case else ""
