@@ -32,6 +32,7 @@ from operator import and_, eq, lshift, or_, rshift
 from typing import Any, Literal, NamedTuple
 
 from gateway.lists import SCOPE_SELF, SCOPE_SUBS, Action, Rule
+from gateway.util.atomic import atomic_write
 
 __all__ = ["MAGIC", "IndexBuilder", "ListIndex", "Match", "key_hash"]
 
@@ -409,20 +410,4 @@ class IndexBuilder:
         """Write atomically: readers see the old file or the complete new one, never a mix."""
         path = os.fspath(path)
         prefix, keys, vals, dirv = self._arrays()
-        tmp = path + ".tmp"
-        with open(tmp, "wb") as f:
-            f.write(prefix)
-            keys.tofile(f)
-            vals.tofile(f)
-            dirv.tofile(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-        try:
-            dir_fd = os.open(os.path.dirname(os.path.abspath(path)), os.O_RDONLY)
-        except OSError:  # pragma: no cover - e.g. platforms without directory fds
-            return
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
+        atomic_write(path, (prefix, memoryview(keys), memoryview(vals), memoryview(dirv)))
