@@ -21,6 +21,7 @@ from gateway.config.gateway import GatewayConfig, ProxyConfig
 from gateway.errors import ConfigError, ConfigErrors, SafeGateError
 from gateway.proxy import sources
 from gateway.proxy.addon import SafeGateAddon
+from gateway.proxy.intercept import write_intercept_file
 from gateway.proxy.metrics import ProxyMetrics
 from gateway.proxy.page import BlockPages
 from gateway.proxy.resolve import UpstreamResolver
@@ -96,7 +97,7 @@ class ProxyProcess:
         name steered to a proxy that does not listen yet would fail to connect."""
         if self._ready and self._intercept is not None:
             state_dir, hosts, why = self._intercept
-            sources.write_intercept_file(state_dir, hosts, why)
+            write_intercept_file(state_dir, hosts, why)
 
     async def build(self) -> tuple[sources.Loaded, HashIndex | None]:
         """Build aside (a worker thread): lists, feeds, policies, the hash index."""

@@ -36,6 +36,7 @@ from gateway.policy.policyfile import Network, Network4or6, Policy, load_policy,
 from gateway.policy.safesearch import Rewrites, load_rewrites
 from gateway.policy.schedules import MAX_SLEEP, active_categories, next_change
 from gateway.policy.subscribers import Subscribers, load_subscribers
+from gateway.proxy.intercept import INTERCEPT_FILE, read_intercept_file
 from gateway.util.readfile import file_problem
 
 log = logging.getLogger(__name__)
@@ -88,10 +89,6 @@ def watched_files(config_path: Path, loaded: Loaded | None) -> list[Path]:
     return paths
 
 
-# Written by the proxy process (gateway/proxy/sources.py), read here: one name per line.
-INTERCEPT_FILE = "proxy-intercept.txt"
-
-
 def steering(config: GatewayConfig) -> list[str]:
     """The addresses DNS-steered names are answered with ([] when the proxy does not steer)."""
     proxy = config.proxy
@@ -110,21 +107,10 @@ def read_intercept(config: GatewayConfig) -> frozenset[bytes]:
     """The proxy's intercept set, if the proxy steers and has written it (else empty)."""
     if not steering(config):
         return frozenset()
-    from gateway.util.names import normalize_name
-
     try:
-        text = (config.state_dir / INTERCEPT_FILE).read_text(encoding="ascii")
-    except (OSError, UnicodeDecodeError):
+        return frozenset(read_intercept_file(config.state_dir / INTERCEPT_FILE))
+    except OSError:
         return frozenset()
-    names = set()
-    for line in text.splitlines():
-        line = line.strip()
-        if line and not line.startswith("#"):
-            try:
-                names.add(normalize_name(line))
-            except ValueError:
-                log.warning("%s: ignoring %r", INTERCEPT_FILE, line)
-    return frozenset(names)
 
 
 def steer_scopes(config: GatewayConfig, intercept: frozenset[bytes]) -> frozenset[bytes]:
