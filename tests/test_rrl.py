@@ -19,12 +19,12 @@ from gateway.dns.answers import BlockAnswers
 from gateway.dns.cache import AnswerCache, CacheConfig, entry_from_reply
 from gateway.dns.chain import Resolver, View
 from gateway.dns.rrl import Rrl, slip_reply
+from gateway.dns.stats import DnsStats
 from gateway.dns.upstream import Forwarder, ForwarderConfig, Upstream
 from gateway.lists import SCOPE_BOTH, Action, Rule
 from gateway.lists.index import IndexBuilder, ListIndex
 from gateway.policy.decide import Profile
 from gateway.policy.netindex import PrefixMap
-from gateway.runtime.metrics import DnsStats
 
 
 class Clock:

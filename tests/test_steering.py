@@ -19,10 +19,10 @@ import pytest
 
 from gateway.dns.cache import AnswerCache, CacheConfig
 from gateway.dns.chain import Resolver
+from gateway.dns.stats import DnsStats
 from gateway.dns.upstream import Forwarder, ForwarderConfig, Upstream
 from gateway.proxy.intercept import INTERCEPT_FILE, read_intercept_file, write_intercept_file
 from gateway.proxy.pac import pac_text
-from gateway.runtime.metrics import DnsStats
 from gateway.runtime.state import load_in_process
 from tests.support.procs import write_gateway_config
 from tests.test_resolver_e2e import LISTS, LISTS_YAML, POLICY

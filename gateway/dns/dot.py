@@ -11,8 +11,8 @@ from pathlib import Path
 from gateway.config.limits import StreamLimits
 from gateway.dns.chain import Resolver
 from gateway.dns.server import Tasks, TcpProtocol
+from gateway.dns.stats import StreamStats
 from gateway.dns.streams import StreamTable
-from gateway.runtime.metrics import StreamStats
 
 log = logging.getLogger(__name__)
 

@@ -14,9 +14,9 @@ from gateway.config.limits import StreamLimits
 from gateway.dns import proxyproto
 from gateway.dns.chain import Resolver
 from gateway.dns.rrl import Rrl
+from gateway.dns.stats import StreamStats
 from gateway.dns.streams import StreamTable
 from gateway.dns.wire import formerr_from_header
-from gateway.runtime.metrics import StreamStats
 
 log = logging.getLogger(__name__)
 
