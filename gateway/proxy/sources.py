@@ -24,7 +24,7 @@ from gateway.policy.policyfile import Policy, load_policy, policy_files
 from gateway.policy.safesearch import load_rewrites
 from gateway.proxy.rules import GOOGLE, YOUTUBE, ClientTier, Rules, rules_intercept_hosts
 from gateway.proxy.urls import LegalOrder, UrlEntry, UrlIndex, UrlKey, parse_entry_url
-from gateway.runtime.state import Fingerprint, fingerprint
+from gateway.util.fingerprint import Fingerprint, fingerprint
 from gateway.util.readfile import read_capped
 
 log = logging.getLogger(__name__)

@@ -37,12 +37,10 @@ from gateway.policy.safesearch import Rewrites, load_rewrites
 from gateway.policy.schedules import MAX_SLEEP, active_categories, next_change
 from gateway.policy.subscribers import Subscribers, load_subscribers
 from gateway.proxy.intercept import INTERCEPT_FILE, read_intercept_file
+from gateway.util.fingerprint import Fingerprint, fingerprint
 from gateway.util.readfile import file_problem
 
 log = logging.getLogger(__name__)
-
-Fingerprint = tuple[tuple[str, int, int, int], ...]
-
 
 @dataclass
 class Loaded:
@@ -59,18 +57,6 @@ class Loaded:
     index_path: Path | None = None
     subscribers: Subscribers | None = None
     intercept: frozenset[bytes] = frozenset()   # the proxy's intercept set (DNS steering)
-
-
-def fingerprint(paths: list[Path]) -> Fingerprint:
-    """(path, mtime_ns, size, inode) of each file: any edit, replace or delete changes it."""
-    out = []
-    for p in sorted(set(paths)):
-        try:
-            st = p.stat()
-            out.append((str(p), st.st_mtime_ns, st.st_size, st.st_ino))
-        except OSError:
-            out.append((str(p), -1, -1, -1))
-    return tuple(out)
 
 
 def watched_files(config_path: Path, loaded: Loaded | None) -> list[Path]:
