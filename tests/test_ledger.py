@@ -16,11 +16,11 @@ from aiohttp.test_utils import TestServer
 from prometheus_client import CollectorRegistry
 
 from gateway.compliance.selfprobe import NetworkProbe, ProbeResult
+from gateway.dns.stats import DnsStats
 from gateway.feedformat.document import Entry, LegalBasis
 from gateway.feeds.ledger import Ledger
 from gateway.feeds.manager import RETRY_DELAYS, Prober, probe_verdict
 from gateway.feeds.stats import FeedMetrics, HourlyStats
-from gateway.runtime.metrics import DnsStats
 from gateway.util.outbox import AckTarget, OutboxSender, acks_url, backoff, merge
 
 T0 = 1_795_132_800.0   # 2026-11-20T00:00:00Z

@@ -312,11 +312,12 @@ def test_ca_generated_with_mitmproxy_names_and_private_key(proxy: Proxy) -> None
 
 
 def test_intercept_file_lists_url_hosts_restricted_and_scanned(proxy: Proxy) -> None:
-    from gateway.proxy.sources import read_intercept_file
+    from gateway.proxy.intercept import read_intercept_file
 
     hosts = read_intercept_file(proxy.state / "proxy-intercept.txt")
-    assert {"news.test", "www.news.test", "video.test", "search.test", "img.test"} <= set(hosts)
-    assert "plain.test" not in hosts
+    assert {b"news.test", b"www.news.test", b"video.test", b"search.test",
+            b"img.test"} <= set(hosts)
+    assert b"plain.test" not in hosts
 
 
 @pytest.mark.parametrize("via", ["explicit", "steered"])

@@ -15,6 +15,7 @@ from gateway.errors import ConfigError
 from gateway.lists.catalog import load_catalog
 from gateway.lists.compile import compile_catalog
 from gateway.policy.netindex import PrefixMap
+from gateway.proxy.intercept import read_intercept_file, write_intercept_file
 from gateway.proxy.pac import pac_text
 from gateway.proxy.rules import (
     ALLOWED,
@@ -25,7 +26,6 @@ from gateway.proxy.rules import (
     Rules,
     intercept_hosts,
 )
-from gateway.proxy.sources import read_intercept_file, write_intercept_file
 from gateway.proxy.urls import LegalOrder, UrlEntry, UrlIndex, parse_entry_url, request_key
 from tests.support.procs import REPO_ROOT, write_gateway_config
 
@@ -132,8 +132,8 @@ def test_intercept_set_and_its_file(tmp_path: Path) -> None:
                             [ClientTier("a", frozenset(), "strict")])
     assert "www.youtube.com" in hosts
     path = write_intercept_file(tmp_path, hosts, "test")
-    assert read_intercept_file(path) == hosts
-    assert path.read_text().startswith("#") and not (tmp_path / (path.name + ".tmp")).exists()
+    assert read_intercept_file(path) == [h.encode() for h in hosts]
+    assert path.read_text().startswith("#") and sorted(os.listdir(tmp_path)) == [path.name]
 
 
 def test_pac_sends_only_the_intercept_set() -> None:

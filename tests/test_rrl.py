@@ -19,6 +19,7 @@ from gateway.dns.answers import BlockAnswers
 from gateway.dns.cache import AnswerCache, CacheConfig, entry_from_reply
 from gateway.dns.chain import Resolver, View
 from gateway.dns.rrl import Rrl, slip_reply
+from gateway.dns.stats import DnsStats
 from gateway.dns.upstream import Forwarder, ForwarderConfig
 from gateway.dns.upstream_base import Upstream
 from gateway.lists import SCOPE_BOTH, Action, Rule
@@ -26,7 +27,6 @@ from gateway.lists.index import ListIndex
 from gateway.lists.index_builder import IndexBuilder
 from gateway.policy.decide import Profile
 from gateway.policy.netindex import PrefixMap
-from gateway.runtime.metrics import DnsStats
 
 
 class Clock:

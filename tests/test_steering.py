@@ -19,10 +19,12 @@ import pytest
 
 from gateway.dns.cache import AnswerCache, CacheConfig
 from gateway.dns.chain import Resolver
+from gateway.dns.stats import DnsStats
 from gateway.dns.upstream import Forwarder, ForwarderConfig
 from gateway.dns.upstream_base import Upstream
-from gateway.runtime.metrics import DnsStats
-from gateway.runtime.state import INTERCEPT_FILE, load_in_process
+from gateway.proxy.intercept import INTERCEPT_FILE, read_intercept_file, write_intercept_file
+from gateway.proxy.pac import pac_text
+from gateway.runtime.state import load_in_process
 from tests.support.procs import write_gateway_config
 from tests.test_resolver_e2e import LISTS, LISTS_YAML, POLICY
 
@@ -74,6 +76,24 @@ def test_intercept_set_names_answer_the_proxy_address(tmp_path: Path) -> None:
     again = _ask(r, "news.example", "A")
     assert [rr.to_text() for rr in again.answer[0]] == ["127.0.0.5"]
     assert r.stats.queries[("intercepted", "", "kids", "udp")] == 5
+
+
+def test_what_the_proxy_writes_is_what_the_gateway_steers(tmp_path: Path) -> None:
+    """One normalisation on both sides: a scan host written with capitals and a trailing dot,
+    or an internationalised name, is steered by the resolver and listed in the PAC file
+    exactly as the proxy intercepts it (before, the proxy wrote such names verbatim, or
+    failed on a non-ASCII one, and the two readers normalised differently)."""
+    cfg = _config(tmp_path, None)
+    hosts = ["News.Example.", "www.news.example", "b\u00fccher.example", "not a name"]
+    path = write_intercept_file(tmp_path / "var", hosts, "test")
+    written = read_intercept_file(path)
+    assert written == [b"news.example", b"www.news.example", b"xn--bcher-kva.example"]
+    assert load_in_process(cfg).intercept == frozenset(written)
+    pac = pac_text("192.0.2.1:3128", [n.decode() for n in written])
+    assert '"news.example":1' in pac and '"xn--bcher-kva.example":1' in pac
+    r = _resolver(cfg)
+    for name in ("news.example", "xn--bcher-kva.example"):
+        assert [rr.to_text() for rr in _ask(r, name, "A").answer[0]] == ["127.0.0.5"], name
 
 
 def test_no_file_or_proxy_off_means_no_steering(tmp_path: Path) -> None:

@@ -477,7 +477,8 @@ def test_worker_counts_reach_the_primarys_metrics() -> None:
     """dns.workers: a worker's drops, mismatches and open sockets show in the node's scrape."""
     from prometheus_client import CollectorRegistry, generate_latest
 
-    from gateway.runtime.metrics import DnsStats, Metrics
+    from gateway.dns.stats import DnsStats
+    from gateway.runtime.metrics import Metrics
     from gateway.runtime.workers import Deltas, add_deltas
 
     registry = CollectorRegistry()

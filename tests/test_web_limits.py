@@ -259,7 +259,7 @@ def test_guard_counts_ipv6_by_64_and_exempts_trusted_frontends() -> None:
     from prometheus_client import CollectorRegistry
 
     from gateway.config.limits import WebLimits
-    from gateway.runtime.webguard import ConnectionGuard, WebMetrics, client_key
+    from gateway.http.guard import ConnectionGuard, WebMetrics, client_key
 
     assert client_key(("2001:db8:0:1::1", 443, 0, 0)) == client_key(("2001:db8:0:1:ff::9", 1))
     assert client_key(("2001:db8:0:2::1", 443, 0, 0)) != client_key(("2001:db8:0:1::1", 1))

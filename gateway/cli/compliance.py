@@ -12,7 +12,6 @@ import json
 import os
 import sqlite3
 import sys
-import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -37,6 +36,7 @@ from gateway.compliance.report import (
 )
 from gateway.compliance.report_render import RENDERERS
 from gateway.errors import ConfigError
+from gateway.util.atomic import atomic_write
 
 GATEWAY_KEYS = frozenset({"dns", "state_dir"})
 PUBLISHER_KEYS = frozenset({"database", "signing_key"})
@@ -187,15 +187,7 @@ def write_output(text: str, out: Path | None) -> None:
     if out is None:
         sys.stdout.write(text)
         return
-    fd, tmp = tempfile.mkstemp(dir=out.resolve().parent, prefix=f".{out.name}.")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
-            f.write(text)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, out)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write(out, text, mode=0o644)
 
 
 def cmd_report(args: argparse.Namespace) -> int:

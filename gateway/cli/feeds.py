@@ -17,7 +17,8 @@ from typing import Any
 
 from gateway.config.gateway import GatewayConfig, load_config
 from gateway.errors import SafeGateError
-from gateway.feeds.client import held_paths, status_of, write_atomic
+from gateway.feeds.client import held_paths, status_of
+from gateway.util.atomic import atomic_write
 
 
 def register(subparsers: Any) -> None:
@@ -90,7 +91,7 @@ def confirm(config: GatewayConfig, feed: str) -> dict[str, Any]:
         raise SafeGateError(f"feed {feed!r} has no held update") from None
     except (OSError, ValueError) as exc:
         raise SafeGateError(f"cannot read {meta_p}: {exc}") from None
-    write_atomic(marker, str(held["id"]).encode())
+    atomic_write(marker, str(held["id"]).encode())
     return held
 
 

@@ -19,6 +19,7 @@ from gateway.lists import SCOPE_BOTH, SCOPE_SELF, SCOPE_SUBS, Action, ParsedRule
 from gateway.lists.catalog import LIST_BYTES_KEY, Catalog, load_catalog
 from gateway.lists.parsers import parse
 from gateway.util.readfile import read_capped
+from gateway.util.sqlite import open_db
 
 LEDGER_FILE = "ledger.sqlite3"
 DNS_TYPES = ("domain", "domain-exact")
@@ -38,7 +39,7 @@ def open_readonly(path: Path) -> sqlite3.Connection:
     """Read-only so an export (or report) can never change the ledger under the gateway."""
     if not path.is_file():
         raise ConfigError("database not found", str(path))
-    return sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    return open_db(path, readonly=True, timeout=5.0, named_rows=False)
 
 
 def ledger_entries(db: sqlite3.Connection) -> list[Entry]:

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 
 from gateway.config.limits import MemoryLimits
 from gateway.dns import wire
+from gateway.dns.wire import RR_FIXED
 from gateway.policy.decide import Verdict
 
 EDE_PROHIBITED = 18
@@ -106,8 +107,8 @@ class BlockAnswers:
         if rdatas:
             rtype = wire.TYPE_A if q.qtype == wire.TYPE_A else wire.TYPE_AAAA
             for rdata in rdatas:
-                records += b"\xc0\x0c" + struct.pack(">HHIH", rtype, wire.CLASS_IN, self.ttl,
-                                                     len(rdata)) + rdata
+                records += (b"\xc0\x0c" + RR_FIXED.pack(rtype, wire.CLASS_IN, self.ttl, len(rdata))
+                            + rdata)
                 an += 1
         else:
             # RFC 2308: a negative answer carries an SOA so the client caches it for `ttl`.
@@ -115,8 +116,8 @@ class BlockAnswers:
             owner = struct.pack(">H", 0xC000 | (12 + verdict.offset)) if verdict.offset < 256 \
                 else b"\xc0\x0c"
             rdata = _SOA_RDATA_NAMES + struct.pack(">IIIII", 1, 3600, 600, 86400, self.ttl)
-            records += owner + struct.pack(">HHIH", wire.TYPE_SOA, wire.CLASS_IN, self.ttl,
-                                           len(rdata)) + rdata
+            records += (owner + RR_FIXED.pack(wire.TYPE_SOA, wire.CLASS_IN, self.ttl, len(rdata))
+                        + rdata)
             ns = 1
         ar = 0
         if q.edns:
@@ -162,7 +163,7 @@ def class_refused_reply(q: wire.Query) -> bytes:
 def any_reply(q: wire.Query) -> bytes:
     """RFC 8482 minimal answer to ANY: one synthesized HINFO, no amplification."""
     rdata = b"\x07RFC8482\x00"
-    rr = (b"\xc0\x0c" + struct.pack(">HHIH", wire.TYPE_HINFO, wire.CLASS_IN, 3600, len(rdata))
+    rr = (b"\xc0\x0c" + RR_FIXED.pack(wire.TYPE_HINFO, wire.CLASS_IN, 3600, len(rdata))
           + rdata)
     ar = 1 if q.edns else 0
     out = wire.header(q.id, wire.reply_flags(q, wire.NOERROR), 1, 1, 0, ar) + q.question + rr

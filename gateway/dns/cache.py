@@ -13,8 +13,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from gateway.dns import wire
+from gateway.dns.wire import RR_FIXED
 
-_RR_FIXED = struct.Struct(">HHIH")
 _TTL = struct.Struct(">I")
 
 STALE_ANSWER_TTL = 30  # RFC 8767 4: TTL of stale data served
@@ -116,7 +116,7 @@ def entry_from_reply(reply: bytes, cfg: CacheConfig, now: float, relay: bool = F
             name_end = wire.skip_name(reply, pos)
             if name_end + 10 > len(reply):
                 raise wire.WireError("record runs past the end of the message")
-            rtype, _rclass, ttl, rdlen = _RR_FIXED.unpack_from(reply, name_end)
+            rtype, _rclass, ttl, rdlen = RR_FIXED.unpack_from(reply, name_end)
             rdata = name_end + 10
             pos = rdata + rdlen
             if pos > len(reply):

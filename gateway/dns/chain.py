@@ -32,12 +32,12 @@ from typing import Any
 from gateway.dns import proxyproto, rewrite, wire
 from gateway.dns.answers import BlockAnswers, any_reply, class_refused_reply, refused_reply
 from gateway.dns.cache import AnswerCache, CacheConfig, Entry, entry_from_reply
+from gateway.dns.stats import DnsStats
 from gateway.dns.svcb import TYPE_HTTPS, TYPE_SVCB, strip_ech
 from gateway.dns.upstream import Forwarder
 from gateway.dns.upstream_base import UpstreamBusy, UpstreamError
 from gateway.policy.decide import Profile, Verdict
 from gateway.policy.netindex import PrefixMap
-from gateway.runtime.metrics import DnsStats
 
 perf_counter = time.perf_counter
 

@@ -19,6 +19,7 @@ from aiohttp import web
 
 from gateway.dns import wire
 from gateway.dns.chain import Resolver
+from gateway.dns.wire import RR_FIXED
 from gateway.policy.decide import Profile
 
 log = logging.getLogger(__name__)
@@ -27,7 +28,6 @@ CONTENT_TYPE = "application/dns-message"
 MAX_MESSAGE = 65_535
 PATH = "/dns-query"
 _B64URL = re.compile(r"[A-Za-z0-9_-]+")
-_RR_FIXED = struct.Struct(">HHIH")
 
 Frontends = tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]
 
@@ -143,9 +143,9 @@ def min_ttl(reply: bytes) -> int:
         for section, count in enumerate((an, ns)):
             for _ in range(count):
                 pos = wire.skip_name(reply, pos)
-                _, _, ttl, rdlength = _RR_FIXED.unpack_from(reply, pos)
+                _, _, ttl, rdlength = RR_FIXED.unpack_from(reply, pos)
                 ttls[section].append(ttl & 0x7FFFFFFF)
-                pos += _RR_FIXED.size + rdlength
+                pos += RR_FIXED.size + rdlength
     except (struct.error, wire.WireError):
         return 0
     found = ttls[0] or ttls[1]

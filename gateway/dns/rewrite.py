@@ -11,8 +11,8 @@ from __future__ import annotations
 import struct
 
 from gateway.dns import wire
+from gateway.dns.wire import RR_FIXED
 
-_RR = struct.Struct(">HHIH")
 TYPE_NS = 2
 TYPE_PTR = 12
 TYPE_MX = 15
@@ -36,18 +36,19 @@ def splice(q: wire.Query, target: bytes, target_reply: bytes, limit: int, defaul
     for section, count in enumerate((an, ns)):
         for _ in range(count):
             owner, pos = wire.read_name(target_reply, pos)
-            rtype, rclass, ttl, rdlen = _RR.unpack_from(target_reply, pos)
+            rtype, rclass, ttl, rdlen = RR_FIXED.unpack_from(target_reply, pos)
             rdata_at = pos + 10
             pos = rdata_at + rdlen
             rdata = expand_rdata(target_reply, rtype, rdata_at, pos)
-            records += wire.key_to_wire(owner) + _RR.pack(rtype, rclass, ttl, len(rdata)) + rdata
+            records += (wire.key_to_wire(owner) + RR_FIXED.pack(rtype, rclass, ttl, len(rdata))
+                        + rdata)
             if section == 0:
                 ttls.append(ttl)
                 kept_an += 1
             else:
                 kept_ns += 1
     target_wire = wire.key_to_wire(target)
-    cname = b"\xc0\x0c" + _RR.pack(wire.TYPE_CNAME, wire.CLASS_IN,
+    cname = b"\xc0\x0c" + RR_FIXED.pack(wire.TYPE_CNAME, wire.CLASS_IN,
                                    min(ttls) if ttls else default_ttl, len(target_wire)) \
         + target_wire
     ar = 1 if q.edns else 0
@@ -65,7 +66,7 @@ def cname_only(q: wire.Query, target: bytes, ttl: int) -> bytes:
     target_wire = wire.key_to_wire(target)
     ar = 1 if q.edns else 0
     out = (wire.header(q.id, wire.reply_flags(q, wire.NOERROR), 1, 1, 0, ar) + q.question
-           + b"\xc0\x0c" + _RR.pack(wire.TYPE_CNAME, wire.CLASS_IN, ttl, len(target_wire))
+           + b"\xc0\x0c" + RR_FIXED.pack(wire.TYPE_CNAME, wire.CLASS_IN, ttl, len(target_wire))
            + target_wire)
     if q.edns:
         out += wire.opt_record(q.do)

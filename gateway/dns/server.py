@@ -9,11 +9,11 @@ import socket
 from gateway.config.limits import StreamLimits
 from gateway.dns.chain import Resolver
 from gateway.dns.rrl import Rrl
+from gateway.dns.stats import StreamStats
 from gateway.dns.streams import StreamTable
 from gateway.dns.tasks import Tasks
 from gateway.dns.tcp import TcpProtocol
 from gateway.dns.udp import UdpProtocol
-from gateway.runtime.metrics import StreamStats
 
 log = logging.getLogger(__name__)
 

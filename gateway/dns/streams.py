@@ -7,7 +7,7 @@ together (they are answered REFUSED, so they need little room). When the table i
 inside client takes the slot of the oldest outside connection. Trusted front ends (dnsdist)
 carry many clients on their connections, so they have no per-client cap.
 
-Every refusal and every close the gateway decides is counted (gateway.runtime.metrics.StreamStats)
+Every refusal and every close the gateway decides is counted (gateway.dns.stats.StreamStats)
 and logged at most once a minute per client and reason: a flood never floods the log.
 """
 
@@ -21,7 +21,7 @@ from typing import Generic, Protocol, TypeVar
 
 from gateway.config.limits import StreamLimits
 from gateway.dns.chain import Resolver
-from gateway.runtime.metrics import StreamStats
+from gateway.dns.stats import StreamStats
 
 log = logging.getLogger(__name__)
 

@@ -11,12 +11,12 @@ import struct
 
 from gateway.dns import wire
 from gateway.dns.rewrite import expand_rdata
+from gateway.dns.wire import RR_FIXED
 
 TYPE_SVCB = 64
 TYPE_HTTPS = 65
 KEY_MANDATORY = 0
 KEY_ECH = 5
-_RR = struct.Struct(">HHIH")
 
 
 def strip_params(rdata: bytes, drop: frozenset[int] = frozenset({KEY_ECH})) -> bytes:
@@ -64,7 +64,7 @@ def strip_ech(msg: bytes) -> bytes:
     changed = False
     for _ in range(an + ns + ar):
         owner, pos = wire.read_name(msg, pos)
-        rtype, rclass, ttl, rdlen = _RR.unpack_from(msg, pos)
+        rtype, rclass, ttl, rdlen = RR_FIXED.unpack_from(msg, pos)
         start = pos + 10
         pos = start + rdlen
         if pos > len(msg):
@@ -79,5 +79,5 @@ def strip_ech(msg: bytes) -> bytes:
         return msg
     out = bytearray(msg[:question_end])
     for owner, rtype, rclass, ttl, rdata in records:
-        out += wire.key_to_wire(owner) + _RR.pack(rtype, rclass, ttl, len(rdata)) + rdata
+        out += wire.key_to_wire(owner) + RR_FIXED.pack(rtype, rclass, ttl, len(rdata)) + rdata
     return bytes(out)

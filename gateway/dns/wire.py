@@ -37,7 +37,9 @@ DO_BIT = 0x8000
 
 _HEADER = struct.Struct(">HHHHHH")
 _U16 = struct.Struct(">H")
-_RR_FIXED = struct.Struct(">HHIH")  # type, class, ttl, rdlength
+# A resource record after its owner name: type, class, ttl, rdlength (RFC 1035 4.1.3). The one
+# definition every reader and writer of records in gateway/dns uses.
+RR_FIXED = struct.Struct(">HHIH")
 
 
 class Query:
@@ -134,7 +136,7 @@ def _read_opt(data: bytes, pos: int, q: Query) -> None:
     if pos + 11 > len(data) or data[pos] != 0:
         q.error = FORMERR
         return
-    rtype, rclass, ttl, rdlen = _RR_FIXED.unpack_from(data, pos + 1)
+    rtype, rclass, ttl, rdlen = RR_FIXED.unpack_from(data, pos + 1)
     if rtype != TYPE_OPT:
         return  # e.g. TSIG: not supported, answered as if absent
     q.edns = True
@@ -179,7 +181,7 @@ def parse_query_slow(data: bytes, q: Query) -> Query:
             name_end = skip_name(data, pos)
             if name_end + 10 > len(data):
                 raise WireError("record runs past the end")
-            rtype, _rclass, _ttl, rdlen = _RR_FIXED.unpack_from(data, name_end)
+            rtype, _rclass, _ttl, rdlen = RR_FIXED.unpack_from(data, name_end)
             if rtype == TYPE_OPT and i >= ancount + nscount:
                 if opt_at >= 0:
                     q.error = FORMERR  # RFC 6891 6.1.1: more than one OPT
@@ -211,7 +213,7 @@ def header(qid: int, flags: int, qd: int, an: int, ns: int, ar: int) -> bytes:
 def opt_record(do: bool, ext_rcode: int = 0, options: bytes = b"") -> bytes:
     """Our OPT pseudo-record: 1232-byte buffer, version 0, DO echoed."""
     ttl = ((ext_rcode >> 4) << 24) | (DO_BIT if do else 0)
-    return b"\x00" + _RR_FIXED.pack(TYPE_OPT, OUR_UDP_SIZE, ttl, len(options)) + options
+    return b"\x00" + RR_FIXED.pack(TYPE_OPT, OUR_UDP_SIZE, ttl, len(options)) + options
 
 
 def ede_option(code: int, text: str = "") -> bytes:

@@ -25,7 +25,6 @@ import hashlib
 import json
 import logging
 import math
-import os
 import random
 import time
 from collections import defaultdict
@@ -45,6 +44,7 @@ from gateway.feeds.stats import FeedMetrics
 from gateway.lists import SCOPE_BOTH, SCOPE_SELF, Action, ParsedRule, Rule
 from gateway.lists.overlay import Overlay
 from gateway.lists.parsers import parse
+from gateway.util.atomic import atomic_write, durable_replace
 from gateway.util.outbox import AckTarget, backoff
 
 log = logging.getLogger(__name__)
@@ -90,22 +90,6 @@ def count_changes(old: Mapping[Any, object], new: Mapping[Any, object]) -> int:
 
 
 # ---------------------------------------------------------------------- files
-
-
-def write_atomic(path: Path, data: bytes) -> None:
-    """tmp + fsync + rename + fsync(dir): after a crash the file is the old or the new one."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def looks_truncated(body: bytes) -> bool:
@@ -542,17 +526,17 @@ class FeedClient:
     def _store_snapshot(self, body: bytes, sig: str) -> None:
         # The new signature is written aside first; start-up also tries NAME.sig.new, so a
         # crash at any point leaves a pair that verifies (the old one or the new one).
-        write_atomic(self.dir / f"{self.name}.sig.new", sig.encode())
-        write_atomic(self.dir / f"{self.name}.json", body)
-        os.replace(self.dir / f"{self.name}.sig.new", self.dir / f"{self.name}.sig")
+        atomic_write(self.dir / f"{self.name}.sig.new", sig.encode())
+        atomic_write(self.dir / f"{self.name}.json", body)
+        durable_replace(self.dir / f"{self.name}.sig.new", self.dir / f"{self.name}.sig")
         for p in (self.dir / f"{self.name}.d").glob("*"):
             with contextlib.suppress(OSError):
                 p.unlink()
 
     def _store_diff(self, serial: int, body: bytes, sig: str) -> None:
         d = self.dir / f"{self.name}.d"
-        write_atomic(d / f"{serial:012d}.sig", sig.encode())
-        write_atomic(d / f"{serial:012d}.json", body)
+        atomic_write(d / f"{serial:012d}.sig", sig.encode())
+        atomic_write(d / f"{serial:012d}.json", body)
 
     def _install(self, serial: int, entries: Mapping[str, Entry], changed: Iterable[str],
                  removed: Iterable[str], received_at: float, ack: bool) -> None:
@@ -671,8 +655,8 @@ class FeedClient:
                        0, changes, len(current), limit)
             raise Rejected("guard", f"update changes {changes} names (limit {limit}); held "
                                     f"until `safegate feeds confirm --feed {self.name}`")
-        write_atomic(self.dir / f"{self.name}.list", body)
-        write_atomic(self.dir / f"{self.name}.meta.json", json.dumps(
+        atomic_write(self.dir / f"{self.name}.list", body)
+        atomic_write(self.dir / f"{self.name}.meta.json", json.dumps(
             {"etag": etag, "last_modified": last_modified, "sha256": digest}).encode())
         self._install_plain(body, etag, last_modified)
         self._clear_held()
@@ -712,9 +696,9 @@ class FeedClient:
     def _hold(self, body: bytes, sig: str, held_id: str, serial: int, changes: int,
               current: int, limit: int) -> None:
         meta_p, body_p, sig_p, _ = held_paths(self.state_dir, self.name)
-        write_atomic(body_p, body)
-        write_atomic(sig_p, sig.encode())
-        write_atomic(meta_p, json.dumps({
+        atomic_write(body_p, body)
+        atomic_write(sig_p, sig.encode())
+        atomic_write(meta_p, json.dumps({
             "feed": self.name, "id": held_id, "serial": serial, "changes": changes,
             "current": current, "limit": limit, "held_at": self.clock()}).encode())
         self.metrics.held.labels(self.name).set(1)

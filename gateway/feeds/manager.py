@@ -20,10 +20,10 @@ from prometheus_client import CollectorRegistry
 
 from gateway.compliance.selfprobe import ProbeResult
 from gateway.config.gateway import GatewayConfig
+from gateway.dns.stats import DnsStats
 from gateway.feeds.client import FeedClient, OverlayTarget, held_paths
 from gateway.feeds.ledger import Ledger, LedgerEntry, ProbeRecord
 from gateway.feeds.stats import FeedMetrics, HourlyStats
-from gateway.runtime.metrics import DnsStats
 from gateway.runtime.state import Loaded
 from gateway.util.outbox import AckTarget, OutboxSender, acks_url
 

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-from gateway.runtime.metrics import DnsStats
+from gateway.dns.stats import DnsStats
 
 if TYPE_CHECKING:
     from gateway.feeds.ledger import Ledger

@@ -13,12 +13,12 @@ from __future__ import annotations
 import hashlib
 import hmac
 import ipaddress
-import os
 import secrets
 from collections import OrderedDict, deque
 from pathlib import Path
 
 from gateway.config.limits import ReportLimits
+from gateway.util.atomic import atomic_write
 
 SECRET_FILE = "reports-csrf.key"
 CLOCK_SKEW = 60.0
@@ -33,12 +33,7 @@ def load_secret(state_dir: Path) -> bytes:
         return bytes.fromhex(path.read_text().strip())
     except (FileNotFoundError, ValueError):
         pass
-    state_dir.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(f".{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as f:
-        f.write(secrets.token_hex(32) + "\n")
-    os.replace(tmp, path)
+    atomic_write(path, secrets.token_hex(32) + "\n", mode=0o600)
     return bytes.fromhex(path.read_text().strip())
 
 

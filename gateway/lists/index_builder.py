@@ -16,6 +16,7 @@ from typing import Any, NamedTuple
 
 from gateway.lists import Action, Rule
 from gateway.lists.index import FORMAT_VERSION, MAGIC, PREFIX, Combo, align8, key_hash
+from gateway.util.atomic import atomic_write
 
 _MIN_DIR_BITS = 4
 _MAX_DIR_BITS = 30
@@ -208,20 +209,4 @@ class IndexBuilder:
         """Write atomically: readers see the old file or the complete new one, never a mix."""
         path = os.fspath(path)
         prefix, keys, vals, dirv = self._arrays()
-        tmp = path + ".tmp"
-        with open(tmp, "wb") as f:
-            f.write(prefix)
-            keys.tofile(f)
-            vals.tofile(f)
-            dirv.tofile(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-        try:
-            dir_fd = os.open(os.path.dirname(os.path.abspath(path)), os.O_RDONLY)
-        except OSError:  # pragma: no cover - e.g. platforms without directory fds
-            return
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
+        atomic_write(path, (prefix, memoryview(keys), memoryview(vals), memoryview(dirv)))

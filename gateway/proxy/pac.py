@@ -14,7 +14,7 @@ from pathlib import Path
 from aiohttp import web
 
 from gateway.config.gateway import GatewayConfig, format_address
-from gateway.proxy.sources import INTERCEPT_FILE, read_intercept_file
+from gateway.proxy.intercept import INTERCEPT_FILE, read_intercept_file
 
 MAX_LISTED = 20_000      # beyond this a PAC file gets slow to evaluate: send everything
 PAC_TYPE = "application/x-ns-proxy-autoconfig"
@@ -53,7 +53,7 @@ def pac_mount(config: Callable[[], GatewayConfig | None]) -> Callable[[web.Appli
         proxy = format_address((cfg.proxy.public_address, cfg.proxy.listen[1]))
         path: Path = cfg.state_dir / INTERCEPT_FILE
         try:
-            hosts: list[str] | None = read_intercept_file(path)
+            hosts: list[str] | None = [n.decode() for n in read_intercept_file(path)]
         except OSError:
             hosts = None
         return web.Response(text=pac_text(proxy, hosts), content_type=PAC_TYPE,

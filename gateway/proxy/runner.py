@@ -19,14 +19,15 @@ from prometheus_client import CollectorRegistry
 
 from gateway.config.gateway import GatewayConfig, ProxyConfig
 from gateway.errors import ConfigError, ConfigErrors, SafeGateError
+from gateway.http.health import metrics_app
 from gateway.proxy import sources
 from gateway.proxy.addon import SafeGateAddon
+from gateway.proxy.intercept import write_intercept_file
 from gateway.proxy.metrics import ProxyMetrics
 from gateway.proxy.page import BlockPages
 from gateway.proxy.resolve import UpstreamResolver
 from gateway.proxy.scan import build_index
-from gateway.runtime.state import Fingerprint
-from gateway.runtime.web import metrics_app
+from gateway.util.fingerprint import Fingerprint
 
 if TYPE_CHECKING:
     from mitmproxy.tools.dump import DumpMaster
@@ -96,7 +97,7 @@ class ProxyProcess:
         name steered to a proxy that does not listen yet would fail to connect."""
         if self._ready and self._intercept is not None:
             state_dir, hosts, why = self._intercept
-            sources.write_intercept_file(state_dir, hosts, why)
+            write_intercept_file(state_dir, hosts, why)
 
     async def build(self) -> tuple[sources.Loaded, HashIndex | None]:
         """Build aside (a worker thread): lists, feeds, policies, the hash index."""
@@ -192,8 +193,8 @@ class ProxyProcess:
                                    dict(config.proxy.origin_ports),
                                    config.proxy.max_image_bytes, self.on_match, index)
         self.install(loaded, index)
-        # The same connection limits as the gateway's listeners (gateway/runtime/webguard.py).
-        from gateway.runtime.webguard import ConnectionGuard, GuardedSite, WebMetrics
+        # The same connection limits as the gateway's listeners (gateway/http/guard.py).
+        from gateway.http.guard import ConnectionGuard, GuardedSite, WebMetrics
 
         app = metrics_app(self.registry, self.ready)
         guard = ConnectionGuard(config.limits.web, WebMetrics(self.registry, ("metrics",)),

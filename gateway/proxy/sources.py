@@ -8,7 +8,6 @@ client's own loading (signatures and diff chain), never from unverified bytes.
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,12 +24,11 @@ from gateway.policy.policyfile import Policy, load_policy, policy_files
 from gateway.policy.safesearch import load_rewrites
 from gateway.proxy.rules import GOOGLE, YOUTUBE, ClientTier, Rules, rules_intercept_hosts
 from gateway.proxy.urls import LegalOrder, UrlEntry, UrlIndex, UrlKey, parse_entry_url
-from gateway.runtime.state import Fingerprint, fingerprint
+from gateway.util.fingerprint import Fingerprint, fingerprint
 from gateway.util.readfile import read_capped
 
 log = logging.getLogger(__name__)
 
-INTERCEPT_FILE = "proxy-intercept.txt"
 HASH_TYPES = ("sha256", "pdq")
 MAX_SKIPPED_LOGGED = 20
 
@@ -175,34 +173,8 @@ def watch_state(loaded: Loaded) -> Fingerprint:
     return fingerprint(loaded.watched)
 
 
-def write_intercept_file(state_dir: Path, hosts: Iterable[str], why: str = "") -> Path:
-    """`<state_dir>/proxy-intercept.txt`, atomically: one lowercase name per line."""
-    path = state_dir / INTERCEPT_FILE
-    state_dir.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    lines = ["# SafeGate proxy intercept set: the resolver answers the proxy's address for "
-             "these names.", f"# {why}" if why else "# written by safegate proxy", *hosts]
-    with open(tmp, "w", encoding="ascii") as f:
-        f.write("\n".join(lines) + "\n")
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    return path
-
-
-def read_intercept_file(path: Path) -> list[str]:
-    """The names in an intercept file (comments and blank lines dropped)."""
-    out = []
-    for line in path.read_text(encoding="ascii").splitlines():
-        line = line.strip()
-        if line and not line.startswith("#"):
-            out.append(line.lower())
-    return out
-
-
 def intercept_set(loaded: Loaded) -> list[str]:
     return rules_intercept_hosts(loaded.rules, loaded.tiers)
 
 
-__all__ = ["INTERCEPT_FILE", "Loaded", "build", "feed_entries", "intercept_set",
-           "read_intercept_file", "write_intercept_file"]
+__all__ = ["Loaded", "build", "feed_entries", "intercept_set"]

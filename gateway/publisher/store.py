@@ -16,6 +16,7 @@ from pathlib import Path
 
 from gateway.errors import SafeGateError
 from gateway.feedformat.document import Entry, LegalBasis, parse_time
+from gateway.util.sqlite import open_db
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -104,13 +105,9 @@ class Store:
     """One connection to the publisher database; methods are short transactions."""
 
     def __init__(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
         try:
-            self.db = sqlite3.connect(path, isolation_level=None, timeout=10.0,
-                                      check_same_thread=False)
-            self.db.execute("PRAGMA journal_mode=WAL")
-            self.db.execute("PRAGMA synchronous=NORMAL")
-            self.db.executescript(SCHEMA)
+            self.db = open_db(path, SCHEMA, synchronous="NORMAL", named_rows=False,
+                              check_same_thread=False)
         except sqlite3.Error as exc:
             raise SafeGateError(f"{path}: cannot open the publisher database: {exc}") from None
         self.path = path

@@ -24,6 +24,8 @@ from gateway.dns.server import DnsServer
 from gateway.dns.upstream import Forwarder
 from gateway.dns.upstream_base import upstreams_from
 from gateway.errors import ConfigError, ConfigErrors, SafeGateError
+from gateway.http.guard import ConnectionGuard, GuardedSite, Networks, WebMetrics
+from gateway.http.health import metrics_app
 from gateway.lists.overlay import Overlay
 from gateway.policy.schedules import MAX_SLEEP
 from gateway.proxy.pac import pac_mount
@@ -33,14 +35,13 @@ from gateway.runtime.sdnotify import Notifier
 from gateway.runtime.state import (
     Builder,
     Loaded,
-    fingerprint,
     remove_stale_indexes,
     schedule_changed,
     schedule_delay,
     watched_files,
 )
-from gateway.runtime.web import Site, blockpage_app, gateway_url, metrics_app
-from gateway.runtime.webguard import ConnectionGuard, GuardedSite, Networks, WebMetrics
+from gateway.runtime.web import Site, blockpage_app, gateway_url
+from gateway.util.fingerprint import fingerprint
 
 if TYPE_CHECKING:
     from gateway.blockpage.model import BlockInfo

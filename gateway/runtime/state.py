@@ -36,12 +36,11 @@ from gateway.policy.policyfile import Network, Network4or6, Policy, load_policy,
 from gateway.policy.safesearch import Rewrites, load_rewrites
 from gateway.policy.schedules import MAX_SLEEP, active_categories, next_change
 from gateway.policy.subscribers import Subscribers, load_subscribers
+from gateway.proxy.intercept import INTERCEPT_FILE, read_intercept_file
+from gateway.util.fingerprint import Fingerprint, fingerprint
 from gateway.util.readfile import file_problem
 
 log = logging.getLogger(__name__)
-
-Fingerprint = tuple[tuple[str, int, int, int], ...]
-
 
 @dataclass
 class Loaded:
@@ -60,18 +59,6 @@ class Loaded:
     intercept: frozenset[bytes] = frozenset()   # the proxy's intercept set (DNS steering)
 
 
-def fingerprint(paths: list[Path]) -> Fingerprint:
-    """(path, mtime_ns, size, inode) of each file: any edit, replace or delete changes it."""
-    out = []
-    for p in sorted(set(paths)):
-        try:
-            st = p.stat()
-            out.append((str(p), st.st_mtime_ns, st.st_size, st.st_ino))
-        except OSError:
-            out.append((str(p), -1, -1, -1))
-    return tuple(out)
-
-
 def watched_files(config_path: Path, loaded: Loaded | None) -> list[Path]:
     """Every file whose change should trigger a reload (directories too: new policy files)."""
     paths = [config_path]
@@ -86,10 +73,6 @@ def watched_files(config_path: Path, loaded: Loaded | None) -> list[Path]:
         if steering(loaded.config):
             paths.append(loaded.config.state_dir / INTERCEPT_FILE)
     return paths
-
-
-# Written by the proxy process (gateway/proxy/sources.py), read here: one name per line.
-INTERCEPT_FILE = "proxy-intercept.txt"
 
 
 def steering(config: GatewayConfig) -> list[str]:
@@ -110,21 +93,10 @@ def read_intercept(config: GatewayConfig) -> frozenset[bytes]:
     """The proxy's intercept set, if the proxy steers and has written it (else empty)."""
     if not steering(config):
         return frozenset()
-    from gateway.util.names import normalize_name
-
     try:
-        text = (config.state_dir / INTERCEPT_FILE).read_text(encoding="ascii")
-    except (OSError, UnicodeDecodeError):
+        return frozenset(read_intercept_file(config.state_dir / INTERCEPT_FILE))
+    except OSError:
         return frozenset()
-    names = set()
-    for line in text.splitlines():
-        line = line.strip()
-        if line and not line.startswith("#"):
-            try:
-                names.add(normalize_name(line))
-            except ValueError:
-                log.warning("%s: ignoring %r", INTERCEPT_FILE, line)
-    return frozenset(names)
 
 
 def steer_scopes(config: GatewayConfig, intercept: frozenset[bytes]) -> frozenset[bytes]:

@@ -12,7 +12,6 @@ import asyncio
 import contextlib
 import hashlib
 import logging
-import os
 import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -24,6 +23,7 @@ from gateway.config.gateway import SubscribersSource
 from gateway.config.limits import FileLimits
 from gateway.errors import ConfigError, ConfigErrors
 from gateway.policy.subscribers import Subscribers, file_fingerprint, load_subscribers
+from gateway.util.atomic import durable_replace
 
 log = logging.getLogger(__name__)
 
@@ -123,7 +123,7 @@ class SubscribersFeed:
                           "one: %s", self.source.url, line.replace(str(tmp), self.source.url))
             tmp.unlink(missing_ok=True)
             return "rejected"
-        os.replace(tmp, self.path)
+        durable_replace(tmp, self.path)
         subs.path = self.path
         subs.fingerprint = file_fingerprint(self.path)   # rename keeps inode, size, mtime
         self.prime(subs)

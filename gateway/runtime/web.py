@@ -1,5 +1,5 @@
-"""HTTP endpoints: /metrics, /healthz, /readyz; and on the web listener the block page (any
-Host), POST /report and the proxy CA onboarding page /ca."""
+"""The web listener: the block page (any Host), POST /report and the proxy CA onboarding page
+/ca. (/metrics, /healthz and /readyz are gateway/http/health.py, shared with the proxy.)"""
 
 from __future__ import annotations
 
@@ -13,7 +13,6 @@ from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo
 
 from aiohttp import web
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
 from gateway.blockpage.ca_page import render_ca_page
 from gateway.blockpage.frame import page, security_headers
@@ -21,35 +20,6 @@ from gateway.blockpage.model import BlockInfo, choose_lang
 from gateway.blockpage.page import render_block
 from gateway.blockpage.report_pages import render_report_form, render_report_result
 from gateway.hotline.desk import ReportDesk
-
-READY: web.AppKey[Callable[[], bool]] = web.AppKey("ready")
-REGISTRY = web.AppKey("registry", CollectorRegistry)
-
-
-def metrics_app(registry: CollectorRegistry, ready: Callable[[], bool]) -> web.Application:
-    """Prometheus scrape target plus liveness and readiness for load balancers and systemd."""
-    app = web.Application()
-    app[REGISTRY] = registry
-    app[READY] = ready
-    app.router.add_get("/metrics", _metrics)
-    app.router.add_get("/healthz", _healthz)
-    app.router.add_get("/readyz", _readyz)
-    return app
-
-
-async def _metrics(request: web.Request) -> web.Response:
-    body = generate_latest(request.app[REGISTRY])
-    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
-
-
-async def _healthz(request: web.Request) -> web.Response:
-    return web.Response(text="ok\n")
-
-
-async def _readyz(request: web.Request) -> web.Response:
-    if request.app[READY]():
-        return web.Response(text="ready\n")
-    return web.Response(status=503, text="loading policies and lists\n")
 
 
 def _unexplained() -> Callable[[str, str], BlockInfo | None]:

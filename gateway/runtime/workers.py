@@ -36,13 +36,13 @@ from gateway.dns.cache import AnswerCache
 from gateway.dns.chain import Resolver
 from gateway.dns.rrl import Rrl
 from gateway.dns.server import DnsServer
+from gateway.dns.stats import DnsStats, StreamStats
 from gateway.dns.upstream import Forwarder
 from gateway.dns.upstream_base import UpstreamObserver, upstreams_from
 from gateway.lists.index import ListIndex
 from gateway.lists.overlay import Overlay
 from gateway.policy.policyfile import Policy
 from gateway.policy.subscribers import Subscribers
-from gateway.runtime.metrics import DnsStats, StreamStats
 
 log = logging.getLogger(__name__)
 
