@@ -17,9 +17,10 @@ import dns.message
 import dns.rcode
 import pytest
 
-from gateway.dns.cache import AnswerCache, CacheConfig
+from gateway.config.dns import CacheConfig, ForwarderConfig
+from gateway.dns.cache import AnswerCache
 from gateway.dns.chain import Resolver
-from gateway.dns.upstream import Forwarder, ForwarderConfig, Upstream
+from gateway.dns.upstream import Forwarder, Upstream
 from gateway.runtime.metrics import DnsStats
 from gateway.runtime.state import INTERCEPT_FILE, load_in_process
 from tests.support.procs import write_gateway_config

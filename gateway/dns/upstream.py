@@ -32,8 +32,8 @@ import ssl
 import struct
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
 
+from gateway.config.dns import ForwarderConfig
 from gateway.config.limits import UpstreamLimits
 from gateway.config.upstreams import TLS, UpstreamSpec
 from gateway.dns import wire
@@ -57,16 +57,6 @@ class UpstreamBusy(UpstreamError):
         super().__init__(f"upstream in-flight cap reached ({reason})")
         self.reason = reason
         self.ede = wire.ede_option(EDE_NOT_READY, "too many upstream queries in flight")
-
-
-@dataclass(frozen=True)
-class ForwarderConfig:
-    attempt_timeout: float = 1.5     # one try at one upstream
-    query_timeout: float = 4.0       # the whole resolution, all upstreams included
-    fail_threshold: int = 3          # consecutive failures before an upstream is benched
-    bench_seconds: float = 30.0      # how long a benched upstream is skipped
-    qname_0x20: bool = False         # dns.upstream_0x20: random-case query names (UDP)
-    tls_ca: str | None = None        # dns.upstream_ca: CA bundle for tls:// (else the system's)
 
 
 class Upstream:
