@@ -50,10 +50,10 @@ def check_files(config: GatewayConfig) -> None:
     ca = config.proxy.upstream_ca
     if ca is not None and not ca.is_file():
         raise fail("proxy.upstream_ca", f"proxy.upstream_ca: file {ca} not found")
-    check_paths(config)
+    _check_paths(config)
 
 
-def check_paths(config: GatewayConfig) -> None:
+def _check_paths(config: GatewayConfig) -> None:
     """The policy and list paths exist and are files (or policy directories), or an error at
     the gateway.yaml line naming them: a file's own reader knows only the file."""
     named = [(f"policies[{i}]", p, "policies") for i, p in enumerate(config.policies)]

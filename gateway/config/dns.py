@@ -8,9 +8,10 @@ from pathlib import Path
 from typing import Any
 
 from gateway.config.addresses import Address, parse_address
-from gateway.config.tls import FileRefs, TlsConfig, parse_tls
+from gateway.config.tls import TlsConfig, parse_tls
 from gateway.config.upstreams import UpstreamSpec, parse_upstream
 from gateway.config.values import (
+    FileRefs,
     Network,
     default,
     read_addresses,

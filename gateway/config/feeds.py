@@ -10,9 +10,16 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from gateway.config.tls import FileRefs
 from gateway.config.upstreams import UpstreamSpec
-from gateway.config.values import default, http_url, read_bool, read_int, read_opt_str, read_seconds
+from gateway.config.values import (
+    FileRefs,
+    default,
+    http_url,
+    read_bool,
+    read_int,
+    read_opt_str,
+    read_seconds,
+)
 from gateway.config.yamlconf import (
     YDict,
     check_keys,

@@ -28,9 +28,9 @@ from gateway.config.limitsconf import parse_limits
 from gateway.config.proxy import ProxyConfig, parse_proxy
 from gateway.config.reports import ReportsConfig, parse_reports
 from gateway.config.subscribers import SubscribersSource, parse_subscribers
-from gateway.config.tls import FileRefs, TlsConfig
+from gateway.config.tls import TlsConfig
 from gateway.config.upstreams import UpstreamSpec
-from gateway.config.values import Network, default, read_seconds
+from gateway.config.values import FileRefs, Network, default, read_seconds
 from gateway.config.web import parse_metrics, parse_web
 from gateway.config.yamlconf import (
     YDict,

@@ -9,8 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from gateway.config.addresses import Address
-from gateway.config.tls import FileRefs
-from gateway.config.values import default, read_address, read_bool, read_int, read_opt_str
+from gateway.config.values import FileRefs, default, read_address, read_bool, read_int, read_opt_str
 from gateway.config.yamlconf import (
     YDict,
     check_keys,

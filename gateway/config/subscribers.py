@@ -7,8 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from gateway.config.tls import FileRefs
-from gateway.config.values import default, http_url, read_seconds
+from gateway.config.values import FileRefs, default, http_url, read_seconds
 from gateway.config.yamlconf import YDict, check_keys, error_at, expect_mapping, expect_str, where
 
 SUBSCRIBERS_KEYS = ("url", "interval", "token_file", "format")

@@ -10,14 +10,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from gateway.config.addresses import Address
-from gateway.config.values import read_addresses
+from gateway.config.values import FileRefs, read_addresses
 from gateway.config.yamlconf import YDict, check_keys, error_at, expect_mapping, expect_str, where
 
 TLS_KEYS = ("listen", "cert", "key")
 DOT_PORT = 853
-
-# Where gateway.yaml names a file that `check_files` opens: key -> (file, line).
-FileRefs = dict[str, tuple[str | None, int | None]]
 
 
 @dataclass(frozen=True)

@@ -16,6 +16,8 @@ from gateway.config.addresses import Address, parse_address
 from gateway.config.yamlconf import YDict, error_at, expect_list, expect_str
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+# Where gateway.yaml names a file that checks.check_files opens: key -> (file, line).
+FileRefs = dict[str, tuple[str | None, int | None]]
 
 
 def default(cls: type, name: str) -> Any:

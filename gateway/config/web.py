@@ -8,8 +8,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from gateway.config.addresses import Address
-from gateway.config.tls import FileRefs, TlsConfig, parse_tls
-from gateway.config.values import default, read_address
+from gateway.config.tls import TlsConfig, parse_tls
+from gateway.config.values import FileRefs, default, read_address
 from gateway.config.yamlconf import YDict, check_keys, error_at, expect_list, expect_mapping
 
 WEB_KEYS = ("listen", "public_address", "tls")
