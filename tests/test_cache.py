@@ -8,8 +8,9 @@ import dns.rcode
 import dns.rrset
 import pytest
 
+from gateway.config.dns import CacheConfig
 from gateway.dns import wire
-from gateway.dns.cache import AnswerCache, CacheConfig, entry_from_reply
+from gateway.dns.cache import AnswerCache, entry_from_reply
 
 
 def upstream_reply(name: str = "www.example.test", *, answers: list[str] | None = None,

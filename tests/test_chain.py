@@ -8,11 +8,12 @@ import dns.message
 import dns.rcode
 import dns.rrset
 
+from gateway.config.dns import CacheConfig, ForwarderConfig
 from gateway.dns.answers import BlockAnswers
-from gateway.dns.cache import AnswerCache, CacheConfig, entry_from_reply
+from gateway.dns.cache import AnswerCache, entry_from_reply
 from gateway.dns.chain import Resolver, View
 from gateway.dns.stats import DnsStats
-from gateway.dns.upstream import Forwarder, ForwarderConfig
+from gateway.dns.upstream import Forwarder
 from gateway.dns.upstream_base import Upstream
 from gateway.lists import SCOPE_BOTH, Action, Rule
 from gateway.lists.index import ListIndex

@@ -20,6 +20,7 @@ import dns.query
 import dns.rcode
 import pytest
 
+from gateway.config.checks import check_files
 from gateway.config.gateway import load_config
 from gateway.errors import ConfigError, ConfigErrors
 from gateway.policy.policyfile import load_policy
@@ -342,11 +343,11 @@ def test_tls_config_errors_name_the_line(tmp_path: Path, certs: tuple[Path, Path
     ]:
         path = _config(tmp_path, base + text)
         with pytest.raises(ConfigError, match=message) as info:
-            load_config(path)
+            check_files(load_config(path))   # parsing alone opens no file
         assert str(info.value).startswith(f"{path}:3: "), str(info.value)
     web = _config(tmp_path, base + "web:\n  tls: {cert: nope.pem, key: nope.key}\n")
     with pytest.raises(ConfigError, match=r"gateway.yaml:4: web.tls: cannot load"):
-        load_config(web)
+        check_files(load_config(web))
 
 
 @pytest.mark.parametrize(("tokens", "message"), [

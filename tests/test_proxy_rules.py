@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from gateway.config.checks import check_files
 from gateway.config.gateway import load_config
 from gateway.errors import ConfigError
 from gateway.lists.catalog import load_catalog
@@ -161,7 +162,7 @@ def test_config_errors_name_file_and_line(tmp_path: Path, proxy: dict[str, objec
                                           message: str) -> None:
     path = config_with(tmp_path, proxy)
     with pytest.raises(ConfigError) as exc:
-        load_config(path)
+        check_files(load_config(path))   # upstream_ca: the file is opened by check_files
     assert message in str(exc.value)
     assert str(exc.value).startswith(f"{path}:") and exc.value.line
 

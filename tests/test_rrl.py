@@ -14,13 +14,14 @@ import dns.rcode
 import dns.rrset
 import pytest
 
+from gateway.config.dns import CacheConfig, ForwarderConfig
 from gateway.config.limits import RrlLimits
 from gateway.dns.answers import BlockAnswers
-from gateway.dns.cache import AnswerCache, CacheConfig, entry_from_reply
+from gateway.dns.cache import AnswerCache, entry_from_reply
 from gateway.dns.chain import Resolver, View
 from gateway.dns.rrl import Rrl, slip_reply
 from gateway.dns.stats import DnsStats
-from gateway.dns.upstream import Forwarder, ForwarderConfig
+from gateway.dns.upstream import Forwarder
 from gateway.dns.upstream_base import Upstream
 from gateway.lists import SCOPE_BOTH, Action, Rule
 from gateway.lists.index import ListIndex

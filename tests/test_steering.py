@@ -17,10 +17,11 @@ import dns.message
 import dns.rcode
 import pytest
 
-from gateway.dns.cache import AnswerCache, CacheConfig
+from gateway.config.dns import CacheConfig, ForwarderConfig
+from gateway.dns.cache import AnswerCache
 from gateway.dns.chain import Resolver
 from gateway.dns.stats import DnsStats
-from gateway.dns.upstream import Forwarder, ForwarderConfig
+from gateway.dns.upstream import Forwarder
 from gateway.dns.upstream_base import Upstream
 from gateway.proxy.intercept import INTERCEPT_FILE, read_intercept_file, write_intercept_file
 from gateway.proxy.pac import pac_text

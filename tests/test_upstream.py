@@ -18,10 +18,12 @@ import dns.rdatatype
 import dns.rrset
 import pytest
 
+from gateway.config.checks import check_files
+from gateway.config.dns import ForwarderConfig
 from gateway.config.gateway import load_config
 from gateway.config.limits import UpstreamLimits
 from gateway.config.upstreams import UpstreamSpec, parse_upstream
-from gateway.dns.upstream import Forwarder, ForwarderConfig
+from gateway.dns.upstream import Forwarder
 from gateway.dns.upstream_base import (
     Upstream,
     UpstreamBusy,
@@ -416,7 +418,7 @@ def test_config_errors_name_the_upstream_line(tmp_path: Path) -> None:
         load_config(cfg)
     cfg.write_text("dns:\n  upstreams: ['tls://127.0.0.1']\n  upstream_ca: nope.pem\n")
     with pytest.raises(ConfigError, match=r"gateway.yaml:3: dns.upstream_ca: .*nope.pem"):
-        load_config(cfg)
+        check_files(load_config(cfg))   # parsing alone opens no file
     cfg.write_text("dns:\n  upstreams: ['tls://127.0.0.1#dot.test', '[::1]:5353']\n"
                    "  upstream_0x20: true\n")
     loaded = load_config(cfg)

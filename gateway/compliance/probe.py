@@ -33,7 +33,7 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge
 from prometheus_client.exposition import generate_latest
 
-from gateway.config.gateway import parse_address
+from gateway.config.addresses import parse_address
 from gateway.errors import SafeGateError
 from gateway.feedformat.document import Entry, Feed, FeedError, parse_feed
 from gateway.feedformat.signing import SIGNATURE_HEADER, Verifier

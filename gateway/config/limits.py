@@ -2,8 +2,8 @@
 
 Plain dataclasses, no imports from the rest of the gateway: the transports, the query path, the
 web listener and the config parser all read them. A default lives only here; gateway.yaml's
-`limits:` section (config/gateway.py) overrides field by field, and README "Limits and abuse" lists
-each limit with its metric.
+`limits:` section (config/limitsconf.py) overrides field by field, and README "Limits and
+abuse" lists each limit with its metric.
 """
 
 from __future__ import annotations

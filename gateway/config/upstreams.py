@@ -12,8 +12,9 @@ and the forwarder can act on them without config depending on the query path.
 
 from __future__ import annotations
 
-import ipaddress
 from dataclasses import dataclass
+
+from gateway.config.addresses import parse_address
 
 PLAIN = "udp"
 TLS = "tls"
@@ -53,42 +54,10 @@ def parse_upstream(text: str) -> UpstreamSpec:
         tls_name = tls_name.strip().rstrip(".").lower()
         if not tls_name or not all(_label_ok(x) for x in tls_name.split(".")):
             raise ValueError(f"bad certificate name {tls_name!r}")
-    host, port = parse_host_port(text, DEFAULT_PORTS[transport])
+    host, port = parse_address(text, DEFAULT_PORTS[transport])
     return UpstreamSpec(host, port, transport, tls_name)
 
 
 def _label_ok(label: str) -> bool:
     return 0 < len(label) <= 63 and all(c.isalnum() or c in "-_" for c in label) \
         and label.isascii()
-
-
-def parse_host_port(text: str, default_port: int) -> tuple[str, int]:
-    """"127.0.0.1:5353", "[::1]:5353", "::1", "localhost" -> (ip, port); ValueError if bad."""
-    text = text.strip()
-    if text.startswith("["):
-        host, sep, rest = text[1:].partition("]")
-        if not sep:
-            raise ValueError("missing ']' after an IPv6 address")
-        port = default_port
-        if rest:
-            if not rest.startswith(":"):
-                raise ValueError("expected ':PORT' after ']'")
-            port = _port(rest[1:])
-    elif text.count(":") == 1:
-        host, port_text = text.split(":")
-        port = _port(port_text)
-    else:
-        host, port = text, default_port
-    try:
-        ipaddress.ip_address(host)
-    except ValueError:
-        if host != "localhost":
-            raise ValueError(f"{host!r} is not an IP address") from None
-        host = "127.0.0.1"
-    return host, port
-
-
-def _port(text: str) -> int:
-    if not text.isdigit() or not 0 < int(text) < 65536:
-        raise ValueError(f"bad port {text!r}")
-    return int(text)

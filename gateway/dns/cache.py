@@ -10,23 +10,14 @@ from __future__ import annotations
 import struct
 from collections import OrderedDict
 from collections.abc import Callable
-from dataclasses import dataclass
 
+from gateway.config.dns import CacheConfig
 from gateway.dns import wire
 from gateway.dns.wire import RR_FIXED
 
 _TTL = struct.Struct(">I")
 
 STALE_ANSWER_TTL = 30  # RFC 8767 4: TTL of stale data served
-
-
-@dataclass(frozen=True)
-class CacheConfig:
-    size: int = 20_000  # ~0.7 KB an entry
-    min_ttl: int = 0
-    max_ttl: int = 86_400
-    negative_max_ttl: int = 3_600
-    stale_ttl: int = 86_400  # how long past expiry an answer may still be served stale
 
 
 class Entry:

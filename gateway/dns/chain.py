@@ -29,9 +29,10 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from gateway.config.dns import CacheConfig
 from gateway.dns import proxyproto, rewrite, wire
 from gateway.dns.answers import BlockAnswers, any_reply, class_refused_reply, refused_reply
-from gateway.dns.cache import AnswerCache, CacheConfig, Entry, entry_from_reply
+from gateway.dns.cache import AnswerCache, Entry, entry_from_reply
 from gateway.dns.stats import DnsStats
 from gateway.dns.svcb import TYPE_HTTPS, TYPE_SVCB, strip_ech
 from gateway.dns.upstream import Forwarder

@@ -12,8 +12,8 @@ import secrets
 import ssl
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 
+from gateway.config.dns import ForwarderConfig
 from gateway.config.limits import UpstreamLimits
 from gateway.config.upstreams import TLS
 from gateway.dns import wire
@@ -24,14 +24,6 @@ from gateway.dns.upstream_udp import UdpPool, tcp_exchange
 log = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True)
-class ForwarderConfig:
-    attempt_timeout: float = 1.5     # one try at one upstream
-    query_timeout: float = 4.0       # the whole resolution, all upstreams included
-    fail_threshold: int = 3          # consecutive failures before an upstream is benched
-    bench_seconds: float = 30.0      # how long a benched upstream is skipped
-    qname_0x20: bool = False         # dns.upstream_0x20: random-case query names (UDP)
-    tls_ca: str | None = None        # dns.upstream_ca: CA bundle for tls:// (else the system's)
 
 
 class Forwarder:

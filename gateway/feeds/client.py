@@ -35,7 +35,7 @@ from typing import Any, Protocol
 
 import aiohttp
 
-from gateway.config.gateway import FeedConfig, FeedGuardConfig
+from gateway.config.feeds import FeedConfig, FeedGuardConfig
 from gateway.config.limits import FileLimits
 from gateway.feedformat.document import Entry, Feed, FeedError, apply_diff, parse_feed, parse_time
 from gateway.feedformat.signing import SIGNATURE_HEADER, Verifier

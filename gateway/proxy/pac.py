@@ -13,7 +13,8 @@ from pathlib import Path
 
 from aiohttp import web
 
-from gateway.config.gateway import GatewayConfig, format_address
+from gateway.config.addresses import format_address
+from gateway.config.gateway import GatewayConfig
 from gateway.proxy.intercept import INTERCEPT_FILE, read_intercept_file
 
 MAX_LISTED = 20_000      # beyond this a PAC file gets slow to evaluate: send everything

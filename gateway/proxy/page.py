@@ -9,7 +9,8 @@ from zoneinfo import ZoneInfo
 
 from gateway.blockpage.model import BlockInfo
 from gateway.blockpage.page import render_block
-from gateway.config.gateway import GatewayConfig, format_address
+from gateway.config.addresses import format_address
+from gateway.config.gateway import GatewayConfig
 from gateway.proxy.rules import LEGAL, Verdict
 
 # A 1x1 transparent GIF: what a browser gets instead of an image that matched a hash entry.

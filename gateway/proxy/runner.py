@@ -17,7 +17,8 @@ from typing import TYPE_CHECKING, Any
 from aiohttp import web
 from prometheus_client import CollectorRegistry
 
-from gateway.config.gateway import GatewayConfig, ProxyConfig
+from gateway.config.gateway import GatewayConfig
+from gateway.config.proxy import ProxyConfig
 from gateway.errors import ConfigError, ConfigErrors, SafeGateError
 from gateway.http.health import metrics_app
 from gateway.proxy import sources

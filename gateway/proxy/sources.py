@@ -14,6 +14,7 @@ from pathlib import Path
 
 from prometheus_client import CollectorRegistry
 
+from gateway.config.checks import check_files
 from gateway.config.gateway import GatewayConfig, load_config
 from gateway.config.limits import FileLimits
 from gateway.feedformat.document import Entry
@@ -147,6 +148,7 @@ def restrict_hosts(config: GatewayConfig) -> dict[str, str]:
 def build(config_path: Path, generation: int = 0) -> Loaded:
     """Load everything and build the Rules; raises ConfigError (file:line) on a bad file."""
     config = load_config(config_path)
+    check_files(config)
     files = config.limits.files
     catalog: Catalog = load_catalog(config.blocklists, files.config_bytes, files.list_bytes)
     policy = load_policy(config.policies, catalog.categories.keys(), files.config_bytes)

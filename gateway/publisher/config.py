@@ -8,7 +8,7 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
-from gateway.config.gateway import Address, parse_address
+from gateway.config.addresses import Address, parse_address
 from gateway.config.limits import PublisherLimits
 from gateway.config.yamlconf import (
     YDict,

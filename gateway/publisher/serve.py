@@ -10,7 +10,7 @@ import ssl
 from aiohttp import web
 from prometheus_client import CollectorRegistry, ProcessCollector
 
-from gateway.config.gateway import format_address
+from gateway.config.addresses import format_address
 from gateway.errors import SafeGateError
 from gateway.feedformat.signing import Signer, load_signer
 from gateway.publisher.app import make_app

@@ -21,6 +21,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from gateway.config.checks import check_files
 from gateway.config.gateway import GatewayConfig, load_config
 from gateway.config.limits import MemoryLimits
 from gateway.dns.answers import BlockAnswers
@@ -38,7 +39,6 @@ from gateway.policy.schedules import MAX_SLEEP, active_categories, next_change
 from gateway.policy.subscribers import Subscribers, load_subscribers
 from gateway.proxy.intercept import INTERCEPT_FILE, read_intercept_file
 from gateway.util.fingerprint import Fingerprint, fingerprint
-from gateway.util.readfile import file_problem
 
 log = logging.getLogger(__name__)
 
@@ -201,22 +201,9 @@ def _profile(i: int, net: Network, policy: Policy, index: Matcher,
         verdict_memo=memory.verdict_memo, reply_memo=memory.reply_memo)
 
 
-def check_paths(config: GatewayConfig) -> None:
-    """The policy and list paths exist and are files (or policy directories), or an error at
-    the gateway.yaml line naming them: a file's own reader knows only the file."""
-    named = [(f"policies[{i}]", p, "policies") for i, p in enumerate(config.policies)]
-    for key, path, what in [*named, ("blocklists", config.blocklists, "blocklists")]:
-        if what == "policies" and path.is_dir():
-            continue
-        problem = file_problem(path, sys.maxsize, "")   # sizes are checked as they are read
-        if problem is not None:
-            raise ConfigError(f"{what}: {path} {problem}", str(config.path),
-                              config.path_lines.get(key) or None)
-
-
 def catalog_of(config: GatewayConfig) -> Catalog:
-    """lists.yaml with gateway.yaml's file limits (after check_paths)."""
-    check_paths(config)
+    """lists.yaml with gateway.yaml's file limits, once the files gateway.yaml names check out."""
+    check_files(config)
     files = config.limits.files
     return load_catalog(config.blocklists, files.config_bytes, files.list_bytes)
 

@@ -19,8 +19,8 @@ from pathlib import Path
 import aiohttp
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
-from gateway.config.gateway import SubscribersSource
 from gateway.config.limits import FileLimits
+from gateway.config.subscribers import SubscribersSource
 from gateway.errors import ConfigError, ConfigErrors
 from gateway.policy.subscribers import Subscribers, file_fingerprint, load_subscribers
 from gateway.util.atomic import durable_replace

@@ -35,6 +35,7 @@ import dns.rcode
 import dns.rdatatype
 import dns.rrset
 
+from gateway.config.dns import CacheConfig
 from gateway.dns import cache, proxyproto, wire
 
 # ---------------------------------------------------------------- corpus
@@ -669,7 +670,7 @@ def check_upstream(case: Case, question: bytes) -> list[str]:
     assert query is not None and not query.error
     for relay in (False, True):
         try:
-            entry = cache.entry_from_reply(case.payload, cache.CacheConfig(), 100.0, relay=relay)
+            entry = cache.entry_from_reply(case.payload, CacheConfig(), 100.0, relay=relay)
         except (wire.WireError, IndexError, ValueError):
             continue
         except Exception as exc:

@@ -1,0 +1,64 @@
+"""`web:` (block page, DoH, reports, /ca) and `metrics:` listeners."""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from gateway.config.addresses import Address
+from gateway.config.tls import TlsConfig, parse_tls
+from gateway.config.values import FileRefs, default, read_address
+from gateway.config.yamlconf import YDict, check_keys, error_at, expect_list, expect_mapping
+
+WEB_KEYS = ("listen", "public_address", "tls")
+METRICS_KEYS = ("listen",)
+
+
+@dataclass(frozen=True)
+class WebConfig:
+    """`web:`; `public_address` is where clients reach the block page (default: `listen`)."""
+
+    listen: Address = ("127.0.0.1", 8080)
+    public_address: tuple[str, ...] = ()
+    tls: TlsConfig | None = None             # web.tls: the web listener on HTTPS
+
+
+@dataclass(frozen=True)
+class MetricsConfig:
+    """`metrics:` the Prometheus listener."""
+
+    listen: Address = ("127.0.0.1", 9153)
+
+
+def parse_web(doc: YDict, rel: Callable[[str], Path], refs: FileRefs) -> WebConfig:
+    web = expect_mapping(doc.get("web"), "web", doc, "web")
+    check_keys(web, WEB_KEYS, "web")
+    listen = default(WebConfig, "listen")
+    if "listen" in web:
+        listen = read_address(web["listen"], "web.listen", web, "listen", 80)
+    public = [str(a) for a in expect_list(web.get("public_address", []), "web.public_address",
+                                          web, "public_address")]
+    for i, a in enumerate(public):
+        try:
+            ipaddress.ip_address(a)
+        except ValueError:
+            raise error_at(f"web.public_address: {a!r} is not an IP address", None,
+                           web.get("public_address"), i) from None
+    if not public:
+        if ipaddress.ip_address(listen[0]).is_unspecified:
+            raise error_at("web.listen is a wildcard address: set web.public_address to the "
+                           "address clients reach the block page at", None, web, "listen")
+        public = [listen[0]]
+    tls = parse_tls(web, "tls", "web.tls", rel, refs, listeners=False)
+    return WebConfig(listen, tuple(public), tls)
+
+
+def parse_metrics(doc: YDict) -> MetricsConfig:
+    metrics = expect_mapping(doc.get("metrics"), "metrics", doc, "metrics")
+    check_keys(metrics, METRICS_KEYS, "metrics")
+    if "listen" not in metrics:
+        return MetricsConfig()
+    return MetricsConfig(read_address(metrics["listen"], "metrics.listen", metrics, "listen",
+                                      9153))
