@@ -1,8 +1,9 @@
-"""The regulator's commands: `safegate report`, `safegate probe`, `safegate export rpz`.
+"""`safegate report` and `safegate export rpz`: the regulator's compliance report and RPZ zone.
 
-`register()` adds them to the main `safegate` parser; `main()` runs them alone (tests use
-`python -m gateway.cli.compliance`). This module is the I/O shell of gateway.compliance.report:
-it finds the database a config points at and reads its rows; the numbers are computed there.
+(`safegate probe` is cli/probe.py; `safegate reports`, the reports users send from the block
+page, is cli/hotline.py.) This module is the I/O shell of gateway.compliance.report and
+gateway.compliance.export: it finds the database a config points at and reads its rows; the
+numbers are computed there.
 """
 
 from __future__ import annotations
@@ -22,7 +23,6 @@ from typing import Any
 import yaml
 
 from gateway.compliance import export as export_mod
-from gateway.compliance import probe
 from gateway.compliance.report import (
     DEFAULT_TZ,
     RENDERERS,
@@ -36,7 +36,7 @@ from gateway.compliance.report import (
     iso_to_unix,
     parse_period,
 )
-from gateway.errors import ConfigError
+from gateway.errors import ConfigError, SafeGateError
 
 GATEWAY_KEYS = frozenset({"dns", "state_dir"})
 PUBLISHER_KEYS = frozenset({"database", "signing_key"})
@@ -202,13 +202,11 @@ def cmd_report(args: argparse.Namespace) -> int:
     try:
         period = parse_period(args.date_from, args.date_to, args.tz)
     except ValueError as exc:
-        print(f"safegate report: {exc}", file=sys.stderr)
-        return 1
+        raise SafeGateError(str(exc)) from None
     try:
         report = build_report(args.config, period, time.time())
     except sqlite3.Error as exc:
-        print(f"safegate report: {args.config}: database error: {exc}", file=sys.stderr)
-        return 1
+        raise SafeGateError(f"{args.config}: database error: {exc}") from None
     write_output(RENDERERS[args.format](report), args.out)
     return 0
 
@@ -222,8 +220,7 @@ def cmd_export(args: argparse.Namespace) -> int:
         result = export_mod.build_export(cfg.state_dir / export_mod.LEDGER_FILE, cfg.blocklists,
                                          serial, args.origin)
     except sqlite3.Error as exc:
-        print(f"safegate export: ledger database error: {exc}", file=sys.stderr)
-        return 1
+        raise SafeGateError(f"ledger database error: {exc}") from None
     for w in result.warnings:
         print(f"warning: {w}", file=sys.stderr)
     write_output(result.zone, args.out)
@@ -233,7 +230,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    """Add `report`, `probe` and `export` to the `safegate` command."""
+    """Add `report` and `export` to the `safegate` command."""
     p = subparsers.add_parser(
         "report", help="compliance report from a gateway ledger or the publisher database",
         description="Entries received, enforced within deadline, late, never; latencies; "
@@ -248,8 +245,6 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     p.add_argument("--format", choices=sorted(RENDERERS), default="html")
     p.add_argument("--out", type=Path, default=None, help="write to FILE instead of stdout")
     p.set_defaults(func=cmd_report)
-
-    probe.add_parser(subparsers)
 
     e = subparsers.add_parser("export", help="export the mandatory list (as an RPZ zone)")
     e.add_argument("what", choices=["rpz"], help="export format")
