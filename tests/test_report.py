@@ -19,7 +19,7 @@ from zoneinfo import ZoneInfo
 import pytest
 import yaml
 
-from gateway.cli.compliance import build_report
+from gateway.cli.report import build_report
 from gateway.compliance.report import (
     CSV_COLUMNS,
     EntryRow,

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from types import ModuleType
 
 from gateway import __version__
-from gateway.cli import compliance, feeds, gateway, hotline, probe, proxy, publisher
+from gateway.cli import export, feeds, gateway, hotline, probe, proxy, publisher, report
 from gateway.errors import ConfigError, ConfigErrors, SafeGateError
 
 # The order of `safegate --help`.
@@ -22,8 +22,9 @@ COMMAND_GROUPS: tuple[ModuleType, ...] = (
     gateway,      # run, check, explain
     publisher,    # feed keygen|serve|add|remove|list
     feeds,        # feeds status|confirm
-    compliance,   # report, export rpz
+    report,       # report
     probe,        # probe
+    export,       # export rpz
     proxy,        # proxy
     hotline,      # reports list|export
 )

@@ -1,8 +1,8 @@
-"""`safegate report` and `safegate export rpz`: the regulator's compliance report and RPZ zone.
+"""`safegate report -c gateway.yaml|publisher.yaml --from --to`: the compliance report.
 
-(`safegate probe` is cli/probe.py; `safegate reports`, the reports users send from the block
-page, is cli/hotline.py.) This module is the I/O shell of gateway.compliance.report and
-gateway.compliance.export: it finds the database a config points at and reads its rows; the
+For the regulator: entries received, enforced within deadline, late, never. (`safegate reports`,
+the reports users send from the block page, is cli/hotline.py.) This module is the I/O shell of
+gateway.compliance.report: it finds the database a config points at and reads its rows; the
 numbers are computed there.
 """
 
@@ -211,26 +211,8 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_export(args: argparse.Namespace) -> int:
-    from gateway.config.gateway import load_config
-
-    cfg = load_config(args.config)
-    serial = args.serial if args.serial is not None else int(time.time())
-    try:
-        result = export_mod.build_export(cfg.state_dir / export_mod.LEDGER_FILE, cfg.blocklists,
-                                         serial, args.origin)
-    except sqlite3.Error as exc:
-        raise SafeGateError(f"ledger database error: {exc}") from None
-    for w in result.warnings:
-        print(f"warning: {w}", file=sys.stderr)
-    write_output(result.zone, args.out)
-    print(f"exported {result.from_ledger} feed entries and {result.from_lists} list rules "
-          f"(serial {serial})", file=sys.stderr)
-    return 0
-
-
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    """Add `report` and `export` to the `safegate` command."""
+    """Add `report` to the `safegate` command."""
     p = subparsers.add_parser(
         "report", help="compliance report from a gateway ledger or the publisher database",
         description="Entries received, enforced within deadline, late, never; latencies; "
@@ -246,10 +228,3 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     p.add_argument("--out", type=Path, default=None, help="write to FILE instead of stdout")
     p.set_defaults(func=cmd_report)
 
-    e = subparsers.add_parser("export", help="export the mandatory list (as an RPZ zone)")
-    e.add_argument("what", choices=["rpz"], help="export format")
-    e.add_argument("-c", "--config", required=True, type=Path, help="gateway.yaml")
-    e.add_argument("--out", type=Path, default=None, help="zone file to write (default stdout)")
-    e.add_argument("--origin", default="rpz.safegate.invalid", help="zone name")
-    e.add_argument("--serial", type=int, default=None, help="SOA serial (default: unix time)")
-    e.set_defaults(func=cmd_export)
