@@ -17,6 +17,8 @@ from gateway import __version__
 from gateway.cli import export, feeds, gateway, hotline, probe, proxy, publisher, report
 from gateway.errors import ConfigError, ConfigErrors, SafeGateError
 
+LOG_LEVELS = ("debug", "info", "warning", "error")
+
 # The order of `safegate --help`.
 COMMAND_GROUPS: tuple[ModuleType, ...] = (
     gateway,      # run, check, explain
@@ -35,13 +37,26 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="safegate", description="DNS content-filtering gateway that protects children online.")
     parser.add_argument("--version", action="version", version=f"safegate {__version__}")
-    parser.add_argument("--log-level", default="info",
-                        choices=["debug", "info", "warning", "error"],
+    parser.add_argument("--log-level", default="info", choices=LOG_LEVELS,
                         help="log verbosity on stderr (default: info)")
     sub = parser.add_subparsers(dest="command", required=True)
     for group in COMMAND_GROUPS:
         group.register(sub)
+    # `safegate run -c gateway.yaml --log-level debug` (the README's order) works too: every
+    # verb takes it after its own arguments, and only overrides the global one when given.
+    for leaf in _verb_parsers(parser):
+        leaf.add_argument("--log-level", default=argparse.SUPPRESS, choices=LOG_LEVELS,
+                          help="log verbosity on stderr (default: info)")
     return parser
+
+
+def _verb_parsers(parser: argparse.ArgumentParser) -> list[argparse.ArgumentParser]:
+    """The parsers that take no sub-command: one per verb."""
+    subs = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    if not subs:
+        return [parser]
+    return [leaf for a in subs for p in dict.fromkeys(a.choices.values())
+            for leaf in _verb_parsers(p)]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
