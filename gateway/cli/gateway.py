@@ -1,7 +1,7 @@
 """`safegate run|check|explain -c gateway.yaml`: serve DNS, validate a config, say why.
 
-`explain` runs the decision the query path runs (one `decide` per profile) and prints it with
-where each rule, network and schedule was defined.
+`explain` prints the decision a query from CLIENT for NAME gets (the same code the query
+path runs) and where each rule, network and schedule that made it is defined.
 """
 
 from __future__ import annotations
