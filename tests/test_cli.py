@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -174,3 +175,153 @@ def test_the_isp_example_checks_and_explains_a_subscriber_behind_dnsdist() -> No
     r = safegate("explain", "-c", cfg, "2001:db8:7777::1", "007win.com", "--json")
     out = json.loads(r.stdout)
     assert (out["network"], out["tier"], out["verdict"]) == ("isp-ipv6", "co-ban", "allowed")
+
+
+# ---------------------------------------------------------------- the registry and its one policy
+
+
+def readme_commands() -> list[tuple[str, list[str], set[str]]]:
+    """(command, its verbs, the flags shown) for each `safegate ...` of README "Command line".
+
+    `feeds status|confirm` is one command with verbs; `report | probe | export rpz` are three
+    commands (an alternative of one word each, or `export` with its argument `rpz`).
+    """
+    text = (REPO / "README.md").read_text(encoding="utf-8")
+    section = text.split("\n## Command line\n", 1)[1].split("\n## ", 1)[0]
+    block = section.split("```", 2)[1]
+    commands: list[tuple[str, list[str], set[str]]] = []
+    for line in block.splitlines():
+        line = line.split("#", 1)[0]
+        flags = set(re.findall(r"(?<![\w-])--?[a-z][\w-]*", line))
+        if not line.startswith("safegate "):
+            if commands and flags:   # a continuation line: more flags of the command above
+                commands[-1][2].update(flags)
+            continue
+        head = re.split(r"\s(?:-|\[|…)", line[len("safegate "):], maxsplit=1)[0]
+        alternatives = [a.split() for a in re.split(r"\s*\|\s*", head.strip())]
+        if len(alternatives[0]) > 1:            # `feeds status|confirm`
+            first, *rest = alternatives
+            commands.append((first[0], [first[1], *(a[0] for a in rest)], flags))
+        else:                                   # `report | probe | export rpz`
+            commands += [(a[0], a[1:], set(flags)) for a in alternatives]
+    return commands
+
+
+def help_text(capsys: pytest.CaptureFixture[str], *argv: str) -> str:
+    from gateway.cli import main
+
+    with pytest.raises(SystemExit) as exit_:
+        main([*argv, "--help"])
+    out = capsys.readouterr().out
+    assert exit_.value.code == 0, f"safegate {' '.join(argv)} --help: {out}"
+    return out
+
+
+def test_every_verb_of_the_readme_command_line_is_registered(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    commands = readme_commands()
+    assert {c for c, _, _ in commands} >= {"run", "check", "explain", "feeds", "feed", "report",
+                                          "probe", "export"}, commands
+    for command, verbs, flags in commands:
+        texts = [help_text(capsys, command)]
+        texts += [help_text(capsys, command, verb) for verb in verbs]
+        for flag in flags:
+            assert any(flag in t for t in texts), f"safegate {command}: no {flag}"
+
+
+def test_every_verb_is_served_by_the_group_whose_docstring_names_it() -> None:
+    """One registry, one module per command group, each verb with its `func`."""
+    import argparse
+
+    from gateway.cli import COMMAND_GROUPS
+
+    seen: list[str] = []
+    for group in COMMAND_GROUPS:
+        parser = argparse.ArgumentParser()
+        sub = parser.add_subparsers(dest="command")
+        group.register(sub)
+        # "`safegate run|check|explain ...`", "`safegate feeds status|confirm ...`"
+        named = re.findall(r"`safegate ([a-z|]+)(?: ([a-z|]+))?", group.__doc__ or "")
+        for command, sub_parser in sub.choices.items():
+            assert any(command in c.split("|") for c, _ in named), (group.__name__, command)
+            seen.append(command)
+            verbs = [a for a in sub_parser._actions if isinstance(a, argparse._SubParsersAction)]
+            leaves = dict(verbs[0].choices) if verbs else {command: sub_parser}
+            for verb, leaf in leaves.items():
+                assert callable(leaf.get_default("func")), (command, verb)
+                if verbs:
+                    assert (command, verb) in {(c, v) for c, vs in named
+                                               for v in vs.split("|")}, (group.__name__, verb)
+    assert len(seen) == len(set(seen)), seen
+    assert set(seen) == {"run", "check", "explain", "feed", "feeds", "report", "probe", "export",
+                         "proxy", "reports"}
+
+
+def test_no_command_prints_its_own_errors() -> None:
+    """Only main() turns an error into `safegate COMMAND: message` and an exit code."""
+    pattern = re.compile(r"print\(f?\"safegate [a-z]+: ")
+    offenders = [str(p.relative_to(REPO)) for p in sorted((REPO / "gateway").rglob("*.py"))
+                 if p != REPO / "gateway/cli/__init__.py"
+                 and pattern.search(p.read_text(encoding="utf-8"))]
+    assert offenders == []
+
+
+def test_the_readme_order_of_log_level_works(tmp_path: Path) -> None:
+    r = safegate("check", "-c", str(config(tmp_path)), "--log-level", "debug")
+    assert r.returncode == 0, r.stderr
+    r = safegate("check", "-c", str(config(tmp_path)), "--log-level", "loud")
+    assert r.returncode == 2 and "invalid choice: 'loud'" in r.stderr
+
+
+def _mitmproxy_installed() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("mitmproxy") is not None
+
+
+def test_an_error_from_any_command_goes_through_the_one_policy(tmp_path: Path) -> None:
+    """Every command, one real failure each: exit 1, the message alone on stderr, no traceback.
+
+    A SafeGateError prints as `safegate COMMAND: message`; a ConfigError as `file:line: message`.
+    """
+    cfg = config(tmp_path)
+    missing = tmp_path / "missing.yaml"
+    (tmp_path / "var" / "ledger.sqlite3").write_text("not a database\n")
+    (tmp_path / "var" / "reports.sqlite3").write_text("not a database\n")
+    (tmp_path / "keys").mkdir()
+    (tmp_path / "keys" / "feed.key").write_text("")
+    proxy = ((["proxy", "-c", str(missing)], f"{missing}: file not found\n")
+             if _mitmproxy_installed() else
+             (["proxy", "-c", str(cfg)], "safegate proxy: needs mitmproxy"))
+    cases: list[tuple[list[str], str]] = [
+        (["run", "-c", str(missing)], f"{missing}: file not found\n"),
+        (["check", "-c", str(missing)], f"{missing}: file not found\n"),
+        (["explain", "-c", str(cfg), "1.2.3", "a.example"],
+         "safegate explain: '1.2.3' is not an IP address\n"),
+        (["feed", "keygen", "--out", str(tmp_path / "keys")],
+         f"safegate feed: {tmp_path / 'keys' / 'feed.key'} exists"),
+        (["feed", "add", "-c", str(missing)],
+         "safegate feed: --type and --value are required (or --file)\n"),
+        (["feeds", "confirm", "-c", str(cfg), "--feed", "nope"],
+         f"safegate feeds: no feed named 'nope' in {cfg}\n"),
+        (["report", "-c", str(cfg), "--from", "2026-02-30", "--to", "2026-03-01"],
+         "safegate report: --from: '2026-02-30' is not YYYY-MM-DD or an ISO 8601 time\n"),
+        (["probe", "--resolver", "127.0.0.1:x", "--feed", "http://feed.invalid/",
+          "--public-key", str(missing)], "safegate probe: --resolver '127.0.0.1:x': bad port"),
+        (["export", "rpz", "-c", str(cfg)],
+         "safegate export: ledger database error: file is not a database\n"),
+        proxy,
+        (["reports", "list", "-c", str(cfg)],
+         "safegate reports: cannot read the reports database: file is not a database\n"),
+    ]
+    import argparse
+
+    from gateway.cli import build_parser
+
+    registered = {command for a in build_parser()._actions
+                  if isinstance(a, argparse._SubParsersAction) for command in a.choices}
+    assert {argv[0] for argv, _ in cases} == registered
+    for argv, message in cases:
+        r = safegate(*argv)
+        assert (r.returncode, r.stdout) == (1, ""), (argv, r.stdout, r.stderr)
+        assert r.stderr.startswith(message) and r.stderr.count("\n") == 1, (argv, r.stderr)

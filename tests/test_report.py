@@ -19,7 +19,7 @@ from zoneinfo import ZoneInfo
 import pytest
 import yaml
 
-from gateway.cli.compliance import build_report
+from gateway.cli.report import build_report
 from gateway.compliance.report import EntryRow, Latency, classify, parse_period, percentile
 from gateway.compliance.report_render import CSV_COLUMNS, render_csv, render_html, render_json
 

@@ -1,80 +1,72 @@
-"""The `safegate` command: run, check, explain."""
+"""The `safegate` command: the registry of command groups and the one error policy.
+
+Each module of COMMAND_GROUPS serves the verbs its docstring names and adds them with
+`register(subparsers)`, every verb setting `func`; `main` parses, calls `args.func(args)` and
+turns a SafeGateError from any of them into a message on stderr and exit code 1.
+"""
 
 from __future__ import annotations
 
 import argparse
-import ipaddress
-import json
 import logging
 import sys
-from pathlib import Path
-from typing import Any
+from collections.abc import Sequence
+from types import ModuleType
 
 from gateway import __version__
+from gateway.cli import export, feeds, gateway, hotline, probe, proxy, publisher, report
 from gateway.errors import ConfigError, ConfigErrors, SafeGateError
 
-log = logging.getLogger("safegate")
+LOG_LEVELS = ("debug", "info", "warning", "error")
 
-MAX_SKIPPED_SHOWN = 20
+# The order of `safegate --help`.
+COMMAND_GROUPS: tuple[ModuleType, ...] = (
+    gateway,      # run, check, explain
+    publisher,    # feed keygen|serve|add|remove|list
+    feeds,        # feeds status|confirm
+    report,       # report
+    probe,        # probe
+    export,       # export rpz
+    proxy,        # proxy
+    hotline,      # reports list|export
+)
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
+    """The whole `safegate` parser, every group of COMMAND_GROUPS registered in order."""
     parser = argparse.ArgumentParser(
         prog="safegate", description="DNS content-filtering gateway that protects children online.")
     parser.add_argument("--version", action="version", version=f"safegate {__version__}")
-    parser.add_argument("--log-level", default="info",
-                        choices=["debug", "info", "warning", "error"],
+    parser.add_argument("--log-level", default="info", choices=LOG_LEVELS,
                         help="log verbosity on stderr (default: info)")
     sub = parser.add_subparsers(dest="command", required=True)
+    for group in COMMAND_GROUPS:
+        group.register(sub)
+    # `safegate run -c gateway.yaml --log-level debug` (the README's order) works too: every
+    # verb takes it after its own arguments, and only overrides the global one when given.
+    for leaf in _verb_parsers(parser):
+        leaf.add_argument("--log-level", default=argparse.SUPPRESS, choices=LOG_LEVELS,
+                          help="log verbosity on stderr (default: info)")
+    return parser
 
-    p_run = sub.add_parser("run", help="serve DNS with the configured policies")
-    p_run.add_argument("-c", "--config", required=True, type=Path, help="gateway.yaml")
 
-    p_check = sub.add_parser("check", help="validate gateway.yaml, policies and blocklists")
-    p_check.add_argument("-c", "--config", required=True, type=Path, help="gateway.yaml")
+def _verb_parsers(parser: argparse.ArgumentParser) -> list[argparse.ArgumentParser]:
+    """The parsers that take no sub-command: one per verb."""
+    subs = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    if not subs:
+        return [parser]
+    return [leaf for a in subs for p in dict.fromkeys(a.choices.values())
+            for leaf in _verb_parsers(p)]
 
-    p_explain = sub.add_parser("explain", help="say what SafeGate does with a name, and why")
-    p_explain.add_argument("-c", "--config", required=True, type=Path, help="gateway.yaml")
-    p_explain.add_argument("client", help="client IP address (IPv4 or IPv6)")
-    p_explain.add_argument("name", help="domain name, e.g. www.example.com")
-    p_explain.add_argument("--json", action="store_true", help="machine-readable output")
-    p_explain.add_argument("--at", metavar="ISO8601",
-                           help="evaluate schedule windows at this time (e.g. 2025-03-03T08:00; "
-                                "without an offset, in the configured timezone)")
-    p_explain.add_argument("--token", metavar="TOKEN",
-                           help="as a DoH client of /dns-query/TOKEN (the token's tier decides, "
-                                "not the client address)")
-    p_explain.add_argument("--proxy-source", metavar="ADDRESS",
-                           help="CLIENT is a front end (dnsdist) whose PROXY v2 header names "
-                                "ADDRESS as the real client")
-    p_explain.add_argument("--ecs", metavar="SUBNET",
-                           help="the query carries EDNS Client Subnet SUBNET (e.g. "
-                                "2001:db8:1200::/56), as a front end adds it")
 
-    # Feeds and compliance (issue #3): publisher verbs, the gateway's feed status, reports,
-    # the independent probe and RPZ export. Each module adds its own commands.
-    from gateway.cli import compliance, feeds, hotline, proxy, publisher
-
-    publisher.register(sub)
-    feeds.register(sub)
-    compliance.register(sub)
-    proxy.register(sub)   # issue #5: the HTTP(S) proxy process
-    hotline.register(sub)   # issue #5: reports sent from block pages
-
-    args = parser.parse_args(argv)
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
-        if args.command == "run":
-            from gateway.runtime.app import run
-            return run(args.config)
-        if args.command == "check":
-            return check(args.config)
-        if args.command == "explain":
-            return explain(args.config, args.client, args.name, args.json, args.at, args.token,
-                           proxy_source=args.proxy_source, ecs=args.ecs)
         return int(args.func(args))
     except (ConfigError, ConfigErrors) as exc:
+        # Already `file:line: message`, one per line: what an editor jumps to.
         for line in str(exc).splitlines():
             print(line, file=sys.stderr)
         return 1
@@ -83,198 +75,3 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     except KeyboardInterrupt:
         return 130
-
-
-def check(config: Path) -> int:
-    """Validate everything; errors as `file:line: message`, exit 1. Skipped list lines warn."""
-    from gateway.runtime.state import load_in_process
-
-    loaded = load_in_process(config)
-    summary = loaded.summary
-    skipped = summary.get("skipped", [])
-    for item in skipped[:MAX_SKIPPED_SHOWN]:
-        print(f"warning: skipped {item}", file=sys.stderr)
-    total_skipped = summary.get("skipped_count", len(skipped))
-    if total_skipped > MAX_SKIPPED_SHOWN:
-        print(f"... and {total_skipped - MAX_SKIPPED_SHOWN} more skipped lines", file=sys.stderr)
-    entries = summary.get("entries_by_category", {})
-    print(f"{config}: OK: {len(loaded.policy.tiers)} tiers, {len(loaded.policy.networks)} "
-          f"networks, {sum(entries.values())} list entries in {len(entries)} categories, "
-          f"{total_skipped} list lines skipped"
-          + (f", {loaded.subscribers.count} subscriber prefixes in "
-             f"{len(loaded.subscribers.profiles)} profiles" if loaded.subscribers else ""))
-    return 0
-
-
-def explain(config: Path, client: str, name: str, as_json: bool, at: str | None = None,
-            token: str | None = None, *, proxy_source: str | None = None,
-            ecs: str | None = None) -> int:
-    """The decision function plus printing: the same code a query takes."""
-    from datetime import UTC, datetime
-    from zoneinfo import ZoneInfo
-
-    from gateway.config.gateway import load_config
-    from gateway.lists.compile import find_rule_lines
-    from gateway.runtime.state import load_in_process, steering
-    from gateway.util.names import normalize_name
-
-    try:
-        ipaddress.ip_address(client)
-    except ValueError:
-        raise SafeGateError(f"{client!r} is not an IP address") from None
-    try:
-        key = normalize_name(name)
-    except ValueError as exc:
-        raise SafeGateError(f"{name!r}: {exc}") from None
-    tz = ZoneInfo(load_config(config).timezone)
-    when = datetime.now(UTC)
-    if at is not None:
-        try:
-            when = datetime.fromisoformat(at)
-        except ValueError:
-            raise SafeGateError(f"--at {at!r} is not an ISO 8601 date-time") from None
-        if when.tzinfo is None:
-            when = when.replace(tzinfo=tz)  # a wall time in the gateway's zone
-    loaded = load_in_process(config, at=when)
-    out: dict[str, Any] = {"client": client, "name": key.decode()}
-    if token is not None:
-        profile = loaded.view.tokens.get(token)
-        if profile is None:
-            raise SafeGateError("no policy file defines that DoH token")
-        out["identity"] = "DoH path token"
-    else:
-        address, out["identity"], out["identity_detail"] = _identity(loaded, client,
-                                                                     proxy_source, ecs)
-        profile = loaded.view.clients.lookup(address)
-    if profile is None:
-        out.update(network=None, tier=None, verdict="refused", rcode="REFUSED", ede=18,
-                   reason="the client is in no configured network (SafeGate is not an open "
-                          "resolver)")
-    else:
-        v = profile.decide(key)
-        if token is not None:
-            tok = next(t for t in loaded.policy.tokens if t.token == token)
-            out.update(network=None, token_defined_at=f"{tok.path}:{tok.line}",
-                       tier=profile.tier)
-        elif profile.network == "subscribers":
-            out.update(_explain_subscriber(loaded, address, profile))
-        else:
-            net = next(n for n in loaded.policy.networks if n.name == profile.network)
-            out.update(network=profile.network, network_defined_at=f"{net.path}:{net.line}",
-                       tier=profile.tier)
-        out.update(_explain_tier(loaded, profile.tier, when, tz))
-        if v.steer:
-            out.update(verdict="intercepted", reason="intercept", rule=v.rule.decode(),
-                       answer="A/AAAA: the proxy's address ("
-                              + ", ".join(steering(loaded.config)) + "); HTTPS/SVCB: NODATA",
-                       rcode="NOERROR", ede=None,
-                       why="the proxy must see this name (URL-level entries, image scanning or "
-                           "a restricted mode); other names never pass through it")
-        elif v.rewrite:
-            out.update(verdict="rewritten", reason="safesearch", rule=v.rule.decode(),
-                       answer=f"CNAME {v.rewrite.decode()} + its A/AAAA from upstream",
-                       rcode="from upstream", ede=None)
-        elif v.blocked:
-            out.update(verdict="blocked", reason=v.reason, category=v.category,
-                       rule=v.rule.decode(), answer=v.answer, ede=v.ede,
-                       ede_text=v.ede_text(),
-                       rcode="NXDOMAIN" if v.answer == "nxdomain" else "NOERROR")
-        else:
-            out.update(verdict="allowed", reason=v.reason, rule=v.rule.decode() or None,
-                       answer="forwarded to upstream", rcode="from upstream", ede=None)
-        if v.category and v.reason in ("mandatory", "policy"):
-            out["sources"] = [f"{p}:{line}: {text}" for p, line, text in
-                              find_rule_lines(loaded.catalog, v.category, v.rule)]
-    if as_json:
-        print(json.dumps(out, ensure_ascii=False, indent=2, default=str))
-    else:
-        for k, val in out.items():
-            if isinstance(val, list):
-                print(f"{k}:")
-                for item in val:
-                    print(f"  {item}")
-            elif val is not None:
-                print(f"{k}: {val}")
-    return 0
-
-
-def _identity(loaded: Any, client: str, proxy_source: str | None, ecs: str | None
-              ) -> tuple[str, str, str | None]:
-    """(the address that decides, its source, why): the rules of dns/chain.py, in words.
-
-    The source is "client address", "PROXY v2" or "ECS".
-    """
-    config = loaded.config
-    if proxy_source is None and ecs is None:
-        return client, "client address", None
-    for flag, value in (("--proxy-source", proxy_source), ("--ecs", ecs)):
-        if value is None:
-            continue
-        try:
-            ipaddress.ip_network(value, strict=False)
-        except ValueError:
-            raise SafeGateError(f"{flag} {value!r} is not an address or subnet") from None
-    trusted = loaded.view.frontends is not None and loaded.view.frontends.lookup(client)
-    if not trusted:
-        return client, "client address", (f"a PROXY v2 header or ECS is ignored: {client} is "
-                                          f"not in dns.trusted_frontends of {config.path}")
-    if proxy_source is not None:
-        if not config.proxy_protocol:
-            return client, "client address", ("dns.proxy_protocol is off, so a PROXY v2 "
-                                              "header is not read")
-        return proxy_source, "PROXY v2", (f"the header from trusted front end {client} names "
-                                          f"{proxy_source}")
-    assert ecs is not None
-    net = ipaddress.ip_network(ecs, strict=False)
-    if net.prefixlen == 0:
-        return client, "client address", "an ECS of /0 names nobody"
-    forwarded = ("forwarded upstream cut to /24 or /56 (dns.forward_ecs)" if
-                 config.forward_ecs else "stripped before forwarding upstream")
-    return str(net.network_address), "ECS", (f"EDNS Client Subnet {net} from trusted front "
-                                             f"end {client}; {forwarded}")
-
-
-def _explain_subscriber(loaded: Any, address: str, profile: Any) -> dict[str, Any]:
-    from gateway.policy.subscribers import find_line
-
-    path = loaded.config.subscribers
-    found = loaded.view.clients.match(address)
-    prefix = found[0] if found else "?"
-    line = find_line(path, prefix) if found else 0
-    spec = loaded.subscribers.profiles[profile.id - len(loaded.policy.networks)
-                                       - len(loaded.policy.tokens)]
-    out: dict[str, Any] = {"network": None, "subscriber": prefix,
-                           "subscriber_defined_at": f"{path}:{line}", "tier": profile.tier,
-                           "filtered": ("yes: blocks carry EDE 17 Filtered (the subscriber "
-                                        "chose this filtering)") if spec.filtered else "no"}
-    if spec.allow:
-        out["subscriber_allow"] = [n.decode() for n in spec.allow]
-    if spec.deny:
-        out["subscriber_deny"] = [n.decode() for n in spec.deny]
-    return out
-
-
-def _explain_tier(loaded: Any, tier_name: str, when: Any, tz: Any) -> dict[str, Any]:
-    """Time, schedule windows (active or not at `when`), SafeSearch and bypass settings."""
-    from gateway.policy.schedules import holiday_on, is_active, local_time
-
-    tier = loaded.policy.tiers[tier_name]
-    local = local_time(when, tz)
-    holidays = loaded.policy.holidays
-    holiday = holiday_on(local.date(), holidays)
-    out: dict[str, Any] = {"time": f"{local.isoformat()} ({tz.key})"}
-    if holiday is not None:
-        out["holiday"] = f"{holiday.name or 'holiday'} ({holiday.start} to {holiday.end})"
-    out["schedules"] = [
-        f"{'ACTIVE  ' if is_active(w, local, holidays) else 'inactive'} {w.label()} "
-        f"({w.path}:{w.line})" for w in tier.schedules] or None
-    out["safesearch"] = tier.safesearch
-    out["bypass_protection"] = ("on: use-application-dns.net, mask.icloud.com, "
-                                "mask-h2.icloud.com -> NXDOMAIN; resolver.arpa -> NODATA; ECH "
-                                "stripped from HTTPS/SVCB answers" if tier.bypass_protection
-                                else "off")
-    return out
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,4 +1,7 @@
-"""`safegate feed ...`: make keys, serve the publisher, add, remove and list entries."""
+"""`safegate feed keygen|serve|add|remove|list`: the central publisher's keys, server and entries.
+
+(`safegate feeds`, a gateway's view of the feeds it follows, is cli/feeds.py.)
+"""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """Compliance reports: what was received, enforced in time, late or never, from ledger rows.
 
-Pure: the databases are read elsewhere (gateway.cli.compliance) into EntryRow/StatRow values; this
+Pure: the databases are read elsewhere (gateway.cli.report) into EntryRow/StatRow values; this
 module turns them into a Report (report_render.py renders it as CSV, JSON or HTML). The
 definitions follow docs/feeds-contract.md: "within deadline" = verified_at <= deadline, "late"
 = verified after it, "never" = not verified by the end of the period (and not removed/refused).

@@ -24,8 +24,7 @@ import yaml
 
 from tests.support.procs import REPO_ROOT, free_port
 
-# The real `safegate feed` (`python -m gateway.cli.publisher feed` is the same without
-# cli/__init__.py).
+# The real `safegate feed`, as an operator runs it.
 FEED_COMMAND: list[str] = [sys.executable, "-m", "gateway", "feed"]
 ADMIN_TOKEN = "admin-token-for-tests-0123456789"
 

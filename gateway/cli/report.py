@@ -1,8 +1,9 @@
-"""The regulator's commands: `safegate report`, `safegate probe`, `safegate export rpz`.
+"""`safegate report -c gateway.yaml|publisher.yaml --from --to`: the compliance report.
 
-`register()` adds them to the main `safegate` parser; `main()` runs them alone (tests use
-`python -m gateway.cli.compliance`). This module is the I/O shell of gateway.compliance.report:
-it finds the database a config points at and reads its rows; the numbers are computed there.
+For the regulator: entries received, enforced within deadline, late, never. (`safegate reports`,
+the reports users send from the block page, is cli/hotline.py.) This module is the I/O shell of
+gateway.compliance.report: it finds the database a config points at and reads its rows; the
+numbers are computed there.
 """
 
 from __future__ import annotations
@@ -21,7 +22,6 @@ from typing import Any
 import yaml
 
 from gateway.compliance import export as export_mod
-from gateway.compliance import probe
 from gateway.compliance.report import (
     DEFAULT_TZ,
     EntryRow,
@@ -35,7 +35,7 @@ from gateway.compliance.report import (
     parse_period,
 )
 from gateway.compliance.report_render import RENDERERS
-from gateway.errors import ConfigError
+from gateway.errors import ConfigError, SafeGateError
 from gateway.util.atomic import atomic_write
 
 GATEWAY_KEYS = frozenset({"dns", "state_dir"})
@@ -194,38 +194,17 @@ def cmd_report(args: argparse.Namespace) -> int:
     try:
         period = parse_period(args.date_from, args.date_to, args.tz)
     except ValueError as exc:
-        print(f"safegate report: {exc}", file=sys.stderr)
-        return 1
+        raise SafeGateError(str(exc)) from None
     try:
         report = build_report(args.config, period, time.time())
     except sqlite3.Error as exc:
-        print(f"safegate report: {args.config}: database error: {exc}", file=sys.stderr)
-        return 1
+        raise SafeGateError(f"{args.config}: database error: {exc}") from None
     write_output(RENDERERS[args.format](report), args.out)
     return 0
 
 
-def cmd_export(args: argparse.Namespace) -> int:
-    from gateway.config.gateway import load_config
-
-    cfg = load_config(args.config)
-    serial = args.serial if args.serial is not None else int(time.time())
-    try:
-        result = export_mod.build_export(cfg.state_dir / export_mod.LEDGER_FILE, cfg.blocklists,
-                                         serial, args.origin)
-    except sqlite3.Error as exc:
-        print(f"safegate export: ledger database error: {exc}", file=sys.stderr)
-        return 1
-    for w in result.warnings:
-        print(f"warning: {w}", file=sys.stderr)
-    write_output(result.zone, args.out)
-    print(f"exported {result.from_ledger} feed entries and {result.from_lists} list rules "
-          f"(serial {serial})", file=sys.stderr)
-    return 0
-
-
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    """Add `report`, `probe` and `export` to the `safegate` command."""
+    """Add `report` to the `safegate` command."""
     p = subparsers.add_parser(
         "report", help="compliance report from a gateway ledger or the publisher database",
         description="Entries received, enforced within deadline, late, never; latencies; "
@@ -241,12 +220,3 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     p.add_argument("--out", type=Path, default=None, help="write to FILE instead of stdout")
     p.set_defaults(func=cmd_report)
 
-    probe.add_parser(subparsers)
-
-    e = subparsers.add_parser("export", help="export the mandatory list (as an RPZ zone)")
-    e.add_argument("what", choices=["rpz"], help="export format")
-    e.add_argument("-c", "--config", required=True, type=Path, help="gateway.yaml")
-    e.add_argument("--out", type=Path, default=None, help="zone file to write (default stdout)")
-    e.add_argument("--origin", default="rpz.safegate.invalid", help="zone name")
-    e.add_argument("--serial", type=int, default=None, help="SOA serial (default: unix time)")
-    e.set_defaults(func=cmd_export)

@@ -1,0 +1,256 @@
+"""`safegate run|check|explain -c gateway.yaml`: serve DNS, validate a config, say why.
+
+`explain` prints the decision a query from CLIENT for NAME gets (the same code the query
+path runs) and where each rule, network and schedule that made it is defined.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from gateway.errors import SafeGateError
+
+MAX_SKIPPED_SHOWN = 20
+
+
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Add `run`, `check` and `explain` to the `safegate` command."""
+    p_run = subparsers.add_parser("run", help="serve DNS with the configured policies")
+    p_run.add_argument("-c", "--config", required=True, type=Path, help="gateway.yaml")
+    p_run.set_defaults(func=_run)
+
+    p_check = subparsers.add_parser("check",
+                                    help="validate gateway.yaml, policies and blocklists")
+    p_check.add_argument("-c", "--config", required=True, type=Path, help="gateway.yaml")
+    p_check.set_defaults(func=_check)
+
+    p_explain = subparsers.add_parser("explain",
+                                      help="say what SafeGate does with a name, and why")
+    p_explain.add_argument("-c", "--config", required=True, type=Path, help="gateway.yaml")
+    p_explain.add_argument("client", help="client IP address (IPv4 or IPv6)")
+    p_explain.add_argument("name", help="domain name, e.g. www.example.com")
+    p_explain.add_argument("--json", action="store_true", help="machine-readable output")
+    p_explain.add_argument("--at", metavar="ISO8601",
+                           help="evaluate schedule windows at this time (e.g. 2025-03-03T08:00; "
+                                "without an offset, in the configured timezone)")
+    p_explain.add_argument("--token", metavar="TOKEN",
+                           help="as a DoH client of /dns-query/TOKEN (the token's tier decides, "
+                                "not the client address)")
+    p_explain.add_argument("--proxy-source", metavar="ADDRESS",
+                           help="CLIENT is a front end (dnsdist) whose PROXY v2 header names "
+                                "ADDRESS as the real client")
+    p_explain.add_argument("--ecs", metavar="SUBNET",
+                           help="the query carries EDNS Client Subnet SUBNET (e.g. "
+                                "2001:db8:1200::/56), as a front end adds it")
+    p_explain.set_defaults(func=_explain)
+
+
+def _run(args: argparse.Namespace) -> int:
+    from gateway.runtime.app import run
+
+    return run(args.config)
+
+
+def _check(args: argparse.Namespace) -> int:
+    return check(args.config)
+
+
+def _explain(args: argparse.Namespace) -> int:
+    return explain(args.config, args.client, args.name, args.json, args.at, args.token,
+                   proxy_source=args.proxy_source, ecs=args.ecs)
+
+
+def check(config: Path) -> int:
+    """Validate everything; errors as `file:line: message`, exit 1. Skipped list lines warn."""
+    from gateway.runtime.state import load_in_process
+
+    loaded = load_in_process(config)
+    summary = loaded.summary
+    skipped = summary.get("skipped", [])
+    for item in skipped[:MAX_SKIPPED_SHOWN]:
+        print(f"warning: skipped {item}", file=sys.stderr)
+    total_skipped = summary.get("skipped_count", len(skipped))
+    if total_skipped > MAX_SKIPPED_SHOWN:
+        print(f"... and {total_skipped - MAX_SKIPPED_SHOWN} more skipped lines", file=sys.stderr)
+    entries = summary.get("entries_by_category", {})
+    print(f"{config}: OK: {len(loaded.policy.tiers)} tiers, {len(loaded.policy.networks)} "
+          f"networks, {sum(entries.values())} list entries in {len(entries)} categories, "
+          f"{total_skipped} list lines skipped"
+          + (f", {loaded.subscribers.count} subscriber prefixes in "
+             f"{len(loaded.subscribers.profiles)} profiles" if loaded.subscribers else ""))
+    return 0
+
+
+def explain(config: Path, client: str, name: str, as_json: bool, at: str | None = None,
+            token: str | None = None, *, proxy_source: str | None = None,
+            ecs: str | None = None) -> int:
+    """The decision function plus printing: the same code a query takes."""
+    from datetime import UTC, datetime
+    from zoneinfo import ZoneInfo
+
+    from gateway.config.gateway import load_config
+    from gateway.lists.compile import find_rule_lines
+    from gateway.runtime.state import load_in_process, steering
+    from gateway.util.names import normalize_name
+
+    try:
+        ipaddress.ip_address(client)
+    except ValueError:
+        raise SafeGateError(f"{client!r} is not an IP address") from None
+    try:
+        key = normalize_name(name)
+    except ValueError as exc:
+        raise SafeGateError(f"{name!r}: {exc}") from None
+    tz = ZoneInfo(load_config(config).timezone)
+    when = datetime.now(UTC)
+    if at is not None:
+        try:
+            when = datetime.fromisoformat(at)
+        except ValueError:
+            raise SafeGateError(f"--at {at!r} is not an ISO 8601 date-time") from None
+        if when.tzinfo is None:
+            when = when.replace(tzinfo=tz)  # a wall time in the gateway's zone
+    loaded = load_in_process(config, at=when)
+    out: dict[str, Any] = {"client": client, "name": key.decode()}
+    if token is not None:
+        profile = loaded.view.tokens.get(token)
+        if profile is None:
+            raise SafeGateError("no policy file defines that DoH token")
+        out["identity"] = "DoH path token"
+    else:
+        address, out["identity"], out["identity_detail"] = _identity(loaded, client,
+                                                                     proxy_source, ecs)
+        profile = loaded.view.clients.lookup(address)
+    if profile is None:
+        out.update(network=None, tier=None, verdict="refused", rcode="REFUSED", ede=18,
+                   reason="the client is in no configured network (SafeGate is not an open "
+                          "resolver)")
+    else:
+        v = profile.decide(key)
+        if token is not None:
+            tok = next(t for t in loaded.policy.tokens if t.token == token)
+            out.update(network=None, token_defined_at=f"{tok.path}:{tok.line}",
+                       tier=profile.tier)
+        elif profile.network == "subscribers":
+            out.update(_explain_subscriber(loaded, address, profile))
+        else:
+            net = next(n for n in loaded.policy.networks if n.name == profile.network)
+            out.update(network=profile.network, network_defined_at=f"{net.path}:{net.line}",
+                       tier=profile.tier)
+        out.update(_explain_tier(loaded, profile.tier, when, tz))
+        if v.steer:
+            out.update(verdict="intercepted", reason="intercept", rule=v.rule.decode(),
+                       answer="A/AAAA: the proxy's address ("
+                              + ", ".join(steering(loaded.config)) + "); HTTPS/SVCB: NODATA",
+                       rcode="NOERROR", ede=None,
+                       why="the proxy must see this name (URL-level entries, image scanning or "
+                           "a restricted mode); other names never pass through it")
+        elif v.rewrite:
+            out.update(verdict="rewritten", reason="safesearch", rule=v.rule.decode(),
+                       answer=f"CNAME {v.rewrite.decode()} + its A/AAAA from upstream",
+                       rcode="from upstream", ede=None)
+        elif v.blocked:
+            out.update(verdict="blocked", reason=v.reason, category=v.category,
+                       rule=v.rule.decode(), answer=v.answer, ede=v.ede,
+                       ede_text=v.ede_text(),
+                       rcode="NXDOMAIN" if v.answer == "nxdomain" else "NOERROR")
+        else:
+            out.update(verdict="allowed", reason=v.reason, rule=v.rule.decode() or None,
+                       answer="forwarded to upstream", rcode="from upstream", ede=None)
+        if v.category and v.reason in ("mandatory", "policy"):
+            out["sources"] = [f"{p}:{line}: {text}" for p, line, text in
+                              find_rule_lines(loaded.catalog, v.category, v.rule)]
+    if as_json:
+        print(json.dumps(out, ensure_ascii=False, indent=2, default=str))
+    else:
+        for k, val in out.items():
+            if isinstance(val, list):
+                print(f"{k}:")
+                for item in val:
+                    print(f"  {item}")
+            elif val is not None:
+                print(f"{k}: {val}")
+    return 0
+
+
+def _identity(loaded: Any, client: str, proxy_source: str | None, ecs: str | None
+              ) -> tuple[str, str, str | None]:
+    """(the address that decides, its source, why): the rules of dns/chain.py, in words.
+
+    The source is "client address", "PROXY v2" or "ECS".
+    """
+    config = loaded.config
+    if proxy_source is None and ecs is None:
+        return client, "client address", None
+    for flag, value in (("--proxy-source", proxy_source), ("--ecs", ecs)):
+        if value is None:
+            continue
+        try:
+            ipaddress.ip_network(value, strict=False)
+        except ValueError:
+            raise SafeGateError(f"{flag} {value!r} is not an address or subnet") from None
+    trusted = loaded.view.frontends is not None and loaded.view.frontends.lookup(client)
+    if not trusted:
+        return client, "client address", (f"a PROXY v2 header or ECS is ignored: {client} is "
+                                          f"not in dns.trusted_frontends of {config.path}")
+    if proxy_source is not None:
+        if not config.proxy_protocol:
+            return client, "client address", ("dns.proxy_protocol is off, so a PROXY v2 "
+                                              "header is not read")
+        return proxy_source, "PROXY v2", (f"the header from trusted front end {client} names "
+                                          f"{proxy_source}")
+    assert ecs is not None
+    net = ipaddress.ip_network(ecs, strict=False)
+    if net.prefixlen == 0:
+        return client, "client address", "an ECS of /0 names nobody"
+    forwarded = ("forwarded upstream cut to /24 or /56 (dns.forward_ecs)" if
+                 config.forward_ecs else "stripped before forwarding upstream")
+    return str(net.network_address), "ECS", (f"EDNS Client Subnet {net} from trusted front "
+                                             f"end {client}; {forwarded}")
+
+
+def _explain_subscriber(loaded: Any, address: str, profile: Any) -> dict[str, Any]:
+    from gateway.policy.subscribers import find_line
+
+    path = loaded.config.subscribers
+    found = loaded.view.clients.match(address)
+    prefix = found[0] if found else "?"
+    line = find_line(path, prefix) if found else 0
+    spec = loaded.subscribers.profiles[profile.id - len(loaded.policy.networks)
+                                       - len(loaded.policy.tokens)]
+    out: dict[str, Any] = {"network": None, "subscriber": prefix,
+                           "subscriber_defined_at": f"{path}:{line}", "tier": profile.tier,
+                           "filtered": ("yes: blocks carry EDE 17 Filtered (the subscriber "
+                                        "chose this filtering)") if spec.filtered else "no"}
+    if spec.allow:
+        out["subscriber_allow"] = [n.decode() for n in spec.allow]
+    if spec.deny:
+        out["subscriber_deny"] = [n.decode() for n in spec.deny]
+    return out
+
+
+def _explain_tier(loaded: Any, tier_name: str, when: Any, tz: Any) -> dict[str, Any]:
+    """Time, schedule windows (active or not at `when`), SafeSearch and bypass settings."""
+    from gateway.policy.schedules import holiday_on, is_active, local_time
+
+    tier = loaded.policy.tiers[tier_name]
+    local = local_time(when, tz)
+    holidays = loaded.policy.holidays
+    holiday = holiday_on(local.date(), holidays)
+    out: dict[str, Any] = {"time": f"{local.isoformat()} ({tz.key})"}
+    if holiday is not None:
+        out["holiday"] = f"{holiday.name or 'holiday'} ({holiday.start} to {holiday.end})"
+    out["schedules"] = [
+        f"{'ACTIVE  ' if is_active(w, local, holidays) else 'inactive'} {w.label()} "
+        f"({w.path}:{w.line})" for w in tier.schedules] or None
+    out["safesearch"] = tier.safesearch
+    out["bypass_protection"] = ("on: use-application-dns.net, mask.icloud.com, "
+                                "mask-h2.icloud.com -> NXDOMAIN; resolver.arpa -> NODATA; ECH "
+                                "stripped from HTTPS/SVCB answers" if tier.bypass_protection
+                                else "off")
+    return out
