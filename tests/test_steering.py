@@ -20,8 +20,9 @@ import pytest
 from gateway.dns.cache import AnswerCache, CacheConfig
 from gateway.dns.chain import Resolver
 from gateway.dns.upstream import Forwarder, ForwarderConfig, Upstream
+from gateway.runtime.intercept import INTERCEPT_FILE
 from gateway.runtime.metrics import DnsStats
-from gateway.runtime.state import INTERCEPT_FILE, load_in_process
+from gateway.runtime.state import load_in_process
 from tests.support.procs import write_gateway_config
 from tests.test_resolver_e2e import LISTS, LISTS_YAML, POLICY
 

@@ -45,6 +45,15 @@ class BlockInfo:
         return 451 if self.legal else 403
 
 
+NOT_BLOCKED = "not-blocked"
+
+
+def not_blocked(target: str, tier: str = "") -> BlockInfo:
+    """What the page says when the name is not blocked for the asking client (a stale answer
+    in a browser's or device's cache led here): that, never "this page is blocked"."""
+    return BlockInfo(target=target, category="", reason=NOT_BLOCKED, legal=False, tier=tier)
+
+
 def from_verdict(target: str, verdict: Verdict, tier: str,
                  legal_basis: LegalBasis | None = None) -> BlockInfo | None:
     """What the page says for a DNS verdict (None if the name is not blocked).
@@ -122,6 +131,10 @@ _TEXT: dict[str, dict[str, str]] = {
         "new_form": "Mở biểu mẫu báo cáo mới",
         "switch": "English",
         "text": "Bị chặn bởi SafeGate",
+        "h1_not_blocked": "Trang này không bị chặn",
+        "not-blocked": "SafeGate không chặn địa chỉ này cho mạng của bạn. Trình duyệt hoặc "
+                       "thiết bị có thể còn nhớ một câu trả lời cũ; hãy thử lại sau ít phút.",
+        "text_not_blocked": "Không bị chặn bởi SafeGate",
     },
     "en": {
         "title": "Page blocked",
@@ -156,6 +169,10 @@ _TEXT: dict[str, dict[str, str]] = {
         "new_form": "Open a new report form",
         "switch": "Tiếng Việt",
         "text": "Blocked by SafeGate",
+        "h1_not_blocked": "This page is not blocked",
+        "not-blocked": "SafeGate does not block this address for your network. Your browser "
+                       "or device may remember an old answer; try again in a few minutes.",
+        "text_not_blocked": "Not blocked by SafeGate",
     },
 }
 
@@ -258,6 +275,8 @@ def _text(info: BlockInfo, lang: str) -> str:
     """One or two lines; the target is echoed without control characters."""
     t = _TEXT[lang]
     target = "".join(ch for ch in info.target if ch.isprintable())[:300]
+    if info.reason == NOT_BLOCKED:
+        return f"{t['text_not_blocked']}: {target}\n"
     line = f"{t['text']}: {target} ({info.category})"
     if info.legal:
         parts = [p for p in (info.authority, info.decision, info.decision_date, info.entry_id)
@@ -278,9 +297,11 @@ def render_html(info: BlockInfo, lang: str, now: datetime, report_url: str,
     """The full page in `lang`; `csrf` goes into both report forms as a hidden field."""
     t = _TEXT[lang]
     e = _esc
-    rows = [(t["target"], f"<strong id=\"target\">{e(info.target)}</strong>"),
-            (t["category"], e(category_label(info.category, lang))),
-            (t["why"], e(_why(info, t)))]
+    unblocked = info.reason == NOT_BLOCKED
+    rows = [(t["target"], f"<strong id=\"target\">{e(info.target)}</strong>")]
+    if not unblocked:
+        rows.append((t["category"], e(category_label(info.category, lang))))
+    rows.append((t["why"], e(_why(info, t))))
     if info.legal:
         for key, value in (("authority", info.authority), ("decision", info.decision),
                            ("date", info.decision_date)):
@@ -298,9 +319,18 @@ def render_html(info: BlockInfo, lang: str, now: datetime, report_url: str,
     hotline = t["hotline"].format(hotline=f"<strong>{HOTLINE}</strong>")
     body = (f"<a class=\"lang\" lang=\"{other}\" href=\"?{e(urlencode({'lang': other}))}\">"
             f"{e(t['switch'])}</a>\n"
-            f"<h1>{e(t['h1_legal'] if info.legal else t['h1'])}</h1>\n<dl>\n{items}\n</dl>\n"
-            f"<p id=\"hotline\">{hotline}</p>\n" + render_forms(info, lang, report_url, csrf))
-    return page(lang, t["title"], body)
+            f"<h1>{e(t[_heading(info)])}</h1>\n<dl>\n{items}\n</dl>\n"
+            f"<p id=\"hotline\">{hotline}</p>\n"
+            # Not blocked: nothing to call a mistake; harmful content can still be reported.
+            + (_form("harmful", info.target, "", "", lang, report_url, csrf) if unblocked
+               else render_forms(info, lang, report_url, csrf)))
+    return page(lang, t["h1_not_blocked"] if unblocked else t["title"], body)
+
+
+def _heading(info: BlockInfo) -> str:
+    if info.legal:
+        return "h1_legal"
+    return "h1_not_blocked" if info.reason == NOT_BLOCKED else "h1"
 
 
 def render_forms(info: BlockInfo, lang: str, report_url: str, csrf: str) -> str:

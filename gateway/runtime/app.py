@@ -24,6 +24,7 @@ from gateway.dns.server import DnsServer
 from gateway.dns.upstream import Forwarder, upstreams_from
 from gateway.errors import ConfigError, ConfigErrors, SafeGateError
 from gateway.lists.overlay import Overlay
+from gateway.policy.identify import identify
 from gateway.policy.schedules import MAX_SLEEP
 from gateway.proxy.pac import pac_mount
 from gateway.proxy.supervisor import ProxySupervisor, proxy_command
@@ -219,13 +220,15 @@ class Gateway:
                     ca_dir=lambda: config().proxy.ca_dir, desk=self.reports.desk)
 
     def explain_host(self, client: str, host: str) -> BlockInfo | None:
-        """Why `host` is blocked for `client` right now (the block page's "why"), or None."""
-        from gateway.blockpage.page import from_verdict
+        """Why `host` is blocked for `client` right now (the block page's "why"): the query
+        path's identify() and decide; "not blocked" when they let it through, None if unknown.
+        """
+        from gateway.blockpage.page import from_verdict, not_blocked
         from gateway.util.names import normalize_name
 
         if self.loaded is None:
             return None
-        profile = self.loaded.view.clients.lookup(client)
+        profile = identify(self.loaded.view, client).profile
         try:
             key = normalize_name(host)
         except ValueError:
@@ -236,7 +239,7 @@ class Gateway:
         basis = None
         if verdict.ref and self.feeds is not None:
             basis = self.feeds.ledger.legal_basis(verdict.ref)
-        return from_verdict(host, verdict, profile.tier, basis)
+        return from_verdict(host, verdict, profile.tier, basis) or not_blocked(host, profile.tier)
 
     def _install(self, loaded: Loaded) -> None:
         assert self.resolver is not None
@@ -360,7 +363,7 @@ class Gateway:
             generation = self.loaded.view.generation
             if not await self.workers.wait_applied(generation):
                 log.warning("not every DNS worker serves generation %d yet", generation)
-        return await probe_name(self.resolver, self.loaded, name)
+        return await probe_name(self.resolver, self.loaded.policy, name)
 
     async def watch(self) -> None:
         """Poll the config, policy and list files' stat() and reload when anything changes."""

@@ -18,6 +18,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 from gateway.blockpage import page as blockpage
 from gateway.blockpage.page import (
     BlockInfo,
+    not_blocked,
     render_block,
     render_report_form,
     render_report_result,
@@ -143,7 +144,7 @@ async def _blockpage(request: web.Request) -> web.Response:
     info = site.explain(site.client_address(request), host.lower().rstrip(".")) if host else None
     if info is None:
         # A stale answer in the browser's cache, or a name unblocked since: say so, still 403.
-        info = BlockInfo(target=host, category="", reason="unknown", legal=False)
+        info = not_blocked(host)
     csrf = (site.desk.tokens.issue(site.client_address(request), site.clock())
             if site.desk is not None else "")
     target = host if request.path in ("", "/") else f"{host}{request.path}"
