@@ -479,7 +479,7 @@ def test_worker_counts_reach_the_primarys_metrics() -> None:
     from prometheus_client import CollectorRegistry, generate_latest
 
     from gateway.runtime.metrics import DnsStats, Metrics
-    from gateway.runtime.workers import Deltas, add_deltas
+    from gateway.runtime.worker_stats import Deltas, add_deltas
 
     registry = CollectorRegistry()
     metrics = Metrics(registry)
