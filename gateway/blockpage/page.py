@@ -320,10 +320,7 @@ def render_html(info: BlockInfo, lang: str, now: datetime, report_url: str,
     body = (f"<a class=\"lang\" lang=\"{other}\" href=\"?{e(urlencode({'lang': other}))}\">"
             f"{e(t['switch'])}</a>\n"
             f"<h1>{e(t[_heading(info)])}</h1>\n<dl>\n{items}\n</dl>\n"
-            f"<p id=\"hotline\">{hotline}</p>\n"
-            # Not blocked: nothing to call a mistake; harmful content can still be reported.
-            + (_form("harmful", info.target, "", "", lang, report_url, csrf) if unblocked
-               else render_forms(info, lang, report_url, csrf)))
+            f"<p id=\"hotline\">{hotline}</p>\n" + render_forms(info, lang, report_url, csrf))
     return page(lang, t["h1_not_blocked"] if unblocked else t["title"], body)
 
 
