@@ -7,6 +7,7 @@ import hashlib
 import re
 from datetime import datetime
 from html.parser import HTMLParser
+from typing import Any
 from zoneinfo import ZoneInfo
 
 import pytest
@@ -178,3 +179,69 @@ def test_from_verdict_only_mandatory_blocks_are_legal() -> None:
     info = from_verdict("x.example", policy, "thcs", basis)
     assert info is not None and not info.legal and info.authority == ""
     assert from_verdict("x.example", Verdict(False, "none"), "thcs") is None
+
+
+# ---------------------------------------------------------------- with a real gateway
+
+TWO_NETWORKS = """\
+tiers:
+  kids: {block: [games], answer: blockpage}
+  staff: {block: []}
+networks:
+  - {name: pupils, cidrs: ["127.0.0.1/32"], tier: kids}
+  - {name: teachers, cidrs: ["127.0.0.2/32"], tier: staff}
+"""
+
+
+def _page_from(source: str, web_url: str, host: str) -> tuple[int, str]:
+    """GET / with `host` as Host, from the loopback address `source` (the client's identity)."""
+    import http.client
+    from urllib.parse import urlsplit
+
+    url = urlsplit(web_url)
+    conn = http.client.HTTPConnection(url.hostname or "", url.port, timeout=10,
+                                      source_address=(source, 0))
+    try:
+        conn.request("GET", "/", headers={"Host": host, "Accept": "text/html"})
+        resp = conn.getresponse()
+        return resp.status, resp.read().decode()
+    finally:
+        conn.close()
+
+
+@pytest.mark.integration
+def test_block_page_agrees_with_the_query_path_for_each_network(unbound: Any,
+                                                                safegate_factory: Any) -> None:
+    """A name blocked for one network and not another: the block page says so to each.
+
+    Issue #11: the page said "Trang này đã bị chặn" to a client the query path lets through (a
+    stale DNS answer in a browser leads there)."""
+    import dns.edns
+    import dns.message
+    import dns.query
+    import dns.rcode
+
+    from tests.support.unbound import ALLOWED, ALLOWED_A
+
+    gw = safegate_factory(upstream_port=unbound.port, policies={"p.yaml": TWO_NETWORKS},
+                          lists={"games.txt": f"{ALLOWED}\n"},
+                          lists_yaml="categories:\n  games:\n    - {path: games.txt, "
+                                     "format: domains}\n")
+
+    def ask(source: str) -> dns.message.Message:
+        q = dns.message.make_query(ALLOWED, "A", use_edns=0, payload=1232)
+        return dns.query.udp(q, "127.0.0.1", port=gw.dns_port, timeout=5, source=source)
+
+    pupil, teacher = ask("127.0.0.1"), ask("127.0.0.2")
+    assert [o.code for o in pupil.options if isinstance(o, dns.edns.EDEOption)] == [15]
+    assert teacher.rcode() == dns.rcode.NOERROR
+    assert [rr.address for rr in teacher.answer[0]] == [ALLOWED_A]
+    assert not [o for o in teacher.options if isinstance(o, dns.edns.EDEOption)]
+
+    status, page = _page_from("127.0.0.1", gw.web_url, ALLOWED)
+    assert status == 403
+    assert "Trang này đã bị chặn" in page and "Trò chơi trực tuyến" in page
+
+    status, page = _page_from("127.0.0.2", gw.web_url, ALLOWED)
+    assert "Trang này đã bị chặn" not in page and "Trò chơi trực tuyến" not in page
+    assert "Trang này không bị chặn" in page and ALLOWED in page

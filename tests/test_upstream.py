@@ -481,7 +481,7 @@ def test_worker_counts_reach_the_primarys_metrics() -> None:
 
     from gateway.dns.stats import DnsStats
     from gateway.runtime.metrics import Metrics
-    from gateway.runtime.workers import Deltas, add_deltas
+    from gateway.runtime.worker_stats import Deltas, add_deltas
 
     registry = CollectorRegistry()
     metrics = Metrics(registry)

@@ -38,6 +38,15 @@ class BlockInfo:
         return 451 if self.legal else 403
 
 
+NOT_BLOCKED = "not-blocked"
+
+
+def not_blocked(target: str, tier: str = "") -> BlockInfo:
+    """What the page says when the name is not blocked for the asking client (a stale answer
+    in a browser's or device's cache led here): that, never "this page is blocked"."""
+    return BlockInfo(target=target, category="", reason=NOT_BLOCKED, legal=False, tier=tier)
+
+
 def from_verdict(target: str, verdict: Verdict, tier: str,
                  legal_basis: LegalBasis | None = None) -> BlockInfo | None:
     """What the page says for a DNS verdict (None if the name is not blocked).
@@ -115,6 +124,10 @@ TEXT: dict[str, dict[str, str]] = {
         "new_form": "Mở biểu mẫu báo cáo mới",
         "switch": "English",
         "text": "Bị chặn bởi SafeGate",
+        "h1_not_blocked": "Trang này không bị chặn",
+        "not-blocked": "SafeGate không chặn địa chỉ này cho mạng của bạn. Trình duyệt hoặc "
+                       "thiết bị có thể còn nhớ một câu trả lời cũ; hãy thử lại sau ít phút.",
+        "text_not_blocked": "Không bị chặn bởi SafeGate",
     },
     "en": {
         "title": "Page blocked",
@@ -149,6 +162,10 @@ TEXT: dict[str, dict[str, str]] = {
         "new_form": "Open a new report form",
         "switch": "Tiếng Việt",
         "text": "Blocked by SafeGate",
+        "h1_not_blocked": "This page is not blocked",
+        "not-blocked": "SafeGate does not block this address for your network. Your browser "
+                       "or device may remember an old answer; try again in a few minutes.",
+        "text_not_blocked": "Not blocked by SafeGate",
     },
 }
 

@@ -14,6 +14,7 @@ from gateway.blockpage.frame import esc, page, security_headers
 from gateway.blockpage.model import (
     HOTLINE,
     LANGS,
+    NOT_BLOCKED,
     TEXT,
     TIER_LABELS,
     BlockInfo,
@@ -50,6 +51,8 @@ def _text(info: BlockInfo, lang: str) -> str:
     """One or two lines; the target is echoed without control characters."""
     t = TEXT[lang]
     target = "".join(ch for ch in info.target if ch.isprintable())[:300]
+    if info.reason == NOT_BLOCKED:
+        return f"{t['text_not_blocked']}: {target}\n"
     line = f"{t['text']}: {target} ({info.category})"
     if info.legal:
         parts = [p for p in (info.authority, info.decision, info.decision_date, info.entry_id)
@@ -76,9 +79,11 @@ def render_html(info: BlockInfo, lang: str, now: datetime, report_url: str,
     """The full page in `lang`; `csrf` goes into both report forms as a hidden field."""
     t = TEXT[lang]
     e = esc
-    rows = [(t["target"], f"<strong id=\"target\">{e(info.target)}</strong>"),
-            (t["category"], e(category_label(info.category, lang))),
-            (t["why"], e(_why(info, t)))]
+    unblocked = info.reason == NOT_BLOCKED
+    rows = [(t["target"], f"<strong id=\"target\">{e(info.target)}</strong>")]
+    if not unblocked:
+        rows.append((t["category"], e(category_label(info.category, lang))))
+    rows.append((t["why"], e(_why(info, t))))
     if info.legal:
         for key, value in (("authority", info.authority), ("decision", info.decision),
                            ("date", info.decision_date)):
@@ -96,9 +101,15 @@ def render_html(info: BlockInfo, lang: str, now: datetime, report_url: str,
     hotline = t["hotline"].format(hotline=f"<strong>{HOTLINE}</strong>")
     body = (f"<a class=\"lang\" lang=\"{other}\" href=\"?{e(urlencode({'lang': other}))}\">"
             f"{e(t['switch'])}</a>\n"
-            f"<h1>{e(t['h1_legal'] if info.legal else t['h1'])}</h1>\n<dl>\n{items}\n</dl>\n"
+            f"<h1>{e(t[_heading(info)])}</h1>\n<dl>\n{items}\n</dl>\n"
             f"<p id=\"hotline\">{hotline}</p>\n" + render_forms(info, lang, report_url, csrf))
-    return page(lang, t["title"], body)
+    return page(lang, t["h1_not_blocked"] if unblocked else t["title"], body)
+
+
+def _heading(info: BlockInfo) -> str:
+    if info.legal:
+        return "h1_legal"
+    return "h1_not_blocked" if info.reason == NOT_BLOCKED else "h1"
 
 
 def render_forms(info: BlockInfo, lang: str, report_url: str, csrf: str) -> str:

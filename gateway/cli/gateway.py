@@ -11,9 +11,17 @@ import ipaddress
 import json
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from gateway.errors import SafeGateError
+
+if TYPE_CHECKING:
+    from datetime import datetime
+    from zoneinfo import ZoneInfo
+
+    from gateway.policy.decide import Profile
+    from gateway.policy.identify import Identity
+    from gateway.runtime.state import Loaded
 
 MAX_SKIPPED_SHOWN = 20
 
@@ -95,7 +103,8 @@ def explain(config: Path, client: str, name: str, as_json: bool, at: str | None 
 
     from gateway.config.gateway import load_config
     from gateway.lists.compile import find_rule_lines
-    from gateway.runtime.state import load_in_process, steering
+    from gateway.runtime.intercept import steering
+    from gateway.runtime.state import load_in_process
     from gateway.util.names import normalize_name
 
     try:
@@ -117,29 +126,25 @@ def explain(config: Path, client: str, name: str, as_json: bool, at: str | None 
             when = when.replace(tzinfo=tz)  # a wall time in the gateway's zone
     loaded = load_in_process(config, at=when)
     out: dict[str, Any] = {"client": client, "name": key.decode()}
-    if token is not None:
-        profile = loaded.view.tokens.get(token)
-        if profile is None:
-            raise SafeGateError("no policy file defines that DoH token")
-        out["identity"] = "DoH path token"
-    else:
-        address, out["identity"], out["identity_detail"] = _identity(loaded, client,
-                                                                     proxy_source, ecs)
-        profile = loaded.view.clients.lookup(address)
+    found = _identity(loaded, client, proxy_source, ecs, token)
+    out["identity"] = found.source
+    if token is None:
+        out["identity_detail"] = found.ignored
+    profile = found.profile
     if profile is None:
         out.update(network=None, tier=None, verdict="refused", rcode="REFUSED", ede=18,
                    reason="the client is in no configured network (SafeGate is not an open "
                           "resolver)")
     else:
         v = profile.decide(key)
-        if token is not None:
-            tok = next(t for t in loaded.policy.tokens if t.token == token)
+        if profile.id.kind == "token":
+            tok = loaded.policy.tokens[profile.id.index]
             out.update(network=None, token_defined_at=f"{tok.path}:{tok.line}",
                        tier=profile.tier)
-        elif profile.network == "subscribers":
-            out.update(_explain_subscriber(loaded, address, profile))
+        elif profile.id.kind == "subscriber":
+            out.update(_explain_subscriber(loaded, found.address, profile))
         else:
-            net = next(n for n in loaded.policy.networks if n.name == profile.network)
+            net = loaded.policy.networks[profile.id.index]
             out.update(network=profile.network, network_defined_at=f"{net.path}:{net.line}",
                        tier=profile.tier)
         out.update(_explain_tier(loaded, profile.tier, when, tz))
@@ -178,15 +183,11 @@ def explain(config: Path, client: str, name: str, as_json: bool, at: str | None 
     return 0
 
 
-def _identity(loaded: Any, client: str, proxy_source: str | None, ecs: str | None
-              ) -> tuple[str, str, str | None]:
-    """(the address that decides, its source, why): the rules of dns/chain.py, in words.
+def _identity(loaded: Loaded, client: str, proxy_source: str | None, ecs: str | None,
+              token: str | None) -> Identity:
+    """The query path's identify(), with `ignored` turned into the words explain prints."""
+    from gateway.policy import identify as ident
 
-    The source is "client address", "PROXY v2" or "ECS".
-    """
-    config = loaded.config
-    if proxy_source is None and ecs is None:
-        return client, "client address", None
     for flag, value in (("--proxy-source", proxy_source), ("--ecs", ecs)):
         if value is None:
             continue
@@ -194,35 +195,38 @@ def _identity(loaded: Any, client: str, proxy_source: str | None, ecs: str | Non
             ipaddress.ip_network(value, strict=False)
         except ValueError:
             raise SafeGateError(f"{flag} {value!r} is not an address or subnet") from None
-    trusted = loaded.view.frontends is not None and loaded.view.frontends.lookup(client)
-    if not trusted:
-        return client, "client address", (f"a PROXY v2 header or ECS is ignored: {client} is "
-                                          f"not in dns.trusted_frontends of {config.path}")
-    if proxy_source is not None:
-        if not config.proxy_protocol:
-            return client, "client address", ("dns.proxy_protocol is off, so a PROXY v2 "
-                                              "header is not read")
-        return proxy_source, "PROXY v2", (f"the header from trusted front end {client} names "
-                                          f"{proxy_source}")
-    assert ecs is not None
-    net = ipaddress.ip_network(ecs, strict=False)
-    if net.prefixlen == 0:
-        return client, "client address", "an ECS of /0 names nobody"
-    forwarded = ("forwarded upstream cut to /24 or /56 (dns.forward_ecs)" if
-                 config.forward_ecs else "stripped before forwarding upstream")
-    return str(net.network_address), "ECS", (f"EDNS Client Subnet {net} from trusted front "
-                                             f"end {client}; {forwarded}")
+    subnet = ipaddress.ip_network(ecs, strict=False) if ecs is not None else None
+    # As dns/wire.py's ecs_address reads the option: the subnet's address, "" for /0.
+    ecs_address = (None if subnet is None
+                   else str(subnet.network_address) if subnet.prefixlen else "")
+    found = ident.identify(loaded.view, client, proxy_source, ecs_address, token)
+    if token is not None:
+        if found.profile is None:
+            raise SafeGateError("no policy file defines that DoH token")
+        return found
+    config = loaded.config
+    why = {ident.UNTRUSTED: (f"a PROXY v2 header or ECS is ignored: {client} is not in "
+                             f"dns.trusted_frontends of {config.path}"),
+           ident.NOT_READ: "dns.proxy_protocol is off, so a PROXY v2 header is not read",
+           ident.NOBODY: "an ECS of /0 names nobody"}.get(found.ignored or "")
+    if found.source == ident.PROXY:
+        why = f"the header from trusted front end {client} names {proxy_source}"
+    elif found.source == ident.ECS:
+        forwarded = ("forwarded upstream cut to /24 or /56 (dns.forward_ecs)" if
+                     config.forward_ecs else "stripped before forwarding upstream")
+        why = f"EDNS Client Subnet {subnet} from trusted front end {client}; {forwarded}"
+    return found._replace(ignored=why)
 
 
-def _explain_subscriber(loaded: Any, address: str, profile: Any) -> dict[str, Any]:
+def _explain_subscriber(loaded: Loaded, address: str, profile: Profile) -> dict[str, Any]:
     from gateway.policy.subscribers import find_line
 
     path = loaded.config.subscribers
+    assert path is not None and loaded.subscribers is not None
     found = loaded.view.clients.match(address)
     prefix = found[0] if found else "?"
     line = find_line(path, prefix) if found else 0
-    spec = loaded.subscribers.profiles[profile.id - len(loaded.policy.networks)
-                                       - len(loaded.policy.tokens)]
+    spec = loaded.subscribers.profiles[profile.id.index]
     out: dict[str, Any] = {"network": None, "subscriber": prefix,
                            "subscriber_defined_at": f"{path}:{line}", "tier": profile.tier,
                            "filtered": ("yes: blocks carry EDE 17 Filtered (the subscriber "
@@ -234,7 +238,8 @@ def _explain_subscriber(loaded: Any, address: str, profile: Any) -> dict[str, An
     return out
 
 
-def _explain_tier(loaded: Any, tier_name: str, when: Any, tz: Any) -> dict[str, Any]:
+def _explain_tier(loaded: Loaded, tier_name: str, when: datetime, tz: ZoneInfo
+                  ) -> dict[str, Any]:
     """Time, schedule windows (active or not at `when`), SafeSearch and bypass settings."""
     from gateway.policy.schedules import holiday_on, is_active, local_time
 

@@ -16,7 +16,9 @@ from dnslib import EDNS0, DNSRecord
 
 from gateway.dns.chain import Resolver
 from gateway.dns.wire import NXDOMAIN
-from gateway.runtime.state import Loaded
+from gateway.policy.decide import ProfileId
+from gateway.policy.identify import Clients, identify
+from gateway.policy.policyfile import Policy
 
 EDE_OPTION = 15
 BLOCKED_EDES = (15, 16, 17)
@@ -42,15 +44,15 @@ class ProbeResult:
         return bool(self.results) and all(r.blocked for r in self.results)
 
 
-def probe_clients(loaded: Loaded) -> Iterator[tuple[str, str]]:
-    """(network name, an address the live client map really places in that network)."""
-    for net in loaded.policy.networks:
-        profile = loaded.profiles[net.name]
+def probe_clients(policy: Policy, view: Clients) -> Iterator[tuple[str, str]]:
+    """(network name, an address identify() really places in that network)."""
+    for i, net in enumerate(policy.networks):
         for cidr in net.cidrs:
             first = cidr.network_address
             candidates = [first, first + 1] if cidr.num_addresses > 1 else [first]
             for addr in candidates:
-                if loaded.view.clients.lookup(str(addr)) is profile:
+                profile = identify(view, str(addr)).profile
+                if profile is not None and profile.id == ProfileId("network", i):
                     yield net.name, str(addr)
                     break
             else:
@@ -58,10 +60,10 @@ def probe_clients(loaded: Loaded) -> Iterator[tuple[str, str]]:
             break
 
 
-async def probe_name(resolver: Resolver, loaded: Loaded, name: str) -> ProbeResult:
+async def probe_name(resolver: Resolver, policy: Policy, name: str) -> ProbeResult:
     """Query `name` (A, with EDNS) as each network would, through Resolver.handle."""
     results = []
-    for network, client in probe_clients(loaded):
+    for network, client in probe_clients(policy, resolver.view):
         q = DNSRecord.question(name, "A")
         q.header.id = secrets.randbits(16)
         q.add_ar(EDNS0(udp_len=1232))

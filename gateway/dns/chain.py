@@ -3,7 +3,8 @@
     wire      parse the header and question straight from the bytes
     identify  client address -> subscriber or network -> profile  (REFUSED when in none)
               (a DoH path token names its profile directly; from dns.trusted_frontends only,
-              a PROXY v2 header or the query's EDNS Client Subnet names the client)
+              a PROXY v2 header or the query's EDNS Client Subnet names the client: the rules
+              are policy/identify.py's, shared with explain, the block page and self-probes)
     class     only IN is served: CHAOS (version.bind), ANY and the rest get REFUSED here,
               never forwarded
     decide    mandatory > deny/allow > tier categories      (memoized per profile)
@@ -38,6 +39,7 @@ from gateway.dns.svcb import TYPE_HTTPS, TYPE_SVCB, strip_ech
 from gateway.dns.upstream import Forwarder
 from gateway.dns.upstream_base import UpstreamBusy, UpstreamError
 from gateway.policy.decide import Profile, Verdict
+from gateway.policy.identify import ECS, identify
 from gateway.policy.netindex import PrefixMap
 
 perf_counter = time.perf_counter
@@ -106,7 +108,9 @@ class Resolver:
         if protocol == "udp" and profile is None:
             # Memo: the same query bytes (all but the ID) from the same profile get the same
             # reply, so a repeated blocked or cached query skips even the wire parse. (Kept
-            # flat on purpose: this is most queries' whole path.)
+            # flat on purpose: this is most queries' whole path.) The lookup is exactly
+            # policy/identify.py's plain case: no token, and no header to believe (front ends
+            # went to _from_frontend; a PROXY v2 source arrives here as `client`).
             profile = self.view.clients.lookup(client)
             if profile is not None:
                 memo = profile.replies.get(data[2:])
@@ -125,7 +129,7 @@ class Resolver:
                         self.cache.hits += 1
                         self.stats.count_key(stats_key, perf_counter() - start)
                         return data[:2] + last[2]  # type: ignore[no-any-return]
-        return self._handle(data, client, protocol, start, profile)
+        return self._handle(data, client, protocol, start, profile, proxied=proxied)
 
     def _from_frontend(self, data: bytes, frontend: str, protocol: str, start: float
                        ) -> bytes | Pending | None:
@@ -139,8 +143,10 @@ class Resolver:
                 log.debug("dropping a datagram with a bad PROXY v2 header: %s", exc)
                 self.stats.count("formerr", "", "", protocol, perf_counter() - start)
                 return None
+            # The header names the client (identify's PROXY v2 rule); re-entering `handle` with
+            # it as the client keeps the memo path for the proxied queries.
             return self.handle(data[size:], source or frontend, protocol, proxied=True)
-        return self._handle(data, frontend, protocol, start, ecs_trusted=True)
+        return self._handle(data, frontend, protocol, start)
 
     def _remember(self, profile: Profile, data: bytes, memo: tuple[Any, ...]) -> None:
         replies = profile.replies
@@ -153,7 +159,7 @@ class Resolver:
         replies[data[2:]] = memo
 
     def _handle(self, data: bytes, client: str, protocol: str, start: float,
-                chosen: Profile | None = None, *, ecs_trusted: bool = False
+                chosen: Profile | None = None, *, proxied: bool = False
                 ) -> bytes | Pending | None:
         count = self.stats.count
         try:
@@ -174,15 +180,15 @@ class Resolver:
 
         view = self.view
         forward_ecs = b""
-        if ecs_trusted and q.ecs:
-            # Behind a front end that does not speak PROXY v2: the subnet it put in the query
-            # names the subscriber. (Never believed from anyone else: `ecs_trusted`.)
-            address = wire.ecs_address(q.ecs)
-            if address is not None:
-                client = address
-                if view.forward_ecs:
-                    forward_ecs = wire.ecs_truncate(q.ecs)
-        profile = chosen if chosen is not None else view.clients.lookup(client)
+        profile = chosen
+        if profile is None:
+            # A PROXY v2 header already named the client (`proxied`): the query's ECS is not
+            # an identity then. identify() believes ECS from trusted front ends only.
+            ecs = (wire.ecs_address(q.ecs) or "") if q.ecs and not proxied else None
+            found = identify(view, client, None, ecs)
+            profile = found.profile
+            if found.source == ECS and view.forward_ecs and q.ecs:
+                forward_ecs = wire.ecs_truncate(q.ecs)
         if profile is None:
             count("refused", "", "", protocol, time.perf_counter() - start)
             return refused_reply(q)

@@ -19,7 +19,7 @@ from __future__ import annotations
 import dataclasses
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 from gateway.config.limits import MemoryLimits
 from gateway.lists import Action
@@ -87,6 +87,15 @@ def bypass_verdict(key: bytes) -> Verdict | None:
     return None
 
 
+@dataclass(frozen=True)
+class ProfileId:
+    """Where a profile comes from: policy.networks[index], policy.tokens[index] or the
+    subscribers file's profiles[index] (what `safegate explain` reads back)."""
+
+    kind: Literal["network", "token", "subscriber"]
+    index: int
+
+
 class Profile:
     """One compiled policy view (a network with its tier); memoizes verdicts per name.
 
@@ -98,7 +107,7 @@ class Profile:
                  "filtered", "id", "index", "network", "replies", "reply_memo", "rewrites",
                  "scheduled", "steer", "steer_scopes", "tier", "verdict_memo")
 
-    def __init__(self, id: int, network: str, tier: str, blocked: frozenset[str], answer: str,
+    def __init__(self, id: ProfileId, network: str, tier: str, blocked: frozenset[str], answer: str,
                  allow: frozenset[bytes], deny: frozenset[bytes], default_block: bool,
                  index: Matcher, *, scheduled: frozenset[str] = frozenset(),
                  rewrites: dict[bytes, bytes] | None = None, bypass: bool = False,

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import gc
 import logging
 import signal
@@ -15,29 +14,24 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry
 
 from gateway.compliance.selfprobe import ProbeResult, probe_name
-from gateway.dns.cache import AnswerCache
 from gateway.dns.chain import Resolver
 from gateway.dns.doh import DohHandler
 from gateway.dns.dot import DotServer, ReloadableContext
 from gateway.dns.rrl import Rrl
 from gateway.dns.server import DnsServer
-from gateway.dns.upstream import Forwarder
-from gateway.dns.upstream_base import upstreams_from
-from gateway.errors import ConfigError, ConfigErrors, SafeGateError
 from gateway.http.guard import ConnectionGuard, GuardedSite, Networks, WebMetrics
 from gateway.http.health import metrics_app
-from gateway.lists.overlay import Overlay
-from gateway.policy.schedules import MAX_SLEEP
+from gateway.policy.identify import identify
 from gateway.proxy.pac import pac_mount
 from gateway.proxy.supervisor import ProxySupervisor, proxy_command
 from gateway.runtime.metrics import GatewayCollector, Metrics, RrlCollector
+from gateway.runtime.reload import Reloading
+from gateway.runtime.resolver import build_dns_server, build_resolver
 from gateway.runtime.sdnotify import Notifier
 from gateway.runtime.state import (
     Builder,
     Loaded,
     remove_stale_indexes,
-    schedule_changed,
-    schedule_delay,
     watched_files,
 )
 from gateway.runtime.web import Site, blockpage_app, gateway_url
@@ -49,12 +43,13 @@ if TYPE_CHECKING:
     from gateway.feeds.manager import FeedManager
     from gateway.hotline.service import ReportService
     from gateway.policy.subscribers import Subscribers
-    from gateway.runtime.workers import Deltas, WorkerPool
+    from gateway.runtime.worker_stats import Deltas
+    from gateway.runtime.workers import WorkerPool
 
 log = logging.getLogger(__name__)
 
 
-class Gateway:
+class Gateway(Reloading):
     """The running gateway: owns the resolver, listeners and the reload loop."""
 
     def __init__(self, config_path: Path, registry: CollectorRegistry | None = None,
@@ -95,12 +90,15 @@ class Gateway:
         await self._serve_http(metrics_app(self.registry, self.ready), config.metrics_listen,
                                ConnectionGuard(config.limits.web, self.web_metrics, "metrics"))
         loaded = await self.builder.build(None)
-        cache = AnswerCache(loaded.config.cache)
-        upstreams = upstreams_from(loaded.config.upstreams)
-        forwarder = Forwarder(upstreams, loaded.config.forwarder, self.metrics.upstream_observer(),
-                              limits=loaded.config.limits.upstream)
-        self.metrics.init_upstreams([u.label for u in upstreams], forwarder.open_sockets)
-        self.resolver = Resolver(loaded.view, cache, forwarder, self.metrics.dns)
+        self.resolver = build_resolver(loaded.config, loaded.view, self.metrics.dns,
+                                       self.metrics.upstream_observer())
+        cache, forwarder = self.resolver.cache, self.resolver.forwarder
+        self.metrics.init_upstreams([u.label for u in forwarder.upstreams], forwarder.open_sockets)
+        workers = loaded.config.workers
+        self.dns, rrl = build_dns_server(loaded.config, self.resolver,
+                                         list(loaded.config.dns_listen), self.metrics.streams,
+                                         reuse_port=workers > 1)
+        self.rrl = rrl
         extra = self.worker_cache   # dns.workers: the other processes' cache counters
 
         self.registry.register(GatewayCollector(
@@ -113,7 +111,6 @@ class Gateway:
             lambda: dict(self.loaded.index.entries_by_category) if self.loaded else {}))
         self.metrics.blocked_bodies.set_function(
             lambda: len(self.loaded.view.answers.bodies) if self.loaded else 0)
-        rrl = self.rrl = Rrl(loaded.config.limits.rrl)
         self.registry.register(RrlCollector(
             lambda: {"slipped": rrl.slipped + extra.get("rrl_slipped", 0),
                      "dropped": rrl.dropped + extra.get("rrl_dropped", 0),
@@ -121,10 +118,6 @@ class Gateway:
         self._install(loaded)
         await self._start_feeds(loaded)
         self._start_subscribers_feed(loaded)
-        workers = loaded.config.workers
-        self.dns = DnsServer(self.resolver, list(loaded.config.dns_listen),
-                             loaded.config.limits.tcp, self.metrics.streams,
-                             reuse_port=workers > 1, rrl=rrl)
         await self.dns.start()
         if workers > 1:
             await self._start_workers(loaded)
@@ -160,7 +153,8 @@ class Gateway:
 
     async def _start_workers(self, loaded: Loaded) -> None:
         """dns.workers > 1: the other resolver processes (gateway/runtime/workers.py)."""
-        from gateway.runtime.workers import WorkerPool, add_deltas, snapshot_of
+        from gateway.runtime.worker_stats import add_deltas
+        from gateway.runtime.workers import WorkerPool, snapshot_of
 
         def on_deltas(d: Deltas) -> None:
             add_deltas(self.metrics.dns, self.worker_cache, self.metrics, d)
@@ -221,13 +215,15 @@ class Gateway:
                     ca_dir=lambda: config().proxy.ca_dir, desk=self.reports.desk)
 
     def explain_host(self, client: str, host: str) -> BlockInfo | None:
-        """Why `host` is blocked for `client` right now (the block page's "why"), or None."""
-        from gateway.blockpage.model import from_verdict
+        """Why `host` is blocked for `client` right now (the block page's "why"): the query
+        path's identify() and decide; "not blocked" when they let it through, None if unknown.
+        """
+        from gateway.blockpage.model import from_verdict, not_blocked
         from gateway.util.names import normalize_name
 
         if self.loaded is None:
             return None
-        profile = self.loaded.view.clients.lookup(client)
+        profile = identify(self.loaded.view, client).profile
         try:
             key = normalize_name(host)
         except ValueError:
@@ -238,7 +234,7 @@ class Gateway:
         basis = None
         if verdict.ref and self.feeds is not None:
             basis = self.feeds.ledger.legal_basis(verdict.ref)
-        return from_verdict(host, verdict, profile.tier, basis)
+        return from_verdict(host, verdict, profile.tier, basis) or not_blocked(host, profile.tier)
 
     def _install(self, loaded: Loaded) -> None:
         assert self.resolver is not None
@@ -268,92 +264,6 @@ class Gateway:
         await GuardedSite(runner, addr[0], addr[1], guard).start()
         self.runners.append(runner)
 
-    async def reload(self, why: str) -> bool:
-        """Build aside and swap; on any error keep serving what runs now and say why."""
-        async with self._reload_lock:
-            log.info("reloading (%s)", why)
-            self.notifier.reloading()
-            try:
-                return await self._reload()
-            except Exception:
-                # A bug, or a file no check foresaw: what runs stays, and so must the watcher
-                # (an exception out of here used to end it, and later edits were ignored).
-                log.exception("reload failed unexpectedly, keeping the running configuration")
-                self._reload_failed()
-                return False
-            finally:
-                self.notifier.ready(self._status())
-
-    def _status(self) -> str:
-        """One line for `systemctl status`."""
-        if self.loaded is None:
-            return "loading"
-        return (f"serving generation {self.loaded.view.generation}: "
-                f"{len(self.loaded.policy.networks)} networks, {self.loaded.index.size} list "
-                "entries")
-
-    async def _reload(self) -> bool:
-        """One reload attempt (the caller holds the lock and tells systemd)."""
-        try:
-            loaded = await self.builder.build(self.loaded)
-        except (ConfigError, ConfigErrors, SafeGateError, OSError) as exc:
-            for line in str(exc).splitlines():
-                log.error("reload failed, keeping the running configuration: %s", line)
-            self._reload_failed()
-            return False
-        if loaded.config.dns_listen != self.loaded.config.dns_listen if self.loaded else False:
-            log.warning("dns.listen changed: restart SafeGate for new listeners to apply")
-        self._reload_tls(loaded)
-        if self.feeds is not None:
-            self.feeds.config_changed(loaded.config)
-        elif loaded.config.feeds:
-            log.warning("feeds were added: restart SafeGate for them to apply")
-        self._install(loaded)
-        log.info("reloaded: generation %d, %d list entries", loaded.view.generation,
-                 loaded.index.size)
-        return True
-
-    def _reload_failed(self) -> None:
-        """Count a failed reload; don't retry the same broken files every poll."""
-        self.metrics.reloads.labels("failure").inc()
-        self.metrics.last_reload_ok.set(0)
-        try:
-            self._watched = fingerprint(watched_files(self.config_path, self.loaded))
-        except Exception:
-            log.exception("cannot stat the watched files")
-
-    def _reload_tls(self, loaded: Loaded) -> None:
-        """New certificates for new connections (the files were checked loadable just now)."""
-        for what, running, tls in (("dns.tls", self.dot.context if self.dot else None,
-                                    loaded.config.dot),
-                                   ("web.tls", self.web_tls, loaded.config.web_tls)):
-            if tls is None or running is None:
-                if (tls is None) != (running is None):
-                    log.warning("%s added or removed: restart SafeGate for it to apply", what)
-                continue
-            if what == "dns.tls" and self.dot and tls.listen != tuple(self.dot.listen):
-                log.warning("dns.tls.listen changed: restart SafeGate for it to apply")
-            try:
-                running.reload(tls.cert, tls.key)
-            except (OSError, ValueError) as exc:
-                log.error("%s: keeping the running certificate: %s", what, exc)
-
-    def set_overlay(self, name: str, overlay: Overlay | None) -> int:
-        """Put a feed's rules in force (None removes them); atomic like a reload.
-
-        Returns the new view generation. The compiled lists are not touched.
-        """
-        if self.loaded is None or self.resolver is None:
-            raise SafeGateError("the gateway is not running yet")
-        if overlay is None:
-            self.builder.overlays.pop(name, None)
-        else:
-            self.builder.overlays[name] = overlay
-        self.loaded = self.builder.rebuild_view(self.loaded)
-        self.resolver.swap(self.loaded.view)
-        self._publish()
-        return self.loaded.view.generation
-
     async def probe(self, name: str) -> ProbeResult:
         """Ask the live query path about `name` from one client address of every network."""
         assert self.loaded is not None and self.resolver is not None
@@ -362,54 +272,7 @@ class Gateway:
             generation = self.loaded.view.generation
             if not await self.workers.wait_applied(generation):
                 log.warning("not every DNS worker serves generation %d yet", generation)
-        return await probe_name(self.resolver, self.loaded, name)
-
-    async def watch(self) -> None:
-        """Poll the config, policy and list files' stat() and reload when anything changes."""
-        while not self._stop.is_set():
-            interval = self.loaded.config.watch_interval if self.loaded else 2.0
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._stop.wait(), interval)
-            if self._stop.is_set():
-                return
-            try:
-                current = fingerprint(watched_files(self.config_path, self.loaded))
-                if current != self._watched:
-                    await self.reload("files changed")
-            except Exception:
-                # Whatever went wrong, keep watching: the next edit may fix it.
-                log.exception("file watcher: reload failed")
-                self.metrics.reloads.labels("failure").inc()
-                self.metrics.last_reload_ok.set(0)
-
-    async def schedule_timer(self) -> None:
-        """Swap in new profiles at each schedule window edge (issue #4), so that the query path
-        never reads a clock: the decision sees the categories open windows add in the profile.
-        """
-        while not self._stop.is_set():
-            delay = MAX_SLEEP
-            if self.loaded is not None:
-                delay = schedule_delay(self.loaded, self.builder.clock())
-            with contextlib.suppress(TimeoutError):
-                # Just after the edge, never just before it; and at least once a minute, which
-                # catches a reload that built its view just before an edge and a clock that jumped
-                # (the check is a few set operations; nothing is rebuilt unless windows changed).
-                await asyncio.wait_for(self._stop.wait(), min(delay + 0.05, 60.0))
-            if self._stop.is_set():
-                return
-            self.apply_schedule()
-
-    def apply_schedule(self) -> bool:
-        """Rebuild the view if the open windows changed since it was built; True if swapped."""
-        if self.loaded is None or self.resolver is None:
-            return False
-        if not schedule_changed(self.loaded, self.builder.clock()):
-            return False
-        self.loaded = self.builder.rebuild_view(self.loaded)
-        self.resolver.swap(self.loaded.view)
-        self._publish()
-        log.info("schedule windows changed: generation %d", self.loaded.view.generation)
-        return True
+        return await probe_name(self.resolver, self.loaded.policy, name)
 
     async def run_forever(self) -> None:
         loop = asyncio.get_running_loop()

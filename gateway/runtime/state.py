@@ -31,13 +31,14 @@ from gateway.lists.catalog import Catalog, load_catalog
 from gateway.lists.compile import compile_catalog, limit_args
 from gateway.lists.index import ListIndex
 from gateway.lists.overlay import Layered, Matcher, Overlay
-from gateway.policy.decide import Profile
+from gateway.policy.decide import Profile, ProfileId
 from gateway.policy.netindex import PrefixMap
 from gateway.policy.policyfile import Network, Network4or6, Policy, load_policy, policy_files
 from gateway.policy.safesearch import Rewrites, load_rewrites
 from gateway.policy.schedules import MAX_SLEEP, active_categories, next_change
 from gateway.policy.subscribers import Subscribers, load_subscribers
-from gateway.proxy.intercept import INTERCEPT_FILE, read_intercept_file
+from gateway.proxy.intercept import INTERCEPT_FILE
+from gateway.runtime.intercept import read_intercept, steer_scopes, steering
 from gateway.util.fingerprint import Fingerprint, fingerprint
 
 log = logging.getLogger(__name__)
@@ -75,40 +76,6 @@ def watched_files(config_path: Path, loaded: Loaded | None) -> list[Path]:
     return paths
 
 
-def steering(config: GatewayConfig) -> list[str]:
-    """The addresses DNS-steered names are answered with ([] when the proxy does not steer)."""
-    proxy = config.proxy
-    if not proxy.enabled or not proxy.intercept_listen:
-        return []
-    import ipaddress
-
-    hosts = [host for _, (host, _) in proxy.intercept_listen
-             if not ipaddress.ip_address(host).is_unspecified]
-    if not hosts and proxy.public_address:
-        hosts = [proxy.public_address]
-    return list(dict.fromkeys(hosts))
-
-
-def read_intercept(config: GatewayConfig) -> frozenset[bytes]:
-    """The proxy's intercept set, if the proxy steers and has written it (else empty)."""
-    if not steering(config):
-        return frozenset()
-    try:
-        return frozenset(read_intercept_file(config.state_dir / INTERCEPT_FILE))
-    except OSError:
-        return frozenset()
-
-
-def steer_scopes(config: GatewayConfig, intercept: frozenset[bytes]) -> frozenset[bytes]:
-    """proxy.scan_hosts in the intercept set: their subdomains are steered too."""
-    if not intercept:
-        return frozenset()
-    from gateway.util.names import normalize_name
-
-    return frozenset(n for n in (normalize_name(h) for h in config.proxy.scan_hosts)
-                     if n in intercept)
-
-
 def build_view(config: GatewayConfig, policy: Policy, index: Matcher, generation: int,
                *, at: datetime | None = None, subscribers: Subscribers | None = None,
                intercept: frozenset[bytes] = frozenset()) -> tuple[View, dict[str, Profile]]:
@@ -128,22 +95,22 @@ def build_view(config: GatewayConfig, policy: Policy, index: Matcher, generation
     profiles: dict[str, Profile] = {}
     items: list[tuple[Network4or6, Profile]] = []
     for i, net in enumerate(policy.networks):
-        profile = _profile(i, net, policy, index, extra, rewrites, steer=intercept,
-                           scopes=scopes, memory=memory)
+        profile = _profile(ProfileId("network", i), net, policy, index, extra, rewrites,
+                           steer=intercept, scopes=scopes, memory=memory)
         profiles[net.name] = profile
         items.extend((cidr, profile) for cidr in net.cidrs)
     # One profile per DoH token (not shared with a network's): its memo and its tier are its own.
-    tokens = {t.token: _profile(len(policy.networks) + i,
+    tokens = {t.token: _profile(ProfileId("token", i),
                                 Network(name="token", cidrs=(), tier=t.tier), policy, index,
                                 extra, rewrites, steer=intercept, scopes=scopes,
                                 memory=memory)
               for i, t in enumerate(policy.tokens)}
     layers = []
     if subscribers is not None:
-        base = len(policy.networks) + len(policy.tokens)
         subscriber_profiles = [
-            _profile(base + i, Network(name="subscribers", cidrs=(), tier=s.tier, allow=s.allow,
-                                       deny=s.deny), policy, index, extra, rewrites,
+            _profile(ProfileId("subscriber", i),
+                     Network(name="subscribers", cidrs=(), tier=s.tier, allow=s.allow,
+                             deny=s.deny), policy, index, extra, rewrites,
                      filtered=s.filtered, steer=intercept, scopes=scopes, memory=memory)
             for i, s in enumerate(subscribers.profiles)]
         layers.append((subscribers.tables, subscriber_profiles))
@@ -183,7 +150,7 @@ def schedule_changed(loaded: Loaded, now: datetime) -> bool:
     return want != have
 
 
-def _profile(i: int, net: Network, policy: Policy, index: Matcher,
+def _profile(i: ProfileId, net: Network, policy: Policy, index: Matcher,
              extra: dict[str, frozenset[str]] | None = None, rewrites: Rewrites | None = None,
              *, filtered: bool = False, steer: frozenset[bytes] = frozenset(),
              scopes: frozenset[bytes] = frozenset(),

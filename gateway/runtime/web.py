@@ -16,7 +16,7 @@ from aiohttp import web
 
 from gateway.blockpage.ca_page import render_ca_page
 from gateway.blockpage.frame import page, security_headers
-from gateway.blockpage.model import BlockInfo, choose_lang
+from gateway.blockpage.model import BlockInfo, choose_lang, not_blocked
 from gateway.blockpage.page import render_block
 from gateway.blockpage.report_pages import render_report_form, render_report_result
 from gateway.hotline.desk import ReportDesk
@@ -110,7 +110,7 @@ async def _blockpage(request: web.Request) -> web.Response:
     info = site.explain(site.client_address(request), host.lower().rstrip(".")) if host else None
     if info is None:
         # A stale answer in the browser's cache, or a name unblocked since: say so, still 403.
-        info = BlockInfo(target=host, category="", reason="unknown", legal=False)
+        info = not_blocked(host)
     csrf = (site.desk.tokens.issue(site.client_address(request), site.clock())
             if site.desk is not None else "")
     target = host if request.path in ("", "/") else f"{host}{request.path}"

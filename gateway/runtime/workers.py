@@ -23,26 +23,24 @@ import multiprocessing
 import multiprocessing.connection
 import signal
 import time
-from collections import defaultdict
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 from gateway.config.gateway import GatewayConfig
 from gateway.config.limits import RrlLimits
-from gateway.dns.cache import AnswerCache
-from gateway.dns.chain import Resolver
+from gateway.dns.chain import Resolver, View
 from gateway.dns.rrl import Rrl
-from gateway.dns.server import DnsServer
 from gateway.dns.stats import DnsStats, StreamStats
-from gateway.dns.upstream import Forwarder
-from gateway.dns.upstream_base import UpstreamObserver, upstreams_from
 from gateway.lists.index import ListIndex
 from gateway.lists.overlay import Overlay
 from gateway.policy.policyfile import Policy
 from gateway.policy.subscribers import Subscribers
+from gateway.runtime.resolver import build_dns_server, build_resolver
+from gateway.runtime.state import Loaded, build_view, layered
+from gateway.runtime.worker_stats import DeltaCounter, Deltas, WorkerObserver
 
 log = logging.getLogger(__name__)
 
@@ -62,52 +60,6 @@ class Snapshot:
     built_at: datetime
     subscribers: Subscribers | None = None   # None with `same_subscribers`: keep the last one
     same_subscribers: bool = False
-
-
-@dataclass
-class Deltas:
-    """What a worker counted since its last report."""
-
-    queries: dict[tuple[str, str, str, str], int] = field(default_factory=dict)
-    buckets: list[int] = field(default_factory=list)
-    duration_sum: float = 0.0
-    cache: dict[str, int] = field(default_factory=dict)
-    upstream_queries: dict[tuple[str, str], int] = field(default_factory=dict)
-    upstream_errors: dict[tuple[str, str], int] = field(default_factory=dict)
-    upstream_latency: list[tuple[str, float]] = field(default_factory=list)
-    upstream_mismatched: dict[tuple[str, str], int] = field(default_factory=dict)
-    upstream_dropped: dict[str, int] = field(default_factory=dict)
-    worker: int = 0
-    upstream_sockets: int = 0                # open now (a gauge, not a delta)
-    rrl: dict[str, int] = field(default_factory=dict)   # slipped, dropped, buckets (as deltas)
-    streams: dict[str, dict[Any, int]] = field(default_factory=dict)  # StreamStats changes
-
-
-class _Observer(UpstreamObserver):
-    """A worker's upstream counters, drained into Deltas each second."""
-
-    def __init__(self) -> None:
-        self.queries: defaultdict[tuple[str, str], int] = defaultdict(int)
-        self.errors: defaultdict[tuple[str, str], int] = defaultdict(int)
-        self.latencies: list[tuple[str, float]] = []
-        self.mismatched: defaultdict[tuple[str, str], int] = defaultdict(int)
-        self.dropped_: defaultdict[str, int] = defaultdict(int)
-
-    def query(self, upstream: str, protocol: str) -> None:
-        self.queries[(upstream, protocol)] += 1
-
-    def error(self, upstream: str, reason: str) -> None:
-        self.errors[(upstream, reason)] += 1
-
-    def latency(self, upstream: str, seconds: float) -> None:
-        if len(self.latencies) < 10_000:   # bounded between reports
-            self.latencies.append((upstream, seconds))
-
-    def mismatch(self, upstream: str, reason: str) -> None:
-        self.mismatched[(upstream, reason)] += 1
-
-    def dropped(self, reason: str) -> None:
-        self.dropped_[reason] += 1
 
 
 # ---------------------------------------------------------------- the primary's side
@@ -244,33 +196,6 @@ class WorkerPool:
                 conn.close()
 
 
-def add_deltas(stats: DnsStats, cache_extra: dict[str, int], upstream: Any, d: Deltas) -> None:
-    """Fold a worker's counts into the primary's (`upstream`: a gateway.runtime.metrics.Metrics)."""
-    q = stats.queries
-    for key, n in d.queries.items():
-        q[key] = q.get(key, 0) + n
-    for i, n in enumerate(d.buckets):
-        stats.buckets[i] += n
-    stats.duration_sum += d.duration_sum
-    for name, count in d.cache.items():
-        cache_extra[name] = cache_extra.get(name, 0) + count
-    for (label, protocol), n in d.upstream_queries.items():
-        upstream.upstream_queries.labels(label, protocol).inc(n)
-    for (label, reason), n in d.upstream_errors.items():
-        upstream.upstream_errors.labels(label, reason).inc(n)
-    for label, seconds in d.upstream_latency:
-        upstream.upstream_latency.labels(label).observe(seconds)
-    for (label, reason), n in d.upstream_mismatched.items():
-        upstream.upstream_mismatched.labels(label, reason).inc(n)
-    for reason, n in d.upstream_dropped.items():
-        upstream.upstream_dropped.labels(reason).inc(n)
-    if d.worker:
-        upstream.worker_upstream_sockets[d.worker] = d.upstream_sockets
-    for name, n in d.rrl.items():   # the buckets gauge too: the sum of its deltas is its value
-        cache_extra[f"rrl_{name}"] = cache_extra.get(f"rrl_{name}", 0) + n
-    upstream.streams.add(d.streams)
-
-
 # ---------------------------------------------------------------- the worker's side
 
 
@@ -301,39 +226,31 @@ class _Worker:
         self.resolver: Resolver | None = None
         self.rrl: Rrl | None = None
         self.rrl_limits: RrlLimits | None = None
-        self.observer = _Observer()
+        self.observer = WorkerObserver()
         self.subscribers: Subscribers | None = None
         self.indexes: dict[Path, ListIndex] = {}
         self.reported: dict[str, Any] = {}
 
     async def run(self) -> None:
-        from gateway.runtime.state import build_view
-
         loop = asyncio.get_running_loop()
         kind, snapshot = self.conn.recv()
         assert kind == "state"
-        view = self._view(snapshot, build_view)
         config = snapshot.config
-        forwarder = Forwarder(upstreams_from(config.upstreams), config.forwarder, self.observer,
-                              limits=config.limits.upstream)
-        self.resolver = Resolver(view, AnswerCache(config.cache), forwarder, DnsStats())
+        self.resolver = build_resolver(config, self._view(snapshot), DnsStats(), self.observer)
         # Each worker limits the sources the kernel hands it (by 4-tuple hash), in its own table;
         # TCP limits hold per process too: the kernel spreads connections over the workers.
-        self.rrl = Rrl(config.limits.rrl)
+        server, self.rrl = build_dns_server(config, self.resolver, self.listen, self.streams,
+                                            reuse_port=True)
         self.rrl_limits = config.limits.rrl
-        server = DnsServer(self.resolver, self.listen, config.limits.tcp, self.streams,
-                           reuse_port=True, rrl=self.rrl)
         await server.start()
         self.conn.send(("applied", snapshot.generation))
-        loop.add_reader(self.conn.fileno(), self._receive, build_view)
+        loop.add_reader(self.conn.fileno(), self._receive)
         reporter = loop.create_task(self._report())
         await self.stop.wait()
         reporter.cancel()
         await server.stop()
 
-    def _view(self, snapshot: Snapshot, build_view: Any) -> Any:
-        from gateway.runtime.state import layered
-
+    def _view(self, snapshot: Snapshot) -> View:
         if not snapshot.same_subscribers:
             self.subscribers = snapshot.subscribers
         index = self.indexes.get(snapshot.index_path)
@@ -347,7 +264,7 @@ class _Worker:
                              intercept=snapshot.intercept)
         return view
 
-    def _receive(self, build_view: Any) -> None:
+    def _receive(self) -> None:
         try:
             kind, payload = self.conn.recv()
         except (EOFError, OSError):
@@ -357,7 +274,7 @@ class _Worker:
             self.stop.set()
         elif kind == "state" and self.resolver is not None:
             try:
-                self.resolver.swap(self._view(payload, build_view))
+                self.resolver.swap(self._view(payload))
                 rrl_limits = payload.config.limits.rrl
                 if self.rrl is not None and rrl_limits != self.rrl_limits:
                     self.rrl.configure(rrl_limits)
@@ -370,51 +287,12 @@ class _Worker:
 
     async def _report(self) -> None:
         """Every second: what was counted since the last report."""
-        last_q: dict[tuple[str, str, str, str], int] = {}
-        last_b: list[int] = []
-        last_sum = 0.0
-        last_cache: dict[str, int] = {}
-        last_sockets = -1
-        last_rrl: dict[str, int] = {}
-        last_streams = self.streams.snapshot()
+        assert self.resolver is not None and self.rrl is not None
+        counts = DeltaCounter(self.id, self.resolver, self.rrl, self.observer, self.streams)
         while True:
             await asyncio.sleep(STATS_INTERVAL)
-            assert self.resolver is not None and self.rrl is not None
-            now_rrl = {"slipped": self.rrl.slipped, "dropped": self.rrl.dropped,
-                       "buckets": len(self.rrl)}
-            rrl = {k: v - last_rrl.get(k, 0) for k, v in now_rrl.items()
-                   if v != last_rrl.get(k, 0)}
-            last_rrl = now_rrl
-            stats, cache = self.resolver.stats, self.resolver.cache
-            queries = {k: v - last_q.get(k, 0) for k, v in stats.queries.items()
-                       if v != last_q.get(k, 0)}
-            buckets = [v - (last_b[i] if i < len(last_b) else 0)
-                       for i, v in enumerate(stats.buckets)]
-            now_cache = {"hits": cache.hits, "misses": cache.misses,
-                         "evictions": cache.evictions, "stale_served": cache.stale_served}
-            d = Deltas(queries, buckets, stats.duration_sum - last_sum,
-                       {k: v - last_cache.get(k, 0) for k, v in now_cache.items()},
-                       dict(self.observer.queries), dict(self.observer.errors),
-                       self.observer.latencies, dict(self.observer.mismatched),
-                       dict(self.observer.dropped_), self.id,
-                       self.resolver.forwarder.open_sockets(), rrl)
-            self.observer.queries.clear()
-            self.observer.errors.clear()
-            self.observer.latencies = []
-            self.observer.mismatched.clear()
-            self.observer.dropped_.clear()
-            now_streams = self.streams.snapshot()
-            d.streams = {name: {k: v - last_streams[name][k] for k, v in part.items()
-                                if v != last_streams[name][k]}
-                         for name, part in now_streams.items()}
-            last_streams = now_streams
-            last_q, last_b, last_sum, last_cache = (dict(stats.queries), list(stats.buckets),
-                                                    stats.duration_sum, now_cache)
-            sockets_changed = d.upstream_sockets != last_sockets
-            last_sockets = d.upstream_sockets
-            if queries or d.upstream_queries or d.upstream_errors or any(d.cache.values()) \
-                    or d.upstream_mismatched or d.upstream_dropped or sockets_changed or rrl \
-                    or any(d.streams.values()):
+            d = counts.take()
+            if d is not None:
                 try:
                     self.conn.send(("stats", d))
                 except (BrokenPipeError, OSError):
@@ -422,8 +300,8 @@ class _Worker:
                     return
 
 
-def snapshot_of(loaded: Any, overlays: dict[str, Overlay]) -> Snapshot:
-    """The Snapshot of a gateway.runtime.state.Loaded (the primary's current state)."""
+def snapshot_of(loaded: Loaded, overlays: dict[str, Overlay]) -> Snapshot:
+    """The Snapshot of the primary's current state."""
     assert loaded.index_path is not None, "workers need the compiled index on disk"
     return Snapshot(loaded.view.generation, loaded.config, loaded.policy, loaded.index_path,
                     dict(overlays), loaded.intercept, loaded.view.built_at,

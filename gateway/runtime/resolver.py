@@ -1,0 +1,29 @@
+"""The query path's parts, assembled the same way by the primary and by every DNS worker."""
+
+from __future__ import annotations
+
+from gateway.config.gateway import GatewayConfig
+from gateway.dns.cache import AnswerCache
+from gateway.dns.chain import Resolver, View
+from gateway.dns.rrl import Rrl
+from gateway.dns.server import DnsServer
+from gateway.dns.stats import DnsStats, StreamStats
+from gateway.dns.upstream import Forwarder
+from gateway.dns.upstream_base import UpstreamObserver, upstreams_from
+
+
+def build_resolver(config: GatewayConfig, view: View, stats: DnsStats,
+                   observer: UpstreamObserver) -> Resolver:
+    """Cache + forwarder (dns.upstreams under limits.upstream) + the chain, serving `view`."""
+    forwarder = Forwarder(upstreams_from(config.upstreams), config.forwarder, observer,
+                          limits=config.limits.upstream)
+    return Resolver(view, AnswerCache(config.cache), forwarder, stats)
+
+
+def build_dns_server(config: GatewayConfig, resolver: Resolver, listen: list[tuple[str, int]],
+                     streams: StreamStats, *, reuse_port: bool) -> tuple[DnsServer, Rrl]:
+    """UDP/TCP listeners on `resolver`, with their own response rate limiting (limits.rrl:
+    each process limits the sources the kernel hands it) and TCP limits (limits.tcp)."""
+    rrl = Rrl(config.limits.rrl)
+    return DnsServer(resolver, listen, config.limits.tcp, streams, reuse_port=reuse_port,
+                     rrl=rrl), rrl
