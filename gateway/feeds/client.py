@@ -40,12 +40,13 @@ from gateway.config.gateway import FeedConfig, FeedGuardConfig
 from gateway.config.limits import FileLimits
 from gateway.feedformat.document import Entry, Feed, FeedError, apply_diff, parse_feed, parse_time
 from gateway.feedformat.signing import SIGNATURE_HEADER, Verifier
+from gateway.feeds.acks import AckTarget
 from gateway.feeds.ledger import DNS_TYPES, RECORD_CHUNK, Ledger, LedgerEntry
 from gateway.feeds.stats import FeedMetrics
 from gateway.lists import SCOPE_BOTH, SCOPE_SELF, Action, Rule
 from gateway.lists.overlay import Overlay
 from gateway.lists.parsers import ParsedRule, parse
-from gateway.util.outbox import AckTarget, backoff
+from gateway.util.outbox import backoff
 
 log = logging.getLogger(__name__)
 

@@ -16,7 +16,9 @@ from pathlib import Path
 from typing import Any
 
 from gateway.feedformat.document import Entry, LegalBasis, parse_time
-from gateway.util.outbox import ACK_ENTRIES, AckTarget, ack_entry, enqueue, iso
+from gateway.feedformat.stats import StatRow
+from gateway.feeds import acks
+from gateway.feeds.acks import ACK_ENTRIES, AckTarget, ack_entry, enqueue
 from gateway.util.sqlite import open_db
 
 SCHEMA = """
@@ -33,9 +35,6 @@ CREATE TABLE IF NOT EXISTS entries (
   PRIMARY KEY (feed, entry_id));
 CREATE TABLE IF NOT EXISTS probes (ts REAL NOT NULL, feed TEXT NOT NULL, entry_id TEXT NOT NULL,
                      result TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS outbox (id INTEGER PRIMARY KEY AUTOINCREMENT, created REAL NOT NULL,
-                     url TEXT NOT NULL, body TEXT NOT NULL,
-                     attempts INTEGER NOT NULL DEFAULT 0, next_attempt REAL NOT NULL);
 CREATE TABLE IF NOT EXISTS stats_hourly (hour INTEGER NOT NULL, category TEXT NOT NULL,
                            tier TEXT NOT NULL,
                            queries INTEGER NOT NULL, blocked INTEGER NOT NULL,
@@ -98,7 +97,7 @@ class Ledger:
         self.path = path
         self.clock = clock
         self.listeners: list[Callable[[], None]] = []   # told when an ack is enqueued
-        self.conn = open_db(path, SCHEMA, readonly=readonly, timeout=5.0)
+        self.conn = open_db(path, SCHEMA + acks.SCHEMA, readonly=readonly, timeout=5.0)
 
     def close(self) -> None:
         self.conn.close()
@@ -332,8 +331,7 @@ class Ledger:
     def stats_for(self, hour: int) -> list[dict[str, Any]]:
         rows = self.conn.execute("SELECT category, tier, queries, blocked FROM stats_hourly "
                                  "WHERE hour=? ORDER BY category, tier", (hour,))
-        return [{"hour": iso(hour), "category": r[0], "tier": r[1], "queries": r[2],
-                 "blocked": r[3]} for r in rows]
+        return [StatRow(hour, r[0], r[1], r[2], r[3]).to_json() for r in rows]
 
     def enqueue_stats(self, hour: int, targets: Iterable[tuple[AckTarget, int]]) -> None:
         """A stats-only ack per target (target, its feed's serial), in one transaction."""
@@ -354,7 +352,7 @@ class Ledger:
             c.execute("DELETE FROM stats_hourly WHERE hour < ?", (now - stats_days * 86400,))
 
     def outbox_pending(self) -> int:
-        return int(self.conn.execute("SELECT COUNT(*) FROM outbox").fetchone()[0])
+        return acks.pending_count(self.conn)
 
 
 def _entry(row: sqlite3.Row) -> LedgerEntry:

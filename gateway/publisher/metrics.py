@@ -20,8 +20,8 @@ from prometheus_client.core import (
 from prometheus_client.registry import Collector
 
 from gateway.feedformat.document import Entry, parse_time
-from gateway.feeds.stats import LATENCY_BUCKETS
-from gateway.publisher.store import PROBE_RESULTS, Store
+from gateway.feedformat.stats import LATENCY_BUCKETS, PROBE_RESULTS
+from gateway.publisher.store import Store
 
 
 class AckMetrics:

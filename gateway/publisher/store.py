@@ -16,6 +16,7 @@ from pathlib import Path
 
 from gateway.errors import SafeGateError
 from gateway.feedformat.document import Entry, LegalBasis, parse_time
+from gateway.feedformat.stats import StatRow
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -39,9 +40,6 @@ CREATE INDEX IF NOT EXISTS entries_added ON entries (added_serial);
 CREATE INDEX IF NOT EXISTS entries_removed ON entries (removed_serial);
 INSERT OR IGNORE INTO meta (key, value) VALUES ('serial', '0');
 """
-
-PROBE_RESULTS = ("blocked", "not_blocked", "error")
-
 
 class StoreError(SafeGateError):
     """A write the database refuses; `kind` is conflict (duplicate id) or not_found."""
@@ -68,15 +66,6 @@ class AckEntry:
     applied_at: float | None
     verified_at: float | None
     outcome: str
-
-
-@dataclass(frozen=True)
-class StatRow:
-    hour: int
-    category: str
-    tier: str
-    queries: int
-    blocked: int
 
 
 @dataclass(frozen=True)
