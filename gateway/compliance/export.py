@@ -15,13 +15,13 @@ from pathlib import Path
 from gateway.errors import ConfigError
 from gateway.feedformat.document import Entry
 from gateway.feedformat.rpz import to_rpz
+from gateway.feeds.ledger import DNS_TYPES, Ledger
 from gateway.lists import SCOPE_BOTH, SCOPE_SELF, SCOPE_SUBS, Action
 from gateway.lists.catalog import LIST_BYTES_KEY, Catalog, load_catalog
 from gateway.lists.parsers import ParsedRule, parse
 from gateway.util.readfile import read_capped
 
 LEDGER_FILE = "ledger.sqlite3"
-DNS_TYPES = ("domain", "domain-exact")
 
 
 @dataclass(frozen=True)
@@ -41,15 +41,17 @@ def open_readonly(path: Path) -> sqlite3.Connection:
     return sqlite3.connect(f"file:{path}?mode=ro", uri=True)
 
 
-def ledger_entries(db: sqlite3.Connection) -> list[Entry]:
+def open_ledger(path: Path) -> Ledger:
+    """The gateway's ledger, read-only (an export or report never changes it)."""
+    if not path.is_file():
+        raise ConfigError("database not found", str(path))
+    return Ledger(path, readonly=True)
+
+
+def ledger_entries(ledger: Ledger) -> list[Entry]:
     """Mandatory DNS entries the gateway holds: not removed and not refused by the guard."""
-    rows = db.execute(
-        "SELECT entry_id, type, value, categories FROM entries "
-        "WHERE mandatory = 1 AND outcome NOT IN ('removed', 'refused') AND removed_at IS NULL "
-        "ORDER BY entry_id").fetchall()
-    return [Entry(str(rid), str(etype), str(value),
-                  tuple(c for c in str(cats).split(",") if c), "block", True)
-            for rid, etype, value, cats in rows if etype in DNS_TYPES]
+    return [Entry(e.entry_id, e.type, e.value, e.categories, "block", True)
+            for e in ledger.mandatory_in_force() if e.type in DNS_TYPES]
 
 
 def _merged_rules(rules: Iterable[ParsedRule]) -> Iterator[tuple[str, int, int]]:
@@ -112,11 +114,11 @@ def build_export(ledger: Path | None, lists_yaml: Path | None, serial: int,
     """The zone for a gateway: ledger entries (if the ledger exists) + mandatory list rules."""
     from_ledger: list[Entry] = []
     if ledger is not None and ledger.is_file():
-        db = open_readonly(ledger)
+        led = open_ledger(ledger)
         try:
-            from_ledger = ledger_entries(db)
+            from_ledger = ledger_entries(led)
         finally:
-            db.close()
+            led.close()
     from_lists: list[Entry] = []
     warnings: list[str] = []
     if lists_yaml is not None:

@@ -65,6 +65,9 @@ class LedgerEntry:
     removed_at: float | None
     outcome: str
     probe_failures: int
+    authority: str | None = None        # the legal basis, when the feed gave one
+    decision: str | None = None
+    decision_date: str | None = None
 
     @property
     def enforced_at_dns(self) -> bool:
@@ -309,6 +312,31 @@ class Ledger:
                                  "GROUP BY outcome", (feed,))
         return {r[0]: r[1] for r in rows}
 
+    # ------------------------------------------------------------------ compliance reads
+
+    def all_entries(self) -> list[LedgerEntry]:
+        """Every recorded entry of every feed (the compliance report filters by period)."""
+        return [_entry(r) for r in self.conn.execute(
+            "SELECT * FROM entries ORDER BY feed, entry_id")]
+
+    def mandatory_in_force(self) -> list[LedgerEntry]:
+        """Mandatory entries the gateway holds: not removed and not refused by the guard."""
+        return [_entry(r) for r in self.conn.execute(
+            "SELECT * FROM entries WHERE mandatory = 1 AND outcome NOT IN ('removed', 'refused') "
+            "AND removed_at IS NULL ORDER BY entry_id")]
+
+    def probe_failures(self, start: float, end: float) -> dict[str, int]:
+        """Probes in [start, end) that did not see their entry blocked, by result."""
+        return {r[0]: r[1] for r in self.conn.execute(
+            "SELECT result, COUNT(*) FROM probes WHERE ts >= ? AND ts < ? AND "
+            "result != 'blocked' GROUP BY result", (start, end))}
+
+    def stat_totals(self, start: float, end: float) -> list[tuple[str, str, int, int]]:
+        """(category, tier, queries, blocked) summed over the hours in [start, end)."""
+        return [(c, t, int(q), int(b)) for c, t, q, b in self.conn.execute(
+            "SELECT category, tier, SUM(queries), SUM(blocked) FROM stats_hourly "
+            "WHERE hour >= ? AND hour < ? GROUP BY category, tier", (start, end))]
+
     def probe_counts(self) -> dict[str, int]:
         out = {"blocked": 0, "not_blocked": 0, "error": 0}
         for r in self.conn.execute("SELECT result, COUNT(*) FROM probes GROUP BY result"):
@@ -360,7 +388,8 @@ def _entry(row: sqlite3.Row) -> LedgerEntry:
         row["feed"], row["entry_id"], row["type"], row["value"],
         tuple(c for c in row["categories"].split(",") if c), bool(row["mandatory"]),
         row["serial"], row["issued_at"], row["deadline"], row["received_at"], row["applied_at"],
-        row["verified_at"], row["removed_at"], row["outcome"], row["probe_failures"])
+        row["verified_at"], row["removed_at"], row["outcome"], row["probe_failures"],
+        row["authority"], row["decision"], row["decision_date"])
 
 
 def _same(old: LedgerEntry, entry: Entry) -> bool:
