@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 from gateway.compliance.export import build_export, catalog_entries, merge
-from gateway.feedformat.document import Entry
+from gateway.feedformat.document import FeedEntry
 from gateway.feeds.ledger import Ledger
 from gateway.lists import SCOPE_SELF, SCOPE_SUBS
 from gateway.lists.catalog import load_catalog
@@ -53,7 +53,7 @@ def make_gateway(tmp_path: Path) -> Path:
         "csam.rpz": CSAM_RPZ, "malware.domains": MANDATORY_DOMAINS, "adult.hosts": OPTIONAL_HOSTS})
     ledger = Ledger(tmp_path / "var" / "ledger.sqlite3")   # written as the gateway writes it
     for rid, etype, value, mand, outcome, removed, _ in LEDGER:
-        entry = Entry(rid, etype, value, ("csam", "adult"), "block", bool(mand),
+        entry = FeedEntry(rid, etype, value, ("csam", "adult"), "block", bool(mand),
                       issued_at="1970-01-01T00:00:01Z")
         first = outcome if outcome in ("received", "refused") else "applied"
         ledger.record("central", 3, [(entry, first)], [], 2.0, 2.0, None)
@@ -89,10 +89,10 @@ def test_catalog_entries_take_only_mandatory_sources(tmp_path: Path) -> None:
 
 
 def test_merge_keeps_one_entry_per_name_and_the_wider_type() -> None:
-    a = Entry("a", "domain-exact", "x.test", ("csam",), mandatory=True)
-    b = Entry("b", "domain", "x.test", ("csam",), mandatory=True)
-    c = Entry("c", "domain", "y.test", ("csam",), mandatory=True)
-    assert merge([a, b, c]) == [Entry("a", "domain", "x.test", ("csam",), mandatory=True), c]
+    a = FeedEntry("a", "domain-exact", "x.test", ("csam",), mandatory=True)
+    b = FeedEntry("b", "domain", "x.test", ("csam",), mandatory=True)
+    c = FeedEntry("c", "domain", "y.test", ("csam",), mandatory=True)
+    assert merge([a, b, c]) == [FeedEntry("a", "domain", "x.test", ("csam",), mandatory=True), c]
 
 
 def test_export_zone_content(tmp_path: Path) -> None:

@@ -16,7 +16,7 @@ from aiohttp.test_utils import TestServer
 from prometheus_client import CollectorRegistry
 
 from gateway.compliance.selfprobe import NetworkProbe, ProbeResult
-from gateway.feedformat.document import Entry, LegalBasis
+from gateway.feedformat.document import FeedEntry, LegalBasis
 from gateway.feeds.acks import AckSender, AckTarget, acks_url, merge
 from gateway.feeds.ledger import Ledger
 from gateway.feeds.manager import RETRY_DELAYS, Prober, probe_verdict
@@ -37,8 +37,8 @@ class Clock:
 
 
 def entry(eid: str, value: str = "bad.example", *, mandatory: bool = True,
-          deadline: str | None = None, issued: str = "2026-11-19T08:00:00Z") -> Entry:
-    return Entry(eid, "domain", value, ("csam",), "block", mandatory,
+          deadline: str | None = None, issued: str = "2026-11-19T08:00:00Z") -> FeedEntry:
+    return FeedEntry(eid, "domain", value, ("csam",), "block", mandatory,
                  BASIS if mandatory else None, issued, deadline)
 
 

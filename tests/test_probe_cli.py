@@ -32,7 +32,7 @@ from aiohttp import web
 
 from gateway.compliance.export import build_export
 from gateway.compliance.probe import classify, exit_code, probe_targets, sample
-from gateway.feedformat.document import Entry, Feed, make_entry
+from gateway.feedformat.document import Feed, FeedEntry, make_entry
 from gateway.feedformat.signing import SIGNATURE_HEADER, generate_keys, load_signer
 from tests.support.procs import REPO_ROOT, dns_query, free_port
 from tests.support.unbound import (
@@ -66,7 +66,7 @@ RAW_ENTRIES: list[dict[str, Any]] = [
 PROBED = 5
 
 
-def entries() -> list[Entry]:
+def entries() -> list[FeedEntry]:
     return [make_entry({"issued_at": "2026-11-20T08:00:00+07:00", **raw}) for raw in RAW_ENTRIES]
 
 

@@ -32,7 +32,7 @@ from gateway.compliance.report import (
     render_html,
     render_json,
 )
-from gateway.feedformat.document import Entry, LegalBasis
+from gateway.feedformat.document import FeedEntry, LegalBasis
 from gateway.feeds.ledger import Ledger
 
 REPO = Path(__file__).resolve().parents[1]
@@ -106,7 +106,7 @@ def make_gateway(tmp_path: Path) -> Path:
     ledger = Ledger(tmp_path / "var" / "ledger.sqlite3")
     for (rid, etype, value, cats, mand, auth, issued, dl, received, ver, removed,
          outcome) in LEDGER_ROWS:
-        entry = Entry(rid, etype, value, tuple(cats.split(",")), "block", bool(mand),
+        entry = FeedEntry(rid, etype, value, tuple(cats.split(",")), "block", bool(mand),
                       LegalBasis(auth, f"QĐ-{rid}", "2026-02-27") if auth else None,
                       iso(issued), None if dl is None else iso(issued + dl))
         first = "refused" if outcome == "refused" else "applied"

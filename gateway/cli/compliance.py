@@ -30,7 +30,7 @@ from gateway.compliance.report import (
     Period,
     Report,
     Section,
-    StatRow,
+    StatTotal,
     build_section,
     build_total,
     iso_to_unix,
@@ -93,7 +93,7 @@ def readonly(path: Path) -> Iterator[sqlite3.Connection]:
 
 
 def read_ledger(ledger: Ledger, period: Period
-                ) -> tuple[list[EntryRow], dict[str, int], list[StatRow]]:
+                ) -> tuple[list[EntryRow], dict[str, int], list[StatTotal]]:
     """A gateway's entries received in the period, its failed probes, its hourly stats."""
     rows = []
     for e in ledger.all_entries():
@@ -105,23 +105,23 @@ def read_ledger(ledger: Ledger, period: Period
                              e.authority, e.decision, e.decision_date, e.issued_at, e.deadline,
                              e.received_at, e.applied_at, e.verified_at, e.removed_at,
                              e.outcome))
-    stats = [StatRow(*t) for t in ledger.stat_totals(period.start, period.end)]
+    stats = [StatTotal(*t) for t in ledger.stat_totals(period.start, period.end)]
     return rows, ledger.probe_failures(period.start, period.end), stats
 
 
 def _stats(db: sqlite3.Connection, table: str, period: Period, gateway: str | None = None
-           ) -> list[StatRow]:
+           ) -> list[StatTotal]:
     where = "hour >= ? AND hour < ?" + (" AND gateway = ?" if gateway is not None else "")
     params: tuple[Any, ...] = (period.start, period.end)
     if gateway is not None:
         params += (gateway,)
-    return [StatRow(c, t, int(q), int(b)) for c, t, q, b in db.execute(
+    return [StatTotal(c, t, int(q), int(b)) for c, t, q, b in db.execute(
         f"SELECT category, tier, SUM(queries), SUM(blocked) FROM {table} WHERE {where} "
         "GROUP BY category, tier", params)]
 
 
 def read_publisher(db: sqlite3.Connection, period: Period
-                   ) -> list[tuple[str, list[EntryRow], dict[str, int], list[StatRow]]]:
+                   ) -> list[tuple[str, list[EntryRow], dict[str, int], list[StatTotal]]]:
     """Per gateway: every block entry issued in the period joined with that gateway's ack.
 
     No ack at all counts as not received: the gateway is answerable for what was issued.

@@ -13,7 +13,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from gateway.errors import ConfigError
-from gateway.feedformat.document import Entry
+from gateway.feedformat.document import FeedEntry
 from gateway.feedformat.rpz import to_rpz
 from gateway.feeds.ledger import DNS_TYPES, Ledger
 from gateway.lists import SCOPE_BOTH, SCOPE_SELF, SCOPE_SUBS, Action
@@ -48,9 +48,9 @@ def open_ledger(path: Path) -> Ledger:
     return Ledger(path, readonly=True)
 
 
-def ledger_entries(ledger: Ledger) -> list[Entry]:
+def ledger_entries(ledger: Ledger) -> list[FeedEntry]:
     """Mandatory DNS entries the gateway holds: not removed and not refused by the guard."""
-    return [Entry(e.entry_id, e.type, e.value, e.categories, "block", True)
+    return [FeedEntry(e.entry_id, e.type, e.value, e.categories, "block", True)
             for e in ledger.mandatory_in_force() if e.type in DNS_TYPES]
 
 
@@ -66,13 +66,13 @@ def _merged_rules(rules: Iterable[ParsedRule]) -> Iterator[tuple[str, int, int]]
         yield key.decode("ascii"), scope, line
 
 
-def catalog_entries(catalog: Catalog) -> tuple[list[Entry], list[str]]:
+def catalog_entries(catalog: Catalog) -> tuple[list[FeedEntry], list[str]]:
     """Domain rules of the mandatory sources as entries with id FILE:LINE, plus warnings.
 
     A rule for subdomains only (`*.name` without `name`) has no feed-entry form; it is exported
     as `domain` (the name too): for a mandatory list, blocking a bit more is the safe side.
     """
-    out: list[Entry] = []
+    out: list[FeedEntry] = []
     warnings: list[str] = []
     base = catalog.path.parent
     for source in catalog.sources():
@@ -93,13 +93,13 @@ def catalog_entries(catalog: Catalog) -> tuple[list[Entry], list[str]]:
                 warnings.append(f"{label}:{line}: *.{name} (subdomains only) exported as "
                                 f"{name} and its subdomains")
             etype = "domain-exact" if scope == SCOPE_SELF else "domain"
-            out.append(Entry(f"{label}:{line}", etype, name, (source.category,), "block", True))
+            out.append(FeedEntry(f"{label}:{line}", etype, name, (source.category,), "block", True))
     return out, warnings
 
 
-def merge(entries: Iterable[Entry]) -> list[Entry]:
+def merge(entries: Iterable[FeedEntry]) -> list[FeedEntry]:
     """One entry per name (first id wins); `domain` wins over `domain-exact` (covers more)."""
-    by_value: dict[str, Entry] = {}
+    by_value: dict[str, FeedEntry] = {}
     for e in entries:
         have = by_value.get(e.value)
         if have is None:
@@ -112,14 +112,14 @@ def merge(entries: Iterable[Entry]) -> list[Entry]:
 def build_export(ledger: Path | None, lists_yaml: Path | None, serial: int,
                  origin: str = "rpz.safegate.invalid") -> Export:
     """The zone for a gateway: ledger entries (if the ledger exists) + mandatory list rules."""
-    from_ledger: list[Entry] = []
+    from_ledger: list[FeedEntry] = []
     if ledger is not None and ledger.is_file():
         led = open_ledger(ledger)
         try:
             from_ledger = ledger_entries(led)
         finally:
             led.close()
-    from_lists: list[Entry] = []
+    from_lists: list[FeedEntry] = []
     warnings: list[str] = []
     if lists_yaml is not None:
         from_lists, warnings = catalog_entries(load_catalog(lists_yaml))

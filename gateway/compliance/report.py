@@ -1,6 +1,6 @@
 """Compliance reports: what was received, enforced in time, late or never, from ledger rows.
 
-Pure: the databases are read elsewhere (gateway.cli.compliance) into EntryRow/StatRow values; this
+Pure: the databases are read elsewhere (gateway.cli.compliance) into EntryRow/StatTotal values; this
 module turns them into a Report and renders it as CSV, JSON or printable bilingual HTML. The
 definitions follow docs/feeds-contract.md: "within deadline" = verified_at <= deadline, "late"
 = verified after it, "never" = not verified by the end of the period (and not removed/refused).
@@ -127,7 +127,7 @@ class EntryRow:
 
 
 @dataclass(frozen=True)
-class StatRow:
+class StatTotal:
     category: str
     tier: str
     queries: int
@@ -171,7 +171,7 @@ class Section:
     latency: Latency
     latency_by_category: dict[str, Latency]
     probes: dict[str, int]
-    stats: tuple[StatRow, ...]
+    stats: tuple[StatTotal, ...]
 
 
 @dataclass(frozen=True)
@@ -223,7 +223,7 @@ def count(entries: Iterable[ReportEntry]) -> Counts:
 
 
 def build_section(name: str, rows: Iterable[EntryRow], period: Period,
-                  probes: Mapping[str, int], stats: Iterable[StatRow]) -> Section:
+                  probes: Mapping[str, int], stats: Iterable[StatTotal]) -> Section:
     """Classify `rows` (already limited to the period) and aggregate them."""
     entries = []
     for row in sorted(rows, key=lambda r: (r.issued_at, r.id, r.gateway)):
@@ -252,14 +252,14 @@ def build_section(name: str, rows: Iterable[EntryRow], period: Period,
     )
 
 
-def sum_stats(stats: Iterable[StatRow]) -> tuple[StatRow, ...]:
+def sum_stats(stats: Iterable[StatTotal]) -> tuple[StatTotal, ...]:
     """Hourly rows summed per (category, tier), sorted."""
     acc: dict[tuple[str, str], list[int]] = {}
     for s in stats:
         pair = acc.setdefault((s.category, s.tier), [0, 0])
         pair[0] += s.queries
         pair[1] += s.blocked
-    return tuple(StatRow(c, t, q, b) for (c, t), (q, b) in sorted(acc.items()))
+    return tuple(StatTotal(c, t, q, b) for (c, t), (q, b) in sorted(acc.items()))
 
 
 def build_total(sections: Sequence[Section], period: Period) -> Section:

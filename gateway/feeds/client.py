@@ -38,7 +38,14 @@ import aiohttp
 
 from gateway.config.gateway import FeedConfig, FeedGuardConfig
 from gateway.config.limits import FileLimits
-from gateway.feedformat.document import Entry, Feed, FeedError, apply_diff, parse_feed, parse_time
+from gateway.feedformat.document import (
+    Feed,
+    FeedEntry,
+    FeedError,
+    apply_diff,
+    parse_feed,
+    parse_time,
+)
 from gateway.feedformat.signing import SIGNATURE_HEADER, Verifier
 from gateway.feeds.acks import AckTarget
 from gateway.feeds.ledger import DNS_TYPES, RECORD_CHUNK, Ledger, LedgerEntry
@@ -144,7 +151,7 @@ class Applied:
     """The document in force."""
 
     serial: int
-    entries: dict[str, Entry]
+    entries: dict[str, FeedEntry]
     # SHA-256 of the document as received (to tell a replay of it from new content); the
     # document itself is on disk, not kept in memory (25 MB for a 100k-entry snapshot).
     digest: bytes = b""
@@ -170,7 +177,7 @@ class _Plan:
     newly_refused: dict[str, str]      # changed entries among them -> their value
     kinds: dict[str, int]
     by_category: dict[str, int]
-    upserts: list[tuple[Entry, str]]
+    upserts: list[tuple[FeedEntry, str]]
 
 
 @dataclass
@@ -555,7 +562,7 @@ class FeedClient:
         write_atomic(d / f"{serial:012d}.sig", sig.encode())
         write_atomic(d / f"{serial:012d}.json", body)
 
-    def _install(self, serial: int, entries: Mapping[str, Entry], changed: Iterable[str],
+    def _install(self, serial: int, entries: Mapping[str, FeedEntry], changed: Iterable[str],
                  removed: Iterable[str], received_at: float, ack: bool) -> None:
         """Build the overlay from the whole entry set, swap it in, then record it."""
         plan = self._plan(entries, changed)
@@ -568,7 +575,7 @@ class FeedClient:
             self.on_applied(self.name, [found[i] for i in ids
                                         if i in found and found[i].enforced_at_dns])
 
-    async def _install_async(self, serial: int, entries: Mapping[str, Entry],
+    async def _install_async(self, serial: int, entries: Mapping[str, FeedEntry],
                              changed: Iterable[str], removed: Iterable[str],
                              received_at: float) -> None:
         """_install for the polling path: same steps, never a long stop of the event loop."""
@@ -586,7 +593,7 @@ class FeedClient:
                 if i + RECORD_CHUNK < len(ids):
                     await asyncio.sleep(0)
 
-    def _plan(self, entries: Mapping[str, Entry], changed: Iterable[str]) -> _Plan:
+    def _plan(self, entries: Mapping[str, FeedEntry], changed: Iterable[str]) -> _Plan:
         """The overlay and the ledger rows for an entry set (pure: safe in a worker thread)."""
         refused: dict[str, str] = {}
         rules: dict[bytes, list[Rule]] = defaultdict(list)

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from gateway.feedformat.document import Entry, LegalBasis, parse_time
+from gateway.feedformat.document import FeedEntry, LegalBasis, parse_time
 from gateway.feedformat.stats import StatRow
 from gateway.feeds import acks
 from gateway.feeds.acks import ACK_ENTRIES, AckTarget, ack_entry, enqueue
@@ -150,7 +150,7 @@ class Ledger:
                 out[row["entry_id"]] = _entry(row)
         return out
 
-    def record(self, feed: str, serial: int, upserts: Iterable[tuple[Entry, str]],
+    def record(self, feed: str, serial: int, upserts: Iterable[tuple[FeedEntry, str]],
                removed: Iterable[str], received_at: float, applied_at: float | None,
                ack: AckTarget | None, force_ack: bool = False) -> list[str]:
         """Store an applied update; returns the ids whose state changed.
@@ -169,7 +169,7 @@ class Ledger:
             self._notify()
         return changed
 
-    async def record_async(self, feed: str, serial: int, upserts: Sequence[tuple[Entry, str]],
+    async def record_async(self, feed: str, serial: int, upserts: Sequence[tuple[FeedEntry, str]],
                            removed: Sequence[str], received_at: float,
                            applied_at: float | None, ack: AckTarget | None,
                            force_ack: bool = False, chunk: int = RECORD_CHUNK) -> list[str]:
@@ -179,7 +179,7 @@ class Ledger:
         seconds; a crash half-way is repaired at start-up, which records the stored copy again.
         """
         changed: list[str] = []
-        parts: list[tuple[list[tuple[Entry, str]], list[str]]] = [
+        parts: list[tuple[list[tuple[FeedEntry, str]], list[str]]] = [
             (list(upserts[i:i + chunk]), []) for i in range(0, len(upserts), chunk)]
         parts += [([], list(removed[i:i + chunk])) for i in range(0, len(removed), chunk)]
         for n, (ups, rms) in enumerate(parts or [([], [])]):
@@ -198,7 +198,7 @@ class Ledger:
         return changed
 
     def _record_part(self, c: sqlite3.Connection, feed: str, serial: int,
-                     upserts: list[tuple[Entry, str]], removed: list[str], received_at: float,
+                     upserts: list[tuple[FeedEntry, str]], removed: list[str], received_at: float,
                      applied_at: float | None) -> list[str]:
         changed: list[str] = []
         olds = self.rows(feed, (e.id for e, _ in upserts))
@@ -392,7 +392,7 @@ def _entry(row: sqlite3.Row) -> LedgerEntry:
         row["authority"], row["decision"], row["decision_date"])
 
 
-def _same(old: LedgerEntry, entry: Entry) -> bool:
+def _same(old: LedgerEntry, entry: FeedEntry) -> bool:
     return (old.type, old.value, old.categories, old.mandatory, old.deadline) == (
         entry.type, entry.value, entry.categories, entry.mandatory, _ts(entry.deadline))
 

@@ -163,7 +163,7 @@ class ProxyProcess:
         log.warning("image matched %s entry %s; replaced", match.type, match.entry.id)
         if self.reports is None or self.loaded is None:
             return
-        from gateway.hotline.model import KINDS, MAX_TARGET, from_form
+        from gateway.feedformat.hotline import KINDS, MAX_TARGET, from_form
 
         cfg = self.loaded.config
         form = {"kind": "match", "target": url[:MAX_TARGET], "category": match.entry.category,

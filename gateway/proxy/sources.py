@@ -17,7 +17,7 @@ from prometheus_client import CollectorRegistry
 
 from gateway.config.gateway import GatewayConfig, load_config
 from gateway.config.limits import FileLimits
-from gateway.feedformat.document import Entry
+from gateway.feedformat.document import FeedEntry
 from gateway.lists.catalog import LIST_BYTES_KEY, Catalog, Source, load_catalog
 from gateway.lists.overlay import Overlay
 from gateway.policy.netindex import PrefixMap
@@ -53,7 +53,7 @@ class _NoTarget:
         return 0
 
 
-def feed_entries(config: GatewayConfig) -> dict[str, list[Entry]]:
+def feed_entries(config: GatewayConfig) -> dict[str, list[FeedEntry]]:
     """Per signed feed, the entries of its verified last-known-good copy (block actions only).
 
     A throwaway FeedClient (in-memory ledger, private metrics) does the loading, so the
@@ -63,7 +63,7 @@ def feed_entries(config: GatewayConfig) -> dict[str, list[Entry]]:
     from gateway.feeds.ledger import Ledger
     from gateway.feeds.stats import FeedMetrics
 
-    out: dict[str, list[Entry]] = {}
+    out: dict[str, list[FeedEntry]] = {}
     ledger = Ledger(Path(":memory:"))
     try:
         for cfg in config.feeds:
@@ -110,7 +110,7 @@ def url_list_entries(source: Source, max_bytes: int = FileLimits.list_bytes
     return out, skipped
 
 
-def url_feed_entries(feed: str, entries: Iterable[Entry]) -> list[tuple[UrlKey, UrlEntry]]:
+def url_feed_entries(feed: str, entries: Iterable[FeedEntry]) -> list[tuple[UrlKey, UrlEntry]]:
     """A feed's `url` entries as index items (values were validated by the feed parser)."""
     out: list[tuple[UrlKey, UrlEntry]] = []
     for e in entries:
@@ -158,7 +158,7 @@ def build(config_path: Path, generation: int = 0) -> Loaded:
         found, bad = url_list_entries(source, catalog.list_bytes)
         items.extend(found)
         skipped += bad
-    hashes: list[Entry] = []
+    hashes: list[FeedEntry] = []
     for feed, entries in feed_entries(config).items():
         items.extend(url_feed_entries(feed, entries))
         hashes.extend(e for e in entries if e.type in HASH_TYPES)
