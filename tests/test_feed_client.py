@@ -24,8 +24,9 @@ from gateway.cli.feeds import confirm, status
 from gateway.config.gateway import load_config
 from gateway.feedformat.document import Feed, FeedEntry, LegalBasis, now_iso
 from gateway.feedformat.signing import SIGNATURE_HEADER, Signer, generate_keys, load_signer
-from gateway.feeds.client import Rejected, looks_truncated
+from gateway.feeds.context import Rejected
 from gateway.feeds.manager import FeedManager
+from gateway.feeds.signed import looks_truncated
 from gateway.runtime.app import Gateway
 from tests.support import unbound as ub
 from tests.support.procs import write_gateway_config

@@ -21,7 +21,9 @@ from prometheus_client import CollectorRegistry
 
 from gateway.config.gateway import GatewayConfig
 from gateway.feeds.acks import AckSender, AckTarget, acks_url
-from gateway.feeds.client import FeedClient, OverlayTarget, held_paths
+from gateway.feeds.client import FeedClient
+from gateway.feeds.context import OverlayTarget
+from gateway.feeds.hold import held_paths
 from gateway.feeds.ledger import Ledger, LedgerEntry, ProbeRecord
 from gateway.feeds.stats import FeedMetrics, HourlyStats, QueryCounts
 
