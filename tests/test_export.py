@@ -2,18 +2,17 @@
 
 from __future__ import annotations
 
-import sqlite3
 import subprocess
 import sys
 from pathlib import Path
 
 from gateway.compliance.export import build_export, catalog_entries, merge
-from gateway.feedformat.document import Entry
+from gateway.feedformat.document import FeedEntry
+from gateway.feeds.ledger import Ledger
 from gateway.lists import SCOPE_SELF, SCOPE_SUBS, ParsedRule
 from gateway.lists.catalog import load_catalog
 from gateway.lists.rpz import parse_rpz
 from tests.support.procs import write_gateway_config
-from tests.test_report import LEDGER_SCHEMA
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -52,15 +51,20 @@ LISTS_YAML = """categories:
 def make_gateway(tmp_path: Path) -> Path:
     cfg = write_gateway_config(tmp_path, upstream_port=53000, lists_yaml=LISTS_YAML, lists={
         "csam.rpz": CSAM_RPZ, "malware.domains": MANDATORY_DOMAINS, "adult.hosts": OPTIONAL_HOSTS})
-    db = sqlite3.connect(tmp_path / "var" / "ledger.sqlite3")
-    db.executescript(LEDGER_SCHEMA)
+    ledger = Ledger(tmp_path / "var" / "ledger.sqlite3")   # written as the gateway writes it
     for rid, etype, value, mand, outcome, removed, _ in LEDGER:
-        db.execute("INSERT INTO entries (feed, entry_id, type, value, categories, mandatory, "
-                   "serial, issued_at, received_at, removed_at, outcome) "
-                   "VALUES ('central', ?, ?, ?, 'csam,adult', ?, 3, 1.0, 2.0, ?, ?)",
-                   (rid, etype, value, mand, removed, outcome))
-    db.commit()
-    db.close()
+        entry = FeedEntry(rid, etype, value, ("csam", "adult"), "block", bool(mand),
+                      issued_at="1970-01-01T00:00:01Z")
+        first = outcome if outcome in ("received", "refused") else "applied"
+        ledger.record("central", 3, [(entry, first)], [], 2.0, 2.0, None)
+        if outcome in ("verified", "failed"):
+            ledger.record_probe("central", rid, "blocked" if outcome == "verified" else
+                                "not_blocked", 3.0, gave_up=True, ack=None, serial=3)
+        if removed is not None:
+            ledger.record("central", 4, [], [rid], removed, removed, None)
+        if etype != "url":   # the gateway never probes a URL entry: it stays "applied"
+            assert ledger.get("central", rid).outcome == outcome   # type: ignore[union-attr]
+    ledger.close()
     return cfg
 
 
@@ -85,10 +89,10 @@ def test_catalog_entries_take_only_mandatory_sources(tmp_path: Path) -> None:
 
 
 def test_merge_keeps_one_entry_per_name_and_the_wider_type() -> None:
-    a = Entry("a", "domain-exact", "x.test", ("csam",), mandatory=True)
-    b = Entry("b", "domain", "x.test", ("csam",), mandatory=True)
-    c = Entry("c", "domain", "y.test", ("csam",), mandatory=True)
-    assert merge([a, b, c]) == [Entry("a", "domain", "x.test", ("csam",), mandatory=True), c]
+    a = FeedEntry("a", "domain-exact", "x.test", ("csam",), mandatory=True)
+    b = FeedEntry("b", "domain", "x.test", ("csam",), mandatory=True)
+    c = FeedEntry("c", "domain", "y.test", ("csam",), mandatory=True)
+    assert merge([a, b, c]) == [FeedEntry("a", "domain", "x.test", ("csam",), mandatory=True), c]
 
 
 def test_export_zone_content(tmp_path: Path) -> None:

@@ -22,10 +22,11 @@ from prometheus_client import CollectorRegistry
 
 from gateway.cli.feeds import confirm, status
 from gateway.config.gateway import load_config
-from gateway.feedformat.document import Entry, Feed, LegalBasis, now_iso
+from gateway.feedformat.document import Feed, FeedEntry, LegalBasis, now_iso
 from gateway.feedformat.signing import SIGNATURE_HEADER, Signer, generate_keys, load_signer
-from gateway.feeds.client import Rejected, looks_truncated
+from gateway.feeds.context import Rejected
 from gateway.feeds.manager import FeedManager
+from gateway.feeds.signed import looks_truncated
 from gateway.runtime.app import Gateway
 from tests.support import unbound as ub
 from tests.support.procs import write_gateway_config
@@ -38,12 +39,12 @@ BASIS = LegalBasis("BTTTT", "QD-1/2026", "2026-11-20")
 
 
 def entry(eid: str, value: str, *, mandatory: bool = True, etype: str = "domain",
-          categories: tuple[str, ...] = ("csam",), action: str = "block") -> Entry:
-    return Entry(eid, etype, value, categories, action, mandatory,
+          categories: tuple[str, ...] = ("csam",), action: str = "block") -> FeedEntry:
+    return FeedEntry(eid, etype, value, categories, action, mandatory,
                  BASIS if mandatory else None, ISSUED, None)
 
 
-def doc(serial: int, entries: list[Entry], since: int | None = None,
+def doc(serial: int, entries: list[FeedEntry], since: int | None = None,
         removed: tuple[str, ...] = (), generated_at: str | None = None) -> bytes:
     """Signed now unless told otherwise (an old document makes the feed stale: max_age)."""
     return Feed(serial, generated_at or now_iso(), tuple(entries), removed, since).to_bytes()

@@ -11,8 +11,8 @@ from typing import Any
 import pytest
 
 from gateway.feedformat.document import (
-    Entry,
     Feed,
+    FeedEntry,
     FeedError,
     LegalBasis,
     apply_diff,
@@ -124,9 +124,9 @@ def test_make_entry_accepts(kw: dict[str, Any]) -> None:
 
 # ------------------------------------------------------------------ documents and diffs
 
-def entry(eid: str, value: str, etype: str = "domain", mandatory: bool = False) -> Entry:
+def entry(eid: str, value: str, etype: str = "domain", mandatory: bool = False) -> FeedEntry:
     basis = LegalBasis("Authority", "1/QD", "2026-11-20") if mandatory else None
-    return Entry(eid, etype, value, ("csam",), "block", mandatory, basis, T,
+    return FeedEntry(eid, etype, value, ("csam",), "block", mandatory, basis, T,
                  "2026-11-24T10:00:00Z" if mandatory else None)
 
 

@@ -17,11 +17,12 @@ from prometheus_client import CollectorRegistry
 
 from gateway.compliance.selfprobe import NetworkProbe, ProbeResult
 from gateway.dns.stats import DnsStats
-from gateway.feedformat.document import Entry, LegalBasis
+from gateway.feedformat.document import FeedEntry, LegalBasis
+from gateway.feeds.acks import AckSender, AckTarget, acks_url, merge
 from gateway.feeds.ledger import Ledger
 from gateway.feeds.manager import RETRY_DELAYS, Prober, probe_verdict
 from gateway.feeds.stats import FeedMetrics, HourlyStats
-from gateway.util.outbox import AckTarget, OutboxSender, acks_url, backoff, merge
+from gateway.util.outbox import backoff
 
 T0 = 1_795_132_800.0   # 2026-11-20T00:00:00Z
 BASIS = LegalBasis("BTTTT", "QD-1", "2026-11-20")
@@ -36,8 +37,8 @@ class Clock:
 
 
 def entry(eid: str, value: str = "bad.example", *, mandatory: bool = True,
-          deadline: str | None = None, issued: str = "2026-11-19T08:00:00Z") -> Entry:
-    return Entry(eid, "domain", value, ("csam",), "block", mandatory,
+          deadline: str | None = None, issued: str = "2026-11-19T08:00:00Z") -> FeedEntry:
+    return FeedEntry(eid, "domain", value, ("csam",), "block", mandatory,
                  BASIS if mandatory else None, issued, deadline)
 
 
@@ -236,8 +237,9 @@ async def test_outbox_survives_outage_and_restart(tmp_path: Path,
     led.record("other", 5, [(entry("Z"), "applied")], [], T0, T0,
                AckTarget(url, "th-test", "other"))
     async with aiohttp.ClientSession() as session:
-        sender = OutboxSender(led, target, "tok", session, FeedMetrics(CollectorRegistry()),
-                              clock, rng=random.Random(0))
+        sender = AckSender(led, target, "tok", session,
+                           FeedMetrics(CollectorRegistry()).outbox_pending, clock,
+                           rng=random.Random(0))
         assert not await sender.send_once()          # publisher down: kept, retry scheduled
         rows = led.conn.execute("SELECT attempts, next_attempt FROM outbox ORDER BY id").fetchall()
         assert [r[0] for r in rows] == [1, 1, 0]
@@ -248,8 +250,8 @@ async def test_outbox_survives_outage_and_restart(tmp_path: Path,
     assert led.outbox_pending() == 3
     srv.status = 200
     async with aiohttp.ClientSession() as session:
-        sender = OutboxSender(led, target, "tok", session, FeedMetrics(CollectorRegistry()),
-                              clock)
+        sender = AckSender(led, target, "tok", session,
+                           FeedMetrics(CollectorRegistry()).outbox_pending, clock)
         assert await sender.send_once()
     assert srv.auth[-1] == "Bearer tok"
     assert len(srv.received) == 1                    # both pending acks of the feed in one POST

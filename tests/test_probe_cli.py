@@ -13,7 +13,6 @@ import asyncio
 import contextlib
 import json
 import signal
-import sqlite3
 import subprocess
 import sys
 import time
@@ -32,8 +31,9 @@ from aiohttp import web
 
 from gateway.compliance.export import build_export
 from gateway.compliance.probe import classify, exit_code, probe_targets, sample
-from gateway.feedformat.document import Entry, Feed, make_entry
+from gateway.feedformat.document import Feed, FeedEntry, make_entry
 from gateway.feedformat.signing import SIGNATURE_HEADER, generate_keys, load_signer
+from gateway.feeds.ledger import Ledger
 from tests.support.procs import REPO_ROOT, dns_query, free_port
 from tests.support.unbound import (
     ALLOWED,
@@ -42,7 +42,6 @@ from tests.support.unbound import (
     UnboundFactory,
     UnboundServer,
 )
-from tests.test_report import LEDGER_SCHEMA
 
 pytestmark = pytest.mark.integration
 
@@ -66,7 +65,7 @@ RAW_ENTRIES: list[dict[str, Any]] = [
 PROBED = 5
 
 
-def entries() -> list[Entry]:
+def entries() -> list[FeedEntry]:
     return [make_entry({"issued_at": "2026-11-20T08:00:00+07:00", **raw}) for raw in RAW_ENTRIES]
 
 
@@ -223,16 +222,12 @@ def fronts(tmp_path: Path) -> Iterator[list[Front]]:
 def export_zone(tmp_path: Path) -> Path:
     """What a gateway that received the feed would export: ledger rows -> RPZ zone file."""
     ledger = tmp_path / "ledger.sqlite3"
-    db = sqlite3.connect(ledger)
-    db.executescript(LEDGER_SCHEMA)
-    for e in entries():
-        if e.action == "block" and e.mandatory:
-            db.execute("INSERT INTO entries (feed, entry_id, type, value, categories, mandatory, "
-                       "serial, issued_at, received_at, outcome) "
-                       "VALUES ('central', ?, ?, ?, ?, 1, 9, 1.0, 2.0, 'verified')",
-                       (e.id, e.type, e.value, ",".join(e.categories)))
-    db.commit()
-    db.close()
+    led = Ledger(ledger)   # written as the gateway writes it
+    mandatory = [e for e in entries() if e.action == "block" and e.mandatory]
+    led.record("central", 9, [(e, "applied") for e in mandatory], [], 2.0, 2.0, None)
+    for e in mandatory:
+        led.record_probe("central", e.id, "blocked", 3.0, gave_up=False, ack=None, serial=9)
+    led.close()
     zone = tmp_path / "safegate.rpz"
     zone.write_text(build_export(ledger, None, serial=9).zone)
     return zone

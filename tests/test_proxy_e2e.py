@@ -33,7 +33,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from gateway.feedformat.document import Entry, Feed, LegalBasis
+from gateway.feedformat.document import Feed, FeedEntry, LegalBasis
 from gateway.feedformat.signing import generate_keys, load_signer
 from tests.support.procs import REPO_ROOT, free_port, write_gateway_config
 
@@ -205,7 +205,7 @@ class Proxy:
         raise AssertionError(f"{name}{{{want}}} not in /metrics")
 
 
-def write_feed(state: Path, key: Path, entries: list[Entry]) -> None:
+def write_feed(state: Path, key: Path, entries: list[FeedEntry]) -> None:
     """The feed client's last-known-good copy, as it stores it (snapshot + signature)."""
     body = Feed(1, ISSUED, tuple(entries)).to_bytes()
     d = state / "feeds"
@@ -274,9 +274,9 @@ def run_proxy(origin: tuple[Origin, Path], unbound_dir: Path, d: Path,
                          "scan_hosts": ["img.test"]}})
     image_sha = hashlib.sha256(org.image).hexdigest()
     write_feed(d / "var", d / "keys" / "feed.key", [
-        Entry("takedown-42", "url", "https://news.test/post/42", ("violence",), "block", True,
+        FeedEntry("takedown-42", "url", "https://news.test/post/42", ("violence",), "block", True,
               LEGAL, ISSUED),
-        Entry("img-1", "sha256", image_sha, ("csam",), "block", True, LEGAL, ISSUED)])
+        FeedEntry("img-1", "sha256", image_sha, ("csam",), "block", True, LEGAL, ISSUED)])
     proc = start_proxy(cfg, ports, log_level=log_level)
     yield proc
     proc.proc.terminate()

@@ -24,7 +24,7 @@ from gateway import cli
 from gateway.cli import publisher as cli_publisher
 from gateway.config.limits import PublisherLimits
 from gateway.errors import ConfigError
-from gateway.feedformat.document import Entry, LegalBasis, parse_feed
+from gateway.feedformat.document import FeedEntry, LegalBasis, parse_feed
 from gateway.feedformat.rpz import to_rpz
 from gateway.feedformat.signing import Verifier, generate_keys, load_signer
 from gateway.publisher.app import BUILDER, make_app
@@ -125,9 +125,9 @@ def test_config_defaults_and_relative_paths(tmp_path: Path) -> None:
 # ------------------------------------------------------------------ guard rails, rpz
 
 def _e(value: str, etype: str = "domain", eid: str = "X", action: str = "block",
-       mandatory: bool = True) -> Entry:
+       mandatory: bool = True) -> FeedEntry:
     basis = LegalBasis("A", "1", "2026-11-20") if mandatory else None
-    return Entry(eid, etype, value, ("csam",), action, mandatory, basis, T)
+    return FeedEntry(eid, etype, value, ("csam",), action, mandatory, basis, T)
 
 
 @pytest.mark.parametrize(("etype", "value", "hit"), [

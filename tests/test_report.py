@@ -1,7 +1,8 @@
 """`safegate report`: exact numbers from known ledger / publisher rows, and the three renderings.
 
-The schemas are copied from docs/feeds-contract.md on purpose: the report must read what the
-contract says, whoever writes the databases.
+The gateway's ledger is written through gateway.feeds.ledger.Ledger, its only owner. The
+publisher schema is copied from docs/feeds-contract.md on purpose: the report must read what
+the contract says, whoever writes that database.
 """
 
 from __future__ import annotations
@@ -22,6 +23,8 @@ import yaml
 from gateway.cli.report import build_report
 from gateway.compliance.report import EntryRow, Latency, classify, parse_period, percentile
 from gateway.compliance.report_render import CSV_COLUMNS, render_csv, render_html, render_json
+from gateway.feedformat.document import FeedEntry, LegalBasis
+from gateway.feeds.ledger import Ledger
 
 REPO = Path(__file__).resolve().parents[1]
 HCM = ZoneInfo("Asia/Ho_Chi_Minh")
@@ -31,25 +34,6 @@ LATE_JUNE = datetime(2026, 6, 30, 22, 0, tzinfo=HCM).timestamp()  # last day of 
 JULY = datetime(2026, 7, 1, 1, 0, tzinfo=HCM).timestamp()         # just after it
 HOSTILE = "<script>alert('x')</script> & Co"
 PERIOD = ("2026-01-01", "2026-06-30")
-
-LEDGER_SCHEMA = """
-CREATE TABLE entries (
-  feed TEXT NOT NULL, entry_id TEXT NOT NULL,
-  type TEXT NOT NULL, value TEXT NOT NULL, categories TEXT NOT NULL,
-  mandatory INTEGER NOT NULL, authority TEXT, decision TEXT, decision_date TEXT,
-  serial INTEGER NOT NULL, issued_at REAL NOT NULL, deadline REAL,
-  received_at REAL NOT NULL, applied_at REAL, verified_at REAL, removed_at REAL,
-  outcome TEXT NOT NULL, probe_failures INTEGER NOT NULL DEFAULT 0,
-  PRIMARY KEY (feed, entry_id));
-CREATE TABLE probes (ts REAL NOT NULL, feed TEXT NOT NULL, entry_id TEXT NOT NULL,
-                     result TEXT NOT NULL);
-CREATE TABLE outbox (id INTEGER PRIMARY KEY AUTOINCREMENT, created REAL NOT NULL,
-                     url TEXT NOT NULL, body TEXT NOT NULL,
-                     attempts INTEGER NOT NULL DEFAULT 0, next_attempt REAL NOT NULL);
-CREATE TABLE stats_hourly (hour INTEGER NOT NULL, category TEXT NOT NULL, tier TEXT NOT NULL,
-                           queries INTEGER NOT NULL, blocked INTEGER NOT NULL,
-                           PRIMARY KEY (hour, category, tier));
-"""
 
 PUBLISHER_SCHEMA = """
 CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -109,25 +93,30 @@ def make_gateway(tmp_path: Path) -> Path:
         "state_dir": "var/",
         "gateway": {"id": "th-kim-dong"},
     }))
-    db = sqlite3.connect(tmp_path / "var" / "ledger.sqlite3")
-    db.executescript(LEDGER_SCHEMA)
+    # The ledger is written the way the gateway writes it: through the Ledger API.
+    ledger = Ledger(tmp_path / "var" / "ledger.sqlite3")
     for (rid, etype, value, cats, mand, auth, issued, dl, received, ver, removed,
          outcome) in LEDGER_ROWS:
-        db.execute(
-            "INSERT INTO entries VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
-            ("central", rid, etype, value, cats, mand, auth, f"QĐ-{rid}" if auth else None,
-             "2026-02-27" if auth else None, 7, issued, None if dl is None else issued + dl,
-             received, received + 1, None if ver is None else issued + ver, removed, outcome,
-             0))
-    probes = [(T0 + 1, "blocked"), (T0 + 2, "blocked"), (T0 + 3, "blocked"),
-              (T0 + 4, "not_blocked"), (T0 + 5, "not_blocked"), (T0 + 6, "error"),
-              (BEFORE, "not_blocked"), (JULY, "error")]
-    db.executemany("INSERT INTO probes VALUES (?, 'central', 'A-within', ?)", probes)
-    stats = [(T0, "adult", "thcs", 100, 7), (T0 + 3600, "adult", "thcs", 50, 3),
-             (T0, "gambling", "thpt", 10, 1), (int(BEFORE), "adult", "thcs", 999, 999)]
-    db.executemany("INSERT INTO stats_hourly VALUES (?,?,?,?,?)", stats)
-    db.commit()
-    db.close()
+        entry = FeedEntry(rid, etype, value, tuple(cats.split(",")), "block", bool(mand),
+                      LegalBasis(auth, f"QĐ-{rid}", "2026-02-27") if auth else None,
+                      iso(issued), None if dl is None else iso(issued + dl))
+        first = "refused" if outcome == "refused" else "applied"
+        ledger.record("central", 7, [(entry, first)], [], received, received + 1, None)
+        if ver is not None:
+            ledger.record_probe("central", rid, "blocked", issued + ver, gave_up=False,
+                                ack=None, serial=7)
+        if removed is not None:
+            ledger.record("central", 8, [], [rid], removed, removed, None)
+        assert ledger.get("central", rid).outcome == outcome   # type: ignore[union-attr]
+    for ts, result in [(T0 + 4, "not_blocked"), (T0 + 5, "not_blocked"), (T0 + 6, "error"),
+                       (BEFORE, "not_blocked"), (JULY, "error")]:
+        ledger.record_probe("central", "A-within", result, ts, gave_up=False, ack=None,
+                            serial=7)
+    for hour, cat, tier, queries, blocked in [
+            (T0, "adult", "thcs", 100, 7), (T0 + 3600, "adult", "thcs", 50, 3),
+            (T0, "gambling", "thpt", 10, 1), (int(BEFORE), "adult", "thcs", 999, 999)]:
+        ledger.add_stats(int(hour), {(cat, tier): (queries, blocked)})
+    ledger.close()
     return cfg
 
 

@@ -16,7 +16,7 @@ import dns.message
 import dns.query
 import pytest
 
-from gateway.feedformat.document import Entry
+from gateway.feedformat.document import FeedEntry
 from gateway.feedformat.signing import generate_keys
 from tests.support.procs import SafeGateProcess, free_port, write_gateway_config
 from tests.test_proxy_e2e import (
@@ -66,7 +66,7 @@ def test_safegate_dns_steers_the_intercept_set_to_the_proxy(
                          "origin_ports": {"http": org.http_port, "https": org.https_port},
                          "upstream_ca": str(origin_ca)}})
     write_feed(tmp_path / "var", tmp_path / "keys" / "feed.key", [
-        Entry("takedown-42", "url", "https://news.test/post/42", ("violence",), "block", True,
+        FeedEntry("takedown-42", "url", "https://news.test/post/42", ("violence",), "block", True,
               LEGAL, ISSUED)])
     gw: SafeGateProcess = safegate_factory(cfg)
     deadline = time.monotonic() + 30

@@ -17,7 +17,8 @@ from typing import Any
 
 from gateway.config.gateway import GatewayConfig, load_config
 from gateway.errors import SafeGateError
-from gateway.feeds.client import held_paths, status_of
+from gateway.feeds.client import status_of
+from gateway.feeds.hold import held_paths
 from gateway.util.atomic import atomic_write
 
 

@@ -28,7 +28,7 @@ from gateway.compliance.report import (
     Period,
     Report,
     Section,
-    StatRow,
+    StatTotal,
     build_section,
     build_total,
     iso_to_unix,
@@ -36,6 +36,7 @@ from gateway.compliance.report import (
 )
 from gateway.compliance.report_render import RENDERERS
 from gateway.errors import ConfigError, SafeGateError
+from gateway.feeds.ledger import Ledger
 from gateway.util.atomic import atomic_write
 
 GATEWAY_KEYS = frozenset({"dns", "state_dir"})
@@ -91,41 +92,36 @@ def readonly(path: Path) -> Iterator[sqlite3.Connection]:
 # ---------------------------------------------------------------- reading rows
 
 
-def read_ledger(db: sqlite3.Connection, period: Period
-                ) -> tuple[list[EntryRow], dict[str, int], list[StatRow]]:
+def read_ledger(ledger: Ledger, period: Period
+                ) -> tuple[list[EntryRow], dict[str, int], list[StatTotal]]:
     """A gateway's entries received in the period, its failed probes, its hourly stats."""
     rows = []
-    for (rid, etype, value, cats, mandatory, authority, decision, ddate, issued, deadline,
-         received, applied, verified, removed, outcome) in db.execute(
-            "SELECT entry_id, type, value, categories, mandatory, authority, decision, "
-            "decision_date, issued_at, deadline, received_at, applied_at, verified_at, "
-            "removed_at, outcome FROM entries"):
-        if not period.contains(received) or outcome == "received":
+    for e in ledger.all_entries():
+        if not period.contains(e.received_at) or e.outcome == "received":
             # "received" = recorded but not enforced at DNS (warn, or a URL/IP/hash entry for
             # the HTTP proxy of issue #5): not part of the DNS enforcement report.
             continue
-        rows.append(EntryRow(rid, etype, value, tuple(c for c in cats.split(",") if c),
-                             bool(mandatory), authority, decision, ddate, issued, deadline,
-                             received, applied, verified, removed, outcome))
-    probes = dict(db.execute(
-        "SELECT result, COUNT(*) FROM probes WHERE ts >= ? AND ts < ? AND result != 'blocked' "
-        "GROUP BY result", (period.start, period.end)).fetchall())
-    return rows, probes, _stats(db, "stats_hourly", period)
+        rows.append(EntryRow(e.entry_id, e.type, e.value, e.categories, e.mandatory,
+                             e.authority, e.decision, e.decision_date, e.issued_at, e.deadline,
+                             e.received_at, e.applied_at, e.verified_at, e.removed_at,
+                             e.outcome))
+    stats = [StatTotal(*t) for t in ledger.stat_totals(period.start, period.end)]
+    return rows, ledger.probe_failures(period.start, period.end), stats
 
 
 def _stats(db: sqlite3.Connection, table: str, period: Period, gateway: str | None = None
-           ) -> list[StatRow]:
+           ) -> list[StatTotal]:
     where = "hour >= ? AND hour < ?" + (" AND gateway = ?" if gateway is not None else "")
     params: tuple[Any, ...] = (period.start, period.end)
     if gateway is not None:
         params += (gateway,)
-    return [StatRow(c, t, int(q), int(b)) for c, t, q, b in db.execute(
+    return [StatTotal(c, t, int(q), int(b)) for c, t, q, b in db.execute(
         f"SELECT category, tier, SUM(queries), SUM(blocked) FROM {table} WHERE {where} "
         "GROUP BY category, tier", params)]
 
 
 def read_publisher(db: sqlite3.Connection, period: Period
-                   ) -> list[tuple[str, list[EntryRow], dict[str, int], list[StatRow]]]:
+                   ) -> list[tuple[str, list[EntryRow], dict[str, int], list[StatTotal]]]:
     """Per gateway: every block entry issued in the period joined with that gateway's ack.
 
     No ack at all counts as not received: the gateway is answerable for what was issued.
@@ -166,8 +162,11 @@ def build_report(config: Path, period: Period, now: float) -> Report:
         from gateway.config.gateway import load_config
 
         path = load_config(config).state_dir / export_mod.LEDGER_FILE
-        with readonly(path) as db:
-            rows, probes, stats = read_ledger(db, period)
+        ledger = export_mod.open_ledger(path)
+        try:
+            rows, probes, stats = read_ledger(ledger, period)
+        finally:
+            ledger.close()
         section = build_section(gateway_id(doc), rows, period, probes, stats)
         return Report("gateway", str(path), period, now, (section,))
     path = publisher_database(config, doc)

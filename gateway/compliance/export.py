@@ -13,8 +13,9 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from gateway.errors import ConfigError
-from gateway.feedformat.document import Entry
+from gateway.feedformat.document import FeedEntry
 from gateway.feedformat.rpz import to_rpz
+from gateway.feeds.ledger import DNS_TYPES, Ledger
 from gateway.lists import SCOPE_BOTH, SCOPE_SELF, SCOPE_SUBS, Action, ParsedRule
 from gateway.lists.catalog import LIST_BYTES_KEY, Catalog, load_catalog
 from gateway.lists.parsers import parse
@@ -22,7 +23,6 @@ from gateway.util.readfile import read_capped
 from gateway.util.sqlite import open_db
 
 LEDGER_FILE = "ledger.sqlite3"
-DNS_TYPES = ("domain", "domain-exact")
 
 
 @dataclass(frozen=True)
@@ -42,15 +42,17 @@ def open_readonly(path: Path) -> sqlite3.Connection:
     return open_db(path, readonly=True, timeout=5.0, named_rows=False)
 
 
-def ledger_entries(db: sqlite3.Connection) -> list[Entry]:
+def open_ledger(path: Path) -> Ledger:
+    """The gateway's ledger, read-only (an export or report never changes it)."""
+    if not path.is_file():
+        raise ConfigError("database not found", str(path))
+    return Ledger(path, readonly=True)
+
+
+def ledger_entries(ledger: Ledger) -> list[FeedEntry]:
     """Mandatory DNS entries the gateway holds: not removed and not refused by the guard."""
-    rows = db.execute(
-        "SELECT entry_id, type, value, categories FROM entries "
-        "WHERE mandatory = 1 AND outcome NOT IN ('removed', 'refused') AND removed_at IS NULL "
-        "ORDER BY entry_id").fetchall()
-    return [Entry(str(rid), str(etype), str(value),
-                  tuple(c for c in str(cats).split(",") if c), "block", True)
-            for rid, etype, value, cats in rows if etype in DNS_TYPES]
+    return [FeedEntry(e.entry_id, e.type, e.value, e.categories, "block", True)
+            for e in ledger.mandatory_in_force() if e.type in DNS_TYPES]
 
 
 def _merged_rules(rules: Iterable[ParsedRule]) -> Iterator[tuple[str, int, int]]:
@@ -65,13 +67,13 @@ def _merged_rules(rules: Iterable[ParsedRule]) -> Iterator[tuple[str, int, int]]
         yield key.decode("ascii"), scope, line
 
 
-def catalog_entries(catalog: Catalog) -> tuple[list[Entry], list[str]]:
+def catalog_entries(catalog: Catalog) -> tuple[list[FeedEntry], list[str]]:
     """Domain rules of the mandatory sources as entries with id FILE:LINE, plus warnings.
 
     A rule for subdomains only (`*.name` without `name`) has no feed-entry form; it is exported
     as `domain` (the name too): for a mandatory list, blocking a bit more is the safe side.
     """
-    out: list[Entry] = []
+    out: list[FeedEntry] = []
     warnings: list[str] = []
     base = catalog.path.parent
     for source in catalog.sources():
@@ -92,13 +94,13 @@ def catalog_entries(catalog: Catalog) -> tuple[list[Entry], list[str]]:
                 warnings.append(f"{label}:{line}: *.{name} (subdomains only) exported as "
                                 f"{name} and its subdomains")
             etype = "domain-exact" if scope == SCOPE_SELF else "domain"
-            out.append(Entry(f"{label}:{line}", etype, name, (source.category,), "block", True))
+            out.append(FeedEntry(f"{label}:{line}", etype, name, (source.category,), "block", True))
     return out, warnings
 
 
-def merge(entries: Iterable[Entry]) -> list[Entry]:
+def merge(entries: Iterable[FeedEntry]) -> list[FeedEntry]:
     """One entry per name (first id wins); `domain` wins over `domain-exact` (covers more)."""
-    by_value: dict[str, Entry] = {}
+    by_value: dict[str, FeedEntry] = {}
     for e in entries:
         have = by_value.get(e.value)
         if have is None:
@@ -111,14 +113,14 @@ def merge(entries: Iterable[Entry]) -> list[Entry]:
 def build_export(ledger: Path | None, lists_yaml: Path | None, serial: int,
                  origin: str = "rpz.safegate.invalid") -> Export:
     """The zone for a gateway: ledger entries (if the ledger exists) + mandatory list rules."""
-    from_ledger: list[Entry] = []
+    from_ledger: list[FeedEntry] = []
     if ledger is not None and ledger.is_file():
-        db = open_readonly(ledger)
+        led = open_ledger(ledger)
         try:
-            from_ledger = ledger_entries(db)
+            from_ledger = ledger_entries(led)
         finally:
-            db.close()
-    from_lists: list[Entry] = []
+            led.close()
+    from_lists: list[FeedEntry] = []
     warnings: list[str] = []
     if lists_yaml is not None:
         from_lists, warnings = catalog_entries(load_catalog(lists_yaml))

@@ -29,7 +29,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, G
 from prometheus_client.exposition import generate_latest
 
 from gateway.errors import SafeGateError
-from gateway.feedformat.document import Entry, Feed, parse_feed
+from gateway.feedformat.document import Feed, FeedEntry, parse_feed
 from gateway.feedformat.signing import SIGNATURE_HEADER, Verifier
 
 log = logging.getLogger("safegate.probe")
@@ -81,13 +81,13 @@ def classify(msg: dns.message.Message, blockpage: frozenset[str] = frozenset()
     return "allowed", ede, addresses
 
 
-def probe_targets(feed: Feed) -> list[Entry]:
+def probe_targets(feed: Feed) -> list[FeedEntry]:
     """The feed's domain blocks, in id order (what a DNS resolver can be asked about)."""
     return sorted((e for e in feed.entries if e.action == "block" and e.type in PROBED_TYPES),
                   key=lambda e: e.id)
 
 
-def sample(entries: Sequence[Entry], n: int | None, seed: int | None) -> list[Entry]:
+def sample(entries: Sequence[FeedEntry], n: int | None, seed: int | None) -> list[FeedEntry]:
     """A random sample of `n` (all when n is None or larger); reproducible with a seed."""
     if n is None or n >= len(entries):
         return list(entries)
@@ -145,7 +145,7 @@ async def fetch_feed(url: str, verifier: Verifier, timeout: float) -> Feed:
     return feed
 
 
-async def probe_one(entry: Entry, host: str, port: int, timeout: float,
+async def probe_one(entry: FeedEntry, host: str, port: int, timeout: float,
                     blockpage: frozenset[str]) -> ProbeOutcome:
     """One A query with EDNS (so EDE can come back); TCP if the answer is truncated."""
     q = dns.message.make_query(entry.value, "A", use_edns=0, payload=1232)
@@ -161,11 +161,11 @@ async def probe_one(entry: Entry, host: str, port: int, timeout: float,
                         addresses)
 
 
-async def probe_all(entries: Iterable[Entry], host: str, port: int, timeout: float,
+async def probe_all(entries: Iterable[FeedEntry], host: str, port: int, timeout: float,
                     blockpage: frozenset[str]) -> list[ProbeOutcome]:
     sem = asyncio.Semaphore(CONCURRENCY)
 
-    async def bounded(e: Entry) -> ProbeOutcome:
+    async def bounded(e: FeedEntry) -> ProbeOutcome:
         async with sem:
             return await probe_one(e, host, port, timeout, blockpage)
 

@@ -1,7 +1,7 @@
 """Compliance reports: what was received, enforced in time, late or never, from ledger rows.
 
-Pure: the databases are read elsewhere (gateway.cli.report) into EntryRow/StatRow values; this
-module turns them into a Report (report_render.py renders it as CSV, JSON or HTML). The
+Pure: the databases are read elsewhere (gateway.cli.report) into EntryRow/StatTotal values;
+this module turns them into a Report (report_render.py renders it as CSV, JSON or HTML). The
 definitions follow docs/feeds-contract.md: "within deadline" = verified_at <= deadline, "late"
 = verified after it, "never" = not verified by the end of the period (and not removed/refused).
 """
@@ -99,7 +99,7 @@ class EntryRow:
 
 
 @dataclass(frozen=True)
-class StatRow:
+class StatTotal:
     category: str
     tier: str
     queries: int
@@ -143,7 +143,7 @@ class Section:
     latency: Latency
     latency_by_category: dict[str, Latency]
     probes: dict[str, int]
-    stats: tuple[StatRow, ...]
+    stats: tuple[StatTotal, ...]
 
 
 @dataclass(frozen=True)
@@ -195,7 +195,7 @@ def count(entries: Iterable[ReportEntry]) -> Counts:
 
 
 def build_section(name: str, rows: Iterable[EntryRow], period: Period,
-                  probes: Mapping[str, int], stats: Iterable[StatRow]) -> Section:
+                  probes: Mapping[str, int], stats: Iterable[StatTotal]) -> Section:
     """Classify `rows` (already limited to the period) and aggregate them."""
     entries = []
     for row in sorted(rows, key=lambda r: (r.issued_at, r.id, r.gateway)):
@@ -224,14 +224,14 @@ def build_section(name: str, rows: Iterable[EntryRow], period: Period,
     )
 
 
-def sum_stats(stats: Iterable[StatRow]) -> tuple[StatRow, ...]:
+def sum_stats(stats: Iterable[StatTotal]) -> tuple[StatTotal, ...]:
     """Hourly rows summed per (category, tier), sorted."""
     acc: dict[tuple[str, str], list[int]] = {}
     for s in stats:
         pair = acc.setdefault((s.category, s.tier), [0, 0])
         pair[0] += s.queries
         pair[1] += s.blocked
-    return tuple(StatRow(c, t, q, b) for (c, t), (q, b) in sorted(acc.items()))
+    return tuple(StatTotal(c, t, q, b) for (c, t), (q, b) in sorted(acc.items()))
 
 
 def build_total(sections: Sequence[Section], period: Period) -> Section:

@@ -47,7 +47,7 @@ class LegalBasis:
 
 
 @dataclass(frozen=True, slots=True)
-class Entry:
+class FeedEntry:
     """One blocking request, as the authority issued it. (Slots: a national feed holds 100k+
     of these in every gateway, a Raspberry Pi among them.)"""
 
@@ -80,7 +80,7 @@ class Feed:
 
     serial: int
     generated_at: str
-    entries: tuple[Entry, ...] = ()
+    entries: tuple[FeedEntry, ...] = ()
     removed: tuple[str, ...] = ()
     since: int | None = None
     extra: dict[str, Any] = field(default_factory=dict, compare=False)
@@ -148,7 +148,7 @@ def normalize_value(entry_type: str, value: str) -> str:
     raise ValueError(f"unknown type {entry_type!r} (expected one of {', '.join(ENTRY_TYPES)})")
 
 
-def make_entry(raw: dict[str, Any]) -> Entry:
+def make_entry(raw: dict[str, Any]) -> FeedEntry:
     """Validate one entry object; raises FeedError naming the entry and the problem."""
     rid = raw.get("id")
     if not isinstance(rid, str) or not _ID.fullmatch(rid):
@@ -207,7 +207,7 @@ def make_entry(raw: dict[str, Any]) -> Entry:
             raise FeedError(f"{where}: {label} must be an ISO 8601 time with timezone") from None
     # One decision orders many entries: equal legal bases, category tuples and timestamps are
     # shared objects, not one copy per entry (a 100k-entry feed on a Pi).
-    return Entry(rid, sys.intern(etype), value, _categories(tuple(cats)), sys.intern(action),
+    return FeedEntry(rid, sys.intern(etype), value, _categories(tuple(cats)), sys.intern(action),
                  mandatory, legal, sys.intern(issued), deadline)
 
 
@@ -245,7 +245,7 @@ def parse_feed(data: bytes) -> Feed:
     raw_entries = doc.get("entries")
     if not isinstance(raw_entries, list):
         raise FeedError("entries must be a list")
-    entries: list[Entry] = []
+    entries: list[FeedEntry] = []
     removed: list[str] = []
     seen: set[str] = set()
     for raw in raw_entries:
@@ -269,7 +269,7 @@ def parse_feed(data: bytes) -> Feed:
     return Feed(serial, str(generated), tuple(entries), tuple(removed), since, extra)
 
 
-def apply_diff(current: dict[str, Entry], feed: Feed) -> dict[str, Entry]:
+def apply_diff(current: dict[str, FeedEntry], feed: Feed) -> dict[str, FeedEntry]:
     """The entry set after applying `feed` (a full snapshot replaces everything)."""
     if not feed.is_diff:
         return {e.id: e for e in feed.entries}

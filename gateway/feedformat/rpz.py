@@ -4,14 +4,14 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from gateway.feedformat.document import Entry
+from gateway.feedformat.document import FeedEntry
 from gateway.util.names import normalize_name
 
 RPZ_TTL = 300
 _MAX_NAME = 253
 
 
-def to_rpz(entries: Iterable[Entry], origin: str = "rpz.safegate.invalid",
+def to_rpz(entries: Iterable[FeedEntry], origin: str = "rpz.safegate.invalid",
            serial: int = 0) -> str:
     """A zone file: `name CNAME .` (NXDOMAIN), plus `*.name` for `domain` entries.
 

@@ -15,8 +15,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from gateway.feedformat.document import Entry, LegalBasis, parse_time
-from gateway.util.outbox import ACK_ENTRIES, AckTarget, ack_entry, enqueue, iso
+from gateway.feedformat.document import FeedEntry, LegalBasis, parse_time
+from gateway.feedformat.stats import StatRow
+from gateway.feeds import acks
+from gateway.feeds.acks import ACK_ENTRIES, AckTarget, ack_entry, enqueue
 from gateway.util.sqlite import open_db
 
 SCHEMA = """
@@ -33,9 +35,6 @@ CREATE TABLE IF NOT EXISTS entries (
   PRIMARY KEY (feed, entry_id));
 CREATE TABLE IF NOT EXISTS probes (ts REAL NOT NULL, feed TEXT NOT NULL, entry_id TEXT NOT NULL,
                      result TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS outbox (id INTEGER PRIMARY KEY AUTOINCREMENT, created REAL NOT NULL,
-                     url TEXT NOT NULL, body TEXT NOT NULL,
-                     attempts INTEGER NOT NULL DEFAULT 0, next_attempt REAL NOT NULL);
 CREATE TABLE IF NOT EXISTS stats_hourly (hour INTEGER NOT NULL, category TEXT NOT NULL,
                            tier TEXT NOT NULL,
                            queries INTEGER NOT NULL, blocked INTEGER NOT NULL,
@@ -66,6 +65,9 @@ class LedgerEntry:
     removed_at: float | None
     outcome: str
     probe_failures: int
+    authority: str | None = None        # the legal basis, when the feed gave one
+    decision: str | None = None
+    decision_date: str | None = None
 
     @property
     def enforced_at_dns(self) -> bool:
@@ -98,7 +100,7 @@ class Ledger:
         self.path = path
         self.clock = clock
         self.listeners: list[Callable[[], None]] = []   # told when an ack is enqueued
-        self.conn = open_db(path, SCHEMA, readonly=readonly, timeout=5.0)
+        self.conn = open_db(path, SCHEMA + acks.SCHEMA, readonly=readonly, timeout=5.0)
 
     def close(self) -> None:
         self.conn.close()
@@ -148,7 +150,7 @@ class Ledger:
                 out[row["entry_id"]] = _entry(row)
         return out
 
-    def record(self, feed: str, serial: int, upserts: Iterable[tuple[Entry, str]],
+    def record(self, feed: str, serial: int, upserts: Iterable[tuple[FeedEntry, str]],
                removed: Iterable[str], received_at: float, applied_at: float | None,
                ack: AckTarget | None, force_ack: bool = False) -> list[str]:
         """Store an applied update; returns the ids whose state changed.
@@ -167,7 +169,7 @@ class Ledger:
             self._notify()
         return changed
 
-    async def record_async(self, feed: str, serial: int, upserts: Sequence[tuple[Entry, str]],
+    async def record_async(self, feed: str, serial: int, upserts: Sequence[tuple[FeedEntry, str]],
                            removed: Sequence[str], received_at: float,
                            applied_at: float | None, ack: AckTarget | None,
                            force_ack: bool = False, chunk: int = RECORD_CHUNK) -> list[str]:
@@ -177,7 +179,7 @@ class Ledger:
         seconds; a crash half-way is repaired at start-up, which records the stored copy again.
         """
         changed: list[str] = []
-        parts: list[tuple[list[tuple[Entry, str]], list[str]]] = [
+        parts: list[tuple[list[tuple[FeedEntry, str]], list[str]]] = [
             (list(upserts[i:i + chunk]), []) for i in range(0, len(upserts), chunk)]
         parts += [([], list(removed[i:i + chunk])) for i in range(0, len(removed), chunk)]
         for n, (ups, rms) in enumerate(parts or [([], [])]):
@@ -196,7 +198,7 @@ class Ledger:
         return changed
 
     def _record_part(self, c: sqlite3.Connection, feed: str, serial: int,
-                     upserts: list[tuple[Entry, str]], removed: list[str], received_at: float,
+                     upserts: list[tuple[FeedEntry, str]], removed: list[str], received_at: float,
                      applied_at: float | None) -> list[str]:
         changed: list[str] = []
         olds = self.rows(feed, (e.id for e, _ in upserts))
@@ -310,6 +312,31 @@ class Ledger:
                                  "GROUP BY outcome", (feed,))
         return {r[0]: r[1] for r in rows}
 
+    # ------------------------------------------------------------------ compliance reads
+
+    def all_entries(self) -> list[LedgerEntry]:
+        """Every recorded entry of every feed (the compliance report filters by period)."""
+        return [_entry(r) for r in self.conn.execute(
+            "SELECT * FROM entries ORDER BY feed, entry_id")]
+
+    def mandatory_in_force(self) -> list[LedgerEntry]:
+        """Mandatory entries the gateway holds: not removed and not refused by the guard."""
+        return [_entry(r) for r in self.conn.execute(
+            "SELECT * FROM entries WHERE mandatory = 1 AND outcome NOT IN ('removed', 'refused') "
+            "AND removed_at IS NULL ORDER BY entry_id")]
+
+    def probe_failures(self, start: float, end: float) -> dict[str, int]:
+        """Probes in [start, end) that did not see their entry blocked, by result."""
+        return {r[0]: r[1] for r in self.conn.execute(
+            "SELECT result, COUNT(*) FROM probes WHERE ts >= ? AND ts < ? AND "
+            "result != 'blocked' GROUP BY result", (start, end))}
+
+    def stat_totals(self, start: float, end: float) -> list[tuple[str, str, int, int]]:
+        """(category, tier, queries, blocked) summed over the hours in [start, end)."""
+        return [(c, t, int(q), int(b)) for c, t, q, b in self.conn.execute(
+            "SELECT category, tier, SUM(queries), SUM(blocked) FROM stats_hourly "
+            "WHERE hour >= ? AND hour < ? GROUP BY category, tier", (start, end))]
+
     def probe_counts(self) -> dict[str, int]:
         out = {"blocked": 0, "not_blocked": 0, "error": 0}
         for r in self.conn.execute("SELECT result, COUNT(*) FROM probes GROUP BY result"):
@@ -332,8 +359,7 @@ class Ledger:
     def stats_for(self, hour: int) -> list[dict[str, Any]]:
         rows = self.conn.execute("SELECT category, tier, queries, blocked FROM stats_hourly "
                                  "WHERE hour=? ORDER BY category, tier", (hour,))
-        return [{"hour": iso(hour), "category": r[0], "tier": r[1], "queries": r[2],
-                 "blocked": r[3]} for r in rows]
+        return [StatRow(hour, r[0], r[1], r[2], r[3]).to_json() for r in rows]
 
     def enqueue_stats(self, hour: int, targets: Iterable[tuple[AckTarget, int]]) -> None:
         """A stats-only ack per target (target, its feed's serial), in one transaction."""
@@ -354,7 +380,7 @@ class Ledger:
             c.execute("DELETE FROM stats_hourly WHERE hour < ?", (now - stats_days * 86400,))
 
     def outbox_pending(self) -> int:
-        return int(self.conn.execute("SELECT COUNT(*) FROM outbox").fetchone()[0])
+        return acks.pending_count(self.conn)
 
 
 def _entry(row: sqlite3.Row) -> LedgerEntry:
@@ -362,10 +388,11 @@ def _entry(row: sqlite3.Row) -> LedgerEntry:
         row["feed"], row["entry_id"], row["type"], row["value"],
         tuple(c for c in row["categories"].split(",") if c), bool(row["mandatory"]),
         row["serial"], row["issued_at"], row["deadline"], row["received_at"], row["applied_at"],
-        row["verified_at"], row["removed_at"], row["outcome"], row["probe_failures"])
+        row["verified_at"], row["removed_at"], row["outcome"], row["probe_failures"],
+        row["authority"], row["decision"], row["decision_date"])
 
 
-def _same(old: LedgerEntry, entry: Entry) -> bool:
+def _same(old: LedgerEntry, entry: FeedEntry) -> bool:
     return (old.type, old.value, old.categories, old.mandatory, old.deadline) == (
         entry.type, entry.value, entry.categories, entry.mandatory, _ts(entry.deadline))
 

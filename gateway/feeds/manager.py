@@ -11,21 +11,21 @@ import contextlib
 import heapq
 import logging
 import time
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 import aiohttp
 from prometheus_client import CollectorRegistry
 
-from gateway.compliance.selfprobe import ProbeResult
 from gateway.config.gateway import GatewayConfig
-from gateway.dns.stats import DnsStats
-from gateway.feeds.client import FeedClient, OverlayTarget, held_paths
+from gateway.feeds.acks import AckSender, AckTarget, acks_url
+from gateway.feeds.client import FeedClient
+from gateway.feeds.context import OverlayTarget
+from gateway.feeds.hold import held_paths
 from gateway.feeds.ledger import Ledger, LedgerEntry, ProbeRecord
-from gateway.feeds.stats import FeedMetrics, HourlyStats
-from gateway.runtime.state import Loaded
-from gateway.util.outbox import AckTarget, OutboxSender, acks_url
+from gateway.feeds.stats import FeedMetrics, HourlyStats, QueryCounts
 
 log = logging.getLogger(__name__)
 
@@ -39,15 +39,49 @@ PROBE_BATCH = 256            # due probes stored per ledger transaction
 PROBE_YIELD_EVERY = 32       # probes between turns given to the event loop
 
 
+class NetworkAnswer(Protocol):
+    """What one network's probe saw (compliance.selfprobe's NetworkProbe)."""
+
+    @property
+    def network(self) -> str: ...
+    @property
+    def blocked(self) -> bool: ...
+
+
+class SelfProbeOutcome(Protocol):
+    """One self-probe of a name from every network (compliance.selfprobe's ProbeResult)."""
+
+    @property
+    def results(self) -> Sequence[NetworkAnswer]: ...
+    @property
+    def blocked(self) -> bool: ...
+
+
+class BlockedCategories(Protocol):
+    """A network's profile, as far as verification cares: which categories it blocks."""
+
+    @property
+    def blocked(self) -> AbstractSet[str]: ...
+
+
+class PolicyInForce(Protocol):
+    """The configuration being served (runtime's Loaded): its profiles by network name."""
+
+    @property
+    def profiles(self) -> Mapping[str, BlockedCategories]: ...
+
+
 class GatewayLike(OverlayTarget, Protocol):
     """What the manager needs from the running Gateway."""
 
-    loaded: Loaded | None
+    @property
+    def loaded(self) -> PolicyInForce | None: ...
 
-    async def probe(self, name: str) -> ProbeResult: ...
+    async def probe(self, name: str) -> SelfProbeOutcome: ...
 
 
-def probe_verdict(result: ProbeResult, entry: LedgerEntry, loaded: Loaded | None) -> str | None:
+def probe_verdict(result: SelfProbeOutcome, entry: LedgerEntry, loaded: PolicyInForce | None
+                  ) -> str | None:
     """blocked | not_blocked | error, or None when no network is expected to block it.
 
     A mandatory entry must be blocked from every network; a policy entry only from the
@@ -209,7 +243,7 @@ class FeedManager:
     """Owns every feed's background task; start() applies last-known-good copies first."""
 
     def __init__(self, config: GatewayConfig, gateway: GatewayLike, registry: CollectorRegistry,
-                 dns_stats: DnsStats | None = None,
+                 dns_stats: QueryCounts | None = None,
                  session: aiohttp.ClientSession | None = None,
                  clock: Callable[[], float] = time.time,
                  sleep: Callable[[float], Awaitable[None]] | None = None,
@@ -225,7 +259,7 @@ class FeedManager:
         self._own_session = session is None
         self.ledger = Ledger(config.state_dir / "ledger.sqlite3", clock)
         self.clients: dict[str, FeedClient] = {}
-        self.senders: list[OutboxSender] = []
+        self.senders: list[AckSender] = []
         self.tasks: list[asyncio.Task[Any]] = []
         self.stats: HourlyStats | None = None
         self.prober: Prober | None = None
@@ -257,8 +291,9 @@ class FeedManager:
             client.load_local()
             target = acks[f.name]
             if target is not None:
-                self.senders.append(OutboxSender(self.ledger, target, cfg.gateway_token,
-                                                 self.session, self.metrics, self.clock))
+                self.senders.append(AckSender(self.ledger, target, cfg.gateway_token,
+                                              self.session, self.metrics.outbox_pending,
+                                              self.clock))
         # Entries applied before a restart but never verified are probed again now.
         for name in self.clients:
             self.prober.schedule(name, [e for e in self.ledger.entries(name)

@@ -7,24 +7,31 @@ and tier, how many queries and how many were blocked. Never a client address or 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Mapping
+from typing import Protocol
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-from gateway.dns.stats import DnsStats
-
-if TYPE_CHECKING:
-    from gateway.feeds.ledger import Ledger
+from gateway.feedformat.stats import HOUR, LATENCY_BUCKETS, PROBE_RESULTS, hour_of
 
 log = logging.getLogger(__name__)
 
-LATENCY_BUCKETS = (1, 2, 5, 10, 30, 60, 120, 300, 600, 1800, 3600, 7200, 21600, 43200, 86400,
-                   172800)
 REJECT_REASONS = ("unsigned", "bad_signature", "truncated", "malformed", "old_serial", "guard",
                   "http", "too_big", "not_modified", "stale")
-PROBE_RESULTS = ("blocked", "not_blocked", "error")
-HOUR = 3600
+
+
+class QueryCounts(Protocol):
+    """The DNS path's counters (runtime's DnsStats): queries by (action, category, tier,
+    protocol), only ever growing within a process."""
+
+    @property
+    def queries(self) -> Mapping[tuple[str, str, str, str], int]: ...
+
+
+class StatsSink(Protocol):
+    """Where closed hours go (the ledger's stats_hourly)."""
+
+    def add_stats(self, hour: int, delta: dict[tuple[str, str], tuple[int, int]]) -> None: ...
 
 
 class FeedMetrics:
@@ -95,18 +102,14 @@ class FeedMetrics:
         self._categories[feed] = self._categories.get(feed, set()) | set(by_category)
 
 
-def hour_of(ts: float) -> int:
-    return int(ts // HOUR * HOUR)
-
-
 class HourlyStats:
-    """Turns DnsStats' ever-growing counters into per-hour deltas stored in stats_hourly.
+    """Turns the DNS path's ever-growing counters into per-hour deltas stored in stats_hourly.
 
     Counters only grow within a process, so a delta needs only the previous snapshot; the
     partial hour is flushed on stop and added to (not replacing) the stored row on restart.
     """
 
-    def __init__(self, dns: DnsStats, ledger: Ledger, clock: Callable[[], float],
+    def __init__(self, dns: QueryCounts, ledger: StatsSink, clock: Callable[[], float],
                  on_hour: Callable[[int], None] | None = None) -> None:
         self.dns = dns
         self.ledger = ledger

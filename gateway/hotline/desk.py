@@ -13,16 +13,16 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+from gateway.feedformat.hotline import HotlineReport, ReportError, from_form
 from gateway.hotline.guard import CsrfTokens, RateLimiter, SpentTokens
 from gateway.hotline.metrics import ReportMetrics
-from gateway.hotline.model import Report, ReportError, from_form
 from gateway.hotline.store import ReportStore
 
 
 @dataclass(frozen=True)
 class Outcome:
     status: str                 # stored | csrf | reused | rate_limited | invalid
-    report: Report | None = None
+    report: HotlineReport | None = None
     error: str = ""
 
 

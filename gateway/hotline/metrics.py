@@ -6,7 +6,7 @@ from collections.abc import Callable
 
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
-from gateway.hotline.model import KINDS
+from gateway.feedformat.hotline import KINDS
 
 # csrf: no token, a forged or expired one, or one issued to another address; reused: a token
 # already spent (single use); rate_limited: limits.reports.per_v4_24 / per_v6_56 reached.

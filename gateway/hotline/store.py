@@ -14,7 +14,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from gateway.hotline.model import Report
+from gateway.feedformat.hotline import HotlineReport
 from gateway.util.sqlite import open_db
 
 FILENAME = "reports.sqlite3"
@@ -39,7 +39,7 @@ _COLUMNS = "id, kind, target, category, entry_id, comment, contact, created_at, 
 class Pending:
     """One outbox row: a report still owed to one target."""
 
-    report: Report
+    report: HotlineReport
     url: str
     attempts: int
     next_attempt: float
@@ -47,7 +47,7 @@ class Pending:
 
 @dataclass(frozen=True)
 class StoredReport:
-    report: Report
+    report: HotlineReport
     delivered: tuple[str, ...]   # targets that acknowledged it
     pending: tuple[str, ...]     # targets still owed it
 
@@ -68,7 +68,7 @@ class ReportStore:
     def close(self) -> None:
         self.conn.close()
 
-    def add(self, report: Report, targets: Sequence[str]) -> bool:
+    def add(self, report: HotlineReport, targets: Sequence[str]) -> bool:
         """Store a report and owe it to every target; False if its id was already stored."""
         now = self.clock()
         with self.conn as c:
@@ -125,11 +125,11 @@ class ReportStore:
                              tuple(owed.get(r["id"], ()))) for r in rows]
 
 
-def _values(report: Report) -> tuple[str, ...]:
+def _values(report: HotlineReport) -> tuple[str, ...]:
     return (report.id, report.kind, report.target, report.category, report.entry_id,
             report.comment, report.contact, report.created_at, report.gateway)
 
 
-def _report(row: sqlite3.Row) -> Report:
-    return Report(row["id"], row["kind"], row["target"], row["category"], row["entry_id"],
+def _report(row: sqlite3.Row) -> HotlineReport:
+    return HotlineReport(row["id"], row["kind"], row["target"], row["category"], row["entry_id"],
                   row["comment"], row["contact"], row["created_at"], row["gateway"])

@@ -22,7 +22,7 @@ from mitmproxy.proxy.mode_specs import ReverseMode
 from gateway.proxy.metrics import ProxyMetrics
 from gateway.proxy.page import PLACEHOLDER_GIF, BlockPages
 from gateway.proxy.resolve import ResolveError, UpstreamResolver
-from gateway.proxy.rules import REPLACED, Rules, Verdict
+from gateway.proxy.rules import REPLACED, Rules, UrlVerdict
 from gateway.proxy.scan import Scanner, is_image
 
 if TYPE_CHECKING:
@@ -169,7 +169,7 @@ class SafeGateAddon:
             self.on_match(_target(flow), found)
 
 
-def _restrict(req: http.Request, verdict: Verdict) -> None:
+def _restrict(req: http.Request, verdict: UrlVerdict) -> None:
     """Restricted modes: headers the service honours, query parameters it honours."""
     for name, value in verdict.headers:
         req.headers[name] = value

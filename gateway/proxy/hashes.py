@@ -33,7 +33,7 @@ from PIL import Image
 if TYPE_CHECKING:
     from numpy.typing import NDArray
 
-    from gateway.feedformat.document import Entry
+    from gateway.feedformat.document import FeedEntry
 
 SHA256, PDQ = "sha256", "pdq"
 HASH_TYPES = (SHA256, PDQ)
@@ -102,7 +102,7 @@ def _preferred(a: HashEntry, b: HashEntry) -> HashEntry:
     return min(a, b, key=lambda e: (not e.mandatory, e.id))
 
 
-def entries_from_feed_entries(entries: Iterable[Entry]) -> list[HashEntry]:
+def entries_from_feed_entries(entries: Iterable[FeedEntry]) -> list[HashEntry]:
     """The `sha256`/`pdq` block entries of a feed, with their first (primary) category."""
     return [HashEntry(e.id, e.type, e.value, e.categories[0], e.mandatory)
             for e in entries

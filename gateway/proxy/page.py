@@ -11,7 +11,7 @@ from gateway.blockpage.model import BlockInfo
 from gateway.blockpage.page import render_block
 from gateway.config.addresses import format_address
 from gateway.config.gateway import GatewayConfig
-from gateway.proxy.rules import LEGAL, Verdict
+from gateway.proxy.rules import LEGAL, UrlVerdict
 
 # A 1x1 transparent GIF: what a browser gets instead of an image that matched a hash entry.
 PLACEHOLDER_GIF = (b"GIF89a\x01\x00\x01\x00\x80\x00\x00\x00\x00\x00\x00\x00\x00!\xf9\x04\x01"
@@ -26,7 +26,7 @@ def report_url(config: GatewayConfig) -> str:
 
 
 class BlockPages:
-    """Renders a Verdict for a URL; clock and CSRF minting (address, now) are passed in."""
+    """Renders a UrlVerdict for a URL; clock and CSRF minting (address, now) are passed in."""
 
     def __init__(self, config: GatewayConfig, csrf: Callable[[str, float], str] | None = None,
                  clock: Callable[[], float] = time.time) -> None:
@@ -35,7 +35,7 @@ class BlockPages:
         self.csrf = csrf
         self.clock = clock
 
-    def render(self, verdict: Verdict, target: str, tier: str, headers: Mapping[str, str],
+    def render(self, verdict: UrlVerdict, target: str, tier: str, headers: Mapping[str, str],
                client: str = "") -> tuple[int, dict[str, str], bytes]:
         """The page for `client` (its address: the report form's token is bound to it)."""
         entry = verdict.entry

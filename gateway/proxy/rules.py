@@ -14,7 +14,7 @@ from gateway.policy.netindex import PrefixMap
 from gateway.proxy.urls import UrlEntry, UrlIndex, host_key, request_key
 
 if TYPE_CHECKING:
-    from gateway.feedformat.document import Entry
+    from gateway.feedformat.document import FeedEntry
 
 # Actions: the values of safegate_proxy_requests_total{action}.
 ALLOWED, BLOCKED, LEGAL, RESTRICTED, REPLACED = (
@@ -34,7 +34,7 @@ class ClientTier:
 
 
 @dataclass(frozen=True)
-class Verdict:
+class UrlVerdict:
     """What one request gets: `action` is a metric label; `entry` the URL entry that decided."""
 
     action: str
@@ -52,7 +52,7 @@ class Rules:
     clients: PrefixMap[ClientTier] = field(default_factory=lambda: PrefixMap(()))
     restrict: Mapping[str, str] = field(default_factory=dict)   # host -> youtube | google
     scan_hosts: frozenset[str] = frozenset()                   # image-hash scanned scopes
-    hash_entries: tuple[Entry, ...] = ()                       # sha256/pdq feed entries
+    hash_entries: tuple[FeedEntry, ...] = ()                       # sha256/pdq feed entries
     generation: int = 0
 
     def tier_of(self, address: str) -> ClientTier | None:
@@ -72,33 +72,33 @@ class Rules:
         return name in self.restrict and tier is not None and tier.safesearch != "off"
 
     def decide(self, tier: ClientTier, host: str, port: int | None,
-               path_and_query: str) -> Verdict:
+               path_and_query: str) -> UrlVerdict:
         """URL entries first (mandatory, then the tier's categories), then restricted modes."""
         try:
             key = request_key(host, port, path_and_query)
         except ValueError:
-            return Verdict(ALLOWED)
+            return UrlVerdict(ALLOWED)
         matches = self.urls.match(key)
         for entry in matches:
             if entry.mandatory:
-                return Verdict(LEGAL, entry, entry.categories[0])
+                return UrlVerdict(LEGAL, entry, entry.categories[0])
         for entry in matches:
             for category in entry.categories:
                 if category in tier.blocked:
-                    return Verdict(BLOCKED, entry, category)
+                    return UrlVerdict(BLOCKED, entry, category)
         return restricted_mode(self.restrict.get(host.lower().rstrip(".")), tier.safesearch,
                                key.path)
 
 
-def restricted_mode(service: str | None, mode: str, path: str) -> Verdict:
+def restricted_mode(service: str | None, mode: str, path: str) -> UrlVerdict:
     """YouTube's documented header, Google's `safe=active` on searches; else allowed."""
     if service is None or mode == "off":
-        return Verdict(ALLOWED)
+        return UrlVerdict(ALLOWED)
     if service == YOUTUBE:
-        return Verdict(RESTRICTED, headers=((YOUTUBE_HEADER, mode.capitalize()),))
+        return UrlVerdict(RESTRICTED, headers=((YOUTUBE_HEADER, mode.capitalize()),))
     if service == GOOGLE and path.startswith("/search"):
-        return Verdict(RESTRICTED, query=(("safe", "active"),))
-    return Verdict(ALLOWED)
+        return UrlVerdict(RESTRICTED, query=(("safe", "active"),))
+    return UrlVerdict(ALLOWED)
 
 
 def _suffix_in(host: str, names: frozenset[str]) -> bool:

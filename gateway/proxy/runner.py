@@ -76,7 +76,7 @@ class ProxyProcess:
         self.config_path = config_path
         self.registry = registry or CollectorRegistry()
         self.metrics = ProxyMetrics(self.registry)
-        self.loaded: sources.Loaded | None = None
+        self.loaded: sources.ProxyState | None = None
         self.addon: SafeGateAddon | None = None
         self.master: DumpMaster | None = None
         self.reports: ReportStore | None = None
@@ -100,7 +100,7 @@ class ProxyProcess:
             state_dir, hosts, why = self._intercept
             write_intercept_file(state_dir, hosts, why)
 
-    async def build(self) -> tuple[sources.Loaded, HashIndex | None]:
+    async def build(self) -> tuple[sources.ProxyState, HashIndex | None]:
         """Build aside (a worker thread): lists, feeds, policies, the hash index."""
         self._generation += 1
         loaded = await asyncio.to_thread(sources.build, self.config_path, self._generation)
@@ -108,7 +108,7 @@ class ProxyProcess:
                                         loaded.config.proxy.max_image_bytes)
         return loaded, index
 
-    def install(self, loaded: sources.Loaded, index: HashIndex | None) -> None:
+    def install(self, loaded: sources.ProxyState, index: HashIndex | None) -> None:
         """Swap the rules in and publish the intercept set for the resolver's DNS steering."""
         if self.addon is not None:
             self.addon.swap(loaded.rules, index)
@@ -165,7 +165,7 @@ class ProxyProcess:
         log.warning("image matched %s entry %s; replaced", match.type, match.entry.id)
         if self.reports is None or self.loaded is None:
             return
-        from gateway.hotline.model import KINDS, MAX_TARGET, from_form
+        from gateway.feedformat.hotline import KINDS, MAX_TARGET, from_form
 
         cfg = self.loaded.config
         form = {"kind": "match", "target": url[:MAX_TARGET], "category": match.entry.category,

@@ -12,13 +12,13 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from gateway.feedformat.document import Entry
+    from gateway.feedformat.document import FeedEntry
     from gateway.proxy.hashes import HashIndex, HashMatch
 
 log = logging.getLogger(__name__)
 
 
-def build_index(entries: Sequence[Entry], max_bytes: int) -> HashIndex | None:
+def build_index(entries: Sequence[FeedEntry], max_bytes: int) -> HashIndex | None:
     """The index over the feeds' sha256/pdq entries; None when there are none."""
     if not entries or max_bytes < 1:
         return None

@@ -17,7 +17,7 @@ from prometheus_client import CollectorRegistry
 from gateway.config.checks import check_files
 from gateway.config.gateway import GatewayConfig, load_config
 from gateway.config.limits import FileLimits
-from gateway.feedformat.document import Entry
+from gateway.feedformat.document import FeedEntry
 from gateway.lists.catalog import LIST_BYTES_KEY, Catalog, Source, load_catalog
 from gateway.lists.overlay import Overlay
 from gateway.policy.netindex import PrefixMap
@@ -35,7 +35,7 @@ MAX_SKIPPED_LOGGED = 20
 
 
 @dataclass
-class Loaded:
+class ProxyState:
     """A built rule set and what it was built from (to know when to rebuild)."""
 
     config: GatewayConfig
@@ -52,7 +52,7 @@ class _NoTarget:
         return 0
 
 
-def feed_entries(config: GatewayConfig) -> dict[str, list[Entry]]:
+def feed_entries(config: GatewayConfig) -> dict[str, list[FeedEntry]]:
     """Per signed feed, the entries of its verified last-known-good copy (block actions only).
 
     A throwaway FeedClient (in-memory ledger, private metrics) does the loading, so the
@@ -62,7 +62,7 @@ def feed_entries(config: GatewayConfig) -> dict[str, list[Entry]]:
     from gateway.feeds.ledger import Ledger
     from gateway.feeds.stats import FeedMetrics
 
-    out: dict[str, list[Entry]] = {}
+    out: dict[str, list[FeedEntry]] = {}
     ledger = Ledger(Path(":memory:"))
     try:
         for cfg in config.feeds:
@@ -109,7 +109,7 @@ def url_list_entries(source: Source, max_bytes: int = FileLimits.list_bytes
     return out, skipped
 
 
-def url_feed_entries(feed: str, entries: Iterable[Entry]) -> list[tuple[UrlKey, UrlEntry]]:
+def url_feed_entries(feed: str, entries: Iterable[FeedEntry]) -> list[tuple[UrlKey, UrlEntry]]:
     """A feed's `url` entries as index items (values were validated by the feed parser)."""
     out: list[tuple[UrlKey, UrlEntry]] = []
     for e in entries:
@@ -145,7 +145,7 @@ def restrict_hosts(config: GatewayConfig) -> dict[str, str]:
     return out
 
 
-def build(config_path: Path, generation: int = 0) -> Loaded:
+def build(config_path: Path, generation: int = 0) -> ProxyState:
     """Load everything and build the Rules; raises ConfigError (file:line) on a bad file."""
     config = load_config(config_path)
     check_files(config)
@@ -158,7 +158,7 @@ def build(config_path: Path, generation: int = 0) -> Loaded:
         found, bad = url_list_entries(source, catalog.list_bytes)
         items.extend(found)
         skipped += bad
-    hashes: list[Entry] = []
+    hashes: list[FeedEntry] = []
     for feed, entries in feed_entries(config).items():
         items.extend(url_feed_entries(feed, entries))
         hashes.extend(e for e in entries if e.type in HASH_TYPES)
@@ -167,16 +167,16 @@ def build(config_path: Path, generation: int = 0) -> Loaded:
                   frozenset(config.proxy.scan_hosts), tuple(hashes), generation)
     watched = [config.path, *config.policies, *policy_files(config.policies), *catalog.files(),
                *feed_files(config)]
-    return Loaded(config, rules, tiers, watched, skipped)
+    return ProxyState(config, rules, tiers, watched, skipped)
 
 
-def watch_state(loaded: Loaded) -> Fingerprint:
+def watch_state(loaded: ProxyState) -> Fingerprint:
     """What a rebuild depends on; feed directories included (a new diff changes their mtime)."""
     return fingerprint(loaded.watched)
 
 
-def intercept_set(loaded: Loaded) -> list[str]:
+def intercept_set(loaded: ProxyState) -> list[str]:
     return rules_intercept_hosts(loaded.rules, loaded.tiers)
 
 
-__all__ = ["Loaded", "build", "feed_entries", "intercept_set"]
+__all__ = ["ProxyState", "build", "feed_entries", "intercept_set"]

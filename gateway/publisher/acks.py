@@ -3,21 +3,22 @@
 from __future__ import annotations
 
 import json
-import re
-from datetime import UTC, datetime
 from typing import Any
 
 from gateway.errors import SafeGateError
 from gateway.feedformat.document import parse_time
-from gateway.publisher.store import PROBE_RESULTS, Ack, AckEntry, StatRow, Store
+from gateway.feedformat.stats import (
+    PROBE_RESULTS,
+    StatFormatError,
+    StatRow,
+    is_count,
+    parse_stat_row,
+)
+from gateway.publisher.store import Ack, AckEntry, Store
 
 # safegate_publisher_acks_rejected_total{reason}
 REJECT_REASONS = ("malformed", "too_large", "future_serial", "unknown_entries")
 OUTCOMES = ("received", "verified", "applied", "failed", "refused", "removed")
-# Category and tier become metric label values: bounded in length; their number is bounded by
-# the gateway's policy. Not stricter: tier names are free-form policy keys, and a 400 would stall
-# the gateway's outbox on this ack.
-_LABEL = re.compile(r"[^\x00-\x1f\x7f]{1,63}")
 
 
 class AckError(SafeGateError):
@@ -43,7 +44,7 @@ def parse_ack(body: bytes) -> Ack:
     if not isinstance(doc.get("feed", ""), str):
         raise AckError("feed must be a string")
     serial = doc.get("serial")
-    if not isinstance(serial, int) or not _count(serial):
+    if not isinstance(serial, int) or not is_count(serial):
         raise AckError("serial must be a non-negative integer")
     entries = tuple(_entry(i, e) for i, e in enumerate(_list(doc, "entries")))
     stats = tuple(_stat(i, s) for i, s in enumerate(_list(doc, "stats")))
@@ -52,7 +53,7 @@ def parse_ack(body: bytes) -> Ack:
         raise AckError("probes must be an object")
     probes: dict[str, int] = {}
     for key, n in probes_raw.items():
-        if key not in PROBE_RESULTS or not _count(n):
+        if key not in PROBE_RESULTS or not is_count(n):
             raise AckError(f"probes: {key!r} must be one of {', '.join(PROBE_RESULTS)} with a "
                            "non-negative count")
         probes[key] = n
@@ -83,10 +84,6 @@ def _list(doc: dict[str, Any], key: str) -> list[Any]:
     return value
 
 
-def _count(n: Any) -> bool:
-    return isinstance(n, int) and not isinstance(n, bool) and n >= 0
-
-
 def _time(value: Any, what: str) -> float | None:
     if value is None:
         return None
@@ -109,24 +106,7 @@ def _entry(i: int, raw: Any) -> AckEntry:
 
 
 def _stat(i: int, raw: Any) -> StatRow:
-    where = f"stats[{i}]"
-    if not isinstance(raw, dict):
-        raise AckError(f"{where} must be an object")
-    hour = _time(raw.get("hour"), f"{where}: hour")
-    if hour is None:
-        raise AckError(f"{where}: hour is required")
-    for key in ("category", "tier"):
-        if not isinstance(raw.get(key), str) or not _LABEL.fullmatch(raw[key]):
-            raise AckError(f"{where}: {key} must be a name of 1-63 characters")
-    for key in ("queries", "blocked"):
-        if not _count(raw.get(key)):
-            raise AckError(f"{where}: {key} must be a non-negative integer")
-    return StatRow(int(hour) // 3600 * 3600, raw["category"], raw["tier"], raw["queries"],
-                   raw["blocked"])
-
-
-def iso(ts: float | None) -> str | None:
-    """Unix seconds as the ISO 8601 UTC text used in every API answer."""
-    if ts is None:
-        return None
-    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    try:
+        return parse_stat_row(raw, f"stats[{i}]")
+    except StatFormatError as exc:   # a 400 stalls the gateway's outbox on this ack: say why
+        raise AckError(str(exc)) from None

@@ -19,7 +19,8 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 from gateway.feedformat.document import Feed, now_iso
 from gateway.feedformat.rpz import to_rpz
 from gateway.feedformat.signing import SIGNATURE_HEADER, Signer
-from gateway.publisher.acks import REJECT_REASONS, AckError, check_ack, iso, parse_ack
+from gateway.feedformat.stats import iso
+from gateway.publisher.acks import REJECT_REASONS, AckError, check_ack, parse_ack
 from gateway.publisher.config import PublisherConfig
 from gateway.publisher.edits import EditError, Editor, Guard
 from gateway.publisher.hotline import ReportInbox

@@ -14,7 +14,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from gateway.errors import SafeGateError
-from gateway.feedformat.document import Entry, FeedError, make_entry, now_iso, parse_time
+from gateway.feedformat.document import FeedEntry, FeedError, make_entry, now_iso, parse_time
 from gateway.publisher.store import Store
 
 
@@ -40,11 +40,11 @@ def new_entry_id(today: datetime | None = None) -> str:
 
 
 def prepare_entries(raws: Sequence[Any], issued_at: str,
-                    new_id: Callable[[], str] = new_entry_id) -> list[Entry]:
+                    new_id: Callable[[], str] = new_entry_id) -> list[FeedEntry]:
     """Validate raw entry objects (id and issued_at optional) with the feed's own rules."""
     if not raws:
         raise EditError("no entries given")
-    out: list[Entry] = []
+    out: list[FeedEntry] = []
     seen: set[str] = set()
     for i, raw in enumerate(raws):
         if not isinstance(raw, dict):
@@ -71,7 +71,7 @@ def _rfc3339(text: str) -> str:
     return out[:-6] + "Z" if out.endswith("+00:00") else out
 
 
-def canonical_times(entry: Entry) -> Entry:
+def canonical_times(entry: FeedEntry) -> FeedEntry:
     """Times as RFC 3339 and the decision date as YYYY-MM-DD, whatever ISO 8601 spelling was
     typed (`20261120`, week dates): what we sign must match docs/feed.schema.json."""
     basis = entry.legal_basis
@@ -81,7 +81,7 @@ def canonical_times(entry: Entry) -> Entry:
                    deadline=None if entry.deadline is None else _rfc3339(entry.deadline))
 
 
-def covered_host(entry: Entry) -> str | None:
+def covered_host(entry: FeedEntry) -> str | None:
     """The host name an entry blocks by name, if any (IPs and hashes name no host)."""
     if entry.type in ("domain", "domain-exact"):
         return entry.value
@@ -90,7 +90,7 @@ def covered_host(entry: Entry) -> str | None:
     return None
 
 
-def never_block_conflict(entry: Entry, never_block: Iterable[str]) -> str | None:
+def never_block_conflict(entry: FeedEntry, never_block: Iterable[str]) -> str | None:
     """The protected name `entry` would cover (equal, under it, or - for `domain` - above it)."""
     host = covered_host(entry)
     if host is None:
@@ -103,7 +103,7 @@ def never_block_conflict(entry: Entry, never_block: Iterable[str]) -> str | None
     return None
 
 
-def check_never_block(entries: Iterable[Entry], never_block: Sequence[str]) -> None:
+def check_never_block(entries: Iterable[FeedEntry], never_block: Sequence[str]) -> None:
     for e in entries:
         name = never_block_conflict(e, never_block)
         if name is not None:
@@ -133,7 +133,7 @@ class Editor:
     store: Store
     guard: Guard
 
-    def add(self, raws: Sequence[Any], force: bool = False) -> tuple[int, list[Entry]]:
+    def add(self, raws: Sequence[Any], force: bool = False) -> tuple[int, list[FeedEntry]]:
         """Validate, apply guard rails, and add all of `raws` under one new serial."""
 
         def fresh_id() -> str:

@@ -13,7 +13,7 @@ from typing import Any
 from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter
 
-from gateway.hotline.model import KINDS, Report, ReportError, from_json
+from gateway.feedformat.hotline import KINDS, HotlineReport, ReportError, from_json
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS reports (id TEXT PRIMARY KEY, gateway TEXT NOT NULL,
@@ -32,7 +32,7 @@ class ReportInbox:
         self.db = db
         db.executescript(SCHEMA)
 
-    def add(self, report: Report, now: float) -> bool:
+    def add(self, report: HotlineReport, now: float) -> bool:
         """True if new; a repeated id is a no-op (at-least-once delivery)."""
         cur = self.db.execute(
             "INSERT OR IGNORE INTO reports VALUES (?,?,?,?,?,?,?,?,?,?)",

@@ -19,9 +19,9 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector
 
-from gateway.feedformat.document import Entry, parse_time
-from gateway.feeds.stats import LATENCY_BUCKETS
-from gateway.publisher.store import PROBE_RESULTS, Store
+from gateway.feedformat.document import FeedEntry, parse_time
+from gateway.feedformat.stats import LATENCY_BUCKETS, PROBE_RESULTS
+from gateway.publisher.store import Store
 
 
 class AckMetrics:
@@ -42,7 +42,7 @@ class AckMetrics:
             self.stats_dropped.labels(gw)
 
 
-def entry_deadline(entry: Entry, default_hours: float) -> float:
+def entry_deadline(entry: FeedEntry, default_hours: float) -> float:
     """Unix time by which gateways must enforce `entry` (its deadline, else issued + default)."""
     if entry.deadline is not None:
         return parse_time(entry.deadline).timestamp()

@@ -15,7 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from gateway.errors import SafeGateError
-from gateway.feedformat.document import Entry, LegalBasis, parse_time
+from gateway.feedformat.document import FeedEntry, LegalBasis, parse_time
+from gateway.feedformat.stats import StatRow
 from gateway.util.sqlite import open_db
 
 SCHEMA = """
@@ -41,9 +42,6 @@ CREATE INDEX IF NOT EXISTS entries_removed ON entries (removed_serial);
 INSERT OR IGNORE INTO meta (key, value) VALUES ('serial', '0');
 """
 
-PROBE_RESULTS = ("blocked", "not_blocked", "error")
-
-
 class StoreError(SafeGateError):
     """A write the database refuses; `kind` is conflict (duplicate id) or not_found."""
 
@@ -56,7 +54,7 @@ class StoreError(SafeGateError):
 class StoredEntry:
     """An entry plus its history in this feed."""
 
-    entry: Entry
+    entry: FeedEntry
     added_serial: int
     removed_serial: int | None
     removed_at: str | None
@@ -69,15 +67,6 @@ class AckEntry:
     applied_at: float | None
     verified_at: float | None
     outcome: str
-
-
-@dataclass(frozen=True)
-class StatRow:
-    hour: int
-    category: str
-    tier: str
-    queries: int
-    blocked: int
 
 
 @dataclass(frozen=True)
@@ -146,7 +135,7 @@ class Store:
         db.execute("UPDATE meta SET value=? WHERE key='serial'", (str(serial),))
         return serial
 
-    def add_entries(self, entries: Sequence[Entry]) -> int:
+    def add_entries(self, entries: Sequence[FeedEntry]) -> int:
         """Add a batch under one new serial; refuses ids that are live (remove them first).
 
         A removed id may be reused: its row is replaced, so the diff carries the new entry.
@@ -204,7 +193,7 @@ class Store:
             f"SELECT {_ENTRY_COLUMNS} FROM entries{where} ORDER BY added_serial, id")
         return [_stored(r) for r in rows]
 
-    def snapshot(self) -> tuple[int, list[Entry]]:
+    def snapshot(self) -> tuple[int, list[FeedEntry]]:
         """(serial, live entries), read in one transaction."""
         with self._read() as db:
             serial = self.serial()
@@ -212,7 +201,7 @@ class Store:
                               "WHERE removed_serial IS NULL ORDER BY id").fetchall()
         return serial, [_stored(r).entry for r in rows]
 
-    def diff(self, since: int) -> tuple[int, list[Entry], list[str]]:
+    def diff(self, since: int) -> tuple[int, list[FeedEntry], list[str]]:
         """(serial, entries added after `since` and still live, ids removed after `since`)."""
         with self._read() as db:
             serial = self.serial()
@@ -301,7 +290,7 @@ class Store:
                                "FROM acks WHERE entry_id=?", (entry_id,))
         return {r[0]: AckEntry(entry_id, r[1], r[2], r[3], r[4]) for r in rows}
 
-    def mandatory_block_entries(self) -> list[Entry]:
+    def mandatory_block_entries(self) -> list[FeedEntry]:
         rows = self.db.execute(f"SELECT {_ENTRY_COLUMNS} FROM entries WHERE removed_serial IS "
                                "NULL AND mandatory=1 AND action='block' ORDER BY id")
         return [_stored(r).entry for r in rows]
@@ -350,7 +339,7 @@ def _stored(row: sqlite3.Row | tuple[object, ...]) -> StoredEntry:
      added, removed, removed_at) = row
     basis = (LegalBasis(str(authority), str(decision), str(ddate))
              if authority is not None else None)
-    entry = Entry(str(eid), str(etype), str(value), tuple(json.loads(str(cats))), str(action),
+    entry = FeedEntry(str(eid), str(etype), str(value), tuple(json.loads(str(cats))), str(action),
                   bool(mandatory), basis, str(issued),
                   None if deadline is None else str(deadline))
     return StoredEntry(entry, int(str(added)),

@@ -1,6 +1,7 @@
-"""A report as the gateway stores and forwards it (the JSON contract is docs/hotline.md).
+"""A hotline report as the gateway stores and forwards it and the publisher receives it (the JSON
+contract is docs/hotline.md); shared by both sides, so it lives in feedformat.
 
-Pure: parsing a submitted form into a Report raises ReportError naming the field; no I/O.
+Pure: parsing a submitted form into a HotlineReport raises ReportError naming the field; no I/O.
 A report never carries the client's address.
 """
 
@@ -29,7 +30,7 @@ class ReportError(SafeGateError):
 
 
 @dataclass(frozen=True)
-class Report:
+class HotlineReport:
     id: str              # uuid4: the idempotency key every receiver dedups on
     kind: str            # mistake | harmful | match
     target: str          # the URL or host the person was shown
@@ -62,15 +63,15 @@ def _text(form: Mapping[str, Any], field: str) -> str:
 
 
 def from_form(form: Mapping[str, Any], *, gateway: str, now: datetime,
-              kinds: tuple[str, ...] = FORM_KINDS, report_id: str | None = None) -> Report:
-    """A Report from submitted fields (kind, target, category, entry_id, comment, contact)."""
+              kinds: tuple[str, ...] = FORM_KINDS, report_id: str | None = None) -> HotlineReport:
+    """A report from submitted fields (kind, target, category, entry_id, comment, contact)."""
     kind = _text(form, "kind")
     if kind not in kinds:
         raise ReportError(f"field kind: must be one of {', '.join(kinds)}, got {kind[:20]!r}")
     target = _clean(_text(form, "target"), MAX_TARGET, "target")
     if not target:
         raise ReportError("field target: required (the blocked host or URL)")
-    return Report(
+    return HotlineReport(
         id=report_id or str(uuid.uuid4()),
         kind=kind,
         target=target,
@@ -83,11 +84,11 @@ def from_form(form: Mapping[str, Any], *, gateway: str, now: datetime,
     )
 
 
-def from_json(doc: Any) -> Report:
+def from_json(doc: Any) -> HotlineReport:
     """A forwarded report (the receiver's side): every field present, ids well formed."""
     if not isinstance(doc, dict):
         raise ReportError("the body must be a JSON object")
-    unknown = sorted(set(doc) - set(Report.__dataclass_fields__))
+    unknown = sorted(set(doc) - set(HotlineReport.__dataclass_fields__))
     if unknown:
         raise ReportError(f"unknown field(s) {', '.join(unknown)}")
     try:

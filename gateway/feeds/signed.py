@@ -1,0 +1,294 @@
+"""A signed feed: verify, check, persist and apply each document; track its freshness.
+
+Order of trust: the signature over the exact bytes is checked before the body is even parsed;
+a document is persisted only once it validated, and applied only after the guard rails.
+Whatever fails, the rules already in force stay in force. After MAX_DIFFS stored diffs the
+client asks for a full snapshot, which replaces the chain (gateway/feeds/snapshots.py).
+
+Freshness: the publisher re-signs its documents at least every `heartbeat` (a new generated_at,
+a signed field), and the client tracks the generated_at of the newest document it verified and
+applied. Past max_age / 2 it stops asking conditionally (no `since`, no If-None-Match,
+Cache-Control: no-cache) so a cache in between cannot answer for the publisher; past max_age
+the feed is stale: metrics and the log say so, the last-known-good stays enforced (blocks are
+never dropped for want of news), and last_success stops moving.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import math
+from dataclasses import dataclass
+
+from gateway.feedformat.document import (
+    Feed,
+    FeedEntry,
+    FeedError,
+    apply_diff,
+    parse_feed,
+    parse_time,
+)
+from gateway.feedformat.signing import SIGNATURE_HEADER, Verifier
+from gateway.feeds.context import FeedContext, Fetch, Rejected
+from gateway.feeds.hold import HoldGuard, change_limit, count_changes
+from gateway.feeds.install import Installer
+from gateway.feeds.snapshots import SnapshotChain
+
+log = logging.getLogger(__name__)
+
+MAX_DIFFS = 32                 # stored diffs before a full snapshot is requested
+
+
+def looks_truncated(body: bytes) -> bool:
+    """True if the JSON text ends inside a string or with brackets still open."""
+    depth, in_str, esc = 0, False, False
+    for ch in body:
+        if in_str:
+            if esc:
+                esc = False
+            elif ch == 0x5C:
+                esc = True
+            elif ch == 0x22:
+                in_str = False
+        elif ch == 0x22:
+            in_str = True
+        elif ch in (0x7B, 0x5B):
+            depth += 1
+        elif ch in (0x7D, 0x5D):
+            depth -= 1
+    return in_str or depth > 0 or not body.strip()
+
+
+@dataclass
+class Applied:
+    """The document in force."""
+
+    serial: int
+    entries: dict[str, FeedEntry]
+    # SHA-256 of the document as received (to tell a replay of it from new content); the
+    # document itself is on disk, not kept in memory (25 MB for a 100k-entry snapshot).
+    digest: bytes = b""
+    diffs: int = 0                 # diffs stored since the snapshot
+
+
+@dataclass
+class _Update:
+    """A verified document ready to go in force (SignedFeed._prepare)."""
+
+    applied: Applied
+    changed: set[str]
+    removed: set[str]
+    received_at: float
+
+
+class SignedFeed:
+    """The signed half of a feed client: its document in force, chain and freshness."""
+
+    def __init__(self, ctx: FeedContext, fetch: Fetch, hold: HoldGuard,
+                 installer: Installer) -> None:
+        self.ctx = ctx
+        self.fetch = fetch
+        self.hold = hold
+        self.installer = installer
+        self.verifier = Verifier.from_files(list(ctx.cfg.public_keys))
+        self.chain = SnapshotChain(ctx.dir, ctx.name, self.verifier)
+        self.applied: Applied | None = None
+        self.want_full = False
+        self.busy = False            # accept_async is applying an update (see confirmations)
+        self.signed_at: float | None = None   # generated_at of the newest verified document
+        self.stale = False           # logged state (the metric is computed at scrape time)
+        ctx.metrics.init_signed(ctx.name, self.document_age, ctx.cfg.max_age)
+
+    @property
+    def serial(self) -> int:
+        return self.applied.serial if self.applied else 0
+
+    # ------------------------------------------------------------------ freshness
+
+    def document_age(self) -> float:
+        """Seconds since the publisher signed the newest verified document (inf: none yet)."""
+        if self.signed_at is None:
+            return math.inf
+        return max(0.0, self.ctx.clock() - self.signed_at)
+
+    def fresh(self) -> bool:
+        return self.document_age() <= self.ctx.cfg.max_age
+
+    def _saw_signed(self, feed: Feed) -> None:
+        """Note the signing time of a verified document that is (or matches) the one in force;
+        the newest wins, so a replayed older copy cannot make the feed look younger."""
+        t = parse_time(feed.generated_at).timestamp()
+        if self.signed_at is None or t > self.signed_at:
+            self.signed_at = t
+
+    def check_fresh(self) -> bool:
+        """Log when the feed turns stale or fresh again; returns fresh()."""
+        fresh = self.fresh()
+        if not fresh and not self.stale:
+            age = self.document_age()
+            log.error("feed %s: STALE: the newest verified document was signed %s ago (max_age "
+                      "%.0fs); serial %d stays enforced, fetching without caches until the "
+                      "publisher answers", self.ctx.name,
+                      "never" if math.isinf(age) else f"{age:.0f}s", self.ctx.cfg.max_age,
+                      self.serial)
+        elif fresh and self.stale:
+            log.warning("feed %s: fresh again (serial %d, signed %.0fs ago)", self.ctx.name,
+                        self.serial, self.document_age())
+        self.stale = not fresh
+        return fresh
+
+    # ------------------------------------------------------------------ start-up
+
+    def load_local(self) -> bool:
+        """Apply the stored chain (re-verified), before any network access."""
+        ctx = self.ctx
+        chain = self.chain.load()
+        if not chain:
+            log.warning("feed %s: no valid last-known-good copy; nothing enforced until the "
+                        "first download", ctx.name)
+            return False
+        entries: dict[str, FeedEntry] = {}
+        for doc in chain:
+            entries = apply_diff(entries, doc)
+            self._saw_signed(doc)
+        serial = chain[-1].serial
+        self.applied = Applied(serial, entries, b"", len(chain) - 1)
+        active = {r.entry_id for r in ctx.ledger.entries(ctx.name) if r.removed_at is None}
+        self.installer.install(serial, entries, entries.keys(), active - set(entries),
+                               ctx.clock(), ack=False)
+        log.info("feed %s: last-known-good serial %d applied from disk (%d entries)", ctx.name,
+                 serial, len(entries))
+        return True
+
+    # ------------------------------------------------------------------ polling
+
+    async def poll(self) -> str:
+        cfg = self.ctx.cfg
+        params: dict[str, str] = {}
+        headers: dict[str, str] = {}
+        applied = self.applied
+        # Half-way to max_age: a conditional request could be answered by any cache on the
+        # way, so ask for the whole document; a live publisher's copy is re-signed (heartbeat).
+        refresh = applied is not None and self.document_age() > cfg.max_age / 2
+        full = self.want_full or applied is None or applied.diffs >= MAX_DIFFS or refresh
+        if applied is not None and not full:
+            params["since"] = str(applied.serial)
+            headers["If-None-Match"] = f'"{applied.serial}"'
+            if cfg.long_poll:
+                params["wait"] = str(int(cfg.long_poll))
+        else:
+            headers["Cache-Control"] = "no-cache"
+            headers["Pragma"] = "no-cache"
+        status, body, resp_headers = await self.fetch(params, headers, cfg.long_poll + 30)
+        if status == 304:
+            if full:
+                raise Rejected("not_modified", "304 Not Modified to an unconditional request: "
+                                               "something between this gateway and the "
+                                               "publisher answers for it")
+            if self.fresh():   # a 304 only vouches for a copy still within max_age
+                self.ctx.success()
+            return "unchanged"
+        result = await self.accept_async(body, resp_headers.get(SIGNATURE_HEADER))
+        if result == "need_full":
+            self.want_full = True
+        elif result in ("updated", "unchanged"):
+            self.want_full = False
+            if self.fresh():
+                self.ctx.success()
+            if refresh and self.document_age() > cfg.max_age / 2:
+                raise Rejected("stale", f"the newest document served (serial {self.serial}) "
+                                        f"was signed {self.document_age():.0f}s ago: is the "
+                                        "publisher's heartbeat longer than max_age / 2, or is "
+                                        "a cache replaying it?")
+        return result
+
+    # ------------------------------------------------------------------ documents
+
+    def accept(self, body: bytes, signature: str | None, *, confirmed: bool = False) -> str:
+        """Verify, check, persist and apply one document; raises Rejected."""
+        update = self._prepare(body, signature, self.ctx.clock(), confirmed)
+        if isinstance(update, str):
+            return update
+        self.applied = update.applied
+        self.installer.install(update.applied.serial, update.applied.entries, update.changed,
+                               update.removed, update.received_at, ack=True)
+        self.hold.clear()
+        return "updated"
+
+    async def accept_async(self, body: bytes, signature: str | None) -> str:
+        """accept() without stopping DNS: verifying, parsing, comparing and storing a big
+        document, and building its overlay, run in a worker thread (pure work on data only this
+        client touches: `busy` keeps confirmations away meanwhile); the swap and the ledger
+        stay on the event loop, the ledger in short transactions (Ledger.record_async)."""
+        self.busy = True
+        try:
+            update = await asyncio.to_thread(self._prepare, body, signature, self.ctx.clock(),
+                                             False)
+            if isinstance(update, str):
+                return update
+            self.applied = update.applied
+            await self.installer.install_async(update.applied.serial, update.applied.entries,
+                                               update.changed, update.removed,
+                                               update.received_at)
+            self.hold.clear()
+            return "updated"
+        finally:
+            self.busy = False
+
+    def _prepare(self, body: bytes, signature: str | None, received_at: float,
+                 confirmed: bool) -> _Update | str:
+        """Everything before the swap: a result string (nothing to apply) or the update, with
+        the document already stored; raises Rejected. Touches no event-loop state."""
+        try:
+            self.verifier.verify(body, signature)
+        except FeedError as exc:
+            if exc.reason != "unsigned" and looks_truncated(body):
+                raise Rejected("truncated", "the document is cut short") from None
+            raise Rejected(exc.reason, str(exc)) from None
+        try:
+            feed = parse_feed(body)
+        except FeedError as exc:
+            reason = "truncated" if looks_truncated(body) else "malformed"
+            raise Rejected(reason, str(exc)) from None
+        applied = self.applied
+        if applied is not None:
+            if feed.serial < applied.serial:
+                raise Rejected("old_serial", f"serial {feed.serial} is older than the applied "
+                                             f"{applied.serial}")
+            if feed.serial == applied.serial:
+                if hashlib.sha256(body).digest() == applied.digest:
+                    self._saw_signed(feed)
+                    return "unchanged"
+                if not feed.is_diff and apply_diff({}, feed) == applied.entries:
+                    # the same entries re-signed (heartbeat): stored, so a restart knows it
+                    self.chain.store_snapshot(body, signature or "")   # compacts the chain
+                    applied.digest, applied.diffs = hashlib.sha256(body).digest(), 0
+                    self._saw_signed(feed)
+                    return "unchanged"
+                raise Rejected("old_serial", f"serial {feed.serial} replayed with different "
+                                             "content")
+        if feed.is_diff and (applied is None or feed.since != applied.serial):
+            log.info("feed %s: diff from serial %s does not follow ours (%d); asking for a full "
+                     "snapshot", self.ctx.name, feed.since, self.serial)
+            return "need_full"
+        current = applied.entries if applied else {}
+        new = apply_diff(current, feed)
+        changes = count_changes(current, new)
+        limit = change_limit(len(current), self.ctx.guard)
+        if applied is not None and changes > limit and not confirmed:
+            self.hold.hold(body, signature or "", str(feed.serial), feed.serial, changes,
+                           len(current), limit)
+            raise Rejected("guard", f"serial {feed.serial} changes {changes} entries (limit "
+                                    f"{limit}); held until `safegate feeds confirm --feed "
+                                    f"{self.ctx.name}`")
+        if feed.is_diff:
+            self.chain.store_diff(feed.serial, body, signature or "")
+        else:
+            self.chain.store_snapshot(body, signature or "")
+        changed = {k for k, v in new.items() if current.get(k) != v}
+        removed = set(current) - set(new)
+        self._saw_signed(feed)
+        return _Update(Applied(feed.serial, new, hashlib.sha256(body).digest(),
+                               applied.diffs + 1 if applied and feed.is_diff else 0),
+                       changed, removed, received_at)
