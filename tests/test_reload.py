@@ -101,13 +101,15 @@ def test_reload_under_load_sighup_and_file_watch(unbound: ub.UnboundServer,
     assert _drugs_blocked(gw), "nothing but SIGHUP may apply the edit"
     successes = _reloads(gw, "success")
     gw.reload()
-    wait_for(lambda: not _drugs_blocked(gw), what="SIGHUP applied the policy that allows drugs.test")
+    wait_for(lambda: not _drugs_blocked(gw),
+             what="SIGHUP applied the policy that allows drugs.test")
     wait_for(lambda: _reloads(gw, "success") == successes + 1, what="one more reload counted",
              interval=0.1)
     # 3. SIGHUP reloads with nothing changed, several times, under the same load
     for n in range(2, 5):
         gw.reload()
-        wait_for(lambda: _reloads(gw, "success") == successes + n, interval=0.1,
+        wait_for(lambda n=n: _reloads(gw, "success") == successes + n,
+                 interval=0.1,
                  what=f"SIGHUP number {n} counted as a successful reload")
     load.stop.set()
     load.join(5)
@@ -231,7 +233,7 @@ def test_the_watcher_survives_any_exception_in_a_reload(tmp_path: Path) -> None:
         watcher = asyncio.get_running_loop().create_task(gw.watch())
         for n in (1, 2):
             cfg.write_text("{}\n" + "#" * n)   # a change the watcher notices
-            await async_wait_for(lambda: watcher.done() or len(builds) >= n,
+            await async_wait_for(lambda n=n: watcher.done() or len(builds) >= n,
                                  what=f"build {n} was tried")
             assert not watcher.done(), "the watcher died"
         assert not watcher.done()
