@@ -26,7 +26,7 @@ from tests.support.publisher import (
     start_publisher,
     write_publisher_config,
 )
-from tests.test_feeds_e2e import wait_for
+from tests.support.wait import wait_for
 from tests.test_resolver_e2e import LISTS, LISTS_YAML, POLICY
 
 pytestmark = pytest.mark.integration
@@ -120,7 +120,7 @@ def test_report_from_block_page_reaches_publisher(tmp_path: Path, unbound: ub.Un
         report_id = re.search(r'id="report-id">([0-9a-f-]{36})<', answer)
         assert report_id is not None
 
-        wait_for(lambda: len(reports_at(pub)) == 1, 10.0, "the report reached the publisher")
+        wait_for(lambda: len(reports_at(pub)) == 1, 10.0, what="the report reached the publisher")
         got = reports_at(pub)[0]
         assert got["id"] == report_id.group(1)
         assert (got["kind"], got["target"], got["category"], got["gateway"], got["comment"],
@@ -140,9 +140,9 @@ def test_report_from_block_page_reaches_publisher(tmp_path: Path, unbound: ub.Un
         fields = form_of(http(gw, "GET", "/some/page?x=1")[2], "mistake")
         assert http(gw, "POST", "/report", data=fields)[0] == 200
 
-        wait_for(lambda: len(reports_at(pub)) == 2, 10.0, "both reports forwarded")
+        wait_for(lambda: len(reports_at(pub)) == 2, 10.0, what="both reports forwarded")
         wait_for(lambda: "safegate_reports_pending 0.0" in gw.metrics_text(), 5.0,
-                 "nothing pending")
+                 what="nothing pending")
         metrics = gw.metrics_text()
         for line in ('safegate_reports_received_total{kind="harmful"} 1.0',
                      'safegate_reports_received_total{kind="mistake"} 1.0',
@@ -258,7 +258,7 @@ def test_outage_and_restart_lose_nothing_and_duplicate_nothing(
     report_id = re.search(r'id="report-id">([0-9a-f-]{36})<', answer)
     assert report_id is not None
     wait_for(lambda: "safegate_reports_forward_failures_total 1.0" in gw.metrics_text(), 5.0,
-             "a failed delivery while the publisher is down")
+             what="a failed delivery while the publisher is down")
     assert "safegate_reports_pending 1.0" in gw.metrics_text()
 
     gw.stop()   # SIGTERM while the report is still owed
@@ -266,9 +266,9 @@ def test_outage_and_restart_lose_nothing_and_duplicate_nothing(
     again = SafeGateProcess().start(gw.config)
     pub = PublisherProcess(setup).start()
     try:
-        wait_for(lambda: len(reports_at(pub)) == 1, 20.0, "delivered after the restart")
+        wait_for(lambda: len(reports_at(pub)) == 1, 20.0, what="delivered after the restart")
         wait_for(lambda: "safegate_reports_pending 0.0" in again.metrics_text(), 5.0,
-                 "the outbox is empty")
+                 what="the outbox is empty")
         got = reports_at(pub)
         assert [r["id"] for r in got] == [report_id.group(1)]
         # At-least-once delivery: a repeat of the same report is acknowledged, not stored.

@@ -24,7 +24,7 @@ def _failure(what: str, timeout: float, last: object) -> AssertionError:
     return AssertionError(f"not within {timeout} s: {what}; last value seen: {seen}")
 
 
-def wait_for(predicate: Callable[[], T], timeout: float = 20.0, interval: float = 0.05,
+def wait_for(predicate: Callable[[], T], timeout: float = 20.0, *, interval: float = 0.05,
              what: str = "condition",
              ignore: tuple[type[BaseException], ...] = ()) -> T:
     """Return the predicate's first truthy value; raise AssertionError after `timeout` s.
@@ -49,7 +49,7 @@ def wait_for(predicate: Callable[[], T], timeout: float = 20.0, interval: float 
 
 
 async def async_wait_for(predicate: Callable[[], T | Awaitable[T]], timeout: float = 20.0,
-                         interval: float = 0.02, what: str = "condition",
+                         *, interval: float = 0.02, what: str = "condition",
                          ignore: tuple[type[BaseException], ...] = ()) -> T:
     """The asyncio twin of wait_for: the predicate may be sync or return an awaitable,
     and the loop keeps running between polls."""
