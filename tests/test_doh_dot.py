@@ -25,6 +25,7 @@ from gateway.errors import ConfigError, ConfigErrors
 from gateway.policy.policyfile import load_policy
 from tests.support import unbound as ub
 from tests.support.procs import SafeGateProcess, free_port, kdig
+from tests.support.wait import wait_for
 
 POLICY = """\
 tiers:
@@ -307,10 +308,7 @@ def test_reload_picks_up_a_renewed_certificate(tls_gw: SafeGateProcess,
     shutil.copy(new_cert, cert)
     tls_gw.reload()
     want = ssl.PEM_cert_to_DER_cert(new_cert.read_text())
-    deadline = time.monotonic() + 10
-    while served() != want:
-        assert time.monotonic() < deadline, "the renewed certificate was not served"
-        time.sleep(0.1)
+    wait_for(lambda: served() == want, what="the renewed certificate is served")
     assert old != want
     # DoH over HTTPS got it too.
     doh = Doh(web_port(tls_gw), new_cert)

@@ -29,6 +29,7 @@ from gateway.policy.decide import EDE_BLOCKED, EDE_FILTERED
 from tests.support import unbound as ub
 from tests.support.dnsdist import Dnsdist, start_dnsdist
 from tests.support.procs import SafeGateProcess, free_port, write_gateway_config
+from tests.support.wait import wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -239,12 +240,7 @@ def test_ecs_is_stripped_before_upstream_unless_configured(safegate_factory: Any
 
 
 def _wait_metric(gw: SafeGateProcess, text: str, timeout: float = 10.0) -> None:
-    import time
-
-    deadline = time.monotonic() + timeout
-    while text not in gw.metrics_text():
-        assert time.monotonic() < deadline, f"metric {text!r} never appeared"
-        time.sleep(0.1)
+    wait_for(lambda: text in gw.metrics_text(), timeout=timeout, what=f"{text!r} in /metrics")
 
 
 def test_subscribers_file_reloads_and_a_broken_one_keeps_the_running(

@@ -36,6 +36,7 @@ from cryptography.x509.oid import NameOID
 from gateway.feedformat.document import Entry, Feed, LegalBasis
 from gateway.feedformat.signing import generate_keys, load_signer
 from tests.support.procs import REPO_ROOT, free_port, write_gateway_config
+from tests.support.wait import wait_for
 
 pytest.importorskip("mitmproxy")
 pytestmark = pytest.mark.integration
@@ -429,13 +430,8 @@ def test_reload_on_list_change(proxy: Proxy) -> None:
     url = f"http://127.0.0.1:{proxy.steer_http}/fresh/1"
     assert curl("-H", "Host: news.test", url)[0] == 200
     pages.write_text(ADULT_PAGES + "news.test/fresh/1\n")
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        if curl("-H", "Host: news.test", url)[0] == 403:
-            break
-        time.sleep(0.2)
-    else:
-        raise AssertionError("new URL entry not in force after 10 s")
+    wait_for(lambda: curl("-H", "Host: news.test", url)[0] == 403, interval=0.2,
+             what="the new URL entry in force (403)")
     assert proxy.metric("safegate_proxy_rules_generation") > 1
 
 

@@ -8,7 +8,6 @@ takedown page for the one URL and the origin for its neighbour.
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +18,7 @@ import pytest
 from gateway.feedformat.document import Entry
 from gateway.feedformat.signing import generate_keys
 from tests.support.procs import SafeGateProcess, free_port, write_gateway_config
+from tests.support.wait import wait_for
 from tests.test_proxy_e2e import (
     ADULT_PAGES,
     GAMES_PAGES,
@@ -69,10 +69,8 @@ def test_safegate_dns_steers_the_intercept_set_to_the_proxy(
         Entry("takedown-42", "url", "https://news.test/post/42", ("violence",), "block", True,
               LEGAL, ISSUED)])
     gw: SafeGateProcess = safegate_factory(cfg)
-    deadline = time.monotonic() + 30
-    while _a(gw, "news.test") != [STEER_ADDRESS]:
-        assert time.monotonic() < deadline, "news.test was never steered to the proxy"
-        time.sleep(0.2)
+    wait_for(lambda: _a(gw, "news.test") == [STEER_ADDRESS], timeout=30, interval=0.2,
+             what="news.test steered to the proxy")
     assert _a(gw, "www.news.test") == [STEER_ADDRESS]
     assert _a(gw, "plain.test") == ["127.0.0.1"]          # not in the intercept set: upstream
     [answer] = _a(gw, "news.test")
