@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.test_cli import config, safegate
-from tests.test_resolver_e2e import POLICY
+from tests.support.cli import config, safegate
+from tests.support.data import POLICY
 
 
 def check(cfg: Path) -> tuple[int, str, str]:

@@ -12,8 +12,8 @@ from gateway.feedformat.document import Entry
 from gateway.lists import SCOPE_SELF, SCOPE_SUBS
 from gateway.lists.catalog import load_catalog
 from gateway.lists.parsers import ParsedRule, parse_rpz
+from tests.support.data import LEDGER_SCHEMA
 from tests.support.procs import write_gateway_config
-from tests.test_report import LEDGER_SCHEMA
 
 REPO = Path(__file__).resolve().parents[1]
 

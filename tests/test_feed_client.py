@@ -29,9 +29,9 @@ from gateway.feeds.ledger import LedgerEntry
 from gateway.feeds.manager import FeedManager
 from gateway.runtime.app import Gateway
 from tests.support import unbound as ub
+from tests.support.data import LISTS, LISTS_YAML, POLICY
 from tests.support.procs import write_gateway_config
 from tests.support.wait import async_wait_for
-from tests.test_resolver_e2e import LISTS, LISTS_YAML, POLICY
 
 pytestmark = pytest.mark.integration
 

@@ -28,29 +28,17 @@ from aiohttp import web
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.support import unbound as ub
+from tests.support.data import LISTS, LISTS_YAML, POLICY
+from tests.support.feeds import NAME, acked, entry, gateway_extra
 from tests.support.procs import REPO_ROOT, SafeGateProcess, free_port
 from tests.support.publisher import (
     ADMIN_TOKEN,
     PublisherProcess,
-    gateway_token,
     start_publisher,
 )
 from tests.support.wait import wait_for
-from tests.test_resolver_e2e import LISTS, LISTS_YAML, POLICY
 
 pytestmark = pytest.mark.integration
-
-NAME = "malware.example"  # resolves upstream (tests/support/unbound.py BLOCKED_NAMES)
-
-
-def entry(rid: str, value: str = NAME, **kw: Any) -> dict[str, Any]:
-    e = {"id": rid, "type": "domain", "value": value, "categories": ["csam"],
-         "mandatory": True, "issued_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-         "legal_basis": {"authority": "Bộ Công an", "decision": "123/QĐ-BCA",
-                         "date": "2026-11-20"}}
-    e.update(kw)
-    return e
-
 
 def ede_of(port: int, name: str) -> int | None:
     q = dns.message.make_query(name, "A", use_edns=0)
@@ -59,30 +47,11 @@ def ede_of(port: int, name: str) -> int | None:
     return codes[0] if codes else None
 
 
-def acked(pub: PublisherProcess, rid: str, gateway: str) -> bool:
-    r = pub.request("GET", f"/v1/entries/{rid}")
-    if r.status != 200:
-        return False
-    for g in r.json().get("gateways", []):
-        if g.get("gateway") == gateway and g.get("verified_at"):
-            return True
-    return False
-
-
 @pytest.fixture
 def publisher(tmp_path: Path) -> Iterator[PublisherProcess]:
     pub = start_publisher(tmp_path / "publisher", gateways=("gw-a", "gw-b"))
     yield pub
     pub.kill()
-
-
-def gateway_extra(pub: PublisherProcess, gw_id: str) -> dict[str, Any]:
-    return {
-        "gateway": {"id": gw_id, "token": gateway_token(gw_id)},
-        "feeds": [{"name": "central", "url": pub.url + "/v1/feed", "type": "safegate",
-                   "public_key": str(pub.setup.public_key), "interval": 60,
-                   "long_poll": 10}],
-    }
 
 
 def start_gateways(pub: PublisherProcess, unbound: ub.UnboundServer,

@@ -11,57 +11,24 @@ import shutil
 import subprocess
 import sys
 import urllib.parse
-from http.client import HTTPConnection
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from tests.support import unbound as ub
+from tests.support.data import LISTS, LISTS_YAML, POLICY
+from tests.support.hotline import BLOCKED, gateway_extra, http, reports_at
 from tests.support.procs import REPO_ROOT, SafeGateProcess
 from tests.support.publisher import (
-    ADMIN_TOKEN,
     PublisherProcess,
     gateway_token,
     start_publisher,
     write_publisher_config,
 )
 from tests.support.wait import wait_for
-from tests.test_resolver_e2e import LISTS, LISTS_YAML, POLICY
 
 pytestmark = pytest.mark.integration
-
-BLOCKED = "adult-site.test"     # category adult for the kids network (127.0.0.1)
-
-
-def gateway_extra(pub_url: str, public_key: Path) -> dict[str, Any]:
-    return {
-        "gateway": {"id": "gw-a", "token": gateway_token("gw-a")},
-        "feeds": [{"name": "central", "url": pub_url + "/v1/feed", "type": "safegate",
-                   "public_key": str(public_key), "interval": 60, "long_poll": 10}],
-        "reports": {"forward_to": [pub_url + "/v1/reports"]},
-    }
-
-
-def http(gw: SafeGateProcess, method: str, path: str, *, host: str = BLOCKED,
-         data: dict[str, str] | None = None, accept: str = "text/html",
-         source: str = "127.0.0.1") -> tuple[int, dict[str, str], str]:
-    """One request from the loopback address `source` (a client of that address)."""
-    url = urllib.parse.urlsplit(gw.web_url)
-    assert url.hostname is not None and url.port is not None
-    conn = HTTPConnection(url.hostname, url.port, timeout=5, source_address=(source, 0))
-    headers = {"Host": host, "Accept": accept}
-    body = None
-    if data is not None:
-        body = urllib.parse.urlencode(data).encode()
-        headers["Content-Type"] = "application/x-www-form-urlencoded"
-    try:
-        conn.request(method, path, body=body, headers=headers)
-        resp = conn.getresponse()
-        return resp.status, dict(resp.getheaders()), resp.read().decode()
-    finally:
-        conn.close()
-
 
 SECURITY_HEADERS = ("Content-Security-Policy", "X-Frame-Options", "X-Content-Type-Options",
                     "Referrer-Policy")
@@ -82,12 +49,6 @@ def form_of(page: str, kind: str) -> dict[str, str]:
     form = page[page.index(f'id="report-{kind}"'):]
     form = form[:form.index("</form>")]
     return dict(re.findall(r'type="hidden" name="(\w+)" value="([^"]*)"', form))
-
-
-def reports_at(pub: PublisherProcess) -> list[dict[str, Any]]:
-    r = pub.request("GET", "/v1/reports", token=ADMIN_TOKEN)
-    assert r.status == 200, r.body
-    return list(r.json()["reports"])
 
 
 def safegate(*args: str) -> subprocess.CompletedProcess[str]:

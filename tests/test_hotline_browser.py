@@ -11,12 +11,12 @@ from typing import Any
 import pytest
 
 from tests.support import unbound as ub
+from tests.support.data import LISTS, LISTS_YAML, POLICY
+from tests.support.feeds import entry
+from tests.support.hotline import gateway_extra, reports_at
 from tests.support.procs import REPO_ROOT
 from tests.support.publisher import ADMIN_TOKEN, start_publisher
 from tests.support.wait import wait_for
-from tests.test_feeds_e2e import entry
-from tests.test_hotline import gateway_extra, reports_at
-from tests.test_resolver_e2e import LISTS, LISTS_YAML, POLICY
 
 pytestmark = pytest.mark.integration
 

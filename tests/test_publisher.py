@@ -31,6 +31,7 @@ from gateway.publisher.app import BUILDER, WATCHER, make_app
 from gateway.publisher.config import load_publisher_config
 from gateway.publisher.edits import never_block_conflict
 from gateway.publisher.store import Store
+from tests.support.feedschema import schema_errors
 from tests.support.publisher import (
     ADMIN_TOKEN,
     HttpResult,
@@ -42,7 +43,6 @@ from tests.support.publisher import (
     write_publisher_config,
 )
 from tests.support.wait import async_wait_for, wait_for
-from tests.test_feed_format import schema_errors
 
 PROMTOOL = "/usr/bin/promtool"
 T = "2026-11-23T10:00:00Z"
@@ -843,13 +843,8 @@ def test_heartbeat_re_signs_an_idle_feed(tmp_path: Path) -> None:
             return parse_feed(r.body)
 
         first, first_diff = fetch(""), fetch("?since=0")
-        deadline = time.monotonic() + 30
-        while True:
-            later = fetch("")
-            if later.generated_at > first.generated_at:
-                break
-            assert time.monotonic() < deadline, "the document was never re-signed"
-            time.sleep(0.2)
+        later = wait_for(lambda: (doc := fetch("")).generated_at > first.generated_at and doc,
+                         timeout=30, interval=0.2, what="the document re-signed (heartbeat)")
         assert later.serial == first.serial == 1 and later.entries == first.entries
         assert fetch("?since=0").generated_at > first_diff.generated_at
     cfg = load_publisher_config(pub.setup.config)

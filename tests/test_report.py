@@ -31,6 +31,7 @@ from gateway.compliance.report import (
     render_html,
     render_json,
 )
+from tests.support.data import LEDGER_SCHEMA
 
 REPO = Path(__file__).resolve().parents[1]
 HCM = ZoneInfo("Asia/Ho_Chi_Minh")
@@ -40,25 +41,6 @@ LATE_JUNE = datetime(2026, 6, 30, 22, 0, tzinfo=HCM).timestamp()  # last day of 
 JULY = datetime(2026, 7, 1, 1, 0, tzinfo=HCM).timestamp()         # just after it
 HOSTILE = "<script>alert('x')</script> & Co"
 PERIOD = ("2026-01-01", "2026-06-30")
-
-LEDGER_SCHEMA = """
-CREATE TABLE entries (
-  feed TEXT NOT NULL, entry_id TEXT NOT NULL,
-  type TEXT NOT NULL, value TEXT NOT NULL, categories TEXT NOT NULL,
-  mandatory INTEGER NOT NULL, authority TEXT, decision TEXT, decision_date TEXT,
-  serial INTEGER NOT NULL, issued_at REAL NOT NULL, deadline REAL,
-  received_at REAL NOT NULL, applied_at REAL, verified_at REAL, removed_at REAL,
-  outcome TEXT NOT NULL, probe_failures INTEGER NOT NULL DEFAULT 0,
-  PRIMARY KEY (feed, entry_id));
-CREATE TABLE probes (ts REAL NOT NULL, feed TEXT NOT NULL, entry_id TEXT NOT NULL,
-                     result TEXT NOT NULL);
-CREATE TABLE outbox (id INTEGER PRIMARY KEY AUTOINCREMENT, created REAL NOT NULL,
-                     url TEXT NOT NULL, body TEXT NOT NULL,
-                     attempts INTEGER NOT NULL DEFAULT 0, next_attempt REAL NOT NULL);
-CREATE TABLE stats_hourly (hour INTEGER NOT NULL, category TEXT NOT NULL, tier TEXT NOT NULL,
-                           queries INTEGER NOT NULL, blocked INTEGER NOT NULL,
-                           PRIMARY KEY (hour, category, tier));
-"""
 
 PUBLISHER_SCHEMA = """
 CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);

@@ -18,9 +18,9 @@ import pytest
 
 from gateway.runtime.sdnotify import Notifier
 from tests.support import unbound as ub
+from tests.support.data import LISTS, LISTS_YAML, POLICY
 from tests.support.procs import SafeGateProcess, dns_query
 from tests.support.wait import wait_for
-from tests.test_resolver_e2e import LISTS, LISTS_YAML, POLICY
 
 pytestmark = pytest.mark.integration
 

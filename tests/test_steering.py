@@ -22,8 +22,8 @@ from gateway.dns.chain import Resolver
 from gateway.dns.upstream import Forwarder, ForwarderConfig, Upstream
 from gateway.runtime.metrics import DnsStats
 from gateway.runtime.state import INTERCEPT_FILE, load_in_process
+from tests.support.data import LISTS, LISTS_YAML, POLICY
 from tests.support.procs import write_gateway_config
-from tests.test_resolver_e2e import LISTS, LISTS_YAML, POLICY
 
 PROXY = {"proxy": {"enabled": True, "listen": "127.0.0.5:3128",
                    "intercept_listen": {"http": "127.0.0.5:8880", "https": "127.0.0.5:8443"}}}

@@ -24,9 +24,9 @@ import pytest
 
 from gateway.dns.streams import client_key
 from tests.support import unbound as ub
+from tests.support.certs import make_cert
 from tests.support.procs import SafeGateProcess, free_port
 from tests.support.wait import wait_for
-from tests.test_doh_dot import make_cert
 
 pytestmark = pytest.mark.integration
 

@@ -20,9 +20,9 @@ import dns.rcode
 import pytest
 
 from tests.support import unbound as ub
+from tests.support.data import FRONTENDS_LISTS, FRONTENDS_LISTS_YAML, FRONTENDS_POLICY
 from tests.support.procs import SafeGateProcess, write_gateway_config
 from tests.support.wait import wait_for
-from tests.test_frontends_e2e import LISTS, LISTS_YAML, POLICY
 
 pytestmark = pytest.mark.integration
 
@@ -91,8 +91,9 @@ def test_subscribers_from_a_url(unbound: ub.UnboundServer, safegate_factory: Any
                                 publisher: Publisher, tmp_path: Path) -> None:
     (tmp_path / "token").write_text(TOKEN + "\n")
     cfg = write_gateway_config(
-        tmp_path, upstream_port=unbound.port, policies={"p.yaml": POLICY}, lists=LISTS,
-        lists_yaml=LISTS_YAML, ipv6=False,
+        tmp_path, upstream_port=unbound.port, policies={"p.yaml": FRONTENDS_POLICY},
+        lists=FRONTENDS_LISTS,
+        lists_yaml=FRONTENDS_LISTS_YAML, ipv6=False,
         extra={"subscribers": {"url": publisher.url, "interval": 0.3, "token_file": "token"},
                "reload": {"watch_interval": 0.2}})
     gw = safegate_factory(cfg)
@@ -130,8 +131,8 @@ def test_a_subscribers_url_needs_a_valid_setting(tmp_path: Path) -> None:
     import subprocess
     import sys
 
-    cfg = write_gateway_config(tmp_path, upstream_port=53000, policies={"p.yaml": POLICY},
-                               lists=LISTS, lists_yaml=LISTS_YAML,
+    cfg = write_gateway_config(tmp_path, upstream_port=53000, policies={"p.yaml": FRONTENDS_POLICY},
+                               lists=FRONTENDS_LISTS, lists_yaml=FRONTENDS_LISTS_YAML,
                                extra={"subscribers": {"url": "ftp://isp.example/s.csv"}})
     r = subprocess.run([sys.executable, "-m", "gateway", "check", "-c", str(cfg)],
                        capture_output=True, text=True, timeout=60, check=False)
@@ -146,8 +147,9 @@ def test_an_export_that_is_not_utf8_is_rejected_and_polling_goes_on(
     later exports were never fetched. Now it is a rejected file with its line."""
     (tmp_path / "token").write_text(TOKEN + "\n")
     cfg = write_gateway_config(
-        tmp_path, upstream_port=unbound.port, policies={"p.yaml": POLICY}, lists=LISTS,
-        lists_yaml=LISTS_YAML, ipv6=False,
+        tmp_path, upstream_port=unbound.port, policies={"p.yaml": FRONTENDS_POLICY},
+        lists=FRONTENDS_LISTS,
+        lists_yaml=FRONTENDS_LISTS_YAML, ipv6=False,
         extra={"subscribers": {"url": publisher.url, "interval": 0.3, "token_file": "token"},
                "reload": {"watch_interval": 0.2}})
     gw = safegate_factory(cfg)

@@ -21,6 +21,7 @@ import dns.rrset
 import pytest
 
 from tests.support import unbound as ub
+from tests.support.certs import make_ca_and_cert
 from tests.support.procs import SafeGateProcess, free_port
 from tests.support.wait import wait_for
 
@@ -197,23 +198,6 @@ def test_0x20_against_unbound(unbound: ub.UnboundServer, safegate_factory: Any) 
     for reason in ("case", "question", "unknown_id"):
         assert metric(text, "safegate_upstream_mismatched_replies_total",
                       upstream=unbound.upstream, reason=reason) == 0
-
-
-def make_ca_and_cert(directory: Path, name: str) -> tuple[Path, Path, Path]:
-    """A throwaway CA and a certificate for `name` (and 127.0.0.1) signed by it."""
-    ca_key, ca, key, csr, cert = (directory / f for f in
-                                  ("ca.key", "ca.pem", "dot.key", "dot.csr", "dot.pem"))
-    ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
-    run = lambda *args: subprocess.run(["openssl", *args], check=True,  # noqa: E731
-                                       capture_output=True)
-    run("req", "-x509", *ec, "-subj", "/CN=SafeGate test CA", "-days", "2",
-        "-addext", "basicConstraints=critical,CA:TRUE", "-keyout", str(ca_key), "-out", str(ca))
-    run("req", "-new", *ec, "-subj", f"/CN={name}", "-keyout", str(key), "-out", str(csr))
-    ext = directory / "ext.cnf"
-    ext.write_text(f"subjectAltName=DNS:{name},IP:127.0.0.1\n")
-    run("x509", "-req", "-in", str(csr), "-CA", str(ca), "-CAkey", str(ca_key),
-        "-CAcreateserial", "-days", "2", "-extfile", str(ext), "-out", str(cert))
-    return ca, cert, key
 
 
 def start_dot(d: Path, *extra: str) -> tuple[ub.UnboundServer, int, Path]:

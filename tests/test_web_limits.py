@@ -20,11 +20,11 @@ from typing import Any
 import pytest
 
 from tests.support import unbound as ub
+from tests.support.certs import make_cert
+from tests.support.data import LISTS, LISTS_YAML, POLICY
+from tests.support.hotline import BLOCKED, http
 from tests.support.procs import SafeGateProcess
 from tests.support.wait import wait_for
-from tests.test_doh_dot import make_cert
-from tests.test_hotline import BLOCKED, http
-from tests.test_resolver_e2e import LISTS, LISTS_YAML, POLICY
 
 pytestmark = pytest.mark.integration
 

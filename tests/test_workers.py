@@ -22,9 +22,9 @@ import dns.rcode
 import pytest
 
 from tests.support import unbound as ub
+from tests.support.data import LISTS, LISTS_YAML, POLICY
 from tests.support.procs import SafeGateProcess
 from tests.support.wait import wait_for
-from tests.test_resolver_e2e import LISTS, LISTS_YAML, POLICY
 
 pytestmark = pytest.mark.integration
 
@@ -152,8 +152,8 @@ def test_a_feed_entry_is_acked_only_once_every_worker_enforces_it(
         unbound: ub.UnboundServer, safegate_factory: Any, tmp_path: Path) -> None:
     """The ack tells the regulator "enforced": by then no process of the node may still
     answer the name (the self-probe waits for every worker's confirmation)."""
+    from tests.support.feeds import NAME, acked, entry, gateway_extra
     from tests.support.publisher import ADMIN_TOKEN, start_publisher
-    from tests.test_feeds_e2e import NAME, acked, entry, gateway_extra
 
     pub = start_publisher(tmp_path / "publisher", gateways=("gw-a",))
     try:
