@@ -9,15 +9,11 @@ from pathlib import Path
 import pytest
 import yaml
 
+from tests.support.monitoring import ALERTS
+
 REPO = Path(__file__).resolve().parents[1]
 RULES = REPO / "deploy/prometheus/alerts.yml"
 RULE_TESTS = REPO / "deploy/prometheus/tests/alerts_test.yml"
-ALERTS = ("SafeGateFeedStale", "SafeGateFeedDocumentStale", "SafeGateEnforcementOverdue",
-          "SafeGateProbeFailures", "SafeGateGatewayNotAcking", "SafeGateGatewayLagging",
-          "SafeGatePublisherOverdue",
-          "SafeGateDnsDown")
-
-
 def promtool(*args: str) -> subprocess.CompletedProcess[str]:
     tool = shutil.which("promtool")
     if tool is None:

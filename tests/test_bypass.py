@@ -13,14 +13,12 @@ import pytest
 
 from gateway.dns import wire
 from gateway.dns.svcb import strip_ech, strip_params
-from gateway.lists.index import ListIndex
-from gateway.lists.index_builder import IndexBuilder
 from gateway.policy.decide import EDE_BLOCKED, Profile
+from tests.support.builders import make_profile
 
 
 def profile(bypass: bool, allow: frozenset[bytes] = frozenset()) -> Profile:
-    return Profile(0, "net", "tier", frozenset(), "blockpage", allow, frozenset(), False,
-                   ListIndex.from_bytes(IndexBuilder().to_bytes()), bypass=bypass)
+    return make_profile(answer="blockpage", allow=allow, bypass=bypass)
 
 
 @pytest.mark.parametrize(("name", "answer", "rule"), [

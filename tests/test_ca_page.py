@@ -17,8 +17,8 @@ from cryptography.hazmat.primitives.serialization import pkcs12
 from cryptography.x509.oid import NameOID
 
 from tests.support import unbound as ub
-from tests.test_hotline import http
-from tests.test_resolver_e2e import LISTS, LISTS_YAML, POLICY
+from tests.support.data import LISTS, LISTS_YAML, POLICY
+from tests.support.hotline import http
 
 pytestmark = pytest.mark.integration
 

@@ -2,24 +2,14 @@
 
 from __future__ import annotations
 
-import ipaddress
-
 import dns.message
 import dns.rcode
 import dns.rrset
 
-from gateway.config.dns import CacheConfig, ForwarderConfig
 from gateway.dns.answers import BlockAnswers
-from gateway.dns.cache import AnswerCache, entry_from_reply
-from gateway.dns.chain import Resolver, View
-from gateway.dns.stats import DnsStats
-from gateway.dns.upstream import Forwarder
-from gateway.dns.upstream_base import Upstream
-from gateway.lists import SCOPE_BOTH, Action, Rule
-from gateway.lists.index import ListIndex
-from gateway.lists.index_builder import IndexBuilder
-from gateway.policy.decide import Profile
-from gateway.policy.netindex import PrefixMap
+from gateway.dns.cache import entry_from_reply
+from gateway.dns.chain import Resolver
+from tests.support.builders import list_index, make_profile, make_resolver
 
 
 class Clock:
@@ -31,20 +21,12 @@ class Clock:
 
 
 def resolver(clock: Clock) -> Resolver:
-    b = IndexBuilder()
-    b.add(b"blocked.test", Rule("adult", SCOPE_BOTH, Action.DEFAULT, False))
-    index = ListIndex.from_bytes(b.to_bytes())
-
-    def profile(i: int, blocked: frozenset[str]) -> Profile:
-        return Profile(i, f"net{i}", f"tier{i}", blocked, "nxdomain", frozenset(), frozenset(),
-                       False, index)
-
-    clients = PrefixMap([(ipaddress.ip_network("127.0.0.1/32"), profile(0, frozenset({"adult"}))),
-                         (ipaddress.ip_network("127.0.0.4/32"), profile(1, frozenset()))])
-    view = View(clients, BlockAnswers.for_addresses(30, ["127.0.0.1"]), 1)
-    cache = AnswerCache(CacheConfig())
-    fwd = Forwarder([Upstream("127.0.0.1", 9)], ForwarderConfig())
-    return Resolver(view, cache, fwd, DnsStats(), clock=clock)
+    index = list_index({b"blocked.test": "adult"})
+    return make_resolver(
+        [("127.0.0.1/32", make_profile({"adult"}, id=0, network="net0", tier="tier0",
+                                       index=index)),
+         ("127.0.0.4/32", make_profile(id=1, network="net1", tier="tier1", index=index))],
+        answers=BlockAnswers.for_addresses(30, ["127.0.0.1"]), clock=clock)
 
 
 def fill(r: Resolver, name: str, ttl: int, now: float) -> None:
@@ -105,15 +87,10 @@ def test_memo_is_per_profile() -> None:
 def test_memos_and_blocked_bodies_stay_within_their_limits() -> None:
     """Issue #10 item 2: a qtype x EDNS x DO sweep over blocked names stays bounded, and every
     answer is still the right one (bodies rebuilt after eviction are the same bytes)."""
-    b = IndexBuilder()
-    b.add(b"blocked.test", Rule("adult", SCOPE_BOTH, Action.DEFAULT, False))
-    profile = Profile(0, "net", "tier", frozenset({"adult"}), "nxdomain", frozenset(),
-                      frozenset(), False, ListIndex.from_bytes(b.to_bytes()), verdict_memo=4,
-                      reply_memo=8)
+    profile = make_profile({"adult"}, index=list_index({b"blocked.test": "adult"}),
+                           verdict_memo=4, reply_memo=8)
     answers = BlockAnswers.for_addresses(30, [], blocked_bodies=5)
-    r = Resolver(View(PrefixMap([(ipaddress.ip_network("127.0.0.1/32"), profile)]), answers, 1),
-                 AnswerCache(CacheConfig()), Forwarder([Upstream("127.0.0.1", 9)],
-                                                       ForwarderConfig()), DnsStats())
+    r = make_resolver(profile, answers=answers)
     first: dict[tuple[str, int, int], bytes] = {}
     for rounds in range(2):
         for qtype in range(1, 200):

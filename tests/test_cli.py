@@ -4,28 +4,14 @@ from __future__ import annotations
 
 import json
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-from tests.support.procs import write_gateway_config
-from tests.test_resolver_e2e import LISTS, LISTS_YAML, POLICY
+from tests.support.cli import config, safegate
+from tests.support.data import LISTS, LISTS_YAML, POLICY
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-def safegate(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "gateway", *args], capture_output=True,
-                          text=True, timeout=60, cwd=REPO, check=False)
-
-
-def config(tmp_path: Path, policy: str = POLICY, lists_yaml: str = LISTS_YAML,
-           lists: dict[str, str] | None = None, extra: dict[str, object] | None = None) -> Path:
-    return write_gateway_config(tmp_path, upstream_port=53000, policies={"p.yaml": policy},
-                                lists=lists if lists is not None else LISTS,
-                                lists_yaml=lists_yaml, extra=extra)
 
 
 def test_check_accepts_a_good_config(tmp_path: Path) -> None:

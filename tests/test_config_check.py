@@ -14,13 +14,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.test_cli import config, safegate
-from tests.test_resolver_e2e import POLICY
-
-
-def check(cfg: Path) -> tuple[int, str, str]:
-    r = safegate("check", "-c", str(cfg))
-    return r.returncode, r.stdout, r.stderr
+from tests.support.cli import check, config, safegate
+from tests.support.data import POLICY
 
 
 def policy_path(tmp_path: Path) -> Path:

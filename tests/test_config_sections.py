@@ -24,8 +24,8 @@ from gateway.config.proxy import ProxyConfig
 from gateway.config.reports import ReportsConfig
 from gateway.errors import ConfigError
 from tests.support import unbound as ub
-from tests.test_config_check import check
-from tests.test_resolver_e2e import LISTS, LISTS_YAML, POLICY
+from tests.support.cli import check
+from tests.support.data import LISTS, LISTS_YAML, POLICY
 
 BASE = "dns:\n  upstreams: ['127.0.0.1']\n"
 
@@ -71,7 +71,7 @@ def test_parsing_opens_no_named_file_and_check_files_names_its_line(
 
 
 def test_safegate_check_reports_a_missing_public_key_at_its_line(tmp_path: Path) -> None:
-    from tests.test_cli import config
+    from tests.support.cli import config
 
     cfg = config(tmp_path, extra={"gateway": {"id": "gw1", "token": "secret-token"},
                                   "feeds": [{"name": "central", "url": "https://feeds.example/",

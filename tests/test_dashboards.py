@@ -21,9 +21,8 @@ import pytest
 import yaml
 
 from tests.support import dashboards as dash
-from tests.support.monitoring import EXAMPLES, PrometheusServer, Stack, send_traffic
+from tests.support.monitoring import ALERTS, EXAMPLES, PrometheusServer, Stack, send_traffic
 from tests.support.procs import REPO_ROOT
-from tests.test_alert_rules import ALERTS
 
 pytestmark = pytest.mark.integration
 

@@ -8,6 +8,7 @@ from gateway.lists import SCOPE_BOTH, SCOPE_SELF, SCOPE_SUBS, Action, Rule
 from gateway.lists.index import ListIndex
 from gateway.lists.index_builder import IndexBuilder
 from gateway.policy.decide import EDE_BLOCKED, EDE_CENSORED, Profile, decide
+from tests.support.builders import make_profile
 
 RULES = [
     (b"csam-test.invalid", Rule("csam", SCOPE_BOTH, Action.DEFAULT, True)),
@@ -32,8 +33,8 @@ def index() -> ListIndex:
 
 def profile(blocked: set[str], allow: set[bytes] = frozenset(), deny: set[bytes] = frozenset(),
             default_block: bool = False, answer: str = "blockpage") -> Profile:
-    return Profile(0, "net", "tier", frozenset(blocked), answer, frozenset(allow),
-                   frozenset(deny), default_block, index())
+    return make_profile(blocked, answer=answer, allow=allow, deny=deny,
+                        default_block=default_block, index=index())
 
 
 @pytest.mark.parametrize(

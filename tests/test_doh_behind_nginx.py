@@ -10,7 +10,6 @@ from __future__ import annotations
 import shutil
 import socket
 import subprocess
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -18,8 +17,10 @@ from typing import Any
 import pytest
 
 from tests.support import unbound as ub
+from tests.support.certs import make_cert
+from tests.support.data import DOH_LISTS, DOH_LISTS_YAML, DOH_POLICY, DOH_TOKEN
 from tests.support.procs import SafeGateProcess, free_port, kdig
-from tests.test_doh_dot import LISTS, LISTS_YAML, POLICY, TOKEN, make_cert
+from tests.support.wait import wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -61,18 +62,19 @@ http {{
 """)
     proc = subprocess.Popen([NGINX, "-p", str(directory), "-c", str(conf)],
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
+    def listening() -> bool:
         if proc.poll() is not None:
             err = proc.stderr.read().decode() if proc.stderr else ""
             raise RuntimeError(f"nginx exited: {err}{(directory / 'error.log').read_text()}")
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            return proc
-        except OSError:
-            time.sleep(0.05)
-    proc.kill()
-    raise RuntimeError("nginx did not listen")
+        socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+        return True
+
+    try:
+        wait_for(listening, what="nginx listening", ignore=(OSError,))
+    except AssertionError:
+        proc.kill()
+        raise
+    return proc
 
 
 @pytest.fixture
@@ -82,8 +84,8 @@ def stack(unbound: ub.UnboundServer, safegate_factory: Any, tmp_path: Path
         pytest.fail("nginx is not installed: run `make deps-apt` (Debian package 'nginx-light')")
     cert, key = make_cert(tmp_path)
     gw: SafeGateProcess = safegate_factory(
-        upstream_port=unbound.port, policies={"p.yaml": POLICY}, lists=LISTS,
-        lists_yaml=LISTS_YAML, extra={"dns": {"trusted_frontends": [f"{PROXY_SOURCE}/32"]}})
+        upstream_port=unbound.port, policies={"p.yaml": DOH_POLICY}, lists=DOH_LISTS,
+        lists_yaml=DOH_LISTS_YAML, extra={"dns": {"trusted_frontends": [f"{PROXY_SOURCE}/32"]}})
     web_port = int(gw.web_url.rsplit(":", 1)[1].split("/")[0])
     port = free_port(v6=False, udp=False)
     nginx = _start_nginx(tmp_path / "nginx", port, web_port, cert, key)
@@ -111,7 +113,7 @@ def test_kdig_over_http2_through_nginx_gets_the_clients_tier(
     staff = _kdig(port, cert, "127.0.0.4", "gamble.test")
     assert ub.BLOCKED_TARGET_A in staff and "EDE" not in staff, staff
     # A token path selects its tier wherever the client is (teens: gambling allowed).
-    token = _kdig(port, cert, "127.0.0.1", "gamble.test", f"/dns-query/{TOKEN}")
+    token = _kdig(port, cert, "127.0.0.1", "gamble.test", f"/dns-query/{DOH_TOKEN}")
     assert ub.BLOCKED_TARGET_A in token, token
     doh = [line for line in gw.metrics_text().splitlines()
            if line.startswith("safegate_dns_queries_total") and 'protocol="doh"' in line]

@@ -25,39 +25,12 @@ from gateway.config.gateway import load_config
 from gateway.errors import ConfigError, ConfigErrors
 from gateway.policy.policyfile import load_policy
 from tests.support import unbound as ub
+from tests.support.certs import make_cert
+from tests.support.data import DOH_LISTS, DOH_LISTS_YAML, DOH_POLICY, DOH_TOKEN
 from tests.support.procs import SafeGateProcess, free_port, kdig
+from tests.support.wait import wait_for
 
-POLICY = """\
-tiers:
-  kids: {block: [adult, gambling], answer: blockpage}
-  teens: {block: [adult], answer: nxdomain}
-  staff: {block: []}
-networks:
-  - {name: kids-v4, cidrs: ["127.0.0.1/32"], tier: kids}
-  - {name: staff-net, cidrs: ["127.0.0.4/32"], tier: staff}
-tokens:
-  - {token: "k7f3q9-teen", tier: teens}
-"""
-LISTS = {"adult.txt": "adult-site.test\n", "gambling.txt": "gamble.test\n"}
-LISTS_YAML = """\
-categories:
-  adult:
-    - {path: adult.txt, format: domains}
-  gambling:
-    - {path: gambling.txt, format: domains}
-"""
-TOKEN = "k7f3q9-teen"
 CT = "application/dns-message"
-
-
-def make_cert(directory: Path, cn: str = "localhost") -> tuple[Path, Path]:
-    cert, key = directory / "cert.pem", directory / "key.pem"
-    subprocess.run(
-        ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
-         "-nodes", "-subj", f"/CN={cn}", "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1",
-         "-days", "2", "-keyout", str(key), "-out", str(cert)],
-        check=True, capture_output=True)
-    return cert, key
 
 
 def ede(msg: dns.message.Message) -> list[tuple[int, str]]:
@@ -123,8 +96,8 @@ def tls_gw(unbound: ub.UnboundServer, safegate_factory: Any, certs: tuple[Path, 
     shutil.copy(certs[1], key)
     dot_port = free_port(v6=False, udp=False)
     gw: SafeGateProcess = safegate_factory(
-        upstream_port=unbound.port, policies={"p.yaml": POLICY}, lists=LISTS,
-        lists_yaml=LISTS_YAML, extra={
+        upstream_port=unbound.port, policies={"p.yaml": DOH_POLICY}, lists=DOH_LISTS,
+        lists_yaml=DOH_LISTS_YAML, extra={
             "dns": {"tls": {"listen": [f"127.0.0.1:{dot_port}"], "cert": str(cert),
                             "key": str(key)}},
             "web": {"tls": {"cert": str(cert), "key": str(key)}}})
@@ -158,7 +131,7 @@ def test_doh_post_and_get_answer_allowed_names_with_id_and_cache_control(
     ttl = dns.message.from_wire(body).answer[0].ttl
     assert headers["cache-control"] == f"max-age={ttl}" and 0 < ttl <= ub.ALLOWED_TTL
     # A negative answer is fresh for its SOA's TTL; a refusal not at all.
-    _, headers, body = doh.post(wire_query("adult-site.test"), f"/dns-query/{TOKEN}")
+    _, headers, body = doh.post(wire_query("adult-site.test"), f"/dns-query/{DOH_TOKEN}")
     assert headers["cache-control"] == f"max-age={dns.message.from_wire(body).authority[0].ttl}"
     _, headers, _ = Doh(web_port(tls_gw), certs[0], source="127.0.0.2").post(wire_query("x.test"))
     assert headers["cache-control"] == "max-age=0"
@@ -170,15 +143,15 @@ def test_doh_blocks_per_tier_and_token_selects_its_tier(tls_gw: SafeGateProcess,
     kids = doh.ask("sub.adult-site.test")  # by address: 127.0.0.1 is kids (block page)
     assert [rr.address for rr in kids.answer[0]] == ["127.0.0.1"]
     assert ede(kids) == [(15, "adult: adult-site.test")]
-    teens = doh.ask("sub.adult-site.test", path=f"/dns-query/{TOKEN}", get=True)
+    teens = doh.ask("sub.adult-site.test", path=f"/dns-query/{DOH_TOKEN}", get=True)
     assert teens.rcode() == dns.rcode.NXDOMAIN and ede(teens) == [(15, "adult: adult-site.test")]
     # gambling: blocked for kids, not for the token's tier, whatever the address
     assert ede(doh.ask("gamble.test")) == [(15, "gambling: gamble.test")]
-    token = doh.ask("gamble.test", path=f"/dns-query/{TOKEN}")
+    token = doh.ask("gamble.test", path=f"/dns-query/{DOH_TOKEN}")
     assert [rr.address for rr in token.answer[0]] == [ub.BLOCKED_TARGET_A]
     # From an address in no network, the token still places the client; the bare path refuses.
     elsewhere = Doh(web_port(tls_gw), certs[0], source="127.0.0.2")
-    assert elsewhere.ask(ub.ALLOWED, path=f"/dns-query/{TOKEN}").rcode() == dns.rcode.NOERROR
+    assert elsewhere.ask(ub.ALLOWED, path=f"/dns-query/{DOH_TOKEN}").rcode() == dns.rcode.NOERROR
     assert elsewhere.ask(ub.ALLOWED).rcode() == dns.rcode.REFUSED
 
 
@@ -223,8 +196,8 @@ def test_kdig_https_needs_http2(tls_gw: SafeGateProcess, certs: tuple[Path, Path
 def test_doh_trusts_x_forwarded_for_only_from_trusted_frontends(
         unbound: ub.UnboundServer, safegate_factory: Any) -> None:
     gw: SafeGateProcess = safegate_factory(
-        upstream_port=unbound.port, policies={"p.yaml": POLICY}, lists=LISTS,
-        lists_yaml=LISTS_YAML, extra={"dns": {"trusted_frontends": ["127.0.0.1/32"]}})
+        upstream_port=unbound.port, policies={"p.yaml": DOH_POLICY}, lists=DOH_LISTS,
+        lists_yaml=DOH_LISTS_YAML, extra={"dns": {"trusted_frontends": ["127.0.0.1/32"]}})
     proxy = Doh(web_port(gw), None)  # plain HTTP, as behind a TLS-terminating proxy
     staff = proxy.ask("gamble.test", **{"X-Forwarded-For": "203.0.113.9, 127.0.0.4"})
     assert [rr.address for rr in staff.answer[0]] == [ub.BLOCKED_TARGET_A]
@@ -308,10 +281,7 @@ def test_reload_picks_up_a_renewed_certificate(tls_gw: SafeGateProcess,
     shutil.copy(new_cert, cert)
     tls_gw.reload()
     want = ssl.PEM_cert_to_DER_cert(new_cert.read_text())
-    deadline = time.monotonic() + 10
-    while served() != want:
-        assert time.monotonic() < deadline, "the renewed certificate was not served"
-        time.sleep(0.1)
+    wait_for(lambda: served() == want, what="the renewed certificate is served")
     assert old != want
     # DoH over HTTPS got it too.
     doh = Doh(web_port(tls_gw), new_cert)

@@ -27,8 +27,10 @@ import pytest
 from gateway.dns import proxyproto
 from gateway.policy.decide import EDE_BLOCKED, EDE_FILTERED
 from tests.support import unbound as ub
+from tests.support.data import FRONTENDS_LISTS, FRONTENDS_LISTS_YAML, FRONTENDS_POLICY
 from tests.support.dnsdist import Dnsdist, start_dnsdist
 from tests.support.procs import SafeGateProcess, free_port, write_gateway_config
+from tests.support.wait import wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -37,26 +39,10 @@ KIDS_SUBSCRIBER = "127.0.8.5"   # subscribers.csv: kids, filtered (the subscribe
 ISP_CUSTOMER = "127.0.8.6"      # no subscriber entry: the isp network's tier (teens)
 UNTRUSTED = "127.0.0.3"         # a direct client in the lan network (staff)
 
-POLICY = """\
-tiers:
-  kids: {block: [adult, gambling], answer: nxdomain}
-  teens: {block: [adult], answer: nxdomain}
-  staff: {block: []}
-networks:
-  - {name: frontends, cidrs: ["127.0.0.2/32"], tier: staff}
-  - {name: isp, cidrs: ["127.0.8.0/24"], tier: teens}
-  - {name: lan, cidrs: ["127.0.0.3/32"], tier: staff}
-"""
 SUBSCRIBERS = """\
 prefix,tier,filtered
 127.0.8.5,kids,yes
 2001:db8:1200::/56,kids,yes
-"""
-LISTS = {"adult.txt": "adult.example\n", "gambling.txt": "gamble.test\n"}
-LISTS_YAML = """\
-categories:
-  adult: [{path: adult.txt, format: domains}]
-  gambling: [{path: gambling.txt, format: domains}]
 """
 
 
@@ -67,8 +53,9 @@ def _ede(msg: dns.message.Message) -> list[int]:
 def _config(tmp: Path, upstream_port: int, **dns_extra: Any) -> Path:
     (tmp / "subscribers.csv").write_text(SUBSCRIBERS)
     return write_gateway_config(
-        tmp, upstream_port=upstream_port, policies={"p.yaml": POLICY}, lists=LISTS,
-        lists_yaml=LISTS_YAML, ipv6=False,
+        tmp, upstream_port=upstream_port, policies={"p.yaml": FRONTENDS_POLICY},
+        lists=FRONTENDS_LISTS,
+        lists_yaml=FRONTENDS_LISTS_YAML, ipv6=False,
         extra={"subscribers": "subscribers.csv",
                "dns": {"trusted_frontends": [f"{FRONTEND}/32"], "proxy_protocol": True,
                        **dns_extra}})
@@ -239,12 +226,7 @@ def test_ecs_is_stripped_before_upstream_unless_configured(safegate_factory: Any
 
 
 def _wait_metric(gw: SafeGateProcess, text: str, timeout: float = 10.0) -> None:
-    import time
-
-    deadline = time.monotonic() + timeout
-    while text not in gw.metrics_text():
-        assert time.monotonic() < deadline, f"metric {text!r} never appeared"
-        time.sleep(0.1)
+    wait_for(lambda: text in gw.metrics_text(), timeout=timeout, what=f"{text!r} in /metrics")
 
 
 def test_subscribers_file_reloads_and_a_broken_one_keeps_the_running(

@@ -11,57 +11,24 @@ import shutil
 import subprocess
 import sys
 import urllib.parse
-from http.client import HTTPConnection
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from tests.support import unbound as ub
+from tests.support.data import LISTS, LISTS_YAML, POLICY
+from tests.support.hotline import BLOCKED, gateway_extra, http, reports_at
 from tests.support.procs import REPO_ROOT, SafeGateProcess
 from tests.support.publisher import (
-    ADMIN_TOKEN,
     PublisherProcess,
     gateway_token,
     start_publisher,
     write_publisher_config,
 )
-from tests.test_feeds_e2e import wait_for
-from tests.test_resolver_e2e import LISTS, LISTS_YAML, POLICY
+from tests.support.wait import wait_for
 
 pytestmark = pytest.mark.integration
-
-BLOCKED = "adult-site.test"     # category adult for the kids network (127.0.0.1)
-
-
-def gateway_extra(pub_url: str, public_key: Path) -> dict[str, Any]:
-    return {
-        "gateway": {"id": "gw-a", "token": gateway_token("gw-a")},
-        "feeds": [{"name": "central", "url": pub_url + "/v1/feed", "type": "safegate",
-                   "public_key": str(public_key), "interval": 60, "long_poll": 10}],
-        "reports": {"forward_to": [pub_url + "/v1/reports"]},
-    }
-
-
-def http(gw: SafeGateProcess, method: str, path: str, *, host: str = BLOCKED,
-         data: dict[str, str] | None = None, accept: str = "text/html",
-         source: str = "127.0.0.1") -> tuple[int, dict[str, str], str]:
-    """One request from the loopback address `source` (a client of that address)."""
-    url = urllib.parse.urlsplit(gw.web_url)
-    assert url.hostname is not None and url.port is not None
-    conn = HTTPConnection(url.hostname, url.port, timeout=5, source_address=(source, 0))
-    headers = {"Host": host, "Accept": accept}
-    body = None
-    if data is not None:
-        body = urllib.parse.urlencode(data).encode()
-        headers["Content-Type"] = "application/x-www-form-urlencoded"
-    try:
-        conn.request(method, path, body=body, headers=headers)
-        resp = conn.getresponse()
-        return resp.status, dict(resp.getheaders()), resp.read().decode()
-    finally:
-        conn.close()
-
 
 SECURITY_HEADERS = ("Content-Security-Policy", "X-Frame-Options", "X-Content-Type-Options",
                     "Referrer-Policy")
@@ -82,12 +49,6 @@ def form_of(page: str, kind: str) -> dict[str, str]:
     form = page[page.index(f'id="report-{kind}"'):]
     form = form[:form.index("</form>")]
     return dict(re.findall(r'type="hidden" name="(\w+)" value="([^"]*)"', form))
-
-
-def reports_at(pub: PublisherProcess) -> list[dict[str, Any]]:
-    r = pub.request("GET", "/v1/reports", token=ADMIN_TOKEN)
-    assert r.status == 200, r.body
-    return list(r.json()["reports"])
 
 
 def safegate(*args: str) -> subprocess.CompletedProcess[str]:
@@ -120,7 +81,7 @@ def test_report_from_block_page_reaches_publisher(tmp_path: Path, unbound: ub.Un
         report_id = re.search(r'id="report-id">([0-9a-f-]{36})<', answer)
         assert report_id is not None
 
-        wait_for(lambda: len(reports_at(pub)) == 1, 10.0, "the report reached the publisher")
+        wait_for(lambda: len(reports_at(pub)) == 1, 10.0, what="the report reached the publisher")
         got = reports_at(pub)[0]
         assert got["id"] == report_id.group(1)
         assert (got["kind"], got["target"], got["category"], got["gateway"], got["comment"],
@@ -140,9 +101,9 @@ def test_report_from_block_page_reaches_publisher(tmp_path: Path, unbound: ub.Un
         fields = form_of(http(gw, "GET", "/some/page?x=1")[2], "mistake")
         assert http(gw, "POST", "/report", data=fields)[0] == 200
 
-        wait_for(lambda: len(reports_at(pub)) == 2, 10.0, "both reports forwarded")
+        wait_for(lambda: len(reports_at(pub)) == 2, 10.0, what="both reports forwarded")
         wait_for(lambda: "safegate_reports_pending 0.0" in gw.metrics_text(), 5.0,
-                 "nothing pending")
+                 what="nothing pending")
         metrics = gw.metrics_text()
         for line in ('safegate_reports_received_total{kind="harmful"} 1.0',
                      'safegate_reports_received_total{kind="mistake"} 1.0',
@@ -258,7 +219,7 @@ def test_outage_and_restart_lose_nothing_and_duplicate_nothing(
     report_id = re.search(r'id="report-id">([0-9a-f-]{36})<', answer)
     assert report_id is not None
     wait_for(lambda: "safegate_reports_forward_failures_total 1.0" in gw.metrics_text(), 5.0,
-             "a failed delivery while the publisher is down")
+             what="a failed delivery while the publisher is down")
     assert "safegate_reports_pending 1.0" in gw.metrics_text()
 
     gw.stop()   # SIGTERM while the report is still owed
@@ -266,9 +227,9 @@ def test_outage_and_restart_lose_nothing_and_duplicate_nothing(
     again = SafeGateProcess().start(gw.config)
     pub = PublisherProcess(setup).start()
     try:
-        wait_for(lambda: len(reports_at(pub)) == 1, 20.0, "delivered after the restart")
+        wait_for(lambda: len(reports_at(pub)) == 1, 20.0, what="delivered after the restart")
         wait_for(lambda: "safegate_reports_pending 0.0" in again.metrics_text(), 5.0,
-                 "the outbox is empty")
+                 what="the outbox is empty")
         got = reports_at(pub)
         assert [r["id"] for r in got] == [report_id.group(1)]
         # At-least-once delivery: a repeat of the same report is acknowledged, not stored.

@@ -11,11 +11,12 @@ from typing import Any
 import pytest
 
 from tests.support import unbound as ub
+from tests.support.data import LISTS, LISTS_YAML, POLICY
+from tests.support.feeds import entry
+from tests.support.hotline import gateway_extra, reports_at
 from tests.support.procs import REPO_ROOT
 from tests.support.publisher import ADMIN_TOKEN, start_publisher
-from tests.test_feeds_e2e import entry, wait_for
-from tests.test_hotline import gateway_extra, reports_at
-from tests.test_resolver_e2e import LISTS, LISTS_YAML, POLICY
+from tests.support.wait import wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -58,7 +59,7 @@ def test_chromium_legal_block_page_and_report(tmp_path: Path, unbound: ub.Unboun
                     response = page.goto(f"http://{TAKEDOWN}/bai-viet/1")
                     return response is not None and response.status == 451
 
-                wait_for(legal_page_shown, 10.0, "the feed entry is in force (HTTP 451)")
+                wait_for(legal_page_shown, 10.0, what="the feed entry is in force (HTTP 451)")
                 text = page.inner_text("body")
                 for shown in (f"{TAKEDOWN}/bai-viet/1", "Nội dung bị gỡ bỏ theo yêu cầu pháp lý",
                               "Bộ Công an", "123/QĐ-BCA", "2026-11-20", "BCA-2026-0042",
@@ -79,7 +80,7 @@ def test_chromium_legal_block_page_and_report(tmp_path: Path, unbound: ub.Unboun
                 page.screenshot(path=str(artifacts() / "report-thanks-en.png"))
             finally:
                 browser.close()
-        wait_for(lambda: len(reports_at(pub)) == 1, 10.0, "the report reached the publisher")
+        wait_for(lambda: len(reports_at(pub)) == 1, 10.0, what="the report reached the publisher")
         got = reports_at(pub)[0]
         assert (got["kind"], got["target"], got["category"], got["entry_id"],
                 got["comment"]) == ("mistake", f"{TAKEDOWN}/bai-viet/1", "csam",

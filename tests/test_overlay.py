@@ -12,8 +12,8 @@ from gateway.lists import SCOPE_BOTH, SCOPE_SELF, Action, Rule
 from gateway.lists.overlay import Layered, Overlay
 from gateway.runtime.app import Gateway
 from tests.support import unbound as ub
+from tests.support.data import LISTS, LISTS_YAML, POLICY
 from tests.support.procs import write_gateway_config
-from tests.test_resolver_e2e import LISTS, LISTS_YAML, POLICY
 
 LEGAL = Rule("csam", SCOPE_BOTH, Action.DEFAULT, True, "BTTTT-2026-0042")
 

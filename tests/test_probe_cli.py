@@ -10,7 +10,6 @@ the RPZ must sit on a resolver that really resolves (as an ISP's does).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import signal
 import subprocess
@@ -23,6 +22,7 @@ from typing import Any
 
 import aiohttp
 import dns.edns
+import dns.exception
 import dns.message
 import dns.rcode
 import dns.rrset
@@ -42,6 +42,7 @@ from tests.support.unbound import (
     UnboundFactory,
     UnboundServer,
 )
+from tests.support.wait import async_wait_for, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -194,16 +195,18 @@ def start_front(workdir: Path, upstream: UnboundServer, rpz_zone: Path | None) -
         proc = subprocess.Popen([UNBOUND, "-d", "-c", str(conf)], stdout=out,
                                 stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
     front = Front(port, proc, log)
-    deadline = time.monotonic() + 5
-    while time.monotonic() < deadline:
+    def answering() -> bool:
         if proc.poll() is not None:
             raise RuntimeError(f"unbound exited: {log.read_text()}")
-        with contextlib.suppress(Exception):
-            if dns_query(ALLOWED, port=port, timeout=0.2).answer:
-                return front
-        time.sleep(0.05)
-    proc.kill()
-    raise RuntimeError(f"front unbound not answering: {log.read_text()}")
+        return bool(dns_query(ALLOWED, port=port, timeout=0.2).answer)
+
+    try:
+        wait_for(answering, what="the front unbound answers",
+                 ignore=(dns.exception.DNSException, OSError))
+    except AssertionError:
+        proc.kill()
+        raise RuntimeError(f"front unbound not answering: {log.read_text()}") from None
+    return front
 
 
 @pytest.fixture
@@ -337,15 +340,14 @@ async def test_serve_exposes_metrics(
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
     text = ""
     try:
-        deadline = time.monotonic() + 20
         async with aiohttp.ClientSession() as session:
-            while time.monotonic() < deadline:
-                with contextlib.suppress(aiohttp.ClientError):
-                    async with session.get(f"http://127.0.0.1:{port}/metrics") as resp:
-                        text = await resp.text()
-                    if metric(text, "safegate_probe_runs_total") >= 2:
-                        break
-                await asyncio.sleep(0.1)
+            async def two_runs() -> bool:
+                nonlocal text
+                async with session.get(f"http://127.0.0.1:{port}/metrics") as resp:
+                    text = await resp.text()
+                return metric(text, "safegate_probe_runs_total") >= 2
+            await async_wait_for(two_runs, interval=0.1, what="two probe runs",
+                                 ignore=(aiohttp.ClientError,))
         assert metric(text, "safegate_probe_runs_total") >= 2, text
         assert metric(text, 'safegate_probe_entries{result="blocked"}') == PROBED
         assert metric(text, 'safegate_probe_entries{result="allowed"}') == 0

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import signal
-import time
 import urllib.request
 from pathlib import Path
 
@@ -13,6 +12,7 @@ import pytest
 
 from tests.support.procs import SafeGateFactory, free_port
 from tests.support.unbound import UnboundServer
+from tests.support.wait import wait_for
 
 pytest.importorskip("mitmproxy")
 pytestmark = pytest.mark.integration
@@ -42,15 +42,6 @@ def children(pid: int) -> list[int]:
     return out
 
 
-def wait_for(predicate: object, timeout: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if callable(predicate) and predicate():
-            return
-        time.sleep(0.1)
-    raise AssertionError("condition not met in time")
-
-
 def ready(port: int) -> bool:
     try:
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=0.5) as r:
@@ -67,14 +58,15 @@ def test_run_supervises_the_proxy_and_serves_the_pac(safegate_factory: SafeGateF
         lists={"pages.txt": "https://news.test/post/1\n"}, lists_yaml=LISTS_YAML, ipv6=False,
         extra={"proxy": {"enabled": True, "listen": f"127.0.0.1:{pport}",
                          "metrics_listen": f"127.0.0.1:{mport}"}})
-    wait_for(lambda: ready(mport))
+    wait_for(lambda: ready(mport), what="the proxy metrics port answers")
     [child] = children(gw.pid)
     with urllib.request.urlopen(gw.web_url + "/proxy.pac", timeout=5) as r:
         assert r.headers["Content-Type"].startswith("application/x-ns-proxy-autoconfig")
         pac = r.read().decode()
     assert f'"PROXY 127.0.0.1:{pport}"' in pac and '"news.test":1' in pac
     os.kill(child, signal.SIGKILL)
-    wait_for(lambda: [c for c in children(gw.pid) if c != child] and ready(mport))
+    wait_for(lambda: [c for c in children(gw.pid) if c != child] and ready(mport),
+             what="a new proxy child serves")
     [second] = children(gw.pid)
     assert second != child
     gw.stop()                      # exit code 0 asserted; the child goes with it

@@ -5,8 +5,8 @@ from __future__ import annotations
 import asyncio
 import http.client
 import json
+import select
 import subprocess
-import threading
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -27,19 +27,22 @@ from gateway.errors import ConfigError
 from gateway.feedformat.document import FeedEntry, LegalBasis, parse_feed
 from gateway.feedformat.rpz import to_rpz
 from gateway.feedformat.signing import Verifier, generate_keys, load_signer
-from gateway.publisher.app import BUILDER, make_app
+from gateway.publisher.app import BUILDER, WATCHER, make_app
 from gateway.publisher.config import load_publisher_config
 from gateway.publisher.edits import never_block_conflict
 from gateway.publisher.store import Store
+from tests.support.feedschema import schema_errors
 from tests.support.publisher import (
     ADMIN_TOKEN,
+    HttpResult,
+    PublisherProcess,
     PublisherSetup,
     gateway_token,
     run_feed,
     start_publisher,
     write_publisher_config,
 )
-from tests.test_feed_format import schema_errors
+from tests.support.wait import async_wait_for, wait_for
 
 PROMTOOL = "/usr/bin/promtool"
 T = "2026-11-23T10:00:00Z"
@@ -378,26 +381,40 @@ async def test_old_since_gets_full_snapshot(api: Api, setup: PublisherSetup) -> 
 
 async def test_long_poll(api: Api) -> None:
     await api.add(dom("a.example", "A"))
-    t0 = time.monotonic()
+    watcher = api.client.server.app[WATCHER]
+    waiting = 0
+    wait_beyond = watcher.wait_beyond
+
+    async def counted(threshold: int, timeout: float) -> bool:
+        # Observe (not replace) the wait: the test must know the request is parked in it.
+        nonlocal waiting
+        waiting += 1
+        try:
+            return await wait_beyond(threshold, timeout)
+        finally:
+            waiting -= 1
+
+    watcher.wait_beyond = counted  # type: ignore[method-assign]
+    loop = asyncio.get_running_loop()
+    t0 = loop.time()
     assert (await api.feed("?since=1&wait=0.3"))[0] == 304
-    assert 0.25 < time.monotonic() - t0 < 2
+    assert loop.time() - t0 >= 0.3, "a long poll with nothing new waits its full time"
 
-    async def later() -> None:
-        await asyncio.sleep(0.3)
-        # a write from "elsewhere": straight into SQLite, as the CLI does
-        other = Store(api.store.path)
-        other.add_entries([_e("late.example", eid="LATE", mandatory=False)])
-        other.close()
-
-    task = asyncio.create_task(later())
-    t0 = time.monotonic()
-    status, _, body = await api.feed("?since=1&wait=30")
-    waited = time.monotonic() - t0
-    await task
-    assert status == 200 and 0.25 < waited < 1.5
+    # The poll may wait 60 s, far longer than this test waits for it: a 200 can only be the
+    # write waking it, and the write happens only once the poll is parked in the wait.
+    poll = asyncio.create_task(api.feed("?since=1&wait=60"))
+    await async_wait_for(lambda: waiting == 1, what="the long poll is waiting")
+    # a write from "elsewhere": straight into SQLite, as the CLI does
+    other = Store(api.store.path)
+    other.add_entries([_e("late.example", eid="LATE", mandatory=False)])
+    other.close()
+    status, _, body = await asyncio.wait_for(poll, 20)
+    assert status == 200
     assert [e.id for e in parse_feed(body).entries] == ["LATE"]
-    status, _, _ = await api.feed("?wait=5", **{"If-None-Match": '"1"'})
+    assert waiting == 0
+    status, _, _ = await api.feed("?wait=60", **{"If-None-Match": '"1"'})
     assert status == 200                          # ETag already stale: answered at once
+    assert waiting == 0, "a stale ETag must not wait at all"
 
 
 async def test_write_api_auth_and_guard_rails(api: Api) -> None:
@@ -554,6 +571,31 @@ async def test_rpz_endpoint(api: Api) -> None:
 
 # ------------------------------------------------------------------ a real publisher process
 
+def _server_has_read(server_port: int, client_port: int) -> bool:
+    """True once the server side of this loopback TCP connection has an empty receive queue:
+    the server process has read the request (from /proc/net/tcp, so no server hook)."""
+    want = (f":{server_port:04X}", f":{client_port:04X}")
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        fields = line.split()
+        if fields[1].endswith(want[0]) and fields[2].endswith(want[1]):
+            return fields[3] == "01" and int(fields[4].split(":")[1], 16) == 0
+    return False
+
+
+def long_poll(pub: PublisherProcess, path: str) -> http.client.HTTPConnection:
+    """Send a GET and return once the publisher has read it and not answered it: a waiting
+    long poll. The caller reads the answer with `getresponse()`."""
+    port = int(pub.url.rsplit(":", 1)[1])
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    conn.request("GET", path)
+    assert conn.sock is not None
+    client_port = conn.sock.getsockname()[1]
+    wait_for(lambda: _server_has_read(port, client_port), what=f"the publisher read {path}")
+    readable, _, _ = select.select([conn.sock], [], [], 0)
+    assert not readable, f"{path} was answered at once: no long poll to wake"
+    return conn
+
+
 def test_process_cli_long_poll_and_restart(tmp_path: Path) -> None:
     keygen = run_feed("keygen", "--out", str(tmp_path / "k"))
     assert keygen.returncode == 0 and "key id" in keygen.stdout
@@ -566,24 +608,16 @@ def test_process_cli_long_poll_and_restart(tmp_path: Path) -> None:
         assert r.returncode == 0, r.stderr
         assert pub.request("GET", "/v1/feed").headers["ETag"] == '"1"'
 
-        result: dict[str, Any] = {}
-
-        def poll() -> None:
-            t0 = time.monotonic()
-            result["r"] = pub.request("GET", "/v1/feed?since=1&wait=20", timeout=30)
-            result["at"] = time.monotonic()
-            result["t0"] = t0
-
-        thread = threading.Thread(target=poll)
-        thread.start()
-        time.sleep(0.5)
-        assert thread.is_alive()
+        # The long poll may wait 60 s, far longer than this test waits for its answer, so an
+        # answer with serial 2 can only be the publish waking it; and the server has read the
+        # request (and found nothing newer than 1) before the publish starts.
+        conn = long_poll(pub, "/v1/feed?since=1&wait=60")
         r = pub.feed("add", *add_args("second.example", "--id", "F-2"))
-        added_at = time.monotonic()
         assert r.returncode == 0, r.stderr
-        thread.join(10)
-        assert result["r"].status == 200
-        assert result["at"] - added_at < 1.0, "long poll woke too late"
+        woke = conn.getresponse()
+        assert woke.status == 200 and woke.headers["ETag"] == '"2"'
+        result = {"r": HttpResult(woke.status, dict(woke.headers.items()), woke.read())}
+        conn.close()
         doc = parse_feed(result["r"].body)
         Verifier.from_files([pub.setup.public_key]).verify(
             result["r"].body, result["r"].headers["SafeGate-Signature"])
@@ -595,14 +629,10 @@ def test_process_cli_long_poll_and_restart(tmp_path: Path) -> None:
         assert pub.request("POST", "/v1/acks", body=body, token=tok).status == 200
         promtool_ok(pub.request("GET", "/metrics").body.decode())
 
-        # a pending long poll must not hold up a clean SIGTERM
-        thread = threading.Thread(target=poll)
-        thread.start()
-        time.sleep(0.3)
-        t0 = time.monotonic()
-        pub.stop()
-        assert time.monotonic() - t0 < 3
-        thread.join(10)
+        # a pending long poll (60 s) must not hold up a clean SIGTERM (stop() allows 10 s)
+        conn = long_poll(pub, "/v1/feed?since=2&wait=60")
+        pub.stop(timeout=10)
+        conn.close()
     finally:
         pub.kill()
 
@@ -813,13 +843,8 @@ def test_heartbeat_re_signs_an_idle_feed(tmp_path: Path) -> None:
             return parse_feed(r.body)
 
         first, first_diff = fetch(""), fetch("?since=0")
-        deadline = time.monotonic() + 30
-        while True:
-            later = fetch("")
-            if later.generated_at > first.generated_at:
-                break
-            assert time.monotonic() < deadline, "the document was never re-signed"
-            time.sleep(0.2)
+        later = wait_for(lambda: (doc := fetch("")).generated_at > first.generated_at and doc,
+                         timeout=30, interval=0.2, what="the document re-signed (heartbeat)")
         assert later.serial == first.serial == 1 and later.entries == first.entries
         assert fetch("?since=0").generated_at > first_diff.generated_at
     cfg = load_publisher_config(pub.setup.config)

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import socket
 import struct
-import time
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +26,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from tests.support import dnssec
 from tests.support import unbound as ub
 from tests.support.procs import SafeGateProcess
+from tests.support.wait import wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -245,11 +245,8 @@ def test_rrl_slips_and_drops_a_udp_burst_and_tcp_still_answers(
     dropped = n - answered - slipped
     assert answered < n and slipped > 0 and dropped > 0
     assert abs(slipped - dropped) <= 1                     # slip 2: every other limited one
-    deadline = time.monotonic() + 10
-    while (metric(gw, "safegate_rrl_limited_total", action="slipped") != slipped
-           and time.monotonic() < deadline):
-        time.sleep(0.1)
-    assert metric(gw, "safegate_rrl_limited_total", action="slipped") == slipped
+    wait_for(lambda: metric(gw, "safegate_rrl_limited_total", action="slipped") == slipped,
+             what=f"safegate_rrl_limited_total{{action=slipped}} {slipped}")
     assert metric(gw, "safegate_rrl_limited_total", action="dropped") == dropped
     assert metric(gw, "safegate_rrl_buckets") >= 2        # the prefix's gate and the answer's
     # A real client told TC retries over TCP and is answered, limits or not.

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import re
 import threading
-import time
 from pathlib import Path
 from typing import Any
 
@@ -15,8 +16,9 @@ import dns.rcode
 import pytest
 
 from tests.support import unbound as ub
+from tests.support.data import LISTS, LISTS_YAML, POLICY
 from tests.support.procs import SafeGateProcess
-from tests.test_resolver_e2e import LISTS, LISTS_YAML, POLICY
+from tests.support.wait import async_wait_for, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -79,17 +81,36 @@ def test_reload_under_load_sighup_and_file_watch(unbound: ub.UnboundServer,
     base = _config_dir(gw)
     load = Load(gw.dns_port)
     load.start()
-    time.sleep(0.5)
+    wait_for(lambda: load.count, timeout=10, what="the load's first answers")
     # 1. a list change picked up by the file watcher
     (base / "blocklists" / "adult.txt").write_text(LISTS["adult.txt"] + "drugs.test\n")
-    deadline = time.monotonic() + 10
-    while not load.new_blocked_seen and time.monotonic() < deadline:
-        time.sleep(0.1)
-    assert load.new_blocked_seen, "the watcher did not apply the list change"
-    # 2. SIGHUP reloads with nothing changed, several times, under the same load
-    for _ in range(3):
+    wait_for(lambda: load.new_blocked_seen, what="the watcher applied the list change")
+    # 2. SIGHUP applies what the watcher cannot see: the policy now allows drugs.test, in an
+    # edit that keeps the file's size, inode and mtime, so only the signal's reload reads it.
+    policy = base / "policies" / "p.yaml"
+    before = policy.stat()
+    text = policy.read_text()
+    edited = text.replace('allow: ["ok.adult-site.test"]', 'allow: ["drugs.test"]        ')
+    assert edited != text and len(edited) == len(text)
+    with policy.open("r+") as f:
+        f.write(edited)
+    os.utime(policy, ns=(before.st_atime_ns, before.st_mtime_ns))
+    after = policy.stat()
+    assert ((after.st_mtime_ns, after.st_size, after.st_ino)
+            == (before.st_mtime_ns, before.st_size, before.st_ino)), "stat() must not see it"
+    assert _drugs_blocked(gw), "nothing but SIGHUP may apply the edit"
+    successes = _reloads(gw, "success")
+    gw.reload()
+    wait_for(lambda: not _drugs_blocked(gw),
+             what="SIGHUP applied the policy that allows drugs.test")
+    wait_for(lambda: _reloads(gw, "success") == successes + 1, what="one more reload counted",
+             interval=0.1)
+    # 3. SIGHUP reloads with nothing changed, several times, under the same load
+    for n in range(2, 5):
         gw.reload()
-        time.sleep(0.3)
+        wait_for(lambda n=n: _reloads(gw, "success") == successes + n,
+                 interval=0.1,
+                 what=f"SIGHUP number {n} counted as a successful reload")
     load.stop.set()
     load.join(5)
     assert load.errors == []
@@ -99,6 +120,18 @@ def test_reload_under_load_sighup_and_file_watch(unbound: ub.UnboundServer,
     assert 'safegate_config_last_reload_successful 1.0' in text
 
 
+def _drugs_blocked(gw: SafeGateProcess) -> bool:
+    q = dns.message.make_query("drugs.test", "A", use_edns=0)
+    return blocked(dns.query.udp(q, "127.0.0.1", port=gw.dns_port, timeout=2))
+
+
+def _reloads(gw: SafeGateProcess, result: str) -> float:
+    m = re.search(rf'^safegate_config_reloads_total{{result="{result}"}} (\S+)$',
+                  gw.metrics_text(), re.M)
+    assert m, f"no safegate_config_reloads_total{{result={result!r}}} in /metrics"
+    return float(m.group(1))
+
+
 def test_broken_change_keeps_the_running_config(unbound: ub.UnboundServer,
                                                 safegate_factory: Any) -> None:
     gw = safegate_factory(upstream_port=unbound.port, policies={"p.yaml": POLICY}, lists=LISTS,
@@ -106,10 +139,7 @@ def test_broken_change_keeps_the_running_config(unbound: ub.UnboundServer,
     base = _config_dir(gw)
     policy = base / "policies" / "p.yaml"
     policy.write_text(POLICY.replace("block: [adult, gambling]", "blok: [adult, gambling]"))
-    deadline = time.monotonic() + 10
-    while "result=\"failure\"} 1.0" not in gw.metrics_text() and time.monotonic() < deadline:
-        time.sleep(0.1)
-    text = gw.metrics_text()
+    text = _wait_metric(gw, 'safegate_config_reloads_total{result="failure"} 1.0')
     assert 'safegate_config_reloads_total{result="failure"} 1.0' in text
     assert "safegate_config_last_reload_successful 0.0" in text
     assert f"{policy}:2: unknown key 'blok' in tier 'kids'" in gw.stderr_text()
@@ -120,29 +150,22 @@ def test_broken_change_keeps_the_running_config(unbound: ub.UnboundServer,
     (base / "blocklists" / "lists.yaml").write_text(LISTS_YAML + "  games:\n"
                                                     "    - {path: nope.txt, format: domains}\n")
     gw.reload()
-    deadline = time.monotonic() + 10
-    while "result=\"failure\"} 2.0" not in gw.metrics_text() and time.monotonic() < deadline:
-        time.sleep(0.1)
+    _wait_metric(gw, 'safegate_config_reloads_total{result="failure"} 2.0')
     assert "nope.txt" in gw.stderr_text()
     assert blocked(dns.query.udp(q, "127.0.0.1", port=gw.dns_port, timeout=2))
     # fixing the file recovers
     policy.write_text(POLICY.replace("kids: {block: [adult, gambling]", "kids: {block: [gambling]"))
     (base / "blocklists" / "lists.yaml").write_text(LISTS_YAML)
-    deadline = time.monotonic() + 10
-    while blocked(dns.query.udp(q, "127.0.0.1", port=gw.dns_port, timeout=2)):
-        assert time.monotonic() < deadline, "the fixed policy was not applied"
-        time.sleep(0.1)
+    wait_for(lambda: not blocked(dns.query.udp(q, "127.0.0.1", port=gw.dns_port, timeout=2)),
+             what="the fixed policy was applied")
 
 
 def _wait_metric(gw: SafeGateProcess, text: str, timeout: float = 20.0) -> str:
     """The metrics page once it contains `text` (polled; the timeout is only an upper bound)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        page = gw.metrics_text()
-        if text in page:
-            return page
-        assert time.monotonic() < deadline, f"{text!r} never appeared in the metrics"
-        time.sleep(0.05)
+    def page() -> str:
+        body = gw.metrics_text()
+        return body if text in body else ""
+    return wait_for(page, timeout=timeout, what=f"{text!r} in the metrics")
 
 
 def _adult_blocked(gw: SafeGateProcess) -> bool:
@@ -167,10 +190,8 @@ def test_a_nul_byte_fails_the_reload_and_the_watcher_keeps_watching(
     assert _adult_blocked(gw), "the running policy must still answer"
     # a valid edit afterwards is picked up by the same watcher
     policy.write_text(POLICY.replace("kids: {block: [adult, gambling]", "kids: {block: [gambling]"))
-    deadline = time.monotonic() + 20
-    while _adult_blocked(gw):
-        assert time.monotonic() < deadline, "the watcher died: the fixed policy was not applied"
-        time.sleep(0.05)
+    wait_for(lambda: not _adult_blocked(gw),
+             what="the same watcher applied the fixed policy (it died if not)")
     assert "safegate_config_last_reload_successful 1.0" in gw.metrics_text()
 
 
@@ -212,11 +233,9 @@ def test_the_watcher_survives_any_exception_in_a_reload(tmp_path: Path) -> None:
         watcher = asyncio.get_running_loop().create_task(gw.watch())
         for n in (1, 2):
             cfg.write_text("{}\n" + "#" * n)   # a change the watcher notices
-            deadline = time.monotonic() + 20
-            while len(builds) < n:
-                assert not watcher.done(), "the watcher died"
-                assert time.monotonic() < deadline
-                await asyncio.sleep(0.05)
+            await async_wait_for(lambda n=n: watcher.done() or len(builds) >= n,
+                                 what=f"build {n} was tried")
+            assert not watcher.done(), "the watcher died"
         assert not watcher.done()
         gw._stop.set()
         await watcher

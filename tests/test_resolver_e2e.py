@@ -20,39 +20,10 @@ import dns.rdatatype
 import pytest
 
 from tests.support import unbound as ub
+from tests.support.data import LISTS, LISTS_YAML, POLICY
 from tests.support.procs import SafeGateProcess, dns_query, kdig
 
 pytestmark = pytest.mark.integration
-
-POLICY = """\
-tiers:
-  kids: {block: [adult, gambling], answer: blockpage}
-  teens: {block: [adult], answer: nxdomain}
-  zero: {block: [adult], answer: "null"}
-  staff: {block: []}
-networks:
-  - {name: kids-v4, cidrs: ["127.0.0.1/32"], tier: kids, deny: ["games.test"],
-     allow: ["ok.adult-site.test"]}
-  - {name: teens-v6, cidrs: ["::1/128"], tier: teens}
-  - {name: zero-net, cidrs: ["127.0.0.3/32"], tier: zero}
-  - {name: staff-net, cidrs: ["127.0.0.4/32"], tier: staff}
-"""
-LISTS = {
-    "adult.txt": "# test list\nadult-site.test\nadult.example\n",
-    "gambling.hosts": "0.0.0.0 gamble.test\n127.0.0.1 localhost\n",
-    "csam.rpz": ("$TTL 60\n@ SOA localhost. root.localhost. 1 3600 600 86400 60\n@ NS localhost.\n"
-                 "csam-test.invalid CNAME .\n*.csam-test.invalid CNAME .\n"),
-}
-LISTS_YAML = """\
-categories:
-  adult:
-    - {path: adult.txt, format: domains}
-  gambling:
-    - {path: gambling.hosts, format: hosts}
-  csam:
-    - {path: csam.rpz, format: rpz}
-"""
-
 
 def ede(msg: dns.message.Message) -> list[tuple[int, str]]:
     return [(o.code, o.text or "") for o in msg.options if isinstance(o, dns.edns.EDEOption)]

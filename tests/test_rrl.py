@@ -14,20 +14,12 @@ import dns.rcode
 import dns.rrset
 import pytest
 
-from gateway.config.dns import CacheConfig, ForwarderConfig
 from gateway.config.limits import RrlLimits
-from gateway.dns.answers import BlockAnswers
-from gateway.dns.cache import AnswerCache, entry_from_reply
-from gateway.dns.chain import Resolver, View
+from gateway.dns.cache import entry_from_reply
+from gateway.dns.chain import Resolver
 from gateway.dns.rrl import Rrl, slip_reply
-from gateway.dns.stats import DnsStats
-from gateway.dns.upstream import Forwarder
-from gateway.dns.upstream_base import Upstream
-from gateway.lists import SCOPE_BOTH, Action, Rule
-from gateway.lists.index import ListIndex
-from gateway.lists.index_builder import IndexBuilder
-from gateway.policy.decide import Profile
 from gateway.policy.netindex import PrefixMap
+from tests.support.builders import list_index, make_profile, make_resolver
 
 
 class Clock:
@@ -40,16 +32,8 @@ class Clock:
 
 @pytest.fixture
 def resolver() -> Resolver:
-    b = IndexBuilder()
-    b.add(b"blocked.test", Rule("adult", SCOPE_BOTH, Action.DEFAULT, False))
-    index = ListIndex.from_bytes(b.to_bytes())
-    profile = Profile(0, "net", "tier", frozenset({"adult"}), "nxdomain", frozenset(),
-                      frozenset(), False, index)
-    clients = PrefixMap([(ipaddress.ip_network("10.0.0.0/8"), profile),
-                         (ipaddress.ip_network("2001:db8::/32"), profile)])
-    r = Resolver(View(clients, BlockAnswers.for_addresses(30, []), 1),
-                 AnswerCache(CacheConfig()), Forwarder([Upstream("127.0.0.1", 9)],
-                                                       ForwarderConfig()), DnsStats())
+    profile = make_profile({"adult"}, index=list_index({b"blocked.test": "adult"}))
+    r = make_resolver([("10.0.0.0/8", profile), ("2001:db8::/32", profile)])
     q = dns.message.make_query("allowed.test", "TXT")
     up = dns.message.make_response(q)
     up.answer.append(dns.rrset.from_text("allowed.test.", 300, "IN", "TXT", '"' + "x" * 200 + '"'))

@@ -15,6 +15,7 @@ from gateway.lists.index import ListIndex
 from gateway.lists.index_builder import IndexBuilder
 from gateway.policy.decide import Profile
 from gateway.policy.safesearch import load_rewrites
+from tests.support.builders import make_profile
 
 REWRITES = load_rewrites()
 
@@ -58,8 +59,9 @@ def index() -> ListIndex:
 
 def profile(mode: str, blocked: frozenset[str] = frozenset(), deny: frozenset[bytes] = frozenset(),
             allow: frozenset[bytes] = frozenset(), default_block: bool = False) -> Profile:
-    return Profile(0, "net", "tier", blocked, "blockpage", allow, deny, default_block, index(),
-                   rewrites=REWRITES.for_mode(mode))
+    return make_profile(blocked, answer="blockpage", allow=allow, deny=deny,
+                        default_block=default_block, index=index(),
+                        rewrites=REWRITES.for_mode(mode))
 
 
 @pytest.mark.parametrize(("prof", "name", "want"), [

@@ -7,9 +7,10 @@ SIGHUP; STOPPING=1 on SIGTERM.
 
 from __future__ import annotations
 
+import itertools
 import os
 import socket
-import time
+import struct
 from pathlib import Path
 from typing import Any
 
@@ -17,10 +18,17 @@ import pytest
 
 from gateway.runtime.sdnotify import Notifier
 from tests.support import unbound as ub
+from tests.support.data import LISTS, LISTS_YAML, POLICY
 from tests.support.procs import SafeGateProcess, dns_query
-from tests.test_resolver_e2e import LISTS, LISTS_YAML, POLICY
+from tests.support.wait import wait_for
 
 pytestmark = pytest.mark.integration
+
+
+# Linux's SO_TIMESTAMP (asm-generic; Python's socket module does not name it): the kernel
+# stamps each datagram as it arrives, so a test process that reads late sees true spacing.
+SO_TIMESTAMP = 29
+TIMEVAL = struct.Struct("@ll")
 
 
 class FakeSystemd:
@@ -29,25 +37,33 @@ class FakeSystemd:
     def __init__(self, path: Path) -> None:
         self.path = path
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMP, 1)
         self.sock.bind(str(path))
-        self.sock.settimeout(0.2)
+        self.sock.setblocking(False)
         self.messages: list[str] = []
+        self.arrived: list[float] = []      # kernel arrival time of each message, seconds
 
     def drain(self) -> list[str]:
+        """Every message so far, after reading what has arrived (never blocks)."""
         while True:
             try:
-                self.messages.append(self.sock.recv(4096).decode())
-            except TimeoutError:
+                data, ancdata, _, _ = self.sock.recvmsg(4096, socket.CMSG_SPACE(TIMEVAL.size))
+            except BlockingIOError:
                 return self.messages
+            self.messages.append(data.decode())
+            stamps = [TIMEVAL.unpack(d[:TIMEVAL.size]) for level, kind, d in ancdata
+                      if level == socket.SOL_SOCKET and kind == SO_TIMESTAMP]
+            assert stamps, "no SO_TIMESTAMP on the datagram"
+            self.arrived.append(stamps[0][0] + stamps[0][1] / 1e6)
 
     def wait_for(self, text: str, timeout: float = 15.0) -> int:
         """Index of the first message containing `text` (reading as needed)."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            for i, m in enumerate(self.drain()):
-                if text in m:
-                    return i
-        raise AssertionError(f"{text!r} never arrived; got {self.messages}")
+        def found() -> list[int]:
+            return [i for i, m in enumerate(self.drain()) if text in m][:1]
+        try:
+            return wait_for(found, timeout=timeout, what=f"{text!r} from the gateway")[0]
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}; messages: {self.messages}") from None
 
 
 def test_ready_watchdog_reload_and_stop(unbound: ub.UnboundServer, safegate_factory: Any,
@@ -61,17 +77,25 @@ def test_ready_watchdog_reload_and_stop(unbound: ub.UnboundServer, safegate_fact
     assert "STATUS=serving generation 1: 4 networks, 4 list entries" in systemd.messages[ready]
     # By the time READY=1 was sent, DNS answered (the fixture saw /readyz too).
     assert dns_query(ub.ALLOWED, port=gw.dns_port).rcode() == 0
-    # The watchdog: a ping about every 0.2 s (half of WATCHDOG_USEC).
+    # The watchdog: pings keep coming, each one half of WATCHDOG_USEC (0.2 s) after the last
+    # at the soonest (a lower bound: a slow machine only spaces them further apart).
     before = len(systemd.drain())
-    time.sleep(1.0)
-    pings = [m for m in systemd.drain()[before:] if m == "WATCHDOG=1"]
-    assert 3 <= len(pings) <= 8, systemd.messages
+
+    def pings() -> list[float]:
+        systemd.drain()
+        return [t for m, t in zip(systemd.messages[before:], systemd.arrived[before:],
+                                  strict=True)
+                if m == "WATCHDOG=1"]
+    wait_for(lambda: len(pings()) >= 4, what="four more WATCHDOG=1 pings")
+    times = pings()
+    gaps = [b - a for a, b in itertools.pairwise(times)]
+    assert min(gaps) >= 0.19, f"pings closer than half of WATCHDOG_USEC: {gaps}"
     gw.reload()
     start = len(systemd.messages)
     reloading = systemd.wait_for("RELOADING=1")
     assert reloading >= start and "MONOTONIC_USEC=" in systemd.messages[reloading]
-    later = [m for m in systemd.drain()[reloading + 1:] if m.startswith("READY=1")]
-    assert later, systemd.messages
+    wait_for(lambda: [m for m in systemd.drain()[reloading + 1:] if m.startswith("READY=1")],
+             what="READY=1 after RELOADING=1")
     gw.stop()
     assert any(m == "STOPPING=1" for m in systemd.drain())
 

@@ -26,8 +26,8 @@ from gateway.dns.upstream_base import Upstream
 from gateway.proxy.intercept import INTERCEPT_FILE, read_intercept_file, write_intercept_file
 from gateway.proxy.pac import pac_text
 from gateway.runtime.state import load_in_process
+from tests.support.data import LISTS, LISTS_YAML, POLICY
 from tests.support.procs import write_gateway_config
-from tests.test_resolver_e2e import LISTS, LISTS_YAML, POLICY
 
 PROXY = {"proxy": {"enabled": True, "listen": "127.0.0.5:3128",
                    "intercept_listen": {"http": "127.0.0.5:8880", "https": "127.0.0.5:8443"}}}

@@ -8,7 +8,7 @@ takedown page for the one URL and the origin for its neighbour.
 
 from __future__ import annotations
 
-import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -18,8 +18,7 @@ import pytest
 
 from gateway.feedformat.document import FeedEntry
 from gateway.feedformat.signing import generate_keys
-from tests.support.procs import SafeGateProcess, free_port, write_gateway_config
-from tests.test_proxy_e2e import (
+from tests.support.origin import (
     ADULT_PAGES,
     GAMES_PAGES,
     ISSUED,
@@ -29,12 +28,20 @@ from tests.test_proxy_e2e import (
     POLICY,
     Origin,
     curl,
-    origin,  # noqa: F401 (the module-scoped origin fixture)
+    serve_origin,
     write_feed,
 )
+from tests.support.procs import SafeGateProcess, free_port, write_gateway_config
+from tests.support.wait import wait_for
 
 pytest.importorskip("mitmproxy")
 pytestmark = pytest.mark.integration
+
+@pytest.fixture(scope="module")
+def origin(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Origin, Path]]:
+    with serve_origin(tmp_path_factory.mktemp("origin")) as started:
+        yield started
+
 
 STEER_ADDRESS = "127.0.0.6"   # where the steering listeners listen; what the DNS answers
 
@@ -46,7 +53,7 @@ def _a(gw: SafeGateProcess, name: str) -> list[str]:
 
 
 def test_safegate_dns_steers_the_intercept_set_to_the_proxy(
-        origin: tuple[Origin, Path], safegate_factory: Any, unbound_factory: Any,  # noqa: F811
+        origin: tuple[Origin, Path], safegate_factory: Any, unbound_factory: Any,
         tmp_path: Path) -> None:
     org, origin_ca = origin
     upstream = unbound_factory([f"{n}. 60 IN A 127.0.0.1" for n in NAMES])
@@ -69,10 +76,8 @@ def test_safegate_dns_steers_the_intercept_set_to_the_proxy(
         FeedEntry("takedown-42", "url", "https://news.test/post/42", ("violence",), "block", True,
               LEGAL, ISSUED)])
     gw: SafeGateProcess = safegate_factory(cfg)
-    deadline = time.monotonic() + 30
-    while _a(gw, "news.test") != [STEER_ADDRESS]:
-        assert time.monotonic() < deadline, "news.test was never steered to the proxy"
-        time.sleep(0.2)
+    wait_for(lambda: _a(gw, "news.test") == [STEER_ADDRESS], timeout=30, interval=0.2,
+             what="news.test steered to the proxy")
     assert _a(gw, "www.news.test") == [STEER_ADDRESS]
     assert _a(gw, "plain.test") == ["127.0.0.1"]          # not in the intercept set: upstream
     [answer] = _a(gw, "news.test")

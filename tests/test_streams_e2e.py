@@ -15,7 +15,6 @@ import ssl
 import struct
 import subprocess
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -25,8 +24,9 @@ import pytest
 
 from gateway.dns.streams import client_key
 from tests.support import unbound as ub
+from tests.support.certs import make_cert
 from tests.support.procs import SafeGateProcess, free_port
-from tests.test_doh_dot import make_cert
+from tests.support.wait import wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -107,14 +107,6 @@ def metric(gw: SafeGateProcess, name: str, **labels: str) -> float:
     return float(m.group(1))
 
 
-def wait_for(check: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not within {timeout}s: {what}")
-        time.sleep(0.05)
-
-
 def promtool_ok(gw: SafeGateProcess) -> None:
     promtool = shutil.which("promtool")
     assert promtool, "promtool (Debian package prometheus) is needed"
@@ -191,9 +183,9 @@ def test_client_that_never_reads_is_bounded_then_closed(unbound: ub.UnboundServe
         assert peak - before < 16 * 1024, f"RSS grew {peak - before} KiB for {sent} bytes sent"
         # the client has not read for idle_timeout while stalled: closed and counted
         wait_for(lambda: metric(gw, "safegate_dns_stream_closed_total", protocol="tcp",
-                                reason="backpressure") == 1, 30, "backpressure close")
+                                reason="backpressure") == 1, 30, what="backpressure close")
         wait_for(lambda: metric(gw, "safegate_dns_stream_connections", protocol="tcp") == 0,
-                 10, "slot freed")
+                 10, what="slot freed")
     assert gw.query(ub.ALLOWED, tcp=True).answer
     assert "it has not read its answers" in gw.stderr_text()
     promtool_ok(gw)
@@ -382,9 +374,9 @@ def test_dot_client_that_never_reads_is_bounded_then_closed(
         sent, peak = flood_without_reading(gw, s)
         assert peak - before < 16 * 1024, f"RSS grew {peak - before} KiB for {sent} bytes sent"
         wait_for(lambda: metric(gw, "safegate_dns_stream_closed_total", protocol="dot",
-                                reason="backpressure") == 1, 30, "backpressure close")
+                                reason="backpressure") == 1, 30, what="backpressure close")
         wait_for(lambda: metric(gw, "safegate_dns_stream_connections", protocol="dot") == 0,
-                 10, "slot freed")
+                 10, what="slot freed")
 
 
 def test_dot_trickled_handshake_and_frame_are_closed(unbound: ub.UnboundServer,
@@ -396,7 +388,7 @@ def test_dot_trickled_handshake_and_frame_are_closed(unbound: ub.UnboundServer,
     with socket.create_connection(("127.0.0.1", gw.dot_port), timeout=30) as s:  # type: ignore
         assert trickle_until_closed(s, hello) < len(hello)
     wait_for(lambda: metric(gw, "safegate_dns_stream_closed_total", protocol="dot",
-                            reason="frame_timeout") == 1, 10, "handshake timeout counted")
+                            reason="frame_timeout") == 1, 10, what="handshake timeout counted")
     s2 = dot_conn(gw, certs, "127.0.0.1")
     assert s2 is not None
     with s2:
@@ -404,7 +396,7 @@ def test_dot_trickled_handshake_and_frame_are_closed(unbound: ub.UnboundServer,
         data = frame("a" * 60 + ".trickle.test", 2)
         assert trickle_until_closed(s2, data) < len(data)
     wait_for(lambda: metric(gw, "safegate_dns_stream_closed_total", protocol="dot",
-                            reason="frame_timeout") == 2, 10, "frame timeout counted")
+                            reason="frame_timeout") == 2, 10, what="frame timeout counted")
 
 
 def test_worker_processes_apply_the_tcp_limits_and_report_them(unbound: ub.UnboundServer,
@@ -419,9 +411,9 @@ def test_worker_processes_apply_the_tcp_limits_and_report_them(unbound: ub.Unbou
         assert 2 <= accepted <= 4
         wait_for(lambda: metric(gw, "safegate_dns_stream_refused_total", protocol="tcp",
                                 reason="per_client") == 12 - accepted, 15,
-                 "the worker's refusals reach the primary's /metrics")
+                 what="the worker's refusals reach the primary's /metrics")
         wait_for(lambda: metric(gw, "safegate_dns_stream_connections", protocol="tcp")
-                 == accepted, 15, "open connections summed over the processes")
+                 == accepted, 15, what="open connections summed over the processes")
     finally:
         for s in held:
             s.close()

@@ -13,6 +13,7 @@ from gateway.lists import Action, Rule
 from gateway.policy.decide import EDE_BLOCKED, EDE_CENSORED, EDE_FILTERED, Profile
 from gateway.policy.netindex import PrefixMap, parse_prefix
 from gateway.policy.subscribers import SubscriberProfile, load_subscribers
+from tests.support.builders import make_profile
 
 
 def write(tmp_path: Path, text: str, name: str = "subscribers.csv") -> Path:
@@ -139,8 +140,8 @@ class _Index:
 def _profile(filtered: bool) -> Profile:
     index = _Index({b"games.example": [Rule("games", 0, Action.DEFAULT, False)],
                     b"csam.invalid": [Rule("csam", 0, Action.DEFAULT, True)]})
-    return Profile(0, "subscribers", "thcs", frozenset({"games"}), "nxdomain", frozenset(),
-                   frozenset({b"deny.example"}), False, index, filtered=filtered)  # type: ignore[arg-type]
+    return make_profile({"games"}, network="subscribers", tier="thcs",
+                        deny={b"deny.example"}, index=index, filtered=filtered)
 
 
 def test_filtered_subscribers_get_ede_17_but_legal_blocks_stay_censored() -> None:

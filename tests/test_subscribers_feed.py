@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import threading
-import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -21,8 +20,9 @@ import dns.rcode
 import pytest
 
 from tests.support import unbound as ub
+from tests.support.data import FRONTENDS_LISTS, FRONTENDS_LISTS_YAML, FRONTENDS_POLICY
 from tests.support.procs import SafeGateProcess, write_gateway_config
-from tests.test_frontends_e2e import LISTS, LISTS_YAML, POLICY
+from tests.support.wait import wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -87,43 +87,37 @@ def _rcode(gw: SafeGateProcess, source: str) -> int:
                          source=source).rcode()
 
 
-def _until(check: Any, what: str, timeout: float = 15.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        assert time.monotonic() < deadline, what
-        time.sleep(0.1)
-
-
 def test_subscribers_from_a_url(unbound: ub.UnboundServer, safegate_factory: Any,
                                 publisher: Publisher, tmp_path: Path) -> None:
     (tmp_path / "token").write_text(TOKEN + "\n")
     cfg = write_gateway_config(
-        tmp_path, upstream_port=unbound.port, policies={"p.yaml": POLICY}, lists=LISTS,
-        lists_yaml=LISTS_YAML, ipv6=False,
+        tmp_path, upstream_port=unbound.port, policies={"p.yaml": FRONTENDS_POLICY},
+        lists=FRONTENDS_LISTS,
+        lists_yaml=FRONTENDS_LISTS_YAML, ipv6=False,
         extra={"subscribers": {"url": publisher.url, "interval": 0.3, "token_file": "token"},
                "reload": {"watch_interval": 0.2}})
     gw = safegate_factory(cfg)
     kids, later = "127.0.8.5", "127.0.8.9"
-    _until(lambda: _rcode(gw, kids) == dns.rcode.NXDOMAIN, "the first file never applied")
+    wait_for(lambda: _rcode(gw, kids) == dns.rcode.NXDOMAIN, what="the first file never applied")
     assert _rcode(gw, later) == dns.rcode.NOERROR           # isp network (teens)
     local = tmp_path / "var" / "subscribers.csv"
     assert local.read_text() == V1
 
     publisher.body = V2.encode()
-    _until(lambda: _rcode(gw, later) == dns.rcode.NXDOMAIN, "the update never applied")
-    _until(lambda: any(inm and status == "304" for inm, status in publisher.requests),
-           "no conditional request was answered 304")
+    wait_for(lambda: _rcode(gw, later) == dns.rcode.NXDOMAIN, what="the update never applied")
+    wait_for(lambda: any(inm and status == "304" for inm, status in publisher.requests),
+             what="no conditional request was answered 304")
 
     publisher.body = BROKEN.encode()
-    _until(lambda: 'safegate_subscribers_updates_total{result="rejected"} 1.0'
-           in gw.metrics_text(), "the broken file was not rejected")
+    wait_for(lambda: 'safegate_subscribers_updates_total{result="rejected"} 1.0'
+             in gw.metrics_text(), what="the broken file was not rejected")
     assert "tier 'grade-nine' is not defined in the policies" in gw.stderr_text()
     assert local.read_text() == V2                          # last-known-good kept
     assert _rcode(gw, later) == dns.rcode.NXDOMAIN
 
     publisher.stop()
-    _until(lambda: 'safegate_subscribers_updates_total{result="error"} 0.0'
-           not in gw.metrics_text(), "the outage was not counted")
+    wait_for(lambda: 'safegate_subscribers_updates_total{result="error"} 0.0'
+             not in gw.metrics_text(), what="the outage was not counted")
     assert _rcode(gw, later) == dns.rcode.NXDOMAIN
     gw.stop()
 
@@ -137,8 +131,8 @@ def test_a_subscribers_url_needs_a_valid_setting(tmp_path: Path) -> None:
     import subprocess
     import sys
 
-    cfg = write_gateway_config(tmp_path, upstream_port=53000, policies={"p.yaml": POLICY},
-                               lists=LISTS, lists_yaml=LISTS_YAML,
+    cfg = write_gateway_config(tmp_path, upstream_port=53000, policies={"p.yaml": FRONTENDS_POLICY},
+                               lists=FRONTENDS_LISTS, lists_yaml=FRONTENDS_LISTS_YAML,
                                extra={"subscribers": {"url": "ftp://isp.example/s.csv"}})
     r = subprocess.run([sys.executable, "-m", "gateway", "check", "-c", str(cfg)],
                        capture_output=True, text=True, timeout=60, check=False)
@@ -153,17 +147,18 @@ def test_an_export_that_is_not_utf8_is_rejected_and_polling_goes_on(
     later exports were never fetched. Now it is a rejected file with its line."""
     (tmp_path / "token").write_text(TOKEN + "\n")
     cfg = write_gateway_config(
-        tmp_path, upstream_port=unbound.port, policies={"p.yaml": POLICY}, lists=LISTS,
-        lists_yaml=LISTS_YAML, ipv6=False,
+        tmp_path, upstream_port=unbound.port, policies={"p.yaml": FRONTENDS_POLICY},
+        lists=FRONTENDS_LISTS,
+        lists_yaml=FRONTENDS_LISTS_YAML, ipv6=False,
         extra={"subscribers": {"url": publisher.url, "interval": 0.3, "token_file": "token"},
                "reload": {"watch_interval": 0.2}})
     gw = safegate_factory(cfg)
     kids, later = "127.0.8.5", "127.0.8.9"
-    _until(lambda: _rcode(gw, kids) == dns.rcode.NXDOMAIN, "the first file never applied")
+    wait_for(lambda: _rcode(gw, kids) == dns.rcode.NXDOMAIN, what="the first file never applied")
     publisher.body = V1.encode() + b"127.0.8.9,k\xe9ds\n"
-    _until(lambda: 'safegate_subscribers_updates_total{result="rejected"} 1.0'
-           in gw.metrics_text(), "the file was not rejected")
+    wait_for(lambda: 'safegate_subscribers_updates_total{result="rejected"} 1.0'
+             in gw.metrics_text(), what="the file was not rejected")
     assert f"{publisher.url}:3: not UTF-8 text (invalid continuation byte)" in gw.stderr_text()
     assert _rcode(gw, later) == dns.rcode.NOERROR   # the running subscribers stay
     publisher.body = V2.encode()
-    _until(lambda: _rcode(gw, later) == dns.rcode.NXDOMAIN, "the poller stopped polling")
+    wait_for(lambda: _rcode(gw, later) == dns.rcode.NXDOMAIN, what="the poller stopped polling")

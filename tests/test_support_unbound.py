@@ -7,7 +7,6 @@ SafeGate failed to block would look blocked because unbound answered NXDOMAIN it
 from __future__ import annotations
 
 import sys
-import time
 from pathlib import Path
 
 import dns.flags
@@ -27,6 +26,7 @@ from tests.support.procs import (
     write_gateway_config,
 )
 from tests.support.unbound import UnboundFactory, UnboundServer
+from tests.support.wait import wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -185,10 +185,7 @@ def test_safegate_process_harness(tmp_path: Path, unbound: UnboundServer) -> Non
     assert proc.dns_port == int(cfg["dns"]["listen"][0].rpartition(":")[2])
     assert proc.http_get("/readyz")[0] == 200
     proc.reload()
-    deadline = time.monotonic() + 5
-    while "fake: reload" not in proc.stderr_text() and time.monotonic() < deadline:
-        time.sleep(0.02)
-    assert "fake: reload" in proc.stderr_text()
+    wait_for(lambda: "fake: reload" in proc.stderr_text(), what="the fake gateway saw SIGHUP")
     proc.stop()
     assert not proc.running()
 

@@ -433,7 +433,7 @@ async def test_a_tls_query_is_retried_once_when_the_reused_connection_closes_und
         tmp_path: Path) -> None:
     """The server's idle timeout can race a query on the persistent connection: the query
     goes out again on a fresh connection instead of failing."""
-    from tests.test_upstream_e2e import make_ca_and_cert
+    from tests.support.certs import make_ca_and_cert
 
     ca, cert, key = make_ca_and_cert(tmp_path, "dot.test")
     server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)

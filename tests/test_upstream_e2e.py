@@ -9,7 +9,7 @@ import socket
 import subprocess
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +21,9 @@ import dns.rrset
 import pytest
 
 from tests.support import unbound as ub
+from tests.support.certs import make_ca_and_cert
 from tests.support.procs import SafeGateProcess, free_port
+from tests.support.wait import wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -36,15 +38,6 @@ NO_RRL = {"rrl": {"enabled": False}}   # replies here are counted, never rate li
 
 def open_fds(pid: int) -> int:
     return len(os.listdir(f"/proc/{pid}/fd"))
-
-
-def wait_until(check: Callable[[], bool], timeout: float = 15.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if check():
-            return True
-        time.sleep(0.05)
-    return check()
 
 
 def metric(text: str, name: str, **labels: str) -> float:
@@ -111,7 +104,8 @@ def test_a_burst_of_unique_misses_leaves_no_sockets_behind(unbound: ub.UnboundSe
     assert answered and answered[0].answer[0][0].address == ub.BLOCKED_TARGET_A
     # the pool (8 sockets) plus some slack for the runtime; a leak is thousands
     bound = before + 8 + 16
-    assert wait_until(lambda: open_fds(gw.pid) <= bound), (open_fds(gw.pid), before)
+    wait_for(lambda: open_fds(gw.pid) <= bound, timeout=15,
+             what=f"at most {bound} descriptors open (before: {before})")
     text = gw.metrics_text()
     assert metric(text, "safegate_upstream_sockets") <= 8
     assert gw.query(ub.ALLOWED).rcode() == dns.rcode.NOERROR
@@ -184,7 +178,7 @@ def test_a_random_subdomain_flood_fills_only_its_zone_share(slow_zone: SlowZoneU
     again = threading.Thread(target=burst, args=(gw.dns_port,
                                                  [f"s{i}.slow.test" for i in range(8)], 10))
     again.start()
-    assert wait_until(lambda: len(slow_zone.slow_queries) == 16)
+    wait_for(lambda: len(slow_zone.slow_queries) == 16, what="16 queries reached the slow zone")
     r = gw.query("www.fast.test")
     again.join()
     assert r.rcode() == dns.rcode.NOERROR and r.answer[0][0].address == "192.0.2.1"
@@ -204,23 +198,6 @@ def test_0x20_against_unbound(unbound: ub.UnboundServer, safegate_factory: Any) 
     for reason in ("case", "question", "unknown_id"):
         assert metric(text, "safegate_upstream_mismatched_replies_total",
                       upstream=unbound.upstream, reason=reason) == 0
-
-
-def make_ca_and_cert(directory: Path, name: str) -> tuple[Path, Path, Path]:
-    """A throwaway CA and a certificate for `name` (and 127.0.0.1) signed by it."""
-    ca_key, ca, key, csr, cert = (directory / f for f in
-                                  ("ca.key", "ca.pem", "dot.key", "dot.csr", "dot.pem"))
-    ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
-    run = lambda *args: subprocess.run(["openssl", *args], check=True,  # noqa: E731
-                                       capture_output=True)
-    run("req", "-x509", *ec, "-subj", "/CN=SafeGate test CA", "-days", "2",
-        "-addext", "basicConstraints=critical,CA:TRUE", "-keyout", str(ca_key), "-out", str(ca))
-    run("req", "-new", *ec, "-subj", f"/CN={name}", "-keyout", str(key), "-out", str(csr))
-    ext = directory / "ext.cnf"
-    ext.write_text(f"subjectAltName=DNS:{name},IP:127.0.0.1\n")
-    run("x509", "-req", "-in", str(csr), "-CA", str(ca), "-CAkey", str(ca_key),
-        "-CAcreateserial", "-days", "2", "-extfile", str(ext), "-out", str(cert))
-    return ca, cert, key
 
 
 def start_dot(d: Path, *extra: str) -> tuple[ub.UnboundServer, int, Path]:
@@ -282,7 +259,8 @@ def test_a_certificate_for_another_name_is_an_upstream_error(
     assert r.rcode() == dns.rcode.SERVFAIL and not r.answer
     text = gw.metrics_text()
     assert metric(text, "safegate_upstream_errors_total", upstream=label, reason="tls") == 1
-    assert wait_until(lambda: established(tls_port) == [])   # the failed handshake's socket
+    wait_for(lambda: established(tls_port) == [],   # the failed handshake's socket
+             what="no connection to the DoT upstream")
 
 
 def test_an_idle_tls_connection_is_closed_and_reopened(
@@ -291,7 +269,8 @@ def test_an_idle_tls_connection_is_closed_and_reopened(
     gw = gateway(safegate_factory, [f"tls://127.0.0.1:{tls_port}#dot.test"],
                  upstream_ca=str(ca), limits={"upstream": {"tls_idle_timeout": 0.5}})
     assert gw.query(ub.ALLOWED).rcode() == dns.rcode.NOERROR
-    assert wait_until(lambda: established(tls_port) == [])      # we closed it when idle
+    wait_for(lambda: established(tls_port) == [],      # we closed it when idle
+             what="no connection to the DoT upstream")
     assert metric(gw.metrics_text(), "safegate_upstream_sockets") == 0
     assert gw.query(ub.WWW_ALLOWED).answer[0][0].address == ub.ALLOWED_A
 
@@ -306,9 +285,10 @@ def test_a_tls_connection_the_server_closed_is_reopened(tmp_path: Path,
         for name in (ub.ALLOWED, ub.WWW_ALLOWED):
             assert gw.query(name).answer[0][0].address == ub.ALLOWED_A
             peers += established(tls_port)
-            assert wait_until(lambda: established(tls_port) == [])   # unbound hung up
-            assert wait_until(lambda: metric(gw.metrics_text(), "safegate_upstream_sockets")
-                              == 0)
+            wait_for(lambda: established(tls_port) == [],   # unbound hung up
+                     what="no connection to the DoT upstream")
+            wait_for(lambda: metric(gw.metrics_text(), "safegate_upstream_sockets") == 0,
+                     what="safegate_upstream_sockets 0")
         assert len(set(peers)) == 2
         assert metric(gw.metrics_text(), "safegate_upstream_errors_total", upstream=label,
                       reason="network") == 0

@@ -20,11 +20,11 @@ from typing import Any
 import pytest
 
 from tests.support import unbound as ub
+from tests.support.certs import make_cert
+from tests.support.data import LISTS, LISTS_YAML, POLICY
+from tests.support.hotline import BLOCKED, http
 from tests.support.procs import SafeGateProcess
-from tests.test_doh_dot import make_cert
-from tests.test_feeds_e2e import wait_for
-from tests.test_hotline import BLOCKED, http
-from tests.test_resolver_e2e import LISTS, LISTS_YAML, POLICY
+from tests.support.wait import wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -114,19 +114,19 @@ def test_per_client_and_global_caps_refuse_at_once(unbound: ub.UnboundServer,
     status, _, page = http(gw, "GET", "/", accept="text/plain")
     assert status == 403 and BLOCKED in page
     assert metric(gw, 'safegate_web_refused_total{listener="web",reason="per_client"}') == 2
-    wait_for(lambda: connections(gw) == 3, 10.0, "127.0.0.1's connection released")
+    wait_for(lambda: connections(gw) == 3, 10.0, what="127.0.0.1's connection released")
 
     # Eight open in all (the cap): the next one, from anyone, is closed at once.
     more = [connect(gw, source) for source in ["127.0.0.3"] * 3 + ["127.0.0.4"] * 2]
     sockets.extend(more)
-    wait_for(lambda: connections(gw) == 8, 10.0, "eight connections open")
+    wait_for(lambda: connections(gw) == 8, 10.0, what="eight connections open")
     late = connect(gw, "127.0.0.5")
     sockets.append(late)
     assert closed_by_peer(late)
     assert metric(gw, 'safegate_web_refused_total{listener="web",reason="global"}') == 1
     for sock in more:
         sock.close()
-    wait_for(lambda: connections(gw) == 3, 10.0, "the closed ones are released")
+    wait_for(lambda: connections(gw) == 3, 10.0, what="the closed ones are released")
     assert http(gw, "GET", "/", accept="text/plain")[0] == 403
     promtool_ok(gw.metrics_text())
 
@@ -183,7 +183,7 @@ def test_trickled_header_and_body_and_idle_connections_are_closed(
     assert answers(idle)
     assert closed_by_peer(idle, timeout=30.0)
     assert metric(gw, 'safegate_web_closed_total{listener="web",reason="idle"}') == 1
-    wait_for(lambda: connections(gw) == 0, 10.0, "every connection released")
+    wait_for(lambda: connections(gw) == 0, 10.0, what="every connection released")
     assert http(gw, "GET", "/", accept="text/plain")[0] == 403
     promtool_ok(gw.metrics_text())
 
@@ -245,7 +245,7 @@ def test_web_tls_has_the_same_caps_and_deadlines(tmp_path: Path, unbound: ub.Unb
         opened.append(plain)
         plain.sendall(REQUEST)
         assert closed_by_peer(plain)
-        wait_for(lambda: connections(gw) == 2, 10.0, "only the two held connections remain")
+        wait_for(lambda: connections(gw) == 2, 10.0, what="only the two held connections remain")
         assert all(answers(s) for s in held)
     finally:
         for sock in opened:

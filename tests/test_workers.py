@@ -12,7 +12,6 @@ import re
 import signal
 import socket
 import subprocess
-import time
 from pathlib import Path
 from typing import Any
 
@@ -23,8 +22,9 @@ import dns.rcode
 import pytest
 
 from tests.support import unbound as ub
+from tests.support.data import LISTS, LISTS_YAML, POLICY
 from tests.support.procs import SafeGateProcess
-from tests.test_resolver_e2e import LISTS, LISTS_YAML, POLICY
+from tests.support.wait import wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -76,11 +76,20 @@ def _metric(gw: SafeGateProcess, pattern: str) -> float:
     return float(m.group(1)) if m else 0.0
 
 
-def _until(check: Any, what: str, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        assert time.monotonic() < deadline, what
-        time.sleep(0.1)
+def _serves_dns(pid: int, port: int) -> bool:
+    """True once process `pid` holds a UDP socket bound to `port` (a worker binds only after
+    it built its view from the primary's state, so bound means answering with it)."""
+    try:
+        inodes = {os.readlink(f"/proc/{pid}/fd/{fd}") for fd in os.listdir(f"/proc/{pid}/fd")}
+    except OSError:
+        return False
+    for table in ("/proc/net/udp", "/proc/net/udp6"):
+        for line in Path(table).read_text().splitlines()[1:]:
+            fields = line.split()
+            if (int(fields[1].rsplit(":", 1)[1], 16) == port
+                    and f"socket:[{fields[9]}]" in inodes):
+                return True
+    return False
 
 
 @pytest.fixture
@@ -96,34 +105,46 @@ def test_two_workers_answer_reload_together_and_count_as_one(gw: SafeGateProcess
     assert set(_answers(gw, "gamble.test")) == {"127.0.0.1"}
     blocked = ('safegate_dns_queries_total{action="blocked",category="gambling",'
                'protocol="udp",tier="kids"}')
-    _until(lambda: _metric(gw, re.escape(blocked)) == N,
-           f"the node's metrics should count all {N} queries")
+    wait_for(lambda: _metric(gw, re.escape(blocked)) == N,
+             what=f"the node's metrics count all {N} queries")
     # A policy change reaches every process: no query lands on a stale one.
     assert gw.config is not None
     policy = gw.config.parent / "policies" / "p.yaml"
     policy.write_text(POLICY.replace("kids: {block: [adult, gambling]",
                                      "kids: {block: [adult]"))
-    _until(lambda: 'safegate_config_reloads_total{result="success"} 2.0' in gw.metrics_text(),
-           "the reload did not happen")
-    time.sleep(0.3)
-    assert set(_answers(gw, "gamble.test")) == {ub.BLOCKED_TARGET_A}   # the real address
+    wait_for(lambda: 'safegate_config_reloads_total{result="success"} 2.0' in gw.metrics_text(),
+             what="the reload happened")
+    # Every process answers with the real address: a worker left on the old policy would
+    # keep answering some of the queries with the block page, and the wait would time out.
+    answered: list[str] = []
+
+    def new_policy_everywhere() -> bool:
+        got = _answers(gw, "gamble.test")
+        answered.extend(got)
+        return set(got) == {ub.BLOCKED_TARGET_A}   # the real address
+    wait_for(new_policy_everywhere, interval=0.1,
+             what="every process answers gamble.test with the new policy")
+    # The node counts each query once, whichever process answered it and with which policy.
+    assert "timeout" not in answered
     allowed = ('safegate_dns_queries_total{action="allowed",category="",protocol="udp",'
                'tier="kids"}')
-    _until(lambda: _metric(gw, re.escape(allowed)) + _metric(
-        gw, re.escape(allowed.replace('"allowed"', '"cached"'))) == N, "allowed count")
+    wait_for(lambda: _metric(gw, re.escape(blocked)) + _metric(gw, re.escape(allowed)) + _metric(
+        gw, re.escape(allowed.replace('"allowed"', '"cached"'))) == N + len(answered),
+        what=f"the node's metrics count all {N + len(answered)} queries")
 
 
 def test_a_killed_worker_is_replaced_and_dns_keeps_answering(gw: SafeGateProcess) -> None:
     (worker,) = _workers(gw)
     os.kill(worker, signal.SIGKILL)
-    _until(lambda: "DNS worker 1 exited (exit code -9)" in gw.stderr_text(), "death unseen")
+    wait_for(lambda: "DNS worker 1 exited (exit code -9)" in gw.stderr_text(),
+             what="the primary saw the worker die")
     # The dead process's socket is gone with it: every query reaches the primary meanwhile.
     # (Queries already queued on the dead socket are lost: the client's retry covers them.)
     assert set(_answers(gw, "adult.example", 40)) == {"127.0.0.1"}
-    _until(lambda: len(_workers(gw)) == 1 and _workers(gw) != [worker],
-           "the worker was not restarted")
+    (new,) = wait_for(lambda: [p for p in _workers(gw) if p != worker],
+                      what="a new worker process")
     assert "restarting DNS worker 1" in gw.stderr_text()
-    time.sleep(0.5)
+    wait_for(lambda: _serves_dns(new, gw.dns_port), what="the new worker serves DNS")
     assert set(_answers(gw, "adult.example")) == {"127.0.0.1"}
 
 
@@ -131,8 +152,8 @@ def test_a_feed_entry_is_acked_only_once_every_worker_enforces_it(
         unbound: ub.UnboundServer, safegate_factory: Any, tmp_path: Path) -> None:
     """The ack tells the regulator "enforced": by then no process of the node may still
     answer the name (the self-probe waits for every worker's confirmation)."""
+    from tests.support.feeds import NAME, acked, entry, gateway_extra
     from tests.support.publisher import ADMIN_TOKEN, start_publisher
-    from tests.test_feeds_e2e import NAME, acked, entry, gateway_extra
 
     pub = start_publisher(tmp_path / "publisher", gateways=("gw-a",))
     try:
@@ -144,7 +165,7 @@ def test_a_feed_entry_is_acked_only_once_every_worker_enforces_it(
         r = pub.request("POST", "/v1/entries", body={"entries": [entry("BCA-2026-0100")]},
                         token=ADMIN_TOKEN)
         assert r.status == 201, r.body
-        _until(lambda: acked(pub, "BCA-2026-0100", "gw-a"), "the entry was never acked")
+        wait_for(lambda: acked(pub, "BCA-2026-0100", "gw-a"), what="the entry was acked")
         # 127.0.0.1 is the kids network (answer: blockpage): the page's address, from every
         # process, right after the ack.
         assert set(_answers(gw, NAME)) == {"127.0.0.1"}

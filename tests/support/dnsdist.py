@@ -10,7 +10,6 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
-import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +17,8 @@ from pathlib import Path
 import dns.exception
 import dns.message
 import dns.query
+
+from tests.support.wait import wait_for
 
 DNSDIST = shutil.which("dnsdist") or "/usr/bin/dnsdist"
 
@@ -77,15 +78,18 @@ def launch_dnsdist(config: Path, log: Path, *, listen: str, port: int,
                             stdin=subprocess.DEVNULL, stdout=log.open("wb"),
                             stderr=subprocess.STDOUT, env={**os.environ, **(env or {})})
     front = Dnsdist(proc, listen, port, log)
-    deadline = time.monotonic() + timeout
     q = dns.message.make_query("dnsdist-up.test", "A")
-    while time.monotonic() < deadline:
+
+    def answers() -> bool:
         if proc.poll() is not None:
             raise RuntimeError(f"dnsdist exited: {log.read_text()[-2000:]}")
-        try:
-            dns.query.udp(q, listen, port=port, timeout=0.5)
-            return front
-        except (dns.exception.Timeout, OSError):
-            time.sleep(0.1)
-    front.stop()
-    raise RuntimeError(f"dnsdist did not answer within {timeout}s: {log.read_text()[-2000:]}")
+        dns.query.udp(q, listen, port=port, timeout=0.5)
+        return True
+
+    try:
+        wait_for(answers, timeout=timeout, interval=0.1, what="dnsdist answers",
+                 ignore=(dns.exception.Timeout, OSError))
+    except AssertionError as exc:
+        front.stop()
+        raise RuntimeError(f"{exc}: {log.read_text()[-2000:]}") from None
+    return front

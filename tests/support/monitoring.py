@@ -42,6 +42,7 @@ from tests.support.publisher import (
     gateway_token,
     start_publisher,
 )
+from tests.support.wait import wait_for
 
 PROMETHEUS = shutil.which("prometheus") or "/usr/bin/prometheus"
 EXAMPLES = REPO_ROOT / "deploy" / "prometheus"
@@ -175,17 +176,21 @@ class PrometheusServer:
                  f"--web.listen-address=127.0.0.1:{self.port}",
                  "--storage.tsdb.retention.time=1d", "--log.level=warn"],
                 stdout=out, stderr=out, stdin=subprocess.DEVNULL, cwd=self.directory)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise PrometheusError(f"prometheus exited {self.proc.returncode}:\n"
+        proc = self.proc
+
+        def ready() -> bool:
+            if proc.poll() is not None:
+                raise PrometheusError(f"prometheus exited {proc.returncode}:\n"
                                       f"{log.read_text(errors='replace')}")
-            with contextlib.suppress(OSError), \
-                    urllib.request.urlopen(self.url + "/-/ready", timeout=0.5) as resp:
-                if resp.status == 200:
-                    return self
-            time.sleep(0.1)
-        raise PrometheusError(f"prometheus not ready after {timeout}s")
+            with urllib.request.urlopen(self.url + "/-/ready", timeout=0.5) as resp:
+                return bool(resp.status == 200)
+
+        try:
+            wait_for(ready, timeout=timeout, interval=0.1, what="prometheus /-/ready",
+                     ignore=(OSError,))
+        except AssertionError as exc:
+            raise PrometheusError(str(exc)) from None
+        return self
 
     def api(self, path: str, params: Mapping[str, str] | Sequence[tuple[str, str]] = ()
             ) -> dict[str, Any]:
@@ -222,16 +227,15 @@ class PrometheusServer:
     def wait_for(self, expr: str, check: Callable[[list[dict[str, Any]]], bool],
                  timeout: float, what: str) -> list[dict[str, Any]]:
         """Poll an instant query until `check(result)` holds."""
-        deadline = time.monotonic() + timeout
-        result: list[dict[str, Any]] = []
-        while time.monotonic() < deadline:
+        def result() -> tuple[list[dict[str, Any]]] | tuple[()]:
             doc = self.query(expr)
-            result = doc.get("data", {}).get("result", []) if doc.get("status") == "success" \
-                else []
-            if check(result):
-                return result
-            time.sleep(0.2)
-        raise PrometheusError(f"not within {timeout}s: {what} ({expr} -> {result})")
+            got = doc.get("data", {}).get("result", []) if doc.get("status") == "success" else []
+            return (got,) if check(got) else ()   # a 1-tuple: an empty result may be the goal
+
+        try:
+            return wait_for(result, timeout=timeout, interval=0.2, what=f"{what} ({expr})")[0]
+        except AssertionError as exc:
+            raise PrometheusError(str(exc)) from None
 
     def stop(self) -> None:
         terminate(self.proc)
@@ -454,3 +458,10 @@ def send_traffic(gateways: Iterable[SafeGateProcess], rounds: int = 1,
                                       source=source)
                     sent += 1
     return sent
+
+
+# The alerts deploy/prometheus/alerts.yml must define (test_alert_rules, test_dashboards).
+ALERTS = ("SafeGateFeedStale", "SafeGateFeedDocumentStale", "SafeGateEnforcementOverdue",
+          "SafeGateProbeFailures", "SafeGateGatewayNotAcking", "SafeGateGatewayLagging",
+          "SafeGatePublisherOverdue",
+          "SafeGateDnsDown")

@@ -25,6 +25,8 @@ import dns.message
 import dns.query
 import yaml
 
+from tests.support.wait import wait_for
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
 KDIG = "/usr/bin/kdig"
 DIG = "/usr/bin/dig"
@@ -56,6 +58,10 @@ def _port_is_free(port: int, *, v4: bool, v6: bool, udp: bool, tcp: bool) -> boo
     finally:
         for s in socks:
             s.close()
+
+
+class ProcessExited(Exception):
+    """A process under test ended while a test waited for it."""
 
 
 def free_port(*, v4: bool = True, v6: bool = True, udp: bool = True, tcp: bool = True) -> int:
@@ -279,26 +285,19 @@ class SafeGateProcess:
 
     def wait_ready(self, timeout: float = 20.0) -> None:
         """Poll /readyz until 200; surface the process's stderr if it dies or never gets ready."""
-        assert self.proc is not None
-        deadline = time.monotonic() + timeout
-        last = "no answer"
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise AssertionError(
-                    f"safegate exited with {self.proc.returncode} before ready\n"
-                    f"--- stderr ---\n{self.stderr_text()}"
-                )
-            try:
-                status, body = self.http_get("/readyz", timeout=0.5)
-                if status == 200:
-                    return
-                last = f"/readyz {status}: {body[:200]}"
-            except (OSError, urllib.error.URLError) as exc:
-                last = repr(exc)
-            time.sleep(0.05)
-        raise AssertionError(
-            f"safegate not ready after {timeout}s ({last})\n--- stderr ---\n{self.stderr_text()}"
-        )
+        proc = self.proc
+        assert proc is not None
+
+        def readyz() -> bool:
+            if proc.poll() is not None:
+                raise ProcessExited(f"safegate exited with {proc.returncode} before ready")
+            return self.http_get("/readyz", timeout=0.5)[0] == 200
+
+        try:
+            wait_for(readyz, timeout=timeout, what="safegate /readyz 200",
+                     ignore=(OSError, urllib.error.URLError))
+        except (AssertionError, ProcessExited) as exc:
+            raise AssertionError(f"{exc}\n--- stderr ---\n{self.stderr_text()}") from None
 
     def reload(self) -> None:
         """SIGHUP: the server rebuilds lists/policies aside and swaps them in."""

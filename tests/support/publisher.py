@@ -12,7 +12,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 import urllib.error
 import urllib.request
 from collections.abc import Mapping, Sequence
@@ -23,6 +22,7 @@ from typing import Any
 import yaml
 
 from tests.support.procs import REPO_ROOT, free_port
+from tests.support.wait import wait_for
 
 # The real `safegate feed`, as an operator runs it.
 FEED_COMMAND: list[str] = [sys.executable, "-m", "gateway", "feed"]
@@ -108,16 +108,21 @@ class PublisherProcess:
             self.proc = subprocess.Popen(
                 [*FEED_COMMAND, "serve", "-c", str(self.setup.config)], stdout=err, stderr=err,
                 stdin=subprocess.DEVNULL, cwd=REPO_ROOT, env=_env())
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise AssertionError(f"publisher exited with {self.proc.returncode}\n"
+        proc = self.proc
+
+        def healthy() -> bool:
+            if proc.poll() is not None:
+                raise AssertionError(f"publisher exited with {proc.returncode}\n"
                                      f"{self.stderr_text()}")
-            with contextlib.suppress(OSError):
-                if self.request("GET", "/healthz", timeout=0.5).status == 200:
-                    return self
-            time.sleep(0.05)
-        raise AssertionError(f"publisher not healthy after {timeout}s\n{self.stderr_text()}")
+            return self.request("GET", "/healthz", timeout=0.5).status == 200
+
+        try:
+            wait_for(healthy, timeout=timeout, what="publisher /healthz 200", ignore=(OSError,))
+        except AssertionError as exc:
+            if "publisher exited" in str(exc):
+                raise
+            raise AssertionError(f"{exc}\n{self.stderr_text()}") from None
+        return self
 
     def request(self, method: str, path: str, *, body: Any = None, token: str | None = None,
                 headers: Mapping[str, str] | None = None, timeout: float = 5.0) -> HttpResult:

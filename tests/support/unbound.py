@@ -30,6 +30,8 @@ import dns.exception
 import dns.message
 import dns.rcode
 
+from tests.support.wait import wait_for
+
 from .procs import dns_query, free_port
 
 UNBOUND = shutil.which("unbound") or "/usr/sbin/unbound"
@@ -233,24 +235,23 @@ class UnboundServer:
 
 
 def _wait_answering(server: UnboundServer, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    addrs = [server.addr4] + ([server.addr6] if server.addr6 else [])
-    pending = list(addrs)
-    while time.monotonic() < deadline:
+    pending = [server.addr4] + ([server.addr6] if server.addr6 else [])
+
+    def answering() -> bool:
         if not server.running():
             raise RuntimeError(f"unbound exited with {server.proc.returncode}\n{server.log_text()}")
-        try:
-            for addr in list(pending):
-                r = dns_query(ALLOWED, "A", port=server.port, addr=addr, timeout=0.2)
-                if r.rcode() == dns.rcode.NOERROR and r.answer:
-                    pending.remove(addr)
-            if not pending:
-                return
-        except (dns.exception.DNSException, OSError):
-            pass
-        time.sleep(0.05)
-    server.stop()
-    raise RuntimeError(f"unbound not answering after {timeout}s\n{server.log_text()}")
+        for addr in list(pending):
+            r = dns_query(ALLOWED, "A", port=server.port, addr=addr, timeout=0.2)
+            if r.rcode() == dns.rcode.NOERROR and r.answer:
+                pending.remove(addr)
+        return not pending
+
+    try:
+        wait_for(answering, timeout=timeout, what=f"unbound answering on {pending}",
+                 ignore=(dns.exception.DNSException, OSError))
+    except AssertionError as exc:
+        server.stop()
+        raise RuntimeError(f"{exc}\n{server.log_text()}") from None
 
 
 def start_unbound(

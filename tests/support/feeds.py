@@ -1,0 +1,42 @@
+"""Feed entries, the gateway side of a publisher in gateway.yaml, and ack checks, for the
+end-to-end feed tests (a real publisher process and real gateways)."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from tests.support.publisher import (
+    PublisherProcess,
+    gateway_token,
+)
+
+NAME = "malware.example"  # resolves upstream (tests/support/unbound.py BLOCKED_NAMES)
+
+
+def entry(rid: str, value: str = NAME, **kw: Any) -> dict[str, Any]:
+    e = {"id": rid, "type": "domain", "value": value, "categories": ["csam"],
+         "mandatory": True, "issued_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+         "legal_basis": {"authority": "Bộ Công an", "decision": "123/QĐ-BCA",
+                         "date": "2026-11-20"}}
+    e.update(kw)
+    return e
+
+
+def acked(pub: PublisherProcess, rid: str, gateway: str) -> bool:
+    r = pub.request("GET", f"/v1/entries/{rid}")
+    if r.status != 200:
+        return False
+    for g in r.json().get("gateways", []):
+        if g.get("gateway") == gateway and g.get("verified_at"):
+            return True
+    return False
+
+
+def gateway_extra(pub: PublisherProcess, gw_id: str) -> dict[str, Any]:
+    return {
+        "gateway": {"id": gw_id, "token": gateway_token(gw_id)},
+        "feeds": [{"name": "central", "url": pub.url + "/v1/feed", "type": "safegate",
+                   "public_key": str(pub.setup.public_key), "interval": 60,
+                   "long_poll": 10}],
+    }
