@@ -249,3 +249,88 @@ def test_subscribers_file_reloads_and_a_broken_one_keeps_the_running(
     _wait_metric(gw, 'safegate_config_reloads_total{result="failure"} 1.0')
     assert f"{subs}:5: tier 'grade-nine' is not defined in the policies" in gw.stderr_text()
     assert rcode("127.0.8.9") == dns.rcode.NXDOMAIN     # the running subscribers stay
+
+
+# ------------------------------------------------ the shipped ISP example behind shipped dnsdist
+
+REPO = Path(__file__).resolve().parents[1]
+ISP = REPO / "deploy" / "example" / "isp"
+PROBE_NAME = "dnsdist-probe.safegate.invalid"   # checkName in deploy/dnsdist/dnsdist.conf
+
+
+def _samples(text: str, name: str) -> list[tuple[dict[str, str], float]]:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    return [(s.labels, s.value) for f in text_string_to_metric_families(text)
+            for s in f.samples if s.name == name]
+
+
+def _local_header() -> bytes:
+    """A PROXY v2 LOCAL header (no address): what dnsdist's health check carries."""
+    return proxyproto.SIGNATURE + bytes([0x20, 0x00]) + b"\x00\x00"
+
+
+def test_dnsdist_health_probe_is_answered_locally_and_not_counted_as_blocked(
+        unbound: ub.UnboundServer, safegate_factory: Any, tmp_path: Path) -> None:
+    """The shipped ISP example (policy and subscribers) behind the shipped dnsdist.conf:
+    dnsdist's probe gets the node's own NXDOMAIN/EDE 15 (never the upstream), counted under
+    protocol="probe" and never as a subscriber's blocked query."""
+    import shutil
+
+    from tests.support.dnsdist import launch_dnsdist
+
+    shutil.copy(ISP / "subscribers.csv", tmp_path / "subscribers.csv")
+    gw = safegate_factory(write_gateway_config(
+        tmp_path, upstream_port=unbound.port,
+        policies={"isp.yaml": (ISP / "policies" / "isp.yaml").read_text()}, ipv6=False,
+        extra={"blocklists": str(REPO / "blocklists" / "lists.yaml"),
+               "subscribers": "subscribers.csv",
+               "dns": {"trusted_frontends": [f"{FRONTEND}/32"], "proxy_protocol": True}}))
+    port = free_port(v6=False)
+    front = launch_dnsdist(REPO / "deploy" / "dnsdist" / "dnsdist.conf", tmp_path / "dd.log",
+                           listen="127.0.0.7", port=port, env={
+                               "SAFEGATE_DNSDIST_LISTEN": f"127.0.0.7:{port}",
+                               "SAFEGATE_DNSDIST_ACL": "127.0.0.0/8",
+                               "SAFEGATE_NODES": f"127.0.0.1:{gw.dns_port}",
+                               "SAFEGATE_DNSDIST_SOURCE": FRONTEND,
+                               "SAFEGATE_DNSDIST_API_KEY": ""})
+    try:
+        def counts() -> tuple[float, float, float]:
+            """(probes, other queries, upstream queries) so far."""
+            text = gw.metrics_text()
+            queries = _samples(text, "safegate_dns_queries_total")
+            return (sum(v for x, v in queries if x["protocol"] == "probe"),
+                    sum(v for x, v in queries if x["protocol"] != "probe"),
+                    sum(v for _, v in _samples(text, "safegate_upstream_queries_total")))
+
+        # launch_dnsdist's own readiness query went through as a client's: the baseline.
+        probes, others, upstream = counts()
+        wait_for(lambda: counts()[0] >= probes + 3, timeout=20,
+                 what="three more dnsdist health probes counted under protocol=probe")
+        assert counts()[1:] == (others, upstream), "probes counted as queries or forwarded"
+        queries = _samples(gw.metrics_text(), "safegate_dns_queries_total")
+        assert {(x["action"], x["category"], x["tier"]) for x, v in queries
+                if x["protocol"] == "probe"} == {("blocked", "allowlist-only", "frontend")}
+        assert not [x for x, v in queries if x["action"] == "blocked" and x["protocol"] != "probe"]
+        # What dnsdist gets, over UDP and TCP: the node's own NXDOMAIN, EDE 15.
+        q = dns.message.make_query(PROBE_NAME, "A", use_edns=0, payload=1232)
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            s.bind((FRONTEND, 0))
+            s.settimeout(3)
+            s.sendto(_local_header() + q.to_wire(), ("127.0.0.1", gw.dns_port))
+            r = dns.message.from_wire(s.recv(4096))
+        assert (r.rcode(), _ede(r)) == (dns.rcode.NXDOMAIN, [EDE_BLOCKED])
+        with socket.create_connection(("127.0.0.1", gw.dns_port), timeout=3,
+                                      source_address=(FRONTEND, 0)) as c:
+            wire = q.to_wire()
+            c.sendall(_local_header() + struct.pack(">H", len(wire)) + wire)
+            r, _ = dns.query.receive_tcp(c, expiration=None)
+        assert (r.rcode(), _ede(r)) == (dns.rcode.NXDOMAIN, [EDE_BLOCKED])
+        # A subscriber's query through dnsdist still counts as a subscriber's.
+        r = _ask(front, "127.0.0.9", "gamble.test")
+        assert r.rcode() == dns.rcode.NOERROR and r.answer   # co-ban: forwarded upstream
+        queries = _samples(gw.metrics_text(), "safegate_dns_queries_total")
+        assert not [x for x, v in queries if x["action"] == "blocked" and x["protocol"] != "probe"]
+        assert counts()[1] == others + 1
+    finally:
+        front.stop()

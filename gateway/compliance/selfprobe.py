@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from dnslib import EDNS0, DNSRecord
 
 from gateway.dns.chain import Resolver
+from gateway.dns.stats import PROBE
 from gateway.dns.wire import NXDOMAIN
 from gateway.policy.decide import ProfileId
 from gateway.policy.identify import Clients, identify
@@ -67,7 +68,7 @@ async def probe_name(resolver: Resolver, policy: Policy, name: str) -> ProbeResu
         q = DNSRecord.question(name, "A")
         q.header.id = secrets.randbits(16)
         q.add_ar(EDNS0(udp_len=1232))
-        result = resolver.handle(bytes(q.pack()), client, "probe")
+        result = resolver.handle(bytes(q.pack()), client, PROBE)
         reply = result if isinstance(result, bytes) or result is None else await result
         if reply is None:
             results.append(NetworkProbe(network, client, -1, None, False))

@@ -34,7 +34,7 @@ from gateway.config.dns import CacheConfig
 from gateway.dns import proxyproto, rewrite, wire
 from gateway.dns.answers import BlockAnswers, any_reply, class_refused_reply, refused_reply
 from gateway.dns.cache import AnswerCache, Entry, entry_from_reply
-from gateway.dns.stats import DnsStats
+from gateway.dns.stats import PROBE, DnsStats
 from gateway.dns.svcb import TYPE_HTTPS, TYPE_SVCB, strip_ech
 from gateway.dns.upstream import Forwarder
 from gateway.dns.upstream_base import UpstreamBusy, UpstreamError
@@ -143,9 +143,15 @@ class Resolver:
                 log.debug("dropping a datagram with a bad PROXY v2 header: %s", exc)
                 self.stats.count("formerr", "", "", protocol, perf_counter() - start)
                 return None
+            if source is None:
+                # A LOCAL header: the front end's own query, its health check. Labelled
+                # "probe" like the self-probe, so it is not counted as subscribers' traffic
+                # (dashboards and the feed statistics leave protocol="probe" out).
+                return self._handle(data[size:], frontend, PROBE, start, proxied=True,
+                                    datagram=True)
             # The header names the client (identify's PROXY v2 rule); re-entering `handle` with
             # it as the client keeps the memo path for the proxied queries.
-            return self.handle(data[size:], source or frontend, protocol, proxied=True)
+            return self.handle(data[size:], source, protocol, proxied=True)
         return self._handle(data, frontend, protocol, start)
 
     def _remember(self, profile: Profile, data: bytes, memo: tuple[Any, ...]) -> None:
@@ -159,8 +165,10 @@ class Resolver:
         replies[data[2:]] = memo
 
     def _handle(self, data: bytes, client: str, protocol: str, start: float,
-                chosen: Profile | None = None, *, proxied: bool = False
-                ) -> bytes | Pending | None:
+                chosen: Profile | None = None, *, proxied: bool = False,
+                datagram: bool = False) -> bytes | Pending | None:
+        """`datagram`: the reply goes back over UDP although `protocol` (the metrics label) is
+        not "udp" (a front end's health check)."""
         count = self.stats.count
         try:
             q = wire.parse_query(data)
@@ -220,7 +228,7 @@ class Resolver:
                                                ("intercepted", "", profile.tier, "udp")))
             return reply
 
-        limit = q.max_udp_response() if protocol == "udp" else TCP_LIMIT
+        limit = q.max_udp_response() if protocol == "udp" or datagram else TCP_LIMIT
         if verdict.rewrite:
             return self._rewrite(q, verdict, profile, view, protocol, limit, start)
         if forward_ecs:

@@ -11,6 +11,7 @@ from typing import Any, cast
 
 from gateway.dns import proxyproto
 from gateway.dns.chain import Resolver
+from gateway.dns.stats import PROBE
 from gateway.dns.streams import StreamTable
 from gateway.dns.tasks import Tasks
 from gateway.dns.wire import formerr_from_header
@@ -265,6 +266,10 @@ class TcpProtocol(asyncio.Protocol):
         self.expect_proxy = False
         if source is not None:
             self.peer, self.proxied = source, True
+        else:
+            # A LOCAL header: the front end's own connection (its health check), counted
+            # apart from subscribers' queries (chain.py does the same over UDP).
+            self.protocol = PROBE
         return True
 
     def _query(self, msg: bytes) -> None:
