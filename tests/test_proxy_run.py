@@ -9,6 +9,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+import yaml
 
 from tests.support.procs import SafeGateFactory, free_port
 from tests.support.unbound import UnboundServer
@@ -71,3 +72,36 @@ def test_run_supervises_the_proxy_and_serves_the_pac(safegate_factory: SafeGateF
     assert second != child
     gw.stop()                      # exit code 0 asserted; the child goes with it
     assert not children(gw.pid) and not ready(mport)
+
+
+def test_proxy_enabled_by_a_reload_starts_and_disabled_stops_the_child(
+        safegate_factory: SafeGateFactory, unbound: UnboundServer) -> None:
+    """Saving `proxy.enabled: true` to a running gateway used to do nothing until a restart."""
+    mport, mport2 = free_port(v6=False, udp=False), free_port(v6=False, udp=False)
+    proxy = {"enabled": False, "listen": f"127.0.0.1:{free_port(v6=False, udp=False)}",
+             "metrics_listen": f"127.0.0.1:{mport}"}
+    gw = safegate_factory(
+        upstream_port=unbound.port, policies={"p.yaml": POLICY},
+        lists={"pages.txt": "https://news.test/post/1\n"}, lists_yaml=LISTS_YAML, ipv6=False,
+        extra={"proxy": proxy})
+    assert gw.config is not None
+    assert not children(gw.pid) and not ready(mport)
+
+    def save(**changes: object) -> None:
+        assert gw.config is not None
+        doc = yaml.safe_load(gw.config.read_text())
+        doc["proxy"].update(changes)
+        gw.config.write_text(yaml.safe_dump(doc))
+        gw.reload()
+
+    save(enabled=True)
+    wait_for(lambda: ready(mport), what="the proxy enabled by a reload serves")
+    [child] = children(gw.pid)
+    # Another proxy setting: the child is restarted on the new metrics port.
+    save(metrics_listen=f"127.0.0.1:{mport2}")
+    wait_for(lambda: ready(mport2), what="the restarted proxy serves on the new port")
+    assert children(gw.pid) != [child] and not ready(mport)
+    save(enabled=False)
+    wait_for(lambda: not children(gw.pid) and not ready(mport2),
+             what="the proxy disabled by a reload stops")
+    gw.stop()

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 from gateway.errors import ConfigError, ConfigErrors, SafeGateError
 from gateway.lists.overlay import Overlay
 from gateway.policy.schedules import MAX_SLEEP
+from gateway.proxy.supervisor import ProxySupervisor, proxy_command
 from gateway.runtime.state import (
     Builder,
     Loaded,
@@ -23,6 +24,7 @@ from gateway.runtime.state import (
 from gateway.util.fingerprint import fingerprint
 
 if TYPE_CHECKING:
+    from gateway.config.proxy import ProxyConfig
     from gateway.dns.chain import Resolver
     from gateway.dns.dot import DotServer, ReloadableContext
     from gateway.feeds.manager import FeedManager
@@ -45,6 +47,7 @@ class Reloading:
     dot: DotServer | None
     web_tls: ReloadableContext | None
     feeds: FeedManager | None
+    proxy: ProxySupervisor | None
     _reload_lock: asyncio.Lock
     _watched: tuple[tuple[str, int, int, int], ...]
     _stop: asyncio.Event
@@ -95,10 +98,24 @@ class Reloading:
             self.feeds.config_changed(loaded.config)
         elif loaded.config.feeds:
             log.warning("feeds were added: restart SafeGate for them to apply")
+        before = self.loaded.config.proxy if self.loaded else None
         self._install(loaded)
         log.info("reloaded: generation %d, %d list entries", loaded.view.generation,
                  loaded.index.size)
+        await self._reload_proxy(before, loaded.config.proxy)
         return True
+
+    async def _reload_proxy(self, before: ProxyConfig | None, now: ProxyConfig) -> None:
+        """proxy.enabled starts or stops the child; other proxy settings restart it (its
+        listeners are bound at start; its rules it reloads by itself)."""
+        if self.proxy is not None and (not now.enabled or now != before):
+            proxy, self.proxy = self.proxy, None
+            log.info("proxy settings changed: stopping the proxy")
+            await proxy.stop()
+        if now.enabled and self.proxy is None:
+            log.info("proxy enabled: starting the proxy")
+            self.proxy = ProxySupervisor(proxy_command(self.config_path))
+            self.proxy.start()
 
     def _reload_failed(self) -> None:
         """Count a failed reload; don't retry the same broken files every poll."""
