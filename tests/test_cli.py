@@ -26,6 +26,21 @@ def test_check_accepts_the_shipped_example() -> None:
     assert "OK: 5 tiers" in r.stdout
 
 
+def test_check_of_the_shipped_lists_says_skipped_lines_in_one_line_unless_verbose() -> None:
+    """The shipped lists skip hundreds of IP addresses: one warning, the list with -v."""
+    cfg = str(REPO / "deploy/example/isp/gateway.yaml")
+    r = safegate("check", "-c", cfg)
+    assert r.returncode == 0, r.stderr
+    skipped = int(re.search(r"(\d+) list lines skipped", r.stdout).group(1))  # type: ignore[union-attr]
+    assert skipped > 100
+    assert r.stderr.splitlines() == [
+        line for line in r.stderr.splitlines() if line.startswith(f"warning: {skipped} list lines")]
+    assert len(r.stderr.splitlines()) == 1 and "--verbose" in r.stderr
+    r = safegate("check", "--verbose", "-c", cfg)
+    assert r.returncode == 0, r.stderr
+    assert len([x for x in r.stderr.splitlines() if x.startswith("warning: skipped ")]) == skipped
+
+
 @pytest.mark.parametrize(
     ("policy", "message"),
     [
@@ -150,8 +165,14 @@ def test_the_isp_example_checks_and_explains_a_subscriber_behind_dnsdist() -> No
     cfg = str(REPO / "deploy/example/isp/gateway.yaml")
     r = safegate("check", "-c", cfg)
     assert r.returncode == 0, r.stderr
-    assert "OK: 3 tiers, 3 networks" in r.stdout
+    assert "OK: 4 tiers, 4 networks" in r.stdout
     assert "5 subscriber prefixes in 3 profiles" in r.stdout
+    # dnsdist (127.0.0.2, dns.trusted_frontends) health-checks with a PROXY v2 LOCAL header:
+    # placed by its own address, the probe is answered by the node itself.
+    r = safegate("explain", "-c", cfg, "127.0.0.2", "dnsdist-probe.safegate.invalid", "--json")
+    out = json.loads(r.stdout)
+    assert (out["network"], out["tier"], out["verdict"], out["rcode"], out["ede"]) == (
+        "frontends", "frontend", "blocked", "NXDOMAIN", 15)
     r = safegate("explain", "-c", cfg, "127.0.0.2", "007win.com", "--proxy-source",
                  "2001:db8:1200::9", "--json")
     assert r.returncode == 0, r.stderr

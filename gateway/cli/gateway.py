@@ -23,8 +23,6 @@ if TYPE_CHECKING:
     from gateway.policy.identify import Identity
     from gateway.runtime.state import Loaded
 
-MAX_SKIPPED_SHOWN = 20
-
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add `run`, `check` and `explain` to the `safegate` command."""
@@ -35,6 +33,8 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     p_check = subparsers.add_parser("check",
                                     help="validate gateway.yaml, policies and blocklists")
     p_check.add_argument("-c", "--config", required=True, type=Path, help="gateway.yaml")
+    p_check.add_argument("-v", "--verbose", action="store_true",
+                         help="list every skipped list line (by default: how many, one line)")
     p_check.set_defaults(func=_check)
 
     p_explain = subparsers.add_parser("explain",
@@ -65,7 +65,7 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _check(args: argparse.Namespace) -> int:
-    return check(args.config)
+    return check(args.config, verbose=args.verbose)
 
 
 def _explain(args: argparse.Namespace) -> int:
@@ -73,18 +73,27 @@ def _explain(args: argparse.Namespace) -> int:
                    proxy_source=args.proxy_source, ecs=args.ecs)
 
 
-def check(config: Path) -> int:
-    """Validate everything; errors as `file:line: message`, exit 1. Skipped list lines warn."""
+def check(config: Path, *, verbose: bool = False) -> int:
+    """Validate everything; errors as `file:line: message`, exit 1.
+
+    Skipped list lines warn in one line (the shipped lists skip hundreds of IP addresses, and
+    a screenful of them hides the result); `verbose` lists them (the compiler keeps the first
+    MAX_SKIPPED_EXAMPLES).
+    """
     from gateway.runtime.state import load_in_process
 
     loaded = load_in_process(config)
     summary = loaded.summary
     skipped = summary.get("skipped", [])
-    for item in skipped[:MAX_SKIPPED_SHOWN]:
-        print(f"warning: skipped {item}", file=sys.stderr)
     total_skipped = summary.get("skipped_count", len(skipped))
-    if total_skipped > MAX_SKIPPED_SHOWN:
-        print(f"... and {total_skipped - MAX_SKIPPED_SHOWN} more skipped lines", file=sys.stderr)
+    if verbose:
+        for item in skipped:
+            print(f"warning: skipped {item}", file=sys.stderr)
+        if total_skipped > len(skipped):
+            print(f"... and {total_skipped - len(skipped)} more skipped lines", file=sys.stderr)
+    elif skipped:
+        print(f"warning: {total_skipped} list lines skipped, e.g. {skipped[0]} "
+              "(`safegate check --verbose` lists them)", file=sys.stderr)
     entries = summary.get("entries_by_category", {})
     print(f"{config}: OK: {len(loaded.policy.tiers)} tiers, {len(loaded.policy.networks)} "
           f"networks, {sum(entries.values())} list entries in {len(entries)} categories, "

@@ -28,7 +28,7 @@ from gateway.dns.answers import BlockAnswers
 from gateway.dns.chain import View
 from gateway.errors import ConfigError, ConfigErrors, SafeGateError
 from gateway.lists.catalog import Catalog, load_catalog
-from gateway.lists.compile import compile_catalog, limit_args
+from gateway.lists.compile import MAX_SKIPPED_EXAMPLES, compile_catalog, limit_args
 from gateway.lists.index import ListIndex
 from gateway.lists.overlay import Layered, Matcher, Overlay
 from gateway.policy.decide import Profile, ProfileId
@@ -207,7 +207,9 @@ def load_in_process(config_path: str | Path, at: datetime | None = None) -> Load
     intercept = read_intercept(config)
     view, profiles = build_view(config, policy, index, 1, at=at, subscribers=subscribers,
                                 intercept=intercept)
-    return Loaded(config, policy, catalog, index, view, profiles, summary=result.summary(),
+    # Every example the compiler kept: `check --verbose` lists them.
+    return Loaded(config, policy, catalog, index, view, profiles,
+                  summary=result.summary(MAX_SKIPPED_EXAMPLES),
                   lists_fingerprint=fingerprint([catalog.path, *catalog.files()]),
                   subscribers=subscribers, intercept=intercept)
 
