@@ -245,3 +245,67 @@ def test_block_page_agrees_with_the_query_path_for_each_network(unbound: Any,
     status, page = _page_from("127.0.0.2", gw.web_url, ALLOWED)
     assert "Trang này đã bị chặn" not in page and "Trò chơi trực tuyến" not in page
     assert "Trang này không bị chặn" in page and ALLOWED in page
+
+
+DUAL_POLICY = """\
+tiers:
+  kids: {block: [adult], answer: blockpage}
+networks:
+  - {name: pupils, cidrs: ["127.0.0.1/32", "::1/128"], tier: kids}
+"""
+
+
+@pytest.mark.integration
+def test_dual_stack_web_listen_serves_both_and_blocked_answers_point_at_each(
+        unbound: Any, safegate_factory: Any) -> None:
+    """Issue #14 item 4: `web.listen: [v4, v6]` binds both; A answers carry the IPv4 address and
+    AAAA the IPv6 one, each a page that listens there (before, `[::]` was IPv6 only and the A
+    answer pointed at nothing)."""
+    import http.client
+    import shutil
+    import subprocess
+
+    import dns.message
+    import dns.query
+
+    from tests.support.procs import free_port
+
+    port, mport = free_port(udp=False), free_port(udp=False)
+    gw = safegate_factory(upstream_port=unbound.port, policies={"p.yaml": DUAL_POLICY},
+                          lists={"adult.txt": "adult-site.test\n"},
+                          lists_yaml="categories:\n  adult:\n    - {path: adult.txt, "
+                                     "format: domains}\n",
+                          extra={"web": {"listen": [f"127.0.0.1:{port}", f"[::1]:{port}"]},
+                                 "metrics": {"listen": [f"127.0.0.1:{mport}",
+                                                        f"[::1]:{mport}"]}})
+    for qtype, address in (("A", "127.0.0.1"), ("AAAA", "::1")):
+        q = dns.message.make_query("adult-site.test", qtype)
+        r = dns.query.udp(q, "127.0.0.1", port=gw.dns_port, timeout=5)
+        assert [rr.address for rr in r.answer[0]] == [address], qtype
+    curl = shutil.which("curl")
+    assert curl, "curl is needed"
+    for host in ("127.0.0.1", "[::1]"):
+        out = subprocess.run([curl, "-g", "-sS", "-o", "-", "-w", "\n%{http_code}",
+                              "-H", "Host: adult-site.test", "-H", "Accept: text/html",
+                              f"http://{host}:{port}/"], capture_output=True, text=True,
+                             timeout=30, check=False)
+        body, _, status = out.stdout.rpartition("\n")
+        assert status == "403" and "Trang này đã bị chặn" in body, (host, out.stderr)
+        # DoH on the same listener, from that address family's client.
+        wire = dns.message.make_query("adult-site.test", "A").to_wire()
+        conn = http.client.HTTPConnection(host.strip("[]"), port, timeout=10)
+        try:
+            conn.request("POST", "/dns-query", body=wire,
+                         headers={"Content-Type": "application/dns-message"})
+            resp = conn.getresponse()
+            assert resp.status == 200, host
+            answer = dns.message.from_wire(resp.read())
+        finally:
+            conn.close()
+        assert [rr.address for rr in answer.answer[0]] == ["127.0.0.1"], host
+        metrics = http.client.HTTPConnection(host.strip("[]"), mport, timeout=10)
+        try:
+            metrics.request("GET", "/readyz")
+            assert metrics.getresponse().status == 200, host
+        finally:
+            metrics.close()

@@ -140,3 +140,55 @@ def test_one_url_check_and_its_messages(tmp_path: Path, text: str, message: str)
     with pytest.raises(ConfigError) as info:
         load_config(cfg)
     assert str(info.value) == f"{cfg}:{message}"
+
+
+# Issue #14 item 4: web.listen / metrics.listen take one address or a list (dual stack).
+def test_web_listen_takes_a_list_and_public_address_defaults_to_each_address(
+        tmp_path: Path) -> None:
+    cfg = tmp_path / "gateway.yaml"
+    cfg.write_text(BASE + "web:\n  listen: ['127.0.0.1:8080', '[::1]:8080']\n"
+                   "metrics:\n  listen: ['127.0.0.1:9153', '[::1]:9153']\n")
+    config = load_config(cfg)
+    assert config.web_listen == (("127.0.0.1", 8080), ("::1", 8080))
+    # A answers carry the IPv4 address, AAAA answers the IPv6 one.
+    assert config.blockpage_addresses == ("127.0.0.1", "::1")
+    assert config.metrics_listen == (("127.0.0.1", 9153), ("::1", 9153))
+
+
+def test_a_single_web_listen_string_still_means_one_listener(tmp_path: Path) -> None:
+    cfg = tmp_path / "gateway.yaml"
+    cfg.write_text(BASE + "web:\n  listen: '[::1]:8080'\nmetrics:\n  listen: '127.0.0.1:9'\n")
+    config = load_config(cfg)
+    assert config.web_listen == (("::1", 8080),)
+    assert config.blockpage_addresses == ("::1",)
+    assert config.metrics_listen == (("127.0.0.1", 9),)
+    cfg.write_text(BASE)
+    assert load_config(cfg).web_listen == (("127.0.0.1", 8080),)
+
+
+@pytest.mark.parametrize(("text", "line", "message"), [
+    ("web:\n  listen:\n    - 127.0.0.1:8080\n    - '[::1]:80x'\n", 6,
+     "web.listen: '[::1]:80x': bad port '80x'"),
+    ("web:\n  listen:\n    - 127.0.0.1:8080\n    - '[::]:8080'\n", 4,
+     "web.listen is a wildcard address: set web.public_address to the address clients reach "
+     "the block page at"),
+    ("web:\n  listen: []\n", 4, "web.listen is empty"),
+    ("metrics:\n  listen:\n    - 127.0.0.1:9153\n    - 'nope:9153'\n", 6,
+     "metrics.listen: 'nope:9153': 'nope' is not an IP address"),
+])
+def test_safegate_check_names_the_line_of_a_bad_listen_item(tmp_path: Path, text: str,
+                                                             line: int, message: str) -> None:
+    cfg = tmp_path / "gateway.yaml"
+    cfg.write_text(BASE + text)
+    rc, _, err = check(cfg)
+    assert rc == 1
+    assert err.strip() == f"{cfg}:{line}: {message}"
+
+
+def test_a_wildcard_in_the_list_with_public_address_answers_those(tmp_path: Path) -> None:
+    cfg = tmp_path / "gateway.yaml"
+    cfg.write_text(BASE + "web:\n  listen: ['0.0.0.0:80', '[::]:80']\n"
+                   "  public_address: ['192.0.2.80', '2001:db8::80']\n")
+    config = load_config(cfg)
+    assert config.web_listen == (("0.0.0.0", 80), ("::", 80))
+    assert config.blockpage_addresses == ("192.0.2.80", "2001:db8::80")

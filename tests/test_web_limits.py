@@ -273,3 +273,27 @@ def test_guard_counts_ipv6_by_64_and_exempts_trusted_frontends() -> None:
     assert guard.admit(other, "198.51.100.1") == "global"
     guard.release(front)
     assert guard.admit(other, "198.51.100.1") == "per_client"
+
+
+def test_one_guard_covers_every_web_listen_address(unbound: ub.UnboundServer,
+                                                   safegate_factory: Any,
+                                                   sockets: list[socket.socket]) -> None:
+    """Dual stack (issue #14 item 4): limits.web.connections counts the IPv4 and the IPv6
+    listener together, so a second address family does not double the cap."""
+    from tests.support.procs import free_port
+
+    port = free_port(udp=False)
+    gw = safegate_factory(upstream_port=unbound.port, policies={"p.yaml": POLICY},
+                          lists=LISTS, lists_yaml=LISTS_YAML, extra={
+                              "web": {"listen": [f"127.0.0.1:{port}", f"[::1]:{port}"]},
+                              "limits": {"web": {"connections": 4, "per_client": 3,
+                                                 "idle_timeout": 120}}})
+    held = [connect(gw, "127.0.0.2") for _ in range(3)]
+    held.append(socket.create_connection(("::1", port), timeout=10))
+    sockets.extend(held)
+    wait_for(lambda: connections(gw) == 4, 10.0, what="four connections open")
+    late = socket.create_connection(("::1", port), timeout=10)
+    sockets.append(late)
+    assert closed_by_peer(late)
+    assert metric(gw, 'safegate_web_refused_total{listener="web",reason="global"}') == 1
+    assert all(answers(s) for s in held)

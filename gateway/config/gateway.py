@@ -68,10 +68,10 @@ class GatewayConfig:
     forward_ecs: bool
     workers: int
     # web: and metrics: (config/web.py)
-    web_listen: Address
+    web_listen: tuple[Address, ...]          # web.listen: one or more (dual stack)
     blockpage_addresses: tuple[str, ...]
     web_tls: TlsConfig | None                # web.tls: the web listener (block page, DoH) on HTTPS
-    metrics_listen: Address
+    metrics_listen: tuple[Address, ...]
     # gateway: feeds: feed_guard: (config/feeds.py)
     gateway_id: str
     gateway_token: str

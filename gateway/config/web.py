@@ -9,7 +9,7 @@ from pathlib import Path
 
 from gateway.config.addresses import Address
 from gateway.config.tls import TlsConfig, parse_tls
-from gateway.config.values import FileRefs, default, read_address
+from gateway.config.values import FileRefs, default, read_address, read_addresses
 from gateway.config.yamlconf import YDict, check_keys, error_at, expect_list, expect_mapping
 
 WEB_KEYS = ("listen", "public_address", "tls")
@@ -18,18 +18,19 @@ METRICS_KEYS = ("listen",)
 
 @dataclass(frozen=True)
 class WebConfig:
-    """`web:`; `public_address` is where clients reach the block page (default: `listen`)."""
+    """`web:`; `public_address` is where clients reach the block page (default: every
+    non-wildcard `listen` address, so A answers carry the IPv4 ones and AAAA the IPv6 ones)."""
 
-    listen: Address = ("127.0.0.1", 8080)
+    listen: tuple[Address, ...] = (("127.0.0.1", 8080),)
     public_address: tuple[str, ...] = ()
     tls: TlsConfig | None = None             # web.tls: the web listener on HTTPS
 
 
 @dataclass(frozen=True)
 class MetricsConfig:
-    """`metrics:` the Prometheus listener."""
+    """`metrics:` the Prometheus listener(s)."""
 
-    listen: Address = ("127.0.0.1", 9153)
+    listen: tuple[Address, ...] = (("127.0.0.1", 9153),)
 
 
 def parse_web(doc: YDict, rel: Callable[[str], Path], refs: FileRefs) -> WebConfig:
@@ -37,7 +38,7 @@ def parse_web(doc: YDict, rel: Callable[[str], Path], refs: FileRefs) -> WebConf
     check_keys(web, WEB_KEYS, "web")
     listen = default(WebConfig, "listen")
     if "listen" in web:
-        listen = read_address(web["listen"], "web.listen", web, "listen", 80)
+        listen = read_listen(web["listen"], "web.listen", web, "listen", 80)
     public = [str(a) for a in expect_list(web.get("public_address", []), "web.public_address",
                                           web, "public_address")]
     for i, a in enumerate(public):
@@ -47,10 +48,10 @@ def parse_web(doc: YDict, rel: Callable[[str], Path], refs: FileRefs) -> WebConf
             raise error_at(f"web.public_address: {a!r} is not an IP address", None,
                            web.get("public_address"), i) from None
     if not public:
-        if ipaddress.ip_address(listen[0]).is_unspecified:
+        if any(ipaddress.ip_address(host).is_unspecified for host, _ in listen):
             raise error_at("web.listen is a wildcard address: set web.public_address to the "
                            "address clients reach the block page at", None, web, "listen")
-        public = [listen[0]]
+        public = list(dict.fromkeys(host for host, _ in listen))
     tls = parse_tls(web, "tls", "web.tls", rel, refs, listeners=False)
     return WebConfig(listen, tuple(public), tls)
 
@@ -60,5 +61,16 @@ def parse_metrics(doc: YDict) -> MetricsConfig:
     check_keys(metrics, METRICS_KEYS, "metrics")
     if "listen" not in metrics:
         return MetricsConfig()
-    return MetricsConfig(read_address(metrics["listen"], "metrics.listen", metrics, "listen",
-                                      9153))
+    return MetricsConfig(read_listen(metrics["listen"], "metrics.listen", metrics, "listen",
+                                     9153))
+
+
+def read_listen(value: object, what: str, parent: YDict, key: str, default_port: int
+                ) -> tuple[Address, ...]:
+    """One address (the form written before dual stack) or a non-empty list of them."""
+    if isinstance(value, str):
+        return (read_address(value, what, parent, key, default_port),)
+    listen = read_addresses(value, what, parent, key, default_port)
+    if not listen:
+        raise error_at(f"{what} is empty", None, parent, key)
+    return tuple(dict.fromkeys(listen))

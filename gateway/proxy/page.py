@@ -21,7 +21,7 @@ PLACEHOLDER_GIF = (b"GIF89a\x01\x00\x01\x00\x80\x00\x00\x00\x00\x00\x00\x00\x00!
 def report_url(config: GatewayConfig) -> str:
     """Absolute URL of the gateway's POST /report (the page is served from another origin)."""
     scheme = "https" if config.web_tls is not None else "http"
-    host = format_address((config.blockpage_addresses[0], config.web_listen[1]))
+    host = format_address((config.blockpage_addresses[0], config.web_listen[0][1]))
     return f"{scheme}://{host}/report"
 
 

@@ -209,7 +209,8 @@ class Gateway(Reloading):
         await self.reports.start()
         cfg = first.config
         url = gateway_url(cfg.blockpage_addresses[0] if cfg.blockpage_addresses
-                          else cfg.web_listen[0], cfg.web_listen[1], cfg.web_tls is not None)
+                          else cfg.web_listen[0][0], cfg.web_listen[0][1],
+                          cfg.web_tls is not None)
         return Site(explain=self.explain_host, client_address=doh.client_address,
                     report_url=lambda: url + "/report", timezone=lambda: config().timezone,
                     ca_dir=lambda: config().proxy.ca_dir, desk=self.reports.desk)
@@ -254,15 +255,17 @@ class Gateway(Reloading):
         """dns.trusted_frontends of the running configuration (exempt from per-client caps)."""
         return self.loaded.config.trusted_frontends if self.loaded else ()
 
-    async def _serve_http(self, app: web.Application, addr: tuple[str, int],
+    async def _serve_http(self, app: web.Application, listen: tuple[tuple[str, int], ...],
                           guard: ConnectionGuard) -> None:
-        """An aiohttp listener under limits.web (connection caps and deadlines; TLS if the
-        guard has a context)."""
+        """An aiohttp app on every `listen` address under limits.web (connection caps and
+        deadlines; TLS if the guard has a context). One guard for all of them: a client's
+        connections over IPv4 and IPv6 count against the same caps."""
         guard.install(app)
         runner = web.AppRunner(app, access_log=None)
         await runner.setup()
-        await GuardedSite(runner, addr[0], addr[1], guard).start()
-        self.runners.append(runner)
+        self.runners.append(runner)     # cleaned up by stop() even if a later bind fails
+        for host, port in listen:
+            await GuardedSite(runner, host, port, guard).start()
 
     async def probe(self, name: str) -> ProbeResult:
         """Ask the live query path about `name` from one client address of every network."""

@@ -192,6 +192,15 @@ def write_gateway_config(
     return path
 
 
+def _first(listen: str | list[str]) -> str:
+    """web.listen / metrics.listen: one address or a list (dual stack); tests use the first."""
+    return listen if isinstance(listen, str) else listen[0]
+
+
+def _url(host: str, port: int) -> str:
+    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+
+
 def _split_hostport(value: str) -> tuple[str, int]:
     host, _, port = value.rpartition(":")
     return host.strip("[]"), int(port)
@@ -241,11 +250,10 @@ class SafeGateProcess:
         cfg = yaml.safe_load(self.config.read_text())
         self.dns_addrs = [_split_hostport(x) for x in cfg["dns"]["listen"]]
         self.dns_port = self.dns_addrs[0][1]
-        mhost, mport = _split_hostport(cfg["metrics"]["listen"])
-        self.metrics_url = f"http://{mhost}:{mport}"
+        mhost, mport = _split_hostport(_first(cfg["metrics"]["listen"]))
+        self.metrics_url = _url(mhost, mport)
         if "web" in cfg and cfg["web"] and "listen" in cfg["web"]:
-            whost, wport = _split_hostport(cfg["web"]["listen"])
-            self.web_url = f"http://{whost}:{wport}"
+            self.web_url = _url(*_split_hostport(_first(cfg["web"]["listen"])))
         logdir = self.config.parent
         self.stderr_path = logdir / "safegate.stderr.log"
         self.stdout_path = logdir / "safegate.stdout.log"
