@@ -23,11 +23,12 @@ import subprocess
 import sys
 import time
 from array import array
-from collections.abc import Iterable
-from concurrent.futures import ProcessPoolExecutor
+from collections import deque
+from collections.abc import Iterable, Iterator
+from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any, BinaryIO, NamedTuple
 
 from gateway.config.limits import FileLimits
 from gateway.errors import ConfigError
@@ -40,7 +41,7 @@ from gateway.lists.catalog import (
     list_file_error,
     load_catalog,
 )
-from gateway.lists.index_builder import IndexBuilder
+from gateway.lists.index_builder import RUN_ENTRIES, IndexBuilder
 from gateway.lists.parsers import parse
 from gateway.util.readfile import open_regular, read_capped
 
@@ -208,27 +209,47 @@ def _parse_task(task: _Task) -> _Parsed:
     return _Parsed(hashes, skipped, skipped_count, len(lines))
 
 
-def _tasks(catalog: Catalog, jobs: int, slice_bytes: int) -> list[_Task]:
-    """Every source as one task; with jobs > 1, big line-oriented files split in slices."""
-    tasks: list[_Task] = []
+def _slices(f: BinaryIO, slice_bytes: int) -> Iterator[tuple[int, int, int]]:
+    """(start, stop, first line) of slices of about `slice_bytes`, cut after a newline;
+    read in blocks, so a national-size file is never held whole."""
+    start, first_line, pos, lines = 0, 1, 0, 0
+    while True:
+        block = f.read(max(slice_bytes, 1 << 16))
+        if not block:
+            break
+        cut = 0
+        while True:
+            want = start + slice_bytes - pos
+            nl = block.find(b"\n", max(cut, want)) if want < len(block) else -1
+            if nl < 0:
+                break
+            lines += block.count(b"\n", cut, nl + 1)
+            yield start, pos + nl + 1, first_line
+            first_line += lines
+            lines = 0
+            start = pos + nl + 1
+            cut = nl + 1
+        lines += block.count(b"\n", cut)
+        pos += len(block)
+    if pos > start or pos == 0:
+        yield start, pos, first_line
+
+
+def _tasks(catalog: Catalog, slice_bytes: int) -> Iterator[_Task]:
+    """Every source in slices of about `slice_bytes` (RPZ files whole: RPZ carries state
+    across lines); slices bound the memory of parsing, and let workers share a file."""
     for n, source in enumerate(catalog.sources()):
-        data = _read_bytes(catalog, source)  # also turns a missing file into a ConfigError
         path = str(source.path)
-        splittable = jobs > 1 and source.format != "rpz"  # RPZ carries state across lines
-        pieces = max(1, len(data) // slice_bytes) if splittable else 1
-        start, first_line = 0, 1
-        for k in range(1, pieces + 1):
-            stop = len(data) if k == pieces else data.find(b"\n", k * len(data) // pieces) + 1
-            if stop <= start:
-                continue
-            tasks.append(_Task(n, path, source.format, start, stop, first_line,
-                               catalog.list_bytes))
-            first_line += data.count(b"\n", start, stop)
-            start = stop
-        if start < len(data) or not data:
-            tasks.append(_Task(n, path, source.format, start, len(data), first_line,
-                               catalog.list_bytes))
-    return tasks
+        try:
+            with open_regular(source.path, catalog.list_bytes, LIST_BYTES_KEY) as f:
+                size = os.fstat(f.fileno()).st_size
+                pieces = ([(0, size, 1)] if source.format == "rpz"
+                          else list(_slices(f, slice_bytes)))
+        except ConfigError as exc:
+            raise list_file_error(source.path, exc.message, str(catalog.path),
+                                  source.line) from None
+        for start, stop, first_line in pieces:
+            yield _Task(n, path, source.format, start, stop, first_line, catalog.list_bytes)
 
 
 def _default_jobs(catalog: Catalog) -> int:
@@ -240,27 +261,43 @@ def _default_jobs(catalog: Catalog) -> int:
     return min(2, os.cpu_count() or 1) if size > 4 * SLICE_BYTES else 1
 
 
+def _bounded_map(pool: ProcessPoolExecutor, tasks: list[_Task], ahead: int
+                 ) -> Iterator[_Parsed]:
+    """pool.map, but with at most `ahead` results waiting: parsed slices that the builder has
+    not taken yet would otherwise pile up in memory when the workers outrun it."""
+    pending: deque[Future[_Parsed]] = deque()
+    for task in tasks:
+        pending.append(pool.submit(_parse_task, task))
+        if len(pending) >= ahead:
+            yield pending.popleft().result()
+    while pending:
+        yield pending.popleft().result()
+
+
 def compile_catalog(
-    catalog: Catalog, out_path: str | None, jobs: int = 1, slice_bytes: int = SLICE_BYTES
+    catalog: Catalog, out_path: str | None, jobs: int = 1, slice_bytes: int = SLICE_BYTES,
+    run_entries: int = RUN_ENTRIES,
 ) -> CompileResult:
     """Parse every source and build the index (written atomically to `out_path` if given).
 
-    `jobs` > 1 parses the files in that many worker processes, in slices of about
-    `slice_bytes` (RPZ files whole); the index is identical either way.
+    Files are parsed in slices of about `slice_bytes` (RPZ files whole), in `jobs` worker
+    processes if > 1; the builder keeps at most `run_entries` names in memory and sorts the
+    rest through temporary files beside `out_path`. The index is identical either way.
     """
     started = time.perf_counter()
     sources = catalog.sources()
-    tasks = _tasks(catalog, jobs, slice_bytes)
+    tasks = list(_tasks(catalog, slice_bytes))
     results: Iterable[_Parsed]
     pool: ProcessPoolExecutor | None = None
     if jobs > 1 and len(tasks) > 1:
         methods = multiprocessing.get_all_start_methods()
         ctx = multiprocessing.get_context("fork" if "fork" in methods else "spawn")
         pool = ProcessPoolExecutor(max_workers=jobs, mp_context=ctx)
-        results = pool.map(_parse_task, tasks)
+        results = _bounded_map(pool, tasks, 2 * jobs)
     else:
         results = map(_parse_task, tasks)
-    builder = IndexBuilder()
+    tmp_dir = None if out_path is None else os.path.dirname(os.path.abspath(out_path))
+    builder = IndexBuilder(run_entries=run_entries, tmp_dir=tmp_dir)
     skipped: list[SkippedLine] = []
     stats = [SourceStats(s.category, str(s.path), s.format) for s in sources]
     try:
@@ -286,18 +323,20 @@ def compile_catalog(
         "sources": [vars(s) for s in stats],
     }
     index: bytes | str
-    if out_path is None:
-        index = builder.to_bytes()
-    else:
-        builder.write(out_path)
-        index = out_path
+    with builder:
+        if out_path is None:
+            index = builder.to_bytes()
+        else:
+            builder.write(out_path)
+            index = out_path
+        by_category, entries = builder.entries_by_category(), len(builder)
     return CompileResult(
-        entries_by_category=builder.entries_by_category(),
+        entries_by_category=by_category,
         skipped=skipped,
         skipped_count=sum(st.skipped for st in stats),
         total_lines=sum(st.lines for st in stats),
         rules=sum(st.rules for st in stats),
-        entries=len(builder),
+        entries=entries,
         seconds=time.perf_counter() - started,
         index=index,
         sources=stats,
@@ -308,9 +347,12 @@ def _fill_skipped_text(skipped: list[SkippedLine], limit: int) -> None:
     """Give not-UTF-8 examples their (replacement-decoded) text; workers left it empty."""
     for i, s in enumerate(skipped):
         if s.reason == _BAD_UTF8 and not s.text:
-            raw = read_capped(s.path, limit, LIST_BYTES_KEY).split(b"\n")
-            text = raw[s.line - 1].decode("utf-8", errors="replace").strip() if (
-                s.line <= len(raw)) else ""
+            text = ""
+            with open_regular(s.path, limit, LIST_BYTES_KEY) as f:  # streamed: lists are big
+                for no, raw in enumerate(f, 1):
+                    if no == s.line:
+                        text = raw.rstrip(b"\n").decode("utf-8", errors="replace").strip()
+                        break
             skipped[i] = SkippedLine(s.path, s.line, text, s.reason)
 
 
