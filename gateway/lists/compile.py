@@ -1,14 +1,17 @@
 """Compile a lists.yaml catalog into one index file, normally in a short-lived subprocess.
 
-Why a subprocess: building holds every name as a Python object (hundreds of MB for 5M names);
-the serving process only maps the finished file, so its memory stays small and a failed
-build leaves the old index in service. Run as:
+Why a subprocess: building holds up to a million names as Python objects (~150 MB with its
+workers, whatever the list size: the builder sorts the rest through temporary files beside
+the output); the serving process only maps the finished file, so its memory stays small and
+a failed build leaves the old index in service. Run as:
 
     python -m gateway.lists.compile [--jobs N] LISTS_YAML OUT_PATH
 
-It prints a JSON summary on stdout, or `file:line: message` on stderr and exits 1. Big
-catalogs are parsed by two worker processes (slices of ~2 MB; RPZ files whole): parsing and
-hashing are CPU-bound and dominate, and the merged result is byte-identical to a serial build.
+It prints a JSON summary on stdout, or `file:line: message` on stderr and exits 1. Files are
+read in slices of ~2 MB (RPZ files whole: a national list in RPZ is still read at once); big
+catalogs are parsed by two worker processes, at most four slices ahead of the builder:
+parsing and hashing are CPU-bound and dominate, and the result is byte-identical to a
+serial build.
 """
 
 from __future__ import annotations
