@@ -311,12 +311,15 @@ def test_streaming_compile_is_identical(tmp_path: Path) -> None:
     in_memory = compile_catalog(catalog, None)
     out = tmp_path / "state" / "lists.sgidx"
     out.parent.mkdir()
+    killed = out.parent / ".sgidx-build-999999999-abc"  # a compile killed mid-way (no such pid)
+    killed.mkdir()
+    (killed / "run0").write_bytes(b"\0" * 100)
     for jobs in (1, 2):
         streamed = compile_catalog(catalog, str(out), jobs=jobs, slice_bytes=4096,
                                    run_entries=500)
         assert isinstance(in_memory.index, bytes)
         assert _body(out.read_bytes()) == _body(in_memory.index)
-        assert list(out.parent.iterdir()) == [out]  # runs and scratch files removed
+        assert list(out.parent.iterdir()) == [out]  # runs, scratch and stale scratch removed
         for field in ("entries_by_category", "skipped_count", "total_lines", "rules",
                       "entries"):
             assert getattr(streamed, field) == getattr(in_memory, field), field

@@ -44,7 +44,7 @@ from gateway.lists.catalog import (
     list_file_error,
     load_catalog,
 )
-from gateway.lists.index_builder import RUN_ENTRIES, IndexBuilder
+from gateway.lists.index_builder import RUN_ENTRIES, IndexBuilder, remove_stale_scratch
 from gateway.lists.parsers import parse
 from gateway.util.readfile import open_regular, read_capped
 
@@ -251,6 +251,8 @@ def _tasks(catalog: Catalog, slice_bytes: int) -> Iterator[_Task]:
         except ConfigError as exc:
             raise list_file_error(source.path, exc.message, str(catalog.path),
                                   source.line) from None
+        except OSError as exc:
+            raise ConfigError(f"cannot read: {exc.strerror}", path) from None
         for start, stop, first_line in pieces:
             yield _Task(n, path, source.format, start, stop, first_line, catalog.list_bytes)
 
@@ -300,6 +302,8 @@ def compile_catalog(
     else:
         results = map(_parse_task, tasks)
     tmp_dir = None if out_path is None else os.path.dirname(os.path.abspath(out_path))
+    if tmp_dir is not None:
+        remove_stale_scratch(tmp_dir)
     builder = IndexBuilder(run_entries=run_entries, tmp_dir=tmp_dir)
     skipped: list[SkippedLine] = []
     stats = [SourceStats(s.category, str(s.path), s.format) for s in sources]

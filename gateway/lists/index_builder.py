@@ -15,6 +15,7 @@ import hashlib
 import json
 import math
 import os
+import shutil
 import sys
 import tempfile
 from array import array
@@ -45,6 +46,20 @@ _RULE_BITS = 16  # the builder packs `hash << 16 | rule id` into one int
 _RULE_MASK = (1 << _RULE_BITS) - 1
 RUN_ENTRIES = 1 << 20  # packed ints held in memory (~56 bytes each with the list slot)
 _CHUNK = 1 << 18  # entries per read/write of the merged stream
+SCRATCH_PREFIX = ".sgidx-build-"  # + pid + "-": the builder's temporary directory
+
+
+def remove_stale_scratch(directory: str | os.PathLike[str]) -> None:
+    """Delete the scratch directories of builders whose process is gone (a compile killed by
+    its timeout or the OOM killer leaves up to the list's size of runs behind)."""
+    for entry in Path(directory).glob(f"{SCRATCH_PREFIX}*-*"):
+        try:
+            pid = int(entry.name[len(SCRATCH_PREFIX):].split("-")[0])
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            shutil.rmtree(entry, ignore_errors=True)
+        except (ValueError, PermissionError, OSError):
+            continue  # not ours, or alive under another user
 
 
 def _dir_bits(count: int) -> int:
@@ -188,7 +203,7 @@ class IndexBuilder:
 
     def _dir(self) -> Path:
         if self._tmp is None:
-            self._tmp = tempfile.TemporaryDirectory(prefix=".sgidx-build-",
+            self._tmp = tempfile.TemporaryDirectory(prefix=f"{SCRATCH_PREFIX}{os.getpid()}-",
                                                     dir=self._tmp_parent)
         return Path(self._tmp.name)
 
