@@ -26,12 +26,11 @@ import subprocess
 import sys
 import time
 from array import array
-from collections import deque
-from collections.abc import Iterable, Iterator
-from concurrent.futures import Future, ProcessPoolExecutor
+from collections.abc import Iterable
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, BinaryIO, NamedTuple
+from typing import Any
 
 from gateway.config.limits import FileLimits
 from gateway.errors import ConfigError
@@ -44,8 +43,10 @@ from gateway.lists.catalog import (
     list_file_error,
     load_catalog,
 )
-from gateway.lists.index_builder import RUN_ENTRIES, IndexBuilder, remove_stale_scratch
+from gateway.lists.index_builder import IndexBuilder
 from gateway.lists.parsers import parse
+from gateway.lists.runs import RUN_ENTRIES, remove_stale_scratch
+from gateway.lists.slices import Task, bounded_map, slice_tasks
 from gateway.util.readfile import open_regular, read_capped
 
 __all__ = [
@@ -155,18 +156,6 @@ def _read_lines(catalog: Catalog, source: Source) -> tuple[list[str], list[int]]
     return _decode_lines(_read_bytes(catalog, source), True)
 
 
-class _Task(NamedTuple):
-    """One slice of one list file, parsed and hashed on its own (maybe in a worker)."""
-
-    source: int
-    path: str
-    format: str
-    start: int  # byte offset, always at a line start
-    stop: int
-    first_line: int  # 1-based number of the slice's first line
-    limit: int  # limits.files.list_bytes: the file is opened again, and checked again
-
-
 @dataclass
 class _Parsed:
     """What a worker sends back: sorted key hashes per (scope, action) kind, and skips."""
@@ -177,7 +166,7 @@ class _Parsed:
     lines: int
 
 
-def _parse_task(task: _Task) -> _Parsed:
+def _parse_task(task: Task) -> _Parsed:
     """Parse and hash one slice; runs in worker processes, so it takes and returns data only."""
     with open_regular(task.path, task.limit, LIST_BYTES_KEY) as f:
         f.seek(task.start)
@@ -212,51 +201,6 @@ def _parse_task(task: _Task) -> _Parsed:
     return _Parsed(hashes, skipped, skipped_count, len(lines))
 
 
-def _slices(f: BinaryIO, slice_bytes: int) -> Iterator[tuple[int, int, int]]:
-    """(start, stop, first line) of slices of about `slice_bytes`, cut after a newline;
-    read in blocks, so a national-size file is never held whole."""
-    start, first_line, pos, lines = 0, 1, 0, 0
-    while True:
-        block = f.read(max(slice_bytes, 1 << 16))
-        if not block:
-            break
-        cut = 0
-        while True:
-            want = start + slice_bytes - pos
-            nl = block.find(b"\n", max(cut, want)) if want < len(block) else -1
-            if nl < 0:
-                break
-            lines += block.count(b"\n", cut, nl + 1)
-            yield start, pos + nl + 1, first_line
-            first_line += lines
-            lines = 0
-            start = pos + nl + 1
-            cut = nl + 1
-        lines += block.count(b"\n", cut)
-        pos += len(block)
-    if pos > start or pos == 0:
-        yield start, pos, first_line
-
-
-def _tasks(catalog: Catalog, slice_bytes: int) -> Iterator[_Task]:
-    """Every source in slices of about `slice_bytes` (RPZ files whole: RPZ carries state
-    across lines); slices bound the memory of parsing, and let workers share a file."""
-    for n, source in enumerate(catalog.sources()):
-        path = str(source.path)
-        try:
-            with open_regular(source.path, catalog.list_bytes, LIST_BYTES_KEY) as f:
-                size = os.fstat(f.fileno()).st_size
-                pieces = ([(0, size, 1)] if source.format == "rpz"
-                          else list(_slices(f, slice_bytes)))
-        except ConfigError as exc:
-            raise list_file_error(source.path, exc.message, str(catalog.path),
-                                  source.line) from None
-        except OSError as exc:
-            raise ConfigError(f"cannot read: {exc.strerror}", path) from None
-        for start, stop, first_line in pieces:
-            yield _Task(n, path, source.format, start, stop, first_line, catalog.list_bytes)
-
-
 def _default_jobs(catalog: Catalog) -> int:
     """Two workers for big catalogs (parsing is CPU-bound), else in-process."""
     try:
@@ -264,19 +208,6 @@ def _default_jobs(catalog: Catalog) -> int:
     except OSError:
         return 1
     return min(2, os.cpu_count() or 1) if size > 4 * SLICE_BYTES else 1
-
-
-def _bounded_map(pool: ProcessPoolExecutor, tasks: list[_Task], ahead: int
-                 ) -> Iterator[_Parsed]:
-    """pool.map, but with at most `ahead` results waiting: parsed slices that the builder has
-    not taken yet would otherwise pile up in memory when the workers outrun it."""
-    pending: deque[Future[_Parsed]] = deque()
-    for task in tasks:
-        pending.append(pool.submit(_parse_task, task))
-        if len(pending) >= ahead:
-            yield pending.popleft().result()
-    while pending:
-        yield pending.popleft().result()
 
 
 def compile_catalog(
@@ -291,14 +222,14 @@ def compile_catalog(
     """
     started = time.perf_counter()
     sources = catalog.sources()
-    tasks = list(_tasks(catalog, slice_bytes))
+    tasks = list(slice_tasks(catalog, slice_bytes))
     results: Iterable[_Parsed]
     pool: ProcessPoolExecutor | None = None
     if jobs > 1 and len(tasks) > 1:
         methods = multiprocessing.get_all_start_methods()
         ctx = multiprocessing.get_context("fork" if "fork" in methods else "spawn")
         pool = ProcessPoolExecutor(max_workers=jobs, mp_context=ctx)
-        results = _bounded_map(pool, tasks, 2 * jobs)
+        results = bounded_map(pool, _parse_task, tasks, 2 * jobs)
     else:
         results = map(_parse_task, tasks)
     tmp_dir = None if out_path is None else os.path.dirname(os.path.abspath(out_path))

@@ -1,12 +1,8 @@
 """Builds a compiled list index file (the format index.py reads) with bounded memory.
 
-Why an external sort: a national list (17.5M names) held as Python ints peaked at 1.9 GB, more
-than a 1 GB Raspberry Pi has. Here at most `run_entries` packed `hash << 16 | rule id` ints are
-in memory: each full run is sorted and spilled to a temporary file (uint64 hashes, then
-uint16 rule ids), the runs are merged block by block (each block cut below the smallest
-"last hash" of the runs' buffers, so a key's duplicates always land in one block and are
-merged into one combo there), and the merged stream goes to two temporary files that the
-final pass turns into the index's arrays. Memory is ~run_entries ints whatever the list size.
+The (hash, rule) pairs are sorted externally (runs.py); each merged block has every rule of
+its keys, so duplicates merge into combos there, and the merged stream goes to two scratch
+files that the final pass turns into the index's arrays.
 """
 
 from __future__ import annotations
@@ -15,16 +11,13 @@ import hashlib
 import json
 import math
 import os
-import shutil
 import sys
-import tempfile
 from array import array
 from bisect import bisect_left
 from collections import Counter
 from collections.abc import Iterable, Iterator, Mapping
 from itertools import compress, islice, repeat
-from operator import add, and_, eq, lshift, or_, rshift
-from pathlib import Path
+from operator import add, and_, eq, lshift, rshift
 from typing import Any, NamedTuple
 
 from gateway.lists import Action, Rule
@@ -38,28 +31,12 @@ from gateway.lists.index import (
     key_hash,
     layout,
 )
+from gateway.lists.runs import RULE_BITS, RULE_MASK, RUN_ENTRIES, PackedRuns, read_array
 from gateway.util.atomic import atomic_write
 
 _MIN_DIR_BITS = 4
 _MAX_DIR_BITS = 30
-_RULE_BITS = 16  # the builder packs `hash << 16 | rule id` into one int
-_RULE_MASK = (1 << _RULE_BITS) - 1
-RUN_ENTRIES = 1 << 20  # packed ints held in memory (~56 bytes each with the list slot)
 _CHUNK = 1 << 18  # entries per read/write of the merged stream
-SCRATCH_PREFIX = ".sgidx-build-"  # + pid + "-": the builder's temporary directory
-
-
-def remove_stale_scratch(directory: str | os.PathLike[str]) -> None:
-    """Delete the scratch directories of builders whose process is gone (a compile killed by
-    its timeout or the OOM killer leaves up to the list's size of runs behind)."""
-    for entry in Path(directory).glob(f"{SCRATCH_PREFIX}*-*"):
-        try:
-            pid = int(entry.name[len(SCRATCH_PREFIX):].split("-")[0])
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            shutil.rmtree(entry, ignore_errors=True)
-        except (ValueError, PermissionError, OSError):
-            continue  # not ours, or alive under another user
 
 
 def _dir_bits(count: int) -> int:
@@ -97,36 +74,6 @@ def _count_categories(combos: list[Combo], uses: Counter[int]) -> dict[str, int]
     return dict(sorted(by_category.items()))
 
 
-def _read_array(fd: int, fmt: str, count: int, at: int) -> array[int]:
-    out = array(fmt)
-    out.frombytes(os.pread(fd, out.itemsize * count, at))
-    return out
-
-
-class _Run:
-    """A sorted spilled run, read back in blocks into `buf` (packed ints, sorted)."""
-
-    def __init__(self, path: Path, count: int) -> None:
-        self.fd = os.open(path, os.O_RDONLY)
-        self.count = count
-        self.pos = 0
-        self.buf: list[int] = []
-
-    @property
-    def exhausted(self) -> bool:
-        return self.pos == self.count
-
-    def refill(self, block: int) -> None:
-        n = min(block, self.count - self.pos)
-        keys = _read_array(self.fd, "Q", n, 8 * self.pos)
-        rids = _read_array(self.fd, "H", n, 8 * self.count + 2 * self.pos)
-        self.buf += map(or_, map(lshift, keys, repeat(_RULE_BITS)), rids)
-        self.pos += n
-
-    def close(self) -> None:
-        os.close(self.fd)
-
-
 class _Merged(NamedTuple):
     entries: int
     combos: list[Combo]
@@ -146,13 +93,9 @@ class IndexBuilder:
                  run_entries: int = RUN_ENTRIES,
                  tmp_dir: str | os.PathLike[str] | None = None) -> None:
         self.build: dict[str, Any] = dict(build or {})
-        self.run_entries = max(2, run_entries)
-        self._tmp_parent = tmp_dir
-        self._tmp: tempfile.TemporaryDirectory[str] | None = None
+        self._packed = PackedRuns(run_entries, tmp_dir)
         self._rules: list[Rule] = []
         self._rule_ids: dict[Rule, int] = {}
-        self._buf: list[int] = []
-        self._runs: list[tuple[Path, int]] = []
         self._done: _Merged | None = None
 
     def __len__(self) -> int:
@@ -161,7 +104,7 @@ class IndexBuilder:
     @property
     def runs(self) -> int:
         """How many sorted runs were spilled to disk so far (tests check the path taken)."""
-        return len(self._runs)
+        return self._packed.runs
 
     def _rule_id(self, rule: Rule) -> int:
         if self._done is not None:
@@ -169,8 +112,8 @@ class IndexBuilder:
         rid = self._rule_ids.get(rule)
         if rid is None:
             rid = len(self._rules)
-            if rid > _RULE_MASK:
-                raise ValueError(f"more than {_RULE_MASK + 1} distinct rules")
+            if rid > RULE_MASK:
+                raise ValueError(f"more than {RULE_MASK + 1} distinct rules")
             self._rules.append(rule)
             self._rule_ids[rule] = rid
         return rid
@@ -188,74 +131,7 @@ class IndexBuilder:
 
     def add_hashes(self, hashes: Iterable[int], rule: Rule) -> None:
         """Record `rule` for keys already hashed with `key_hash` (e.g. by a worker process)."""
-        rid = self._rule_id(rule)
-        it = iter(hashes)
-        while True:
-            room = self.run_entries - len(self._buf)
-            before = len(self._buf)
-            self._buf += map(or_, map(lshift, islice(it, room), repeat(_RULE_BITS)),
-                             repeat(rid))
-            if len(self._buf) < self.run_entries:
-                if len(self._buf) - before < room:
-                    return
-            else:
-                self._spill()
-
-    def _dir(self) -> Path:
-        if self._tmp is None:
-            self._tmp = tempfile.TemporaryDirectory(prefix=f"{SCRATCH_PREFIX}{os.getpid()}-",
-                                                    dir=self._tmp_parent)
-        return Path(self._tmp.name)
-
-    def _spill(self) -> None:
-        """Sort the buffer and write it as a run: uint64 hashes, then uint16 rule ids."""
-        buf = self._buf
-        buf.sort()
-        path = self._dir() / f"run{len(self._runs)}"
-        with open(path, "wb") as f:  # scratch: no fsync, a crash discards the whole build
-            array("Q", map(rshift, buf, repeat(_RULE_BITS))).tofile(f)
-            array("H", map(and_, buf, repeat(_RULE_MASK))).tofile(f)
-        self._runs.append((path, len(buf)))
-        self._buf = []
-
-    def _blocks(self) -> Iterator[list[int]]:
-        """The packed ints of every run in sorted order, in lists that never split a key."""
-        if not self._runs:
-            self._buf.sort()
-            yield self._buf
-            self._buf = []
-            return
-        if self._buf:
-            self._spill()
-        runs = [_Run(path, n) for path, n in self._runs]
-        block = max(16, self.run_entries // (2 * len(runs)))
-        try:
-            while True:
-                for r in runs:
-                    if len(r.buf) < block // 2 and not r.exhausted:
-                        r.refill(block)
-                runs = [r for r in runs if r.buf or not r.exhausted]
-                if not runs:
-                    return
-                live = [r.buf[-1] >> _RULE_BITS for r in runs if not r.exhausted]
-                # A run not exhausted may hold more of its last key: take only smaller keys.
-                bound = min(live) << _RULE_BITS if live else None
-                out: list[int] = []
-                for r in runs:
-                    take = len(r.buf) if bound is None else bisect_left(r.buf, bound)
-                    if take:
-                        out += r.buf[:take]
-                        del r.buf[:take]
-                if out:
-                    out.sort()  # a merge of sorted pieces: timsort does it in linear time
-                    yield out
-                else:  # the bounding buffer holds a single key: read more of that run
-                    for r in runs:
-                        if not r.exhausted and r.buf[-1] >> _RULE_BITS == min(live):
-                            r.refill(block)
-        finally:
-            for r in runs:
-                r.close()
+        self._packed.add(hashes, self._rule_id(rule))
 
     def _finish(self) -> _Merged:
         """Merge the runs, duplicate keys into combos; the result is two temporary files."""
@@ -266,11 +142,11 @@ class IndexBuilder:
         interned: dict[frozenset[int], int] = {}
         uses: Counter[int] = Counter()
         count = 0
-        tmp = self._dir()
+        tmp = self._packed.directory()
         with open(tmp / "keys", "wb") as kf, open(tmp / "vals", "wb") as vf:
-            for packed in self._blocks():
-                keys = array("Q", map(rshift, packed, repeat(_RULE_BITS)))
-                vals = array("I", map(and_, packed, repeat(_RULE_MASK)))
+            for packed in self._packed.blocks():
+                keys = array("Q", map(rshift, packed, repeat(RULE_BITS)))
+                vals = array("I", map(and_, packed, repeat(RULE_MASK)))
                 del packed
                 dups = list(compress(range(1, len(keys)), map(eq, islice(keys, 1, None), keys)))
                 if dups:
@@ -279,8 +155,6 @@ class IndexBuilder:
                 count += len(keys)
                 keys.tofile(kf)
                 vals.tofile(vf)
-        for path, _ in self._runs:
-            path.unlink()
         self._done = _Merged(count, combos, uses)
         return self._done
 
@@ -341,7 +215,7 @@ class IndexBuilder:
         swap = sys.byteorder != "little"
         rmask = (1 << shift) - 1
         dirv = array("I", bytes(4 * ((1 << bits) + 1)))
-        tmp = self._dir()
+        tmp = self._packed.directory()
         identity = used == list(range(len(used)))
 
         def section(at: int, name: str, fmt: str, convert: Any) -> Iterator[memoryview | bytes]:
@@ -352,7 +226,7 @@ class IndexBuilder:
             fd = os.open(tmp / name, os.O_RDONLY)
             try:
                 for base in range(0, count, _CHUNK):
-                    chunk = _read_array(fd, src_fmt, min(_CHUNK, count - base), 8 * base
+                    chunk = read_array(fd, src_fmt, min(_CHUNK, count - base), 8 * base
                                         if src_fmt == "Q" else 4 * base)
                     out = array(fmt, convert(chunk, base))
                     if swap:  # pragma: no cover - no big-endian CI
@@ -401,10 +275,7 @@ class IndexBuilder:
 
     def close(self) -> None:
         """Remove the temporary files now rather than at garbage collection."""
-        if self._tmp is not None:
-            self._tmp.cleanup()
-            self._tmp = None
-            self._done = None
+        self._packed.close()
 
     def __enter__(self) -> IndexBuilder:
         return self
