@@ -242,3 +242,85 @@ def test_large_index_directory_is_consistent(tmp_path: Path) -> None:
         assert idx.header["dir_bits"] == 15  # ~ n/2 buckets
         assert all(idx.probe(k) == (ADULT,) for k in keys)
         assert not any(idx.probe(b"m%d.example" % i) for i in range(50_000))
+
+
+def _random_hashes(n: int, seed: int) -> list[int]:
+    rng = random.Random(seed)
+    return [rng.getrandbits(64) for _ in range(n)]
+
+
+def test_compact_layout_for_large_lists(tmp_path: Path) -> None:
+    # Over ~90k names the directory fixes >= 16 top bits: 4-byte hi + 2-byte lo + 1-byte combo
+    b = IndexBuilder()
+    keys = [b"k%d.example" % i for i in range(2000)]
+    b.add_many(keys, ADULT)
+    b.add_hashes(_random_hashes(150_000, 7), CSAM)
+    b.write(tmp_path / "big.sgidx")
+    size = (tmp_path / "big.sgidx").stat().st_size
+    with ListIndex.open(tmp_path / "big.sgidx") as idx:
+        assert (idx.header["dir_bits"], idx.header["hi_bytes"], idx.header["val_bytes"]) == (
+            16, 4, 1)
+        assert size <= 10 * idx.size
+        assert all(idx.probe(k) == (ADULT,) for k in keys)
+        assert not any(idx.probe(b"m%d.example" % i) for i in range(20_000))
+        assert idx.match(b"www.k5.example") == [(4, (ADULT,))]
+
+
+@pytest.mark.parametrize("flip", [1, 1 << 15, 1 << 16, 1 << 40])
+def test_neighbours_in_a_bucket_are_told_apart(flip: int) -> None:
+    # hashes that differ only in lo (flip < 2**16) share bucket and hi: lo must decide
+    h = key_hash(b"a.test")
+    filler = _random_hashes(100_000, 3)
+    with_key = IndexBuilder()
+    with_key.add_hashes([*filler, h ^ flip, h ^ (flip * 3)], ADULT)
+    with_key.add_hashes([h], CSAM)
+    idx = ListIndex.from_bytes(with_key.to_bytes())
+    assert idx.header["hi_bytes"] == 4
+    assert idx.probe(b"a.test") == (CSAM,)
+    assert idx.match(b"x.a.test") == []  # CSAM is SELF-scoped
+    without = IndexBuilder()
+    without.add_hashes([*filler, h ^ flip, h ^ (flip * 3)], ADULT)
+    idx = ListIndex.from_bytes(without.to_bytes())
+    assert idx.probe(b"a.test") is None
+    assert idx.match(b"a.test") == []
+
+
+def test_streaming_build_equals_in_memory(tmp_path: Path) -> None:
+    # Runs of 64 entries spill to disk and merge; duplicates straddle runs and merge blocks.
+    rng = random.Random(5)
+    rules = [Rule(c, s, Action.DEFAULT, m) for c in ("adult", "csam", "ads")
+             for s in (SCOPE_SELF, SCOPE_SUBS, SCOPE_BOTH) for m in (False, True)]
+    entries = [(b"n%d.test" % rng.randrange(3000), rng.choice(rules)) for _ in range(10_000)]
+    entries[5000:5000] = [(b"hot.test", Rule(f"c{i}", SCOPE_BOTH, Action.DEFAULT, False))
+                          for i in range(300)]  # one key filling whole runs and merge blocks
+    memory, streamed = IndexBuilder(), IndexBuilder(run_entries=64, tmp_dir=tmp_path)
+    for key, rule in entries:
+        memory.add(key, rule)
+        streamed.add(key, rule)
+    data = streamed.to_bytes()
+    assert memory.runs == 0 and streamed.runs > 100
+    assert data == memory.to_bytes()
+    assert len(streamed) == len(memory) == len({k for k, _ in entries})
+    idx = ListIndex.from_bytes(data)
+    hot = idx.probe(b"hot.test")
+    assert hot is not None and sorted(r.category for r in hot) == sorted(
+        f"c{i}" for i in range(300))
+    streamed.close()
+    assert list(tmp_path.iterdir()) == []  # the runs and merge files are gone
+
+
+def test_version_1_index_is_refused(tmp_path: Path) -> None:
+    # The 12-byte-per-name layout of version 1, as the old builder wrote it: the reader must
+    # refuse it (the server then compiles a new index), not read its arrays as version 2's.
+    import json
+    import struct
+    header = json.dumps({"version": 1, "count": 1, "dir_bits": 4, "hash": "blake2b-64-le",
+                         "combos": [[["adult", 3, 0, False]]]}).encode()
+    prefix = MAGIC + struct.pack("<Q", len(header)) + header
+    prefix += b"\0" * (-len(prefix) % 8)
+    h = key_hash(b"a.test")
+    dirv = [0] * ((h >> 60) + 1) + [1] * (16 - (h >> 60))
+    data = prefix + struct.pack("<QI", h, 0) + struct.pack(f"<{len(dirv)}I", *dirv)
+    (tmp_path / "old.sgidx").write_bytes(data)
+    with pytest.raises(ValueError, match="unsupported index version 1"):
+        ListIndex.open(tmp_path / "old.sgidx")

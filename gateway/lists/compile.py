@@ -1,14 +1,17 @@
 """Compile a lists.yaml catalog into one index file, normally in a short-lived subprocess.
 
-Why a subprocess: building holds every name as a Python object (hundreds of MB for 5M names);
-the serving process only maps the finished file, so its memory stays small and a failed
-build leaves the old index in service. Run as:
+Why a subprocess: building holds up to a million names as Python objects (~150 MB with its
+workers, whatever the list size: the builder sorts the rest through temporary files beside
+the output); the serving process only maps the finished file, so its memory stays small and
+a failed build leaves the old index in service. Run as:
 
     python -m gateway.lists.compile [--jobs N] LISTS_YAML OUT_PATH
 
-It prints a JSON summary on stdout, or `file:line: message` on stderr and exits 1. Big
-catalogs are parsed by two worker processes (slices of ~2 MB; RPZ files whole): parsing and
-hashing are CPU-bound and dominate, and the merged result is byte-identical to a serial build.
+It prints a JSON summary on stdout, or `file:line: message` on stderr and exits 1. Files are
+read in slices of ~2 MB (RPZ files whole: a national list in RPZ is still read at once); big
+catalogs are parsed by two worker processes, at most four slices ahead of the builder:
+parsing and hashing are CPU-bound and dominate, and the result is byte-identical to a
+serial build.
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ from collections.abc import Iterable
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
 from gateway.config.limits import FileLimits
 from gateway.errors import ConfigError
@@ -42,6 +45,8 @@ from gateway.lists.catalog import (
 )
 from gateway.lists.index_builder import IndexBuilder
 from gateway.lists.parsers import parse
+from gateway.lists.runs import RUN_ENTRIES, remove_stale_scratch
+from gateway.lists.slices import Task, bounded_map, slice_tasks
 from gateway.util.readfile import open_regular, read_capped
 
 __all__ = [
@@ -151,18 +156,6 @@ def _read_lines(catalog: Catalog, source: Source) -> tuple[list[str], list[int]]
     return _decode_lines(_read_bytes(catalog, source), True)
 
 
-class _Task(NamedTuple):
-    """One slice of one list file, parsed and hashed on its own (maybe in a worker)."""
-
-    source: int
-    path: str
-    format: str
-    start: int  # byte offset, always at a line start
-    stop: int
-    first_line: int  # 1-based number of the slice's first line
-    limit: int  # limits.files.list_bytes: the file is opened again, and checked again
-
-
 @dataclass
 class _Parsed:
     """What a worker sends back: sorted key hashes per (scope, action) kind, and skips."""
@@ -173,7 +166,7 @@ class _Parsed:
     lines: int
 
 
-def _parse_task(task: _Task) -> _Parsed:
+def _parse_task(task: Task) -> _Parsed:
     """Parse and hash one slice; runs in worker processes, so it takes and returns data only."""
     with open_regular(task.path, task.limit, LIST_BYTES_KEY) as f:
         f.seek(task.start)
@@ -208,29 +201,6 @@ def _parse_task(task: _Task) -> _Parsed:
     return _Parsed(hashes, skipped, skipped_count, len(lines))
 
 
-def _tasks(catalog: Catalog, jobs: int, slice_bytes: int) -> list[_Task]:
-    """Every source as one task; with jobs > 1, big line-oriented files split in slices."""
-    tasks: list[_Task] = []
-    for n, source in enumerate(catalog.sources()):
-        data = _read_bytes(catalog, source)  # also turns a missing file into a ConfigError
-        path = str(source.path)
-        splittable = jobs > 1 and source.format != "rpz"  # RPZ carries state across lines
-        pieces = max(1, len(data) // slice_bytes) if splittable else 1
-        start, first_line = 0, 1
-        for k in range(1, pieces + 1):
-            stop = len(data) if k == pieces else data.find(b"\n", k * len(data) // pieces) + 1
-            if stop <= start:
-                continue
-            tasks.append(_Task(n, path, source.format, start, stop, first_line,
-                               catalog.list_bytes))
-            first_line += data.count(b"\n", start, stop)
-            start = stop
-        if start < len(data) or not data:
-            tasks.append(_Task(n, path, source.format, start, len(data), first_line,
-                               catalog.list_bytes))
-    return tasks
-
-
 def _default_jobs(catalog: Catalog) -> int:
     """Two workers for big catalogs (parsing is CPU-bound), else in-process."""
     try:
@@ -241,26 +211,31 @@ def _default_jobs(catalog: Catalog) -> int:
 
 
 def compile_catalog(
-    catalog: Catalog, out_path: str | None, jobs: int = 1, slice_bytes: int = SLICE_BYTES
+    catalog: Catalog, out_path: str | None, jobs: int = 1, slice_bytes: int = SLICE_BYTES,
+    run_entries: int = RUN_ENTRIES,
 ) -> CompileResult:
     """Parse every source and build the index (written atomically to `out_path` if given).
 
-    `jobs` > 1 parses the files in that many worker processes, in slices of about
-    `slice_bytes` (RPZ files whole); the index is identical either way.
+    Files are parsed in slices of about `slice_bytes` (RPZ files whole), in `jobs` worker
+    processes if > 1; the builder keeps at most `run_entries` names in memory and sorts the
+    rest through temporary files beside `out_path`. The index is identical either way.
     """
     started = time.perf_counter()
     sources = catalog.sources()
-    tasks = _tasks(catalog, jobs, slice_bytes)
+    tasks = list(slice_tasks(catalog, slice_bytes))
     results: Iterable[_Parsed]
     pool: ProcessPoolExecutor | None = None
     if jobs > 1 and len(tasks) > 1:
         methods = multiprocessing.get_all_start_methods()
         ctx = multiprocessing.get_context("fork" if "fork" in methods else "spawn")
         pool = ProcessPoolExecutor(max_workers=jobs, mp_context=ctx)
-        results = pool.map(_parse_task, tasks)
+        results = bounded_map(pool, _parse_task, tasks, 2 * jobs)
     else:
         results = map(_parse_task, tasks)
-    builder = IndexBuilder()
+    tmp_dir = None if out_path is None else os.path.dirname(os.path.abspath(out_path))
+    if tmp_dir is not None:
+        remove_stale_scratch(tmp_dir)
+    builder = IndexBuilder(run_entries=run_entries, tmp_dir=tmp_dir)
     skipped: list[SkippedLine] = []
     stats = [SourceStats(s.category, str(s.path), s.format) for s in sources]
     try:
@@ -286,18 +261,20 @@ def compile_catalog(
         "sources": [vars(s) for s in stats],
     }
     index: bytes | str
-    if out_path is None:
-        index = builder.to_bytes()
-    else:
-        builder.write(out_path)
-        index = out_path
+    with builder:
+        if out_path is None:
+            index = builder.to_bytes()
+        else:
+            builder.write(out_path)
+            index = out_path
+        by_category, entries = builder.entries_by_category(), len(builder)
     return CompileResult(
-        entries_by_category=builder.entries_by_category(),
+        entries_by_category=by_category,
         skipped=skipped,
         skipped_count=sum(st.skipped for st in stats),
         total_lines=sum(st.lines for st in stats),
         rules=sum(st.rules for st in stats),
-        entries=len(builder),
+        entries=entries,
         seconds=time.perf_counter() - started,
         index=index,
         sources=stats,
@@ -308,9 +285,12 @@ def _fill_skipped_text(skipped: list[SkippedLine], limit: int) -> None:
     """Give not-UTF-8 examples their (replacement-decoded) text; workers left it empty."""
     for i, s in enumerate(skipped):
         if s.reason == _BAD_UTF8 and not s.text:
-            raw = read_capped(s.path, limit, LIST_BYTES_KEY).split(b"\n")
-            text = raw[s.line - 1].decode("utf-8", errors="replace").strip() if (
-                s.line <= len(raw)) else ""
+            text = ""
+            with open_regular(s.path, limit, LIST_BYTES_KEY) as f:  # streamed: lists are big
+                for no, raw in enumerate(f, 1):
+                    if no == s.line:
+                        text = raw.rstrip(b"\n").decode("utf-8", errors="replace").strip()
+                        break
             skipped[i] = SkippedLine(s.path, s.line, text, s.reason)
 
 

@@ -3,17 +3,22 @@
 This module is the file format and its reader (every worker); index_builder.py writes it.
 
 Why this shape: a Python set of 1M names costs 100+ MB and must be rebuilt in every worker.
-Here each name costs 12 bytes of hash and combo id plus ~2 bytes of bucket directory, lives in
-a file that every worker maps read-only (the page cache holds one copy), and a lookup is one
-blake2b hash, one directory read and a bisect over ~2 entries, whatever the list size.
+Here each name costs ~9 bytes (a 6-byte hash residue, a 1-byte combo id when there are at most
+256 combos, ~2 bytes of bucket directory), lives in a file that every worker maps read-only
+(the page cache holds one copy), and a lookup is one blake2b hash, one directory read and a
+bisect over ~2 entries, whatever the list size.
 
-File layout (little-endian):
-    magic b"SGIDX1\\0\\0" | uint64 header length | JSON header | zero padding to 8 |
-    keys uint64[count] (sorted) | vals uint32[count] (combo ids) | dir uint32[2**dir_bits + 1]
-`dir[b]` is the index of the first key whose top `dir_bits` bits are >= b.
-
-Two names whose 64-bit hashes collide would share an entry; with 5M names the chance that
-any pair collides is ~7e-7 and a random miss false-matches with probability ~3e-13.
+File layout (little-endian; each array starts 8-byte aligned, zero padding between):
+    magic b"SGIDX1\\0\\0" | uint64 header length | JSON header |
+    hi uint{32|64}[count] | lo uint16[count] | vals uint{8|16|32}[count] (combo ids) |
+    dir uint32[2**dir_bits + 1]
+A key's 64-bit hash h is stored as its bucket b = h >> (64 - dir_bits) (implicit: the entry
+sits in dir[b]..dir[b+1]) and its residue r = h mod 2**(64 - dir_bits), split as
+hi = r >> 16, lo = r & 0xffff; entries are sorted by h. `hi` is uint32 when dir_bits >= 16
+(every index over ~90k names), else uint64. So the full 64 bits are kept: two names whose
+hashes collide would share an entry; with 5M names the chance that any pair collides is
+~7e-7 and a random miss false-matches with probability ~3e-13 (as in version 1, which
+stored h whole in 12 bytes and is refused here, so an old file is recompiled, not misread).
 """
 
 from __future__ import annotations
@@ -27,15 +32,17 @@ import sys
 from array import array
 from bisect import bisect_left
 from collections.abc import Callable, Sequence
-from typing import Any, Literal
+from typing import Any, NamedTuple
 
 from gateway.lists import SCOPE_SELF, SCOPE_SUBS, Action, Rule
 
 __all__ = ["FORMAT_VERSION", "MAGIC", "PREFIX", "Combo", "ListIndex", "Match", "align8",
-           "key_hash"]
+           "key_hash", "layout"]
 
 MAGIC = b"SGIDX1\0\0"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+HI_FORMATS = {4: "I", 8: "Q"}
+VAL_FORMATS = {1: "B", 2: "H", 4: "I"}
 PREFIX = struct.Struct("<8sQ")
 
 Combo = tuple[Rule, ...]
@@ -49,8 +56,18 @@ def key_hash(key: bytes) -> int:
 
 
 def align8(n: int) -> int:
-    """Where the key array starts after the header: 8-byte aligned for the uint64 view."""
+    """Where an array starts: 8-byte aligned for the uint64 view."""
     return (n + 7) & ~7
+
+
+def layout(start: int, count: int, bits: int, hi_bytes: int, val_bytes: int
+           ) -> tuple[int, int, int, int, int]:
+    """Offsets of (hi, lo, vals, dir, end) for arrays starting at `start` (index.py's layout)."""
+    hi_at = align8(start)
+    lo_at = align8(hi_at + hi_bytes * count)
+    vals_at = align8(lo_at + 2 * count)
+    dir_at = align8(vals_at + val_bytes * count)
+    return hi_at, lo_at, vals_at, dir_at, dir_at + 4 * ((1 << bits) + 1)
 
 
 class ListIndex:
@@ -85,21 +102,30 @@ class ListIndex:
         end = PREFIX.size + header_len
         try:
             header = json.loads(bytes(base[PREFIX.size : end]))
+            version = header.get("version")
+        except (ValueError, AttributeError) as exc:
+            raise ValueError(f"{self.source}: corrupt index header ({exc})") from None
+        if version != FORMAT_VERSION:
+            raise ValueError(f"{self.source}: unsupported index version {version}")
+        try:
             count = int(header["count"])
             bits = int(header["dir_bits"])
+            hi_fmt = HI_FORMATS[int(header["hi_bytes"])]
+            val_bytes = int(header["val_bytes"])
+            val_fmt = VAL_FORMATS[val_bytes]
             raw_combos = header["combos"]
         except (ValueError, KeyError, TypeError) as exc:
             raise ValueError(f"{self.source}: corrupt index header ({exc})") from None
-        if header.get("version") != FORMAT_VERSION:
-            raise ValueError(f"{self.source}: unsupported index version {header.get('version')}")
-        keys_at = align8(end)
-        vals_at = keys_at + 8 * count
-        dir_at = vals_at + 4 * count
-        total = dir_at + 4 * ((1 << bits) + 1)
+        if not 0 < bits < 48 or (hi_fmt == "I") != (bits >= 16):
+            raise ValueError(f"{self.source}: corrupt index header (dir_bits {bits})")
+        hi_at, lo_at, vals_at, dir_at, total = layout(
+            end, count, bits, int(header["hi_bytes"]), val_bytes)
         if len(base) != total:
             raise ValueError(f"{self.source}: truncated or corrupt index ({len(base)} != {total})")
-        keys = self._view(base, keys_at, vals_at, "Q")
-        vals = self._view(base, vals_at, dir_at, "I")
+        keys = _Keys(self._view(base, hi_at, hi_at + int(header["hi_bytes"]) * count,
+                                hi_fmt),
+                     self._view(base, lo_at, lo_at + 2 * count, "H"), 64 - bits)
+        vals = self._view(base, vals_at, vals_at + val_bytes * count, val_fmt)
         dirv = self._view(base, dir_at, total, "I")
         self.header: dict[str, Any] = header
         self.size = count
@@ -113,15 +139,15 @@ class ListIndex:
         self.build: dict[str, Any] = header.get("build", {})
         self_rules = [tuple(r for r in c if r.scope & SCOPE_SELF) for c in self.combos]
         subs_rules = [tuple(r for r in c if r.scope & SCOPE_SUBS) for c in self.combos]
-        self.match = _make_match(keys, vals, dirv, 64 - bits, self_rules, subs_rules)
-        self.probe = _make_probe(keys, vals, dirv, 64 - bits, self.combos)
+        self.match = _make_match(keys, vals, dirv, self_rules, subs_rules)
+        self.probe = _make_probe(keys, vals, dirv, self.combos)
 
-    def _view(self, base: memoryview, start: int, stop: int, fmt: Literal["Q", "I"]) -> IntArray:
+    def _view(self, base: memoryview, start: int, stop: int, fmt: str) -> IntArray:
         """A typed view of [start, stop); a copied, byte-swapped array on big-endian hosts."""
         view = base[start:stop]
         self._views.append(view)
         if sys.byteorder == "little":
-            cast = view.cast(fmt)
+            cast: memoryview = view.cast(fmt)  # type: ignore[call-overload]
             self._views.append(cast)
             return cast
         swapped = array(fmt, view.tobytes())  # pragma: no cover - no big-endian CI
@@ -166,16 +192,53 @@ class ListIndex:
         return f"<ListIndex {self.source} entries={self.size} combos={len(self.combos)}>"
 
 
+class _Keys(NamedTuple):
+    """The sorted key arrays and how a hash splits into bucket, hi and lo."""
+
+    hi: IntArray
+    lo: IntArray
+    shift: int  # 64 - dir_bits: h >> shift is the bucket, h & (2**shift - 1) the residue
+
+
+def _make_find(keys: _Keys, dirv: IntArray) -> Callable[[int], int]:
+    """Where hash `h` is stored, or -1: the bucket's slice of `hi` is bisected, then the few
+    entries with an equal `hi` (almost always one) compare `lo`."""
+    his, los, shift = keys
+    rmask = (1 << shift) - 1
+    bisect = bisect_left
+
+    def find(h: int) -> int:
+        b = h >> shift
+        lo = dirv[b]
+        end = dirv[b + 1]
+        if lo == end:
+            return -1
+        r = h & rmask
+        t = r >> 16
+        i = bisect(his, t, lo, end)
+        if i == end or his[i] != t:
+            return -1
+        low = r & 0xFFFF
+        while los[i] != low:
+            i += 1
+            if i == end or his[i] != t:
+                return -1
+        return i
+
+    return find
+
+
 def _make_match(
-    keys: IntArray,
+    keys: _Keys,
     vals: IntArray,
     dirv: IntArray,
-    shift: int,
     self_rules: list[Combo], subs_rules: list[Combo]
 ) -> Callable[[bytes], Match]:
     """The per-query lookup, as a closure so every name it touches is a fast local."""
     blake2b = hashlib.blake2b
     from_bytes = int.from_bytes
+    his, los, shift = keys
+    rmask = (1 << shift) - 1
     bisect = bisect_left
 
     def match(key: bytes) -> Match:
@@ -187,13 +250,21 @@ def _make_match(
             h = from_bytes(blake2b(key[off:] if off else key, digest_size=8).digest(), "little")
             b = h >> shift
             lo = dirv[b]
-            hi = dirv[b + 1]
-            if lo != hi:
-                i = bisect(keys, h, lo, hi)
-                if i < hi and keys[i] == h:
-                    rules = rules_at[vals[i]]
-                    if rules:
-                        out.append((off, rules))
+            end = dirv[b + 1]
+            if lo != end:
+                r = h & rmask
+                t = r >> 16
+                i = bisect(his, t, lo, end)
+                if i < end and his[i] == t:  # inlined _make_find: this is the query path
+                    low = r & 0xFFFF
+                    while los[i] != low:
+                        i += 1
+                        if i == end or his[i] != t:
+                            break
+                    else:
+                        rules = rules_at[vals[i]]
+                        if rules:
+                            out.append((off, rules))
             off = find(b".", off) + 1
             if not off:
                 return out
@@ -203,19 +274,14 @@ def _make_match(
 
 
 def _make_probe(
-    keys: IntArray, vals: IntArray, dirv: IntArray, shift: int, combos: list[Combo]
+    keys: _Keys, vals: IntArray, dirv: IntArray, combos: list[Combo]
 ) -> Callable[[bytes], Combo | None]:
     blake2b = hashlib.blake2b
     from_bytes = int.from_bytes
+    find = _make_find(keys, dirv)
 
     def probe(key: bytes) -> Combo | None:
-        h = from_bytes(blake2b(key, digest_size=8).digest(), "little")
-        b = h >> shift
-        hi = dirv[b + 1]
-        i = bisect_left(keys, h, dirv[b], hi)
-        if i < hi and keys[i] == h:
-            return combos[vals[i]]
-        return None
+        i = find(from_bytes(blake2b(key, digest_size=8).digest(), "little"))
+        return None if i < 0 else combos[vals[i]]
 
     return probe
-
