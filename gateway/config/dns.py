@@ -8,6 +8,12 @@ from pathlib import Path
 from typing import Any
 
 from gateway.config.addresses import Address, parse_address
+from gateway.config.localdns import (
+    ForwardZone,
+    LocalRecord,
+    parse_forward_zones,
+    parse_local_records,
+)
 from gateway.config.tls import TlsConfig, parse_tls
 from gateway.config.upstreams import UpstreamSpec, parse_upstream
 from gateway.config.values import (
@@ -32,7 +38,7 @@ from gateway.config.yamlconf import (
 
 DNS_KEYS = ("listen", "upstreams", "block_ttl", "tcp_idle_timeout", "upstream_timeout",
             "query_timeout", "cache", "tls", "trusted_frontends", "proxy_protocol", "forward_ecs",
-            "workers", "upstream_0x20", "upstream_ca")
+            "workers", "upstream_0x20", "upstream_ca", "local_records", "forward_zones")
 CACHE_KEYS = ("size", "min_ttl", "max_ttl", "negative_max_ttl", "stale_ttl")
 MAX_WORKERS = 64
 
@@ -78,6 +84,8 @@ class DnsConfig:
     # Pass a trusted front end's EDNS Client Subnet upstream (default: stripped, for privacy).
     forward_ecs: bool = False
     workers: int = 1                         # resolver processes sharing the DNS sockets
+    local_records: tuple[LocalRecord, ...] = ()  # answered by SafeGate (config/localdns.py)
+    forward_zones: tuple[ForwardZone, ...] = ()  # zone -> its own upstreams
 
 
 def system_nameservers(resolv_conf: Path = Path("/etc/resolv.conf")) -> list[Address]:
@@ -131,6 +139,8 @@ def parse_dns(doc: YDict, rel: Callable[[str], Path], refs: FileRefs) -> DnsConf
     if "tcp_idle_timeout" in dns:
         values["tcp_idle_timeout"] = read_seconds(dns["tcp_idle_timeout"], "dns.tcp_idle_timeout",
                                                   dns, "tcp_idle_timeout")
+    values["local_records"] = parse_local_records(dns)
+    values["forward_zones"] = parse_forward_zones(dns)
     out = DnsConfig(**values)
     if out.proxy_protocol and not out.trusted_frontends:
         raise error_at("dns.proxy_protocol is on but dns.trusted_frontends is empty: list the "

@@ -25,6 +25,7 @@ from gateway.config.feeds import (
 )
 from gateway.config.limits import Limits
 from gateway.config.limitsconf import parse_limits
+from gateway.config.localdns import ForwardZone, LocalRecord
 from gateway.config.proxy import ProxyConfig, parse_proxy
 from gateway.config.reports import ReportsConfig, parse_reports
 from gateway.config.subscribers import SubscribersSource, parse_subscribers
@@ -67,6 +68,8 @@ class GatewayConfig:
     proxy_protocol: bool
     forward_ecs: bool
     workers: int
+    local_records: tuple[LocalRecord, ...]   # dns.local_records (config/localdns.py)
+    forward_zones: tuple[ForwardZone, ...]   # dns.forward_zones
     # web: and metrics: (config/web.py)
     web_listen: tuple[Address, ...]          # web.listen: one or more (dual stack)
     blockpage_addresses: tuple[str, ...]
@@ -142,6 +145,8 @@ def load_config(path: str | Path) -> GatewayConfig:
         proxy_protocol=dns.proxy_protocol,
         forward_ecs=dns.forward_ecs,
         workers=dns.workers,
+        local_records=dns.local_records,
+        forward_zones=dns.forward_zones,
         web_listen=web.listen,
         blockpage_addresses=web.public_address,
         web_tls=web.tls,

@@ -11,8 +11,10 @@
     answer    blocked: synthesized locally, with EDE
               ANY: RFC 8482 minimal answer
               intercept set: the proxy's address (DNS-steered interception, issue 5)
+              local: dns.local_records, prebuilt (dns/local.py); never upstream
               cached: prebuilt bytes, ID and TTLs patched, CNAME targets re-checked
-              else: forward upstream (in-flight dedup, cache fill, serve-stale)
+              else: forward upstream, or dns.forward_zones' servers (in-flight dedup, cache
+              fill, serve-stale)
     account   counters by action, category, tier, protocol  (never by client)
 
 Blocked, cached and refused queries are answered synchronously: no task, no await. Only a cache
@@ -34,10 +36,12 @@ from gateway.config.dns import CacheConfig
 from gateway.dns import proxyproto, rewrite, wire
 from gateway.dns.answers import BlockAnswers, any_reply, class_refused_reply, refused_reply
 from gateway.dns.cache import AnswerCache, Entry, entry_from_reply
+from gateway.dns.local import LocalAnswers
 from gateway.dns.stats import PROBE, DnsStats
 from gateway.dns.svcb import TYPE_HTTPS, TYPE_SVCB, strip_ech
 from gateway.dns.upstream import Forwarder
 from gateway.dns.upstream_base import UpstreamBusy, UpstreamError
+from gateway.dns.zones import ZoneForwarders
 from gateway.policy.decide import Profile, Verdict
 from gateway.policy.identify import ECS, identify
 from gateway.policy.netindex import PrefixMap
@@ -75,12 +79,19 @@ class Resolver:
     """The query path. Holds the current View; `swap` replaces it atomically."""
 
     def __init__(self, view: View, cache: AnswerCache, forwarder: Forwarder, stats: DnsStats,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic, *,
+                 local: LocalAnswers | None = None, zones: ZoneForwarders | None = None) -> None:
         self.view = view
         self.cache = cache
         self.forwarder = forwarder
+        self.local = local
+        self.zones = zones or ZoneForwarders({})
         self.stats = stats
         self.clock = clock
+
+    def close(self) -> None:
+        self.forwarder.close()
+        self.zones.close()
 
     def swap(self, view: View) -> None:
         """Queries already past `identify` finish with the old view; new ones see the new one."""
@@ -231,6 +242,12 @@ class Resolver:
         limit = q.max_udp_response() if protocol == "udp" or datagram else TCP_LIMIT
         if verdict.rewrite:
             return self._rewrite(q, verdict, profile, view, protocol, limit, start)
+        if self.local is not None and (local := self.local.reply(q, limit)) is not None:
+            count("local", "", profile.tier, protocol, time.perf_counter() - start)
+            if protocol == "udp":  # memoized like a blocked reply: fixed bytes per query
+                self._remember(profile, data, (_BLOCKED, local[2:],
+                                               ("local", "", profile.tier, "udp")))
+            return local
         if forward_ecs:
             # Answers tailored to a subnet are not shared: no cache, no memo (opt-in setting).
             return self._forward(q, None, profile, view, protocol, limit, start, forward_ecs)
@@ -280,7 +297,8 @@ class Resolver:
                             limit: int, start: float) -> bytes | None:
         count = self.stats.count
         try:
-            raw = await self.forwarder.resolve(tq.question, do=q.do, cd=bool(q.flags & wire.CD))
+            raw = await self.zones.pick(tq.key, self.forwarder).resolve(
+                tq.question, do=q.do, cd=bool(q.flags & wire.CD))
         except UpstreamError as exc:
             now = self.clock()
             stale = self.cache.get_stale(key, now)
@@ -326,8 +344,8 @@ class Resolver:
         question = q.question[:-4].lower() + q.question[-4:]
         count = self.stats.count
         try:
-            raw = await self.forwarder.resolve(question, do=q.do, cd=bool(q.flags & wire.CD),
-                                               ecs=ecs)
+            raw = await self.zones.pick(q.key, self.forwarder).resolve(
+                question, do=q.do, cd=bool(q.flags & wire.CD), ecs=ecs)
         except UpstreamError as exc:
             now = self.clock()
             stale = self.cache.get_stale(cache_key, now) if cache_key is not None else None

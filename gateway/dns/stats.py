@@ -16,7 +16,7 @@ LATENCY_BUCKETS = (0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01,
 
 # Bounded label values (design.md: "bounded metric labels").
 ACTIONS = ("allowed", "blocked", "cached", "stale", "refused", "servfail", "formerr", "notimp",
-           "badvers", "any", "rewritten", "intercepted")
+           "badvers", "any", "rewritten", "intercepted", "local")
 # The protocol label of queries that are not clients' traffic: the gateway's self-probe and a
 # trusted front end's own health check (PROXY v2 LOCAL). Dashboards and feed statistics skip it.
 PROBE = "probe"

@@ -93,7 +93,8 @@ class Gateway(Reloading):
         self.resolver = build_resolver(loaded.config, loaded.view, self.metrics.dns,
                                        self.metrics.upstream_observer())
         cache, forwarder = self.resolver.cache, self.resolver.forwarder
-        self.metrics.init_upstreams([u.label for u in forwarder.upstreams], forwarder.open_sockets)
+        self.metrics.init_upstreams([u.label for u in forwarder.upstreams]
+                                    + self.resolver.zones.labels(), forwarder.open_sockets)
         workers = loaded.config.workers
         self.dns, rrl = build_dns_server(loaded.config, self.resolver,
                                          list(loaded.config.dns_listen), self.metrics.streams,
@@ -319,7 +320,7 @@ class Gateway(Reloading):
         if self.dot is not None:
             await self.dot.stop()
         if self.resolver is not None:
-            self.resolver.forwarder.close()
+            self.resolver.close()
         for runner in self.runners:
             await runner.cleanup()
         if self.reports is not None:

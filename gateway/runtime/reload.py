@@ -93,6 +93,9 @@ class Reloading:
             return False
         if loaded.config.dns_listen != self.loaded.config.dns_listen if self.loaded else False:
             log.warning("dns.listen changed: restart SafeGate for new listeners to apply")
+        for key in ("local_records", "forward_zones"):
+            if self.loaded and getattr(loaded.config, key) != getattr(self.loaded.config, key):
+                log.warning("dns.%s changed: restart SafeGate for it to apply", key)
         self._reload_tls(loaded)
         if self.feeds is not None:
             self.feeds.config_changed(loaded.config)

@@ -3,21 +3,32 @@
 from __future__ import annotations
 
 from gateway.config.gateway import GatewayConfig
+from gateway.config.upstreams import UpstreamSpec
 from gateway.dns.cache import AnswerCache
 from gateway.dns.chain import Resolver, View
+from gateway.dns.local import LocalAnswers
 from gateway.dns.rrl import Rrl
 from gateway.dns.server import DnsServer
 from gateway.dns.stats import DnsStats, StreamStats
 from gateway.dns.upstream import Forwarder
 from gateway.dns.upstream_base import UpstreamObserver, upstreams_from
+from gateway.dns.zones import ZoneForwarders
 
 
 def build_resolver(config: GatewayConfig, view: View, stats: DnsStats,
                    observer: UpstreamObserver) -> Resolver:
-    """Cache + forwarder (dns.upstreams under limits.upstream) + the chain, serving `view`."""
-    forwarder = Forwarder(upstreams_from(config.upstreams), config.forwarder, observer,
-                          limits=config.limits.upstream)
-    return Resolver(view, AnswerCache(config.cache), forwarder, stats)
+    """Cache + forwarder (dns.upstreams under limits.upstream) + the chain, serving `view`;
+    dns.local_records answered locally, each dns.forward_zones zone with its own forwarder
+    (built the same way as the main one)."""
+    def forwarder(specs: tuple[UpstreamSpec, ...]) -> Forwarder:
+        return Forwarder(upstreams_from(specs), config.forwarder, observer,
+                         limits=config.limits.upstream)
+
+    local = LocalAnswers(config.local_records, config.block_ttl) if config.local_records \
+        else None
+    zones = ZoneForwarders({z.zone.encode(): forwarder(z.servers) for z in config.forward_zones})
+    return Resolver(view, AnswerCache(config.cache), forwarder(config.upstreams), stats,
+                    local=local, zones=zones)
 
 
 def build_dns_server(config: GatewayConfig, resolver: Resolver, listen: list[tuple[str, int]],
