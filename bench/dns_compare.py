@@ -411,7 +411,7 @@ def start_safegate(data: Dataset, upstream: UnboundServer, args: argparse.Namesp
         lists={},
         lists_yaml=bench_lists_yaml(data.safegate_list),
         # dnsperf is one source at ~100k qps: RRL would (rightly) limit it to a trickle. This
-        # measures the resolver; the limiter's own cost is in tests/test_rrl.py.
+        # measures the resolver; the limiter's own cost is bench/rrl_cost.py.
         extra={"dns": {"cache": {"size": 10000}}, "limits": {"rrl": {"enabled": False}}},
         ipv6=False,
     )
