@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +25,7 @@ from gateway.errors import ConfigError
 from tests.support import unbound as ub
 from tests.support.cli import check
 from tests.support.data import LISTS, LISTS_YAML, POLICY
+from tests.support.wait import wait_for
 
 BASE = "dns:\n  upstreams: ['127.0.0.1']\n"
 
@@ -94,10 +94,8 @@ def test_a_reload_naming_a_missing_file_keeps_the_running_config(
     gw.config.write_text(yaml.safe_dump(doc, sort_keys=False))
     line = next(n for n, t in enumerate(gw.config.read_text().splitlines(), 1) if "nope.pem" in t)
     gw.reload()
-    deadline = time.monotonic() + 20
-    while 'safegate_config_reloads_total{result="failure"} 1.0' not in gw.metrics_text():
-        assert time.monotonic() < deadline, "the reload was not refused"
-        time.sleep(0.05)
+    wait_for(lambda: 'safegate_config_reloads_total{result="failure"} 1.0' in gw.metrics_text(),
+             what="the reload refused")
     assert (f"{gw.config}:{line}: proxy.upstream_ca: file {gw.config.parent / 'nope.pem'} "
             "not found") in gw.stderr_text()
     q = dns.message.make_query("x.adult-site.test", "A", use_edns=0)
