@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from abc import ABC, abstractmethod
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -34,7 +35,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
-class Reloading:
+class Reloading(ABC):
     """The reload half of the running gateway (a base of runtime.app.Gateway, which owns the
     attributes below and installs what is built)."""
 
@@ -52,11 +53,13 @@ class Reloading:
     _watched: tuple[tuple[str, int, int, int], ...]
     _stop: asyncio.Event
 
+    @abstractmethod
     def _install(self, loaded: Loaded) -> None:
-        raise NotImplementedError
+        """Put a built configuration in force (the listeners and resolver are the Gateway's)."""
 
+    @abstractmethod
     def _publish(self) -> None:
-        raise NotImplementedError
+        """Tell workers and systemd what is now in force."""
 
     async def reload(self, why: str) -> bool:
         """Build aside and swap; on any error keep serving what runs now and say why."""
