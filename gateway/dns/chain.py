@@ -163,7 +163,7 @@ class Resolver:
             # The header names the client (identify's PROXY v2 rule); re-entering `handle` with
             # it as the client keeps the memo path for the proxied queries.
             return self.handle(data[size:], source, protocol, proxied=True)
-        return self._handle(data, frontend, protocol, start)
+        return self._handle(data, frontend, protocol, start, frontend=True)
 
     def _remember(self, profile: Profile, data: bytes, memo: tuple[Any, ...]) -> None:
         replies = profile.replies
@@ -177,7 +177,7 @@ class Resolver:
 
     def _handle(self, data: bytes, client: str, protocol: str, start: float,
                 chosen: Profile | None = None, *, proxied: bool = False,
-                datagram: bool = False) -> bytes | Pending | None:
+                frontend: bool = False, datagram: bool = False) -> bytes | Pending | None:
         """`datagram`: the reply goes back over UDP although `protocol` (the metrics label) is
         not "udp" (a front end's health check)."""
         count = self.stats.count
@@ -201,9 +201,9 @@ class Resolver:
         forward_ecs = b""
         profile = chosen
         if profile is None:
-            # A PROXY v2 header already named the client (`proxied`): the query's ECS is not
-            # an identity then. identify() believes ECS from trusted front ends only.
-            ecs = (wire.ecs_address(q.ecs) or "") if q.ecs and not proxied else None
+            # Only a trusted front end's ECS names a client, and not once a PROXY v2 header did:
+            # for anyone else the option is not read and identify() takes its plain path.
+            ecs = (wire.ecs_address(q.ecs) or "") if q.ecs and frontend and not proxied else None
             found = identify(view, client, None, ecs)
             profile = found.profile
             if found.source == ECS and view.forward_ecs and q.ecs:
