@@ -87,8 +87,9 @@ def _rcode(gw: SafeGateProcess, source: str) -> int:
                          source=source).rcode()
 
 
-def test_subscribers_from_a_url(unbound: ub.UnboundServer, safegate_factory: Any,
-                                publisher: Publisher, tmp_path: Path) -> None:
+def _polling_gateway(unbound: ub.UnboundServer, safegate_factory: Any, publisher: Publisher,
+                     tmp_path: Path) -> Any:
+    """A gateway polling the publisher's subscribers export, once its first file applied."""
     (tmp_path / "token").write_text(TOKEN + "\n")
     cfg = write_gateway_config(
         tmp_path, upstream_port=unbound.port, policies={"p.yaml": FRONTENDS_POLICY},
@@ -97,8 +98,15 @@ def test_subscribers_from_a_url(unbound: ub.UnboundServer, safegate_factory: Any
         extra={"subscribers": {"url": publisher.url, "interval": 0.3, "token_file": "token"},
                "reload": {"watch_interval": 0.2}})
     gw = safegate_factory(cfg)
-    kids, later = "127.0.8.5", "127.0.8.9"
-    wait_for(lambda: _rcode(gw, kids) == dns.rcode.NXDOMAIN, what="the first file never applied")
+    wait_for(lambda: _rcode(gw, "127.0.8.5") == dns.rcode.NXDOMAIN,
+             what="the first file never applied")
+    return gw
+
+
+def test_subscribers_from_a_url(unbound: ub.UnboundServer, safegate_factory: Any,
+                                publisher: Publisher, tmp_path: Path) -> None:
+    gw = _polling_gateway(unbound, safegate_factory, publisher, tmp_path)
+    later = "127.0.8.9"
     assert _rcode(gw, later) == dns.rcode.NOERROR           # isp network (teens)
     local = tmp_path / "var" / "subscribers.csv"
     assert local.read_text() == V1
@@ -122,7 +130,7 @@ def test_subscribers_from_a_url(unbound: ub.UnboundServer, safegate_factory: Any
     gw.stop()
 
     # A restart while the provisioning system is down starts from the local copy.
-    gw2 = safegate_factory(cfg)
+    gw2 = safegate_factory(gw.config)
     assert _rcode(gw2, later) == dns.rcode.NXDOMAIN
     assert _rcode(gw2, "127.0.8.10") == dns.rcode.NOERROR   # the rejected line never applied
 
@@ -145,16 +153,8 @@ def test_an_export_that_is_not_utf8_is_rejected_and_polling_goes_on(
         tmp_path: Path) -> None:
     """A non-UTF-8 byte used to raise UnicodeDecodeError out of the poller, which ended it:
     later exports were never fetched. Now it is a rejected file with its line."""
-    (tmp_path / "token").write_text(TOKEN + "\n")
-    cfg = write_gateway_config(
-        tmp_path, upstream_port=unbound.port, policies={"p.yaml": FRONTENDS_POLICY},
-        lists=FRONTENDS_LISTS,
-        lists_yaml=FRONTENDS_LISTS_YAML, ipv6=False,
-        extra={"subscribers": {"url": publisher.url, "interval": 0.3, "token_file": "token"},
-               "reload": {"watch_interval": 0.2}})
-    gw = safegate_factory(cfg)
-    kids, later = "127.0.8.5", "127.0.8.9"
-    wait_for(lambda: _rcode(gw, kids) == dns.rcode.NXDOMAIN, what="the first file never applied")
+    gw = _polling_gateway(unbound, safegate_factory, publisher, tmp_path)
+    later = "127.0.8.9"
     publisher.body = V1.encode() + b"127.0.8.9,k\xe9ds\n"
     wait_for(lambda: 'safegate_subscribers_updates_total{result="rejected"} 1.0'
              in gw.metrics_text(), what="the file was not rejected")
