@@ -25,6 +25,9 @@ _SOA_RDATA_NAMES = b"\x08safegate\x07invalid\x00\x0ahostmaster\x08safegate\x07in
 
 
 Body = tuple[int, bytes, bytes]  # (flags, counts, records)
+_U16 = struct.Struct(">H")
+_EDE_HEAD = struct.Struct(">HHH")
+_PARTS_LIMIT = 1024  # (answer, qtype, EDNS, DO) shapes kept by blocked_body
 
 
 class BodyCache:
@@ -66,6 +69,8 @@ class BlockAnswers:
     steer_v6: tuple[bytes, ...] = ()
     bodies: BodyCache = field(default_factory=lambda: BodyCache(MemoryLimits.blocked_bodies),
                               compare=False, repr=False)
+    parts: dict[tuple[str, int, bool, bool], tuple[int, bytes, bytes, bytes, bytes]] = field(
+        default_factory=dict, compare=False, repr=False)
 
     @classmethod
     def for_addresses(cls, ttl: int, addresses: list[str], steer: list[str] | None = None,
@@ -100,31 +105,55 @@ class BlockAnswers:
 
     def _body(self, q: wire.Query, verdict: Verdict) -> Body:
         """(flags, counts, records); the ID, RD/CD and question are added per reply."""
-        rdatas = self._addresses(q.qtype, verdict.answer)
-        rcode = wire.NXDOMAIN if verdict.answer == "nxdomain" else wire.NOERROR
-        records = b""
+        text = verdict.ede_text().encode("utf-8") if verdict.ede else b""
+        return self.blocked_body(q.qtype, q.edns, q.do, verdict.answer, verdict.offset,
+                                 verdict.ede, text)
+
+    def blocked_body(self, qtype: int, edns: bool, do: bool, answer: str, offset: int,
+                     ede: int, text: bytes) -> Body:
+        """The one writer of blocked bodies (the full path and dns/fastpath.py): what does not
+        depend on the name is built once per (answer, qtype, EDNS, DO) and kept; the SOA
+        owner (the matching entry's offset) and the EDE text are added here."""
+        shape = (answer, qtype, edns, do)
+        parts = self.parts.get(shape)
+        if parts is None:
+            if len(self.parts) >= _PARTS_LIMIT:
+                self.parts.clear()  # only a qtype sweep gets here; rebuilt in µs
+            parts = self.parts[shape] = self._parts(qtype, edns, do, answer)
+        flags, counts, records, soa, opt_head = parts
+        if soa:
+            # RFC 2308: a negative answer carries an SOA so the client caches it for `ttl`.
+            # Its owner is the list entry that matched, a pointer into the question.
+            records = (_U16.pack(0xC000 | (12 + offset)) if offset < 256 else b"\xc0\x0c") + soa
+        if edns:
+            if ede:
+                text = text[:200]
+                option = _EDE_HEAD.pack(wire.OPT_EDE, 2 + len(text), ede) + text
+                records += opt_head + _U16.pack(len(option)) + option
+            else:
+                records += opt_head + b"\x00\x00"
+        return flags, counts, records
+
+    def _parts(self, qtype: int, edns: bool, do: bool, answer: str
+               ) -> tuple[int, bytes, bytes, bytes, bytes]:
+        """(flags, counts, address records, SOA record minus its owner, OPT minus RDLEN)."""
+        rdatas = self._addresses(qtype, answer)
+        rcode = wire.NXDOMAIN if answer == "nxdomain" else wire.NOERROR
+        records = soa = b""
         an = ns = 0
         if rdatas:
-            rtype = wire.TYPE_A if q.qtype == wire.TYPE_A else wire.TYPE_AAAA
+            rtype = wire.TYPE_A if qtype == wire.TYPE_A else wire.TYPE_AAAA
             for rdata in rdatas:
                 records += (b"\xc0\x0c" + RR_FIXED.pack(rtype, wire.CLASS_IN, self.ttl, len(rdata))
                             + rdata)
                 an += 1
         else:
-            # RFC 2308: a negative answer carries an SOA so the client caches it for `ttl`.
-            # Its owner is the list entry that matched, a pointer into the question.
-            owner = struct.pack(">H", 0xC000 | (12 + verdict.offset)) if verdict.offset < 256 \
-                else b"\xc0\x0c"
             rdata = _SOA_RDATA_NAMES + struct.pack(">IIIII", 1, 3600, 600, 86400, self.ttl)
-            records += (owner + RR_FIXED.pack(wire.TYPE_SOA, wire.CLASS_IN, self.ttl, len(rdata))
-                        + rdata)
+            soa = RR_FIXED.pack(wire.TYPE_SOA, wire.CLASS_IN, self.ttl, len(rdata)) + rdata
             ns = 1
-        ar = 0
-        if q.edns:
-            ede = wire.ede_option(verdict.ede, verdict.ede_text()) if verdict.ede else b""
-            records += wire.opt_record(q.do, 0, ede)
-            ar = 1
-        return wire.QR | wire.RA | rcode, struct.pack(">HHHH", 1, an, ns, ar), records
+        opt_head = wire.opt_record(do)[:-2] if edns else b""
+        return (wire.QR | wire.RA | rcode, struct.pack(">HHHH", 1, an, ns, 1 if edns else 0),
+                records, soa, opt_head)
 
     def _addresses(self, qtype: int, answer: str) -> tuple[bytes, ...]:
         if answer == "steer":

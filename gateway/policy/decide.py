@@ -104,7 +104,7 @@ class Profile:
     """
 
     __slots__ = ("_memo", "allow", "answer", "blocked", "bypass", "default_block", "deny",
-                 "filtered", "id", "index", "network", "replies", "reply_memo", "rewrites",
+                 "filtered", "id", "index", "network", "plans", "replies", "reply_memo", "rewrites",
                  "scheduled", "steer", "steer_scopes", "tier", "verdict_memo")
 
     def __init__(self, id: ProfileId, network: str, tier: str, blocked: frozenset[str], answer: str,
@@ -138,6 +138,8 @@ class Profile:
         # The query path's memo of whole UDP replies by query bytes (see dns/chain.py); here so
         # that it is rebuilt with the profile on every reload.
         self.replies: OrderedDict[bytes, Any] = OrderedDict()
+        # dns/fastpath.py's outcome per rule tuple (id -> (tuple, plan)), bounded there.
+        self.plans: dict[int, Any] = {}
         # limits.memory: verdicts (~0.2 KB each; allowed names share one) and whole replies
         # (~0.3 KB each) kept per profile, oldest evicted first.
         self.verdict_memo = verdict_memo

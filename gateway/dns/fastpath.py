@@ -1,0 +1,145 @@
+"""The uncached blocked query, answered straight from the wire bytes.
+
+A name drawn from a million-name list is rarely asked twice, so the reply memo (dns/chain.py)
+cannot absorb it: every such query used to pay for a `Query` object, a frozen `Verdict`, a
+reply body cached for one use, and two memo inserts (~14 µs in Python). Here the common shape
+— one plain question, at most a plain OPT, class IN, blocked by exactly one list rule at one
+level — goes from bytes to reply bytes with nothing allocated but the reply. Anything else
+returns None and takes the full path in chain.py, which stays the reference: a test drives
+both over the same queries and requires identical replies (tests/test_fastpath.py).
+
+The decision here is `policy.decide`'s, restricted to the shape where its outcome is obvious:
+one matching level, one rule; a mandatory rule blocks; otherwise a rule of a category the
+tier blocks blocks, unless the profile has bypass names, deny or allow lists (then the full
+decision runs). `Profile.plans` memoizes, per rule tuple, what that outcome is.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from gateway.dns import wire
+from gateway.dns.answers import BlockAnswers
+from gateway.lists import Action
+from gateway.policy.decide import EDE_BLOCKED, EDE_CENSORED, EDE_FILTERED, Profile
+
+# What a rule tuple means for one profile: None (take the full path) or
+# (answer, ede code, EDE text prefix, EDE text suffix, stats key).
+Plan = tuple[str, int, bytes, bytes, tuple[str, str, str, str]] | None
+
+_NO_PLAN: Plan = None
+_PLANS_LIMIT = 4096
+_CLASS_IN = b"\x00\x01"
+_QD1 = b"\x00\x01\x00\x00\x00\x00"  # QDCOUNT 1, ANCOUNT 0, NSCOUNT 0
+_OPT_FIXED = b"\x00\x00\x29"         # root owner, TYPE OPT
+
+
+def parse(data: bytes) -> tuple[bytes, int, int, bool, bool] | None:
+    """(key, end of question, qtype, EDNS, DO) for the common query shape, else None.
+
+    None is not an error: the full parser (wire.parse_query) then decides what the packet is.
+    Only the shape is checked here, never whether the packet is well formed beyond it.
+    """
+    if len(data) < 17 or data[2] & 0xF8 or data[4:10] != _QD1:  # QR, opcode; counts
+        return None
+    arcount = data[10:12]
+    if arcount == b"\x00\x00":
+        edns = False
+    elif arcount == b"\x00\x01":
+        edns = True
+    else:
+        return None
+    pos = 12
+    labels = []
+    n = len(data)
+    while True:
+        length = data[pos]
+        if not length:
+            break
+        if length > 63:
+            return None
+        labels.append(data[pos + 1:pos + 1 + length])
+        pos += 1 + length
+        if pos >= n:
+            return None
+    if not labels or pos > 12 + 254:
+        return None
+    end = pos + 5
+    if end > n or data[pos + 3:end] != _CLASS_IN:
+        return None
+    key = b".".join(labels)
+    if key.count(b".") != len(labels) - 1 or not key.isascii():
+        return None  # a dot inside a label (wire.py escapes it); non-ASCII EDE text
+    do = False
+    if edns:
+        # Exactly one OPT, version 0, ending the packet; its options are walked so that a
+        # malformed one still gets the full parser's FORMERR.
+        if data[end:end + 3] != _OPT_FIXED or end + 11 > n or data[end + 6]:
+            return None
+        rdlen = (data[end + 9] << 8) | data[end + 10]
+        opt = end + 11
+        stop = opt + rdlen
+        if stop != n:
+            return None
+        while opt < stop:
+            if opt + 4 > stop:
+                return None
+            opt += 4 + ((data[opt + 2] << 8) | data[opt + 3])
+        if opt != stop:
+            return None
+        do = bool(data[end + 7] & 0x80)
+    elif end != n:
+        return None
+    return key.lower(), end, (data[pos + 1] << 8) | data[pos + 2], edns, do
+
+
+def blocked(data: bytes, profile: Profile, answers: BlockAnswers
+            ) -> tuple[bytes, tuple[str, str, str, str]] | None:
+    """(reply, stats key) when `data` is a plain query for a name one list rule blocks."""
+    shape = parse(data)
+    if shape is None:
+        return None
+    key, end, qtype, edns, do = shape
+    matches = profile.index.match(key)
+    if len(matches) != 1:
+        return None
+    off, rules = matches[0]
+    plans = profile.plans
+    found = plans.get(id(rules))
+    if found is None:
+        if len(plans) >= _PLANS_LIMIT:
+            plans.clear()  # feed overlays hold a tuple per entry; index combos are few
+        # The tuple is kept with its plan, so its id cannot be reused while the entry lives.
+        found = plans[id(rules)] = (rules, _plan(profile, rules))
+    plan = found[1]
+    if plan is None:
+        return None
+    answer, ede, prefix, suffix, stats_key = plan
+    text = prefix + key[off:] + suffix if ede else b""
+    flags, counts, records = answers.blocked_body(qtype, edns, do, answer, off, ede, text)
+    flags |= ((data[2] << 8) | data[3]) & (wire.RD | wire.CD)  # the client's RD and CD
+    reply = data[:2] + flags.to_bytes(2, "big") + counts + data[12:end] + records
+    return reply, stats_key
+
+
+def _plan(profile: Profile, rules: tuple[Any, ...]) -> Plan:
+    """decide.py's outcome for a name matched by `rules` alone, when it is a plain block."""
+    if len(rules) != 1:
+        return _NO_PLAN
+    rule = rules[0]
+    if rule.action == Action.PASSTHRU:
+        return _NO_PLAN
+    answer = ("nxdomain" if rule.action == Action.NXDOMAIN else
+              "nodata" if rule.action == Action.NODATA else profile.answer)
+    # EXTRA-TEXT as Verdict.ede_text writes it: "category: entry", then the feed entry's id,
+    # or "(schedule)" for a category only the tier's schedule blocks right now.
+    prefix = f"{rule.category}: ".encode()
+    ref = f" ({rule.ref})".encode() if rule.ref else b""
+    stats_key = ("blocked", rule.category, profile.tier, "udp")
+    if rule.mandatory:
+        return answer, EDE_CENSORED, prefix, ref, stats_key
+    if profile.bypass or profile.deny or profile.allow or rule.category not in profile.blocked:
+        return _NO_PLAN
+    if rule.category in profile.scheduled:
+        ref = b" (schedule)"
+    return answer, EDE_FILTERED if profile.filtered else EDE_BLOCKED, prefix, ref, stats_key
