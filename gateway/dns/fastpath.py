@@ -29,7 +29,6 @@ Plan = tuple[str, int, bytes, bytes, tuple[str, str, str, str]] | None
 
 _NO_PLAN: Plan = None
 _PLANS_LIMIT = 4096
-_CLASS_IN = b"\x00\x01"
 _QD1 = b"\x00\x01\x00\x00\x00\x00"  # QDCOUNT 1, ANCOUNT 0, NSCOUNT 0
 _OPT_FIXED = b"\x00\x00\x29"         # root owner, TYPE OPT
 
@@ -40,41 +39,37 @@ def parse(data: bytes) -> tuple[bytes, int, int, bool, bool] | None:
     None is not an error: the full parser (wire.parse_query) then decides what the packet is.
     Only the shape is checked here, never whether the packet is well formed beyond it.
     """
-    if len(data) < 17 or data[2] & 0xF8 or data[4:10] != _QD1:  # QR, opcode; counts
+    n = len(data)
+    if n < 17 or data[2] & 0xF8 or not data.startswith(_QD1, 4):  # QR, opcode; counts
         return None
-    arcount = data[10:12]
-    if arcount == b"\x00\x00":
-        edns = False
-    elif arcount == b"\x00\x01":
-        edns = True
-    else:
+    arcount = data[11]
+    if data[10] or arcount > 1:
         return None
     pos = 12
     labels = []
-    n = len(data)
-    while True:
-        length = data[pos]
-        if not length:
-            break
+    length = data[12]
+    while length:
         if length > 63:
             return None
-        labels.append(data[pos + 1:pos + 1 + length])
-        pos += 1 + length
+        start = pos + 1
+        pos = start + length
+        labels.append(data[start:pos])
         if pos >= n:
             return None
+        length = data[pos]
     if not labels or pos > 12 + 254:
         return None
     end = pos + 5
-    if end > n or data[pos + 3:end] != _CLASS_IN:
+    if end > n or data[pos + 3] or data[pos + 4] != 1:  # class IN only
         return None
     key = b".".join(labels)
     if key.count(b".") != len(labels) - 1 or not key.isascii():
         return None  # a dot inside a label (wire.py escapes it); non-ASCII EDE text
     do = False
-    if edns:
+    if arcount:
         # Exactly one OPT, version 0, ending the packet; its options are walked so that a
         # malformed one still gets the full parser's FORMERR.
-        if data[end:end + 3] != _OPT_FIXED or end + 11 > n or data[end + 6]:
+        if end + 11 > n or not data.startswith(_OPT_FIXED, end) or data[end + 6]:
             return None
         rdlen = (data[end + 9] << 8) | data[end + 10]
         opt = end + 11
@@ -90,7 +85,7 @@ def parse(data: bytes) -> tuple[bytes, int, int, bool, bool] | None:
         do = bool(data[end + 7] & 0x80)
     elif end != n:
         return None
-    return key.lower(), end, (data[pos + 1] << 8) | data[pos + 2], edns, do
+    return key.lower(), end, (data[pos + 1] << 8) | data[pos + 2], arcount == 1, do
 
 
 def blocked(data: bytes, profile: Profile, answers: BlockAnswers
