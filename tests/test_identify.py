@@ -8,7 +8,7 @@ import ipaddress
 import pytest
 
 from gateway.dns.answers import BlockAnswers
-from gateway.dns.chain import View
+from gateway.dns.view import View
 from gateway.lists.index import ListIndex
 from gateway.lists.index_builder import IndexBuilder
 from gateway.policy import identify as ident

@@ -28,23 +28,21 @@ import logging
 import struct
 import time
 from collections.abc import Callable, Coroutine
-from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from typing import Any
 
 from gateway.config.dns import CacheConfig
 from gateway.dns import fastpath, proxyproto, rewrite, wire
-from gateway.dns.answers import BlockAnswers, any_reply, class_refused_reply, refused_reply
+from gateway.dns.answers import any_reply, class_refused_reply, refused_reply
 from gateway.dns.cache import AnswerCache, Entry, entry_from_reply
 from gateway.dns.local import LocalAnswers
 from gateway.dns.stats import PROBE, DnsStats
 from gateway.dns.svcb import TYPE_HTTPS, TYPE_SVCB, strip_ech
 from gateway.dns.upstream import Forwarder
 from gateway.dns.upstream_base import UpstreamBusy, UpstreamError
+from gateway.dns.view import View
 from gateway.dns.zones import ZoneForwarders
 from gateway.policy.decide import Profile, Verdict
 from gateway.policy.identify import ECS, identify
-from gateway.policy.netindex import PrefixMap
 
 perf_counter = time.perf_counter
 
@@ -55,24 +53,8 @@ TCP_LIMIT = 65_535
 _ERROR_ACTIONS = {wire.NOTIMP: "notimp", wire.BADVERS: "badvers"}
 _BLOCKED = "blocked"
 _CACHED = "cached"
-_EPOCH = datetime.fromtimestamp(0, UTC)
 _STEERED_TYPES = (wire.TYPE_A, wire.TYPE_AAAA, TYPE_HTTPS, TYPE_SVCB)
 _NO_ECH = 4  # cache-key flag: an HTTPS/SVCB answer stored with `ech` stripped (bypass tiers)
-
-
-@dataclass(frozen=True)
-class View:
-    """What a reload swaps in one assignment: who is who, and how blocked names are answered."""
-
-    clients: PrefixMap[Profile]
-    answers: BlockAnswers
-    generation: int
-    tokens: dict[str, Profile] = field(default_factory=dict)  # DoH path token -> its profile
-    # Front ends (dnsdist) whose PROXY v2 header or EDNS Client Subnet names the real client.
-    frontends: PrefixMap[bool] | None = None
-    proxy_protocol: bool = False
-    forward_ecs: bool = False
-    built_at: datetime = _EPOCH  # when schedule windows were evaluated for these profiles
 
 
 class Resolver:

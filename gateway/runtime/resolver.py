@@ -5,13 +5,14 @@ from __future__ import annotations
 from gateway.config.gateway import GatewayConfig
 from gateway.config.upstreams import UpstreamSpec
 from gateway.dns.cache import AnswerCache
-from gateway.dns.chain import Resolver, View
+from gateway.dns.chain import Resolver
 from gateway.dns.local import LocalAnswers
 from gateway.dns.rrl import Rrl
 from gateway.dns.server import DnsServer
 from gateway.dns.stats import DnsStats, StreamStats
 from gateway.dns.upstream import Forwarder
 from gateway.dns.upstream_base import UpstreamObserver, upstreams_from
+from gateway.dns.view import View
 from gateway.dns.zones import ZoneForwarders
 
 

@@ -25,7 +25,7 @@ from gateway.config.checks import check_files
 from gateway.config.gateway import GatewayConfig, load_config
 from gateway.config.limits import MemoryLimits
 from gateway.dns.answers import BlockAnswers
-from gateway.dns.chain import View
+from gateway.dns.view import View
 from gateway.errors import ConfigError, ConfigErrors, SafeGateError
 from gateway.lists.catalog import Catalog, load_catalog
 from gateway.lists.compile import MAX_SKIPPED_EXAMPLES, compile_catalog, limit_args

@@ -31,9 +31,10 @@ from typing import Any
 
 from gateway.config.gateway import GatewayConfig
 from gateway.config.limits import RrlLimits
-from gateway.dns.chain import Resolver, View
+from gateway.dns.chain import Resolver
 from gateway.dns.rrl import Rrl
 from gateway.dns.stats import DnsStats, StreamStats
+from gateway.dns.view import View
 from gateway.lists.index import ListIndex
 from gateway.lists.overlay import Overlay
 from gateway.policy.policyfile import Policy

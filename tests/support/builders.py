@@ -13,10 +13,11 @@ from typing import Any
 from gateway.config.dns import CacheConfig, ForwarderConfig
 from gateway.dns.answers import BlockAnswers
 from gateway.dns.cache import AnswerCache
-from gateway.dns.chain import Resolver, View
+from gateway.dns.chain import Resolver
 from gateway.dns.stats import DnsStats
 from gateway.dns.upstream import Forwarder
 from gateway.dns.upstream_base import Upstream
+from gateway.dns.view import View
 from gateway.lists import SCOPE_BOTH, Action, Rule
 from gateway.lists.index import ListIndex
 from gateway.lists.index_builder import IndexBuilder
