@@ -17,12 +17,15 @@ import sys
 from array import array
 from pathlib import Path
 from types import ModuleType
+from typing import Any
 
+import dns.rcode
 import pytest
 
 from gateway.lists import SCOPE_BOTH, SCOPE_SELF, SCOPE_SUBS, Action, Rule
 from gateway.lists.index import MAGIC, PREFIX, ListIndex, layout
 from gateway.lists.index_builder import IndexBuilder
+from tests.support import unbound as ub
 
 
 @pytest.fixture(scope="module")
@@ -275,3 +278,33 @@ def test_safegate_pure_selects_the_pure_path(lookup: ModuleType,
     idx = ListIndex.from_bytes(data)
     assert not idx.accelerated and "lookup=python" in repr(idx)
     assert ListIndex.from_bytes(data, pure=False).accelerated  # an explicit choice wins
+
+
+POLICY = """\
+tiers:
+  kids: {block: [adult], answer: nxdomain}
+networks:
+  - {name: lab, cidrs: ["127.0.0.1/32", "::1/128"], tier: kids}
+"""
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize(("env", "says"), [({}, "(C list lookup)"),
+                                           ({"SAFEGATE_PURE": "1"}, "(pure-Python list lookup)")])
+def test_a_real_gateway_and_its_worker_answer_alike_on_either_path(
+        lookup: ModuleType, unbound: Any, safegate_factory: Any, env: dict[str, str],
+        says: str) -> None:
+    # dns.workers: 2 also maps the index in a worker process, which reads the same variable.
+    gw = safegate_factory(
+        upstream_port=unbound.port, policies={"p.yaml": POLICY},
+        lists={"adult.txt": "adult-site.test\ngamble.test\n"},
+        lists_yaml="categories:\n  adult:\n    - {path: adult.txt, format: domains}\n",
+        extra={"dns": {"workers": 2}, "limits": {"rrl": {"enabled": False}}},
+        env={"SAFEGATE_PURE": "", **env})
+    assert says in gw.stderr_text()
+    for _ in range(20):  # both processes share the socket: enough queries to reach each
+        for name in ("adult-site.test", "www.adult-site.test", "a.b.gamble.test"):
+            assert gw.query(name).rcode() == dns.rcode.NXDOMAIN, name
+        reply = gw.query(ub.ALLOWED)
+        assert reply.rcode() == dns.rcode.NOERROR
+        assert [r.address for rrset in reply.answer for r in rrset] == [ub.ALLOWED_A]
