@@ -151,20 +151,33 @@ static inline Py_ssize_t val_at(const Matcher *m, Py_ssize_t i) {
     }
 }
 
-/* Where hash h is stored: its index, -1 if absent, -2 with an exception set (corrupt dir).
-   Same walk as index._make_find: bisect the bucket's hi, then compare lo among equal hi. */
-static Py_ssize_t find(const Matcher *m, uint64_t h) {
+#if defined(__GNUC__) || defined(__clang__)
+#define PREFETCH(p) __builtin_prefetch(p)
+#else
+#define PREFETCH(p) ((void)0)
+#endif
+
+/* A hash's bucket [*lo, *end) of the arrays: 0, or -2 with an exception set (corrupt dir).
+   A decreasing pair is an empty bucket, as index.py's bisect reads it. */
+static int bucket(const Matcher *m, uint64_t h, uint32_t *lo, uint32_t *end) {
     uint64_t b = h >> m->shift;
     if (b + 1 >= m->ndir) {  /* cannot happen: ndir == 2**(64 - shift) + 1 is checked */
         PyErr_SetString(PyExc_ValueError, "corrupt list index: bucket outside the directory");
         return -2;
     }
-    uint32_t lo = rd32(m->dir + 4 * b), end = rd32(m->dir + 4 * (b + 1));
-    if (lo >= end) return -1;  /* empty bucket (or a decreasing dir: read nothing) */
-    if ((Py_ssize_t)end > m->count) {
+    *lo = rd32(m->dir + 4 * b);
+    *end = rd32(m->dir + 4 * (b + 1));
+    if (*lo < *end && (Py_ssize_t)*end > m->count) {
         PyErr_SetString(PyExc_ValueError, "corrupt list index: directory entry beyond count");
         return -2;
     }
+    return 0;
+}
+
+/* Where hash h sits in its bucket [lo, end) (end <= count), or -1. Same walk as
+   index._make_find: bisect the bucket's hi, then compare lo among the equal hi. */
+static Py_ssize_t search(const Matcher *m, uint64_t h, uint32_t lo, uint32_t end) {
+    if (lo >= end) return -1;
     uint64_t r = h & m->rmask, t = r >> 16;
     Py_ssize_t a = lo, z = end;
     while (a < z) {
@@ -176,6 +189,13 @@ static Py_ssize_t find(const Matcher *m, uint64_t h) {
         if (rd16(m->lo + 2 * i) == low) return i;
     }
     return -1;
+}
+
+/* Where hash h is stored: its index, -1 if absent, -2 with an exception set. */
+static Py_ssize_t find(const Matcher *m, uint64_t h) {
+    uint32_t lo, end;
+    if (bucket(m, h, &lo, &end) < 0) return -2;
+    return search(m, h, lo, end);
 }
 
 /* combos[vals[i]] (borrowed), or NULL with IndexError as the pure path's list index gives */
@@ -196,6 +216,27 @@ static int check_open(const Matcher *m) {
     return 0;
 }
 
+/* Append (off, rules) to out when entry i's rules for this level are not empty; -1 on error */
+static int add_level(const Matcher *m, PyObject *out, PyObject *table, Py_ssize_t i,
+                     Py_ssize_t off) {
+    PyObject *rules = rules_for(m, table, i);
+    if (rules == NULL) return -1;
+    if (PyTuple_GET_SIZE(rules) == 0) return 0;  /* truthiness of a tuple, as in index.py */
+    PyObject *pos = PyLong_FromSsize_t(off);
+    if (pos == NULL) return -1;
+    PyObject *pair = PyTuple_Pack(2, pos, rules);
+    Py_DECREF(pos);
+    if (pair == NULL) return -1;
+    int rc = PyList_Append(out, pair);
+    Py_DECREF(pair);
+    return rc;
+}
+
+/* Suffixes looked up per batch: hashes first, then buckets, then searches, with each
+   stage's memory prefetched while the previous one computes, so a big index's cache misses
+   overlap instead of queueing one after another per level. */
+#define BATCH 16
+
 static PyObject *Matcher_match(Matcher *m, PyObject *key) {
     if (check_open(m) < 0) return NULL;
     if (!PyBytes_Check(key)) {
@@ -206,30 +247,36 @@ static PyObject *Matcher_match(Matcher *m, PyObject *key) {
     Py_ssize_t n = PyBytes_GET_SIZE(key);
     PyObject *out = PyList_New(0);
     if (out == NULL) return NULL;
-    PyObject *table = m->self_rules;  /* SELF rules at offset 0, SUBS rules above it */
-    Py_ssize_t off = 0;
-    for (;;) {
-        Py_ssize_t i = find(m, blake2b64(k + off, (size_t)(n - off)));
-        if (i == -2) goto fail;
-        if (i >= 0) {
-            PyObject *rules = rules_for(m, table, i);
-            if (rules == NULL) goto fail;
-            if (PyTuple_GET_SIZE(rules) != 0) {  /* truthiness of a tuple, as in the pure path */
-                PyObject *pos = PyLong_FromSsize_t(off);
-                if (pos == NULL) goto fail;
-                PyObject *pair = PyTuple_Pack(2, pos, rules);
-                Py_DECREF(pos);
-                if (pair == NULL) goto fail;
-                int rc = PyList_Append(out, pair);
-                Py_DECREF(pair);
-                if (rc < 0) goto fail;
+    Py_ssize_t off = 0;  /* the next suffix to hash; -1 once the last one was */
+    while (off >= 0) {
+        Py_ssize_t offs[BATCH];
+        uint64_t hs[BATCH];
+        uint32_t los[BATCH], ends[BATCH];
+        int count = 0;
+        while (count < BATCH && off >= 0) {
+            uint64_t h = blake2b64(k + off, (size_t)(n - off));
+            PREFETCH(m->dir + 4 * (h >> m->shift));
+            offs[count] = off;
+            hs[count++] = h;
+            const uint8_t *dot = off < n ? memchr(k + off, '.', (size_t)(n - off)) : NULL;
+            off = dot == NULL ? -1 : (Py_ssize_t)(dot - k) + 1;
+        }
+        for (int j = 0; j < count; j++) {
+            if (bucket(m, hs[j], &los[j], &ends[j]) < 0) goto fail;
+            if (los[j] < ends[j]) {
+                PREFETCH(m->hi + (size_t)m->hi_bytes * los[j]);
+                PREFETCH(m->lo + 2 * (size_t)los[j]);
             }
         }
-        const uint8_t *dot = off < n ? memchr(k + off, '.', (size_t)(n - off)) : NULL;
-        if (dot == NULL) return out;
-        off = (Py_ssize_t)(dot - k) + 1;
-        table = m->subs_rules;
+        for (int j = 0; j < count; j++) {
+            Py_ssize_t i = search(m, hs[j], los[j], ends[j]);
+            /* SELF rules at offset 0, SUBS rules above it */
+            if (i >= 0 && add_level(m, out, offs[j] ? m->subs_rules : m->self_rules, i,
+                                    offs[j]) < 0)
+                goto fail;
+        }
     }
+    return out;
 fail:
     Py_DECREF(out);
     return NULL;
