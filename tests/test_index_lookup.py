@@ -182,6 +182,23 @@ def test_one_entry_and_empty_indexes(lookup: ModuleType) -> None:
         assert fast.probe(key) is pure.probe(key) is None
 
 
+def test_hits_at_every_one_of_many_levels(lookup: ModuleType) -> None:
+    # 60 levels: more than one batch of suffixes in the C walk, a hit at each, in order
+    deep = b"".join(b"l%d." % i for i in range(60)) + b"test"
+    b = IndexBuilder()
+    offsets = [0] + [i + 1 for i, c in enumerate(deep) if c == ord(".")]
+    for n, off in enumerate(offsets):
+        b.add(deep[off:], RULES[n % len(RULES)])
+    fast, pure = pair(b.to_bytes())
+    got = fast.match(deep)
+    assert got == pure.match(deep)
+    assert [off for off, _ in got] == [o for n, o in enumerate(offsets)
+                                       if RULES[n % len(RULES)].scope & (SCOPE_SUBS if o else
+                                                                        SCOPE_SELF)]
+    assert len(got) > 32
+    assert_same(fast, pure, [deep[off:] for off in offsets] + [b"www." + deep])
+
+
 def test_results_are_the_index_tuples_not_copies(lookup: ModuleType) -> None:
     b = IndexBuilder()
     b.add(b"a.test", rule("adult"))
