@@ -14,8 +14,9 @@
  *
  * The arrays are read through buffers held until close(): ListIndex.close() calls close()
  * first so that its memoryviews can be released, and a lookup after close raises ValueError.
- * A directory entry outside [0, count] raises ValueError at lookup (no read outside arrays).
- * Only Python.h; C99.
+ * A non-empty bucket that ends past the arrays (a corrupt directory) raises ValueError at
+ * lookup: nothing outside the arrays is ever read. Only Python.h; C99 (a GCC/Clang prefetch
+ * builtin when available).
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
