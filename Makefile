@@ -32,6 +32,7 @@ help:
 	@echo "make test      ruff + mypy + pytest (needs: make deps-apt)"
 	@echo "make bench     DNS benchmark vs dnsmasq (bench/dns_compare.py)"
 	@echo "make bench-feeds  central feed latency and 100k-entry apply (bench/feed_latency.py)"
+	@echo "make compile   build the optional C list lookup in place (needs a C compiler)"
 	@echo "make deps-apt  install the Debian packages the tests use"
 
 $(VBIN)/python:
@@ -80,6 +81,12 @@ bench: venv deps-apt
 bench-feeds: venv deps-apt
 	$(VBIN)/python bench/feed_latency.py $(BENCH_ARGS)
 
+# The optional C list lookup (gateway/lists/_lookup.c), built next to its source so a source
+# checkout uses it; without it index.py runs its pure-Python lookup (SAFEGATE_PURE=1 forces that).
+.PHONY: compile
+compile: venv
+	$(VBIN)/python setup.py build_ext --inplace
+
 # Soak (issue #10): 30 minutes at 70% of peak, a policy reload and a feed update each minute;
 # per-minute RSS, descriptors, lost queries and p99 (bench/soak.py; SOAK_ARGS="--minutes 3").
 .PHONY: soak
@@ -103,4 +110,5 @@ deps-apt:
 		$(APT_PKGS)
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache bench/out
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache bench/out build
+	rm -f gateway/lists/_lookup.*.so

@@ -36,6 +36,11 @@ from typing import Any, NamedTuple
 
 from gateway.lists import SCOPE_SELF, SCOPE_SUBS, Action, Rule
 
+try:  # the optional C lookup (setup.py builds it where a compiler exists)
+    from gateway.lists import _lookup
+except ImportError:  # pragma: no cover - depends on the install
+    _lookup = None  # type: ignore[assignment]
+
 __all__ = ["FORMAT_VERSION", "MAGIC", "PREFIX", "Combo", "ListIndex", "Match", "align8",
            "key_hash", "layout"]
 
@@ -77,14 +82,23 @@ class ListIndex:
     full name down to the TLD and returns `[(offset, rules), ...]` for each level that has
     rules applying there: SELF-scoped rules only at offset 0, SUBS-scoped only above it.
     `probe(key)` returns the exact key's combo, or None.
+
+    Both run in C (gateway/lists/_lookup.c, `accelerated` is True) when that extension is
+    built and the host is little-endian, unless `pure` is set; `pure=None` reads
+    SAFEGATE_PURE from the environment (1 forces the pure-Python closures, the reference).
     """
 
     match: Callable[[bytes], Match]
     probe: Callable[[bytes], Combo | None]
 
-    def __init__(self, buffer: bytes | mmap.mmap, *, source: str = "<bytes>") -> None:
+    def __init__(self, buffer: bytes | mmap.mmap, *, source: str = "<bytes>",
+                 pure: bool | None = None) -> None:
         self.source = source
         self._buffer = buffer
+        if pure is None:
+            pure = os.environ.get("SAFEGATE_PURE", "") not in ("", "0")
+        self.accelerated = not pure and _lookup is not None and sys.byteorder == "little"
+        self._matcher: _lookup.Matcher | None = None
         base = memoryview(buffer)
         self._views: list[memoryview] = [base]
         try:
@@ -118,15 +132,12 @@ class ListIndex:
             raise ValueError(f"{self.source}: corrupt index header ({exc})") from None
         if not 0 < bits < 48 or (hi_fmt == "I") != (bits >= 16):
             raise ValueError(f"{self.source}: corrupt index header (dir_bits {bits})")
-        hi_at, lo_at, vals_at, dir_at, total = layout(
-            end, count, bits, int(header["hi_bytes"]), val_bytes)
+        hi_bytes = int(header["hi_bytes"])
+        hi_at, lo_at, vals_at, dir_at, total = layout(end, count, bits, hi_bytes, val_bytes)
         if len(base) != total:
             raise ValueError(f"{self.source}: truncated or corrupt index ({len(base)} != {total})")
-        keys = _Keys(self._view(base, hi_at, hi_at + int(header["hi_bytes"]) * count,
-                                hi_fmt),
-                     self._view(base, lo_at, lo_at + 2 * count, "H"), 64 - bits)
-        vals = self._view(base, vals_at, vals_at + val_bytes * count, val_fmt)
-        dirv = self._view(base, dir_at, total, "I")
+        spans = ((hi_at, hi_at + hi_bytes * count, hi_fmt), (lo_at, lo_at + 2 * count, "H"),
+                 (vals_at, vals_at + val_bytes * count, val_fmt), (dir_at, total, "I"))
         self.header: dict[str, Any] = header
         self.size = count
         self.combos: list[Combo] = [
@@ -139,8 +150,18 @@ class ListIndex:
         self.build: dict[str, Any] = header.get("build", {})
         self_rules = [tuple(r for r in c if r.scope & SCOPE_SELF) for c in self.combos]
         subs_rules = [tuple(r for r in c if r.scope & SCOPE_SUBS) for c in self.combos]
-        self.match = _make_match(keys, vals, dirv, self_rules, subs_rules)
-        self.probe = _make_probe(keys, vals, dirv, self.combos)
+        if self.accelerated:
+            hi, lo, vals, dirv = (base[start:stop] for start, stop, _ in spans)
+            self._views += (hi, lo, vals, dirv)
+            self._matcher = _lookup.Matcher(hi, lo, vals, dirv, hi_bytes, val_bytes, 64 - bits,
+                                            self_rules, subs_rules, self.combos)
+            self.match = self._matcher.match
+            self.probe = self._matcher.probe
+            return
+        his, los, values, directory = (self._view(base, *span) for span in spans)
+        keys = _Keys(his, los, 64 - bits)
+        self.match = _make_match(keys, values, directory, self_rules, subs_rules)
+        self.probe = _make_probe(keys, values, directory, self.combos)
 
     def _view(self, base: memoryview, start: int, stop: int, fmt: str) -> IntArray:
         """A typed view of [start, stop); a copied, byte-swapped array on big-endian hosts."""
@@ -155,7 +176,7 @@ class ListIndex:
         return swapped  # pragma: no cover
 
     @classmethod
-    def open(cls, path: str | os.PathLike[str]) -> ListIndex:
+    def open(cls, path: str | os.PathLike[str], *, pure: bool | None = None) -> ListIndex:
         """Map a compiled index file read-only; pages are shared with every other mapper."""
         path = os.fspath(path)
         with open(path, "rb") as f:
@@ -164,15 +185,17 @@ class ListIndex:
             mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
         if hasattr(mm, "madvise") and hasattr(mmap, "MADV_RANDOM"):
             mm.madvise(mmap.MADV_RANDOM)  # lookups are random: readahead would only bloat RSS
-        return cls(mm, source=path)
+        return cls(mm, source=path, pure=pure)
 
     @classmethod
-    def from_bytes(cls, data: bytes) -> ListIndex:
+    def from_bytes(cls, data: bytes, *, pure: bool | None = None) -> ListIndex:
         """An index held in memory (tests, tiny lists, `to_bytes()` output)."""
-        return cls(bytes(data))
+        return cls(bytes(data), pure=pure)
 
     def close(self) -> None:
         """Release the mapping now instead of at garbage collection (lookups then fail)."""
+        if self._matcher is not None:
+            self._matcher.close()  # drops its buffer exports, else release() below fails
         for view in reversed(self._views):
             view.release()
         self._views.clear()
@@ -189,7 +212,8 @@ class ListIndex:
         return self.size
 
     def __repr__(self) -> str:
-        return f"<ListIndex {self.source} entries={self.size} combos={len(self.combos)}>"
+        return (f"<ListIndex {self.source} entries={self.size} combos={len(self.combos)}"
+                f" lookup={'c' if self.accelerated else 'python'}>")
 
 
 class _Keys(NamedTuple):

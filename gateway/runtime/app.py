@@ -149,8 +149,9 @@ class Gateway(Reloading):
         self._ready = True
         self.notifier.ready(self._status())
         self.metrics.ready.set(1)
-        log.info("SafeGate ready: %d networks, %d list entries", len(loaded.policy.networks),
-                 loaded.index.size)
+        log.info("SafeGate ready: %d networks, %d list entries (%s list lookup)",
+                 len(loaded.policy.networks), loaded.index.size,
+                 "C" if loaded.index.accelerated else "pure-Python")
 
     async def _start_workers(self, loaded: Loaded) -> None:
         """dns.workers > 1: the other resolver processes (gateway/runtime/workers.py)."""
