@@ -169,6 +169,7 @@ def row(m: Measured, idx: int = 0) -> dict[str, Any]:
         "rss_mb_end": m.memory_end["rss_mb"],
         "hwm_mb_end": m.memory_end["hwm_mb"],
         "udp_rcvbuf_drops": m.udp_rcvbuf_drops,
+        "socket_drops": m.socket_drops,
         "other_procs_cpu_s": m.other_procs_cpu_s,
     }
 
@@ -181,7 +182,8 @@ def run_server(srv: Server, data: BenchData, own: dict[str, Path], args: argpars
         return Load(qfile, srv.port, args.load_cpu, **{**base, **kw})
 
     def go(*loads: Load) -> Measured:
-        return measure(srv.pid, loads, exclude=args.exclude_pids)
+        return measure(srv.pid, loads, exclude=args.exclude_pids,
+                       watch={"server": srv.port, **args.watch_ports})
 
     def warm(qfile: Path) -> None:
         go(load(qfile, runs=1, duration=None, verbose=False))
@@ -189,7 +191,7 @@ def run_server(srv: Server, data: BenchData, own: dict[str, Path], args: argpars
     def show(label: str, r: dict[str, Any]) -> None:
         print(f"   {label:9s} {r['qps']:9.0f} qps  {r['cpu_us_per_query']:6.1f} cpu-µs/q  "
               f"p99 {r['p99_ms']:7.3f} ms  lost {r['lost']:5d}  RSS {r['rss_mb_end']:5.0f} MB "
-              f"(HWM {r['hwm_mb_end']:.0f})  drops {r['udp_rcvbuf_drops']}  "
+              f"(HWM {r['hwm_mb_end']:.0f})  drops {r['udp_rcvbuf_drops']} {r['socket_drops']}  "
               f"other-cpu {r['other_procs_cpu_s']:.1f}s  [{r['rcodes']}]", flush=True)
 
     runs = entry["runs"]
@@ -287,8 +289,13 @@ def print_table(results: dict[str, Any]) -> None:
         runs = e["runs"]
         kept = ""
         if "f-alone" in runs and "f-flood" in runs and runs["f-alone"]["qps"]:
-            kept = (f", stream 2 keeps {runs['f-flood']['qps'] / runs['f-alone']['qps']:.0%} of "
-                    f"its QPS under the flood")
+            ff = runs["f-flood"]
+            # Under the flood, a server core far from 100 % means the load side (core 1:
+            # dnsperf x2, upstream, slow authority) or the server's own waiting set the pace.
+            kept = (f", stream 2 keeps {ff['qps'] / runs['f-alone']['qps']:.0%} of its QPS "
+                    f"under the flood (server core busy "
+                    f"{ff['cpu_seconds'] / results['params']['duration']:.0%}, flood answered "
+                    f"{ff['flood']['completed']:,} of {ff['flood']['sent']:,})")
         print(f"- {s}: ready in {e['startup_s']:.1f} s, RSS after load "
               f"{e['memory_after_load']['rss_mb']:.0f} MB{kept}")
 
@@ -405,6 +412,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         upstream = start_upstream(workdir, data.upstream_records(), args.load_cpu, auth_port)
         args.exclude_pids = [upstream.pid, auth.pid]
+        args.watch_ports = {"upstream": upstream.port, "slow_auth": auth_port}
         tag = f"{os.getpid():x}{int(time.time()) % 100000:x}"
         for name in (s for s in SERVERS if s in args.only):
             print(f"== {name}: starting", flush=True)

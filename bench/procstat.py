@@ -88,6 +88,21 @@ def udp_rcvbuf_errors() -> int:
     return int(val[hdr.index("RcvbufErrors")])
 
 
+def udp_socket_drops(ports: Sequence[int]) -> dict[int, int]:
+    """Datagrams the kernel dropped per local UDP port (IPv4, summed over the port's sockets).
+
+    The `drops` column of /proc/net/udp: says WHICH socket overflowed (the server's, the
+    upstream's, the slow authority's), where RcvbufErrors only counts them all.
+    """
+    out = dict.fromkeys(ports, 0)
+    for line in Path("/proc/net/udp").read_text().splitlines()[1:]:
+        parts = line.split()
+        port = int(parts[1].rsplit(":", 1)[1], 16)
+        if port in out:
+            out[port] += int(parts[-1])
+    return out
+
+
 def percentiles(verbose_text: str) -> dict[str, float]:
     """From dnsperf -v lines `> RCODE NAME TYPE LATENCY_S`: p50/p90/p99/p99.9/max in ms."""
     lat = sorted(
@@ -181,20 +196,30 @@ class Measured:
     cpu_seconds: float
     cpu_us_per_query: float  # server CPU / queries answered over ALL the runs
     udp_rcvbuf_drops: int
+    socket_drops: dict[str, int]  # per watched socket (name -> drops during the runs)
     other_procs_cpu_s: float
     memory_end: dict[str, float]
 
 
-def measure(server_pid: int, loads: Sequence[Load], *, exclude: Sequence[int] = ()) -> Measured:
+def measure(
+    server_pid: int,
+    loads: Sequence[Load],
+    *,
+    exclude: Sequence[int] = (),
+    watch: dict[str, int] | None = None,
+) -> Measured:
     """Run `loads` at once and account the server's CPU and end memory around them.
 
     Also recorded: UDP receive-buffer drops and the CPU that *other* processes used meanwhile
     (anything but the server, dnsperf, `exclude` and this script): a busy neighbour on a
-    2-core machine silently skews every number.
+    2-core machine silently skews every number. `watch`: name -> UDP port whose socket's drops
+    are recorded.
     """
+    watch = watch or {}
     outs = [ld.qfile.with_suffix(f".dnsperf{i}.txt") for i, ld in enumerate(loads)]
     ticks0 = all_cpu_ticks()
     drops0 = udp_rcvbuf_errors()
+    sock0 = udp_socket_drops(list(watch.values()))
     cpu0 = tree_cpu_seconds(server_pid)
     procs = []
     for ld, out_path in zip(loads, outs, strict=True):
@@ -206,6 +231,7 @@ def measure(server_pid: int, loads: Sequence[Load], *, exclude: Sequence[int] = 
     cpu1 = tree_cpu_seconds(server_pid)
     memory = tree_memory_mb(server_pid)
     drops1 = udp_rcvbuf_errors()
+    sock1 = udp_socket_drops(list(watch.values()))
     ticks1 = all_cpu_ticks()
     results = []
     for ld, p, err, out_path in zip(loads, procs, errs, outs, strict=True):
@@ -222,6 +248,7 @@ def measure(server_pid: int, loads: Sequence[Load], *, exclude: Sequence[int] = 
         cpu_seconds=cpu1 - cpu0,
         cpu_us_per_query=(cpu1 - cpu0) * 1e6 / answered if answered else 0.0,
         udp_rcvbuf_drops=drops1 - drops0,
+        socket_drops={k: sock1[p] - sock0[p] for k, p in watch.items()},
         other_procs_cpu_s=foreign / CLK_TCK,
         memory_end=memory,
     )
