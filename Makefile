@@ -30,7 +30,8 @@ CONFIG ?= deploy/example/gateway.yaml
 help:
 	@echo "make run       create .venv, install SafeGate, run it with $(CONFIG)"
 	@echo "make test      ruff + mypy + pytest (needs: make deps-apt)"
-	@echo "make bench     DNS benchmark vs dnsmasq (bench/dns_compare.py)"
+	@echo "make bench     DNS benchmark: SafeGate vs unbound vs dnsmasq, workloads a-f (bench/dns_compare.py;"
+	@echo "              BENCH_ARGS=\"--only safegate,unbound --workloads a,c --names 50000 --duration 2\")"
 	@echo "make bench-feeds  central feed latency and 100k-entry apply (bench/feed_latency.py)"
 	@echo "make compile   build the optional C list lookup in place (needs a C compiler)"
 	@echo "make deps-apt  install the Debian packages the tests use"

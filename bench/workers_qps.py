@@ -1,19 +1,27 @@
-"""dns.workers: QPS and memory with 1 and 2 resolver processes on this 2-core machine.
+"""dns.workers: QPS and CPU-µs per query with 1 and 2 resolver processes (issue #12 item 4).
 
     .venv/bin/python bench/workers_qps.py [--names 1000000] [--duration 10]
 
-Same data as bench/dns_compare.py (a 1M-name blocklist, unbound upstream, the `blocked` and
-`cached` query files). Unlike dns_compare, SafeGate is NOT pinned: its processes may use both
-cores, and dnsperf (pinned to core 1) and unbound share them. So the 2-worker number is what
-two processes get while competing with the load generator on the same two cores — a floor,
-not a node's capacity. Memory is read from /proc/PID/smaps_rollup: PSS splits shared pages
-(the mmap'd list index, the interpreter) between the processes that map them.
+Same list and query files as bench/dns_compare.py, on its workloads (a) blocked, uniform draws
+from the whole list, and (c) cached names (warmed first). CPU is utime+stime summed over ALL
+of SafeGate's processes (the supervisor and every worker), divided by the queries answered: if
+that figure stays flat from 1 to 2 workers, a second core adds what one core does; if it
+rises, the difference is what a worker costs (its own memo and cache to warm, context
+switches).
+
+Unlike dns_compare, SafeGate is NOT pinned: its processes may use both cores, and dnsperf
+(pinned to --load-cpu) and the upstream unbound share them. So on this 2-core machine the
+2-worker QPS is what two processes get while competing with the load generator, a floor and
+not a node's capacity; the CPU-µs per query is the figure that carries over to a bigger node.
+Memory from /proc/PID/smaps_rollup: PSS splits shared pages (the mmap'd list index, the
+interpreter) between the processes that map them.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -23,19 +31,14 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from bench.dns_compare import (  # noqa: E402
-    BENCH_POLICY,
-    Dataset,
-    bench_lists_yaml,
-    cached_name,
-    run_dnsperf,
-    tree_pids,
-    wait_answering,
-)
-from tests.support.procs import SafeGateProcess, write_gateway_config  # noqa: E402
-from tests.support.unbound import start_unbound  # noqa: E402
+from bench import workloads as wl  # noqa: E402
+from bench.dns_compare import BenchData  # noqa: E402
+from bench.procstat import Load, measure, tree_pids  # noqa: E402
+from bench.servers import start_safegate  # noqa: E402
+from tests.support.unbound import UnboundServer, start_unbound  # noqa: E402
 
 OUT = ROOT / "bench" / "out"
+WORKLOADS = {"a": "blocked, uniform over the whole list", "c": "cached names"}
 
 
 def memory(pids: list[int]) -> dict[str, float]:
@@ -57,62 +60,76 @@ def memory(pids: list[int]) -> dict[str, float]:
     return tot
 
 
-def run(workers: int, data: Dataset, upstream_port: int, args: argparse.Namespace
+def run(workers: int, data: BenchData, upstream: UnboundServer, args: argparse.Namespace
         ) -> dict[str, Any]:
-    gwdir = data.workdir / f"safegate-w{workers}"
-    config = write_gateway_config(
-        gwdir, upstream_port=upstream_port, policies={"bench.yaml": BENCH_POLICY}, lists={},
-        lists_yaml=bench_lists_yaml(data.safegate_list),
-        extra={"dns": {"cache": {"size": 10000}, "workers": workers},
-               "limits": {"rrl": {"enabled": False}}},   # one dnsperf source: see dns_compare
-        ipv6=False)
-    (gwdir / "blocklists" / data.safegate_list.name).write_bytes(data.safegate_list.read_bytes())
-    sg = SafeGateProcess()
-    sg.start(config, log_level="warning", timeout=300)
+    srv = start_safegate(data.workdir, data.safegate_list, upstream, -1, wl.cached_name(0),
+                         workers=workers)
     try:
-        wait_answering(sg.dns_port, cached_name(0), 30, sg.running)
-        pids = [p for p in tree_pids(sg.pid)
+        pids = [p for p in tree_pids(srv.pid)
                 if b"resource_tracker" not in Path(f"/proc/{p}/cmdline").read_bytes()]
         out: dict[str, Any] = {"workers": workers, "processes": len(pids)}
-        for name, qfile in (("blocked", data.blocked_q), ("cached", data.cached_q)):
-            run_dnsperf("safegate", sg.pid, sg.dns_port, qfile, args=args, runs=1)  # warm
-            res = run_dnsperf("safegate", sg.pid, sg.dns_port, qfile, args=args)
-            out[name] = {"qps": round(res.qps), "lost": res.lost,
-                         "cpu_us_per_query": round(res.cpu_us_per_query, 1)}
+
+        def load(qfile: Path, **kw: Any) -> Load:
+            base: dict[str, Any] = {"clients": args.clients, "outstanding": args.outstanding,
+                                    "duration": args.duration}
+            return Load(qfile, srv.port, args.load_cpu, **{**base, **kw})
+
+        for w in WORKLOADS:
+            qfile = data.files[w]
+            if w == "c":  # every worker must have seen every name: several passes
+                measure(srv.pid, [load(qfile, runs=3 * workers, duration=None)])
+            m = measure(srv.pid, [load(qfile)], exclude=args.exclude_pids)
+            p = m.perf[0]
+            out[w] = {"qps": round(p.qps), "lost": p.lost,
+                      "cpu_us_per_query": round(m.cpu_us_per_query, 1),
+                      "cpu_seconds": round(m.cpu_seconds, 2),
+                      "other_procs_cpu_s": round(m.other_procs_cpu_s, 1)}
         out["memory"] = {k: round(v, 1) for k, v in memory(pids).items()}
         return out
     finally:
-        sg.stop(timeout=10)
-        sg.kill()
+        srv.stop()
 
 
-def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=(__doc__ or "").split("\n")[0])
     ap.add_argument("--names", type=int, default=1_000_000)
     ap.add_argument("--duration", type=int, default=10)
+    ap.add_argument("--stream-lines", type=int, default=1_000_000)
+    ap.add_argument("--cached-names", type=int, default=1000)
     ap.add_argument("--clients", type=int, default=8)
     ap.add_argument("--outstanding", type=int, default=100)
     ap.add_argument("--load-cpu", type=int, default=1)
-    args = ap.parse_args()
+    ap.add_argument("--synthetic-only", action="store_true")
+    args = ap.parse_args(argv)
     work = OUT / "workers"
-    work.mkdir(parents=True, exist_ok=True)
-    data = Dataset(work, args.names, 1000)
-    data.generate()
-    up = start_unbound(work / "unbound", data.upstream_records())
-    args.exclude_pids = [up.proc.pid]
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    data = BenchData(work, args)
+    data.build("ac")
+    up = start_unbound(work / "unbound", data.upstream_records(), ipv6=False,
+                       taskset_cpu=args.load_cpu, extra_config=["so-rcvbuf: 8m", "so-sndbuf: 8m"])
+    args.exclude_pids = [up.pid]
     try:
-        rows = [run(n, data, up.port, args) for n in (1, 2)]
+        rows = [run(n, data, up, args) for n in (1, 2)]
     finally:
         up.stop()
-    print("| dns.workers | processes | blocked QPS | cached QPS | RSS | PSS | private |")
-    print("|---:|---:|---:|---:|---:|---:|---:|")
+    print("\n| dns.workers | processes | (a) QPS | (a) CPU-µs/q | (c) QPS | (c) CPU-µs/q "
+          "| RSS | PSS | private |")
+    print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for r in rows:
         m = r["memory"]
-        print(f"| {r['workers']} | {r['processes']} | {r['blocked']['qps']:,} | "
-              f"{r['cached']['qps']:,} | {m['rss_mb']:.0f} MB | {m['pss_mb']:.0f} MB | "
-              f"{m['private_mb']:.0f} MB |")
+        print(f"| {r['workers']} | {r['processes']} | {r['a']['qps']:,} | "
+              f"{r['a']['cpu_us_per_query']} | {r['c']['qps']:,} | {r['c']['cpu_us_per_query']} | "
+              f"{m['rss_mb']:.0f} MB | {m['pss_mb']:.0f} MB | {m['private_mb']:.0f} MB |")
+    busy = [f"w{r['workers']}/{w} ({r[w]['other_procs_cpu_s']}s)" for r in rows for w in WORKLOADS
+            if r[w]["other_procs_cpu_s"] > 0.5]
+    if busy:
+        print(f"\nWARNING: other processes used CPU during {', '.join(busy)}: rerun when quiet")
     stamp = time.strftime("%Y%m%d-%H%M%S")
-    (OUT / f"workers-{stamp}.json").write_text(json.dumps(rows, indent=2))
+    path = OUT / f"workers-{stamp}.json"
+    path.write_text(json.dumps({"params": vars(args), "workloads": WORKLOADS, "rows": rows},
+                               indent=2) + "\n")
+    print(f"JSON: {path}")
     return 0
 
 
