@@ -12,16 +12,30 @@ The decision here is `policy.decide`'s, restricted to the shape where its outcom
 one matching level, one rule; a mandatory rule blocks; otherwise a rule of a category the
 tier blocks blocks, unless the profile has bypass names, deny or allow lists (then the full
 decision runs). `Profile.plans` memoizes, per rule tuple, what that outcome is.
+
+`parse` has a C twin (gateway/dns/_fastparse.c) that `choose_parse` returns when it is built;
+this Python one is the reference (tests/test_fastparse.py holds them equal) and the fallback.
 """
 
 from __future__ import annotations
 
+import os
+from collections.abc import Callable
 from typing import Any
 
 from gateway.dns import wire
 from gateway.dns.answers import BlockAnswers
 from gateway.lists import Action
 from gateway.policy.decide import EDE_BLOCKED, EDE_CENSORED, EDE_FILTERED, Profile
+
+try:  # the optional C parse (setup.py builds it where a compiler exists)
+    from gateway.dns import _fastparse
+except ImportError:  # pragma: no cover - depends on the install
+    _fastparse = None  # type: ignore[assignment]
+
+# (key, end of question, qtype, EDNS, DO)
+Shape = tuple[bytes, int, int, bool, bool]
+Parse = Callable[[bytes], Shape | None]
 
 # What a rule tuple means for one profile: None (take the full path) or
 # (answer, ede code, EDE text prefix, EDE text suffix, stats key).
@@ -33,7 +47,15 @@ _QD1 = b"\x00\x01\x00\x00\x00\x00"  # QDCOUNT 1, ANCOUNT 0, NSCOUNT 0
 _OPT_FIXED = b"\x00\x00\x29"         # root owner, TYPE OPT
 
 
-def parse(data: bytes) -> tuple[bytes, int, int, bool, bool] | None:
+def choose_parse(pure: bool | None = None) -> Parse:
+    """The C parse when it is built and `pure` is false; None reads SAFEGATE_PURE (1 forces
+    the Python one, as for the list index). The caller keeps the result and passes it in."""
+    if pure is None:
+        pure = os.environ.get("SAFEGATE_PURE", "") not in ("", "0")
+    return parse if pure or _fastparse is None else _fastparse.parse
+
+
+def parse(data: bytes) -> Shape | None:
     """(key, end of question, qtype, EDNS, DO) for the common query shape, else None.
 
     None is not an error: the full parser (wire.parse_query) then decides what the packet is.
@@ -88,10 +110,11 @@ def parse(data: bytes) -> tuple[bytes, int, int, bool, bool] | None:
     return key.lower(), end, (data[pos + 1] << 8) | data[pos + 2], arcount == 1, do
 
 
-def blocked(data: bytes, profile: Profile, answers: BlockAnswers
+def blocked(data: bytes, profile: Profile, answers: BlockAnswers, parse_question: Parse = parse
             ) -> tuple[bytes, tuple[str, str, str, str]] | None:
-    """(reply, stats key) when `data` is a plain query for a name one list rule blocks."""
-    shape = parse(data)
+    """(reply, stats key) when `data` is a plain query for a name one list rule blocks;
+    `parse_question` is `parse` or its C twin (`choose_parse`)."""
+    shape = parse_question(data)
     if shape is None:
         return None
     key, end, qtype, edns, do = shape

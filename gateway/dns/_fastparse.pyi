@@ -1,0 +1,3 @@
+# Types of the optional C extension gateway/dns/_fastparse.c (see its header comment).
+
+def parse(data: bytes, /) -> tuple[bytes, int, int, bool, bool] | None: ...
