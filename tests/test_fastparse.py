@@ -12,10 +12,15 @@ from __future__ import annotations
 
 import os
 import random
+import socket
 import struct
 from collections.abc import Callable, Iterator
 from types import ModuleType
+from typing import Any
 
+import dns.edns
+import dns.message
+import dns.rcode
 import pytest
 
 from gateway.dns import fastpath, wire
@@ -218,3 +223,68 @@ def test_the_choice_follows_pure_and_the_environment(cparse: ModuleType,
     monkeypatch.setenv("SAFEGATE_PURE", "0")
     assert fastpath.choose_parse() is cparse.parse
     assert make_resolver(make_profile(set())).parse is cparse.parse
+
+
+POLICY = """\
+tiers:
+  kids: {block: [adult], answer: nxdomain}
+networks:
+  - {name: lab, cidrs: ["127.0.0.1/32", "::1/128"], tier: kids}
+"""
+
+
+def e2e_packets() -> list[tuple[bool, bytes]]:
+    """(answered by SafeGate alone, packet): shapes the C parse decides on, as clients send
+    them; every local answer here is a block (NXDOMAIN) or a FORMERR."""
+    out = []
+    cookie = dns.edns.GenericOption(dns.edns.COOKIE, b"\x01" * 8)
+    for qid, (name, edns) in enumerate(
+            (n, e) for n in ("adult-site.test", "WWW.Adult-Site.TEST", "a.b.gamble.test",
+                             "x." * 115 + "gamble.test", "allowed.test")
+            for e in ("none", "plain", "do", "cookie")):
+        kw: dict[str, Any] = ({"use_edns": False} if edns == "none" else
+                              {"want_dnssec": True} if edns == "do" else
+                              {"use_edns": 0, "options": [cookie] if edns == "cookie" else []})
+        m = dns.message.make_query(name, "A", **kw)
+        m.id = qid
+        out.append((name != "allowed.test", m.to_wire()))
+    head = struct.pack(">6H", 99, 0x100, 1, 0, 0, 0)
+    # a dot inside a label and non-ASCII bytes: left to the full path, which blocks them too
+    for labels in (b"\x05ad.lt\x0aadult-site\x04test", b"\x02\xc3\xa9\x0aadult-site\x04test",
+                   b"\x0aADULT-SITE\x04TesT"):
+        out.append((True, head + labels + b"\x00\x00\x01\x00\x01"))
+    bad_opt = b"\x00\x00\x29\x04\xd0\x00\x00\x00\x00\x00\x04\x00\x0a\x00\x08"  # overruns
+    out.append((True, head[:10] + b"\x00\x01" + wire.key_to_wire(b"adult-site.test")
+                + b"\x00\x01\x00\x01" + bad_opt))
+    return out
+
+
+def ask(port: int, packet: bytes) -> bytes:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.settimeout(5.0)
+        s.sendto(packet, ("127.0.0.1", port))
+        return s.recv(65535)
+
+
+@pytest.mark.integration
+def test_real_gateways_on_either_parse_answer_byte_for_byte_alike(
+        cparse: ModuleType, unbound: Any, safegate_factory: Any) -> None:
+    gws = [safegate_factory(
+        upstream_port=unbound.port, policies={"p.yaml": POLICY},
+        lists={"adult.txt": "adult-site.test\ngamble.test\n"},
+        lists_yaml="categories:\n  adult:\n    - {path: adult.txt, format: domains}\n",
+        extra={"limits": {"rrl": {"enabled": False}}}, env={"SAFEGATE_PURE": pure})
+        for pure in ("", "1")]
+    assert "C question parse" in gws[0].stderr_text()
+    assert "pure-Python question parse" in gws[1].stderr_text()
+    packets = e2e_packets()
+    for local, packet in packets:
+        c, py = (ask(gw.dns_addrs[0][1], packet) for gw in gws)
+        if local:  # every byte is SafeGate's
+            assert c == py, packet
+            assert c[3] & 0xF in (dns.rcode.NXDOMAIN, dns.rcode.FORMERR), packet
+        else:  # the upstream's answer (its TTLs may tick between the two)
+            assert c[3] & 0xF == py[3] & 0xF == dns.rcode.NOERROR, packet
+    assert dns.message.from_wire(ask(gws[0].dns_addrs[0][1], packets[0][1])).rcode() \
+        == dns.rcode.NXDOMAIN
+    assert ask(gws[0].dns_addrs[0][1], packets[-1][1])[3] & 0xF == dns.rcode.FORMERR
