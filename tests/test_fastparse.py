@@ -1,9 +1,10 @@
-"""The C question parse (gateway/dns/_fastparse.c) against dns/fastpath.py's `parse`.
+"""The C fast path (gateway/dns/_fastparse.c) against dns/fastpath.py's `parse` and `reply`.
 
-The Python parse is the reference: the C one must return the same tuple, and None in exactly
-the same cases, for every input. Compared here over every query tests/test_fastpath.py builds,
-over random mutations of valid queries (bit flips, truncations, extensions, odd labels, OPT
-variants, long names) and over random bytes. Without a compiler the extension is absent and
+The Python is the reference: the C parse must return the same tuple, and None in exactly the
+same cases, for every input; the C reply the same bytes. The parse is compared over every query
+tests/test_fastpath.py builds, random mutations of valid queries (bit flips, truncations,
+extensions, odd labels, OPT variants, long names) and random bytes; the reply over random
+answer modes, offsets, EDE codes and texts. Without a compiler the extension is absent and
 these tests skip, unless SAFEGATE_EXPECT_COMPILED=1 (the compiled CI pass) where a missing
 extension is a failure.
 """
@@ -24,6 +25,7 @@ import dns.rcode
 import pytest
 
 from gateway.dns import fastpath, wire
+from gateway.dns.answers import BlockAnswers
 from tests.support.builders import make_profile, make_resolver
 from tests.test_fastpath import queries as fastpath_queries
 from tests.test_fastpath import test_other_shapes_are_left_to_the_full_parser as other_shapes
@@ -215,14 +217,82 @@ def test_only_bytes(cparse: ModuleType) -> None:
 
 def test_the_choice_follows_pure_and_the_environment(cparse: ModuleType,
                                                      monkeypatch: pytest.MonkeyPatch) -> None:
-    assert fastpath.choose_parse(pure=True) is fastpath.parse
-    assert fastpath.choose_parse(pure=False) is cparse.parse
+    assert fastpath.choose(pure=True) is fastpath.PURE
+    assert fastpath.choose(pure=False) == ("C", cparse.parse, cparse.blocked_reply)
     monkeypatch.setenv("SAFEGATE_PURE", "1")
-    assert fastpath.choose_parse() is fastpath.parse
-    assert make_resolver(make_profile(set())).parse is fastpath.parse
+    assert fastpath.choose() is fastpath.PURE
+    assert make_resolver(make_profile(set())).fast is fastpath.PURE
     monkeypatch.setenv("SAFEGATE_PURE", "0")
-    assert fastpath.choose_parse() is cparse.parse
-    assert make_resolver(make_profile(set())).parse is cparse.parse
+    assert fastpath.choose().name == "C"
+    assert make_resolver(make_profile(set())).fast.parse is cparse.parse
+
+
+# ---------------------------------------------------------------- blocked_reply
+
+ANSWERS = [BlockAnswers.for_addresses(30, ["127.0.0.80", "::80"], steer=["127.0.0.9"]),
+           BlockAnswers.for_addresses(86400, ["127.0.0.80", "127.0.0.81", "::80", "::81"]),
+           BlockAnswers.for_addresses(0, [])]
+MODES = ("nxdomain", "nodata", "blockpage", "null", "steer")
+
+
+def text_part(rng: random.Random) -> bytes:
+    n = rng.choice((0, 1, 7, 20, rng.randrange(120), rng.randrange(190, 260)))
+    return bytes(rng.choice(b"adult: (F-7)\xc3\xa9 ") for _ in range(n))
+
+
+def reply_cases(rng: random.Random, count: int) -> Iterator[tuple[Any, ...]]:
+    """fastpath.reply's arguments: (data, end, answers, qtype, edns, do, answer, off, ede,
+    prefix, key, suffix)."""
+    made = 0
+    while made < count:
+        data = query(rng)
+        shape = fastpath.parse(data)
+        if shape is None:
+            continue
+        key, end, qtype, edns, do = shape
+        if rng.random() < 0.3:
+            qtype = rng.choice((1, 28, 15, 65, rng.randrange(65536)))
+        dots = [0] + [i + 1 for i, c in enumerate(key) if c == 0x2E]
+        off = rng.choice(dots) if rng.random() < 0.9 else rng.randrange(len(key) + 300)
+        if rng.random() < 0.2:
+            data += rng.randbytes(rng.randrange(1, 40))  # bytes after the question are not copied
+        yield (data, end, rng.choice(ANSWERS), qtype, edns, do, rng.choice(MODES), off,
+               rng.choice((0, 15, 16, 17, 18, 0xFFFF)), text_part(rng), key, text_part(rng))
+        made += 1
+
+
+def test_blocked_reply_equals_the_python_reply(cparse: ModuleType) -> None:
+    rng = random.Random(1213)
+    long_text = 0
+    for case in reply_cases(rng, 100_000):
+        data, end, answers, qtype, edns, do, answer, off, ede, prefix, key, suffix = case
+        want = fastpath.reply(*case)
+        got = cparse.blocked_reply(data, end, answers.parts_for(qtype, edns, do, answer), edns,
+                                   off, ede, prefix, key, suffix)
+        if got != want:
+            pytest.fail(f"C {got!r} != Python {want!r} for {case!r}")
+        long_text += edns and ede and len(prefix + key[off:] + suffix) > 200
+    assert long_text > 1000  # the 200-byte EDE text cut is exercised
+
+
+def test_blocked_reply_checks_its_arguments(cparse: ModuleType) -> None:
+    data = wire.build_query(7, wire.key_to_wire(b"adult.test") + b"\x00\x01\x00\x01",
+                            do=False, cd=False)
+    parts = ANSWERS[0].parts_for(1, True, False, "nxdomain")
+    end = 12 + 12 + 4
+    args: list[Any] = [data, end, parts, True, 0, 15, b"adult: ", b"adult.test", b""]
+    assert cparse.blocked_reply(*args) == fastpath.reply(
+        data, end, ANSWERS[0], 1, True, False, "nxdomain", 0, 15, b"adult: ", b"adult.test", b"")
+    for i, bad in [(0, bytearray(data)), (2, list(parts)), (2, parts[:4]), (6, "adult: "),
+                   (7, memoryview(b"adult.test")), (2, (1, b"", b"", "", b""))]:
+        with pytest.raises(TypeError):
+            cparse.blocked_reply(*args[:i], bad, *args[i + 1:])
+    for i, bad in [(1, 11), (1, len(data) + 1), (4, -1), (5, -1), (5, 65536),
+                   (2, (0x10000, *parts[1:]))]:
+        with pytest.raises(ValueError):
+            cparse.blocked_reply(*args[:i], bad, *args[i + 1:])
+    with pytest.raises(TypeError):
+        cparse.blocked_reply(*args[:8])
 
 
 POLICY = """\
@@ -275,8 +345,8 @@ def test_real_gateways_on_either_parse_answer_byte_for_byte_alike(
         lists_yaml="categories:\n  adult:\n    - {path: adult.txt, format: domains}\n",
         extra={"limits": {"rrl": {"enabled": False}}}, env={"SAFEGATE_PURE": pure})
         for pure in ("", "1")]
-    assert "C question parse" in gws[0].stderr_text()
-    assert "pure-Python question parse" in gws[1].stderr_text()
+    assert "(C list lookup), C fast path" in gws[0].stderr_text()
+    assert "(pure-Python list lookup), pure-Python fast path" in gws[1].stderr_text()
     packets = e2e_packets()
     for local, packet in packets:
         c, py = (ask(gw.dns_addrs[0][1], packet) for gw in gws)

@@ -150,11 +150,10 @@ class Gateway(Reloading):
         self._ready = True
         self.notifier.ready(self._status())
         self.metrics.ready.set(1)
-        log.info("SafeGate ready: %d networks, %d list entries (%s list lookup), %s question parse",
+        log.info("SafeGate ready: %d networks, %d list entries (%s list lookup), %s fast path",
                  len(loaded.policy.networks), loaded.index.size,
                  "C" if loaded.index.accelerated else "pure-Python",
-                 "pure-Python" if self.resolver is None or self.resolver.parse is fastpath.parse
-                 else "C")
+                 (self.resolver.fast if self.resolver else fastpath.PURE).name)
 
     async def _start_workers(self, loaded: Loaded) -> None:
         """dns.workers > 1: the other resolver processes (gateway/runtime/workers.py)."""
