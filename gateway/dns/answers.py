@@ -117,7 +117,9 @@ class BlockAnswers:
         depend on the name is built once per (answer, qtype, EDNS, DO) and kept; the SOA
         owner (the matching entry's offset) and the EDE text are added here.
         (dns/_fastparse.c's blocked_reply writes the same bytes; tests/test_fastparse.py.)"""
-        flags, counts, records, soa, opt_head = self.parts_for(qtype, edns, do, answer)
+        # the hit inline: this runs per uncached blocked query
+        flags, counts, records, soa, opt_head = (self.parts.get((answer, qtype, edns, do))
+                                                 or self.parts_for(qtype, edns, do, answer))
         if soa:
             # RFC 2308: a negative answer carries an SOA so the client caches it for `ttl`.
             # Its owner is the list entry that matched, a pointer into the question.

@@ -152,8 +152,9 @@ def blocked(data: bytes, profile: Profile, answers: BlockAnswers, codec: Codec =
     answer, ede, prefix, suffix, stats_key = plan
     c_reply = codec.reply
     if c_reply is not None:
-        return c_reply(data, end, answers.parts_for(qtype, edns, do, answer), edns, off, ede,
-                       prefix, key, suffix), stats_key
+        parts = answers.parts.get((answer, qtype, edns, do)) \
+            or answers.parts_for(qtype, edns, do, answer)
+        return c_reply(data, end, parts, edns, off, ede, prefix, key, suffix), stats_key
     return reply(data, end, answers, qtype, edns, do, answer, off, ede, prefix, key,
                  suffix), stats_key
 
