@@ -25,7 +25,7 @@ from collections.abc import Callable
 from typing import Any, NamedTuple
 
 from gateway.dns import wire
-from gateway.dns.answers import BlockAnswers
+from gateway.dns.answers import BlockAnswers, Parts
 from gateway.lists import Action
 from gateway.policy.decide import EDE_BLOCKED, EDE_CENSORED, EDE_FILTERED, Profile
 
@@ -38,8 +38,7 @@ except ImportError:  # pragma: no cover - depends on the install
 Shape = tuple[bytes, int, int, bool, bool]
 Parse = Callable[[bytes], Shape | None]
 # (data, end, parts, edns, offset, ede, prefix, key, suffix) -> reply: _fastparse.blocked_reply
-Reply = Callable[[bytes, int, tuple[int, bytes, bytes, bytes, bytes], bool, int, int, bytes,
-                  bytes, bytes], bytes]
+Reply = Callable[[bytes, int, Parts, bool, int, int, bytes, bytes, bytes], bytes]
 
 # What a rule tuple means for one profile: None (take the full path) or
 # (answer, ede code, EDE text prefix, EDE text suffix, stats key).
