@@ -33,7 +33,7 @@ help:
 	@echo "make bench     DNS benchmark: SafeGate vs unbound vs dnsmasq, workloads a-f (bench/dns_compare.py;"
 	@echo "              BENCH_ARGS=\"--only safegate,unbound --workloads a,c --names 50000 --duration 2\")"
 	@echo "make bench-feeds  central feed latency and 100k-entry apply (bench/feed_latency.py)"
-	@echo "make compile   build the optional C list lookup in place (needs a C compiler)"
+	@echo "make compile   build the optional C list lookup and question parse in place (needs a C compiler)"
 	@echo "make deps-apt  install the Debian packages the tests use"
 
 $(VBIN)/python:
@@ -82,8 +82,9 @@ bench: venv deps-apt
 bench-feeds: venv deps-apt
 	$(VBIN)/python bench/feed_latency.py $(BENCH_ARGS)
 
-# The optional C list lookup (gateway/lists/_lookup.c), built next to its source so a source
-# checkout uses it; without it index.py runs its pure-Python lookup (SAFEGATE_PURE=1 forces that).
+# The optional C list lookup (gateway/lists/_lookup.c) and question parse (gateway/dns/_fastparse.c),
+# built next to their sources so a source checkout uses them; without them index.py and fastpath.py
+# run their pure-Python versions (SAFEGATE_PURE=1 forces those).
 .PHONY: compile
 compile: venv
 	$(VBIN)/python setup.py build_ext --inplace
@@ -112,4 +113,4 @@ deps-apt:
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache bench/out build
-	rm -f gateway/lists/_lookup.*.so
+	rm -f gateway/lists/_lookup.*.so gateway/dns/_fastparse.*.so

@@ -25,6 +25,8 @@ _SOA_RDATA_NAMES = b"\x08safegate\x07invalid\x00\x0ahostmaster\x08safegate\x07in
 
 
 Body = tuple[int, bytes, bytes]  # (flags, counts, records)
+# (flags, counts, address records, SOA record minus its owner, OPT minus RDLEN)
+Parts = tuple[int, bytes, bytes, bytes, bytes]
 _U16 = struct.Struct(">H")
 _EDE_HEAD = struct.Struct(">HHH")
 _PARTS_LIMIT = 1024  # (answer, qtype, EDNS, DO) shapes kept by blocked_body
@@ -69,7 +71,7 @@ class BlockAnswers:
     steer_v6: tuple[bytes, ...] = ()
     bodies: BodyCache = field(default_factory=lambda: BodyCache(MemoryLimits.blocked_bodies),
                               compare=False, repr=False)
-    parts: dict[tuple[str, int, bool, bool], tuple[int, bytes, bytes, bytes, bytes]] = field(
+    parts: dict[tuple[str, int, bool, bool], Parts] = field(
         default_factory=dict, compare=False, repr=False)
 
     @classmethod
@@ -113,14 +115,11 @@ class BlockAnswers:
                      ede: int, text: bytes) -> Body:
         """The one writer of blocked bodies (the full path and dns/fastpath.py): what does not
         depend on the name is built once per (answer, qtype, EDNS, DO) and kept; the SOA
-        owner (the matching entry's offset) and the EDE text are added here."""
-        shape = (answer, qtype, edns, do)
-        parts = self.parts.get(shape)
-        if parts is None:
-            if len(self.parts) >= _PARTS_LIMIT:
-                self.parts.clear()  # only a qtype sweep gets here; rebuilt in µs
-            parts = self.parts[shape] = self._parts(qtype, edns, do, answer)
-        flags, counts, records, soa, opt_head = parts
+        owner (the matching entry's offset) and the EDE text are added here.
+        (dns/_fastparse.c's blocked_reply writes the same bytes; tests/test_fastparse.py.)"""
+        # the hit inline: this runs per uncached blocked query
+        flags, counts, records, soa, opt_head = (self.parts.get((answer, qtype, edns, do))
+                                                 or self.parts_for(qtype, edns, do, answer))
         if soa:
             # RFC 2308: a negative answer carries an SOA so the client caches it for `ttl`.
             # Its owner is the list entry that matched, a pointer into the question.
@@ -134,8 +133,17 @@ class BlockAnswers:
                 records += opt_head + b"\x00\x00"
         return flags, counts, records
 
-    def _parts(self, qtype: int, edns: bool, do: bool, answer: str
-               ) -> tuple[int, bytes, bytes, bytes, bytes]:
+    def parts_for(self, qtype: int, edns: bool, do: bool, answer: str) -> Parts:
+        """_parts, built once per (answer, qtype, EDNS, DO) shape and kept (bounded)."""
+        shape = (answer, qtype, edns, do)
+        parts = self.parts.get(shape)
+        if parts is None:
+            if len(self.parts) >= _PARTS_LIMIT:
+                self.parts.clear()  # only a qtype sweep gets here; rebuilt in µs
+            parts = self.parts[shape] = self._parts(qtype, edns, do, answer)
+        return parts
+
+    def _parts(self, qtype: int, edns: bool, do: bool, answer: str) -> Parts:
         """(flags, counts, address records, SOA record minus its owner, OPT minus RDLEN)."""
         rdatas = self._addresses(qtype, answer)
         rcode = wire.NXDOMAIN if answer == "nxdomain" else wire.NOERROR

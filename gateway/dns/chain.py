@@ -62,8 +62,11 @@ class Resolver:
 
     def __init__(self, view: View, cache: AnswerCache, forwarder: Forwarder, stats: DnsStats,
                  clock: Callable[[], float] = time.monotonic, *,
-                 local: LocalAnswers | None = None, zones: ZoneForwarders | None = None) -> None:
+                 local: LocalAnswers | None = None, zones: ZoneForwarders | None = None,
+                 pure: bool | None = None) -> None:
         self.view = view
+        # The fast path's byte work: C when built, unless `pure` / SAFEGATE_PURE=1.
+        self.fast = fastpath.choose(pure)
         self.cache = cache
         self.forwarder = forwarder
         self.local = local
@@ -124,7 +127,7 @@ class Resolver:
                         return data[:2] + last[2]  # type: ignore[no-any-return]
                 # A name one list rule blocks, straight from the bytes (dns/fastpath.py): the
                 # long tail of a big list, which the memo cannot absorb.
-                fast = fastpath.blocked(data, profile, self.view.answers)
+                fast = fastpath.blocked(data, profile, self.view.answers, self.fast)
                 if fast is not None:
                     reply, stats_key = fast
                     self.stats.count_key(stats_key, perf_counter() - start)

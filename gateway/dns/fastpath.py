@@ -12,16 +12,33 @@ The decision here is `policy.decide`'s, restricted to the shape where its outcom
 one matching level, one rule; a mandatory rule blocks; otherwise a rule of a category the
 tier blocks blocks, unless the profile has bypass names, deny or allow lists (then the full
 decision runs). `Profile.plans` memoizes, per rule tuple, what that outcome is.
+
+The byte work — `parse`, and assembling the reply — has a C twin (gateway/dns/_fastparse.c)
+that `choose` picks when it is built; the Python here is the reference (tests/test_fastparse.py
+holds them equal byte for byte) and the fallback.
 """
 
 from __future__ import annotations
 
-from typing import Any
+import os
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
 from gateway.dns import wire
-from gateway.dns.answers import BlockAnswers
+from gateway.dns.answers import BlockAnswers, Parts
 from gateway.lists import Action
 from gateway.policy.decide import EDE_BLOCKED, EDE_CENSORED, EDE_FILTERED, Profile
+
+try:  # the optional C parse (setup.py builds it where a compiler exists)
+    from gateway.dns import _fastparse
+except ImportError:  # pragma: no cover - depends on the install
+    _fastparse = None  # type: ignore[assignment]
+
+# (key, end of question, qtype, EDNS, DO)
+Shape = tuple[bytes, int, int, bool, bool]
+Parse = Callable[[bytes], Shape | None]
+# (data, end, parts, edns, offset, ede, prefix, key, suffix) -> reply: _fastparse.blocked_reply
+Reply = Callable[[bytes, int, Parts, bool, int, int, bytes, bytes, bytes], bytes]
 
 # What a rule tuple means for one profile: None (take the full path) or
 # (answer, ede code, EDE text prefix, EDE text suffix, stats key).
@@ -33,7 +50,7 @@ _QD1 = b"\x00\x01\x00\x00\x00\x00"  # QDCOUNT 1, ANCOUNT 0, NSCOUNT 0
 _OPT_FIXED = b"\x00\x00\x29"         # root owner, TYPE OPT
 
 
-def parse(data: bytes) -> tuple[bytes, int, int, bool, bool] | None:
+def parse(data: bytes) -> Shape | None:
     """(key, end of question, qtype, EDNS, DO) for the common query shape, else None.
 
     None is not an error: the full parser (wire.parse_query) then decides what the packet is.
@@ -88,10 +105,32 @@ def parse(data: bytes) -> tuple[bytes, int, int, bool, bool] | None:
     return key.lower(), end, (data[pos + 1] << 8) | data[pos + 2], arcount == 1, do
 
 
-def blocked(data: bytes, profile: Profile, answers: BlockAnswers
+class Codec(NamedTuple):
+    """How the fast path reads a query and writes its reply: Python, or C."""
+
+    name: str           # for the ready line: "C" or "pure-Python"
+    parse: Parse        # `parse` or _fastparse.parse
+    reply: Reply | None  # _fastparse.blocked_reply, or None: answers.blocked_body in Python
+
+
+PURE = Codec("pure-Python", parse, None)
+
+
+def choose(pure: bool | None = None) -> Codec:
+    """C when the extension is built and `pure` is false; None reads SAFEGATE_PURE (1 forces
+    Python, as for the list index). The caller keeps the result and passes it in."""
+    if pure is None:
+        pure = os.environ.get("SAFEGATE_PURE", "") not in ("", "0")
+    if pure or _fastparse is None:
+        return PURE
+    return Codec("C", _fastparse.parse, _fastparse.blocked_reply)
+
+
+def blocked(data: bytes, profile: Profile, answers: BlockAnswers, codec: Codec = PURE
             ) -> tuple[bytes, tuple[str, str, str, str]] | None:
-    """(reply, stats key) when `data` is a plain query for a name one list rule blocks."""
-    shape = parse(data)
+    """(reply, stats key) when `data` is a plain query for a name one list rule blocks;
+    `codec` (from `choose`) says whether Python or C reads and writes the bytes."""
+    shape = codec.parse(data)
     if shape is None:
         return None
     key, end, qtype, edns, do = shape
@@ -110,11 +149,23 @@ def blocked(data: bytes, profile: Profile, answers: BlockAnswers
     if plan is None:
         return None
     answer, ede, prefix, suffix, stats_key = plan
+    c_reply = codec.reply
+    if c_reply is not None:
+        parts = answers.parts.get((answer, qtype, edns, do)) \
+            or answers.parts_for(qtype, edns, do, answer)
+        return c_reply(data, end, parts, edns, off, ede, prefix, key, suffix), stats_key
+    return reply(data, end, answers, qtype, edns, do, answer, off, ede, prefix, key,
+                 suffix), stats_key
+
+
+def reply(data: bytes, end: int, answers: BlockAnswers, qtype: int, edns: bool, do: bool,
+          answer: str, off: int, ede: int, prefix: bytes, key: bytes, suffix: bytes) -> bytes:
+    """The blocked reply to `data` (question ending at `end`), with EDE text prefix + the
+    matched entry + suffix: the reference for _fastparse.blocked_reply."""
     text = prefix + key[off:] + suffix if ede else b""
     flags, counts, records = answers.blocked_body(qtype, edns, do, answer, off, ede, text)
     flags |= ((data[2] << 8) | data[3]) & (wire.RD | wire.CD)  # the client's RD and CD
-    reply = data[:2] + flags.to_bytes(2, "big") + counts + data[12:end] + records
-    return reply, stats_key
+    return data[:2] + flags.to_bytes(2, "big") + counts + data[12:end] + records
 
 
 def _plan(profile: Profile, rules: tuple[Any, ...]) -> Plan:

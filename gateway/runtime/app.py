@@ -14,6 +14,7 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry
 
 from gateway.compliance.selfprobe import ProbeResult, probe_name
+from gateway.dns import fastpath
 from gateway.dns.chain import Resolver
 from gateway.dns.doh import DohHandler
 from gateway.dns.dot import DotServer, ReloadableContext
@@ -149,9 +150,10 @@ class Gateway(Reloading):
         self._ready = True
         self.notifier.ready(self._status())
         self.metrics.ready.set(1)
-        log.info("SafeGate ready: %d networks, %d list entries (%s list lookup)",
+        log.info("SafeGate ready: %d networks, %d list entries (%s list lookup), %s fast path",
                  len(loaded.policy.networks), loaded.index.size,
-                 "C" if loaded.index.accelerated else "pure-Python")
+                 "C" if loaded.index.accelerated else "pure-Python",
+                 (self.resolver.fast if self.resolver else fastpath.PURE).name)
 
     async def _start_workers(self, loaded: Loaded) -> None:
         """dns.workers > 1: the other resolver processes (gateway/runtime/workers.py)."""

@@ -1,0 +1,6 @@
+# Types of the optional C extension gateway/dns/_fastparse.c (see its header comment).
+
+def parse(data: bytes, /) -> tuple[bytes, int, int, bool, bool] | None: ...
+def blocked_reply(data: bytes, end: int, parts: tuple[int, bytes, bytes, bytes, bytes],
+                  edns: bool, offset: int, ede: int, prefix: bytes, key: bytes, suffix: bytes,
+                  /) -> bytes: ...
