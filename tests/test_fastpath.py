@@ -179,3 +179,14 @@ def test_a_qtype_sweep_keeps_the_prebuilt_parts_bounded() -> None:
         reply = fast.handle(packet, "127.0.0.1", "udp")
         assert isinstance(reply, bytes) and reply[3] & 0xF == wire.NXDOMAIN
         assert len(fast.view.answers.parts) <= 1024
+
+
+def test_a_dotted_label_gets_a_well_formed_soa_owner() -> None:
+    """A label holding a dot is escaped in the key, so the key offset of the matching entry
+    is not a wire offset: the SOA owner must still point at a name (here the whole qname)."""
+    fast, _ = pair("nxdomain")
+    packet = (b"\x00\x07\x01\x00\x00\x01\x00\x00\x00\x00\x00\x00"
+              b"\x05ad.lt\x05adult\x04test\x00\x00\x01\x00\x01")
+    reply = dns.message.from_wire(fast.handle(packet, "127.0.0.1", "udp"))  # type: ignore
+    assert reply.rcode() == dns.rcode.NXDOMAIN
+    assert reply.authority[0].name == reply.question[0].name

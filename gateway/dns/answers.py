@@ -108,8 +108,12 @@ class BlockAnswers:
     def _body(self, q: wire.Query, verdict: Verdict) -> Body:
         """(flags, counts, records); the ID, RD/CD and question are added per reply."""
         text = verdict.ede_text().encode("utf-8") if verdict.ede else b""
-        return self.blocked_body(q.qtype, q.edns, q.do, verdict.answer, verdict.offset,
-                                 verdict.ede, text)
+        # The SOA owner points into the question at the matching entry's offset in the key;
+        # a label holding a dot is escaped in the key (`\.`), so there key offsets are not
+        # wire offsets: the owner is then the queried name itself.
+        offset = verdict.offset if q.labels_ok else 0
+        return self.blocked_body(q.qtype, q.edns, q.do, verdict.answer, offset, verdict.ede,
+                                 text)
 
     def blocked_body(self, qtype: int, edns: bool, do: bool, answer: str, offset: int,
                      ede: int, text: bytes) -> Body:
