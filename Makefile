@@ -81,8 +81,10 @@ bench: venv deps-apt
 bench-feeds: venv deps-apt
 	$(VBIN)/python bench/feed_latency.py $(BENCH_ARGS)
 
-# The optional C list lookup (gateway/lists/_lookup.c), built next to its source so a source
-# checkout uses it; without it index.py runs its pure-Python lookup (SAFEGATE_PURE=1 forces that).
+# The optional C list lookup (gateway/lists/_lookup.c) and batched UDP I/O (gateway/dns/_udpio.c,
+# Linux only), built next to their sources so a source checkout uses them; without them index.py
+# runs its pure-Python lookup and the DNS server its asyncio UDP protocol (SAFEGATE_PURE=1 forces
+# both).
 .PHONY: compile
 compile: venv
 	$(VBIN)/python setup.py build_ext --inplace
@@ -111,4 +113,4 @@ deps-apt:
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache bench/out build
-	rm -f gateway/lists/_lookup.*.so
+	rm -f gateway/lists/_lookup.*.so gateway/dns/_udpio.*.so
