@@ -102,7 +102,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                             row = {"round": rnd, "listener": listener, "set": qset,
                                    "offered": rate or "max", **asdict(r)}
                             rows.append(row)
-                            print(f"{rnd} {listener:8s} {qset:8s} {str(rate or 'max'):>6s} "
+                            print(f"{rnd} {listener:8s} {qset:8s} {rate or 'max'!s:>6s} "
                                   f"{r.qps:9.0f} qps {r.cpu_us_per_query:6.2f} cpu-us/q "
                                   f"lost {r.lost} other-cpu {r.other_procs_cpu_s:.1f}s "
                                   f"[{r.rcodes}]", flush=True)

@@ -19,11 +19,13 @@ from typing import Any
 import dns.message
 import dns.rcode
 import pytest
+from prometheus_client import CollectorRegistry, generate_latest
 
 from gateway.config.limits import UdpLimits
 from gateway.dns.stats import StreamStats
 from gateway.dns.tasks import Tasks
 from gateway.dns.udp_batch import UdpBatchListener, batched_udp_io
+from gateway.runtime.metrics import StreamCollector
 from tests.support import unbound as ub
 from tests.support.builders import make_profile, make_resolver
 from tests.support.wait import async_wait_for, wait_for
@@ -143,6 +145,10 @@ async def test_the_send_queue_is_bounded_and_flushes_in_order_once_the_client_re
         assert got[-100:] == [r for r, _ in queued]          # kept in order, none lost
         assert len(got) + stats.udp["send_dropped"] == 3000   # each reply sent or counted
         assert listener.queued_bytes == 0
+        registry = CollectorRegistry()
+        registry.register(StreamCollector(stats))
+        assert (f"safegate_dns_udp_send_dropped_total {float(stats.udp['send_dropped'])}"
+                in generate_latest(registry).decode())
     finally:
         listener.close()
         client.close()
@@ -163,15 +169,17 @@ LISTS_YAML = "categories:\n  adult:\n    - {path: adult.txt, format: domains}\n"
 def gateway(factory: Any, unbound: Any, pure: bool, **extra: Any) -> Any:
     return factory(upstream_port=unbound.port, policies={"p.yaml": POLICY}, lists=LISTS,
                    lists_yaml=LISTS_YAML,
-                   extra={"limits": {"rrl": {"enabled": False}}, **extra},
+                   extra={"limits": {"rrl": {"enabled": False}, **extra}},
                    env={"SAFEGATE_PURE": "1" if pure else ""})
 
 
 @pytest.mark.integration
-@pytest.mark.parametrize("pure", [False, True], ids=["batched", "asyncio"])
+@pytest.mark.parametrize(("pure", "batch"), [(False, 64), (False, 3), (True, 64)],
+                         ids=["batched", "batched-by-3", "asyncio"])
 def test_a_burst_of_500_queries_from_several_sources_all_answered_right(
-        udpio: ModuleType, unbound: Any, safegate_factory: Any, pure: bool) -> None:
-    gw = gateway(safegate_factory, unbound, pure)
+        udpio: ModuleType, unbound: Any, safegate_factory: Any, pure: bool, batch: int) -> None:
+    # limits.udp.batch: 3 reads a burst in many small batches, each answered before the next.
+    gw = gateway(safegate_factory, unbound, pure, udp={"batch": batch})
     says = "(UDP, TCP)" if pure else "(UDP batched, TCP)"
     assert says in gw.stderr_text()
     names = [("adult-site.test", dns.rcode.NXDOMAIN), (ub.ALLOWED, dns.rcode.NOERROR),
