@@ -90,12 +90,14 @@ class UdpBatchListener:
         out: list[Reply] = []
         self._out = out
         received = self.protocol.datagram_received
-        try:
-            for data, ip, name in batch:
-                if data is not None:   # None: longer than a UDP datagram can be; dropped
-                    received(data, (ip, name))
-        finally:
-            self._out = None
+        for data, ip, name in batch:
+            if data is None:   # longer than a UDP datagram can be: dropped
+                continue
+            try:
+                received(data, (ip, name))
+            except Exception:   # as the asyncio transport does: log, go on with the others
+                log.exception("bug: UDP datagram handling raised")
+        self._out = None
         if out:
             self._send(out)
 
