@@ -82,9 +82,10 @@ bench: venv deps-apt
 bench-feeds: venv deps-apt
 	$(VBIN)/python bench/feed_latency.py $(BENCH_ARGS)
 
-# The optional C list lookup (gateway/lists/_lookup.c) and question parse (gateway/dns/_fastparse.c),
-# built next to their sources so a source checkout uses them; without them index.py and fastpath.py
-# run their pure-Python versions (SAFEGATE_PURE=1 forces those).
+# The optional C accelerators: list lookup (gateway/lists/_lookup.c), question parse and blocked
+# reply (gateway/dns/_fastparse.c), batched UDP I/O (gateway/dns/_udpio.c, Linux only), built
+# next to their sources so a source checkout uses them; without them the pure-Python versions
+# run (SAFEGATE_PURE=1 forces those).
 .PHONY: compile
 compile: venv
 	$(VBIN)/python setup.py build_ext --inplace
@@ -113,4 +114,4 @@ deps-apt:
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache bench/out build
-	rm -f gateway/lists/_lookup.*.so gateway/dns/_fastparse.*.so
+	rm -f gateway/lists/_lookup.*.so gateway/dns/_fastparse.*.so gateway/dns/_udpio.*.so

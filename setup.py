@@ -9,6 +9,6 @@ import sys
 from setuptools import setup
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # PEP 517 builds: find ours
-from build_ext_lookup import fastparse_extension, lookup_extension
+from build_ext_lookup import extensions
 
-setup(ext_modules=[lookup_extension(), fastparse_extension()])
+setup(ext_modules=extensions())

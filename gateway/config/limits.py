@@ -86,6 +86,16 @@ class ReportLimits:
 
 
 @dataclass(frozen=True)
+class UdpLimits:
+    """The batched UDP listener (dns/udp_batch.py, Linux with the C extension): `limits.udp`."""
+
+    batch: int = 64                      # datagrams read (recvmmsg) per readable event: one batch,
+                                         # then TCP, timers and upstream replies get their turn
+    send_queue_bytes: int = 256 * KIB    # reply bytes held per socket while its send buffer is
+                                         # full; replies beyond are dropped and counted
+
+
+@dataclass(frozen=True)
 class RrlLimits:
     """Response rate limiting in the style of BIND/Knot RRL: `limits.rrl` (UDP only)."""
 
@@ -127,3 +137,4 @@ class Limits:
     files: FileLimits = field(default_factory=FileLimits)
     reports: ReportLimits = field(default_factory=ReportLimits)
     rrl: RrlLimits = field(default_factory=RrlLimits)
+    udp: UdpLimits = field(default_factory=UdpLimits)

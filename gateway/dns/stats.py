@@ -53,22 +53,25 @@ class DnsStats:
 
 
 class StreamStats:
-    """Connection counters of the TCP and DoT listeners (plain ints: workers send deltas)."""
+    """Connection counters of the TCP and DoT listeners, and the batched UDP listener's send
+    drops (plain ints: workers send deltas)."""
 
-    __slots__ = ("closed", "connections", "refused")
+    __slots__ = ("closed", "connections", "refused", "udp")
 
     def __init__(self) -> None:
         self.connections = dict.fromkeys(STREAM_PROTOCOLS, 0)
         self.refused = {(p, r): 0 for p in STREAM_PROTOCOLS for r in STREAM_REFUSALS}
         self.closed = {(p, r): 0 for p in STREAM_PROTOCOLS for r in STREAM_CLOSES}
+        # replies dropped because limits.udp.send_queue_bytes was full (dns/udp_batch.py)
+        self.udp = {"send_dropped": 0}
 
     def snapshot(self) -> dict[str, dict[Any, int]]:
         return {"connections": dict(self.connections), "refused": dict(self.refused),
-                "closed": dict(self.closed)}
+                "closed": dict(self.closed), "udp": dict(self.udp)}
 
     def add(self, delta: dict[str, dict[Any, int]]) -> None:
         """Fold in another process's changes (`snapshot` differences, runtime/workers.py)."""
-        for name in ("connections", "refused", "closed"):
+        for name in ("connections", "refused", "closed", "udp"):
             mine = getattr(self, name)
             for key, n in delta.get(name, {}).items():
                 if key in mine:

@@ -49,6 +49,11 @@ class StreamCollector(Collector):
         for (protocol, reason), n in self.stats.closed.items():
             c.add_metric([protocol, reason], n)
         yield c
+        u = CounterMetricFamily("safegate_dns_udp_send_dropped",
+                                "UDP replies dropped because the socket's send buffer and the "
+                                "batched listener's queue (limits.udp.send_queue_bytes) were full.")
+        u.add_metric([], self.stats.udp["send_dropped"])
+        yield u
 
 
 class GatewayCollector(Collector):

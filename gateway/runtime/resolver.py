@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 from gateway.config.gateway import GatewayConfig
 from gateway.config.upstreams import UpstreamSpec
 from gateway.dns.cache import AnswerCache
@@ -10,6 +12,7 @@ from gateway.dns.local import LocalAnswers
 from gateway.dns.rrl import Rrl
 from gateway.dns.server import DnsServer
 from gateway.dns.stats import DnsStats, StreamStats
+from gateway.dns.udp_batch import batched_udp_io
 from gateway.dns.upstream import Forwarder
 from gateway.dns.upstream_base import UpstreamObserver, upstreams_from
 from gateway.dns.view import View
@@ -35,7 +38,11 @@ def build_resolver(config: GatewayConfig, view: View, stats: DnsStats,
 def build_dns_server(config: GatewayConfig, resolver: Resolver, listen: list[tuple[str, int]],
                      streams: StreamStats, *, reuse_port: bool) -> tuple[DnsServer, Rrl]:
     """UDP/TCP listeners on `resolver`, with their own response rate limiting (limits.rrl:
-    each process limits the sources the kernel hands it) and TCP limits (limits.tcp)."""
+    each process limits the sources the kernel hands it) and TCP limits (limits.tcp). UDP is
+    batched (recvmmsg/sendmmsg, limits.udp) where the C extension serves, unless SAFEGATE_PURE=1
+    asks for the pure-Python paths everywhere."""
     rrl = Rrl(config.limits.rrl)
+    pure = os.environ.get("SAFEGATE_PURE", "") not in ("", "0")
     return DnsServer(resolver, listen, config.limits.tcp, streams, reuse_port=reuse_port,
-                     rrl=rrl), rrl
+                     rrl=rrl, udp_limits=config.limits.udp,
+                     udp_io=batched_udp_io(pure)), rrl

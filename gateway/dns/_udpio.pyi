@@ -1,0 +1,6 @@
+# Types of the optional C extension gateway/dns/_udpio.c (see its header comment).
+MAX_BATCH: int
+
+def recv_batch(fd: int, max: int, size: int = 65535, /
+               ) -> list[tuple[bytes | None, str, bytes]]: ...
+def send_batch(fd: int, replies: list[tuple[bytes, bytes]], /) -> int: ...
