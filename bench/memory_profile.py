@@ -63,6 +63,8 @@ def main() -> int:
     ap.add_argument("--reply-memo", type=int, default=None, help="limits.memory.reply_memo")
     ap.add_argument("--verdict-memo", type=int, default=None,
                     help="limits.memory.verdict_memo")
+    ap.add_argument("--code", type=Path, default=None,
+                    help="run the gateway from this tree (e.g. an older commit's `git archive`)")
     ap.add_argument("--env", action="append", default=[], metavar="K=V",
                     help="extra environment for the gateway (e.g. allocator settings)")
     args = ap.parse_args()
@@ -85,6 +87,10 @@ def main() -> int:
             cmd = safegate_command(config, log_level="warning")
             if args.sizes or args.tracemalloc or args.trim:
                 cmd = [sys.executable, str(ROOT / "bench" / "traced_gateway.py"), *cmd[3:]]
+            if args.code is not None:  # the gateway runs with cwd = this tree: put DIR first
+                code = str(args.code.resolve())
+                cmd = [sys.executable, "-c", f"import sys; sys.path.insert(0, {code!r}); "
+                       "from gateway.cli import main; sys.exit(main())", *cmd[3:]]
             t0 = time.monotonic()
             gw = SafeGateProcess().start(config, timeout=300, env=env, command=cmd)
             print(f"ready in {time.monotonic() - t0:.1f} s")

@@ -88,6 +88,7 @@ def _dump(_sig: int, _frame: FrameType | None) -> None:
     path = os.environ["SAFEGATE_MEMDUMP"]
     if tracemalloc.is_tracing():
         tracemalloc.take_snapshot().dump(path + ".snapshot")
+    sys._debugmallocstats()  # pymalloc's arenas and pools, on stderr (the gateway's log file)
     if os.environ.get("SAFEGATE_MODULES_OUT"):
         with open(os.environ["SAFEGATE_MODULES_OUT"], "w") as f:
             f.write("\n".join(sorted(sys.modules)) + "\n")
