@@ -112,3 +112,37 @@ def test_memos_and_blocked_bodies_stay_within_their_limits() -> None:
     # Uncached blocked names take dns/fastpath.py, which keeps only name-independent parts
     # (per answer x qtype x EDNS x DO), within their own bound.
     assert 0 < len(answers.parts) <= answers_mod._PARTS_LIMIT
+
+
+def test_verdict_memo_keeps_its_bound_and_the_newest_half() -> None:
+    """limits.memory.verdict_memo: never more than the limit, however many names; the newest
+    half always answers from the memo (an old entry asked again is kept, not re-decided)."""
+    index = list_index({b"blocked.test": "adult"})
+    profile = make_profile({"adult"}, index=index, verdict_memo=10)
+    for i in range(1000):
+        verdict = profile.decide(f"n{i}.blocked.test".encode())
+        assert verdict.blocked and verdict.category == "adult"
+        assert len(profile._memo) + len(profile._older) <= 10
+    newest = [f"n{i}.blocked.test".encode() for i in range(997, 1000)]
+    kept = {key: profile.decide(key) for key in newest}
+    for i in range(1000, 1002):   # two new names: the last five asked stay memoized...
+        profile.decide(f"n{i}.blocked.test".encode())
+    assert all(profile.decide(key) is kept[key] for key in newest)  # ...the same objects
+    one = make_profile({"adult"}, index=index, verdict_memo=1)
+    for i in range(5):
+        one.decide(f"n{i}.blocked.test".encode())
+        assert len(one._memo) + len(one._older) <= 1
+    off = make_profile({"adult"}, index=index, verdict_memo=0)
+    assert off.decide(b"x.blocked.test").blocked and not off._memo and not off._older
+
+
+def test_memoized_replies_share_one_stats_key_per_action_category_tier() -> None:
+    """A 16k reply memo held 16k equal 4-tuples (1.1 MB): now one per (action, category,
+    tier, protocol)."""
+    profile = make_profile({"adult"}, index=list_index({b"blocked.test": "adult"}))
+    r = make_resolver(profile)
+    for i in range(50):
+        q = dns.message.make_query(f"n{i}.blocked.test", "A")
+        assert isinstance(r.handle(q.to_wire(), "127.0.0.1", "udp"), bytes)
+    keys = {id(memo[2]) for memo in profile.replies.values()}
+    assert len(profile.replies) == 50 and len(keys) == 1

@@ -332,3 +332,33 @@ def test_an_error_from_any_command_goes_through_the_one_policy(tmp_path: Path) -
         r = safegate(*argv)
         assert (r.returncode, r.stdout) == (1, ""), (argv, r.stdout, r.stderr)
         assert r.stderr.startswith(message) and r.stderr.count("\n") == 1, (argv, r.stderr)
+
+
+def test_the_group_table_names_the_commands_each_group_registers() -> None:
+    """cli.GROUPS (command -> module, used to import one group only) matches `register`."""
+    import argparse
+
+    from gateway.cli import GROUPS, command_groups
+
+    for name, commands in GROUPS:
+        (group,) = command_groups(commands[0])
+        assert group.__name__ == f"gateway.cli.{name}"
+        sub = argparse.ArgumentParser().add_subparsers()
+        group.register(sub)
+        assert tuple(sub.choices) == commands, name
+
+
+def test_safegate_run_imports_no_other_command_group(tmp_path: Path) -> None:
+    """A serving process holds the serving code only: the report, export, probe, feed-client
+    and reports groups (the compliance code, the feed ledger, cryptography) were ~11 MB of RSS."""
+    import subprocess
+    import sys
+
+    missing = str(tmp_path / "no.yaml")
+    code = ("import sys\nfrom gateway.cli import main\n"
+            f"assert main(['--log-level', 'error', 'run', '-c', {missing!r}]) == 1\n"
+            "print(' '.join(sorted(m for m in sys.modules if m.startswith('gateway.cli')"
+            " or m in ('gateway.compliance.export', 'gateway.feeds.ledger'))))\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         cwd=REPO, check=True, timeout=60).stdout.split()
+    assert out == ["gateway.cli", "gateway.cli.gateway"]

@@ -73,6 +73,7 @@ class Resolver:
         self.zones = zones or ZoneForwarders({})
         self.stats = stats
         self.clock = clock
+        self._stats_keys: dict[tuple[str, ...], tuple[str, ...]] = {}  # see _remember
 
     def close(self) -> None:
         self.forwarder.close()
@@ -163,10 +164,9 @@ class Resolver:
         if len(replies) >= profile.reply_memo:
             if not replies:
                 return  # limits.memory.reply_memo: 0 turns the memo off
-            # Evict the oldest insert: a full clear would make a working set just over the
-            # limit miss on every query.
-            replies.popitem(last=False)
-        replies[data[2:]] = memo
+            replies.popitem(last=False)  # the oldest: a clear would thrash a set at the limit
+        kind, payload, key = memo  # one shared stats key per action/category/tier (config)
+        replies[data[2:]] = (kind, payload, self._stats_keys.setdefault(key, key))
 
     def _handle(self, data: bytes, client: str, protocol: str, start: float,
                 chosen: Profile | None = None, *, proxied: bool = False,

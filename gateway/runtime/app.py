@@ -13,7 +13,6 @@ from typing import TYPE_CHECKING
 from aiohttp import web
 from prometheus_client import CollectorRegistry
 
-from gateway.compliance.selfprobe import ProbeResult, probe_name
 from gateway.dns import fastpath
 from gateway.dns.chain import Resolver
 from gateway.dns.doh import DohHandler
@@ -40,6 +39,7 @@ from gateway.util.fingerprint import fingerprint
 
 if TYPE_CHECKING:
     from gateway.blockpage.model import BlockInfo
+    from gateway.compliance.selfprobe import ProbeResult
     from gateway.config.gateway import GatewayConfig
     from gateway.feeds.manager import FeedManager
     from gateway.hotline.service import ReportService
@@ -279,6 +279,9 @@ class Gateway(Reloading):
             generation = self.loaded.view.generation
             if not await self.workers.wait_applied(generation):
                 log.warning("not every DNS worker serves generation %d yet", generation)
+        # Imported here: only feeds' self-probes ask, and it brings dnslib (~0.5 MB of RSS).
+        from gateway.compliance.selfprobe import probe_name
+
         return await probe_name(self.resolver, self.loaded.policy, name)
 
     async def run_forever(self) -> None:
