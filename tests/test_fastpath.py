@@ -39,6 +39,8 @@ RULES: dict[bytes, tuple[Rule, ...]] = {
     b"two.test": (Rule("adult", SCOPE_BOTH, Action.DEFAULT, False),
                   Rule("games", SCOPE_BOTH, Action.DEFAULT, False)),
     b"social.test": (Rule("social", SCOPE_BOTH, Action.DEFAULT, False),),
+    b"sub.adult.test": (Rule("games", SCOPE_BOTH, Action.NODATA, False),),
+    b"porn.csam.test": (Rule("adult", SCOPE_BOTH, Action.DEFAULT, False),),
 }
 
 
@@ -58,7 +60,8 @@ PROFILES = {
     "filtered": {"answer": "nxdomain", "filtered": True},
     "scheduled": {"answer": "nxdomain", "scheduled": frozenset({"games"})},
     "bypass": {"answer": "nxdomain", "bypass": True},
-    "deny": {"answer": "nxdomain", "deny": [b"deny.test"]},
+    "deny": {"answer": "nxdomain", "deny": [b"deny.test", b"deny.adult.test"]},
+    "allow": {"answer": "nxdomain", "allow": [b"ok.adult.test"]},
 }
 
 
@@ -78,7 +81,8 @@ def queries() -> list[tuple[str, bytes]]:
     names = ["adult.test", "WWW.Adult.Test", "a.b.c.adult.test", "nx.test", "x.nodata.test",
              "pass.adult.test", "x.pass.adult.test", "csam.test", "x.csam.test", "feed.test",
              "games.test", "exact.test", "x.exact.test", "below.test", "x.below.test",
-             "two.test", "social.test", "allowed.test", "deny.test", "x." * 100 + "adult.test"]
+             "two.test", "social.test", "allowed.test", "deny.test", "x." * 100 + "adult.test",
+             "a.sub.adult.test", "deny.adult.test", "x.ok.adult.test", "porn.csam.test"]
     out = []
     for name, rdtype, edns in itertools.product(names, ("A", "AAAA", "MX", "HTTPS", "CNAME"),
                                                 ("none", "plain", "do", "cookie")):
@@ -101,17 +105,18 @@ def queries() -> list[tuple[str, bytes]]:
 
 def expect_fast(kind: str, label: str) -> bool:
     """Whether the fast path must answer this case (else it must leave it to the full path)."""
-    name = label.split(" ")[0]
-    name = name.lower()
+    name = label.split(" ")[0].lower()
     if name.endswith("pass.adult.test") or name in ("allowed.test", "x.exact.test",
-                                                      "below.test", "two.test", "social.test",
+                                                      "below.test", "social.test",
                                                       "deny.test"):
-        return False
+        return False  # no list block: passthru, no entry, wrong scope, category not blocked
+    if name == "deny.adult.test":
+        return kind != "deny"  # the network's deny list decides (the full path says "deny")
+    if name == "x.ok.adult.test":
+        return kind != "allow"  # the network's allow list lifts the category block
     if name.endswith("games.test"):
         return kind == "scheduled"
-    if name.endswith("csam.test"):
-        return True  # mandatory: before bypass, deny and allow
-    return kind not in ("bypass", "deny")
+    return True  # incl. two rules on one name and blocks at two levels (a.sub.adult.test)
 
 
 @pytest.mark.parametrize("kind", sorted(PROFILES))

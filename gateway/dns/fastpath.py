@@ -3,15 +3,15 @@
 A name drawn from a million-name list is rarely asked twice, so the reply memo (dns/chain.py)
 cannot absorb it: every such query used to pay for a `Query` object, a frozen `Verdict`, a
 reply body cached for one use, and two memo inserts (~14 µs in Python). Here the common shape
-— one plain question, at most a plain OPT, class IN, blocked by exactly one list rule at one
-level — goes from bytes to reply bytes with nothing allocated but the reply. Anything else
-returns None and takes the full path in chain.py, which stays the reference: a test drives
-both over the same queries and requires identical replies (tests/test_fastpath.py).
+— one plain question, at most a plain OPT, class IN, blocked by a list rule — goes from bytes
+to reply bytes with nothing allocated but the reply. Anything else returns None and takes the
+full path in chain.py, which stays the reference: a test drives both over the same queries and
+requires identical replies (tests/test_fastpath.py).
 
-The decision here is `policy.decide`'s, restricted to the shape where its outcome is obvious:
-one matching level, one rule; a mandatory rule blocks; otherwise a rule of a category the
-tier blocks blocks, unless the profile has bypass names, deny or allow lists (then the full
-decision runs). `Profile.plans` memoizes, per rule tuple, what that outcome is.
+The decision is `policy.decide`'s own ranking (`rank`) of the rules at each matching level,
+made once per combination of rule tuples and memoized in `Profile.plans`; what depends on the
+name itself — a bypass name, the network's deny and allow lists, which sit between mandatory
+and category blocks — is checked per query, and any of them sends the query to the full path.
 
 The byte work — `parse`, and assembling the reply — has a C twin (gateway/dns/_fastparse.c)
 that `choose` picks when it is built; the Python here is the reference (tests/test_fastparse.py
@@ -27,7 +27,15 @@ from typing import Any, NamedTuple
 from gateway.dns import wire
 from gateway.dns.answers import BlockAnswers, Parts
 from gateway.lists import Action
-from gateway.policy.decide import EDE_BLOCKED, EDE_CENSORED, EDE_FILTERED, Profile
+from gateway.policy.decide import (
+    EDE_BLOCKED,
+    EDE_CENSORED,
+    EDE_FILTERED,
+    Profile,
+    bypass_verdict,
+    rank,
+    suffix_match,
+)
 
 try:  # the optional C parse (setup.py builds it where a compiler exists)
     from gateway.dns import _fastparse
@@ -40,9 +48,11 @@ Parse = Callable[[bytes], Shape | None]
 # (data, end, parts, edns, offset, ede, prefix, key, suffix) -> reply: _fastparse.blocked_reply
 Reply = Callable[[bytes, int, Parts, bool, int, int, bytes, bytes, bytes], bytes]
 
-# What a rule tuple means for one profile: None (take the full path) or
-# (answer, ede code, EDE text prefix, EDE text suffix, stats key).
-Plan = tuple[str, int, bytes, bytes, tuple[str, str, str, str]] | None
+# What a combination of rule tuples (one per matching level) means for one profile: None
+# (not a list block: take the full path) or (deciding level, whether bypass names and
+# deny/allow lists must be checked, answer, EDE code, EDE text prefix, EDE text suffix,
+# stats key).
+Plan = tuple[int, bool, str, int, bytes, bytes, tuple[str, str, str, str]] | None
 
 _NO_PLAN: Plan = None
 _PLANS_LIMIT = 4096
@@ -135,20 +145,29 @@ def blocked(data: bytes, profile: Profile, answers: BlockAnswers, codec: Codec =
         return None
     key, end, qtype, edns, do = shape
     matches = profile.index.match(key)
-    if len(matches) != 1:
+    if not matches:
         return None
-    off, rules = matches[0]
     plans = profile.plans
-    found = plans.get(id(rules))
+    if len(matches) == 1:
+        sig: Any = id(matches[0][1])
+    else:
+        sig = tuple([id(rules) for _, rules in matches])
+    found = plans.get(sig)
     if found is None:
         if len(plans) >= _PLANS_LIMIT:
             plans.clear()  # feed overlays hold a tuple per entry; index combos are few
-        # The tuple is kept with its plan, so its id cannot be reused while the entry lives.
-        found = plans[id(rules)] = (rules, _plan(profile, rules))
+        # The rule tuples are kept with their plan, so their ids cannot be reused meanwhile.
+        levels = tuple(rules for _, rules in matches)
+        found = plans[sig] = (levels, _plan(profile, levels))
     plan = found[1]
     if plan is None:
         return None
-    answer, ede, prefix, suffix, stats_key = plan
+    level, checked, answer, ede, prefix, suffix, stats_key = plan
+    if checked and ((profile.bypass and bypass_verdict(key) is not None)
+                    or suffix_match(profile.deny, key) >= 0
+                    or suffix_match(profile.allow, key) >= 0):
+        return None  # a bypass name, or the network's own deny/allow lists decide
+    off = matches[level][0]
     c_reply = codec.reply
     if c_reply is not None:
         parts = answers.parts.get((answer, qtype, edns, do)) \
@@ -168,24 +187,27 @@ def reply(data: bytes, end: int, answers: BlockAnswers, qtype: int, edns: bool, 
     return data[:2] + flags.to_bytes(2, "big") + counts + data[12:end] + records
 
 
-def _plan(profile: Profile, rules: tuple[Any, ...]) -> Plan:
-    """decide.py's outcome for a name matched by `rules` alone, when it is a plain block."""
-    if len(rules) != 1:
+def _plan(profile: Profile, levels: tuple[tuple[Any, ...], ...]) -> Plan:
+    """decide.py's outcome for a name whose matching levels hold `levels`, when it is a block
+    by a list rule; None otherwise (allowed, passthru, or left to the full path)."""
+    mandatory, best = rank(profile, list(enumerate(levels)))
+    decided = mandatory or best
+    if decided is None:
         return _NO_PLAN
-    rule = rules[0]
-    if rule.action == Action.PASSTHRU:
-        return _NO_PLAN
-    answer = ("nxdomain" if rule.action == Action.NXDOMAIN else
-              "nodata" if rule.action == Action.NODATA else profile.answer)
+    level, category, action, ref_id = decided
+    answer = ("nxdomain" if action == Action.NXDOMAIN else
+              "nodata" if action == Action.NODATA else profile.answer)
     # EXTRA-TEXT as Verdict.ede_text writes it: "category: entry", then the feed entry's id,
     # or "(schedule)" for a category only the tier's schedule blocks right now.
-    prefix = f"{rule.category}: ".encode()
-    ref = f" ({rule.ref})".encode() if rule.ref else b""
-    stats_key = ("blocked", rule.category, profile.tier, "udp")
-    if rule.mandatory:
-        return answer, EDE_CENSORED, prefix, ref, stats_key
-    if profile.bypass or profile.deny or profile.allow or rule.category not in profile.blocked:
-        return _NO_PLAN
-    if rule.category in profile.scheduled:
+    prefix = f"{category}: ".encode()
+    ref = f" ({ref_id})".encode() if ref_id else b""
+    stats_key = ("blocked", category, profile.tier, "udp")
+    if mandatory is not None:  # before bypass names and deny/allow lists: nothing lifts it
+        return level, False, answer, EDE_CENSORED, prefix, ref, stats_key
+    if category in profile.scheduled:
         ref = b" (schedule)"
-    return answer, EDE_FILTERED if profile.filtered else EDE_BLOCKED, prefix, ref, stats_key
+    ede = EDE_FILTERED if profile.filtered else EDE_BLOCKED
+    # Bypass names and the deny/allow lists come between mandatory and category blocks: they
+    # depend on the name, so they are checked per query (cheap set probes), when present.
+    checked = profile.bypass or bool(profile.deny) or bool(profile.allow)
+    return level, checked, answer, ede, prefix, ref, stats_key

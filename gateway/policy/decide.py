@@ -23,7 +23,7 @@ from typing import Any, Literal
 
 from gateway.config.limits import MemoryLimits
 from gateway.lists import Action
-from gateway.lists.overlay import Matcher
+from gateway.lists.overlay import Match, Matcher
 
 EDE_BLOCKED = 15
 EDE_CENSORED = 16
@@ -175,7 +175,7 @@ class Profile:
         return verdict
 
 
-def _suffix_match(names: frozenset[bytes], key: bytes) -> int:
+def suffix_match(names: frozenset[bytes], key: bytes) -> int:
     """Offset of the longest suffix of `key` (at a label boundary) found in `names`, or -1."""
     if not names:
         return -1
@@ -207,14 +207,22 @@ def decide(profile: Profile, key: bytes) -> Verdict:
         if host in profile.steer or key in profile.steer:
             return Verdict(False, "intercept", "", host, len(key) - len(host), "steer",
                            steer=True)
-        off = _suffix_match(profile.steer_scopes, key)
+        off = suffix_match(profile.steer_scopes, key)
         if off >= 0:
             return Verdict(False, "intercept", "", key[off:], off, "steer", steer=True)
     return verdict
 
 
-def _decide(profile: Profile, key: bytes) -> Verdict:
-    matches = profile.index.match(key)
+Ranked = tuple[int, str, int, str]  # (offset, category, action, ref) of the deciding entry
+
+
+def rank(profile: Profile, matches: Match) -> tuple[Ranked | None, Ranked | None]:
+    """What the list rules in `matches` ask of this profile: the mandatory block and the
+    block by one of its tier's categories, each the most specific entry, or None.
+
+    Only the order of `matches` matters, never the offsets' values: dns/fastpath.py ranks
+    level numbers (0, 1, ...) once per combination of rule tuples and reuses the result.
+    """
     # (category, mandatory) -> (offset, action, ref) of the most specific entry
     decided: dict[tuple[str, bool], tuple[int, int, str]] = {}
     for off, rules in matches:  # longest suffix first: the most specific entry decides
@@ -224,12 +232,23 @@ def _decide(profile: Profile, key: bytes) -> Verdict:
             if prev is None or (prev[0] == off and rule.action == Action.PASSTHRU):
                 # (an exception beats a block at the same level)
                 decided[slot] = (off, rule.action, rule.ref)
-    best: tuple[int, str, int, str] | None = None
+    mandatory_best: Ranked | None = None
+    best: Ranked | None = None
     for (category, mandatory), (off, action, ref) in decided.items():
-        if mandatory and action != Action.PASSTHRU and (best is None or (off, category) < best[:2]):
+        if action == Action.PASSTHRU:
+            continue
+        if mandatory:
+            if mandatory_best is None or (off, category) < mandatory_best[:2]:
+                mandatory_best = (off, category, action, ref)
+        elif category in profile.blocked and (best is None or (off, category) < best[:2]):
             best = (off, category, action, ref)
-    if best is not None:
-        off, category, action, ref = best
+    return mandatory_best, best
+
+
+def _decide(profile: Profile, key: bytes) -> Verdict:
+    mandatory, best = rank(profile, profile.index.match(key))
+    if mandatory is not None:
+        off, category, action, ref = mandatory
         return _blocked("mandatory", category, key, off, action, profile.answer, EDE_CENSORED,
                         ref)
     if profile.bypass:
@@ -237,17 +256,13 @@ def _decide(profile: Profile, key: bytes) -> Verdict:
         if bypass is not None:
             return bypass
 
-    deny_off = _suffix_match(profile.deny, key)
-    allow_off = _suffix_match(profile.allow, key)
+    deny_off = suffix_match(profile.deny, key)
+    allow_off = suffix_match(profile.allow, key)
     if deny_off >= 0 and (allow_off < 0 or deny_off <= allow_off):
         return Verdict(True, "deny", "deny", key[deny_off:], deny_off, profile.answer, EDE_BLOCKED)
     if allow_off >= 0:
         return Verdict(False, "allow", "", key[allow_off:], allow_off)
 
-    for (category, mandatory), (off, action, ref) in decided.items():
-        if (not mandatory and action != Action.PASSTHRU and category in profile.blocked
-                and (best is None or (off, category) < best[:2])):
-            best = (off, category, action, ref)
     if best is not None:
         off, category, action, ref = best
         reason = "schedule" if category in profile.scheduled else "policy"
