@@ -385,6 +385,37 @@ async def test_inflight_caps_answer_busy_at_once() -> None:
         transport.close()
 
 
+async def test_the_zone_share_is_the_registrable_domain_however_deep_the_flood() -> None:
+    """`<r>.<r>.flood.test` is flood.test's flood like `<r>.flood.test` (the parent zone, the
+    name minus one label, was unique per query and never filled); two sites under one public
+    suffix (co.uk) are two zones."""
+    silent = Recording(lambda m: [])
+    transport, port = await serve(silent)
+    try:
+        seen = Observed()
+        fwd = Forwarder([Upstream("127.0.0.1", port)],
+                        ForwarderConfig(attempt_timeout=5, query_timeout=5), seen,
+                        limits=UpstreamLimits(inflight=100, inflight_per_zone=4))
+        names = [f"r{i}.q{i}.flood.test" if i % 2 else f"r{i}.flood.test" for i in range(10)]
+        names += [f"w{i}.a{i}.victim.co.uk" for i in range(6)]
+        names += ["www.other.co.uk"]
+        flood = [asyncio.ensure_future(fwd.resolve(question(n), do=False, cd=False))
+                 for n in names]
+        await asyncio.sleep(0)
+        busy = [n for n, f in zip(names, flood, strict=True) if f.done()]
+        assert busy == names[4:10] + names[14:16]   # flood.test: 4 sent; victim.co.uk: 4
+        assert seen.drops == ["zone"] * 8
+        assert not flood[-1].done()                 # other.co.uk has its own share
+        assert fwd._zones == {b"flood.test": 4, b"victim.co.uk": 4, b"other.co.uk": 1}
+        for f in flood:
+            f.cancel()
+        await asyncio.gather(*flood, return_exceptions=True)
+        assert fwd._zones == {} and fwd._inflight == {}
+        fwd.close()
+    finally:
+        transport.close()
+
+
 # ---------------------------------------------------------------- dns.upstreams entries
 
 

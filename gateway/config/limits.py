@@ -46,7 +46,8 @@ class UpstreamLimits:
     """Forwarding: `limits.upstream`."""
 
     inflight: int = 1024                 # distinct questions waiting on all upstreams at once
-    inflight_per_zone: int = 64          # of those, under one parent zone (random-subdomain floods)
+    inflight_per_zone: int = 64          # of those, under one registrable domain (by the Public
+                                         # Suffix List): a random-subdomain flood's share
     sockets: int = 8                     # UDP sockets (random source ports) open per upstream
     socket_uses: int = 16                # queries one UDP socket sends before it is replaced
     tls_idle_timeout: float = 30.0       # a tls:// upstream connection with nothing asked: closed

@@ -20,10 +20,9 @@ from gateway.dns import wire
 from gateway.dns.upstream_base import Upstream, UpstreamBusy, UpstreamError, UpstreamObserver
 from gateway.dns.upstream_tls import TlsClient, tls_context
 from gateway.dns.upstream_udp import UdpPool, tcp_exchange
+from gateway.util.psl import default_suffixes
 
 log = logging.getLogger(__name__)
-
-
 
 
 class Forwarder:
@@ -32,7 +31,10 @@ class Forwarder:
     def __init__(self, upstreams: list[Upstream], cfg: ForwarderConfig,
                  observer: UpstreamObserver | None = None,
                  clock: Callable[[], float] = time.monotonic,
-                 limits: UpstreamLimits | None = None) -> None:
+                 limits: UpstreamLimits | None = None,
+                 zone_of: Callable[[bytes], bytes] | None = None) -> None:
+        """`zone_of`: a question section -> the zone whose in-flight share it counts against
+        (default: its registrable domain by the Public Suffix List, util/psl.py)."""
         if not upstreams:
             raise ValueError("at least one upstream is needed")
         self.upstreams = upstreams
@@ -41,7 +43,8 @@ class Forwarder:
         self.clock = clock
         self.limits = limits or UpstreamLimits()
         self._inflight: dict[tuple[bytes, bool, bool, bytes], asyncio.Future[bytes]] = {}
-        self._zones: dict[bytes, int] = {}   # parent zone -> questions of it in flight
+        self.zone_of = zone_of or default_suffixes().zone_of_wire
+        self._zones: dict[bytes, int] = {}   # registrable domain -> its questions in flight
         # Keyed by the Upstream itself: two entries may share a label (the same address twice,
         # or one TLS address with two certificate names).
         self._pools = {u: UdpPool(u, self.limits.sockets, self.limits.socket_uses,
@@ -63,7 +66,9 @@ class Forwarder:
 
         `ecs`: EDNS Client Subnet option data to send (only with dns.forward_ecs; never by
         default: the subscriber's address stays with us). Raises UpstreamBusy at once when
-        limits.upstream.inflight, or the question's parent zone's share of it, is full.
+        limits.upstream.inflight, or the share of it of the question's registrable domain
+        (limits.upstream.inflight_per_zone: `<r>.flood.test` and `<r>.<r>.flood.test` are both
+        flood.test's), is full.
         """
         key = (question, do, cd, ecs)
         fut = self._inflight.get(key)
@@ -72,7 +77,7 @@ class Forwarder:
         if len(self._inflight) >= self.limits.inflight:
             self.observer.dropped("inflight")
             raise UpstreamBusy("inflight")
-        zone = _parent_zone(question)
+        zone = self.zone_of(question)
         zones = self._zones
         held = zones.get(zone, 0)
         if held >= self.limits.inflight_per_zone:
@@ -176,12 +181,6 @@ class Forwarder:
             pool.close()
         for client in self._tls.values():
             client.close()
-
-
-def _parent_zone(question: bytes) -> bytes:
-    """The question's name minus its first label (wire form): what an in-flight share counts."""
-    first = question[0]
-    return question[1 + first:-4] if first else b"\x00"
 
 
 def _reason(exc: BaseException) -> str:

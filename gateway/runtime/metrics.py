@@ -145,7 +145,7 @@ class Metrics:
         self.upstream_dropped = Counter(
             "safegate_upstream_dropped",
             "Questions answered SERVFAIL without asking an upstream: limits.upstream.inflight "
-            "(inflight) or its per-parent-zone share (zone) was full.",
+            "(inflight) or its per-registrable-domain share (zone) was full.",
             ["reason"], registry=registry)
         self.upstream_sockets = Gauge(
             "safegate_upstream_sockets",
