@@ -60,6 +60,11 @@ class MemoryLimits:
     reply_memo: int = 16_384             # memoized UDP replies per profile
     verdict_memo: int = 50_000           # memoized decisions per profile
     blocked_bodies: int = 4_096          # prebuilt blocked-reply bodies (qtype x EDNS x DO), all
+    # Percent of dns.cache.size kept for answers asked once so far (the cache's probation
+    # segment, dns/cache.py): a flood of unique names evicts only those, never the answers
+    # asked again (the other 80 %). 1..100 (0 acts as 1, more as 100); 100 makes the cache
+    # a plain LRU.
+    cache_probation: int = 20
 
 
 @dataclass(frozen=True)

@@ -21,6 +21,7 @@ from prometheus_client.core import (
 from prometheus_client.registry import Collector
 
 from gateway import __version__
+from gateway.dns.cache import SEGMENTS as CACHE_SEGMENTS
 from gateway.dns.stats import LATENCY_BUCKETS, DnsStats, StreamStats
 from gateway.dns.upstream_base import UpstreamObserver
 
@@ -84,8 +85,27 @@ class GatewayCollector(Collector):
             c = CounterMetricFamily(f"safegate_cache_{name}", help_text)
             c.add_metric([], cache[name])
             yield c
+        c = CounterMetricFamily("safegate_cache_promotions",
+                                "Cached answers asked again while in probation, moved to the "
+                                "protected segment (a flood of unique names cannot evict them).")
+        c.add_metric([], cache["promotions"])
+        yield c
+        c = CounterMetricFamily("safegate_cache_segment_evictions",
+                                "Entries evicted, by cache segment: probation (asked once) or "
+                                "protected (asked again; evicted only while probation is empty).",
+                                labels=["segment"])
+        for segment in CACHE_SEGMENTS:
+            c.add_metric([segment], cache[f"evictions_{segment}"])
+        yield c
         g = GaugeMetricFamily("safegate_cache_entries", "Entries in the answer cache.")
         g.add_metric([], cache["entries"])
+        yield g
+        g = GaugeMetricFamily("safegate_cache_segment_entries",
+                              "Entries in the answer cache, by segment (this process; probation "
+                              "holds at least limits.memory.cache_probation percent).",
+                              labels=["segment"])
+        for segment in CACHE_SEGMENTS:
+            g.add_metric([segment], cache[f"entries_{segment}"])
         yield g
         e = GaugeMetricFamily("safegate_list_entries", "Names loaded per category.",
                               labels=["category"])
