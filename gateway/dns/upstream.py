@@ -110,6 +110,8 @@ class Forwarder:
     def _order(self) -> list[Upstream]:
         """Healthy upstreams in configured order, then benched ones as a last resort."""
         now = self.clock()
+        if all(u.benched_until <= now for u in self.upstreams):
+            return self.upstreams
         healthy = [u for u in self.upstreams if u.benched_until <= now]
         benched = [u for u in self.upstreams if u.benched_until > now]
         return healthy + benched
