@@ -147,6 +147,15 @@ def entry_from_reply(reply: bytes, cfg: CacheConfig, now: float, relay: bool = F
                  tuple(ttl_offsets), tuple(ttls), tuple(cnames), now, lifetime, cfg.stale_ttl)
 
 
+def relay_entry(raw: bytes, now: float) -> Entry | None:
+    """An Entry for a reply that may not be cached (SERVFAIL, TTL 0, no SOA), so it is relayed
+    with the same care; None when it does not parse."""
+    try:
+        return entry_from_reply(raw, CacheConfig(), now, relay=True)
+    except (wire.WireError, IndexError, ValueError):
+        return None
+
+
 SEGMENTS = ("probation", "protected")
 
 Key = tuple[bytes, int, int, int]

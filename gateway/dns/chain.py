@@ -32,15 +32,14 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from gateway.config.dns import CacheConfig
 from gateway.dns import proxyproto, rewrite, wire
 from gateway.dns.answers import BlockAnswers, any_reply, class_refused_reply, refused_reply
-from gateway.dns.cache import AnswerCache, Entry, entry_from_reply
+from gateway.dns.cache import AnswerCache, Entry, Key, entry_from_reply, relay_entry
 from gateway.dns.local import LocalAnswers
 from gateway.dns.stats import PROBE, DnsStats
 from gateway.dns.svcb import TYPE_HTTPS, TYPE_SVCB, strip_ech
 from gateway.dns.upstream import Forwarder
-from gateway.dns.upstream_base import UpstreamBusy, UpstreamError
+from gateway.dns.upstream_base import UpstreamError, log_failure
 from gateway.dns.zones import ZoneForwarders
 from gateway.policy.decide import Profile, Verdict
 from gateway.policy.identify import ECS, identify
@@ -303,7 +302,7 @@ class Resolver:
             now = self.clock()
             stale = self.cache.get_stale(key, now)
             if stale is None:
-                _log_failure(exc, "a SafeSearch target")
+                log_failure(exc, "a SafeSearch target")
                 count("servfail", "", profile.tier, protocol, time.perf_counter() - start)
                 return wire.error_reply(q, wire.SERVFAIL, exc.ede)
             entry: Entry | None = stale
@@ -317,7 +316,7 @@ class Resolver:
             if entry is not None:
                 self.cache.put(key, entry)
             else:
-                entry = _uncached_entry(raw, now)
+                entry = relay_entry(raw, now)
             if entry is None:
                 count("servfail", "", profile.tier, protocol, time.perf_counter() - start)
                 return wire.error_reply(q, wire.SERVFAIL)
@@ -337,26 +336,41 @@ class Resolver:
                 return view.answers.blocked_reply(q, via, keep=False), via
         return entry.reply(q, now, limit, stale), None
 
-    async def _forward(self, q: wire.Query, cache_key: tuple[bytes, int, int, int] | None,
-                       profile: Profile, view: View, protocol: str, limit: int,
-                       start: float, ecs: bytes = b"") -> bytes | None:
-        """Ask upstream, cache (unless `cache_key` is None) and answer."""
+    def _forward(self, q: wire.Query, cache_key: Key | None, profile: Profile, view: View,
+                 protocol: str, limit: int, start: float, ecs: bytes = b"") -> bytes | Pending:
+        """Ask upstream, cache (unless `cache_key` is None) and answer. A question the in-flight
+        caps refuse is answered at once (stale, or SERVFAIL + EDE 14): a flood's refused
+        queries cost no task, no coroutine and no exception."""
         question = q.question[:-4].lower() + q.question[-4:]
+        forwarder = self.zones.pick(q.key, self.forwarder)
+        busy = forwarder.refusal(question, q.do, bool(q.flags & wire.CD), ecs)
+        if busy is not None:
+            return self._failed(busy, q, cache_key, profile, view, protocol, limit, start)
+        return self._ask(forwarder, question, q, cache_key, profile, view, protocol, limit,
+                         start, ecs)
+
+    def _failed(self, exc: UpstreamError, q: wire.Query, cache_key: Key | None, profile: Profile,
+                view: View, protocol: str, limit: int, start: float) -> bytes:
+        """No upstream answer: a stale one if the cache still has it (RFC 8767), else SERVFAIL."""
+        now = self.clock()
+        stale = self.cache.get_stale(cache_key, now) if cache_key is not None else None
+        if stale is not None:
+            reply, blocked = self._from_entry(q, stale, profile, view, now, limit, True)
+            self.stats.count("blocked" if blocked else "stale", blocked.category if blocked
+                             else "", profile.tier, protocol, time.perf_counter() - start)
+            return reply
+        log_failure(exc, "a query")
+        self.stats.count("servfail", "", profile.tier, protocol, time.perf_counter() - start)
+        return wire.error_reply(q, wire.SERVFAIL, exc.ede)
+
+    async def _ask(self, forwarder: Forwarder, question: bytes, q: wire.Query,
+                   cache_key: Key | None, profile: Profile, view: View, protocol: str,
+                   limit: int, start: float, ecs: bytes) -> bytes | None:
         count = self.stats.count
         try:
-            raw = await self.zones.pick(q.key, self.forwarder).resolve(
-                question, do=q.do, cd=bool(q.flags & wire.CD), ecs=ecs)
+            raw = await forwarder.resolve(question, do=q.do, cd=bool(q.flags & wire.CD), ecs=ecs)
         except UpstreamError as exc:
-            now = self.clock()
-            stale = self.cache.get_stale(cache_key, now) if cache_key is not None else None
-            if stale is not None:
-                reply, blocked = self._from_entry(q, stale, profile, view, now, limit, True)
-                count("blocked" if blocked else "stale", blocked.category if blocked else "",
-                      profile.tier, protocol, time.perf_counter() - start)
-                return reply
-            _log_failure(exc, "a query")
-            count("servfail", "", profile.tier, protocol, time.perf_counter() - start)
-            return wire.error_reply(q, wire.SERVFAIL, exc.ede)
+            return self._failed(exc, q, cache_key, profile, view, protocol, limit, start)
         now = self.clock()
         try:
             if cache_key is not None:
@@ -373,7 +387,7 @@ class Resolver:
             return wire.error_reply(q, wire.SERVFAIL)
         if entry is None:
             # Not cacheable (SERVFAIL, no SOA, TTL 0): relay once, built the same way.
-            entry = _uncached_entry(raw, now)
+            entry = relay_entry(raw, now)
             if entry is None:
                 count("servfail", "", profile.tier, protocol, time.perf_counter() - start)
                 return wire.error_reply(q, wire.SERVFAIL)
@@ -384,17 +398,3 @@ class Resolver:
               profile.tier, protocol, time.perf_counter() - start)
         return reply
 
-
-def _log_failure(exc: UpstreamError, what: str) -> None:
-    # Over the in-flight cap is a flood's normal outcome (counted by a metric): no log line
-    # per query at INFO.
-    log.log(logging.DEBUG if isinstance(exc, UpstreamBusy) else logging.INFO,
-            "upstreams failed for %s: %s", what, exc)
-
-
-def _uncached_entry(raw: bytes, now: float) -> Entry | None:
-    """An Entry for a reply that may not be cached, so it is relayed with the same care."""
-    try:
-        return entry_from_reply(raw, CacheConfig(), now, relay=True)
-    except (wire.WireError, IndexError, ValueError):
-        return None

@@ -17,7 +17,13 @@ from gateway.config.dns import ForwarderConfig
 from gateway.config.limits import UpstreamLimits
 from gateway.config.upstreams import TLS
 from gateway.dns import wire
-from gateway.dns.upstream_base import Upstream, UpstreamBusy, UpstreamError, UpstreamObserver
+from gateway.dns.upstream_base import (
+    DROP_REASONS,
+    Upstream,
+    UpstreamBusy,
+    UpstreamError,
+    UpstreamObserver,
+)
 from gateway.dns.upstream_tls import TlsClient, tls_context
 from gateway.dns.upstream_udp import UdpPool, tcp_exchange
 from gateway.util.psl import default_suffixes
@@ -44,6 +50,9 @@ class Forwarder:
         self.limits = limits or UpstreamLimits()
         self._inflight: dict[tuple[bytes, bool, bool, bytes], asyncio.Future[bytes]] = {}
         self.zone_of = zone_of or default_suffixes().zone_of_wire
+        self._zone_memo: tuple[bytes, bytes] = (b"", b"")   # refusal() then resolve() ask twice
+        # refusal() hands these out and nobody raises them: one instance per reason will do
+        self._refused = {reason: UpstreamBusy(reason) for reason in DROP_REASONS}
         self._zones: dict[bytes, int] = {}   # registrable domain -> its questions in flight
         # Keyed by the Upstream itself: two entries may share a label (the same address twice,
         # or one TLS address with two certificate names).
@@ -61,6 +70,30 @@ class Forwarder:
         return sum(len(p) for p in self._pools.values()) + \
             sum(c.open_connections() for c in self._tls.values())
 
+    def _zone(self, question: bytes) -> bytes:
+        memo = self._zone_memo
+        if memo[0] is question:
+            return memo[1]
+        zone = self.zone_of(question)
+        self._zone_memo = (question, zone)
+        return zone
+
+    def refusal(self, question: bytes, do: bool, cd: bool, ecs: bytes = b"") -> UpstreamBusy | None:
+        """The UpstreamBusy resolve() would raise at once for this question (counted as a drop
+        here), or None: the query path answers a flood's refused questions without scheduling
+        anything. A question already in flight is never refused (it shares the answer)."""
+        inflight = self._inflight
+        if (question, do, cd, ecs) in inflight:
+            return None
+        if len(inflight) >= self.limits.inflight:
+            reason = "inflight"
+        elif self._zones.get(self._zone(question), 0) >= self.limits.inflight_per_zone:
+            reason = "zone"
+        else:
+            return None
+        self.observer.dropped(reason)
+        return self._refused[reason]
+
     async def resolve(self, question: bytes, *, do: bool, cd: bool, ecs: bytes = b"") -> bytes:
         """The upstream reply (raw bytes) for a question section with a lowercased name.
 
@@ -77,7 +110,7 @@ class Forwarder:
         if len(self._inflight) >= self.limits.inflight:
             self.observer.dropped("inflight")
             raise UpstreamBusy("inflight")
-        zone = self.zone_of(question)
+        zone = self._zone(question)
         zones = self._zones
         held = zones.get(zone, 0)
         if held >= self.limits.inflight_per_zone:

@@ -7,12 +7,15 @@ match its ID but not its question, are ignored and counted (`mismatch`), never b
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import socket
 from collections.abc import Iterable
 
 from gateway.config.upstreams import UpstreamSpec
 from gateway.dns import wire
+
+log = logging.getLogger(__name__)
 
 EDE_NOT_READY = 14    # RFC 8914: the server cannot answer this now (over our upstream caps)
 
@@ -112,6 +115,13 @@ class Entropy:
             value = self.bits16()
             if value < limit:
                 return value % n
+
+
+def log_failure(exc: UpstreamError, what: str) -> None:
+    """Log that no upstream answered `what`. Over an in-flight cap is a flood's normal outcome
+    (counted by a metric): no log line per query at INFO."""
+    log.log(logging.DEBUG if isinstance(exc, UpstreamBusy) else logging.INFO,
+            "upstreams failed for %s: %s", what, exc)
 
 
 def expire(fut: asyncio.Future[bytes]) -> None:
