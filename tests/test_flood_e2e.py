@@ -12,6 +12,7 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
+import dns.edns
 import dns.flags
 import dns.message
 import dns.name
@@ -193,6 +194,7 @@ class Flooder:
     def __init__(self, port: int) -> None:
         self.port = port
         self.sent = 0
+        self.replies: dict[tuple[int, tuple[int, ...]], int] = {}   # (rcode, EDE codes) -> n
         self.stop = threading.Event()
         self.thread = threading.Thread(target=self._run, daemon=True)
 
@@ -204,12 +206,15 @@ class Flooder:
             while not self.stop.is_set():
                 for _ in range(50):
                     n = self.sent
-                    q = dns.message.make_query(f"a{n}.b{n}.flood.test", "A")
+                    q = dns.message.make_query(f"a{n}.b{n}.flood.test", "A", use_edns=0)
                     sock.sendto(q.to_wire(), ("127.0.0.1", self.port))
                     self.sent += 1
                 try:
                     while True:
-                        sock.recv(4096)   # the replies are not what this test looks at
+                        msg = dns.message.from_wire(sock.recv(4096))
+                        kind = (msg.rcode(), tuple(o.code for o in msg.options
+                                                   if isinstance(o, dns.edns.EDEOption)))
+                        self.replies[kind] = self.replies.get(kind, 0) + 1
                 except BlockingIOError:
                     pass
                 self.stop.wait(0.02)
@@ -252,5 +257,7 @@ def test_a_slow_zones_flood_leaves_other_clients_misses_resolving(
         flooder.thread.join(10)
     text = gw.metrics_text()
     assert metric(text, "safegate_upstream_dropped_total", reason="inflight") == 0
+    # the flood's own queries over the share: SERVFAIL with EDE 14, one per refusal
+    assert flooder.replies.get((dns.rcode.SERVFAIL, (14,)), 0) >= 200
     # the authority saw at most the share at a time: far fewer questions than were flooded
     assert 0 < slow_authority.queries < flood_sent // 4
