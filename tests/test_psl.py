@@ -53,6 +53,7 @@ def test_official_vectors(given: str, want: str) -> None:
     ("a.b.c.d.victim.co.uk", b"victim.co.uk"),
     ("someone.github.io", b"someone.github.io"),   # the list's private section
     ("co.uk", b"co.uk"),
+    (".".join(["a"] * 120) + ".flood.test", b"flood.test"),   # only the last labels are read
     ("test", b"test"),
     (".", b""),
 ])

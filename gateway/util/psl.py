@@ -25,7 +25,7 @@ def _ascii_label(label: str) -> bytes:
 class PublicSuffixes:
     """The list's rules, by kind, as lowercase dotted ASCII bytes (b"co.uk")."""
 
-    __slots__ = ("exceptions", "rules", "wildcards")
+    __slots__ = ("depth", "exceptions", "rules", "wildcards")
 
     def __init__(self, lines: list[str]) -> None:
         rules: set[bytes] = set()
@@ -45,6 +45,11 @@ class PublicSuffixes:
         self.rules = frozenset(rules)
         self.wildcards = frozenset(wildcards)
         self.exceptions = frozenset(exceptions)
+        # Labels a match can involve (the longest rule; a wildcard is one label longer, plus
+        # the registrable label): only that many from the right are looked at, so a hostile
+        # 127-label name costs no more than a short one.
+        self.depth = 2 + max((r.count(b".") + 1 for r in (*rules, *exceptions)), default=1) \
+            + (1 if wildcards else 0)
 
     @classmethod
     def load(cls, path: Path = DEFAULT_PATH) -> PublicSuffixes:
@@ -71,7 +76,7 @@ class PublicSuffixes:
         if not name:
             return name
         labels = name.split(b".")
-        keep = self.suffix_labels(labels) + 1
+        keep = self.suffix_labels(labels[-self.depth:]) + 1
         if keep >= len(labels):
             return name
         return b".".join(labels[-keep:])
@@ -79,15 +84,16 @@ class PublicSuffixes:
     def zone_of_wire(self, question: bytes) -> bytes:
         """registrable() of a question section's name (wire form, lowercase): the in-flight
         share a forwarded question counts against."""
-        labels: list[bytes] = []
+        starts: list[int] = []
         pos = 0
         size = question[0]
         while size:
-            labels.append(question[pos + 1:pos + 1 + size])
+            starts.append(pos)
             pos += 1 + size
             size = question[pos]
-        if not labels:
+        if not starts:
             return b""
+        labels = [question[p + 1:p + 1 + question[p]] for p in starts[-self.depth:]]
         keep = self.suffix_labels(labels) + 1
         return b".".join(labels[-keep:]) if keep < len(labels) else b".".join(labels)
 
