@@ -10,7 +10,7 @@ import pytest
 
 from gateway.config.dns import CacheConfig
 from gateway.dns import wire
-from gateway.dns.cache import AnswerCache, entry_from_reply
+from gateway.dns.cache import AnswerCache, Entry, entry_from_reply
 
 
 def upstream_reply(name: str = "www.example.test", *, answers: list[str] | None = None,
@@ -147,3 +147,43 @@ def test_lru_evicts_oldest_and_counts() -> None:
     assert (cache.hits, cache.misses) == (1, 1)
     assert cache.get((b"n2", 1, 1, 0), 301.0) is None  # expired
     assert cache.get_stale((b"n2", 1, 1, 0), 301.0) is not None
+
+
+def _entry(cache: AnswerCache, now: float = 0.0) -> Entry:
+    entry = entry_from_reply(upstream_reply(answers=["www.example.test. 300 IN A 192.0.2.1"]),
+                             cache.cfg, now=now)
+    assert entry is not None
+    return entry
+
+
+def test_a_flood_of_unique_names_cannot_evict_names_asked_again() -> None:
+    """Issue #12: with a plain LRU, 100 answers asked once each evicted every popular one."""
+    cache = AnswerCache(CacheConfig(size=50), probation_percent=20)
+    popular = [(b"p%d" % i, 1, 1, 0) for i in range(40)]   # protected holds 80 % = 40
+    for key in popular:
+        cache.put(key, _entry(cache))
+        assert cache.get(key, 1.0) is not None   # asked again: promoted
+    assert cache.promotions == 40
+    for i in range(1000):   # 20x the cache, each name once (a random-subdomain flood)
+        cache.put((b"r%d.flood.test" % i, 1, 1, 0), _entry(cache))
+    assert len(cache) == 50
+    assert cache.segment_sizes() == {"probation": 10, "protected": 40}
+    assert all(cache.get(key, 2.0) is not None for key in popular)
+    assert cache.evicted == {"probation": 990, "protected": 0}
+    assert cache.evictions == 990
+
+
+def test_protected_overflow_steps_back_into_probation() -> None:
+    cache = AnswerCache(CacheConfig(size=10), probation_percent=20)   # protected: 8
+    keys = [(b"n%d" % i, 1, 1, 0) for i in range(10)]
+    for key in keys:
+        cache.put(key, _entry(cache))
+        cache.get(key, 1.0)
+    # the two least recently promoted stepped back; nothing was evicted
+    assert cache.segment_sizes() == {"probation": 2, "protected": 8}
+    assert cache.evictions == 0 and len(cache) == 10
+    # a refetch of a protected name (its entry expired) keeps it protected
+    cache.put(keys[9], _entry(cache, now=500.0))
+    assert cache.segment_sizes() == {"probation": 2, "protected": 8}
+    # an expired entry is a miss but stays for serve-stale
+    assert cache.get(keys[5], 400.0) is None and cache.get_stale(keys[5], 400.0) is not None

@@ -12,8 +12,10 @@ import struct
 from collections.abc import Callable
 from pathlib import Path
 
+import dns.edns
 import dns.flags
 import dns.message
+import dns.rcode
 import dns.rdatatype
 import dns.rrset
 import pytest
@@ -23,8 +25,11 @@ from gateway.config.dns import ForwarderConfig
 from gateway.config.gateway import load_config
 from gateway.config.limits import UpstreamLimits
 from gateway.config.upstreams import UpstreamSpec, parse_upstream
+from gateway.dns.cache import entry_from_reply
+from gateway.dns.tasks import Tasks
 from gateway.dns.upstream import Forwarder
 from gateway.dns.upstream_base import (
+    Entropy,
     Upstream,
     UpstreamBusy,
     UpstreamError,
@@ -32,6 +37,7 @@ from gateway.dns.upstream_base import (
     upstreams_from,
 )
 from gateway.errors import ConfigError
+from tests.support.builders import make_profile, make_resolver
 
 QUESTION = dns.message.make_query("www.example.test", "A").to_wire()[12:]
 
@@ -380,6 +386,98 @@ async def test_inflight_caps_answer_busy_at_once() -> None:
             f.cancel()
         await asyncio.gather(*flood, *other, again, return_exceptions=True)
         assert fwd._zones == {} and fwd._inflight == {}
+        fwd.close()
+    finally:
+        transport.close()
+
+
+async def test_the_zone_share_is_the_registrable_domain_however_deep_the_flood() -> None:
+    """`<r>.<r>.flood.test` is flood.test's flood like `<r>.flood.test` (the parent zone, the
+    name minus one label, was unique per query and never filled); two sites under one public
+    suffix (co.uk) are two zones."""
+    silent = Recording(lambda m: [])
+    transport, port = await serve(silent)
+    try:
+        seen = Observed()
+        fwd = Forwarder([Upstream("127.0.0.1", port)],
+                        ForwarderConfig(attempt_timeout=5, query_timeout=5), seen,
+                        limits=UpstreamLimits(inflight=100, inflight_per_zone=4))
+        names = [f"r{i}.q{i}.flood.test" if i % 2 else f"r{i}.flood.test" for i in range(10)]
+        names += [f"w{i}.a{i}.victim.co.uk" for i in range(6)]
+        names += ["www.other.co.uk"]
+        flood = [asyncio.ensure_future(fwd.resolve(question(n), do=False, cd=False))
+                 for n in names]
+        await asyncio.sleep(0)
+        busy = [n for n, f in zip(names, flood, strict=True) if f.done()]
+        assert busy == names[4:10] + names[14:16]   # flood.test: 4 sent; victim.co.uk: 4
+        assert seen.drops == ["zone"] * 8
+        assert not flood[-1].done()                 # other.co.uk has its own share
+        assert fwd._zones == {b"flood.test": 4, b"victim.co.uk": 4, b"other.co.uk": 1}
+        for f in flood:
+            f.cancel()
+        await asyncio.gather(*flood, return_exceptions=True)
+        assert fwd._zones == {} and fwd._inflight == {}
+        fwd.close()
+    finally:
+        transport.close()
+
+
+def test_entropy_hands_out_every_urandom_byte_once_and_refills() -> None:
+    """Query IDs come from os.urandom read 4 KiB at a time: 2,048 IDs per read, never a byte
+    twice, and `below` stays inside its range (rejection sampling, no modulo bias)."""
+    e = Entropy()
+    first = [e.bits16() for _ in range(2048)]
+    assert e._pos == 4096
+    assert bytes(b for v in first for b in (v >> 8, v & 0xFF)) == e._buf
+    buf = e._buf
+    e.bits16()
+    assert e._buf is not buf and e._pos == 2        # refilled from os.urandom
+    picks = [e.below(3) for _ in range(3000)]
+    assert set(picks) == {0, 1, 2}
+    assert all(0 <= e.below(65_536) < 65_536 for _ in range(100))
+
+
+async def test_a_refused_question_is_answered_at_once_without_a_coroutine() -> None:
+    """Over the zone share, the query path answers SERVFAIL + EDE 14 (or a stale answer) from
+    handle() itself: before, every refused flood query cost a task and a raised exception."""
+    silent = Recording(lambda m: [])
+    transport, port = await serve(silent)
+    try:
+        seen = Observed()
+        fwd = Forwarder([Upstream("127.0.0.1", port)],
+                        ForwarderConfig(attempt_timeout=5, query_timeout=5), seen,
+                        limits=UpstreamLimits(inflight=100, inflight_per_zone=2))
+        r = make_resolver(make_profile(), forwarder=fwd)
+        tasks = Tasks()
+        for i in range(2):
+            pending = r.handle(dns.message.make_query(f"r{i}.flood.test", "A").to_wire(),
+                               "127.0.0.1", "udp")
+            assert pending is not None and not isinstance(pending, bytes)
+            tasks.spawn(pending)  # type: ignore[arg-type]
+        await asyncio.sleep(0.05)
+        assert len(silent.raw) == 2
+        q = dns.message.make_query("x.y.flood.test", "A", use_edns=0)
+        out = r.handle(q.to_wire(), "127.0.0.1", "udp")
+        assert isinstance(out, bytes), "expected the refusal at once"
+        reply = dns.message.from_wire(out)
+        assert reply.id == q.id and reply.rcode() == dns.rcode.SERVFAIL
+        assert [(o.code, o.text) for o in reply.options if isinstance(o, dns.edns.EDEOption)] \
+            == [(14, "too many upstream queries in flight")]
+        # an answer the cache still has, expired, is served stale instead (RFC 8767)
+        old = dns.message.make_response(dns.message.make_query("old.flood.test", "A"))
+        old.answer.append(dns.rrset.from_text("old.flood.test.", 60, "IN", "A", "192.0.2.9"))
+        entry = entry_from_reply(old.to_wire(), r.cache.cfg, r.clock() - 120)
+        assert entry is not None
+        r.cache.put((b"old.flood.test", 1, 1, 0), entry)
+        out = r.handle(dns.message.make_query("old.flood.test", "A").to_wire(), "127.0.0.1",
+                       "udp")
+        assert isinstance(out, bytes)
+        stale = dns.message.from_wire(out)
+        assert stale.rcode() == dns.rcode.NOERROR and stale.answer[0].ttl == 30
+        assert seen.drops == ["zone", "zone"] and len(silent.raw) == 2   # nothing more sent
+        assert r.stats.queries[("servfail", "", "tier", "udp")] == 1
+        assert r.stats.queries[("stale", "", "tier", "udp")] == 1
+        await tasks.cancel_all()
         fwd.close()
     finally:
         transport.close()

@@ -46,7 +46,8 @@ class UpstreamLimits:
     """Forwarding: `limits.upstream`."""
 
     inflight: int = 1024                 # distinct questions waiting on all upstreams at once
-    inflight_per_zone: int = 64          # of those, under one parent zone (random-subdomain floods)
+    inflight_per_zone: int = 64          # of those, under one registrable domain (by the Public
+                                         # Suffix List): a random-subdomain flood's share
     sockets: int = 8                     # UDP sockets (random source ports) open per upstream
     socket_uses: int = 16                # queries one UDP socket sends before it is replaced
     tls_idle_timeout: float = 30.0       # a tls:// upstream connection with nothing asked: closed
@@ -59,6 +60,11 @@ class MemoryLimits:
     reply_memo: int = 16_384             # memoized UDP replies per profile
     verdict_memo: int = 50_000           # memoized decisions per profile
     blocked_bodies: int = 4_096          # prebuilt blocked-reply bodies (qtype x EDNS x DO), all
+    # Percent of dns.cache.size kept for answers asked once so far (the cache's probation
+    # segment, dns/cache.py): a flood of unique names evicts only those, never the answers
+    # asked again (the other 80 %). 1..100 (0 acts as 1, more as 100); 100 makes the cache
+    # a plain LRU.
+    cache_probation: int = 20
 
 
 @dataclass(frozen=True)

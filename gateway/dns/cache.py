@@ -147,42 +147,114 @@ def entry_from_reply(reply: bytes, cfg: CacheConfig, now: float, relay: bool = F
                  tuple(ttl_offsets), tuple(ttls), tuple(cnames), now, lifetime, cfg.stale_ttl)
 
 
-class AnswerCache:
-    """Bounded LRU of Entry objects keyed by (name, qtype, qclass, DO/CD)."""
+def relay_entry(raw: bytes, now: float) -> Entry | None:
+    """An Entry for a reply that may not be cached (SERVFAIL, TTL 0, no SOA), so it is relayed
+    with the same care; None when it does not parse."""
+    try:
+        return entry_from_reply(raw, CacheConfig(), now, relay=True)
+    except (wire.WireError, IndexError, ValueError):
+        return None
 
-    def __init__(self, cfg: CacheConfig) -> None:
+
+SEGMENTS = ("probation", "protected")
+
+Key = tuple[bytes, int, int, int]
+
+
+class AnswerCache:
+    """Bounded segmented LRU (SLRU) of Entry objects keyed by (name, qtype, qclass, DO/CD).
+
+    A first-seen answer goes into `probation`; a fresh hit moves it to `protected`, which holds
+    at most `size` minus `probation_percent` of it (its least recently used entry steps back into
+    probation when a promotion would overflow it). Room is made by evicting probation's least
+    recently used entry first, so a flood of names asked once each (random subdomains, DGA
+    lookups, every one NXDOMAIN) churns only probation and cannot wash out the names clients
+    keep asking for; protected shrinks only while probation is empty.
+    """
+
+    def __init__(self, cfg: CacheConfig, probation_percent: int = 20) -> None:
         self.cfg = cfg
-        self._data: OrderedDict[tuple[bytes, int, int, int], Entry] = OrderedDict()
+        size = max(1, cfg.size)
+        self.size = size
+        pct = min(max(probation_percent, 1), 100)
+        # at least one slot each way: a size-1 cache still admits new answers
+        self.protected_max = max(0, min(size - 1, size - size * pct // 100))
+        self._probation: OrderedDict[Key, Entry] = OrderedDict()
+        self._protected: OrderedDict[Key, Entry] = OrderedDict()
         self.hits = 0
         self.misses = 0
-        self.evictions = 0
         self.stale_served = 0
+        self.promotions = 0
+        self.evicted = {segment: 0 for segment in SEGMENTS}
 
     def __len__(self) -> int:
-        return len(self._data)
+        return len(self._probation) + len(self._protected)
 
-    def get(self, key: tuple[bytes, int, int, int], now: float) -> Entry | None:
+    @property
+    def evictions(self) -> int:
+        return self.evicted["probation"] + self.evicted["protected"]
+
+    def segment_sizes(self) -> dict[str, int]:
+        return {"probation": len(self._probation), "protected": len(self._protected)}
+
+    def counters(self) -> dict[str, int]:
+        """The monotonic counters, by metric name (workers send their deltas of these)."""
+        return {"hits": self.hits, "misses": self.misses, "evictions": self.evictions,
+                "stale_served": self.stale_served, "promotions": self.promotions,
+                "evictions_probation": self.evicted["probation"],
+                "evictions_protected": self.evicted["protected"]}
+
+    def get(self, key: Key, now: float) -> Entry | None:
         """A fresh entry, or None (the entry may still be there for `get_stale`)."""
-        entry = self._data.get(key)
+        protected = self._protected
+        entry = protected.get(key)
+        if entry is not None:
+            if entry.expires <= now:
+                self.misses += 1
+                return None
+            protected.move_to_end(key)
+            self.hits += 1
+            return entry
+        entry = self._probation.get(key)
         if entry is None or entry.expires <= now:
             self.misses += 1
             return None
-        self._data.move_to_end(key)
+        del self._probation[key]   # asked again: worth keeping through a flood
+        self._protect(key, entry)
+        self.promotions += 1
         self.hits += 1
         return entry
 
-    def get_stale(self, key: tuple[bytes, int, int, int], now: float) -> Entry | None:
+    def _protect(self, key: Key, entry: Entry) -> None:
+        protected = self._protected
+        protected[key] = entry
+        if len(protected) > self.protected_max:
+            old_key, old = protected.popitem(last=False)
+            self._probation[old_key] = old   # demoted, most recent in probation
+
+    def get_stale(self, key: Key, now: float) -> Entry | None:
         """An expired entry still inside the serve-stale window (RFC 8767)."""
-        entry = self._data.get(key)
+        entry = self._protected.get(key) or self._probation.get(key)
         if entry is None or entry.stale_until <= now:
             return None
         self.stale_served += 1
         return entry
 
-    def put(self, key: tuple[bytes, int, int, int], entry: Entry) -> None:
-        data = self._data
-        data[key] = entry
-        data.move_to_end(key)
-        while len(data) > self.cfg.size:
-            data.popitem(last=False)
-            self.evictions += 1
+    def put(self, key: Key, entry: Entry) -> None:
+        """Store an upstream answer: a refetched protected name stays protected."""
+        protected = self._protected
+        if key in protected:
+            protected[key] = entry
+            protected.move_to_end(key)
+            return
+        probation = self._probation
+        probation[key] = entry
+        probation.move_to_end(key)
+        evicted = self.evicted
+        while len(probation) + len(protected) > self.size:
+            if probation:
+                probation.popitem(last=False)
+                evicted["probation"] += 1
+            else:
+                protected.popitem(last=False)
+                evicted["protected"] += 1

@@ -30,15 +30,14 @@ import time
 from collections.abc import Callable, Coroutine
 from typing import Any
 
-from gateway.config.dns import CacheConfig
 from gateway.dns import fastpath, proxyproto, rewrite, wire
 from gateway.dns.answers import any_reply, class_refused_reply, refused_reply
-from gateway.dns.cache import AnswerCache, Entry, entry_from_reply
+from gateway.dns.cache import AnswerCache, Entry, Key, entry_from_reply, relay_entry
 from gateway.dns.local import LocalAnswers
 from gateway.dns.stats import PROBE, DnsStats
 from gateway.dns.svcb import TYPE_HTTPS, TYPE_SVCB, strip_ech
 from gateway.dns.upstream import Forwarder
-from gateway.dns.upstream_base import UpstreamBusy, UpstreamError
+from gateway.dns.upstream_base import UpstreamError, log_failure
 from gateway.dns.view import View
 from gateway.dns.zones import ZoneForwarders
 from gateway.policy.decide import Profile, Verdict
@@ -126,7 +125,7 @@ class Resolver:
                         self.cache.hits += 1
                         self.stats.count_key(stats_key, perf_counter() - start)
                         return data[:2] + last[2]  # type: ignore[no-any-return]
-                # A name one list rule blocks, straight from the bytes (dns/fastpath.py): the
+                # A name a list rule blocks, straight from the bytes (dns/fastpath.py): the
                 # long tail of a big list, which the memo cannot absorb.
                 fast = fastpath.blocked(data, profile, self.view.answers, self.fast)
                 if fast is not None:
@@ -296,7 +295,7 @@ class Resolver:
             now = self.clock()
             stale = self.cache.get_stale(key, now)
             if stale is None:
-                _log_failure(exc, "a SafeSearch target")
+                log_failure(exc, "a SafeSearch target")
                 count("servfail", "", profile.tier, protocol, time.perf_counter() - start)
                 return wire.error_reply(q, wire.SERVFAIL, exc.ede)
             entry: Entry | None = stale
@@ -310,7 +309,7 @@ class Resolver:
             if entry is not None:
                 self.cache.put(key, entry)
             else:
-                entry = _uncached_entry(raw, now)
+                entry = relay_entry(raw, now)
             if entry is None:
                 count("servfail", "", profile.tier, protocol, time.perf_counter() - start)
                 return wire.error_reply(q, wire.SERVFAIL)
@@ -330,26 +329,41 @@ class Resolver:
                 return view.answers.blocked_reply(q, via, keep=False), via
         return entry.reply(q, now, limit, stale), None
 
-    async def _forward(self, q: wire.Query, cache_key: tuple[bytes, int, int, int] | None,
-                       profile: Profile, view: View, protocol: str, limit: int,
-                       start: float, ecs: bytes = b"") -> bytes | None:
-        """Ask upstream, cache (unless `cache_key` is None) and answer."""
+    def _forward(self, q: wire.Query, cache_key: Key | None, profile: Profile, view: View,
+                 protocol: str, limit: int, start: float, ecs: bytes = b"") -> bytes | Pending:
+        """Ask upstream, cache (unless `cache_key` is None) and answer. A question the in-flight
+        caps refuse is answered at once (stale, or SERVFAIL + EDE 14): a flood's refused
+        queries cost no task, no coroutine and no exception."""
         question = q.question[:-4].lower() + q.question[-4:]
+        forwarder = self.zones.pick(q.key, self.forwarder)
+        busy = forwarder.refusal(question, q.do, bool(q.flags & wire.CD), ecs)
+        if busy is not None:
+            return self._failed(busy, q, cache_key, profile, view, protocol, limit, start)
+        return self._ask(forwarder, question, q, cache_key, profile, view, protocol, limit,
+                         start, ecs)
+
+    def _failed(self, exc: UpstreamError, q: wire.Query, cache_key: Key | None, profile: Profile,
+                view: View, protocol: str, limit: int, start: float) -> bytes:
+        """No upstream answer: a stale one if the cache still has it (RFC 8767), else SERVFAIL."""
+        now = self.clock()
+        stale = self.cache.get_stale(cache_key, now) if cache_key is not None else None
+        if stale is not None:
+            reply, blocked = self._from_entry(q, stale, profile, view, now, limit, True)
+            self.stats.count("blocked" if blocked else "stale", blocked.category if blocked
+                             else "", profile.tier, protocol, time.perf_counter() - start)
+            return reply
+        log_failure(exc, "a query")
+        self.stats.count("servfail", "", profile.tier, protocol, time.perf_counter() - start)
+        return wire.error_reply(q, wire.SERVFAIL, exc.ede)
+
+    async def _ask(self, forwarder: Forwarder, question: bytes, q: wire.Query,
+                   cache_key: Key | None, profile: Profile, view: View, protocol: str,
+                   limit: int, start: float, ecs: bytes) -> bytes | None:
         count = self.stats.count
         try:
-            raw = await self.zones.pick(q.key, self.forwarder).resolve(
-                question, do=q.do, cd=bool(q.flags & wire.CD), ecs=ecs)
+            raw = await forwarder.resolve(question, do=q.do, cd=bool(q.flags & wire.CD), ecs=ecs)
         except UpstreamError as exc:
-            now = self.clock()
-            stale = self.cache.get_stale(cache_key, now) if cache_key is not None else None
-            if stale is not None:
-                reply, blocked = self._from_entry(q, stale, profile, view, now, limit, True)
-                count("blocked" if blocked else "stale", blocked.category if blocked else "",
-                      profile.tier, protocol, time.perf_counter() - start)
-                return reply
-            _log_failure(exc, "a query")
-            count("servfail", "", profile.tier, protocol, time.perf_counter() - start)
-            return wire.error_reply(q, wire.SERVFAIL, exc.ede)
+            return self._failed(exc, q, cache_key, profile, view, protocol, limit, start)
         now = self.clock()
         try:
             if cache_key is not None:
@@ -366,7 +380,7 @@ class Resolver:
             return wire.error_reply(q, wire.SERVFAIL)
         if entry is None:
             # Not cacheable (SERVFAIL, no SOA, TTL 0): relay once, built the same way.
-            entry = _uncached_entry(raw, now)
+            entry = relay_entry(raw, now)
             if entry is None:
                 count("servfail", "", profile.tier, protocol, time.perf_counter() - start)
                 return wire.error_reply(q, wire.SERVFAIL)
@@ -377,17 +391,3 @@ class Resolver:
               profile.tier, protocol, time.perf_counter() - start)
         return reply
 
-
-def _log_failure(exc: UpstreamError, what: str) -> None:
-    # Over the in-flight cap is a flood's normal outcome (counted by a metric): no log line
-    # per query at INFO.
-    log.log(logging.DEBUG if isinstance(exc, UpstreamBusy) else logging.INFO,
-            "upstreams failed for %s: %s", what, exc)
-
-
-def _uncached_entry(raw: bytes, now: float) -> Entry | None:
-    """An Entry for a reply that may not be cached, so it is relayed with the same care."""
-    try:
-        return entry_from_reply(raw, CacheConfig(), now, relay=True)
-    except (wire.WireError, IndexError, ValueError):
-        return None

@@ -17,13 +17,18 @@ from gateway.config.dns import ForwarderConfig
 from gateway.config.limits import UpstreamLimits
 from gateway.config.upstreams import TLS
 from gateway.dns import wire
-from gateway.dns.upstream_base import Upstream, UpstreamBusy, UpstreamError, UpstreamObserver
+from gateway.dns.upstream_base import (
+    DROP_REASONS,
+    Upstream,
+    UpstreamBusy,
+    UpstreamError,
+    UpstreamObserver,
+)
 from gateway.dns.upstream_tls import TlsClient, tls_context
 from gateway.dns.upstream_udp import UdpPool, tcp_exchange
+from gateway.util.psl import default_suffixes
 
 log = logging.getLogger(__name__)
-
-
 
 
 class Forwarder:
@@ -32,7 +37,10 @@ class Forwarder:
     def __init__(self, upstreams: list[Upstream], cfg: ForwarderConfig,
                  observer: UpstreamObserver | None = None,
                  clock: Callable[[], float] = time.monotonic,
-                 limits: UpstreamLimits | None = None) -> None:
+                 limits: UpstreamLimits | None = None,
+                 zone_of: Callable[[bytes], bytes] | None = None) -> None:
+        """`zone_of`: a question section -> the zone whose in-flight share it counts against
+        (default: its registrable domain by the Public Suffix List, util/psl.py)."""
         if not upstreams:
             raise ValueError("at least one upstream is needed")
         self.upstreams = upstreams
@@ -41,7 +49,11 @@ class Forwarder:
         self.clock = clock
         self.limits = limits or UpstreamLimits()
         self._inflight: dict[tuple[bytes, bool, bool, bytes], asyncio.Future[bytes]] = {}
-        self._zones: dict[bytes, int] = {}   # parent zone -> questions of it in flight
+        self.zone_of = zone_of or default_suffixes().zone_of_wire
+        self._zone_memo: tuple[bytes, bytes] = (b"", b"")   # refusal() then resolve() ask twice
+        # refusal() hands these out and nobody raises them: one instance per reason will do
+        self._refused = {reason: UpstreamBusy(reason) for reason in DROP_REASONS}
+        self._zones: dict[bytes, int] = {}   # registrable domain -> its questions in flight
         # Keyed by the Upstream itself: two entries may share a label (the same address twice,
         # or one TLS address with two certificate names).
         self._pools = {u: UdpPool(u, self.limits.sockets, self.limits.socket_uses,
@@ -58,12 +70,38 @@ class Forwarder:
         return sum(len(p) for p in self._pools.values()) + \
             sum(c.open_connections() for c in self._tls.values())
 
+    def _zone(self, question: bytes) -> bytes:
+        memo = self._zone_memo
+        if memo[0] is question:
+            return memo[1]
+        zone = self.zone_of(question)
+        self._zone_memo = (question, zone)
+        return zone
+
+    def refusal(self, question: bytes, do: bool, cd: bool, ecs: bytes = b"") -> UpstreamBusy | None:
+        """The UpstreamBusy resolve() would raise at once for this question (counted as a drop
+        here), or None: the query path answers a flood's refused questions without scheduling
+        anything. A question already in flight is never refused (it shares the answer)."""
+        inflight = self._inflight
+        if (question, do, cd, ecs) in inflight:
+            return None
+        if len(inflight) >= self.limits.inflight:
+            reason = "inflight"
+        elif self._zones.get(self._zone(question), 0) >= self.limits.inflight_per_zone:
+            reason = "zone"
+        else:
+            return None
+        self.observer.dropped(reason)
+        return self._refused[reason]
+
     async def resolve(self, question: bytes, *, do: bool, cd: bool, ecs: bytes = b"") -> bytes:
         """The upstream reply (raw bytes) for a question section with a lowercased name.
 
         `ecs`: EDNS Client Subnet option data to send (only with dns.forward_ecs; never by
         default: the subscriber's address stays with us). Raises UpstreamBusy at once when
-        limits.upstream.inflight, or the question's parent zone's share of it, is full.
+        limits.upstream.inflight, or the share of it of the question's registrable domain
+        (limits.upstream.inflight_per_zone: `<r>.flood.test` and `<r>.<r>.flood.test` are both
+        flood.test's), is full.
         """
         key = (question, do, cd, ecs)
         fut = self._inflight.get(key)
@@ -72,7 +110,7 @@ class Forwarder:
         if len(self._inflight) >= self.limits.inflight:
             self.observer.dropped("inflight")
             raise UpstreamBusy("inflight")
-        zone = _parent_zone(question)
+        zone = self._zone(question)
         zones = self._zones
         held = zones.get(zone, 0)
         if held >= self.limits.inflight_per_zone:
@@ -105,6 +143,8 @@ class Forwarder:
     def _order(self) -> list[Upstream]:
         """Healthy upstreams in configured order, then benched ones as a last resort."""
         now = self.clock()
+        if all(u.benched_until <= now for u in self.upstreams):
+            return self.upstreams
         healthy = [u for u in self.upstreams if u.benched_until <= now]
         benched = [u for u in self.upstreams if u.benched_until > now]
         return healthy + benched
@@ -176,12 +216,6 @@ class Forwarder:
             pool.close()
         for client in self._tls.values():
             client.close()
-
-
-def _parent_zone(question: bytes) -> bytes:
-    """The question's name minus its first label (wire form): what an in-flight share counts."""
-    first = question[0]
-    return question[1 + first:-4] if first else b"\x00"
 
 
 def _reason(exc: BaseException) -> str:

@@ -7,11 +7,15 @@ match its ID but not its question, are ignored and counted (`mismatch`), never b
 from __future__ import annotations
 
 import asyncio
+import logging
+import os
 import socket
 from collections.abc import Iterable
 
 from gateway.config.upstreams import UpstreamSpec
 from gateway.dns import wire
+
+log = logging.getLogger(__name__)
 
 EDE_NOT_READY = 14    # RFC 8914: the server cannot answer this now (over our upstream caps)
 
@@ -80,6 +84,44 @@ DROP_REASONS = ("inflight", "zone")
 # Every value of the upstream error label (servfail and refused also name such replies;
 # tls: the handshake or certificate check failed).
 ERROR_REASONS = ("timeout", "refused", "network", "bad_reply", "servfail", "tls")
+
+
+class Entropy:
+    """Unpredictable 16-bit numbers (query IDs, socket picks) from os.urandom read 4 KiB at a
+    time: the same kernel CSPRNG as `secrets`, one getrandom() call per 2,048 numbers instead
+    of one per number (two or three per miss). A byte is never handed out twice; the buffer is
+    filled on first use, so no two processes share one (workers are spawned, never forked).
+    """
+
+    __slots__ = ("_buf", "_pos")
+
+    def __init__(self) -> None:
+        self._buf = b""
+        self._pos = 0
+
+    def bits16(self) -> int:
+        pos = self._pos
+        buf = self._buf
+        if pos + 2 > len(buf):
+            buf = self._buf = os.urandom(4096)
+            pos = 0
+        self._pos = pos + 2
+        return (buf[pos] << 8) | buf[pos + 1]
+
+    def below(self, n: int) -> int:
+        """Uniform in range(n), 1 <= n <= 65,536 (rejection sampling: no modulo bias)."""
+        limit = 65_536 - 65_536 % n
+        while True:
+            value = self.bits16()
+            if value < limit:
+                return value % n
+
+
+def log_failure(exc: UpstreamError, what: str) -> None:
+    """Log that no upstream answered `what`. Over an in-flight cap is a flood's normal outcome
+    (counted by a metric): no log line per query at INFO."""
+    log.log(logging.DEBUG if isinstance(exc, UpstreamBusy) else logging.INFO,
+            "upstreams failed for %s: %s", what, exc)
 
 
 def expire(fut: asyncio.Future[bytes]) -> None:

@@ -105,10 +105,8 @@ class Gateway(Reloading):
 
         self.registry.register(GatewayCollector(
             self.metrics.dns,
-            lambda: {"hits": cache.hits + extra.get("hits", 0),
-                     "misses": cache.misses + extra.get("misses", 0),
-                     "evictions": cache.evictions + extra.get("evictions", 0),
-                     "stale_served": cache.stale_served + extra.get("stale_served", 0),
+            lambda: {**{k: n + extra.get(k, 0) for k, n in cache.counters().items()},
+                     **{f"entries_{k}": n for k, n in cache.segment_sizes().items()},
                      "entries": len(cache)},
             lambda: dict(self.loaded.index.entries_by_category) if self.loaded else {}))
         self.metrics.blocked_bodies.set_function(

@@ -31,8 +31,8 @@ def build_resolver(config: GatewayConfig, view: View, stats: DnsStats,
     local = LocalAnswers(config.local_records, config.block_ttl) if config.local_records \
         else None
     zones = ZoneForwarders({z.zone.encode(): forwarder(z.servers) for z in config.forward_zones})
-    return Resolver(view, AnswerCache(config.cache), forwarder(config.upstreams), stats,
-                    local=local, zones=zones)
+    cache = AnswerCache(config.cache, config.limits.memory.cache_probation)
+    return Resolver(view, cache, forwarder(config.upstreams), stats, local=local, zones=zones)
 
 
 def build_dns_server(config: GatewayConfig, resolver: Resolver, listen: list[tuple[str, int]],

@@ -120,8 +120,7 @@ class DeltaCounter:
         queries = {k: v - last_q.get(k, 0) for k, v in stats.queries.items()
                    if v != last_q.get(k, 0)}
         buckets = [v - (last_b[i] if i < len(last_b) else 0) for i, v in enumerate(stats.buckets)]
-        now_cache = {"hits": cache.hits, "misses": cache.misses,
-                     "evictions": cache.evictions, "stale_served": cache.stale_served}
+        now_cache = cache.counters()
         obs = self.observer
         d = Deltas(queries, buckets, stats.duration_sum - self.last_sum,
                    {k: v - self.last_cache.get(k, 0) for k, v in now_cache.items()},
