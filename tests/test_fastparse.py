@@ -27,8 +27,8 @@ import pytest
 from gateway.dns import fastpath, wire
 from gateway.dns.answers import BlockAnswers
 from tests.support.builders import make_profile, make_resolver
-from tests.test_fastpath import queries as fastpath_queries
-from tests.test_fastpath import test_other_shapes_are_left_to_the_full_parser as other_shapes
+from tests.support.queries import ODD_SHAPES
+from tests.support.queries import queries as fastpath_queries
 
 MUTATIONS = 200_000
 RANDOM = 50_000
@@ -154,7 +154,7 @@ def mutate(rng: random.Random, packet: bytes) -> bytes:
 
 def test_the_queries_test_fastpath_builds(cparse: ModuleType) -> None:
     packets = [packet for _label, packet in fastpath_queries()]
-    packets += list(other_shapes.pytestmark[0].args[1])
+    packets += ODD_SHAPES
     packets += [wire.build_query(q, wire.key_to_wire(b"adult.test") + q.to_bytes(2, "big")
                                  + b"\x00\x01", do=False, cd=False) for q in range(1, 3001)]
     total, parsed = check(cparse.parse, iter(packets))

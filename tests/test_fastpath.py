@@ -9,8 +9,6 @@ would fail here too.
 
 from __future__ import annotations
 
-import itertools
-
 import dns.edns
 import dns.flags
 import dns.message
@@ -25,6 +23,7 @@ from gateway.lists.index import ListIndex
 from gateway.lists.index_builder import IndexBuilder
 from gateway.policy.decide import Profile
 from tests.support.builders import make_profile, make_resolver
+from tests.support.queries import ODD_SHAPES, queries
 
 RULES: dict[bytes, tuple[Rule, ...]] = {
     b"adult.test": (Rule("adult", SCOPE_BOTH, Action.DEFAULT, False),),
@@ -75,32 +74,6 @@ def pair(kind: str) -> tuple[Resolver, Resolver]:
         answers = BlockAnswers.for_addresses(30, ["127.0.0.80", "::80"])
         out.append(make_resolver(profile, answers=answers))
     return out[0], out[1]
-
-
-def queries() -> list[tuple[str, bytes]]:
-    names = ["adult.test", "WWW.Adult.Test", "a.b.c.adult.test", "nx.test", "x.nodata.test",
-             "pass.adult.test", "x.pass.adult.test", "csam.test", "x.csam.test", "feed.test",
-             "games.test", "exact.test", "x.exact.test", "below.test", "x.below.test",
-             "two.test", "social.test", "allowed.test", "deny.test", "x." * 100 + "adult.test",
-             "a.sub.adult.test", "deny.adult.test", "x.ok.adult.test", "porn.csam.test"]
-    out = []
-    for name, rdtype, edns in itertools.product(names, ("A", "AAAA", "MX", "HTTPS", "CNAME"),
-                                                ("none", "plain", "do", "cookie")):
-        if edns == "none":
-            m = dns.message.make_query(name, rdtype, use_edns=False)
-        elif edns == "plain":
-            m = dns.message.make_query(name, rdtype, use_edns=0)
-        elif edns == "do":
-            m = dns.message.make_query(name, rdtype, want_dnssec=True)
-        else:
-            cookie = dns.edns.GenericOption(dns.edns.COOKIE, b"\x01" * 8)
-            m = dns.message.make_query(name, rdtype, use_edns=0, options=[cookie])
-        m.id = 4242
-        out.append((f"{name} {rdtype} {edns}", m.to_wire()))
-    m = dns.message.make_query("adult.test", "A")
-    m.flags = dns.flags.CD  # RD off, CD on: both echoed as the client sent them
-    out.append(("adult.test CD no RD", m.to_wire()))
-    return out
 
 
 def expect_fast(kind: str, label: str) -> bool:
@@ -160,18 +133,7 @@ def test_a_blocked_reply_reads_back_as_the_user_sees_it() -> None:
     assert ede[0].code == 15 and ede[0].text == "adult: adult.test"
 
 
-@pytest.mark.parametrize("packet", [
-    b"", b"\x00" * 11, b"\x00" * 17,
-    wire.build_query(1, wire.key_to_wire(b"adult.test") + b"\x00\x01\x00\x01",
-                     do=False, cd=False)[:-3],                         # OPT cut short
-    wire.build_query(1, wire.key_to_wire(b"adult.test") + b"\x00\x01\x00\x03",
-                     do=False, cd=False),                              # class CHAOS
-    b"\x00\x01\x80\x00\x00\x01\x00\x00\x00\x00\x00\x00\x05adult\x04test\x00\x00\x01\x00\x01",
-    b"\x00\x01\x01\x00\x00\x01\x00\x00\x00\x00\x00\x00\x05adult\x04test\x00\x00\x01\x00\x01xx",
-    b"\x00\x01\x01\x00\x00\x01\x00\x00\x00\x00\x00\x00\x05ad.lt\x04test\x00\x00\x01\x00\x01",
-    b"\x00\x01\x01\x00\x00\x01\x00\x00\x00\x00\x00\x00\x05adul\xff\x04test\x00\x00\x01\x00\x01",
-    b"\x00\x01\x01\x00\x00\x01\x00\x00\x00\x00\x00\x00\xc0\x0c\x00\x01\x00\x01",
-])
+@pytest.mark.parametrize("packet", ODD_SHAPES)
 def test_other_shapes_are_left_to_the_full_parser(packet: bytes) -> None:
     assert fastpath.parse(packet) is None
 
