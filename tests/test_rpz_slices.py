@@ -72,6 +72,11 @@ LATE_SOA = (
     "v CNAME .\n"
     "u.zone.test. CNAME .\n"
 )
+# No line names its owner after the first, so plain slices cannot end at one; and owners
+# written with parentheses on one line.
+INHERIT = "first.example CNAME .\n" + "".join(
+    f"  {'CNAME .' if i % 3 else 'A 192.0.2.1'}\n" for i in range(60)) + "\tCNAME *.\n" + \
+    "".join(f"p{i}.example IN ( CNAME . )\n  CNAME *.\n" for i in range(10))
 NO_ORIGIN = "@ SOA ns. h. 1 2 3 4 5\nq.example CNAME .\n  CNAME *.\nr.example. CNAME .\n"
 
 
@@ -115,8 +120,9 @@ def _sliced(tmp_path: Path, data: bytes, slice_bytes: int) -> tuple[list[Item], 
     return sorted(out, key=repr), len(tasks)
 
 
-@pytest.mark.parametrize("text", [EDGE, EDGE.replace("\n", "\r\n"), LATE_SOA, NO_ORIGIN],
-                         ids=["edge", "edge-crlf", "late-soa", "no-origin"])
+@pytest.mark.parametrize("text", [EDGE, EDGE.replace("\n", "\r\n"), LATE_SOA, NO_ORIGIN,
+                                  INHERIT],
+                         ids=["edge", "edge-crlf", "late-soa", "no-origin", "inherit"])
 def test_every_cut_position_parses_as_whole(tmp_path: Path, text: str) -> None:
     # slice_bytes from 1 to the file size puts a cut after every line: inside the SOA's
     # parentheses, before inherited owners, after $ORIGIN changes, inside quoted strings.
@@ -232,3 +238,18 @@ def test_big_rpz_compiles_in_bounded_memory(tmp_path: Path) -> None:
     with ListIndex.open(out) as idx:
         assert idx.probe(b"n0.host0.test") and idx.probe(b"n%x.host%d.test" % (names - 1,
                                                                                  (names - 1) % 997))
+
+
+def test_slices_stay_small_without_owner_lines(tmp_path: Path) -> None:
+    # A zone where every record after the first inherits its owner has nowhere a plain cut
+    # may go; the parent parses on and cuts anyway, so no slice is much over 2 x asked.
+    body = "".join(f"  CNAME {'.' if i % 2 else '*.'}\n" for i in range(20_000))
+    data = ("first.example CNAME .\n" + body).encode()
+    zone = tmp_path / "zone.rpz"
+    zone.write_bytes(data)
+    catalog = tmp_path / "lists.yaml"
+    catalog.write_text("categories:\n  adult:\n    - {path: zone.rpz, format: rpz}\n")
+    tasks = list(slice_tasks(load_catalog(catalog), 4096))
+    assert len(tasks) > len(data) // (3 * 4096)
+    assert max(t.stop - t.start for t in tasks) <= 2 * 4096 + 64
+    assert _sliced(tmp_path, data, 4096)[0] == _whole(data)

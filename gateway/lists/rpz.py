@@ -66,18 +66,23 @@ class RpzState:
     __slots__ = ("apex", "first_origin", "origin", "owner", "pending")
 
     def __init__(self, origin: str | None = None, first_origin: str | None = None,
-                 apex: str | None = None) -> None:
+                 apex: str | None = None, owner: str = "") -> None:
         self.origin = origin  # current $ORIGIN, absolute, lowercase
         self.first_origin = first_origin
         self.apex = apex  # the zone's own name, from the SOA owner
-        self.owner = ""  # the last owner, for records that inherit it
+        self.owner = owner  # the last owner, for records that inherit it
         # a record still open in parentheses: (tokens, first line, its text, inherits, depth)
         self.pending: tuple[list[str], int, str, bool, int] | None = None
 
-    def start(self) -> tuple[str | None, str | None, str | None]:
-        """What a slice starting here needs (the owner and pending record are not: slices
-        are cut only before a line outside parentheses that names its own owner)."""
-        return self.origin, self.first_origin, self.apex
+    def start(self) -> tuple[str | None, str | None, str | None, str]:
+        """What a slice starting here needs (not a pending record: slices are cut only
+        outside parentheses)."""
+        return self.origin, self.first_origin, self.apex, self.owner
+
+
+def one_line_record(line: str) -> bool:
+    """True if `line`, met outside parentheses, leaves none open (or unbalanced)."""
+    return _tokenize(line, 0)[1] == 0
 
 
 def _records(lines: Iterable[str], state: RpzState | None = None) -> Iterator[_Record]:

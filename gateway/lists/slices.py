@@ -5,10 +5,13 @@ strings at once. A slice of ~2 MB ends after a newline, knows its first line num
 error messages), and is re-read by whoever parses it, so only offsets cross processes.
 
 RPZ files are sliced too, though a zone file carries state across lines ($ORIGIN, the SOA
-owner, the previous owner, parentheses): the parent scans the file once and cuts only before
-a line outside parentheses that names its own owner, handing each slice the $ORIGIN and apex
-in force there. Only slices that can change those (a `$`, `(`, `)`, `"` or an SOA token)
-are parsed in the parent; a national list of `name CNAME .` lines is only searched.
+owner, the previous owner, parentheses): the parent scans the file once, cuts only outside
+parentheses, and hands each slice the state in force there. Only slices that can change
+$ORIGIN, the apex or the parentheses (they hold a `$`, `(`, `)`, `"` or an SOA token) are
+parsed in the parent; those it cuts anywhere, passing the owner too. A plain slice (a
+national list of `name CNAME .` lines) is only searched, and cut before a line that names
+its own owner; if none comes within another `slice_bytes`, the parent parses on, so a slice
+never grows much past twice the size asked whatever the file.
 """
 
 from __future__ import annotations
@@ -21,14 +24,14 @@ from typing import BinaryIO, NamedTuple, TypeVar
 
 from gateway.errors import ConfigError
 from gateway.lists.catalog import LIST_BYTES_KEY, Catalog, list_file_error
-from gateway.lists.rpz import RpzState, parse_rpz
+from gateway.lists.rpz import RpzState, one_line_record, parse_rpz
 from gateway.util.readfile import open_regular
 
 __all__ = ["RpzStart", "Task", "bounded_map", "decode_lines", "slice_tasks"]
 
 T = TypeVar("T")
 R = TypeVar("R")
-RpzStart = tuple[str | None, str | None, str | None]  # $ORIGIN, first $ORIGIN, apex
+RpzStart = tuple[str | None, str | None, str | None, str]  # $ORIGIN, first, apex, owner
 
 # What can change the state a slice of RPZ needs: a directive, parentheses, a quote (which
 # hides parentheses), an SOA token (U+017F, UTF-8 c5 bf, has upper case S). Bytes around
@@ -143,22 +146,21 @@ def _stateful(data: bytes) -> bool:
 
 
 def _owner_line(line: bytes) -> bool:
-    """True if `line` is a one-line record that sets the owner whatever came before: a
-    slice may start there without knowing the previous owner."""
-    if not line or line[0] not in _OWNER_FIRST or b"(" in line or b")" in line \
-            or b'"' in line:
+    """True if `line` (met outside parentheses) is a whole record that sets the owner
+    whatever came before: a slice may start there without knowing the previous owner."""
+    if not line or line[0] not in _OWNER_FIRST:
         return False
     try:
-        line.decode("utf-8")
+        text = line.decode("utf-8")
     except UnicodeDecodeError:
         return False  # blanked as not UTF-8: it would set no owner
-    return True
+    # one-line: an unbalanced record would set no owner
+    return one_line_record(text) if '"' in text or "(" in text or ")" in text else True
 
 
 def _rpz_slices(f: BinaryIO, slice_bytes: int) -> Iterator[tuple[int, int, int, RpzStart]]:
     """(start, stop, first line, state at start) of slices of an RPZ file of about
-    `slice_bytes`, each ending before a line where parsing may start afresh (see the module
-    docstring); memory stays within a slice plus one block."""
+    `slice_bytes` (see the module docstring); memory stays within about two slices."""
     reader = _Reader(f, max(slice_bytes, 1 << 16))
     state = RpzState()
     start, first_line = 0, 1
@@ -168,23 +170,28 @@ def _rpz_slices(f: BinaryIO, slice_bytes: int) -> Iterator[tuple[int, int, int, 
             pass
 
     while True:
-        begin = state.start()
+        begin = state.start()  # its owner is stale after a plain slice, and not needed
         chunk = reader.take(slice_bytes)
         if not chunk and start > 0:
             return
-        parts, parsing = [chunk], _stateful(chunk)
+        parts, size, parsing = [chunk], len(chunk), _stateful(chunk)
         if parsing:
             feed(chunk, start == 0)
         while True:  # extend the slice to a line where the next one can start
             nxt = reader.take(1, peek=True)
-            if not nxt or (state.pending is None and _owner_line(nxt)):
+            if not nxt:
+                break
+            if parsing and state.pending is None:
+                break  # the owner is known exactly: it goes with the slice
+            if not parsing and _owner_line(nxt):
                 break
             line = reader.take(1)
             parts.append(line)
+            size += len(line)
             if parsing:
                 feed(line, False)
-            elif _stateful(line):  # the whole slice so far, then line by line
-                feed(b"".join(parts), start == 0)
+            elif size > 2 * slice_bytes or _stateful(line):
+                feed(b"".join(parts), start == 0)  # the slice so far, then line by line
                 parsing = True
         yield start, reader.pos, first_line, begin
         first_line += sum(p.count(b"\n") for p in parts)
