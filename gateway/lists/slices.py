@@ -16,7 +16,6 @@ never grows much past twice the size asked whatever the file.
 
 from __future__ import annotations
 
-import re
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Executor, Future
@@ -34,9 +33,11 @@ R = TypeVar("R")
 RpzStart = tuple[str | None, str | None, str | None, str]  # $ORIGIN, first, apex, owner
 
 # What can change the state a slice of RPZ needs: a directive, parentheses, a quote (which
-# hides parentheses), an SOA token (U+017F, UTF-8 c5 bf, has upper case S). Bytes around
-# "soa" that no SOA token can have are excluded, so names like soap.example stay plain.
-_RPZ_STATEFUL = re.compile(rb'[$()"]|(?<![\w.*@-])(?:[sS]|\xc5\xbf)[oO][aA](?![\w.*@-])')
+# hides parentheses), an SOA token. Searched with bytes.find, not a regex: ~50x faster, and
+# the parent searches every byte of a national list.
+_STATEFUL_BYTES = (b"$", b"(", b")", b'"', b"\xc5\xbf")  # U+017F has upper case S: "ſoa"
+# Bytes no SOA token can have next to it: "soa" between them is part of a name (soap.test)
+_IN_NAME = frozenset(b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_.*@-")
 # First bytes of a line that surely starts a record naming its own owner
 _OWNER_FIRST = frozenset(b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789*_.@-")
 
@@ -141,8 +142,18 @@ class _Reader:
         return out
 
 
-def _stateful(data: bytes) -> bool:
-    return _RPZ_STATEFUL.search(data) is not None
+def _last_stateful(data: bytes) -> int:
+    """Offset of the last byte in `data` that may change $ORIGIN, the apex or the
+    parentheses, or -1 (a false hit costs only some parsing in the parent)."""
+    last = max(data.rfind(b) for b in _STATEFUL_BYTES)
+    low = data.lower()
+    i = low.find(b"soa", last + 1)
+    while i >= 0:
+        if (i == 0 or low[i - 1] not in _IN_NAME) and (i + 3 == len(low)
+                                                       or low[i + 3] not in _IN_NAME):
+            last = i
+        i = low.find(b"soa", i + 1)
+    return last
 
 
 def _owner_line(line: bytes) -> bool:
@@ -171,12 +182,18 @@ def _rpz_slices(f: BinaryIO, slice_bytes: int) -> Iterator[tuple[int, int, int, 
 
     while True:
         begin = state.start()  # its owner is stale after a plain slice, and not needed
-        chunk = reader.take(slice_bytes)
+        chunk = reader.take(slice_bytes, peek=True)
         if not chunk and start > 0:
             return
-        parts, size, parsing = [chunk], len(chunk), _stateful(chunk)
-        if parsing:
+        last = _last_stateful(chunk)
+        parsing = last >= 0
+        if parsing:  # parse through the last line that may change the state, cut right after
+            nl = chunk.find(b"\n", last)
+            chunk = reader.take(len(chunk) if nl < 0 else nl + 1)
             feed(chunk, start == 0)
+        else:
+            chunk = reader.take(len(chunk))
+        parts, size = [chunk], len(chunk)
         while True:  # extend the slice to a line where the next one can start
             nxt = reader.take(1, peek=True)
             if not nxt:
@@ -190,7 +207,7 @@ def _rpz_slices(f: BinaryIO, slice_bytes: int) -> Iterator[tuple[int, int, int, 
             size += len(line)
             if parsing:
                 feed(line, False)
-            elif size > 2 * slice_bytes or _stateful(line):
+            elif size > 2 * slice_bytes or _last_stateful(line) >= 0:
                 feed(b"".join(parts), start == 0)  # the slice so far, then line by line
                 parsing = True
         yield start, reader.pos, first_line, begin
