@@ -165,6 +165,8 @@ def _owner_line(line: bytes) -> bool:
         text = line.decode("utf-8")
     except UnicodeDecodeError:
         return False  # blanked as not UTF-8: it would set no owner
+    if "\ufffd" in text:
+        return False  # blanked too if the file (or slice) has a bad byte anywhere
     # one-line: an unbalanced record would set no owner
     return one_line_record(text) if '"' in text or "(" in text or ")" in text else True
 
