@@ -6,7 +6,9 @@ For each size it writes N synthetic names under `.test` (index_memory.py's gener
 category files, 2% of names in two categories), runs `python -m gateway.lists.compile` as the
 server does, and polls /proc every 20 ms for the RSS of the compiler's whole process tree
 (parent + parse workers, summed): the figure a 1 GB machine must fit. It also reports the
-largest single process (ru_maxrss), the index size per name, and match() cost on the result.
+CPU time of the compiler and its workers, the index size per name, and match() cost on the
+result. `--format rpz` publishes the same names as four RPZ zones (`name CNAME .`, as a
+national list exchanged in RPZ would be) instead of plain domain files.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import subprocess
 import sys
 import textwrap
@@ -61,7 +64,26 @@ def tree_rss(pid: int) -> int:
     return total
 
 
+def to_rpz(lists: Path) -> Path:
+    """The catalog's domain files rewritten as RPZ zones, and a lists.yaml naming them."""
+    work = lists.parent
+    rpz_lists = work / "lists-rpz.yaml"
+    if rpz_lists.exists():
+        return rpz_lists
+    entries = []
+    for domains in sorted(work.glob("*.domains")):
+        zone = domains.with_suffix(".rpz")
+        with open(domains) as src, open(zone, "w") as dst:
+            dst.write(f"$TTL 3600\n@ SOA localhost. root.localhost. 1 43200 3600 259200 3600\n"
+                      f"  NS  localhost.\n; {domains.stem}: synthetic names, reserved TLD\n")
+            dst.writelines(line.rstrip("\n") + " CNAME .\n" for line in src)
+        entries.append(f"  {domains.stem}:\n    - {{path: {zone.name}, format: rpz}}\n")
+    rpz_lists.write_text("categories:\n" + "".join(entries))
+    return rpz_lists
+
+
 def compile_once(lists: Path, out: Path) -> dict[str, Any]:
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     t = time.perf_counter()
     proc = subprocess.Popen(
         [sys.executable, "-m", "gateway.lists.compile", str(lists), str(out)],
@@ -73,12 +95,17 @@ def compile_once(lists: Path, out: Path) -> dict[str, Any]:
         time.sleep(0.02)
     wall = time.perf_counter() - t
     stdout, stderr = proc.communicate()
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)  # workers are reaped by the compiler
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
     if proc.returncode != 0:
         raise SystemExit(f"compile failed: {stderr.decode()}")
     summary = json.loads(stdout)
     size = out.stat().st_size
     return {
         "wall": wall,
+        "cpu": cpu,
+        "input_mb": sum(p.stat().st_size for p in lists.parent.glob(
+            "*.rpz" if lists.name == "lists-rpz.yaml" else "*.domains")) / 2**20,
         "peak_tree_mb": peak / 2**20,
         "entries": summary["entries"],
         "rules": summary["rules"],
@@ -105,6 +132,8 @@ def main() -> int:
     parser.add_argument("--sizes", type=int, nargs="+", default=[1_000_000, 5_000_000])
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/safegate-compile-scale"))
     parser.add_argument("--out", type=Path)
+    parser.add_argument("--format", choices=("domains", "rpz"), default="domains",
+                        help="publish the names as domain files (default) or RPZ zones")
     args = parser.parse_args()
     mach = machine()
     rows = []
@@ -114,6 +143,8 @@ def main() -> int:
         sample = work / "sample.txt"
         if not lists.exists() or not sample.exists():
             lists, sample = generate(n, work)
+        if args.format == "rpz":
+            lists = to_rpz(lists)
         result = compile_once(lists, work / "index.sgidx")
         result |= {"names": n, "lookup_us": lookups(work / "index.sgidx", sample)}
         rows.append(result)
@@ -121,15 +152,17 @@ def main() -> int:
     lines = [
         f"Measured with `bench/compile_scale.py` at commit {commit()} on {mach['nproc']} x "
         f"{mach['cpu']}, Python {mach['python']}; load average at start {mach['loadavg']}"
-        " (shared machine: times are indicative).",
+        f" (shared machine: times are indicative). Lists published as {args.format}.",
         "",
-        "| names (lines) | index entries | load (compile) wall | peak RSS, compiler + workers |"
-        " index file | bytes per name | match() hit / miss, µs CPU |",
-        "|---|---|---|---|---|---|---|",
+        "| names (lines) | input | index entries | load (compile) wall | CPU, compiler + "
+        "workers | peak RSS, compiler + workers | index file | bytes per name |"
+        " match() hit / miss, µs CPU |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         lines.append(
-            f"| {r['names']:,} ({r['rules']:,}) | {r['entries']:,} | {r['wall']:.1f} s | "
+            f"| {r['names']:,} ({r['rules']:,}) | {r['input_mb']:.0f} MB | {r['entries']:,} | "
+            f"{r['wall']:.1f} s | {r['cpu']:.1f} s | "
             f"{r['peak_tree_mb']:.0f} MB | {r['index_mb']:.1f} MB | {r['bytes_per_name']:.2f} | "
             f"{r['lookup_us']['hit']:.2f} / {r['lookup_us']['miss']:.2f} |")
     text = "\n".join(lines) + "\n"

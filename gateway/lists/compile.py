@@ -8,7 +8,7 @@ a failed build leaves the old index in service. Run as:
     python -m gateway.lists.compile [--jobs N] LISTS_YAML OUT_PATH
 
 It prints a JSON summary on stdout, or `file:line: message` on stderr and exits 1. Files are
-read in slices of ~2 MB (RPZ files whole: a national list in RPZ is still read at once); big
+read in slices of ~2 MB (RPZ ones cut where the zone-file state is known, see slices.py); big
 catalogs are parsed by two worker processes, at most four slices ahead of the builder:
 parsing and hashing are CPU-bound and dominate, and the result is byte-identical to a
 serial build.
@@ -45,8 +45,9 @@ from gateway.lists.catalog import (
 )
 from gateway.lists.index_builder import IndexBuilder
 from gateway.lists.parsers import parse
+from gateway.lists.rpz import RpzState, parse_rpz
 from gateway.lists.runs import RUN_ENTRIES, remove_stale_scratch
-from gateway.lists.slices import Task, bounded_map, slice_tasks
+from gateway.lists.slices import Task, bounded_map, decode_lines, slice_tasks
 from gateway.util.readfile import open_regular, read_capped
 
 __all__ = [
@@ -128,32 +129,9 @@ def _read_bytes(catalog: Catalog, source: Source) -> bytes:
                               source.line) from None
 
 
-def _decode_lines(data: bytes, at_file_start: bool) -> tuple[list[str], list[int]]:
-    """Lines of a UTF-8 file (or slice), and the 1-based numbers of lines that were not
-    valid UTF-8 (those are blanked, so the parser never sees U+FFFD)."""
-    try:
-        text = data.decode("utf-8")
-        valid = True
-    except UnicodeDecodeError:
-        text = data.decode("utf-8", errors="replace")
-        valid = False
-    if at_file_start and text.startswith("\ufeff"):
-        text = text[1:]
-    # split("\n"), not splitlines(): line numbers must agree with editors and grep
-    lines = text.split("\n")
-    if lines and lines[-1] == "":
-        lines.pop()  # the text ends with a newline; that is not one more line
-    bad: list[int] = []
-    if not valid:
-        bad = [no for no, line in enumerate(lines, 1) if "\ufffd" in line]
-        for no in bad:
-            lines[no - 1] = ""
-    return lines, bad
-
-
 def _read_lines(catalog: Catalog, source: Source) -> tuple[list[str], list[int]]:
-    """A whole list file as lines (see `_decode_lines`)."""
-    return _decode_lines(_read_bytes(catalog, source), True)
+    """A whole list file as lines (see `slices.decode_lines`)."""
+    return decode_lines(_read_bytes(catalog, source), True)
 
 
 @dataclass
@@ -171,7 +149,7 @@ def _parse_task(task: Task) -> _Parsed:
     with open_regular(task.path, task.limit, LIST_BYTES_KEY) as f:
         f.seek(task.start)
         data = f.read(task.stop - task.start)
-    lines, bad = _decode_lines(data, task.start == 0)
+    lines, bad = decode_lines(data, task.start == 0)
     offset = task.first_line - 1
     skipped: list[SkippedLine] = []
     skipped_count = len(bad)
@@ -180,7 +158,9 @@ def _parse_task(task: Task) -> _Parsed:
     append = groups.setdefault(last_kind, []).append  # replaced before first use
     blake2b = hashlib.blake2b
     from_bytes = int.from_bytes
-    for item in parse(task.format, lines):
+    items = (parse(task.format, lines) if task.rpz is None
+             else parse_rpz(lines, RpzState(*task.rpz)))
+    for item in items:
         if type(item) is ParsedRule:
             key, scope, action, _ = item
             kind = scope << 2 | action
@@ -216,7 +196,7 @@ def compile_catalog(
 ) -> CompileResult:
     """Parse every source and build the index (written atomically to `out_path` if given).
 
-    Files are parsed in slices of about `slice_bytes` (RPZ files whole), in `jobs` worker
+    Files are parsed in slices of about `slice_bytes` (RPZ ones too), in `jobs` worker
     processes if > 1; the builder keeps at most `run_entries` names in memory and sorts the
     rest through temporary files beside `out_path`. The index is identical either way.
     """

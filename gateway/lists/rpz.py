@@ -59,11 +59,41 @@ def _tokenize(line: str, depth: int) -> tuple[list[str], int]:
     return tokens, depth
 
 
-def _records(lines: Iterable[str]) -> Iterator[_Record]:
+class RpzState:
+    """What parsing carries from one line to the next, so a file cut into slices parses as
+    if whole: the slice compiler (slices.py) tracks it and hands each slice its start."""
+
+    __slots__ = ("apex", "first_origin", "origin", "owner", "pending")
+
+    def __init__(self, origin: str | None = None, first_origin: str | None = None,
+                 apex: str | None = None, owner: str = "") -> None:
+        self.origin = origin  # current $ORIGIN, absolute, lowercase
+        self.first_origin = first_origin
+        self.apex = apex  # the zone's own name, from the SOA owner
+        self.owner = owner  # the last owner, for records that inherit it
+        # a record still open in parentheses: (tokens, first line, its text, inherits, depth)
+        self.pending: tuple[list[str], int, str, bool, int] | None = None
+
+    def start(self) -> tuple[str | None, str | None, str | None, str]:
+        """What a slice starting here needs (not a pending record: slices are cut only
+        outside parentheses)."""
+        return self.origin, self.first_origin, self.apex, self.owner
+
+
+def one_line_record(line: str) -> bool:
+    """True if `line`, met outside parentheses, leaves none open (or unbalanced)."""
+    return _tokenize(line, 0)[1] == 0
+
+
+def _records(lines: Iterable[str], state: RpzState | None = None) -> Iterator[_Record]:
+    """Logical records; with `state`, a record left open at the end is kept there (not
+    reported unbalanced) and continued by the next call."""
     pending: list[str] | None = None
     start = depth = 0
     first_text = ""
     inherits = False
+    if state is not None and state.pending is not None:
+        pending, start, first_text, inherits, depth = state.pending
     for no, raw in enumerate(lines, 1):
         if pending is None:
             if '"' not in raw and "(" not in raw and ")" not in raw:
@@ -86,7 +116,10 @@ def _records(lines: Iterable[str]) -> Iterator[_Record]:
                 good = pending if depth == 0 else None
                 yield _Record(start, first_text, good, inherits)
                 pending = None
-    if pending is not None:
+    if state is not None:
+        state.pending = None if pending is None else (pending, start, first_text, inherits,
+                                                       depth)
+    elif pending is not None:
         yield _Record(start, first_text, None, inherits)
 
 
@@ -101,7 +134,8 @@ def _absolute(name: str, origin: str | None) -> str | None:
     return name + origin if origin == "." else f"{name}.{origin}"
 
 
-def parse_rpz(lines: Iterable[str]) -> Iterator[Parsed]:
+def parse_rpz(lines: Iterable[str], state: RpzState | None = None, *,
+              keep_open: bool = False) -> Iterator[Parsed]:
     """QNAME triggers of a Response Policy Zone (the subset BIND, Unbound and Knot share).
 
     `name CNAME .` blocks the name (NXDOMAIN), `*.name CNAME .` its subdomains, `CNAME *.`
@@ -109,13 +143,15 @@ def parse_rpz(lines: Iterable[str]) -> Iterator[Parsed]:
     is answered NXDOMAIN instead: a silent drop makes clients retry and look broken; it is
     still counted as a block. Local data (A, TXT, CNAME to a name) and IP/NSDNAME triggers
     are skipped with a reason.
+
+    `state` starts a slice of a file where the previous slice left off, and is updated when
+    the lines are exhausted; with `keep_open`, a record still in parentheses at the end is
+    kept in it for the next call rather than reported as unbalanced.
     """
     norm = normalize_name
-    origin: str | None = None  # current $ORIGIN, absolute, lowercase
-    first_origin: str | None = None
-    apex: str | None = None  # the zone's own name, from the SOA owner
-    owner = ""
-    for rec in _records(lines):
+    st = RpzState() if state is None else state
+    origin, first_origin, apex, owner = st.origin, st.first_origin, st.apex, st.owner
+    for rec in _records(lines, st if keep_open else None):
         no, text, tokens = rec.line, rec.text, rec.tokens
         if tokens is None:
             yield Skipped(no, text, "unbalanced parentheses")
@@ -204,3 +240,4 @@ def parse_rpz(lines: Iterable[str]) -> Iterator[Parsed]:
             yield Skipped(no, text, str(exc))
             continue
         yield ParsedRule(key, scope, action, no)
+    st.origin, st.first_origin, st.apex, st.owner = origin, first_origin, apex, owner
