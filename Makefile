@@ -29,7 +29,7 @@ CONFIG ?= deploy/example/gateway.yaml
 
 help:
 	@echo "make run       create .venv, install SafeGate, run it with $(CONFIG)"
-	@echo "make test      ruff + mypy + pytest (needs: make deps-apt)"
+	@echo "make test      ruff + mypy + pytest, pure Python then C accelerators (needs: make deps-apt)"
 	@echo "make bench     DNS benchmark: SafeGate vs unbound vs dnsmasq, workloads a-f (bench/dns_compare.py;"
 	@echo "              BENCH_ARGS=\"--only safegate,unbound --workloads a,c --names 50000 --duration 2\")"
 	@echo "make bench-feeds  central feed latency and 100k-entry apply (bench/feed_latency.py)"
@@ -71,10 +71,15 @@ typecheck: venv
 unit: venv
 	$(VBIN)/pytest -q
 
-test: venv
+# The whole suite twice: on the pure-Python paths (what a Pi without a compiler runs), then
+# with the C accelerators built (`compile`), which must then all be there.
+test: venv compile
 	$(VBIN)/ruff check gateway tests bench
 	$(VBIN)/mypy
-	$(VBIN)/pytest -q
+	@echo "== pytest, pure Python (SAFEGATE_PURE=1)"
+	SAFEGATE_PURE=1 $(VBIN)/pytest -q
+	@echo "== pytest, C accelerators (SAFEGATE_EXPECT_COMPILED=1)"
+	SAFEGATE_EXPECT_COMPILED=1 $(VBIN)/pytest -q
 
 bench: venv deps-apt
 	$(VBIN)/python bench/dns_compare.py $(BENCH_ARGS)

@@ -148,8 +148,12 @@ ensure_venv_module() {
 source_copy() {
     local src=$1 tmp
     tmp=$(mktemp -d)
-    cp -r "$src/pyproject.toml" "$src/README.md" "$src/gateway" "$tmp/"
+    cp -r "$src/pyproject.toml" "$src/setup.py" "$src/build_ext_lookup.py" "$src/README.md" \
+        "$src/gateway" "$tmp/"
+    # No __pycache__ and no in-place builds (`make compile`): pip builds the optional C
+    # accelerators where a compiler is installed, else SafeGate runs its pure-Python paths.
     find "$tmp" -name __pycache__ -type d -prune -exec rm -rf {} +
+    find "$tmp/gateway" -name '*.so' -delete
     echo "$tmp"
 }
 
