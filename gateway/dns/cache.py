@@ -10,16 +10,20 @@ from __future__ import annotations
 
 import struct
 from collections import OrderedDict
+from typing import Any
 
 from gateway.config.dns import CacheConfig
 from gateway.dns import wire
 from gateway.dns.wire import RR_FIXED
 
 _TTL = struct.Struct(">I")
-# An entry's bytes start with: AD bit | rcode, ANCOUNT, NSCOUNT, ARCOUNT (without OPT), the
-# body's length, the lifetime; then the body; then (offset in body, TTL as stored) per record.
-_META = struct.Struct(">HHHHHI")
+# An entry is one bytes object: expiry, AD bit | rcode, ANCOUNT, NSCOUNT, ARCOUNT (without OPT),
+# the body's length, the lifetime, how many TTLs; the body; (offset in body, TTL as stored) per
+# record; then each CNAME target in the answer, length-prefixed.
+_META = struct.Struct(">dHHHHHIH")
+_EXPIRES = struct.Struct(">d")
 _TTL_AT = struct.Struct(">HI")
+_HAS_CNAMES = 0x100  # in the AD | rcode field: CNAME targets follow the TTLs
 _KEY_TAIL = struct.Struct(">HHB")  # qtype, qclass, flag bits: after the name in a cache key
 
 STALE_ANSWER_TTL = 30  # RFC 8767 4: TTL of stale data served
@@ -38,53 +42,72 @@ def key_bits(key: Key) -> int:
     return key[-1]
 
 
-class Entry:
+class Entry(bytes):
     """An upstream reply minus header, question and OPT, with where its TTLs sit.
 
-    Compact on purpose, since the cache holds tens of thousands and the reply memo keeps more
-    alive: the header fields, the records and the TTL map are one bytes object, times are two
-    floats, and no rendered copy is kept (the UDP reply memo keeps the rendered reply and
-    counts its TTLs down in place once a second: `patch`).
+    One bytes object (layout at _META) on purpose: the cache holds tens of thousands and the
+    reply memo keeps more alive, and an object with slots, a float and tuples beside it cost
+    twice as much. No rendered copy is kept: the UDP reply memo keeps the reply it rendered
+    and counts its TTLs down in place once a second (`patch`).
     """
 
-    __slots__ = ("cnames", "data", "expires")
+    __slots__ = ()
 
-    def __init__(self, data: bytes, cnames: tuple[bytes, ...], expires: float) -> None:
-        self.data = data
-        self.cnames = cnames          # CNAME targets in the answer, checked against policy per hit
-        self.expires = expires
+    @property
+    def expires(self) -> float:
+        expires: float = _EXPIRES.unpack_from(self)[0]
+        return expires
 
     @property
     def rcode(self) -> int:
-        return self.data[1] & 0xF
+        return self[9] & 0xF
 
     @property
     def stored(self) -> float:
-        lifetime: int = _META.unpack_from(self.data)[5]
-        return self.expires - lifetime
+        meta = _META.unpack_from(self)
+        stored: float = meta[0] - meta[6]
+        return stored
+
+    @property
+    def cnames(self) -> tuple[bytes, ...]:
+        """CNAME targets in the answer, checked against the profile's policy on every hit."""
+        if not self[8] & _HAS_CNAMES >> 8:
+            return ()
+        meta = _META.unpack_from(self)
+        pos = _META.size + meta[5] + _TTL_AT.size * meta[7]
+        out = []
+        while pos < len(self):
+            size = self[pos]
+            out.append(self[pos + 1:pos + 1 + size])
+            pos += 1 + size
+        return tuple(out)
 
     def records(self, now: float, stale: bool = False) -> bytes:
         """The record sections with TTLs counted down to `now` (or all at the stale TTL)."""
-        data = self.data
-        end = _META.size + _META.unpack_from(data)[4]
-        if end == len(data):
-            return data[_META.size:]   # no record with a TTL (an empty answer)
-        buf = bytearray(data[_META.size:end])
-        self._patch(buf, 0, now, stale)
+        return self._records(_META.unpack_from(self), now, stale)
+
+    def _records(self, meta: tuple[Any, ...], now: float, stale: bool) -> bytes:
+        size, count = meta[5], meta[7]
+        if not count:
+            return self[_META.size:_META.size + size]
+        view = memoryview(self)
+        buf = bytearray(view[_META.size:_META.size + size])
+        elapsed = int(now - (meta[0] - meta[6]))
+        pack_ttl = _TTL.pack_into
+        start = _META.size + size
+        for off, ttl in _TTL_AT.iter_unpack(view[start:start + _TTL_AT.size * count]):
+            pack_ttl(buf, off, STALE_ANSWER_TTL if stale else max(ttl - elapsed, 0))
         return bytes(buf)
 
     def patch(self, buf: bytearray, base: int, now: float) -> None:
         """Count the TTLs down to `now`, in place, in a reply rendered from this entry whose
         records start at `base` (same length: only the TTL bytes change)."""
-        self._patch(buf, base, now, False)
-
-    def _patch(self, buf: bytearray, base: int, now: float, stale: bool) -> None:
-        data = self.data
-        _head, _an, _ns, _ar, size, lifetime = _META.unpack_from(data)
-        elapsed = int(now - (self.expires - lifetime))
+        expires, _head, _an, _ns, _ar, size, lifetime, count = _META.unpack_from(self)
+        elapsed = int(now - (expires - lifetime))
         pack_ttl = _TTL.pack_into
-        for off, ttl in _TTL_AT.iter_unpack(memoryview(data)[_META.size + size:]):
-            pack_ttl(buf, base + off, STALE_ANSWER_TTL if stale else max(ttl - elapsed, 0))
+        start = _META.size + size
+        for off, ttl in _TTL_AT.iter_unpack(memoryview(self)[start:start + _TTL_AT.size * count]):
+            pack_ttl(buf, base + off, max(ttl - elapsed, 0))
 
     def reply(self, q: wire.Query, now: float, limit: int, stale: bool = False) -> bytes:
         """The full reply for client query `q`: its ID and question bytes, our OPT if it sent one.
@@ -92,8 +115,9 @@ class Entry:
         `limit` is the largest size the transport takes; over it the reply goes out with TC.
         The records start at 12 + len(q.question) unless the reply is truncated (TC set).
         """
-        body = self.records(now, stale)
-        head, an, ns, ar, _size, _lifetime = _META.unpack_from(self.data)
+        meta = _META.unpack_from(self)
+        body = self._records(meta, now, stale)
+        _expires, head, an, ns, ar, _size, _lifetime, _count = meta
         rcode = head & 0xF
         ad = head & wire.AD if q.do or q.flags & wire.AD else 0
         flags = wire.reply_flags(q, rcode, ad)
@@ -124,11 +148,13 @@ class Rendered:
         self.until = self._until(now)
 
     def _until(self, now: float) -> float:
-        entry = self.entry
+        meta = _META.unpack_from(self.entry)
+        expires: float = meta[0]
         if self.base < 0:
-            return entry.expires
-        stored = entry.stored
-        return min(stored + int(now - stored) + 1, entry.expires)
+            return expires
+        lifetime: int = meta[6]
+        stored = expires - lifetime
+        return min(stored + int(now - stored) + 1, expires)
 
     def refresh(self, now: float) -> bool:
         """Count TTLs down to `now`; False once the entry has expired (the slow path renews)."""
@@ -205,12 +231,16 @@ def entry_from_reply(reply: bytes, cfg: CacheConfig, now: float, relay: bool = F
         lifetime = 0  # SERVFAIL, REFUSED, or a negative answer without SOA: don't cache
     if lifetime <= 0 and not relay:
         return None
-    data = bytearray(_META.pack((flags & wire.AD) | rcode, kept[0], kept[1], kept[2], len(body),
-                                max(lifetime, 0)))
+    lifetime = max(lifetime, 0)
+    head = (flags & wire.AD) | rcode | (_HAS_CNAMES if cnames else 0)
+    data = bytearray(_META.pack(now + lifetime, head, kept[0], kept[1], kept[2], len(body),
+                                lifetime, len(ttls)))
     data += body
     for off, ttl in zip(ttl_offsets, ttls, strict=True):
         data += _TTL_AT.pack(off, ttl)
-    return Entry(bytes(data), tuple(cnames) if cnames else (), now + lifetime)
+    for target in cnames:
+        data += bytes((len(target),)) + target
+    return Entry(data)
 
 
 def relay_entry(raw: bytes, now: float) -> Entry | None:
