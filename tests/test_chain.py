@@ -144,7 +144,7 @@ def test_memoized_replies_share_one_stats_key_per_action_category_tier() -> None
     for i in range(50):
         q = dns.message.make_query(f"n{i}.blocked.test", "A")
         assert isinstance(r.handle(q.to_wire(), "127.0.0.1", "udp"), bytes)
-    keys = {id(memo[2]) for memo in profile.replies.values()}
+    keys = {id(memo.stats_key) for memo in profile.replies.values()}
     assert len(profile.replies) == 50 and len(keys) == 1
 
 

@@ -133,42 +133,6 @@ class Entry(bytes):
         return out
 
 
-class Rendered:
-    """A reply memo's cached answer: the reply rendered from `entry` for one query (ID left
-    out), valid while the clock is below `until` (the next whole second since the entry was
-    stored, or its expiry). Only the memo-hit path's needs: no parsed query is kept, since
-    counting TTLs down never changes the reply's length or anything but the TTL bytes."""
-
-    __slots__ = ("base", "entry", "reply", "until")
-
-    def __init__(self, entry: Entry, reply: bytes, base: int, now: float) -> None:
-        self.entry = entry
-        self.reply = reply
-        self.base = base            # where the records start in `reply`; -1: truncated (none)
-        self.until = self._until(now)
-
-    def _until(self, now: float) -> float:
-        meta = _META.unpack_from(self.entry)
-        expires: float = meta[0]
-        if self.base < 0:
-            return expires
-        lifetime: int = meta[6]
-        stored = expires - lifetime
-        return min(stored + int(now - stored) + 1, expires)
-
-    def refresh(self, now: float) -> bool:
-        """Count TTLs down to `now`; False once the entry has expired (the slow path renews)."""
-        entry = self.entry
-        if entry.expires <= now:
-            return False
-        if self.base >= 0:
-            buf = bytearray(self.reply)
-            entry.patch(buf, self.base, now)
-            self.reply = bytes(buf)
-        self.until = self._until(now)
-        return True
-
-
 def entry_from_reply(reply: bytes, cfg: CacheConfig, now: float, relay: bool = False
                      ) -> Entry | None:
     """Turn an upstream reply into a cache entry; None when it must not be cached.

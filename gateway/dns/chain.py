@@ -32,8 +32,9 @@ from typing import Any
 
 from gateway.dns import fastpath, proxyproto, rewrite, wire
 from gateway.dns.answers import any_reply, class_refused_reply, refused_reply
-from gateway.dns.cache import AnswerCache, Entry, Key, Rendered, entry_from_reply, relay_entry
+from gateway.dns.cache import AnswerCache, Entry, Key, entry_from_reply, relay_entry
 from gateway.dns.local import LocalAnswers
+from gateway.dns.memo import Memo, Rendered
 from gateway.dns.stats import PROBE, DnsStats
 from gateway.dns.svcb import TYPE_HTTPS, TYPE_SVCB, strip_ech
 from gateway.dns.upstream import Forwarder
@@ -111,16 +112,15 @@ class Resolver:
             if profile is not None:
                 memo = profile.replies.get(data[2:])
                 if memo is not None:
-                    kind, payload, stats_key = memo
-                    if kind is _BLOCKED:
-                        self.stats.count_key(stats_key, perf_counter() - start)
-                        return data[:2] + payload  # type: ignore[no-any-return]
+                    if memo.entry is None:  # a fixed reply: blocked, intercepted, local
+                        self.stats.count_key(memo.stats_key, perf_counter() - start)
+                        return data[:2] + memo.reply  # type: ignore[no-any-return]
                     # TTLs tick once a second; an expired entry: the slow path renews the memo
                     now = self.clock()
-                    if now < payload.until or payload.refresh(now):
+                    if now < memo.until or memo.refresh(now):
                         self.cache.hits += 1
-                        self.stats.count_key(stats_key, perf_counter() - start)
-                        return data[:2] + payload.reply  # type: ignore[no-any-return]
+                        self.stats.count_key(memo.stats_key, perf_counter() - start)
+                        return data[:2] + memo.reply  # type: ignore[no-any-return]
                 # A name a list rule blocks, straight from the bytes (dns/fastpath.py): the
                 # long tail of a big list, which the memo cannot absorb.
                 fast = fastpath.blocked(data, profile, self.view.answers, self.fast)
@@ -161,7 +161,12 @@ class Resolver:
                 return  # limits.memory.reply_memo: 0 turns the memo off
             replies.popitem(last=False)  # the oldest: a clear would thrash a set at the limit
         kind, payload, key = memo  # one shared stats key per action/category/tier (config)
-        replies[data[2:]] = (kind, payload, self._stats_keys.setdefault(key, key))
+        key = self._stats_keys.setdefault(key, key)
+        if kind is _BLOCKED:
+            replies[data[2:]] = Memo(payload, key)
+        else:
+            payload.stats_key = key
+            replies[data[2:]] = payload
 
     def _handle(self, data: bytes, client: str, protocol: str, start: float,
                 chosen: Profile | None = None, *, proxied: bool = False,
