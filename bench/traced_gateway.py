@@ -69,7 +69,7 @@ def structures() -> dict[str, float]:
         out["cache_entries"] = len(r.cache)
         out["blocked_bodies_entries"] = len(view.answers.bodies)
         mb = 2 ** 20
-        out["answer_cache_MB"] = deep_size([r.cache._data], seen) / mb
+        out["answer_cache_MB"] = deep_size([r.cache._probation, r.cache._protected], seen) / mb
         out["reply_memo_MB"] = deep_size([p.replies for p in profiles], seen) / mb
         memos = [m for p in profiles for m in (p._memo, p._older)]
         out["verdict_memo_MB"] = deep_size(memos, seen) / mb

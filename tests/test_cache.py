@@ -187,3 +187,56 @@ def test_protected_overflow_steps_back_into_probation() -> None:
     assert cache.segment_sizes() == {"probation": 2, "protected": 8}
     # an expired entry is a miss but stays for serve-stale
     assert cache.get(keys[5], 400.0) is None and cache.get_stale(keys[5], 400.0) is not None
+
+
+def _traced_bytes_per_item(build: object, count: int) -> float:
+    import gc
+    import tracemalloc
+    gc.collect()
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        kept = build()  # type: ignore[operator]
+        gc.collect()
+        used = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    assert kept is not None
+    return used / count
+
+
+def test_a_cached_answer_costs_about_a_third_of_a_kb() -> None:
+    """Issue #12 item 2: an answer cache of 20k entries must fit the 80 MB budget with a 1M list.
+    An entry (key, SLRU slot and the entry itself, a one-record answer) was ~0.63 KB as an
+    object of 12 slots, three floats, three tuples and a tuple key; it is one bytes key, one
+    object, one bytes blob and a float now (docs/memory.md)."""
+    raws = [upstream_reply(f"www.n{i}.cached-site.test",
+                           answers=[f"www.n{i}.cached-site.test. 300 IN A 192.0.2.1"])
+            for i in range(4000)]
+    keys = [f"www.n{i}.cached-site.test".encode() for i in range(4000)]
+    cache = AnswerCache(CacheConfig(size=4000))
+
+    def fill() -> AnswerCache:
+        for name, raw in zip(keys, raws, strict=True):
+            entry = entry_from_reply(raw, cache.cfg, now=0.0)
+            assert entry is not None
+            cache.put(cache.key(name, 1, 1, 0), entry)
+        return cache
+
+    per_entry = _traced_bytes_per_item(fill, len(raws))
+    assert len(cache) == 4000
+    assert per_entry < 400, f"{per_entry:.0f} bytes per cached answer"
+
+
+def test_ttls_patched_in_place_match_a_fresh_render() -> None:
+    """The reply memo counts TTLs down in the bytes it rendered earlier (`Entry.patch`): the
+    result is byte for byte what rendering afresh gives, SOA and OPT included."""
+    raw = upstream_reply(answers=["www.example.test. 300 IN CNAME a.example.test.",
+                                  "a.example.test. 100 IN A 192.0.2.2"], soa_ttl=600, ad=True)
+    entry = entry_from_reply(raw, CacheConfig(), now=1000.0)
+    assert entry is not None and entry.stored == 1000.0
+    q = client_query(use_edns=0, want_dnssec=True)
+    buf = bytearray(entry.reply(q, 1000.0, 1232))
+    for now in (1000.9, 1001.0, 1042.7, 1099.99):
+        entry.patch(buf, 12 + len(q.question), now)
+        assert bytes(buf) == entry.reply(q, now, 1232)

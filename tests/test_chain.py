@@ -8,7 +8,7 @@ import dns.rrset
 
 from gateway.dns import answers as answers_mod
 from gateway.dns.answers import BlockAnswers
-from gateway.dns.cache import entry_from_reply
+from gateway.dns.cache import cache_key, entry_from_reply
 from gateway.dns.chain import Resolver
 from tests.support.builders import list_index, make_profile, make_resolver
 
@@ -36,7 +36,7 @@ def fill(r: Resolver, name: str, ttl: int, now: float) -> None:
     reply.answer.append(dns.rrset.from_text(name + ".", ttl, "IN", "A", "192.0.2.1"))
     entry = entry_from_reply(reply.to_wire(), r.cache.cfg, now)
     assert entry is not None
-    r.cache.put((name.lower().rstrip(".").encode(), 1, 1, 0), entry)
+    r.cache.put(cache_key(name.lower().rstrip(".").encode(), 1, 1, 0), entry)
 
 
 def ask(r: Resolver, packet: bytes, client: str = "127.0.0.1") -> dns.message.Message:
@@ -144,5 +144,24 @@ def test_memoized_replies_share_one_stats_key_per_action_category_tier() -> None
     for i in range(50):
         q = dns.message.make_query(f"n{i}.blocked.test", "A")
         assert isinstance(r.handle(q.to_wire(), "127.0.0.1", "udp"), bytes)
-    keys = {id(memo[2]) for memo in profile.replies.values()}
+    keys = {id(memo.stats_key) for memo in profile.replies.values()}
     assert len(profile.replies) == 50 and len(keys) == 1
+
+
+def test_memoized_cached_answer_equals_the_slow_paths_reply() -> None:
+    """The memo keeps the rendered reply and no parsed query; TTL ticks patch it in place. The
+    bytes are what the slow path renders, for a plain, an EDNS and a DO query, each second."""
+    clock = Clock()
+    r = resolver(clock)
+    fill(r, "www.example.test", 300, clock.now)
+    do_key = cache_key(b"www.example.test", 1, 1, 2)
+    r.cache.put(do_key, r.cache.get(cache_key(b"www.example.test", 1, 1, 0), clock.now))  # type: ignore[arg-type]
+    for kw in ({}, {"use_edns": 0}, {"use_edns": 0, "want_dnssec": True}):
+        packet = dns.message.make_query("WWW.Example.test", "A", **kw).to_wire()  # type: ignore[arg-type]
+        ask(r, packet)
+        for step in (0.4, 0.7, 1.0, 12.3):
+            clock.now += step
+            memo = r.handle(packet, "127.0.0.1", "udp")
+            r.view.clients.lookup("127.0.0.1").replies.clear()   # type: ignore[union-attr]
+            assert memo == r.handle(packet, "127.0.0.1", "udp")
+    assert r.stats.queries[("cached", "", "tier0", "udp")] == 3 + 3 * 4 * 2

@@ -15,7 +15,7 @@ import dns.rrset
 import pytest
 
 from gateway.config.limits import RrlLimits
-from gateway.dns.cache import entry_from_reply
+from gateway.dns.cache import cache_key, entry_from_reply
 from gateway.dns.chain import Resolver
 from gateway.dns.rrl import Rrl, slip_reply
 from gateway.policy.netindex import PrefixMap
@@ -39,7 +39,7 @@ def resolver() -> Resolver:
     up.answer.append(dns.rrset.from_text("allowed.test.", 300, "IN", "TXT", '"' + "x" * 200 + '"'))
     entry = entry_from_reply(up.to_wire(), r.cache.cfg, r.clock())
     assert entry is not None
-    r.cache.put((b"allowed.test", 16, 1, 0), entry)
+    r.cache.put(cache_key(b"allowed.test", 16, 1, 0), entry)
     return r
 
 

@@ -25,7 +25,7 @@ from gateway.config.dns import ForwarderConfig
 from gateway.config.gateway import load_config
 from gateway.config.limits import UpstreamLimits
 from gateway.config.upstreams import UpstreamSpec, parse_upstream
-from gateway.dns.cache import entry_from_reply
+from gateway.dns.cache import cache_key, entry_from_reply
 from gateway.dns.tasks import Tasks
 from gateway.dns.upstream import Forwarder
 from gateway.dns.upstream_base import (
@@ -468,7 +468,7 @@ async def test_a_refused_question_is_answered_at_once_without_a_coroutine() -> N
         old.answer.append(dns.rrset.from_text("old.flood.test.", 60, "IN", "A", "192.0.2.9"))
         entry = entry_from_reply(old.to_wire(), r.cache.cfg, r.clock() - 120)
         assert entry is not None
-        r.cache.put((b"old.flood.test", 1, 1, 0), entry)
+        r.cache.put(cache_key(b"old.flood.test", 1, 1, 0), entry)
         out = r.handle(dns.message.make_query("old.flood.test", "A").to_wire(), "127.0.0.1",
                        "udp")
         assert isinstance(out, bytes)

@@ -1,83 +1,135 @@
 """Answer cache: upstream replies kept as prebuilt bytes whose TTLs count down on every hit.
 
-Keys are (name, qtype, qclass, DO/CD bits). The cache holds only what upstreams said, never a
-policy decision: the decision runs before the cache on every query, so a cached answer cannot
-cross from one tier to another (design.md: "a fast path that stays correct").
+Keys are name, qtype, qclass and DO/CD bits in one bytes object (`cache_key`). The cache
+holds only what upstreams said, never a policy decision: the decision runs before the cache
+on every query, so a cached answer cannot cross from one tier to another (design.md: "a fast
+path that stays correct").
 """
 
 from __future__ import annotations
 
 import struct
 from collections import OrderedDict
-from collections.abc import Callable
+from typing import Any
 
 from gateway.config.dns import CacheConfig
 from gateway.dns import wire
 from gateway.dns.wire import RR_FIXED
 
 _TTL = struct.Struct(">I")
+# An entry is one bytes object: expiry, AD bit | rcode, ANCOUNT, NSCOUNT, ARCOUNT (without OPT),
+# the body's length, the lifetime, how many TTLs; the body; (offset in body, TTL as stored) per
+# record; then each CNAME target in the answer, length-prefixed.
+_META = struct.Struct(">dHHHHHIH")
+_EXPIRES = struct.Struct(">d")
+_TTL_AT = struct.Struct(">HI")
+_HAS_CNAMES = 0x100  # in the AD | rcode field: CNAME targets follow the TTLs
+_KEY_TAIL = struct.Struct(">HHB")  # qtype, qclass, flag bits: after the name in a cache key
 
 STALE_ANSWER_TTL = 30  # RFC 8767 4: TTL of stale data served
 
+Key = bytes
 
-class Entry:
-    """An upstream reply minus header, question and OPT, with where its TTLs sit."""
 
-    __slots__ = ("_rendered", "_rendered_at", "body", "cnames", "counts", "expires", "flags",
-                 "rcode", "stale_until", "stored", "ttl_offsets", "ttls")
+def cache_key(name: bytes, qtype: int, qclass: int, bits: int) -> Key:
+    """The lowercase name then a fixed 5-byte tail: one bytes object (hashed once, no tuple),
+    and two different keys can never read the same."""
+    return name + _KEY_TAIL.pack(qtype, qclass, bits)
 
-    def __init__(self, flags: int, rcode: int, counts: tuple[int, int, int], body: bytes,
-                 ttl_offsets: tuple[int, ...], ttls: tuple[int, ...], cnames: tuple[bytes, ...],
-                 stored: float, lifetime: int, stale_ttl: int) -> None:
-        self.flags = flags            # the AD bit from upstream; QR/RA/RD/CD are added per reply
-        self.rcode = rcode
-        self.counts = counts          # ANCOUNT, NSCOUNT, ARCOUNT without OPT
-        self.body = body
-        self.ttl_offsets = ttl_offsets
-        self.ttls = ttls
-        self.cnames = cnames          # CNAME targets in the answer, checked against policy per hit
-        self.stored = stored
-        self.expires = stored + lifetime
-        self.stale_until = self.expires + stale_ttl
-        self._rendered_at = -1
-        self._rendered = body
+
+def key_bits(key: Key) -> int:
+    """The flag bits of a `cache_key` (DO << 1 | CD, plus the chain's no-ECH bit)."""
+    return key[-1]
+
+
+class Entry(bytes):
+    """An upstream reply minus header, question and OPT, with where its TTLs sit.
+
+    One bytes object (layout at _META) on purpose: the cache holds tens of thousands and the
+    reply memo keeps more alive, and an object with slots, a float and tuples beside it cost
+    twice as much. No rendered copy is kept: the UDP reply memo keeps the reply it rendered
+    and counts its TTLs down in place once a second (`patch`).
+    """
+
+    __slots__ = ()
+
+    @property
+    def expires(self) -> float:
+        expires: float = _EXPIRES.unpack_from(self)[0]
+        return expires
+
+    @property
+    def rcode(self) -> int:
+        return self[9] & 0xF
+
+    @property
+    def stored(self) -> float:
+        meta = _META.unpack_from(self)
+        stored: float = meta[0] - meta[6]
+        return stored
+
+    @property
+    def cnames(self) -> tuple[bytes, ...]:
+        """CNAME targets in the answer, checked against the profile's policy on every hit."""
+        if not self[8] & _HAS_CNAMES >> 8:
+            return ()
+        meta = _META.unpack_from(self)
+        pos = _META.size + meta[5] + _TTL_AT.size * meta[7]
+        out = []
+        while pos < len(self):
+            size = self[pos]
+            out.append(self[pos + 1:pos + 1 + size])
+            pos += 1 + size
+        return tuple(out)
 
     def records(self, now: float, stale: bool = False) -> bytes:
-        """The record sections with TTLs counted down to `now` (recomputed once a second)."""
-        if stale:
-            return self._patched(lambda _ttl: STALE_ANSWER_TTL)
-        elapsed = int(now - self.stored)
-        if elapsed != self._rendered_at:
-            self._rendered = self._patched(lambda ttl: max(ttl - elapsed, 0))
-            self._rendered_at = elapsed
-        return self._rendered
+        """The record sections with TTLs counted down to `now` (or all at the stale TTL)."""
+        return self._records(_META.unpack_from(self), now, stale)
 
-    def _patched(self, ttl_of: Callable[[int], int]) -> bytes:
-        if not self.ttl_offsets:
-            return self.body
-        buf = bytearray(self.body)
-        for off, ttl in zip(self.ttl_offsets, self.ttls, strict=True):
-            _TTL.pack_into(buf, off, ttl_of(ttl))
+    def _records(self, meta: tuple[Any, ...], now: float, stale: bool) -> bytes:
+        size, count = meta[5], meta[7]
+        if not count:
+            return self[_META.size:_META.size + size]
+        view = memoryview(self)
+        buf = bytearray(view[_META.size:_META.size + size])
+        elapsed = int(now - (meta[0] - meta[6]))
+        pack_ttl = _TTL.pack_into
+        start = _META.size + size
+        for off, ttl in _TTL_AT.iter_unpack(view[start:start + _TTL_AT.size * count]):
+            pack_ttl(buf, off, STALE_ANSWER_TTL if stale else max(ttl - elapsed, 0))
         return bytes(buf)
+
+    def patch(self, buf: bytearray, base: int, now: float) -> None:
+        """Count the TTLs down to `now`, in place, in a reply rendered from this entry whose
+        records start at `base` (same length: only the TTL bytes change)."""
+        expires, _head, _an, _ns, _ar, size, lifetime, count = _META.unpack_from(self)
+        elapsed = int(now - (expires - lifetime))
+        pack_ttl = _TTL.pack_into
+        start = _META.size + size
+        for off, ttl in _TTL_AT.iter_unpack(memoryview(self)[start:start + _TTL_AT.size * count]):
+            pack_ttl(buf, base + off, max(ttl - elapsed, 0))
 
     def reply(self, q: wire.Query, now: float, limit: int, stale: bool = False) -> bytes:
         """The full reply for client query `q`: its ID and question bytes, our OPT if it sent one.
 
         `limit` is the largest size the transport takes; over it the reply goes out with TC.
+        The records start at 12 + len(q.question) unless the reply is truncated (TC set).
         """
-        body = self.records(now, stale)
-        an, ns, ar = self.counts
-        ad = self.flags if q.do or q.flags & wire.AD else self.flags & ~wire.AD
-        flags = wire.reply_flags(q, self.rcode, ad)
+        meta = _META.unpack_from(self)
+        body = self._records(meta, now, stale)
+        _expires, head, an, ns, ar, _size, _lifetime, _count = meta
+        rcode = head & 0xF
+        ad = head & wire.AD if q.do or q.flags & wire.AD else 0
+        flags = wire.reply_flags(q, rcode, ad)
         if q.edns:
             out = (wire.header(q.id, flags, 1, an, ns, ar + 1) + q.question + body
-                   + wire.opt_record(q.do, self.rcode))
+                   + wire.opt_record(q.do, rcode))
         else:
             out = wire.header(q.id, flags, 1, an, ns, ar) + q.question + body
         if len(out) > limit:
             # The upstream's AD stays on the truncated reply, as unbound sends it: the client
             # retrying over TCP gets the same answer, and TC alone says nothing about validation.
-            return wire.truncated_reply(q, self.rcode, ad)
+            return wire.truncated_reply(q, rcode, ad)
         return out
 
 
@@ -143,8 +195,16 @@ def entry_from_reply(reply: bytes, cfg: CacheConfig, now: float, relay: bool = F
         lifetime = 0  # SERVFAIL, REFUSED, or a negative answer without SOA: don't cache
     if lifetime <= 0 and not relay:
         return None
-    return Entry(flags & wire.AD, rcode, (kept[0], kept[1], kept[2]), bytes(body),
-                 tuple(ttl_offsets), tuple(ttls), tuple(cnames), now, lifetime, cfg.stale_ttl)
+    lifetime = max(lifetime, 0)
+    head = (flags & wire.AD) | rcode | (_HAS_CNAMES if cnames else 0)
+    data = bytearray(_META.pack(now + lifetime, head, kept[0], kept[1], kept[2], len(body),
+                                lifetime, len(ttls)))
+    data += body
+    for off, ttl in zip(ttl_offsets, ttls, strict=True):
+        data += _TTL_AT.pack(off, ttl)
+    for target in cnames:
+        data += bytes((len(target),)) + target
+    return Entry(data)
 
 
 def relay_entry(raw: bytes, now: float) -> Entry | None:
@@ -158,11 +218,9 @@ def relay_entry(raw: bytes, now: float) -> Entry | None:
 
 SEGMENTS = ("probation", "protected")
 
-Key = tuple[bytes, int, int, int]
-
 
 class AnswerCache:
-    """Bounded segmented LRU (SLRU) of Entry objects keyed by (name, qtype, qclass, DO/CD).
+    """Bounded segmented LRU (SLRU) of Entry objects keyed by `cache_key` (name, type, bits).
 
     A first-seen answer goes into `probation`; a fresh hit moves it to `protected`, which holds
     at most `size` minus `probation_percent` of it (its least recently used entry steps back into
@@ -186,6 +244,9 @@ class AnswerCache:
         self.stale_served = 0
         self.promotions = 0
         self.evicted = {segment: 0 for segment in SEGMENTS}
+
+    key = staticmethod(cache_key)
+    key_bits = staticmethod(key_bits)
 
     def __len__(self) -> int:
         return len(self._probation) + len(self._protected)
@@ -235,7 +296,7 @@ class AnswerCache:
     def get_stale(self, key: Key, now: float) -> Entry | None:
         """An expired entry still inside the serve-stale window (RFC 8767)."""
         entry = self._protected.get(key) or self._probation.get(key)
-        if entry is None or entry.stale_until <= now:
+        if entry is None or entry.expires + self.cfg.stale_ttl <= now:
             return None
         self.stale_served += 1
         return entry

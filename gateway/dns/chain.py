@@ -34,6 +34,7 @@ from gateway.dns import fastpath, proxyproto, rewrite, wire
 from gateway.dns.answers import any_reply, class_refused_reply, refused_reply
 from gateway.dns.cache import AnswerCache, Entry, Key, entry_from_reply, relay_entry
 from gateway.dns.local import LocalAnswers
+from gateway.dns.memo import Memo, Rendered
 from gateway.dns.stats import PROBE, DnsStats
 from gateway.dns.svcb import TYPE_HTTPS, TYPE_SVCB, strip_ech
 from gateway.dns.upstream import Forwarder
@@ -111,20 +112,15 @@ class Resolver:
             if profile is not None:
                 memo = profile.replies.get(data[2:])
                 if memo is not None:
-                    kind, payload, stats_key = memo
-                    if kind is _BLOCKED:
-                        self.stats.count_key(stats_key, perf_counter() - start)
-                        return data[:2] + payload  # type: ignore[no-any-return]
-                    q, limit, last = payload
-                    entry = last[0]
+                    if memo.entry is None:  # a fixed reply: blocked, intercepted, local
+                        self.stats.count_key(memo.stats_key, perf_counter() - start)
+                        return data[:2] + memo.reply  # type: ignore[no-any-return]
+                    # TTLs tick once a second; an expired entry: the slow path renews the memo
                     now = self.clock()
-                    if entry.expires > now:  # else the slow path refetches and renews the memo
-                        second = int(now - entry.stored)
-                        if last[1] != second:  # TTLs tick once a second
-                            last[1:] = [second, entry.reply(q, now, limit)[2:]]
+                    if now < memo.until or memo.refresh(now):
                         self.cache.hits += 1
-                        self.stats.count_key(stats_key, perf_counter() - start)
-                        return data[:2] + last[2]  # type: ignore[no-any-return]
+                        self.stats.count_key(memo.stats_key, perf_counter() - start)
+                        return data[:2] + memo.reply  # type: ignore[no-any-return]
                 # A name a list rule blocks, straight from the bytes (dns/fastpath.py): the
                 # long tail of a big list, which the memo cannot absorb.
                 fast = fastpath.blocked(data, profile, self.view.answers, self.fast)
@@ -165,7 +161,12 @@ class Resolver:
                 return  # limits.memory.reply_memo: 0 turns the memo off
             replies.popitem(last=False)  # the oldest: a clear would thrash a set at the limit
         kind, payload, key = memo  # one shared stats key per action/category/tier (config)
-        replies[data[2:]] = (kind, payload, self._stats_keys.setdefault(key, key))
+        key = self._stats_keys.setdefault(key, key)
+        if kind is _BLOCKED:
+            replies[data[2:]] = Memo(payload, key)
+        else:
+            payload.stats_key = key
+            replies[data[2:]] = payload
 
     def _handle(self, data: bytes, client: str, protocol: str, start: float,
                 chosen: Profile | None = None, *, proxied: bool = False,
@@ -243,12 +244,12 @@ class Resolver:
         if forward_ecs:
             # Answers tailored to a subnet are not shared: no cache, no memo (opt-in setting).
             return self._forward(q, None, profile, view, protocol, limit, start, forward_ecs)
-        cache_key = (q.key, q.qtype, q.qclass, (q.do << 1) | bool(q.flags & wire.CD))
+        bits = (q.do << 1) | bool(q.flags & wire.CD)
         if profile.bypass and q.qtype in (TYPE_HTTPS, TYPE_SVCB):
-            # Stripped and unstripped answers are cached apart (tiers differ).
-            cache_key = (*cache_key[:3], cache_key[3] | _NO_ECH)
+            bits |= _NO_ECH  # stripped and unstripped answers are cached apart (tiers differ)
+        key = self.cache.key(q.key, q.qtype, q.qclass, bits)
         now = self.clock()
-        entry = self.cache.get(cache_key, now)
+        entry = self.cache.get(key, now)
         if entry is not None:
             reply, blocked = self._from_entry(q, entry, profile, view, now, limit, stale=False)
             count("blocked" if blocked else "cached", blocked.category if blocked else "",
@@ -256,11 +257,11 @@ class Resolver:
             if protocol == "udp" and not entry.cnames:
                 # The memo holds the entry itself: it stays a correct answer until it expires
                 # even if the cache evicts it (CNAME answers are re-checked on the slow path).
-                state = [entry, int(now - entry.stored), reply[2:]]
-                self._remember(profile, data, (_CACHED, (q, limit, state),
+                base = -1 if reply[2] & (wire.TC >> 8) else 10 + len(q.question)
+                self._remember(profile, data, (_CACHED, Rendered(entry, reply[2:], base, now),
                                                ("cached", "", profile.tier, "udp")))
             return reply
-        return self._forward(q, cache_key, profile, view, protocol, limit, start)
+        return self._forward(q, key, profile, view, protocol, limit, start)
 
     def _rewrite(self, q: wire.Query, verdict: Verdict, profile: Profile, view: View,
                  protocol: str, limit: int, start: float) -> bytes | Pending:
@@ -274,7 +275,7 @@ class Resolver:
         tq = wire.parse_query(wire.build_query(0, wire.key_to_wire(target) + q.question[-4:],
                                                do=q.do, cd=cd))
         assert tq is not None
-        key = (tq.key, tq.qtype, tq.qclass, (q.do << 1) | cd)
+        key = self.cache.key(tq.key, tq.qtype, tq.qclass, (q.do << 1) | cd)
         now = self.clock()
         entry = self.cache.get(key, now)
         if entry is not None:
@@ -284,7 +285,7 @@ class Resolver:
                                   view.answers.ttl)
         return self._rewrite_miss(q, tq, key, target, profile, view, protocol, limit, start)
 
-    async def _rewrite_miss(self, q: wire.Query, tq: wire.Query, key: tuple[bytes, int, int, int],
+    async def _rewrite_miss(self, q: wire.Query, tq: wire.Query, key: Key,
                             target: bytes, profile: Profile, view: View, protocol: str,
                             limit: int, start: float) -> bytes | None:
         count = self.stats.count
@@ -367,7 +368,7 @@ class Resolver:
         now = self.clock()
         try:
             if cache_key is not None:
-                strip = bool(cache_key[3] & _NO_ECH)
+                strip = bool(self.cache.key_bits(cache_key) & _NO_ECH)
             else:
                 strip = profile.bypass and q.qtype in (TYPE_HTTPS, TYPE_SVCB)
             if strip:
