@@ -32,12 +32,8 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from bench.dns_compare import (  # noqa: E402
-    BENCH_POLICY,
-    run_dnsperf,
-    tree_cpu_seconds,
-    wait_answering,
-)
+from bench.procstat import Load, measure, tree_cpu_seconds  # noqa: E402
+from bench.servers import BENCH_POLICY, wait_answering  # noqa: E402
 from tests.support.procs import (  # noqa: E402
     SafeGateProcess,
     safegate_command,
@@ -70,6 +66,18 @@ def sequential(port: int, pid: int, tag: str, n: int) -> float:
     cpu = tree_cpu_seconds(pid) - cpu0
     sock.close()
     return cpu * 1e6 / n
+
+
+def run_dnsperf(pid: int, port: int, qfile: Path, args: argparse.Namespace,
+                rate: int | None = None, runs: int | None = None) -> dict[str, Any]:
+    """One dnsperf pass (pinned to --load-cpu) and the gateway's CPU over it."""
+    m = measure(pid, [Load(qfile, port, args.load_cpu, clients=args.clients,
+                           outstanding=args.outstanding, duration=None if runs else
+                           args.duration, runs=runs, rate=rate)])
+    perf = m.perf[0]
+    return {"sent": perf.sent, "completed": perf.completed, "qps": perf.qps,
+            "rcodes": perf.rcodes, "cpu_us_per_query": m.cpu_us_per_query,
+            "other_procs_cpu_s": m.other_procs_cpu_s}
 
 
 def main() -> int:
@@ -106,15 +114,14 @@ def main() -> int:
         wait_answering(sg.dns_port, ALLOWED, 30, sg.running)
         n = args.rate * args.duration
         # warm-up: the interpreter's first misses (imports, socket pool) are not the steady state
-        run_dnsperf("safegate", sg.pid, sg.dns_port, miss_file(workdir, "warm", 2000),
-                    args=args, runs=1)
+        run_dnsperf(sg.pid, sg.dns_port, miss_file(workdir, "warm", 2000), args, runs=1)
         for i in range(args.repeat):
-            res = run_dnsperf("safegate", sg.pid, sg.dns_port, miss_file(workdir, f"r{i}", n),
-                              args=args, rate=args.rate, runs=1)
-            runs.append(vars(res))
-            print(f"run {i}: {res.completed}/{res.sent} completed, {res.qps:.0f} qps, "
-                  f"{res.cpu_us_per_query:.1f} CPU-µs/miss, rcodes {res.rcodes}, "
-                  f"other procs {res.other_procs_cpu_s:.2f} s", flush=True)
+            res = run_dnsperf(sg.pid, sg.dns_port, miss_file(workdir, f"r{i}", n), args,
+                              rate=args.rate, runs=1)
+            runs.append(res)
+            print(f"run {i}: {res['completed']}/{res['sent']} completed, {res['qps']:.0f} qps, "
+                  f"{res['cpu_us_per_query']:.1f} CPU-µs/miss, rcodes {res['rcodes']}, "
+                  f"other procs {res['other_procs_cpu_s']:.2f} s", flush=True)
         for i in range(args.repeat if args.sequential else 0):
             us = sequential(sg.dns_port, sg.pid, f"q{i}", args.sequential)
             seq.append(us)
