@@ -61,6 +61,7 @@ class UdpBatchListener:
         self.queued_bytes = 0
         self.closed = False
         self._out: list[Reply] | None = None    # the replies of the batch being answered
+        self._later: list[Reply] = []           # upstream answers finished this loop turn
         self._loop: asyncio.AbstractEventLoop | None = None
         self.protocol = UdpProtocol(resolver, tasks, rrl)
         self.protocol.connection_made(cast(asyncio.BaseTransport, self))
@@ -106,8 +107,18 @@ class UdpBatchListener:
         out = self._out
         if out is not None:
             out.append((data, addr[1]))
-        else:   # an upstream answer arriving later: sent now
-            self._send([(data, addr[1])])
+            return
+        # An upstream answer arriving later: the answers finished in this turn of the loop (an
+        # upstream socket reads several replies per wake-up) go out in one sendmmsg.
+        later = self._later
+        later.append((data, addr[1]))
+        if len(later) == 1 and self._loop is not None:
+            self._loop.call_soon(self._flush_later)
+
+    def _flush_later(self) -> None:
+        later, self._later = self._later, []
+        if later:
+            self._send(later)
 
     def is_closing(self) -> bool:
         return self.closed

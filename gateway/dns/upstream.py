@@ -17,6 +17,7 @@ from gateway.config.dns import ForwarderConfig
 from gateway.config.limits import UpstreamLimits
 from gateway.config.upstreams import TLS
 from gateway.dns import wire
+from gateway.dns.tasks import LoopRef
 from gateway.dns.upstream_base import (
     DROP_REASONS,
     Upstream,
@@ -48,6 +49,7 @@ class Forwarder:
         self.observer = observer or UpstreamObserver()
         self.clock = clock
         self.limits = limits or UpstreamLimits()
+        self._loop = LoopRef()
         self._inflight: dict[tuple[bytes, bool, bool, bytes], asyncio.Future[bytes]] = {}
         self.zone_of = zone_of or default_suffixes().zone_of_wire
         self._zone_memo: tuple[bytes, bytes] = (b"", b"")   # refusal() then resolve() ask twice
@@ -117,7 +119,7 @@ class Forwarder:
             self.observer.dropped("zone")
             raise UpstreamBusy("zone")
         zones[zone] = held + 1
-        fut = asyncio.get_running_loop().create_future()
+        fut = self._loop.get().create_future()
         self._inflight[key] = fut
         try:
             reply = await self._resolve(question, do, cd, ecs)

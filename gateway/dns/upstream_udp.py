@@ -28,6 +28,7 @@ import socket
 import struct
 
 from gateway.dns import wire
+from gateway.dns.tasks import LoopRef
 from gateway.dns.upstream_base import (
     Entropy,
     Upstream,
@@ -87,6 +88,7 @@ class UdpPool:
         self.active: list[_UdpSocket] = []
         self.retired: set[_UdpSocket] = set()
         self.entropy = Entropy()
+        self._loop = LoopRef()
 
     def __len__(self) -> int:
         return len(self.active) + len(self.retired)
@@ -158,7 +160,7 @@ class UdpPool:
     async def exchange(self, question: bytes, do: bool, cd: bool, timeout: float,
                        ecs: bytes = b"") -> bytes:
         """One UDP exchange over a socket picked at random from the pool."""
-        loop = asyncio.get_running_loop()
+        loop = self._loop.get()
         chan = self.pick(loop)
         bits16 = self.entropy.bits16
         qid = bits16()
