@@ -86,32 +86,29 @@ class GatewayCollector(Collector):
                                 ("misses", "Lookups that found no fresh cache entry."),
                                 ("evictions", "Entries evicted to keep the cache bounded."),
                                 ("stale_served", "Expired answers served because every upstream "
-                                                 "failed (RFC 8767).")):
+                                                 "failed (RFC 8767)."),
+                                ("promotions", "Cached answers asked again while in probation, "
+                                               "moved to the protected segment (a flood of "
+                                               "unique names cannot evict them).")):
             c = CounterMetricFamily(f"safegate_cache_{name}", help_text)
             c.add_metric([], cache[name])
             yield c
-        c = CounterMetricFamily("safegate_cache_promotions",
-                                "Cached answers asked again while in probation, moved to the "
-                                "protected segment (a flood of unique names cannot evict them).")
-        c.add_metric([], cache["promotions"])
-        yield c
-        c = CounterMetricFamily("safegate_cache_segment_evictions",
-                                "Entries evicted, by cache segment: probation (asked once) or "
-                                "protected (asked again; evicted only while probation is empty).",
-                                labels=["segment"])
-        for segment in CACHE_SEGMENTS:
-            c.add_metric([segment], cache[f"evictions_{segment}"])
-        yield c
         g = GaugeMetricFamily("safegate_cache_entries", "Entries in the answer cache.")
         g.add_metric([], cache["entries"])
         yield g
-        g = GaugeMetricFamily("safegate_cache_segment_entries",
-                              "Entries in the answer cache, by segment (this process; probation "
-                              "holds at least limits.memory.cache_probation percent).",
-                              labels=["segment"])
-        for segment in CACHE_SEGMENTS:
-            g.add_metric([segment], cache[f"entries_{segment}"])
-        yield g
+        # Per segment: probation (asked once) and protected (asked again).
+        per_segment: tuple[tuple[type[CounterMetricFamily | GaugeMetricFamily], str, str], ...] = (
+            (CounterMetricFamily, "evictions",
+             "Entries evicted, by cache segment: probation (asked once) or protected (asked "
+             "again; evicted only while probation is empty)."),
+            (GaugeMetricFamily, "entries",
+             "Entries in the answer cache, by segment (this process; probation holds at least "
+             "limits.memory.cache_probation percent)."))
+        for family, name, help_text in per_segment:
+            f = family(f"safegate_cache_segment_{name}", help_text, labels=["segment"])
+            for segment in CACHE_SEGMENTS:
+                f.add_metric([segment], cache[f"{name}_{segment}"])
+            yield f
         e = GaugeMetricFamily("safegate_list_entries", "Names loaded per category.",
                               labels=["category"])
         for category, n in sorted(self.list_entries().items()):
