@@ -38,6 +38,7 @@ from gateway.dns.upstream_base import (
 )
 from gateway.errors import ConfigError
 from tests.support.builders import make_profile, make_resolver
+from tests.support.wait import async_wait_for
 
 QUESTION = dns.message.make_query("www.example.test", "A").to_wire()[12:]
 
@@ -454,8 +455,8 @@ async def test_a_refused_question_is_answered_at_once_without_a_coroutine() -> N
                                "127.0.0.1", "udp")
             assert pending is not None and not isinstance(pending, bytes)
             tasks.spawn(pending)  # type: ignore[arg-type]
-        await asyncio.sleep(0.05)
-        assert len(silent.raw) == 2
+        await async_wait_for(lambda: len(silent.raw) == 2, 10,
+                             what="both questions at the silent upstream")
         q = dns.message.make_query("x.y.flood.test", "A", use_edns=0)
         out = r.handle(q.to_wire(), "127.0.0.1", "udp")
         assert isinstance(out, bytes), "expected the refusal at once"
