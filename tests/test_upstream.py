@@ -358,14 +358,20 @@ async def test_0x20_sends_mixed_case_and_ignores_a_lowercased_echo() -> None:
         t2.close()
 
 
+def patient_forwarder(port: int, limits: UpstreamLimits) -> tuple[Forwarder, Observed]:
+    """A forwarder to one upstream that waits long (5 s) and reports what it dropped: the
+    in-flight tests keep questions waiting at a silent upstream."""
+    seen = Observed()
+    return Forwarder([Upstream("127.0.0.1", port)],
+                     ForwarderConfig(attempt_timeout=5, query_timeout=5), seen,
+                     limits=limits), seen
+
+
 async def test_inflight_caps_answer_busy_at_once() -> None:
     silent = Recording(lambda m: [])
     transport, port = await serve(silent)
     try:
-        seen = Observed()
-        fwd = Forwarder([Upstream("127.0.0.1", port)],
-                        ForwarderConfig(attempt_timeout=5, query_timeout=5), seen,
-                        limits=UpstreamLimits(inflight=6, inflight_per_zone=4))
+        fwd, seen = patient_forwarder(port, UpstreamLimits(inflight=6, inflight_per_zone=4))
         flood = [asyncio.ensure_future(fwd.resolve(question(f"r{i}.flood.test"), do=False,
                                                    cd=False)) for i in range(10)]
         await asyncio.sleep(0)
@@ -399,10 +405,7 @@ async def test_the_zone_share_is_the_registrable_domain_however_deep_the_flood()
     silent = Recording(lambda m: [])
     transport, port = await serve(silent)
     try:
-        seen = Observed()
-        fwd = Forwarder([Upstream("127.0.0.1", port)],
-                        ForwarderConfig(attempt_timeout=5, query_timeout=5), seen,
-                        limits=UpstreamLimits(inflight=100, inflight_per_zone=4))
+        fwd, seen = patient_forwarder(port, UpstreamLimits(inflight=100, inflight_per_zone=4))
         names = [f"r{i}.q{i}.flood.test" if i % 2 else f"r{i}.flood.test" for i in range(10)]
         names += [f"w{i}.a{i}.victim.co.uk" for i in range(6)]
         names += ["www.other.co.uk"]
@@ -444,10 +447,7 @@ async def test_a_refused_question_is_answered_at_once_without_a_coroutine() -> N
     silent = Recording(lambda m: [])
     transport, port = await serve(silent)
     try:
-        seen = Observed()
-        fwd = Forwarder([Upstream("127.0.0.1", port)],
-                        ForwarderConfig(attempt_timeout=5, query_timeout=5), seen,
-                        limits=UpstreamLimits(inflight=100, inflight_per_zone=2))
+        fwd, seen = patient_forwarder(port, UpstreamLimits(inflight=100, inflight_per_zone=2))
         r = make_resolver(make_profile(), forwarder=fwd)
         tasks = Tasks()
         for i in range(2):
