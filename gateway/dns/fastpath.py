@@ -20,19 +20,19 @@ holds them equal byte for byte) and the fallback.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
 from gateway.dns import wire
 from gateway.dns.answers import BlockAnswers, Parts
-from gateway.lists import Action
 from gateway.policy.decide import (
-    EDE_BLOCKED,
-    EDE_CENSORED,
     EDE_FILTERED,
     Profile,
     bypass_verdict,
+    category_block,
+    mandatory_block,
     rank,
     suffix_match,
 )
@@ -55,6 +55,7 @@ Reply = Callable[[bytes, int, Parts, bool, int, int, bytes, bytes, bytes], bytes
 Plan = tuple[int, bool, str, int, bytes, bytes, tuple[str, str, str, str]] | None
 
 _NO_PLAN: Plan = None
+_MARK = b"\x00"  # the stand-in name of _plan's template verdict
 _PLANS_LIMIT = 4096
 _QD1 = b"\x00\x01\x00\x00\x00\x00"  # QDCOUNT 1, ANCOUNT 0, NSCOUNT 0
 _OPT_FIXED = b"\x00\x00\x29"         # root owner, TYPE OPT
@@ -138,7 +139,7 @@ def choose(pure: bool | None = None) -> Codec:
 
 def blocked(data: bytes, profile: Profile, answers: BlockAnswers, codec: Codec = PURE
             ) -> tuple[bytes, tuple[str, str, str, str]] | None:
-    """(reply, stats key) when `data` is a plain query for a name one list rule blocks;
+    """(reply, stats key) when `data` is a plain query for a name a list rule blocks;
     `codec` (from `choose`) says whether Python or C reads and writes the bytes."""
     shape = codec.parse(data)
     if shape is None:
@@ -189,25 +190,29 @@ def reply(data: bytes, end: int, answers: BlockAnswers, qtype: int, edns: bool, 
 
 def _plan(profile: Profile, levels: tuple[tuple[Any, ...], ...]) -> Plan:
     """decide.py's outcome for a name whose matching levels hold `levels`, when it is a block
-    by a list rule; None otherwise (allowed, passthru, or left to the full path)."""
+    by a list rule; None otherwise (allowed, passthru, or left to the full path).
+
+    The verdict is decide.py's own, made for a stand-in entry (`_MARK`): its EDE text, split
+    at the stand-in, gives the text around the matched entry.
+    """
     mandatory, best = rank(profile, list(enumerate(levels)))
-    decided = mandatory or best
-    if decided is None:
+    if mandatory is not None:
+        level = mandatory[0]
+        verdict = mandatory_block(profile, _MARK, (0, *mandatory[1:]))
+        checked = False  # before bypass names and deny/allow lists: nothing lifts it
+    elif best is not None:
+        level = best[0]
+        verdict = category_block(profile, _MARK, (0, *best[1:]))
+        if profile.filtered:  # as decide.decide: the subscriber's own filtering is EDE 17
+            verdict = dataclasses.replace(verdict, ede=EDE_FILTERED)
+        # Bypass names and the deny/allow lists come between mandatory and category blocks:
+        # they depend on the name, so they are checked per query (set probes), when present.
+        checked = profile.bypass or bool(profile.deny) or bool(profile.allow)
+    else:
         return _NO_PLAN
-    level, category, action, ref_id = decided
-    answer = ("nxdomain" if action == Action.NXDOMAIN else
-              "nodata" if action == Action.NODATA else profile.answer)
-    # EXTRA-TEXT as Verdict.ede_text writes it: "category: entry", then the feed entry's id,
-    # or "(schedule)" for a category only the tier's schedule blocks right now.
-    prefix = f"{category}: ".encode()
-    ref = f" ({ref_id})".encode() if ref_id else b""
-    stats_key = ("blocked", category, profile.tier, "udp")
-    if mandatory is not None:  # before bypass names and deny/allow lists: nothing lifts it
-        return level, False, answer, EDE_CENSORED, prefix, ref, stats_key
-    if category in profile.scheduled:
-        ref = b" (schedule)"
-    ede = EDE_FILTERED if profile.filtered else EDE_BLOCKED
-    # Bypass names and the deny/allow lists come between mandatory and category blocks: they
-    # depend on the name, so they are checked per query (cheap set probes), when present.
-    checked = profile.bypass or bool(profile.deny) or bool(profile.allow)
-    return level, checked, answer, ede, prefix, ref, stats_key
+    around = verdict.ede_text().encode().split(_MARK)
+    if len(around) != 2:
+        return _NO_PLAN  # a NUL in a category or feed id: the full path writes that text
+    prefix, suffix = around
+    return (level, checked, verdict.answer, verdict.ede, prefix, suffix,
+            ("blocked", verdict.category, profile.tier, "udp"))

@@ -248,9 +248,7 @@ def rank(profile: Profile, matches: Match) -> tuple[Ranked | None, Ranked | None
 def _decide(profile: Profile, key: bytes) -> Verdict:
     mandatory, best = rank(profile, profile.index.match(key))
     if mandatory is not None:
-        off, category, action, ref = mandatory
-        return _blocked("mandatory", category, key, off, action, profile.answer, EDE_CENSORED,
-                        ref)
+        return mandatory_block(profile, key, mandatory)
     if profile.bypass:
         bypass = bypass_verdict(key)
         if bypass is not None:
@@ -264,13 +262,24 @@ def _decide(profile: Profile, key: bytes) -> Verdict:
         return Verdict(False, "allow", "", key[allow_off:], allow_off)
 
     if best is not None:
-        off, category, action, ref = best
-        reason = "schedule" if category in profile.scheduled else "policy"
-        return _blocked(reason, category, key, off, action, profile.answer, EDE_BLOCKED, ref)
+        return category_block(profile, key, best)
     if profile.default_block:
         return Verdict(True, "allowlist-only", "allowlist-only", b"", 0, profile.answer,
                        EDE_BLOCKED)
     return ALLOWED
+
+
+def mandatory_block(profile: Profile, key: bytes, ranked: Ranked) -> Verdict:
+    """The verdict of `rank`'s mandatory entry: EDE 16 Censored, nothing lifts it."""
+    off, category, action, ref = ranked
+    return _blocked("mandatory", category, key, off, action, profile.answer, EDE_CENSORED, ref)
+
+
+def category_block(profile: Profile, key: bytes, ranked: Ranked) -> Verdict:
+    """The verdict of `rank`'s block by one of the tier's categories (or its schedule's)."""
+    off, category, action, ref = ranked
+    reason = "schedule" if category in profile.scheduled else "policy"
+    return _blocked(reason, category, key, off, action, profile.answer, EDE_BLOCKED, ref)
 
 
 def _blocked(reason: str, category: str, key: bytes, off: int, action: int, default_answer: str,
