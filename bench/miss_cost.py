@@ -32,7 +32,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from bench.procstat import Load, measure, tree_cpu_seconds  # noqa: E402
+from bench.procstat import Load, run_one, tree_cpu_seconds  # noqa: E402
 from bench.servers import BENCH_POLICY, wait_answering  # noqa: E402
 from tests.support.procs import (  # noqa: E402
     SafeGateProcess,
@@ -71,13 +71,9 @@ def sequential(port: int, pid: int, tag: str, n: int) -> float:
 def run_dnsperf(pid: int, port: int, qfile: Path, args: argparse.Namespace,
                 rate: int | None = None, runs: int | None = None) -> dict[str, Any]:
     """One dnsperf pass (pinned to --load-cpu) and the gateway's CPU over it."""
-    m = measure(pid, [Load(qfile, port, args.load_cpu, clients=args.clients,
-                           outstanding=args.outstanding, duration=None if runs else
-                           args.duration, runs=runs, rate=rate)])
-    perf = m.perf[0]
-    return {"sent": perf.sent, "completed": perf.completed, "qps": perf.qps,
-            "rcodes": perf.rcodes, "cpu_us_per_query": m.cpu_us_per_query,
-            "other_procs_cpu_s": m.other_procs_cpu_s}
+    return run_one(pid, Load(qfile, port, args.load_cpu, clients=args.clients,
+                             outstanding=args.outstanding,
+                             duration=None if runs else args.duration, runs=runs, rate=rate))
 
 
 def main() -> int:

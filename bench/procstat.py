@@ -252,3 +252,12 @@ def measure(
         other_procs_cpu_s=foreign / CLK_TCK,
         memory_end=memory,
     )
+
+
+def run_one(server_pid: int, load: Load) -> dict[str, Any]:
+    """One dnsperf `load` against the server, as a flat dict (the small benches' row)."""
+    m = measure(server_pid, [load])
+    perf = m.perf[0]
+    return {"sent": perf.sent, "completed": perf.completed, "lost": perf.lost, "qps": perf.qps,
+            "rcodes": perf.rcodes, "cpu_s": m.cpu_seconds,
+            "cpu_us_per_query": m.cpu_us_per_query, "other_procs_cpu_s": m.other_procs_cpu_s}

@@ -15,10 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import re
 import shutil
-import subprocess
 import sys
 import time
 from collections.abc import Sequence
@@ -29,12 +26,11 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from bench.procstat import Load, run_one  # noqa: E402
 from tests.support.procs import SafeGateProcess, dns_query, write_gateway_config  # noqa: E402
 from tests.support.unbound import UnboundServer, start_unbound  # noqa: E402
 
-# Self-contained (bench/dns_compare.py's helpers move between releases); same data shapes.
 OUT = ROOT / "bench" / "out"
-CLK_TCK = os.sysconf("SC_CLK_TCK")
 POLICY = """\
 tiers:
   bench: {block: [adult], answer: nxdomain}
@@ -54,33 +50,11 @@ def cached_name(i: int) -> str:
     return f"c{i}.cached.test"
 
 
-def cpu_seconds(pid: int) -> float:
-    """utime + stime of one process (the gateway runs one with dns.workers: 1)."""
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK
-
-
 def dnsperf(pid: int, port: int, qfile: Path, args: argparse.Namespace,
             rate: int | None = None, runs: int | None = None) -> dict[str, Any]:
-    cmd = ["taskset", "-c", str(args.load_cpu), "dnsperf", "-s", "127.0.0.1", "-p", str(port),
-           "-d", str(qfile), "-c", str(args.clients), "-q", str(args.outstanding), "-t", "2"]
-    cmd += ["-n", str(runs)] if runs else ["-l", str(args.duration)]
-    if rate:
-        cmd += ["-Q", str(rate)]
-    cpu0 = cpu_seconds(pid)
-    text = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
-    cpu = cpu_seconds(pid) - cpu0
-
-    def num(pattern: str) -> float:
-        m = re.search(pattern, text)
-        return float(m.group(1)) if m else 0.0
-    done = num(r"Queries completed:\s+(\d+)")
-    m = re.search(r"Response codes:\s+(.*)", text)
-    return {"qps": num(r"Queries per second:\s+([\d.]+)"), "completed": int(done),
-            "lost": int(num(r"Queries lost:\s+(\d+)")), "cpu_s": cpu,
-            "cpu_us_per_query": cpu * 1e6 / done if done else 0.0,
-            "rcodes": m.group(1).strip() if m else ""}
+    return run_one(pid, Load(qfile, port, args.load_cpu, clients=args.clients,
+                             outstanding=args.outstanding,
+                             duration=None if runs else args.duration, runs=runs, rate=rate))
 
 
 def start(workdir: Path, upstream: UnboundServer, args: argparse.Namespace,
