@@ -187,15 +187,14 @@ def test_the_isp_example_checks_and_explains_a_subscriber_behind_dnsdist() -> No
 # ---------------------------------------------------------------- the registry and its one policy
 
 
-def readme_commands() -> list[tuple[str, list[str], set[str]]]:
-    """(command, its verbs, the flags shown) for each `safegate ...` of README "Command line".
+def cli_doc_commands() -> list[tuple[str, list[str], set[str]]]:
+    """(command, its verbs, the flags shown) for each `safegate ...` of docs/cli.md.
 
     `feeds status|confirm` is one command with verbs; `report | probe | export rpz` are three
     commands (an alternative of one word each, or `export` with its argument `rpz`).
     """
-    text = (REPO / "README.md").read_text(encoding="utf-8")
-    section = text.split("\n## Command line\n", 1)[1].split("\n## ", 1)[0]
-    block = section.split("```", 2)[1]
+    text = (REPO / "docs" / "cli.md").read_text(encoding="utf-8")
+    block = text.split("```", 2)[1]
     commands: list[tuple[str, list[str], set[str]]] = []
     for line in block.splitlines():
         line = line.split("#", 1)[0]
@@ -224,9 +223,9 @@ def help_text(capsys: pytest.CaptureFixture[str], *argv: str) -> str:
     return out
 
 
-def test_every_verb_of_the_readme_command_line_is_registered(
+def test_every_verb_of_the_documented_command_line_is_registered(
         capsys: pytest.CaptureFixture[str]) -> None:
-    commands = readme_commands()
+    commands = cli_doc_commands()
     assert {c for c, _, _ in commands} >= {"run", "check", "explain", "feeds", "feed", "report",
                                           "probe", "export"}, commands
     for command, verbs, flags in commands:
