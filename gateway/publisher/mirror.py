@@ -74,6 +74,11 @@ class NationalMirror:
         self.watcher = SerialWatcher(lambda: self.serial)
         self.rejected: dict[str, int] = dict.fromkeys(MIRROR_REASONS, 0)
         self._known: frozenset[str] = frozenset()
+        # When this mirror last fetched a full snapshot (its own clock): refreshes are paced
+        # by it, not by the document's age, since the ministry re-signs only every heartbeat
+        # and a refresh shorter than that would otherwise ask again every second.
+        self.last_full: float | None = None
+        self.long_poll = LONG_POLL
 
     @property
     def serial(self) -> int:
@@ -194,22 +199,30 @@ class NationalMirror:
             params: dict[str, str] = {}
             headers = {"Cache-Control": "no-cache", "Pragma": "no-cache"}
         else:
-            params = {"since": str(since), "wait": str(LONG_POLL)}
+            params = {"since": str(since), "wait": str(self.long_poll)}
             headers = {"If-None-Match": f'"{since}"'}
-        status, body, sig = await self._get(session, params, headers, LONG_POLL + 30)
+        status, body, sig = await self._get(session, params, headers, self.long_poll + 30)
         if status == 304:
             if since is None:
                 raise MirrorError("http", "304 to an unconditional request")
             return None
-        return await asyncio.to_thread(self.verify, body, sig)
+        doc = await asyncio.to_thread(self.verify, body, sig)
+        if since is None:
+            self.last_full = self.clock()
+        return doc
 
     async def _keep(self, doc: NationalDoc) -> None:
         await asyncio.to_thread(self.store, doc)
         self.install(doc)
 
+    def needs_full(self) -> bool:
+        """No snapshot yet, or none fetched for `upstream.refresh` seconds."""
+        return (self.snapshot is None or self.last_full is None
+                or self.clock() - self.last_full > self.cfg.refresh)
+
     async def poll_once(self, session: aiohttp.ClientSession) -> bool:
         """One step; True when a document was kept."""
-        if self.snapshot is None or self.document_age() > self.cfg.refresh:
+        if self.needs_full():
             doc = await self._fetch(session, None)
             if doc is None or doc.since is not None:
                 raise MirrorError("malformed", "a diff served for a full request")

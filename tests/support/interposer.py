@@ -21,6 +21,8 @@ class Interposer:
         self.tamper: tuple[bytes, bytes] | None = None   # (old, new) replaced in bodies
         self.refuse_posts = False
         self.tampered = 0
+        self.requests = 0
+        self.last_query = ""
         self.port = free_port(v6=False, udp=False)
         self.loop = asyncio.new_event_loop()
         self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
@@ -31,6 +33,8 @@ class Interposer:
         return f"http://127.0.0.1:{self.port}"
 
     async def _handle(self, request: web.Request) -> web.StreamResponse:
+        self.requests += 1
+        self.last_query = request.query_string
         if request.method == "POST" and self.refuse_posts:
             return web.Response(status=503, text="interposer: refusing POSTs\n")
         headers = {k: v for k, v in request.headers.items()
