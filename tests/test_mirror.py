@@ -109,6 +109,13 @@ def test_a_document_not_signed_by_the_ministry_is_refused_and_counted(tmp_path: 
             asyncio.run(poll(mirror))
         assert exc.value.reason == "bad_signature" and mirror.snapshot is None
         assert not (tmp_path / "m2" / "snapshot.doc").exists()
+        # limits.upstream_document_bytes: a document past it is refused while it streams
+        relay.tamper = None
+        small = make_mirror(relay.url, pub.setup.public_key, tmp_path / "m3", Clock())
+        small.max_bytes = 100
+        with pytest.raises(MirrorError) as exc:
+            asyncio.run(poll(small))
+        assert exc.value.reason == "too_big" and small.serial == 0
     finally:
         relay.stop()
         pub.kill()

@@ -284,3 +284,52 @@ def test_bad_upstream_and_provinces_sections_are_named_with_their_line(tmp_path:
         r = run_feed("serve", "-c", str(ministry / "publisher.yaml"), timeout=30)
         assert r.returncode != 0
         assert "publisher.yaml" in r.stderr and message in r.stderr, r.stderr
+
+
+def test_a_province_checks_school_acks_and_bounds_what_waits_for_the_ministry(
+        tmp_path: Path) -> None:
+    """What a school (or anyone holding a school's token) can make a province keep: only acks
+    of its own id, for serials and entries of the mirrored national feed, at most
+    limits.upstream_pending of them while the ministry is away (then 503: the schools keep
+    them), each at most limits.ack_bytes."""
+    ministry = start_publisher(tmp_path / "ministry", gateways=(), extra={"provinces": [
+        {"id": PROVINCE, "name": "Hà Nội", "token": PROVINCE_TOKEN}]})
+    link = Interposer(ministry.url).start()
+    link.refuse_posts = True
+    province = start_publisher(tmp_path / "province", gateways=SCHOOLS, extra={
+        "upstream": {"url": link.url + "/v1/feed", "public_key": str(ministry.setup.public_key),
+                     "token": PROVINCE_TOKEN, "province": PROVINCE},
+        "limits": {"upstream_pending": 1, "ack_bytes": 4096}})
+    try:
+        order(ministry, "BCA-1", NATIONAL_NAME)
+        wait_for(lambda: sample(province.request("GET", "/metrics").body.decode(),
+                                "safegate_publisher_mirror_serial") == 1, 30.0,
+                 what="the province mirrored serial 1")
+
+        def post(school: str, serial: int = 1, rid: str = "BCA-1", pad: str = "") -> int:
+            return province.request("POST", "/v1/national/acks", token=gateway_token("thpt-a"),
+                                    body={"gateway": school, "feed": "national" + pad,
+                                          "serial": serial,
+                                          "entries": [{"id": rid, "outcome": "received",
+                                                       "received_at": "2026-12-04T00:00:00Z"}]}
+                                    ).status
+
+        assert post("thpt-b") == 403                 # another school's id
+        assert post("thpt-a", serial=2) == 409       # a serial the ministry never published
+        assert post("thpt-a", rid="FAKE-1") == 422   # an entry the national feed never had
+        assert post("thpt-a", pad="x" * 5000) == 413
+        r = province.request("POST", "/v1/national/acks", body={"gateway": "thpt-a"})
+        assert r.status == 401                       # no token
+        assert post("thpt-a") == 200
+        assert post("thpt-a") == 503                 # one waits already: the school keeps it
+        m = province.request("GET", "/metrics").body.decode()
+        assert sample(m, "safegate_publisher_upstream_pending_acks") == 1
+        link.refuse_posts = False
+        wait_for(lambda: ministry.request("GET", "/v1/entries/BCA-1").json()["gateways"] != [],
+                 60.0, what="the ministry got the one ack")
+        (gw,) = ministry.request("GET", "/v1/entries/BCA-1").json()["gateways"]
+        assert gw["gateway"] == f"{PROVINCE}/thpt-a" and gw["outcome"] == "received"
+    finally:
+        province.kill()
+        ministry.kill()
+        link.stop()
