@@ -183,6 +183,12 @@ def test_orders_from_ministry_and_province_reach_both_schools_and_are_acked_wher
     (prov,) = report["provinces"]
     assert prov["name"] == "Hà Nội (ha-noi)"
     assert prov["mandatory"]["received"] == 2 and prov["mandatory"]["within_deadline"] == 2
+    html = subprocess.run([sys.executable, "-m", "gateway", "report", "-c",
+                           str(tier.ministry.setup.config), "--from", today, "--to", today,
+                           "--format", "html", "--tz", "UTC"], capture_output=True, text=True,
+                          cwd=REPO_ROOT, timeout=60, check=False)
+    assert html.returncode == 0, html.stderr
+    assert "Province, all its gateways</span>: Hà Nội (ha-noi)" in html.stdout
 
     # A national document altered at the province: school B refuses it (bad signature) and
     # keeps what it had; school A, fed the untouched bytes, enforces the new order.
