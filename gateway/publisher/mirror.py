@@ -262,5 +262,10 @@ class NationalMirror:
                 failures += 1
                 log.warning("national feed: %s (%s); serving serial %d, retrying in %.0fs",
                             exc, exc.reason, self.serial, delay)
+            except Exception:   # a full disk, a bug: the mirror must outlive it, and say so
+                delay = backoff(failures, rng)
+                failures += 1
+                log.exception("national feed: mirroring failed; serving serial %d, retrying "
+                              "in %.0fs", self.serial, delay)
             if delay > 0:
                 await asyncio.sleep(delay)
