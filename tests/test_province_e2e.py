@@ -339,3 +339,51 @@ def test_a_province_checks_school_acks_and_bounds_what_waits_for_the_ministry(
         province.kill()
         ministry.kill()
         link.stop()
+
+
+def test_a_school_back_after_long_may_ack_a_removal_whose_diff_the_province_dropped(
+        tmp_path: Path) -> None:
+    """A school offline for a while takes the snapshot and acks the entries it no longer has
+    as "removed". The province keeps only limits.mirror_diffs diffs, but remembers every
+    national id: refusing such an ack (422) would stall the school's national acks for good."""
+    ministry = start_publisher(tmp_path / "ministry", gateways=(), extra={"provinces": [
+        {"id": PROVINCE, "name": "Hà Nội", "token": PROVINCE_TOKEN}]})
+    province = start_publisher(tmp_path / "province", gateways=SCHOOLS, extra={
+        "upstream": {"url": ministry.url + "/v1/feed",
+                     "public_key": str(ministry.setup.public_key),
+                     "token": PROVINCE_TOKEN, "province": PROVINCE},
+        "limits": {"mirror_diffs": 1}})
+    try:
+        def mirrored(serial: int) -> None:
+            wait_for(lambda: sample(province.request("GET", "/metrics").body.decode(),
+                                    "safegate_publisher_mirror_serial") == serial, 30.0,
+                     what=f"the province mirrored serial {serial}")
+
+        order(ministry, "BCA-1", NATIONAL_NAME)
+        mirrored(1)
+        assert ministry.request("DELETE", "/v1/entries/BCA-1", token=ADMIN_TOKEN).status == 200
+        mirrored(2)
+        order(ministry, "BCA-2", PROVINCIAL_NAME)
+        mirrored(3)
+        order(ministry, "BCA-3", TAMPERED_NAME)
+        mirrored(4)
+        # only the diff 3 -> 4 is kept: BCA-1 is in no document the province serves now
+        assert province.request("GET", "/v1/national/feed?since=1").headers.get(
+            "X-SafeGate-Full") == "1"
+
+        def post(rid: str, outcome: str) -> int:
+            return province.request("POST", "/v1/national/acks", token=gateway_token("thpt-a"),
+                                    body={"gateway": "thpt-a", "feed": "national", "serial": 4,
+                                          "entries": [{"id": rid, "outcome": outcome,
+                                                       "received_at": "2026-12-04T00:00:00Z"}]}
+                                    ).status
+
+        assert post("BCA-1", "removed") == 200
+        assert post("NEVER-1", "removed") == 422
+        wait_for(lambda: any(g["gateway"] == f"{PROVINCE}/thpt-a" and g["outcome"] == "removed"
+                             for g in ministry.request("GET", "/v1/entries/BCA-1"
+                                                       ).json()["gateways"]),
+                 30.0, what="the removal acked at the ministry")
+    finally:
+        province.kill()
+        ministry.kill()

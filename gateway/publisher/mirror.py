@@ -79,6 +79,9 @@ class NationalMirror:
         # and a refresh shorter than that would otherwise ask again every second.
         self.last_full: float | None = None
         self.long_poll = LONG_POLL
+        # Called with ids not mirrored before (since start): the province remembers them all.
+        self.on_new_ids: Callable[[frozenset[str]], None] = lambda ids: None
+        self._seen: set[str] = set()
 
     @property
     def serial(self) -> int:
@@ -133,8 +136,15 @@ class NationalMirror:
             while len(self.diffs) > self.max_diffs:
                 oldest = min(self.diffs)
                 self._path(self.diffs.pop(oldest)).unlink(missing_ok=True)
-        self._known = frozenset().union(*(d.ids for d in self._docs()))
+        self._remember()
         self.watcher.check()
+
+    def _remember(self) -> None:
+        self._known = frozenset().union(*(d.ids for d in self._docs()))
+        new = self._known - self._seen
+        if new:
+            self.on_new_ids(new)
+            self._seen |= new
 
     def _docs(self) -> list[NationalDoc]:
         return ([self.snapshot] if self.snapshot else []) + list(self.diffs.values())
@@ -156,7 +166,7 @@ class NationalMirror:
                 self.snapshot = doc
             else:
                 self.diffs[doc.since] = doc
-        self._known = frozenset().union(*(d.ids for d in self._docs()))
+        self._remember()
         self.watcher.check()
         if self.snapshot is not None:
             log.info("national feed: serial %d mirrored from disk (%d diffs)", self.serial,

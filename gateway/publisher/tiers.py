@@ -43,6 +43,7 @@ from gateway.publisher.provinces import ProvinceCollector, ProvinceRegistry, nam
 from gateway.publisher.store import Store
 from gateway.publisher.upstream_acks import (
     RESULTS,
+    NationalIds,
     UpstreamOutbox,
     UpstreamSender,
     provinces_acks_url,
@@ -54,6 +55,7 @@ MIRROR = web.AppKey("mirror", NationalMirror)
 OUTBOX = web.AppKey("upstream_outbox", UpstreamOutbox)
 PROVINCES = web.AppKey("provinces", ProvinceRegistry)
 FORWARDED = web.AppKey("forwarded", dict)
+NATIONAL_IDS = web.AppKey("national_ids", NationalIds)
 
 
 def add_tiers(app: web.Application, store: Store, config: PublisherConfig,
@@ -62,6 +64,8 @@ def add_tiers(app: web.Application, store: Store, config: PublisherConfig,
     if config.upstream is not None:
         mirror = NationalMirror(config.upstream, config.limits.mirror_diffs,
                                 config.limits.upstream_document_bytes)
+        app[NATIONAL_IDS] = NationalIds(store.db)
+        mirror.on_new_ids = app[NATIONAL_IDS].add
         mirror.load()
         app[MIRROR] = mirror
         app[OUTBOX] = UpstreamOutbox(store.db)
@@ -149,7 +153,8 @@ async def post_national_ack(request: web.Request) -> web.Response:
         return _error(409, f"serial {ack.serial} is newer than the mirrored national feed "
                            f"(serial {mirror.serial}); nothing was recorded")
     known = mirror.known_ids()
-    unknown = [e.entry_id for e in ack.entries if e.entry_id not in known]
+    unknown = request.app[NATIONAL_IDS].unknown(
+        [e.entry_id for e in ack.entries if e.entry_id not in known])
     if unknown:
         return _error(422, f"{len(unknown)} entry id(s) are not in the national feed: "
                            f"{', '.join(repr(i) for i in unknown[:5])}; nothing was recorded")

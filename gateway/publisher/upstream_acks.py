@@ -16,7 +16,7 @@ import logging
 import random
 import sqlite3
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from urllib.parse import urlsplit, urlunsplit
 
@@ -27,6 +27,7 @@ from gateway.util.outbox import RetryingSender
 log = logging.getLogger("safegate.publisher.upstream")
 
 SCHEMA = """
+CREATE TABLE IF NOT EXISTS national_ids (id TEXT PRIMARY KEY);
 CREATE TABLE IF NOT EXISTS upstream_outbox (id INTEGER PRIMARY KEY AUTOINCREMENT,
   created REAL NOT NULL, gateway TEXT NOT NULL, body BLOB NOT NULL,
   attempts INTEGER NOT NULL DEFAULT 0, next_attempt REAL NOT NULL);
@@ -52,6 +53,29 @@ class PendingAck:
     gateway: str
     body: bytes
     attempts: int
+
+
+class NationalIds:
+    """Every national entry id this province ever mirrored. A school back after a long absence
+    acks entries removed while it was away (outcome "removed"); their diffs may be gone from
+    the mirror by then, and refusing the ack would stall the school's outbox for good."""
+
+    def __init__(self, db: sqlite3.Connection) -> None:
+        self.db = db
+        db.executescript(SCHEMA)
+
+    def add(self, ids: Iterable[str]) -> None:
+        self.db.executemany("INSERT OR IGNORE INTO national_ids (id) VALUES (?)",
+                            [(i,) for i in ids])
+
+    def unknown(self, ids: Sequence[str]) -> list[str]:
+        out: list[str] = []
+        for i in range(0, len(ids), 500):   # SQLite's bound-parameter limit
+            part = list(dict.fromkeys(ids[i:i + 500]))
+            known = {r[0] for r in self.db.execute(
+                f"SELECT id FROM national_ids WHERE id IN ({','.join('?' * len(part))})", part)}
+            out.extend(x for x in part if x not in known)
+        return out
 
 
 class UpstreamOutbox:
