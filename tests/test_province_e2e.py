@@ -368,6 +368,8 @@ def test_a_school_back_after_long_may_ack_a_removal_whose_diff_the_province_drop
         order(ministry, "BCA-3", TAMPERED_NAME)
         mirrored(4)
         # only the diff 3 -> 4 is kept: BCA-1 is in no document the province serves now
+        assert sample(province.request("GET", "/metrics").body.decode(),
+                      "safegate_publisher_mirror_diffs") == 1
         assert province.request("GET", "/v1/national/feed?since=1").headers.get(
             "X-SafeGate-Full") == "1"
 

@@ -194,6 +194,11 @@ class ProvinceSideCollector(Collector):
         for reason in MIRROR_REASONS:
             c.add_metric([reason], self.mirror.rejected.get(reason, 0))
         yield c
+        g = GaugeMetricFamily("safegate_publisher_mirror_diffs",
+                              "National diffs kept to serve schools step by step "
+                              "(limits.mirror_diffs).")
+        g.add_metric([], len(self.mirror.diffs))
+        yield g
         g = GaugeMetricFamily("safegate_publisher_upstream_pending_acks",
                               "School acks for national entries not yet accepted by the "
                               "ministry.")
