@@ -282,6 +282,10 @@ def test_regulator_panels_show_serials_overdue_probes_and_reports(stack: Stack) 
     assert 0 < latency[""] <= 10
     buckets = _show(stack, "safegate-regulator", "Enforcement latency distribution")
     assert buckets["le=+Inf"] >= 1
+    # The configured province, with no school behind it yet: zeros, not "No data".
+    for title in ("School gateways per province", "Gateways behind, per province",
+                  "Overdue entries per province", "Enforcement latency p95 per province"):
+        assert _show(stack, "safegate-regulator", title) == {"province=ha-noi": 0.0}, title
 
 
 def test_alert_rules_load_and_evaluate_in_prometheus(stack: Stack) -> None:

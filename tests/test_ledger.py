@@ -261,3 +261,12 @@ async def test_outbox_survives_outage_and_restart(tmp_path: Path,
                                                                     "error"}
     assert led.outbox_pending() == 1                 # the other feed's ack is its own sender's
     led.close()
+
+
+def test_acks_go_next_to_a_v1_feed_path() -> None:
+    """A province serves the national feed at /v1/national/feed and takes its acks next to it
+    (docs/national-layout.md); other feed URLs keep the origin's /v1/acks."""
+    assert acks_url("http://p.example:8443/v1/national/feed?x=1") == \
+        "http://p.example:8443/v1/national/acks"
+    assert acks_url("http://p.example/v1/feed") == "http://p.example/v1/acks"
+    assert acks_url("http://p.example/feeds/central.json") == "http://p.example/v1/acks"

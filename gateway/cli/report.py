@@ -29,6 +29,7 @@ from gateway.compliance.report import (
     Report,
     Section,
     StatTotal,
+    build_provinces,
     build_section,
     build_total,
     iso_to_unix,
@@ -172,10 +173,32 @@ def build_report(config: Path, period: Period, now: float) -> Report:
     path = publisher_database(config, doc)
     with readonly(path) as db:
         per_gateway = read_publisher(db, period)
+        members = read_province_members(db)
     sections: tuple[Section, ...] = tuple(
         build_section(gw, rows, period, probes, stats) for gw, rows, probes, stats in per_gateway)
     return Report("publisher", str(path), period, now, sections, build_total(sections, period),
-                  (PUBLISHER_PROBE_NOTE,))
+                  (PUBLISHER_PROBE_NOTE,),
+                  build_provinces(sections, members, province_names(doc), period))
+
+
+def read_province_members(db: sqlite3.Connection) -> dict[str, str]:
+    """gateway -> province at a ministry (gateway/publisher/provinces.py); {} elsewhere."""
+    if db.execute("SELECT 1 FROM sqlite_master WHERE type='table' AND "
+                  "name='province_gateways'").fetchone() is None:
+        return {}
+    return {str(g): str(p) for g, p in db.execute(
+        "SELECT gateway, province FROM province_gateways")}
+
+
+def province_names(doc: dict[str, Any]) -> dict[str, str]:
+    """Province id -> display name from publisher.yaml `provinces:` (validated by serve)."""
+    items = doc.get("provinces")
+    out: dict[str, str] = {}
+    for p in items if isinstance(items, list) else []:
+        if isinstance(p, dict) and isinstance(p.get("id"), str):
+            name = p.get("name")
+            out[p["id"]] = name if isinstance(name, str) and name else p["id"]
+    return out
 
 
 # ---------------------------------------------------------------- commands

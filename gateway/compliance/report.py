@@ -155,6 +155,8 @@ class Report:
     sections: tuple[Section, ...]
     total: Section | None = None   # publisher only: all gateways together
     notes: tuple[str, ...] = field(default=())
+    # A ministry's report: each province's school gateways pooled (docs/national-layout.md).
+    provinces: tuple[Section, ...] = field(default=())
 
 
 def classify(row: EntryRow, end: float) -> str:
@@ -240,3 +242,21 @@ def build_total(sections: Sequence[Section], period: Period) -> Section:
     probes = {r: sum(s.probes.get(r, 0) for s in sections) for r in PROBE_RESULTS}
     stats = [row for s in sections for row in s.stats]
     return build_section("total", rows, period, probes, stats)
+
+
+def build_provinces(sections: Sequence[Section], members: Mapping[str, str],
+                    names: Mapping[str, str], period: Period) -> tuple[Section, ...]:
+    """One pooled section per province (`members`: gateway -> province id), named
+    "<name> (<id>)", in the order of the province ids."""
+    by_province: dict[str, list[Section]] = {}
+    for s in sections:
+        if s.name in members:
+            by_province.setdefault(members[s.name], []).append(s)
+    out = []
+    for pid, group in sorted(by_province.items()):
+        pooled = build_total(group, period)
+        name = names.get(pid, pid)
+        label = f"{name} ({pid})" if name != pid else pid
+        out.append(Section(label, pooled.entries, pooled.all, pooled.mandatory, pooled.latency,
+                           pooled.latency_by_category, pooled.probes, pooled.stats))
+    return tuple(out)

@@ -121,6 +121,8 @@ def render_json(report: Report) -> str:
     }
     if report.total is not None:
         doc["total"] = section_summary(report.total)
+    if report.provinces:
+        doc["provinces"] = [section_summary(s) for s in report.provinces]
     return json.dumps(doc, ensure_ascii=False, indent=2) + "\n"
 
 
@@ -165,6 +167,7 @@ LABELS: dict[str, tuple[str, str]] = {
     "status": ("Trạng thái", "Status"),
     "gateway": ("Cổng lọc", "Gateway"),
     "total": ("Tổng cộng mọi cổng lọc", "Total, all gateways"),
+    "province": ("Tỉnh/thành phố, mọi cổng lọc", "Province, all its gateways"),
     "none": ("Không có", "None"),
     "notes": ("Ghi chú", "Notes"),
 }
@@ -301,6 +304,10 @@ def render_html(report: Report) -> str:
         heading = (f"{_e(LABELS['gateway'][0])} / <span class=\"en\">"
                    f"{_e(LABELS['gateway'][1])}</span>: {_e(s.name)}")
         body.append(_section_html(s, heading, tz))
+    for s in report.provinces:
+        heading = (f"{_e(LABELS['province'][0])} / <span class=\"en\">"
+                   f"{_e(LABELS['province'][1])}</span>: {_e(s.name)}")
+        body.append(_section_html(s, heading, tz, overdue=False))
     if report.total is not None:
         body.append(_section_html(report.total, _label("total"), tz, overdue=False))
     notes = "".join(f"<li>{_e(n)}</li>" for n in (*DEFINITIONS, *report.notes))

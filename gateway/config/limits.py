@@ -129,6 +129,17 @@ class PublisherLimits:
     # series, so an ack listing 5,000 invented categories must not grow /metrics by 10,000.
     # Rows for further pairs are dropped (safegate_publisher_ack_stats_dropped_total).
     stats_series: int = 256
+    # Province tier (docs/national-layout.md). At the ministry: school gateways one province
+    # may report; each is a set of per-gateway /metrics series, so a province cannot grow
+    # /metrics without bound (acks for further schools are refused, reason province_full).
+    province_gateways: int = 5000
+    # At a province: national diffs kept to serve schools a step at a time (older serials
+    # get the mirrored snapshot), and school acks waiting for the ministry; past that the
+    # province answers 503 and the schools keep the acks in their own outboxes.
+    mirror_diffs: int = 64
+    upstream_pending: int = 100_000
+    # One national document fetched by the province (a 100k-entry snapshot is ~25 MB).
+    upstream_document_bytes: int = 256 * MIB
 
 
 @dataclass(frozen=True)

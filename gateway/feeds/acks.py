@@ -52,8 +52,13 @@ class AckTarget:
 
 
 def acks_url(feed_url: str) -> str:
-    """The publisher's /v1/acks on the feed URL's origin."""
+    """Where a feed's acks go: `.../acks` next to a feed URL ending in `/v1/.../feed` (a
+    province serves the national feed at /v1/national/feed and takes its acks at
+    /v1/national/acks), else the publisher's /v1/acks on the feed URL's origin."""
     parts = urlsplit(feed_url)
+    path = parts.path
+    if path.startswith("/v1/") and path.endswith("/feed"):
+        return urlunsplit((parts.scheme, parts.netloc, path[:-len("feed")] + "acks", "", ""))
     return urlunsplit((parts.scheme, parts.netloc, "/v1/acks", "", ""))
 
 

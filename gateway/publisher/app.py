@@ -100,6 +100,7 @@ WATCHER = web.AppKey("watcher", SerialWatcher)
 BUILDER = web.AppKey("builder", FeedBuilder)
 EDITOR = web.AppKey("editor", Editor)
 ACK_METRICS = web.AppKey("ack_metrics", AckMetrics)
+COLLECTOR = web.AppKey("collector", PublisherCollector)
 
 
 def make_app(store: Store, signer: Signer, config: PublisherConfig,
@@ -114,8 +115,8 @@ def make_app(store: Store, signer: Signer, config: PublisherConfig,
     app[ACK_METRICS] = AckMetrics(registry, sorted(config.gateways), REJECT_REASONS)
     app[EDITOR] = Editor(store, Guard(config.never_block, config.max_change_ratio,
                                       config.max_change_entries))
-    registry.register(PublisherCollector(store, list(config.gateways),
-                                         config.overdue_after_hours))
+    app[COLLECTOR] = PublisherCollector(store, list(config.gateways), config.overdue_after_hours)
+    registry.register(app[COLLECTOR])
     app.cleanup_ctx.append(_watch)
     app.on_shutdown.append(_release_waiters)
     app.router.add_get("/v1/feed", get_feed)

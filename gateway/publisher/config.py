@@ -19,10 +19,17 @@ from gateway.config.yamlconf import (
     expect_str,
     load_yaml,
 )
+from gateway.publisher.tierconfig import (
+    ProvinceConfig,
+    UpstreamConfig,
+    parse_provinces,
+    parse_upstream,
+)
 from gateway.util.names import normalize_name
 
 TOP_KEYS = ("listen", "database", "signing_key", "gateways", "admin_token", "never_block",
-            "max_change", "diff_history", "overdue_after_hours", "tls", "heartbeat", "limits")
+            "max_change", "diff_history", "overdue_after_hours", "tls", "heartbeat", "limits",
+            "upstream", "provinces")
 GATEWAY_KEYS = ("id", "token")
 MAX_CHANGE_KEYS = ("ratio", "entries")
 TLS_KEYS = ("cert", "key")
@@ -53,6 +60,9 @@ class PublisherConfig:
     tls_key: Path | None = None
     heartbeat: float = DEFAULT_HEARTBEAT
     limits: PublisherLimits = field(default_factory=PublisherLimits)
+    # The province tier (docs/national-layout.md): a province's ministry, a ministry's provinces.
+    upstream: UpstreamConfig | None = None
+    provinces: dict[str, ProvinceConfig] = field(default_factory=dict)
 
 
 def load_publisher_config(path: str | Path) -> PublisherConfig:
@@ -92,12 +102,14 @@ def load_publisher_config(path: str | Path) -> PublisherConfig:
         ratio = _number(mc.get("ratio", ratio), "max_change.ratio", mc, "ratio", 0.0, 1.0)
         entries = int(_number(mc.get("entries", entries), "max_change.entries", mc, "entries",
                               0, None, integer=True))
+    gateways = _gateways(doc, admin)
+    database = rel("database", doc, "database")
     return PublisherConfig(
         path=path,
         listen=listen,
-        database=rel("database", doc, "database"),
+        database=database,
         signing_key=rel("signing_key", doc, "signing_key"),
-        gateways=_gateways(doc, admin),
+        gateways=gateways,
         admin_token=admin,
         never_block=_never_block(doc),
         max_change_ratio=ratio,
@@ -111,6 +123,8 @@ def load_publisher_config(path: str | Path) -> PublisherConfig:
         heartbeat=_number(doc.get("heartbeat", DEFAULT_HEARTBEAT), "heartbeat", doc,
                           "heartbeat", 1.0, None),
         limits=_limits(doc),
+        upstream=parse_upstream(doc, base, database, _token),
+        provinces=parse_provinces(doc, _token, {*gateways.values(), *([admin] if admin else [])}),
     )
 
 

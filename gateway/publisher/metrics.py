@@ -67,9 +67,16 @@ class PublisherCollector(Collector):
         self.gateways = sorted(gateways)
         self.overdue_after_hours = overdue_after_hours
         self.clock = clock
+        # Gateways not in publisher.yaml that report anyway: a ministry's school gateways
+        # behind its provinces (gateway/publisher/provinces.py), bounded there.
+        self.extra_gateways: Callable[[], list[str]] = list
+
+    def _all_gateways(self) -> list[str]:
+        return sorted(set(self.gateways).union(self.extra_gateways()))
 
     def collect(self) -> Iterator[Metric]:
         store = self.store
+        gateways = self._all_gateways()
         g = GaugeMetricFamily("safegate_publisher_serial", "Current serial of the feed.")
         g.add_metric([], store.serial())
         yield g
@@ -87,7 +94,7 @@ class PublisherCollector(Collector):
         last = GaugeMetricFamily("safegate_publisher_gateway_last_ack_timestamp_seconds",
                                  "When the gateway's last ack arrived (0: never).",
                                  labels=["gateway"])
-        for gw in self.gateways:
+        for gw in gateways:
             row = rows.get(gw)
             applied.add_metric([gw], row.applied_serial if row else 0)
             last.add_metric([gw], (row.last_ack or 0) if row else 0)
@@ -98,7 +105,7 @@ class PublisherCollector(Collector):
             "safegate_publisher_gateway_overdue_entries",
             "Mandatory block entries past their deadline that the gateway has not verified.",
             labels=["gateway"])
-        for gw, n in overdue_counts(store, self.gateways, self.clock(),
+        for gw, n in overdue_counts(store, gateways, self.clock(),
                                     self.overdue_after_hours).items():
             overdue.add_metric([gw], n)
         yield overdue
@@ -109,7 +116,7 @@ class PublisherCollector(Collector):
         blocked = CounterMetricFamily("safegate_publisher_gateway_blocked",
                                       "Blocked queries the gateway reported, from its acks.",
                                       labels=["gateway", "category", "tier"])
-        configured = set(self.gateways)
+        configured = set(gateways)
         for gw, cat, tier, q, b in store.stats_totals():
             if gw in configured:
                 queries.add_metric([gw, cat, tier], q)
@@ -117,25 +124,25 @@ class PublisherCollector(Collector):
         yield queries
         yield blocked
 
-        yield self._latency(store)
+        yield self._latency(store, gateways)
 
         probes = CounterMetricFamily("safegate_publisher_gateway_probe_checks",
                                      "Self-probe results the gateway reported, from its acks.",
                                      labels=["gateway", "result"])
         totals = store.probe_totals()
-        for gw in self.gateways:
+        for gw in gateways:
             for result in PROBE_RESULTS:
                 probes.add_metric([gw, result], totals.get((gw, result), 0))
         yield probes
 
-    def _latency(self, store: Store) -> Metric:
+    def _latency(self, store: Store, gateways: list[str]) -> Metric:
         """Issued -> verified per gateway, from the acks: the regulator's own measurement of
         how fast each order took effect (the gateways' histograms are their own view)."""
         h = HistogramMetricFamily(
             "safegate_publisher_enforcement_latency_seconds",
             "Time from an entry's issued_at to the gateway's ack that a self-probe saw it "
             "enforced.", labels=["gateway"])
-        by_gateway: dict[str, list[float]] = {gw: [] for gw in self.gateways}
+        by_gateway: dict[str, list[float]] = {gw: [] for gw in gateways}
         for gw, seconds in store.verified_latencies():
             if gw in by_gateway:
                 by_gateway[gw].append(seconds)

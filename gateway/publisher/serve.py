@@ -16,6 +16,7 @@ from gateway.feedformat.signing import Signer, load_signer
 from gateway.publisher.app import make_app
 from gateway.publisher.config import PublisherConfig
 from gateway.publisher.store import Store
+from gateway.publisher.tiers import add_tiers
 
 log = logging.getLogger("safegate.publisher")
 SHUTDOWN_TIMEOUT = 5.0
@@ -53,6 +54,7 @@ async def serve(config: PublisherConfig, signer: Signer, stop: asyncio.Event) ->
         registry = CollectorRegistry()
         ProcessCollector(registry=registry)
         app = make_app(store, signer, config, registry)
+        add_tiers(app, store, config, registry)
         runner = web.AppRunner(app, access_log=None, shutdown_timeout=SHUTDOWN_TIMEOUT)
         await runner.setup()
         try:

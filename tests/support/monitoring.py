@@ -76,6 +76,7 @@ categories:
 """
 SUBSCRIBERS_CSV = "prefix,tier,filtered\n127.0.0.5/32,teens,yes\n"
 FEED_ENTRY_NAME = "malware.example"     # resolves upstream (tests/support/unbound.py)
+PROVINCE_TOKEN = "province-ha-noi-token-0123456789"
 
 # (source address, name, weight): allowed (cached after the first time, or always new),
 # blocked by three categories, a mandatory feed entry, and a client in no network (REFUSED).
@@ -339,7 +340,10 @@ class Stack:
         d = self.directory
         self.unbound = ub.start_unbound(d / "unbound")
         self.first_upstream = ub.start_unbound(d / "unbound-first")
-        self.publisher = start_publisher(d / "publisher", gateways=self.gateway_ids)
+        # A ministry with one province (no school behind it here): the regulator dashboard's
+        # per-province panels read its roll-ups (tests/test_province_e2e.py fills them).
+        self.publisher = start_publisher(d / "publisher", gateways=self.gateway_ids, extra={
+            "provinces": [{"id": "ha-noi", "name": "Hà Nội", "token": PROVINCE_TOKEN}]})
         (d / "www").mkdir(parents=True, exist_ok=True)
         (d / "www" / "subscribers.csv").write_text(SUBSCRIBERS_CSV)
         self.files = FileServer(d / "www").start()
