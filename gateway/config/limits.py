@@ -50,7 +50,10 @@ class UpstreamLimits:
                                          # Suffix List): a random-subdomain flood's share
     sockets: int = 8                     # UDP sockets (random source ports) open per upstream
     socket_uses: int = 16                # queries one UDP socket sends before it is replaced
-    tls_idle_timeout: float = 30.0       # a tls:// upstream connection with nothing asked: closed
+    tls_idle_timeout: float = 30.0       # a tls:// or https:// upstream connection with nothing
+                                         # asked: closed
+    https_connections: int = 4           # keep-alive connections open to one https:// upstream
+                                         # (queries beyond wait for one, within their timeout)
 
 
 @dataclass(frozen=True)

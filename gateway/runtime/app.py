@@ -25,7 +25,12 @@ from gateway.policy.identify import identify
 from gateway.policy.quota_table import charged
 from gateway.proxy.pac import pac_mount
 from gateway.proxy.supervisor import ProxySupervisor, proxy_command
-from gateway.runtime.metrics import GatewayCollector, Metrics, RrlCollector
+from gateway.runtime.metrics import (
+    GatewayCollector,
+    Metrics,
+    RrlCollector,
+    UpstreamHealthCollector,
+)
 from gateway.runtime.quotas import QuotaKeeper
 from gateway.runtime.reload import Reloading
 from gateway.runtime.resolver import build_dns_server, build_resolver
@@ -102,6 +107,9 @@ class Gateway(Reloading):
         cache, forwarder = self.resolver.cache, self.resolver.forwarder
         self.metrics.init_upstreams([u.label for u in forwarder.upstreams]
                                     + self.resolver.zones.labels(), forwarder.open_sockets)
+        zones = self.resolver.zones.zones
+        self.registry.register(UpstreamHealthCollector(
+            lambda: [u for f in (forwarder, *zones.values()) for u in f.upstreams]))
         workers = loaded.config.workers
         self.dns, rrl = build_dns_server(loaded.config, self.resolver,
                                          list(loaded.config.dns_listen), self.metrics.streams,
