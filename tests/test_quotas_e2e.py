@@ -132,3 +132,29 @@ def test_one_minute_quota_blocks_the_next_minute_and_survives_a_restart(
     again: SafeGateProcess = safegate_factory(config)
     assert used_up(ask(again, GAME))
     assert answered(ask(again, GAME, source="127.0.0.4"))
+
+
+def test_a_full_counter_table_blocks_new_addresses(unbound_factory: ub.UnboundFactory,
+                                                   safegate_factory: Any) -> None:
+    """limits.quota.clients: 2. Addresses past it (a host rotating its addresses) get no
+    counter and no game time: fail closed, counted without an address label."""
+    upstream = unbound_factory([f"{GAME}. 300 IN A {GAME_A}"])
+    gw: SafeGateProcess = safegate_factory(
+        upstream_port=upstream.port, policies={"p.yaml": POLICY}, lists=LISTS,
+        lists_yaml=LISTS_YAML, extra={"limits": {"rrl": {"enabled": False},
+                                                 "quota": {"clients": 2}}})
+    assert answered(ask(gw, GAME, source="127.0.0.1"))
+    assert answered(ask(gw, GAME, source="127.0.0.2"))
+    for i in range(3, 23):
+        r = ask(gw, GAME, source=f"127.0.0.{i}")
+        ede = [(o.code, o.text) for o in r.options if isinstance(o, dns.edns.EDEOption)]
+        assert r.rcode() == dns.rcode.NXDOMAIN and ede == [
+            (15, "games: game.test (time limit cannot be counted)")], i
+        assert ask(gw, ub.ALLOWED, source=f"127.0.0.{i}").rcode() == dns.rcode.NOERROR
+    assert metric(gw, "safegate_quota_clients") == 2
+    assert metric(gw, "safegate_quota_untracked_total", tier="kids") == 20
+    assert answered(ask(gw, GAME, source="127.0.0.2"))   # the counted ones keep their time
+    labels = {k for f in text_string_to_metric_families(gw.metrics_text())
+              if f.name.startswith("safegate_quota_") for sample in f.samples
+              for k in sample.labels}
+    assert labels == {"tier"}    # never an address

@@ -69,6 +69,12 @@ class QuotaTable:
             self.clients = {}
             self.dirty = True
 
+    def expire(self) -> None:
+        """Drop yesterday's counters now if no lookup has done it yet (the keeper's timer)."""
+        now = self.clock()
+        if now >= self._reset_at:
+            self._roll(now)
+
     def charge(self, address: str, quota: Quota, tier: str) -> int:
         """Count this minute for `address` under `quota`: OK, USED_UP or FULL."""
         now = self.clock()
@@ -123,7 +129,7 @@ class QuotaTable:
                            "clients": self.clients}, separators=(",", ":")).encode()
 
     def save(self, state_dir: Path) -> None:
-        atomic_write(state_dir / STATE_FILE, self.dump(), mode=0o600)
+        save_dump(state_dir, self.dump())
         self.dirty = False
 
     def load(self, state_dir: Path) -> None:
@@ -163,3 +169,8 @@ def charged(table: QuotaTable | None, profile: Profile, verdict: Verdict, addres
     status = table.peek(address, quota)[0] if peek else table.charge(address, quota,
                                                                      profile.tier)
     return verdict if status == OK else quota_block(profile, verdict, status == FULL)
+
+
+def save_dump(state_dir: Path, data: bytes) -> None:
+    """Write `dump()`'s bytes to state_dir (0600: addresses are personal data)."""
+    atomic_write(state_dir / STATE_FILE, data, mode=0o600)

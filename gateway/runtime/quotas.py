@@ -16,7 +16,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from gateway.config.gateway import GatewayConfig
 from gateway.policy.policyfile import Policy
-from gateway.policy.quota_table import QuotaTable
+from gateway.policy.quota_table import QuotaTable, save_dump
 
 log = logging.getLogger(__name__)
 
@@ -72,13 +72,19 @@ class QuotaKeeper:
         tiers |= {n.tier for n in policy.networks if n.quotas}
         self.metrics.known(sorted(tiers))
 
-    def save(self) -> None:
-        """Write the table if it changed (small: bounded by limits.quota.clients)."""
-        if not self.table.dirty:
+    async def save(self) -> None:
+        """Write the table if it changed: serialized here (bounded by limits.quota.clients),
+        written and fsynced in a thread so a slow SD card never stalls DNS."""
+        table = self.table
+        table.expire()
+        if not table.dirty:
             return
+        data = table.dump()
+        table.dirty = False
         try:
-            self.table.save(self.state_dir)
+            await asyncio.to_thread(save_dump, self.state_dir, data)
         except OSError as exc:
+            table.dirty = True
             log.warning("quotas: cannot save counters to %s: %s", self.state_dir, exc)
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -86,4 +92,4 @@ class QuotaKeeper:
         while not stop.is_set():
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), max(self.interval, 1.0))
-            self.save()
+            await self.save()
