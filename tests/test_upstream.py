@@ -493,14 +493,24 @@ async def test_a_refused_question_is_answered_at_once_without_a_coroutine() -> N
     ("tls://127.0.0.1", UpstreamSpec("127.0.0.1", 853, "tls")),
     ("tls://127.0.0.1:8853#Dot.Test.", UpstreamSpec("127.0.0.1", 8853, "tls", "dot.test")),
     ("TLS://[::1]#dot.test", UpstreamSpec("::1", 853, "tls", "dot.test")),
+    # issue #14.3: DNS over HTTPS (this used to be "bad port '//1.1.1.1/dns-query'")
+    ("https://1.1.1.1/dns-query", UpstreamSpec("1.1.1.1", 443, "https", None, "/dns-query")),
+    ("https://Dns.Quad9.net./dns-query",
+     UpstreamSpec("dns.quad9.net", 443, "https", None, "/dns-query")),
+    ("https://[::1]:8443", UpstreamSpec("::1", 8443, "https", None, "/dns-query")),
+    ("https://9.9.9.9/q/x#dns.quad9.net",
+     UpstreamSpec("9.9.9.9", 443, "https", "dns.quad9.net", "/q/x")),
 ])
 def test_upstream_entries_parse(text: str, spec: UpstreamSpec) -> None:
     assert parse_upstream(text) == spec
 
 
 @pytest.mark.parametrize(("text", "problem"), [
-    ("https://127.0.0.1", "unknown scheme"),
+    ("quic://127.0.0.1", "unknown scheme"),
     ("127.0.0.1#dot.test", "only for tls://"),
+    ("https://1.1.1.1/dns-query?dns=x", "bad URL path"),
+    ("https://bad host/dns-query", "bad host"),
+    ("https://dns.example:0/dns-query", "bad port"),
     ("tls://dns.example:853", "not an IP address"),
     ("tls://127.0.0.1#bad name", "bad certificate name"),
     ("tls://127.0.0.1:99999", "bad port"),

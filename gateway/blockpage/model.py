@@ -24,7 +24,8 @@ class BlockInfo:
 
     target: str            # host or URL as the user asked for it (echoed escaped)
     category: str          # e.g. "adult", "gambling", "csam", "games"
-    # policy | schedule | deny | mandatory | allowlist-only | bypass | url | hash
+    # policy | schedule | quota | quota-full | deny | mandatory | allowlist-only | bypass | url
+    # | hash
     reason: str
     legal: bool            # a legal order (mandatory entry): HTTP 451 (RFC 7725), else 403
     authority: str = ""    # legal_basis.authority (feed entry)
@@ -103,6 +104,9 @@ TEXT: dict[str, dict[str, str]] = {
         "tier": "Cấp học",
         "policy": "Chính sách bảo vệ trẻ em của trường / mạng này chặn danh mục này.",
         "schedule": "Danh mục này bị chặn trong khung giờ hiện tại (giờ học hoặc ban đêm).",
+        "quota": "Đã dùng hết thời gian cho phép hôm nay cho danh mục này; mở lại sau 0 giờ.",
+        "quota-full": "Không thể tính thời gian sử dụng cho thiết bị này hôm nay, nên danh mục "
+                      "này bị chặn.",
         "deny": "Quản trị mạng đã đưa địa chỉ này vào danh sách chặn.",
         "allowlist-only": "Mạng này chỉ cho phép các trang trong danh sách được duyệt.",
         "bypass": "Dịch vụ này giúp vượt qua bộ lọc bảo vệ trẻ em nên bị chặn.",
@@ -140,6 +144,9 @@ TEXT: dict[str, dict[str, str]] = {
         "tier": "Age group",
         "policy": "This school's / network's child-protection policy blocks this category.",
         "schedule": "This category is blocked at this time (class hours or night).",
+        "quota": "Today's time for this category is used up; it opens again after midnight.",
+        "quota-full": "This device's time cannot be counted today, so this category is "
+                      "blocked.",
         "deny": "The network administrator put this address on the block list.",
         "allowlist-only": "This network only allows sites on its approved list.",
         "bypass": "This service gets around child-protection filtering, so it is blocked.",

@@ -54,6 +54,8 @@ def _text(info: BlockInfo, lang: str) -> str:
     if info.reason == NOT_BLOCKED:
         return f"{t['text_not_blocked']}: {target}\n"
     line = f"{t['text']}: {target} ({info.category})"
+    if info.reason in ("quota", "quota-full"):   # time, not content: say so
+        line += f"\n{t[info.reason]}"
     if info.legal:
         parts = [p for p in (info.authority, info.decision, info.decision_date, info.entry_id)
                  if p]

@@ -21,6 +21,7 @@ if TYPE_CHECKING:
 
     from gateway.policy.decide import Profile
     from gateway.policy.identify import Identity
+    from gateway.policy.quota_table import QuotaTable
     from gateway.runtime.state import Loaded
 
 
@@ -146,6 +147,14 @@ def explain(config: Path, client: str, name: str, as_json: bool, at: str | None 
                           "resolver)")
     else:
         v = profile.decide(key)
+        table = None
+        if profile.quotas:
+            table, out["quotas"] = _explain_quotas(loaded, profile, found.address or client,
+                                                   when, tz)
+        if v.reason == "quota":   # the query path's own charge, looked at without counting
+            from gateway.policy.quota_table import charged
+
+            v = charged(table, profile, v, found.address or client, peek=True)
         if profile.id.kind == "token":
             tok = loaded.policy.tokens[profile.id.index]
             out.update(network=None, token_defined_at=f"{tok.path}:{tok.line}",
@@ -176,6 +185,10 @@ def explain(config: Path, client: str, name: str, as_json: bool, at: str | None 
         else:
             out.update(verdict="allowed", reason=v.reason, rule=v.rule.decode() or None,
                        answer="forwarded to upstream", rcode="from upstream", ede=None)
+            if v.reason == "quota":
+                out.update(category=v.category, why="a quota-limited category: allowed while "
+                           "the client has minutes left today (each minute it is looked up "
+                           "counts)")
         if v.category and v.reason in ("mandatory", "policy"):
             out["sources"] = [f"{p}:{line}: {text}" for p, line, text in
                               find_rule_lines(loaded.catalog, v.category, v.rule)]
@@ -245,6 +258,26 @@ def _explain_subscriber(loaded: Loaded, address: str, profile: Profile) -> dict[
     if spec.deny:
         out["subscriber_deny"] = [n.decode() for n in spec.deny]
     return out
+
+
+def _explain_quotas(loaded: Loaded, profile: Profile, address: str, when: datetime,
+                    tz: ZoneInfo) -> tuple[QuotaTable, list[str]]:
+    """Minutes used and left today for `address` under each quota of the profile, as the
+    running gateway last saved them to state_dir (every limits.quota.save_interval)."""
+    from gateway.policy.quota_table import QuotaTable
+
+    config = loaded.config
+    table = QuotaTable(tz, config.limits.quota.clients, clock=when.timestamp)
+    table.load(config.state_dir)
+    lines = []
+    for quota in dict.fromkeys(profile.quotas.values()):
+        status, used = table.peek(address, quota)
+        used = min(used, quota.minutes)
+        state = {0: "", 1: " (used up: blocked until midnight)",
+                 2: " (counter table full: blocked)"}[status]
+        lines.append(f"{quota.label()}: {used} used, {quota.minutes - used} left today{state} "
+                     f"({quota.path}:{quota.line})")
+    return table, lines
 
 
 def _explain_tier(loaded: Loaded, tier_name: str, when: datetime, tz: ZoneInfo

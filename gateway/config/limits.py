@@ -50,7 +50,10 @@ class UpstreamLimits:
                                          # Suffix List): a random-subdomain flood's share
     sockets: int = 8                     # UDP sockets (random source ports) open per upstream
     socket_uses: int = 16                # queries one UDP socket sends before it is replaced
-    tls_idle_timeout: float = 30.0       # a tls:// upstream connection with nothing asked: closed
+    tls_idle_timeout: float = 30.0       # a tls:// or https:// upstream connection with nothing
+                                         # asked: closed
+    https_connections: int = 4           # keep-alive connections open to one https:// upstream
+                                         # (queries beyond wait for one, within their timeout)
 
 
 @dataclass(frozen=True)
@@ -118,6 +121,17 @@ class RrlLimits:
 
 
 @dataclass(frozen=True)
+class QuotaLimits:
+    """Game-time quotas (docs/quotas.md): `limits.quota`."""
+
+    # Client addresses counted today (each ~0.4 KB). A new address past this gets no counter:
+    # its lookups of quota-limited categories are blocked (fail closed: a child loses game time,
+    # never gains unlimited time), counted in safegate_quota_untracked_total.
+    clients: int = 16_384
+    save_interval: float = 30.0          # seconds between saves of the counters to state_dir
+
+
+@dataclass(frozen=True)
 class PublisherLimits:
     """The feed publisher's ack endpoint: `limits:` in publisher.yaml (not gateway.yaml)."""
 
@@ -155,3 +169,4 @@ class Limits:
     reports: ReportLimits = field(default_factory=ReportLimits)
     rrl: RrlLimits = field(default_factory=RrlLimits)
     udp: UdpLimits = field(default_factory=UdpLimits)
+    quota: QuotaLimits = field(default_factory=QuotaLimits)

@@ -43,6 +43,7 @@ from gateway.dns.view import View
 from gateway.dns.zones import ZoneForwarders
 from gateway.policy.decide import Profile, Verdict
 from gateway.policy.identify import ECS, identify
+from gateway.policy.quota_table import QuotaTable, charged
 
 perf_counter = time.perf_counter
 
@@ -63,7 +64,7 @@ class Resolver:
     def __init__(self, view: View, cache: AnswerCache, forwarder: Forwarder, stats: DnsStats,
                  clock: Callable[[], float] = time.monotonic, *,
                  local: LocalAnswers | None = None, zones: ZoneForwarders | None = None,
-                 pure: bool | None = None) -> None:
+                 pure: bool | None = None, quotas: QuotaTable | None = None) -> None:
         self.view = view
         # The fast path's byte work: C when built, unless `pure` / SAFEGATE_PURE=1.
         self.fast = fastpath.choose(pure)
@@ -73,6 +74,7 @@ class Resolver:
         self.zones = zones or ZoneForwarders({})
         self.stats = stats
         self.clock = clock
+        self.quotas = quotas    # game-time counters (policy/quota_table.py); None: no quotas
         self._stats_keys: dict[tuple[str, ...], tuple[str, ...]] = {}  # see _remember
 
     def close(self) -> None:
@@ -198,7 +200,7 @@ class Resolver:
             # for anyone else the option is not read and identify() takes its plain path.
             ecs = (wire.ecs_address(q.ecs) or "") if q.ecs and frontend and not proxied else None
             found = identify(view, client, None, ecs)
-            profile = found.profile
+            profile, client = found.profile, found.address  # (who a quota counts)
             if found.source == ECS and view.forward_ecs and q.ecs:
                 forward_ecs = wire.ecs_truncate(q.ecs)
         if profile is None:
@@ -210,10 +212,13 @@ class Resolver:
             return class_refused_reply(q)
 
         verdict = profile.decide(q.key)
+        # A quota-limited name is counted per client: its reply is never memoized per profile.
+        if counted := bool(profile.quotas) and verdict.reason == "quota":
+            verdict = charged(self.quotas, profile, verdict, client)
         if verdict.blocked:
             count("blocked", verdict.category, profile.tier, protocol, time.perf_counter() - start)
             reply = view.answers.blocked_reply(q, verdict)
-            if protocol == "udp":
+            if protocol == "udp" and not counted:
                 self._remember(profile, data, (_BLOCKED, reply[2:],
                                                ("blocked", verdict.category, profile.tier, "udp")))
             return reply
@@ -237,7 +242,7 @@ class Resolver:
             return self._rewrite(q, verdict, profile, view, protocol, limit, start)
         if self.local is not None and (local := self.local.reply(q, limit)) is not None:
             count("local", "", profile.tier, protocol, time.perf_counter() - start)
-            if protocol == "udp":  # memoized like a blocked reply: fixed bytes per query
+            if protocol == "udp" and not counted:  # memoized like a blocked reply
                 self._remember(profile, data, (_BLOCKED, local[2:],
                                                ("local", "", profile.tier, "udp")))
             return local
@@ -254,7 +259,7 @@ class Resolver:
             reply, blocked = self._from_entry(q, entry, profile, view, now, limit, stale=False)
             count("blocked" if blocked else "cached", blocked.category if blocked else "",
                   profile.tier, protocol, time.perf_counter() - start)
-            if protocol == "udp" and not entry.cnames:
+            if protocol == "udp" and not entry.cnames and not counted:
                 # The memo holds the entry itself: it stays a correct answer until it expires
                 # even if the cache evicts it (CNAME answers are re-checked on the slow path).
                 base = -1 if reply[2] & (wire.TC >> 8) else 10 + len(q.question)

@@ -1,32 +1,34 @@
 """Forwarding to upstream resolvers: order, failover, benching, in-flight dedup and caps.
 
-The transports are upstream_udp.py (plain DNS, and its spoofing resistance) and
-upstream_tls.py (DNS over TLS); upstream_base.py holds what the three share.
+The transports are upstream_udp.py (plain DNS, and its spoofing resistance), upstream_tls.py
+(DNS over TLS) and upstream_https.py (DNS over HTTPS), each a `Transport`; upstream_base.py
+holds what they share (the Upstream and its health, errors, observer hooks, reply checks).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import secrets
 import ssl
 import time
 from collections.abc import Callable
 
 from gateway.config.dns import ForwarderConfig
 from gateway.config.limits import UpstreamLimits
-from gateway.config.upstreams import TLS
+from gateway.config.upstreams import HTTPS, TLS
 from gateway.dns import wire
 from gateway.dns.tasks import LoopRef
 from gateway.dns.upstream_base import (
     DROP_REASONS,
+    HttpStatusError,
+    Transport,
     Upstream,
     UpstreamBusy,
     UpstreamError,
     UpstreamObserver,
 )
 from gateway.dns.upstream_tls import TlsClient, tls_context
-from gateway.dns.upstream_udp import UdpPool, tcp_exchange
+from gateway.dns.upstream_udp import UdpClient, UdpPool
 from gateway.util.psl import default_suffixes
 
 log = logging.getLogger(__name__)
@@ -58,19 +60,27 @@ class Forwarder:
         self._zones: dict[bytes, int] = {}   # registrable domain -> its questions in flight
         # Keyed by the Upstream itself: two entries may share a label (the same address twice,
         # or one TLS address with two certificate names).
-        self._pools = {u: UdpPool(u, self.limits.sockets, self.limits.socket_uses,
-                                  cfg.qname_0x20, self.observer)
-                       for u in upstreams if u.transport != TLS}
-        self._tls: dict[Upstream, TlsClient] = {}
-        if any(u.transport == TLS for u in upstreams):
-            ctx = tls_context(cfg.tls_ca)
-            self._tls = {u: TlsClient(u, ctx, self.limits.tls_idle_timeout, self.observer)
-                         for u in upstreams if u.transport == TLS}
+        self._ctx: ssl.SSLContext | None = None   # one for all tls:// and https:// upstreams
+        self._clients: dict[Upstream, Transport] = {u: self._transport(u) for u in upstreams}
+
+    def _transport(self, u: Upstream) -> Transport:
+        if u.transport in (TLS, HTTPS) and self._ctx is None:
+            self._ctx = tls_context(self.cfg.tls_ca)
+        if u.transport == TLS:
+            assert self._ctx is not None
+            return TlsClient(u, self._ctx, self.limits.tls_idle_timeout, self.observer)
+        if u.transport == HTTPS:
+            # Imported here: aiohttp's client is loaded only when an https:// upstream is set.
+            from gateway.dns.upstream_https import HttpsClient
+
+            assert self._ctx is not None
+            return HttpsClient(u, self._ctx, self.limits, self.observer)
+        return UdpClient(UdpPool(u, self.limits.sockets, self.limits.socket_uses,
+                                 self.cfg.qname_0x20, self.observer), self.observer)
 
     def open_sockets(self) -> int:
-        """UDP sockets and TLS connections open to upstreams now (the sockets gauge)."""
-        return sum(len(p) for p in self._pools.values()) + \
-            sum(c.open_connections() for c in self._tls.values())
+        """UDP sockets, TLS and HTTPS connections open to upstreams now (the sockets gauge)."""
+        return sum(c.open_connections() for c in self._clients.values())
 
     def _zone(self, question: bytes) -> bytes:
         memo = self._zone_memo
@@ -196,27 +206,12 @@ class Forwarder:
     async def _ask(self, upstream: Upstream, question: bytes, do: bool, cd: bool,
                    timeout: float, ecs: bytes = b"") -> bytes:
         start = time.perf_counter()
-        if upstream.transport == TLS:
-            self.observer.query(upstream.label, "tls")
-            reply = await self._tls[upstream].exchange(
-                question, lambda qid: wire.build_query(qid, question, do=do, cd=cd, ecs=ecs),
-                timeout)
-            self.observer.latency(upstream.label, time.perf_counter() - start)
-            return reply
-        self.observer.query(upstream.label, "udp")
-        reply = await self._pools[upstream].exchange(question, do, cd, timeout, ecs)
-        if reply[2] & (wire.TC >> 8):
-            self.observer.query(upstream.label, "tcp")
-            qid = secrets.randbits(16)
-            msg = wire.build_query(qid, question, do=do, cd=cd, ecs=ecs)
-            reply = await asyncio.wait_for(tcp_exchange(upstream, msg, qid, question), timeout)
+        reply = await self._clients[upstream].ask(question, do, cd, timeout, ecs)
         self.observer.latency(upstream.label, time.perf_counter() - start)
         return reply
 
     def close(self) -> None:
-        for pool in self._pools.values():
-            pool.close()
-        for client in self._tls.values():
+        for client in self._clients.values():
             client.close()
 
 
@@ -228,6 +223,8 @@ def _reason(exc: BaseException) -> str:
         return "refused"
     if isinstance(exc, ssl.SSLError):   # handshake, certificate or name check
         return "tls"
+    if isinstance(exc, HttpStatusError):
+        return "http"
     if isinstance(exc, OSError):
         return "network"
     return "bad_reply"

@@ -11,6 +11,7 @@ import logging
 import os
 import socket
 from collections.abc import Iterable
+from typing import Protocol
 
 from gateway.config.upstreams import UpstreamSpec
 from gateway.dns import wire
@@ -26,6 +27,10 @@ class UpstreamError(Exception):
     ede: bytes = b""   # an EDE option (RFC 8914) for the SERVFAIL, when there is one to give
 
 
+class HttpStatusError(UpstreamError):
+    """A DoH server answered, but not 200 (error label "http")."""
+
+
 class UpstreamBusy(UpstreamError):
     """Not sent at all: `limits.upstream.inflight` (or its per-zone share) is full."""
 
@@ -36,26 +41,40 @@ class UpstreamBusy(UpstreamError):
 
 
 class Upstream:
-    """One upstream resolver and its health."""
+    """One upstream resolver and its health (the same for every transport)."""
 
-    __slots__ = ("benched_until", "failures", "family", "host", "label", "port", "tls_name",
-                 "transport")
+    __slots__ = ("benched_until", "failures", "family", "host", "label", "path", "port",
+                 "tls_name", "transport")
 
     def __init__(self, host: str, port: int, transport: str = "udp",
-                 tls_name: str | None = None) -> None:
+                 tls_name: str | None = None, path: str = "") -> None:
         self.host = host
         self.port = port
         self.transport = transport
         self.tls_name = tls_name
+        self.path = path                # https:// only: the URL path
         self.family = socket.AF_INET6 if ":" in host else socket.AF_INET
-        self.label = UpstreamSpec(host, port, transport, tls_name).label
+        self.label = UpstreamSpec(host, port, transport, tls_name, path).label
         self.failures = 0
         self.benched_until = 0.0
 
 
 def upstreams_from(specs: Iterable[UpstreamSpec]) -> list[Upstream]:
     """The forwarder's upstreams for config's `dns.upstreams`."""
-    return [Upstream(s.host, s.port, s.transport, s.tls_name) for s in specs]
+    return [Upstream(s.host, s.port, s.transport, s.tls_name, s.path) for s in specs]
+
+
+class Transport(Protocol):
+    """How one upstream is asked: udp (TCP on truncation), tls or https. The forwarder owns
+    the order, failover, benching and latency; a transport sends, counts its attempt with
+    `observer.query(label, protocol)`, and checks that the reply answers the question."""
+
+    async def ask(self, question: bytes, do: bool, cd: bool, timeout: float,
+                  ecs: bytes) -> bytes: ...
+
+    def open_connections(self) -> int: ...   # for safegate_upstream_sockets
+
+    def close(self) -> None: ...
 
 
 class UpstreamObserver:
@@ -82,8 +101,10 @@ MISMATCH_REASONS = ("unknown_id", "question", "case")
 DROP_REASONS = ("inflight", "zone")
 
 # Every value of the upstream error label (servfail and refused also name such replies;
-# tls: the handshake or certificate check failed).
-ERROR_REASONS = ("timeout", "refused", "network", "bad_reply", "servfail", "tls")
+# tls: the handshake or certificate check failed; http: a DoH server's non-200 answer).
+ERROR_REASONS = ("timeout", "refused", "network", "bad_reply", "servfail", "tls", "http")
+# The protocol label of safegate_upstream_queries_total per transport.
+PROTOCOLS = {"udp": ("udp", "tcp"), "tls": ("tls",), "https": ("https",)}
 
 
 class Entropy:

@@ -13,6 +13,7 @@ import struct
 import time
 from collections.abc import Callable
 
+from gateway.dns import wire
 from gateway.dns.upstream_base import (
     Upstream,
     UpstreamError,
@@ -106,6 +107,14 @@ class TlsClient:
         self._connecting = None
         if not task.cancelled() and task.exception() is None:
             self.conn = task.result()
+
+    async def ask(self, question: bytes, do: bool, cd: bool, timeout: float,
+                  ecs: bytes) -> bytes:
+        """The Transport of upstream_base: one query on the shared connection."""
+        self.observer.query(self.upstream.label, "tls")
+        return await self.exchange(
+            question, lambda qid: wire.build_query(qid, question, do=do, cd=cd, ecs=ecs),
+            timeout)
 
     async def exchange(self, question: bytes, msg_for: Callable[[int], bytes],
                        timeout: float) -> bytes:

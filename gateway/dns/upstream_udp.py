@@ -218,3 +218,32 @@ def _mix_case(question: bytes) -> bytes:
     flips = int.from_bytes(name.translate(_LETTERS), "big") & secrets.randbits(8 * n)
     return (int.from_bytes(name, "big") ^ flips).to_bytes(n, "big") + question[-4:]
 
+
+
+class UdpClient:
+    """A plain-DNS upstream (the Transport of upstream_base): UDP from the socket pool, the
+    question again over a new TCP connection when the reply is truncated."""
+
+    def __init__(self, pool: UdpPool, observer: UpstreamObserver) -> None:
+        self.pool = pool
+        self.upstream = pool.upstream
+        self.observer = observer
+
+    async def ask(self, question: bytes, do: bool, cd: bool, timeout: float,
+                  ecs: bytes) -> bytes:
+        label = self.upstream.label
+        self.observer.query(label, "udp")
+        reply = await self.pool.exchange(question, do, cd, timeout, ecs)
+        if reply[2] & (wire.TC >> 8):
+            self.observer.query(label, "tcp")
+            qid = secrets.randbits(16)
+            msg = wire.build_query(qid, question, do=do, cd=cd, ecs=ecs)
+            reply = await asyncio.wait_for(tcp_exchange(self.upstream, msg, qid, question),
+                                           timeout)
+        return reply
+
+    def open_connections(self) -> int:
+        return len(self.pool)
+
+    def close(self) -> None:
+        self.pool.close()

@@ -7,6 +7,8 @@ Order matters and is the product's promise (design.md):
   4. the tier's blocked categories, plus those its schedule windows add right now (the server
      rebuilds profiles at each window edge, so time never enters this function);
   5. allowlist-only tiers block whatever nothing above allowed;
+     a name of a category under a game-time quota (policy/quotas.py) is marked reason "quota":
+     the query path charges the client's minute and blocks it once the day's time is used up;
   6. a name that is not blocked and is a search engine's host gets the SafeSearch rewrite;
   7. a name in the proxy's intercept set (URL-level entries, image scanning, restricted modes)
      is answered with the proxy's address, so its traffic goes through the proxy.
@@ -24,6 +26,7 @@ from typing import Any, Literal
 from gateway.config.limits import MemoryLimits
 from gateway.lists import Action
 from gateway.lists.overlay import Match, Matcher
+from gateway.policy.quotas import Quota
 
 EDE_BLOCKED = 15
 EDE_CENSORED = 16
@@ -60,6 +63,10 @@ class Verdict:
             return f"bypass: {rule}"
         if self.reason == "schedule":
             return f"{self.category}: {rule} (schedule)"
+        if self.reason == "quota":
+            return f"{self.category}: {rule} (daily time used up)"
+        if self.reason == "quota-full":
+            return f"{self.category}: {rule} (time limit cannot be counted)"
         if self.ref:
             return f"{self.category}: {rule} ({self.ref})"
         return f"{self.category}: {rule}"
@@ -108,8 +115,8 @@ class Profile:
     """
 
     __slots__ = ("_half", "_memo", "_older", "allow", "answer", "blocked", "bypass",
-                 "default_block", "deny", "filtered", "id", "index", "network", "plans", "replies",
-                 "reply_memo", "rewrites", "scheduled", "steer", "steer_scopes", "tier",
+                 "default_block", "deny", "filtered", "id", "index", "network", "plans", "quotas",
+                 "replies", "reply_memo", "rewrites", "scheduled", "steer", "steer_scopes", "tier",
                  "verdict_memo")
 
     def __init__(self, id: ProfileId, network: str, tier: str, blocked: frozenset[str], answer: str,
@@ -118,6 +125,7 @@ class Profile:
                  rewrites: dict[bytes, bytes] | None = None, bypass: bool = False,
                  filtered: bool = False, steer: frozenset[bytes] = frozenset(),
                  steer_scopes: frozenset[bytes] = frozenset(),
+                 quotas: dict[str, Quota] | None = None,
                  verdict_memo: int = MemoryLimits.verdict_memo,
                  reply_memo: int = MemoryLimits.reply_memo) -> None:
         self.id = id
@@ -139,6 +147,9 @@ class Profile:
         self.filtered = filtered
         self.steer = steer               # the proxy's intercept set (DNS-steered interception)
         self.steer_scopes = steer_scopes  # image-scan scopes: steered with their subdomains
+        # Game-time quotas by category (policy/quotas.py); empty for most profiles, and then
+        # nothing about quotas is looked at per query.
+        self.quotas = quotas or {}
         # The verdict memo in two generations of plain dicts: new verdicts go to `_memo`; when
         # it holds half the limit it becomes `_older` (the previous one is dropped whole). The
         # last half of the limit is always kept, and an entry costs a dict slot (~40 bytes)
@@ -192,7 +203,8 @@ def suffix_match(names: frozenset[bytes], key: bytes) -> int:
 def decide(profile: Profile, key: bytes) -> Verdict:
     """The uncached decision; see the module docstring for the order."""
     verdict = _decide(profile, key)
-    if verdict.blocked:
+    if verdict.blocked or verdict.reason == "quota":
+        # (a quota-limited name is neither rewritten nor steered: its time must be counted)
         if profile.filtered and verdict.ede == EDE_BLOCKED:
             return dataclasses.replace(verdict, ede=EDE_FILTERED)
         return verdict
@@ -223,15 +235,7 @@ def rank(profile: Profile, matches: Match) -> tuple[Ranked | None, Ranked | None
     Only the order of `matches` matters, never the offsets' values: dns/fastpath.py ranks
     level numbers (0, 1, ...) once per combination of rule tuples and reuses the result.
     """
-    # (category, mandatory) -> (offset, action, ref) of the most specific entry
-    decided: dict[tuple[str, bool], tuple[int, int, str]] = {}
-    for off, rules in matches:  # longest suffix first: the most specific entry decides
-        for rule in rules:
-            slot = (rule.category, rule.mandatory)
-            prev = decided.get(slot)
-            if prev is None or (prev[0] == off and rule.action == Action.PASSTHRU):
-                # (an exception beats a block at the same level)
-                decided[slot] = (off, rule.action, rule.ref)
+    decided = _decided(matches)
     mandatory_best: Ranked | None = None
     best: Ranked | None = None
     for (category, mandatory), (off, action, ref) in decided.items():
@@ -245,8 +249,33 @@ def rank(profile: Profile, matches: Match) -> tuple[Ranked | None, Ranked | None
     return mandatory_best, best
 
 
+def _decided(matches: Match) -> dict[tuple[str, bool], tuple[int, int, str]]:
+    """(category, mandatory) -> (offset, action, ref) of the most specific entry."""
+    decided: dict[tuple[str, bool], tuple[int, int, str]] = {}
+    for off, rules in matches:  # longest suffix first: the most specific entry decides
+        for rule in rules:
+            slot = (rule.category, rule.mandatory)
+            prev = decided.get(slot)
+            if prev is None or (prev[0] == off and rule.action == Action.PASSTHRU):
+                # (an exception beats a block at the same level)
+                decided[slot] = (off, rule.action, rule.ref)
+    return decided
+
+
+def quota_rank(profile: Profile, matches: Match) -> tuple[int, str] | None:
+    """(offset, category) of the most specific list entry putting the name in one of the
+    profile's quota-limited categories, or None (an exception lifts it like a block)."""
+    best: tuple[int, str] | None = None
+    for (category, mandatory), (off, action, _) in _decided(matches).items():
+        if not mandatory and action != Action.PASSTHRU and category in profile.quotas \
+                and (best is None or (off, category) < best):
+            best = (off, category)
+    return best
+
+
 def _decide(profile: Profile, key: bytes) -> Verdict:
-    mandatory, best = rank(profile, profile.index.match(key))
+    matches = profile.index.match(key)
+    mandatory, best = rank(profile, matches)
     if mandatory is not None:
         return mandatory_block(profile, key, mandatory)
     if profile.bypass:
@@ -266,7 +295,21 @@ def _decide(profile: Profile, key: bytes) -> Verdict:
     if profile.default_block:
         return Verdict(True, "allowlist-only", "allowlist-only", b"", 0, profile.answer,
                        EDE_BLOCKED)
+    if profile.quotas:
+        limited = quota_rank(profile, matches)
+        if limited is not None:
+            off, category = limited
+            return Verdict(False, "quota", category, key[off:], off)
     return ALLOWED
+
+
+def quota_block(profile: Profile, allowed: Verdict, full: bool) -> Verdict:
+    """The block verdict for a quota-limited name (`allowed`, reason "quota") once the
+    client's time is used up, or (`full`) when it cannot be counted: EDE 15 (17 when the
+    subscriber chose the filtering, as every category block)."""
+    return Verdict(True, "quota-full" if full else "quota", allowed.category, allowed.rule,
+                   allowed.offset, profile.answer,
+                   EDE_FILTERED if profile.filtered else EDE_BLOCKED)
 
 
 def mandatory_block(profile: Profile, key: bytes, ranked: Ranked) -> Verdict:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import re
 from collections.abc import Callable, Iterable
@@ -21,6 +22,7 @@ from gateway.config.yamlconf import (
     load_yaml,
 )
 from gateway.errors import ConfigError, ConfigErrors
+from gateway.policy.quotas import Quota, parse_quotas
 from gateway.policy.schedules import Holiday, Window, parse_holidays, parse_windows
 from gateway.util.names import normalize_name
 
@@ -28,9 +30,9 @@ T = TypeVar("T")
 
 ANSWERS = ("blockpage", "nxdomain", "nodata", "null")
 TIER_KEYS = ("block", "answer", "description", "allow", "deny", "default", "schedules",
-             "safesearch", "bypass_protection")
+             "safesearch", "bypass_protection", "quotas")
 SAFESEARCH_MODES = ("off", "moderate", "strict")
-NETWORK_KEYS = ("name", "cidrs", "tier", "allow", "deny", "description")
+NETWORK_KEYS = ("name", "cidrs", "tier", "allow", "deny", "description", "quotas")
 TOKEN_KEYS = ("token", "tier", "description")
 _TOKEN = re.compile(r"[A-Za-z0-9_-]{6,64}")
 
@@ -50,6 +52,7 @@ class Tier:
     schedules: tuple[Window, ...] = ()
     safesearch: str = "off"              # off | moderate | strict (gateway/policy/safesearch.py)
     bypass_protection: bool = True       # DoH canary, iCloud Private Relay, DDR, ECH (decide.py)
+    quotas: tuple[Quota, ...] = ()       # daily game-time budgets (gateway/policy/quotas.py)
     path: str = ""
     line: int = 0
 
@@ -64,6 +67,7 @@ class Network:
     description: str = ""
     path: str = ""
     line: int = 0
+    quotas: tuple[Quota, ...] = ()       # replace the tier's for the categories they name
 
 
 @dataclass(frozen=True)
@@ -159,7 +163,8 @@ def load_policy(entries: Iterable[str | Path], categories: Iterable[str],
         raw_tokens.extend((toks, body, i) for i, body in enumerate(toks))
     seen_cidrs: dict[Network4or6, Network] = {}
     for parent, body, i in raw_networks:
-        net = _tier_user(_network, body, parent, i, policy.tiers, broken, errors)
+        net = _tier_user(functools.partial(_network, known=known), body, parent, i,
+                         policy.tiers, broken, errors)
         if net is None:
             continue
         for cidr in net.cidrs:
@@ -250,11 +255,13 @@ def _tier(name: str, body: Any, parent: YDict, known: set[str]) -> Tier:
         description=str(body.get("description", "")),
         schedules=parse_windows(body.get("schedules", []), "schedules", body, "schedules", known),
         safesearch=safesearch, bypass_protection=bypass,
+        quotas=parse_quotas(body.get("quotas", []), body, "quotas", known, f"tier/{name}"),
         path=parent.path, line=parent.key_lines.get(name, 0),
     )
 
 
-def _network(body: Any, parent: Any, index: int, tiers: dict[str, Tier]) -> Network:
+def _network(body: Any, parent: Any, index: int, tiers: dict[str, Tier],
+             known: frozenset[str] | set[str] = frozenset()) -> Network:
     body = expect_mapping(body, "a network", parent, index)
     check_keys(body, NETWORK_KEYS, "a network")
     for required in ("name", "cidrs", "tier"):
@@ -281,6 +288,8 @@ def _network(body: Any, parent: Any, index: int, tiers: dict[str, Tier]) -> Netw
         deny=_names(body.get("deny", []), "deny", body, "deny"),
         description=str(body.get("description", "")),
         path=body.path, line=body.line,
+        quotas=parse_quotas(body.get("quotas", []), body, "quotas", set(known),
+                            f"network/{name}"),
     )
 
 

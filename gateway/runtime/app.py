@@ -22,9 +22,16 @@ from gateway.dns.server import DnsServer
 from gateway.http.guard import ConnectionGuard, GuardedSite, Networks, WebMetrics
 from gateway.http.health import metrics_app
 from gateway.policy.identify import identify
+from gateway.policy.quota_table import charged
 from gateway.proxy.pac import pac_mount
 from gateway.proxy.supervisor import ProxySupervisor, proxy_command
-from gateway.runtime.metrics import GatewayCollector, Metrics, RrlCollector
+from gateway.runtime.metrics import (
+    GatewayCollector,
+    Metrics,
+    RrlCollector,
+    UpstreamHealthCollector,
+)
+from gateway.runtime.quotas import QuotaKeeper
 from gateway.runtime.reload import Reloading
 from gateway.runtime.resolver import build_dns_server, build_resolver
 from gateway.runtime.sdnotify import Notifier
@@ -78,6 +85,7 @@ class Gateway(Reloading):
         self.workers: WorkerPool | None = None   # dns.workers > 1 (gateway/runtime/workers.py)
         self.worker_cache: dict[str, int] = {}
         self.proxy: ProxySupervisor | None = None   # issue #5: the proxy child process
+        self.quotas: QuotaKeeper | None = None
 
     def ready(self) -> bool:
         """Ready once lists are loaded and every listener is up (for /readyz)."""
@@ -91,11 +99,17 @@ class Gateway(Reloading):
         await self._serve_http(metrics_app(self.registry, self.ready), config.metrics_listen,
                                ConnectionGuard(config.limits.web, self.web_metrics, "metrics"))
         loaded = await self.builder.build(None)
+        self.quotas = QuotaKeeper(loaded.config, self.registry)   # game time (docs/quotas.md)
+        self.background.append(asyncio.get_running_loop().create_task(
+            self.quotas.run(self._stop)))
         self.resolver = build_resolver(loaded.config, loaded.view, self.metrics.dns,
-                                       self.metrics.upstream_observer())
+                                       self.metrics.upstream_observer(), self.quotas.table)
         cache, forwarder = self.resolver.cache, self.resolver.forwarder
         self.metrics.init_upstreams([u.label for u in forwarder.upstreams]
                                     + self.resolver.zones.labels(), forwarder.open_sockets)
+        zones = self.resolver.zones.zones
+        self.registry.register(UpstreamHealthCollector(
+            lambda: [u for f in (forwarder, *zones.values()) for u in f.upstreams]))
         workers = loaded.config.workers
         self.dns, rrl = build_dns_server(loaded.config, self.resolver,
                                          list(loaded.config.dns_listen), self.metrics.streams,
@@ -234,6 +248,8 @@ class Gateway(Reloading):
         if profile is None:
             return None
         verdict = profile.decide(key)
+        if verdict.reason == "quota" and self.quotas is not None:   # used up for this client?
+            verdict = charged(self.quotas.table, profile, verdict, client, peek=True)
         basis = None
         if verdict.ref and self.feeds is not None:
             basis = self.feeds.ledger.legal_basis(verdict.ref)
@@ -242,6 +258,8 @@ class Gateway(Reloading):
     def _install(self, loaded: Loaded) -> None:
         assert self.resolver is not None
         self.resolver.swap(loaded.view)
+        if self.quotas is not None:
+            self.quotas.configure(loaded.config, loaded.policy)
         if self.rrl is not None and (self.loaded is None
                                      or self.loaded.config.limits.rrl != loaded.config.limits.rrl):
             self.rrl.configure(loaded.config.limits.rrl)

@@ -8,6 +8,7 @@ directly, always against the registry passed in (no global registry).
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -23,7 +24,7 @@ from prometheus_client.registry import Collector
 from gateway import __version__
 from gateway.dns.cache import SEGMENTS as CACHE_SEGMENTS
 from gateway.dns.stats import LATENCY_BUCKETS, DnsStats, StreamStats
-from gateway.dns.upstream_base import UpstreamObserver
+from gateway.dns.upstream_base import Upstream, UpstreamObserver
 
 
 class StreamCollector(Collector):
@@ -142,6 +143,29 @@ class RrlCollector(Collector):
         yield g
 
 
+class UpstreamHealthCollector(Collector):
+    """safegate_upstream_healthy: each upstream's health as the forwarder keeps it (the same
+    for udp, tls and https), read at scrape time from the primary's forwarders."""
+
+    def __init__(self, upstreams: Callable[[], list[Upstream]],
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.upstreams = upstreams
+        self.clock = clock   # the forwarder's clock: benched_until is on it
+
+    def collect(self) -> Iterator[Metric]:
+        g = GaugeMetricFamily("safegate_upstream_healthy",
+                              "1 while an upstream is asked in its turn; 0 while benched after "
+                              "dns.fail_threshold failures in a row (asked only as a last "
+                              "resort until the bench ends).", labels=["upstream"])
+        now = self.clock()
+        health: dict[str, int] = {}
+        for u in self.upstreams():
+            health[u.label] = min(health.get(u.label, 1), int(u.benched_until <= now))
+        for label, healthy in health.items():
+            g.add_metric([label], healthy)
+        yield g
+
+
 class Metrics:
     """Every SafeGate gateway metric, created against one registry."""
 
@@ -204,14 +228,20 @@ class Metrics:
         """Create every upstream's series at 0, so rate() sees the first error too.
 
         `open_sockets`: the primary's forwarder's count, read at scrape time."""
-        from gateway.dns.upstream_base import DROP_REASONS, ERROR_REASONS, MISMATCH_REASONS
+        from gateway.dns.upstream_base import (
+            DROP_REASONS,
+            ERROR_REASONS,
+            MISMATCH_REASONS,
+            PROTOCOLS,
+        )
 
         for label in labels:
             for reason in ERROR_REASONS:
                 self.upstream_errors.labels(label, reason)
             for reason in MISMATCH_REASONS:
                 self.upstream_mismatched.labels(label, reason)
-            for protocol in ("tls",) if label.startswith("tls://") else ("udp", "tcp"):
+            scheme = label.partition("://")[0] if "://" in label else "udp"
+            for protocol in PROTOCOLS.get(scheme, ("udp", "tcp")):
                 self.upstream_queries.labels(label, protocol)
         for reason in DROP_REASONS:
             self.upstream_dropped.labels(reason)

@@ -17,10 +17,11 @@ from gateway.dns.upstream import Forwarder
 from gateway.dns.upstream_base import UpstreamObserver, upstreams_from
 from gateway.dns.view import View
 from gateway.dns.zones import ZoneForwarders
+from gateway.policy.quota_table import QuotaTable
 
 
 def build_resolver(config: GatewayConfig, view: View, stats: DnsStats,
-                   observer: UpstreamObserver) -> Resolver:
+                   observer: UpstreamObserver, quotas: QuotaTable | None = None) -> Resolver:
     """Cache + forwarder (dns.upstreams under limits.upstream) + the chain, serving `view`;
     dns.local_records answered locally, each dns.forward_zones zone with its own forwarder
     (built the same way as the main one)."""
@@ -32,7 +33,8 @@ def build_resolver(config: GatewayConfig, view: View, stats: DnsStats,
         else None
     zones = ZoneForwarders({z.zone.encode(): forwarder(z.servers) for z in config.forward_zones})
     cache = AnswerCache(config.cache, config.limits.memory.cache_probation)
-    return Resolver(view, cache, forwarder(config.upstreams), stats, local=local, zones=zones)
+    return Resolver(view, cache, forwarder(config.upstreams), stats, local=local, zones=zones,
+                    quotas=quotas)
 
 
 def build_dns_server(config: GatewayConfig, resolver: Resolver, listen: list[tuple[str, int]],

@@ -34,6 +34,7 @@ from gateway.lists.overlay import Layered, Matcher, Overlay
 from gateway.policy.decide import Profile, ProfileId
 from gateway.policy.netindex import PrefixMap
 from gateway.policy.policyfile import Network, Network4or6, Policy, load_policy, policy_files
+from gateway.policy.quotas import by_category
 from gateway.policy.safesearch import Rewrites, load_rewrites
 from gateway.policy.schedules import MAX_SLEEP, active_categories, next_change
 from gateway.policy.subscribers import Subscribers, load_subscribers
@@ -163,7 +164,7 @@ def _profile(i: ProfileId, net: Network, policy: Policy, index: Matcher,
         answer=tier.answer, allow=frozenset(tier.allow + net.allow),
         deny=frozenset(tier.deny + net.deny), default_block=tier.default_block, index=index,
         scheduled=scheduled, bypass=tier.bypass_protection, filtered=filtered, steer=steer,
-        steer_scopes=scopes,
+        steer_scopes=scopes, quotas=by_category(tier.quotas, net.quotas),
         rewrites=rewrites.for_mode(tier.safesearch) if rewrites is not None else None,
         verdict_memo=memory.verdict_memo, reply_memo=memory.reply_memo)
 
@@ -189,6 +190,14 @@ def load_policy_for(config: GatewayConfig, catalog: Catalog) -> Policy:
             str(p) for p in config.policies)
         raise ConfigError(f"no network is defined ({what}): every client would be REFUSED",
                           str(config.path), config.path_lines.get("policies[0]") or None)
+    if config.workers > 1:
+        # Each DNS worker would count its own minutes: a client's time would multiply.
+        owner = next((t for t in policy.tiers.values() if t.quotas), None) \
+            or next((n for n in policy.networks if n.quotas), None)
+        if owner is not None:
+            raise ConfigError("quotas are counted in one process: they need dns.workers: 1 "
+                              f"(gateway.yaml sets {config.workers})", owner.path,
+                              owner.line or None)
     return policy
 
 
