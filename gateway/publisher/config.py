@@ -19,11 +19,13 @@ from gateway.config.yamlconf import (
     expect_str,
     load_yaml,
 )
+from gateway.publisher.db import is_url, redact
 from gateway.util.names import normalize_name
 
 TOP_KEYS = ("listen", "database", "signing_key", "gateways", "admin_token", "never_block",
             "max_change", "diff_history", "overdue_after_hours", "tls", "heartbeat", "limits")
 GATEWAY_KEYS = ("id", "token")
+DATABASE_KEYS = ("url",)
 MAX_CHANGE_KEYS = ("ratio", "entries")
 TLS_KEYS = ("cert", "key")
 DEFAULT_NEVER_BLOCK = ("gov.vn", "edu.vn")
@@ -40,7 +42,7 @@ DEFAULT_HEARTBEAT = 3600.0
 class PublisherConfig:
     path: Path
     listen: Address
-    database: Path
+    database: Path | str                      # a SQLite file, or a postgresql:// URL
     signing_key: Path
     gateways: dict[str, str]                  # gateway id -> token
     admin_token: str | None = None
@@ -95,7 +97,7 @@ def load_publisher_config(path: str | Path) -> PublisherConfig:
     return PublisherConfig(
         path=path,
         listen=listen,
-        database=rel("database", doc, "database"),
+        database=_database(doc, rel),
         signing_key=rel("signing_key", doc, "signing_key"),
         gateways=_gateways(doc, admin),
         admin_token=admin,
@@ -112,6 +114,33 @@ def load_publisher_config(path: str | Path) -> PublisherConfig:
                           "heartbeat", 1.0, None),
         limits=_limits(doc),
     )
+
+
+def _database(doc: YDict, rel: Any) -> Path | str:
+    """`database: FILE` (SQLite, relative to publisher.yaml), `database: postgresql://...` or
+    `database: {url: postgresql://...}` (docs/publisher-ha.md)."""
+    raw = doc["database"]
+    parent, key = doc, "database"
+    if isinstance(raw, dict):
+        section = expect_mapping(raw, "database", doc, "database")
+        check_keys(section, DATABASE_KEYS, "database")
+        if "url" not in section:
+            raise error_at("database needs 'url' (postgresql://USER@HOST:PORT/DB)", section,
+                           doc, "database")
+        parent, key = section, "url"
+        url = expect_str(section["url"], "database.url", section, "url")
+        if not is_url(url):
+            raise error_at(f"database.url must start with postgresql://, got {redact(url)!r}",
+                           None, section, "url")
+        return url
+    text = expect_str(raw, "database", parent, key)
+    if is_url(text):
+        return text
+    if "://" in text:
+        raise error_at(f"database: only postgresql:// URLs (or a SQLite file name), got "
+                       f"{redact(text)!r}", None, parent, key)
+    path: Path = rel("database", doc, "database")
+    return path
 
 
 def _limits(doc: YDict) -> PublisherLimits:
