@@ -129,6 +129,12 @@ class PublisherLimits:
     # series, so an ack listing 5,000 invented categories must not grow /metrics by 10,000.
     # Rows for further pairs are dropped (safegate_publisher_ack_stats_dropped_total).
     stats_series: int = 256
+    # Enrollment codes neither used nor expired (`safegate feed gateways add --code`): each is
+    # a row; issuing more is refused until some are used, expire or are revoked.
+    enroll_codes: int = 10_000
+    # Wrong codes sent to POST /v1/enroll in any 60 s, per publisher process; past it every
+    # attempt gets 429 (safegate_publisher_enroll_attempts_total{result="rate_limited"}).
+    enroll_failures_per_minute: int = 10
 
 
 @dataclass(frozen=True)

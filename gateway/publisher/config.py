@@ -178,6 +178,11 @@ def _gateways(doc: YDict, admin: str | None) -> dict[str, str]:
     return out
 
 
+def valid_gateway_id(gid: str) -> bool:
+    """The rule for gateway ids, in publisher.yaml and for enrolled gateways alike."""
+    return _GATEWAY_ID.fullmatch(gid) is not None
+
+
 def _token(value: Any, what: str, parent: YDict, key: str) -> str:
     token = expect_str(value, what, parent, key)
     if len(token) < MIN_TOKEN_LENGTH or any(c.isspace() for c in token):
