@@ -101,6 +101,29 @@ def test_concurrent_writers_never_share_a_serial(postgres: PostgresCluster) -> N
         s.close()
 
 
+def test_a_lost_connection_costs_no_request(postgres: PostgresCluster) -> None:
+    """The database fails over or restarts: the publisher's next statement reconnects."""
+    import psycopg
+
+    url = postgres.new_database("reconnect")
+    store = Store(url)
+    store.add_entries([_entry(1)])
+
+    def cut() -> None:
+        with psycopg.connect(url, autocommit=True) as admin:
+            killed = admin.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                                   "WHERE datname = current_database() AND pid <> "
+                                   "pg_backend_pid()").fetchall()
+        assert killed == [(True,)]
+
+    cut()
+    assert store.add_entries([_entry(2)]) == 2     # a write transaction reconnects
+    cut()
+    assert store.serial() == 2                     # so does a single statement
+    assert store.get_entry("E2") is not None
+    store.close()
+
+
 def test_enrolled_identity_in_gateway_yaml(tmp_path: Path) -> None:
     (tmp_path / "var").mkdir()
     (tmp_path / "var" / "enrollment.json").write_text(json.dumps(

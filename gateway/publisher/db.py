@@ -207,7 +207,16 @@ class PostgresDatabase(Database):
         return self.conn
 
     def execute(self, sql: str, params: Sequence[Any] = ()) -> Cursor:
-        cur: Cursor = self._live().execute(to_postgres(sql), tuple(params))
+        query = to_postgres(sql)
+        try:
+            cur: Cursor = self._live().execute(query, tuple(params))
+        except self._psycopg.OperationalError:
+            # A lost connection (database failover, restart, idle cut by a proxy) costs one
+            # reconnect, not a failed request: outside a transaction a statement is its own
+            # unit, and the only ones run that way are reads and idempotent inserts.
+            if self._in_tx or not self.conn.closed:
+                raise
+            cur = self._live().execute(query, tuple(params))
         return cur
 
     def executemany(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
@@ -226,7 +235,13 @@ class PostgresDatabase(Database):
     @contextmanager
     def _transaction(self, begin: str, lock: int | None) -> Iterator[Database]:
         conn = self._live()
-        conn.execute(begin)
+        try:
+            conn.execute(begin)
+        except self._psycopg.OperationalError:
+            if not conn.closed:
+                raise
+            conn = self._live()   # lost since the last statement: nothing begun yet
+            conn.execute(begin)
         self._in_tx = True
         try:
             if lock is not None:
