@@ -124,6 +124,26 @@ def test_a_lost_connection_costs_no_request(postgres: PostgresCluster) -> None:
     store.close()
 
 
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_hotline_reports_on_both(tmp_path: Path, request: pytest.FixtureRequest,
+                                 backend: str) -> None:
+    """The reports table (gateway/publisher/hotline.py) shares the store's connection."""
+    from gateway.feedformat.hotline import HotlineReport
+    from gateway.publisher.hotline import ReportInbox
+
+    target = (request.getfixturevalue("postgres").new_database("reports")
+              if backend == "postgresql" else tmp_path / "p.sqlite3")
+    store = Store(target)
+    inbox = ReportInbox(store.db)
+    report = HotlineReport("6f1c0a3e-0000-4000-8000-000000000001", "mistake",
+                           "https://school.example/", "adult", "", "100% wrong?", "", T, "gw-a")
+    assert inbox.add(report, 1000.5) is True
+    assert inbox.add(report, 1001.0) is False          # delivered twice, stored once
+    (row,) = inbox.list()
+    assert (row["comment"], row["received_at"]) == ("100% wrong?", 1000.5)
+    store.close()
+
+
 def test_enrolled_identity_in_gateway_yaml(tmp_path: Path) -> None:
     (tmp_path / "var").mkdir()
     (tmp_path / "var" / "enrollment.json").write_text(json.dumps(
