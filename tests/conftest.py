@@ -23,6 +23,8 @@ _ROOT = str(Path(__file__).resolve().parents[1])
 if _ROOT not in sys.path:
     sys.path.insert(0, _ROOT)
 
+from tests.support.postgres import PostgresCluster  # noqa: E402
+from tests.support.postgres import available as postgres_available  # noqa: E402
 from tests.support.procs import (  # noqa: E402
     SafeGateFactory,
     SafeGateProcess,
@@ -64,6 +66,21 @@ def unbound_factory(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Unboun
     yield make
     for server in started:
         server.stop()
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[PostgresCluster]:
+    """A private PostgreSQL cluster on loopback for the whole session (publisher tests);
+    skipped only where Debian's server binaries are absent."""
+    import tempfile
+
+    if not postgres_available():
+        pytest.skip("PostgreSQL 15 server binaries are absent (Debian package 'postgresql')")
+    # Not under pytest's tmp dir: that is private to root, and the server runs as postgres.
+    cluster = PostgresCluster(Path(tempfile.mkdtemp(prefix="safegate-pg-"))).start()
+    yield cluster
+    cluster.stop()
+    shutil.rmtree(cluster.directory, ignore_errors=True)
 
 
 @pytest.hookimpl(wrapper=True, tryfirst=True)

@@ -61,12 +61,16 @@ def add_args(value: str, *more: str, mandatory: bool = True) -> list[str]:
     return base + list(more)
 
 
-@pytest.fixture
-def setup(tmp_path: Path) -> PublisherSetup:
-    """publisher.yaml with max_change {ratio: 0.5, entries: 3}; keys made in-process (fast)."""
+@pytest.fixture(params=["sqlite", "postgresql"])
+def setup(tmp_path: Path, request: pytest.FixtureRequest) -> PublisherSetup:
+    """publisher.yaml with max_change {ratio: 0.5, entries: 3}; keys made in-process (fast).
+    Every test using it runs on both databases: a SQLite file, and a fresh PostgreSQL database
+    on the session's private cluster (docs/publisher-ha.md)."""
     generate_keys(tmp_path / "keys")
-    return write_publisher_config(tmp_path, keygen=False,
-                                  extra={"max_change": {"ratio": 0.5, "entries": 3}})
+    extra: dict[str, Any] = {"max_change": {"ratio": 0.5, "entries": 3}}
+    if request.param == "postgresql":
+        extra["database"] = request.getfixturevalue("postgres").new_database()
+    return write_publisher_config(tmp_path, keygen=False, extra=extra)
 
 
 # ------------------------------------------------------------------ config

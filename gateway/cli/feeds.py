@@ -1,4 +1,5 @@
-"""`safegate feeds status|confirm`: a gateway's feeds as its files and ledger show them.
+"""`safegate feeds status|confirm|enroll`: a gateway's feeds as its files and ledger show them;
+enroll exchanges a publisher's one-time code for this gateway's token (cli/enroll.py).
 
 `confirm` applies an update the change guard held: it writes STATE_DIR/feeds/NAME.confirm with
 the held update's id, which the running gateway picks up within a second (and a gateway that
@@ -9,6 +10,7 @@ is stopped picks up at its next start). Wiring: cli/__init__.py calls `register(
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 import time
@@ -17,6 +19,7 @@ from typing import Any
 
 from gateway.config.gateway import GatewayConfig, load_config
 from gateway.errors import SafeGateError
+from gateway.feeds.acks import refused_path
 from gateway.feeds.client import status_of
 from gateway.feeds.hold import held_paths
 from gateway.util.atomic import atomic_write
@@ -34,6 +37,13 @@ def register(subparsers: Any) -> None:
     cf.add_argument("-c", "--config", required=True, type=Path, help="gateway.yaml")
     cf.add_argument("--feed", required=True, help="feed name (from gateway.yaml)")
     cf.set_defaults(func=_confirm)
+    en = verbs.add_parser("enroll", help="exchange a one-time enrollment code for this "
+                                         "gateway's publisher token")
+    en.add_argument("code", help="the code the publisher gave, e.g. ABCD-EFGH-JKMN-PQRS")
+    en.add_argument("--publisher", required=True, help="the publisher's URL, "
+                                                       "e.g. https://feed.example")
+    en.add_argument("-c", "--config", required=True, type=Path, help="gateway.yaml")
+    en.set_defaults(func=_enroll)
 
 
 def _feed_names(config: GatewayConfig) -> list[str]:
@@ -51,6 +61,9 @@ def status(config: GatewayConfig) -> list[dict[str, Any]]:
         try:
             now = time.time()
             for item in out:
+                with contextlib.suppress(OSError):
+                    item["acks_refused"] = refused_path(config.state_dir,
+                                                        item["feed"]).read_text().strip()
                 item["outcomes"] = ledger.counts(item["feed"])
                 item["overdue"] = ledger.overdue(item["feed"], now)
             pending = ledger.outbox_pending()
@@ -73,6 +86,9 @@ def _status(args: argparse.Namespace) -> int:
         print(f"{item['feed']}: serial {item.get('serial', '-')}"
               + (f", {outcomes}" if outcomes else "")
               + (f", {item['overdue']} overdue" if item.get("overdue") else ""))
+        if item.get("acks_refused"):
+            print(f"  ACKS REFUSED by the publisher (they wait in the outbox): "
+                  f"{item['acks_refused']}")
         held = item.get("held")
         if held:
             print(f"  HELD: update {held['id']} changes {held['changes']} entries of "
@@ -102,3 +118,9 @@ def _confirm(args: argparse.Namespace) -> int:
           "running gateway applies it within a few seconds (or at its next start)",
           file=sys.stderr)
     return 0
+
+
+def _enroll(args: argparse.Namespace) -> int:
+    from gateway.cli.enroll import enroll
+
+    return enroll(args.code, args.publisher, args.config)

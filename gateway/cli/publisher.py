@@ -1,4 +1,5 @@
-"""`safegate feed keygen|serve|add|remove|list`: the central publisher's keys, server and entries.
+"""`safegate feed keygen|serve|add|remove|list|gateways`: the central publisher's keys, server,
+entries and gateway tokens (gateways: cli/gateways.py).
 
 (`safegate feeds`, a gateway's view of the feeds it follows, is cli/feeds.py.)
 """
@@ -64,6 +65,10 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.add_argument("--all", action="store_true", help="include removed entries")
     p.set_defaults(func=list_cmd)
+
+    from gateway.cli.gateways import register as register_gateways
+
+    register_gateways(verbs)
 
 
 def keygen(args: argparse.Namespace) -> int:

@@ -38,6 +38,7 @@ from gateway.compliance.report import (
 from gateway.compliance.report_render import RENDERERS
 from gateway.errors import ConfigError, SafeGateError
 from gateway.feeds.ledger import Ledger
+from gateway.publisher.db import Database, db_errors, is_url, open_database, redact
 from gateway.util.atomic import atomic_write
 
 GATEWAY_KEYS = frozenset({"dns", "state_dir"})
@@ -67,10 +68,15 @@ def config_kind(path: Path) -> tuple[str, dict[str, Any]]:
                       "(database, signing_key)", str(path))
 
 
-def publisher_database(path: Path, doc: dict[str, Any]) -> Path:
+def publisher_database(path: Path, doc: dict[str, Any]) -> Path | str:
+    """The SQLite file, or the PostgreSQL URL (`database: URL` or `database: {url: URL}`)."""
     db = doc.get("database")
+    if isinstance(db, dict):
+        db = db.get("url")
     if not isinstance(db, str) or not db.strip():
-        raise ConfigError("database must be a file name", str(path))
+        raise ConfigError("database must be a file name or a postgresql:// URL", str(path))
+    if is_url(db):
+        return db
     return Path(os.path.normpath(path.resolve().parent / db))
 
 
@@ -82,8 +88,10 @@ def gateway_id(doc: dict[str, Any]) -> str:
 
 
 @contextmanager
-def readonly(path: Path) -> Iterator[sqlite3.Connection]:
-    db = export_mod.open_readonly(path)
+def readonly(path: Path | str) -> Iterator[sqlite3.Connection | Database]:
+    """The publisher database for reading (a SQLite file opened read-only, or PostgreSQL)."""
+    db: sqlite3.Connection | Database = (open_database(path) if is_url(path)
+                                         else export_mod.open_readonly(Path(path)))
     try:
         yield db
     finally:
@@ -110,7 +118,7 @@ def read_ledger(ledger: Ledger, period: Period
     return rows, ledger.probe_failures(period.start, period.end), stats
 
 
-def _stats(db: sqlite3.Connection, table: str, period: Period, gateway: str | None = None
+def _stats(db: sqlite3.Connection | Database, table: str, period: Period, gateway: str | None = None
            ) -> list[StatTotal]:
     where = "hour >= ? AND hour < ?" + (" AND gateway = ?" if gateway is not None else "")
     params: tuple[Any, ...] = (period.start, period.end)
@@ -121,7 +129,7 @@ def _stats(db: sqlite3.Connection, table: str, period: Period, gateway: str | No
         "GROUP BY category, tier", params)]
 
 
-def read_publisher(db: sqlite3.Connection, period: Period
+def read_publisher(db: sqlite3.Connection | Database, period: Period
                    ) -> list[tuple[str, list[EntryRow], dict[str, int], list[StatTotal]]]:
     """Per gateway: every block entry issued in the period joined with that gateway's ack.
 
@@ -170,24 +178,24 @@ def build_report(config: Path, period: Period, now: float) -> Report:
             ledger.close()
         section = build_section(gateway_id(doc), rows, period, probes, stats)
         return Report("gateway", str(path), period, now, (section,))
-    path = publisher_database(config, doc)
-    with readonly(path) as db:
+    database = publisher_database(config, doc)
+    with readonly(database) as db:
         per_gateway = read_publisher(db, period)
         members = read_province_members(db)
     sections: tuple[Section, ...] = tuple(
         build_section(gw, rows, period, probes, stats) for gw, rows, probes, stats in per_gateway)
-    return Report("publisher", str(path), period, now, sections, build_total(sections, period),
-                  (PUBLISHER_PROBE_NOTE,),
+    return Report("publisher", redact(database), period, now, sections,
+                  build_total(sections, period), (PUBLISHER_PROBE_NOTE,),
                   build_provinces(sections, members, province_names(doc), period))
 
 
-def read_province_members(db: sqlite3.Connection) -> dict[str, str]:
+def read_province_members(db: sqlite3.Connection | Database) -> dict[str, str]:
     """gateway -> province at a ministry (gateway/publisher/provinces.py); {} elsewhere."""
-    if db.execute("SELECT 1 FROM sqlite_master WHERE type='table' AND "
-                  "name='province_gateways'").fetchone() is None:
+    try:    # the table exists only where `provinces:` ever ran (SQLite or PostgreSQL)
+        rows = db.execute("SELECT gateway, province FROM province_gateways").fetchall()
+    except db_errors():
         return {}
-    return {str(g): str(p) for g, p in db.execute(
-        "SELECT gateway, province FROM province_gateways")}
+    return {str(g): str(p) for g, p in rows}
 
 
 def province_names(doc: dict[str, Any]) -> dict[str, str]:
@@ -219,7 +227,7 @@ def cmd_report(args: argparse.Namespace) -> int:
         raise SafeGateError(str(exc)) from None
     try:
         report = build_report(args.config, period, time.time())
-    except sqlite3.Error as exc:
+    except db_errors() as exc:
         raise SafeGateError(f"{args.config}: database error: {exc}") from None
     write_output(RENDERERS[args.format](report), args.out)
     return 0

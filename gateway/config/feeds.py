@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+import json
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -29,9 +30,12 @@ from gateway.config.yamlconf import (
     expect_str,
     where,
 )
+from gateway.errors import ConfigError
 from gateway.util.names import normalize_name
 
 IDENTITY_KEYS = ("id", "token", "report_stats")
+# Written by `safegate feeds enroll` in state_dir: {"gateway": ID, "token": TOKEN, ...}.
+ENROLLMENT_FILE = "enrollment.json"
 FEED_KEYS = ("name", "url", "type", "public_key", "interval", "category", "mandatory", "acks",
              "long_poll", "max_age")
 FEED_TYPES = ("safegate", "hosts", "domains", "adblock", "rpz")
@@ -96,6 +100,29 @@ def parse_identity(doc: YDict) -> IdentityConfig:
                           report_stats)
 
 
+def with_enrollment(identity: IdentityConfig, state_dir: Path, doc: YDict) -> IdentityConfig:
+    """No gateway.token written: the id and token `safegate feeds enroll` stored, if any."""
+    if identity.token:
+        return identity
+    path = state_dir / ENROLLMENT_FILE
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return identity
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"cannot read the enrollment: {exc}", str(path)) from None
+    gid, token = (record.get("gateway"), record.get("token")) if isinstance(record, dict) \
+        else (None, None)
+    if not (isinstance(gid, str) and gid and isinstance(token, str) and token):
+        raise ConfigError("not an enrollment record (gateway, token); enroll again with "
+                          "`safegate feeds enroll`", str(path))
+    if identity.id and identity.id != gid:
+        raise error_at(f"gateway.id is {identity.id!r} but this gateway was enrolled as "
+                       f"{gid!r} ({path}): remove gateway.id or enroll again", None,
+                       doc.get("gateway"), "id")
+    return IdentityConfig(gid, token, identity.report_stats)
+
+
 def parse_feeds(doc: YDict, rel: Callable[[str], Path], identity: IdentityConfig,
                 refs: FileRefs) -> tuple[FeedConfig, ...]:
     """The `feeds:` list; every mistake is reported at its file:line."""
@@ -158,8 +185,8 @@ def _feed(name: str, item: YDict, items: Any, i: int, rel: Callable[[str], Path]
     if acks and ftype != SIGNED:
         raise error_at(f"{what}: acks are only sent for safegate feeds", None, item, "acks")
     if acks and not (identity.id and identity.token):
-        raise error_at(f"{what}: acks need gateway.id and gateway.token (or set acks: "
-                       "false)", item, items, i)
+        raise error_at(f"{what}: acks need gateway.id and gateway.token (or enroll with "
+                       "`safegate feeds enroll CODE`, or set acks: false)", item, items, i)
     if "interval" in item:
         values["interval"] = read_seconds(item["interval"], f"{what}: interval", item, "interval")
     if "long_poll" in item:

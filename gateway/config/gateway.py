@@ -22,6 +22,7 @@ from gateway.config.feeds import (
     parse_feed_guard,
     parse_feeds,
     parse_identity,
+    with_enrollment,
 )
 from gateway.config.limits import Limits
 from gateway.config.limitsconf import parse_limits
@@ -128,7 +129,7 @@ def load_config(path: str | Path) -> GatewayConfig:
     path_lines["blocklists"] = where(None, doc, "blocklists")[1] or 0
     state_dir = rel(expect_str(doc.get("state_dir", str(default(GatewayConfig, "state_dir"))),
                                "state_dir", doc, "state_dir"))
-    identity = parse_identity(doc)
+    identity = with_enrollment(parse_identity(doc), state_dir, doc)
     feeds = parse_feeds(doc, rel, identity, refs)
     subscribers, subscribers_source = parse_subscribers(doc, rel, state_dir, refs)
     written_dns = doc.get("dns") or {}

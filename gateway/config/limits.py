@@ -154,6 +154,12 @@ class PublisherLimits:
     upstream_pending: int = 100_000
     # One national document fetched by the province (a 100k-entry snapshot is ~25 MB).
     upstream_document_bytes: int = 256 * MIB
+    # Enrollment codes neither used nor expired (`safegate feed gateways add --code`): each is
+    # a row; issuing more is refused until some are used, expire or are revoked.
+    enroll_codes: int = 10_000
+    # Wrong codes sent to POST /v1/enroll in any 60 s, per publisher process; past it every
+    # attempt gets 429 (safegate_publisher_enroll_attempts_total{result="rate_limited"}).
+    enroll_failures_per_minute: int = 10
 
 
 @dataclass(frozen=True)

@@ -17,12 +17,15 @@ import sqlite3
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Protocol
 from urllib.parse import urlsplit, urlunsplit
 
 import aiohttp
 
 from gateway.feedformat.stats import iso
+from gateway.feeds.stats import FeedMetrics
+from gateway.util.atomic import atomic_write
 from gateway.util.outbox import RetryingSender
 
 log = logging.getLogger(__name__)
@@ -112,6 +115,56 @@ class PendingGauge(Protocol):
     def set(self, value: float) -> None: ...
 
 
+# safegate_feed_ack_failures_total{feed, reason}: every failure is retried (the outbox keeps
+# the ack); "unauthorized" (401/403: the token is unknown or was revoked) needs a person.
+ACK_FAILURE_REASONS = ("unauthorized", "refused", "server", "network")
+
+
+def failure_reason(status: int | None) -> str:
+    if status is None:
+        return "network"
+    if status in (401, 403):
+        return "unauthorized"
+    return "server" if status >= 500 or status == 429 else "refused"
+
+
+class AckResults(Protocol):
+    """Told the outcome of each POST: None for a 200, else the failure reason and the error
+    (the gateway's metrics and the file `safegate feeds status` shows)."""
+
+    def __call__(self, feed: str, reason: str | None, error: str | None) -> None: ...
+
+
+def refused_path(state_dir: Path, feed: str) -> Path:
+    """Holds the publisher's answer while it refuses this gateway's token (status shows it)."""
+    return state_dir / "feeds" / f"{feed}.acks-refused"
+
+
+class AckOutcomes:
+    """The gateway's AckResults: counts failures by reason; while the publisher answers
+    401/403 (a revoked or unknown token) sets safegate_feed_ack_unauthorized and keeps its
+    message in a file for `safegate feeds status`."""
+
+    def __init__(self, metrics: FeedMetrics, state_dir: Path) -> None:
+        self.metrics = metrics
+        self.state_dir = state_dir
+
+    def init(self, feed: str) -> None:
+        self.metrics.init_acks(feed, ACK_FAILURE_REASONS)
+
+    def __call__(self, feed: str, reason: str | None, error: str | None) -> None:
+        if reason is not None:
+            self.metrics.ack_failures.labels(feed, reason).inc()
+        refused = reason == "unauthorized"
+        self.metrics.ack_unauthorized.labels(feed).set(int(refused))
+        path = refused_path(self.state_dir, feed)
+        with contextlib.suppress(OSError):
+            if refused:
+                atomic_write(path, f"{iso(time.time())} {error}\n")
+            else:
+                path.unlink(missing_ok=True)
+
+
 @dataclass(frozen=True)
 class AckBatch:
     """Pending outbox rows of one feed, merged into one POST body."""
@@ -127,8 +180,10 @@ class AckSender(RetryingSender[AckBatch]):
     def __init__(self, db: AckDb, target: AckTarget, token: str,
                  session: aiohttp.ClientSession, pending_gauge: PendingGauge,
                  clock: Callable[[], float] = time.time,
-                 rng: random.Random | None = None) -> None:
+                 rng: random.Random | None = None, on_result: AckResults | None = None
+                 ) -> None:
         super().__init__(db.listeners, IDLE, clock, rng)
+        self.on_result = on_result
         self.db = db
         self.target = target
         self.token = token
@@ -189,11 +244,14 @@ class AckSender(RetryingSender[AckBatch]):
                     headers={"Authorization": f"Bearer {self.token}"},
                     timeout=aiohttp.ClientTimeout(total=POST_TIMEOUT)) as resp:
                 text = (await resp.text())[:200]
-                if resp.status == 200:
-                    return None
-                return f"HTTP {resp.status}: {text.strip()}"
+                status: int | None = resp.status
+                error = None if resp.status == 200 else f"HTTP {resp.status}: {text.strip()}"
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:
-            return f"{type(exc).__name__}: {exc}"
+            status, error = None, f"{type(exc).__name__}: {exc}"
+        if self.on_result is not None:
+            self.on_result(self.target.feed, None if error is None else failure_reason(status),
+                           error)
+        return error
 
     def delivered(self, item: AckBatch) -> None:
         with self.db.transaction() as c:

@@ -20,7 +20,7 @@ import aiohttp
 from prometheus_client import CollectorRegistry
 
 from gateway.config.gateway import GatewayConfig
-from gateway.feeds.acks import AckSender, AckTarget, acks_url
+from gateway.feeds.acks import AckOutcomes, AckSender, AckTarget, acks_url
 from gateway.feeds.client import FeedClient
 from gateway.feeds.context import OverlayTarget
 from gateway.feeds.hold import held_paths
@@ -291,9 +291,11 @@ class FeedManager:
             client.load_local()
             target = acks[f.name]
             if target is not None:
+                outcomes = AckOutcomes(self.metrics, cfg.state_dir)
+                outcomes.init(f.name)
                 self.senders.append(AckSender(self.ledger, target, cfg.gateway_token,
                                               self.session, self.metrics.outbox_pending,
-                                              self.clock))
+                                              self.clock, on_result=outcomes))
         # Entries applied before a restart but never verified are probed again now.
         for name in self.clients:
             self.prober.schedule(name, [e for e in self.ledger.entries(name)

@@ -77,6 +77,14 @@ class FeedMetrics:
         self.outbox_pending = Gauge("safegate_feed_outbox_pending",
                                     "Acks waiting to be delivered to publishers.",
                                     registry=registry)
+        self.ack_failures = Counter(
+            "safegate_feed_ack_failures",
+            "Ack deliveries that failed; each is retried (the ack waits in the outbox).",
+            ["feed", "reason"], registry=registry)
+        self.ack_unauthorized = Gauge(
+            "safegate_feed_ack_unauthorized",
+            "1 while the publisher refuses this gateway's token (401/403: unknown or revoked; "
+            "enroll again). Acks wait in the outbox meanwhile.", ["feed"], registry=registry)
         for result in PROBE_RESULTS:
             self.probes.labels(result)
         self._categories: dict[str, set[str]] = {}
@@ -87,6 +95,11 @@ class FeedMetrics:
         self.refused.labels(feed)
         self.held.labels(feed).set(0)
         self.overdue.labels(feed).set(0)
+
+    def init_acks(self, feed: str, reasons: tuple[str, ...]) -> None:
+        for reason in reasons:
+            self.ack_failures.labels(feed, reason)
+        self.ack_unauthorized.labels(feed).set(0)
 
     def init_signed(self, feed: str, age: Callable[[], float], max_age: float) -> None:
         """Age and staleness of a signed feed, computed at scrape time from `age`."""

@@ -20,6 +20,7 @@ from gateway.feedformat.document import Feed, now_iso
 from gateway.feedformat.rpz import to_rpz
 from gateway.feedformat.signing import SIGNATURE_HEADER, Signer
 from gateway.feedformat.stats import iso
+from gateway.publisher import gateways_api
 from gateway.publisher.acks import REJECT_REASONS, AckError, check_ack, parse_ack
 from gateway.publisher.config import PublisherConfig
 from gateway.publisher.edits import EditError, Editor, Guard
@@ -115,7 +116,9 @@ def make_app(store: Store, signer: Signer, config: PublisherConfig,
     app[ACK_METRICS] = AckMetrics(registry, sorted(config.gateways), REJECT_REASONS)
     app[EDITOR] = Editor(store, Guard(config.never_block, config.max_change_ratio,
                                       config.max_change_entries))
-    app[COLLECTOR] = PublisherCollector(store, list(config.gateways), config.overdue_after_hours)
+    gateways_api.add_routes(app, store, config, registry, _require_admin)
+    app[COLLECTOR] = PublisherCollector(store, lambda: gateways_api.all_gateways(app),
+                                        config.overdue_after_hours)
     registry.register(app[COLLECTOR])
     app.cleanup_ctx.append(_watch)
     app.on_shutdown.append(_release_waiters)
@@ -245,7 +248,7 @@ async def get_entry(request: web.Request) -> web.Response:
     acks = store.acks_for_entry(entry_id)
     rows = store.gateway_rows()
     gateways = []
-    for gw in sorted(set(config.gateways) | set(acks)):
+    for gw in sorted(set(gateways_api.all_gateways(request.app)) | set(acks)):
         ack = acks.get(gw)
         verified = ack.verified_at if ack else None
         gateways.append({
@@ -326,12 +329,14 @@ async def remove_entry(request: web.Request) -> web.Response:
 def _gateway_of(request: web.Request) -> str | web.Response:
     """The gateway id whose token the request bears, or the 401 to answer."""
     token = _bearer(request)
-    gateway = None
+    gateway: str | web.Response | None = None
     if token is not None:
         # Compare against every token so timing says nothing about which one is close.
         for gid, secret in request.app[CONFIG].gateways.items():
             if _same(token, secret):
                 gateway = gid
+        # then the enrolled ones, read now: a revocation counts from the next request
+        gateway = gateway or gateways_api.enrolled(request.app, token)
     if gateway is None:
         return _error(401, "a valid gateway token is required",
                       {"WWW-Authenticate": 'Bearer realm="safegate-publisher"'})

@@ -19,6 +19,7 @@ from gateway.config.yamlconf import (
     expect_str,
     load_yaml,
 )
+from gateway.publisher.db import is_url, redact
 from gateway.publisher.tierconfig import (
     ProvinceConfig,
     UpstreamConfig,
@@ -31,6 +32,7 @@ TOP_KEYS = ("listen", "database", "signing_key", "gateways", "admin_token", "nev
             "max_change", "diff_history", "overdue_after_hours", "tls", "heartbeat", "limits",
             "upstream", "provinces")
 GATEWAY_KEYS = ("id", "token")
+DATABASE_KEYS = ("url",)
 MAX_CHANGE_KEYS = ("ratio", "entries")
 TLS_KEYS = ("cert", "key")
 DEFAULT_NEVER_BLOCK = ("gov.vn", "edu.vn")
@@ -47,7 +49,7 @@ DEFAULT_HEARTBEAT = 3600.0
 class PublisherConfig:
     path: Path
     listen: Address
-    database: Path
+    database: Path | str                      # a SQLite file, or a postgresql:// URL
     signing_key: Path
     gateways: dict[str, str]                  # gateway id -> token
     admin_token: str | None = None
@@ -103,7 +105,7 @@ def load_publisher_config(path: str | Path) -> PublisherConfig:
         entries = int(_number(mc.get("entries", entries), "max_change.entries", mc, "entries",
                               0, None, integer=True))
     gateways = _gateways(doc, admin)
-    database = rel("database", doc, "database")
+    database = _database(doc, rel)
     return PublisherConfig(
         path=path,
         listen=listen,
@@ -126,6 +128,33 @@ def load_publisher_config(path: str | Path) -> PublisherConfig:
         upstream=parse_upstream(doc, base, database, _token),
         provinces=parse_provinces(doc, _token, {*gateways.values(), *([admin] if admin else [])}),
     )
+
+
+def _database(doc: YDict, rel: Any) -> Path | str:
+    """`database: FILE` (SQLite, relative to publisher.yaml), `database: postgresql://...` or
+    `database: {url: postgresql://...}` (docs/publisher-ha.md)."""
+    raw = doc["database"]
+    parent, key = doc, "database"
+    if isinstance(raw, dict):
+        section = expect_mapping(raw, "database", doc, "database")
+        check_keys(section, DATABASE_KEYS, "database")
+        if "url" not in section:
+            raise error_at("database needs 'url' (postgresql://USER@HOST:PORT/DB)", section,
+                           doc, "database")
+        parent, key = section, "url"
+        url = expect_str(section["url"], "database.url", section, "url")
+        if not is_url(url):
+            raise error_at(f"database.url must start with postgresql://, got {redact(url)!r}",
+                           None, section, "url")
+        return url
+    text = expect_str(raw, "database", parent, key)
+    if is_url(text):
+        return text
+    if "://" in text:
+        raise error_at(f"database: only postgresql:// URLs (or a SQLite file name), got "
+                       f"{redact(text)!r}", None, parent, key)
+    path: Path = rel("database", doc, "database")
+    return path
 
 
 def _limits(doc: YDict) -> PublisherLimits:
@@ -161,6 +190,11 @@ def _gateways(doc: YDict, admin: str | None) -> dict[str, str]:
         seen_tokens.add(token)
         out[gid] = token
     return out
+
+
+def valid_gateway_id(gid: str) -> bool:
+    """The rule for gateway ids, in publisher.yaml and for enrolled gateways alike."""
+    return _GATEWAY_ID.fullmatch(gid) is not None
 
 
 def _token(value: Any, what: str, parent: YDict, key: str) -> str:

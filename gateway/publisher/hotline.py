@@ -5,7 +5,6 @@ least once). The JSON contract is docs/hotline.md."""
 from __future__ import annotations
 
 import json
-import sqlite3
 import time
 from collections.abc import Callable
 from typing import Any
@@ -14,6 +13,7 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter
 
 from gateway.feedformat.hotline import KINDS, HotlineReport, ReportError, from_json
+from gateway.publisher.db import Database
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS reports (id TEXT PRIMARY KEY, gateway TEXT NOT NULL,
@@ -26,9 +26,9 @@ LIST_LIMIT = 1000
 
 
 class ReportInbox:
-    """The reports table on the publisher's (autocommit) connection."""
+    """The reports table on the publisher's (autocommit) connection, SQLite or PostgreSQL."""
 
-    def __init__(self, db: sqlite3.Connection) -> None:
+    def __init__(self, db: Database) -> None:
         self.db = db
         db.executescript(SCHEMA)
 

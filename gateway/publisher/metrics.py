@@ -61,10 +61,13 @@ def overdue_counts(store: Store, gateways: list[str], now: float,
 class PublisherCollector(Collector):
     """Serial, entries and per-gateway compliance, read fresh on every scrape."""
 
-    def __init__(self, store: Store, gateways: list[str], overdue_after_hours: float,
-                 clock: Callable[[], float] = time.time) -> None:
+    def __init__(self, store: Store, gateways: list[str] | Callable[[], list[str]],
+                 overdue_after_hours: float, clock: Callable[[], float] = time.time) -> None:
+        """`gateways`: a list, or a function giving the current list (enrolled gateways come
+        and go while the publisher runs)."""
         self.store = store
-        self.gateways = sorted(gateways)
+        self._gateways = gateways
+        self.gateways = [] if callable(gateways) else sorted(gateways)
         self.overdue_after_hours = overdue_after_hours
         self.clock = clock
         # Gateways not in publisher.yaml that report anyway: a ministry's school gateways
@@ -76,6 +79,8 @@ class PublisherCollector(Collector):
 
     def collect(self) -> Iterator[Metric]:
         store = self.store
+        if callable(self._gateways):
+            self.gateways = sorted(self._gateways())
         gateways = self._all_gateways()
         g = GaugeMetricFamily("safegate_publisher_serial", "Current serial of the feed.")
         g.add_metric([], store.serial())

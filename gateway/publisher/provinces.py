@@ -10,7 +10,6 @@ provinces are configured, and each may register at most limits.province_gateways
 
 from __future__ import annotations
 
-import sqlite3
 import time
 from collections.abc import Callable, Iterator
 
@@ -24,6 +23,7 @@ from prometheus_client.core import (
 from prometheus_client.registry import Collector
 
 from gateway.feedformat.stats import LATENCY_BUCKETS
+from gateway.publisher.db import Database
 from gateway.publisher.metrics import overdue_counts
 from gateway.publisher.store import Store
 
@@ -44,7 +44,7 @@ def namespaced(province: str, school: str) -> str:
 class ProvinceRegistry:
     """The province_gateways table (in the publisher database) and the refusal counters."""
 
-    def __init__(self, db: sqlite3.Connection, provinces: list[str], limit: int,
+    def __init__(self, db: Database, provinces: list[str], limit: int,
                  registry: CollectorRegistry) -> None:
         self.db = db
         self.provinces = sorted(provinces)

@@ -1,14 +1,18 @@
-"""The publisher's SQLite database (schema in docs/feeds-contract.md), shared by CLI and server.
+"""The publisher's database (schema in docs/feeds-contract.md), shared by CLI and server.
 
-The CLI writes from another process while the server runs, so every write is one
-`BEGIN IMMEDIATE` transaction that bumps `meta.serial`, and the server notices new serials by
-polling that one row. Connections are in autocommit mode: each read sees the latest commit.
+SQLite by default, PostgreSQL when publisher.yaml's database is a postgresql:// URL (several
+publisher processes then share it: docs/publisher-ha.md). The SQL here is written once, in
+SQLite's dialect; gateway.publisher.db translates it (keep it portable: ON CONFLICT upserts
+naming the table in DO UPDATE, no INSERT OR REPLACE).
+
+The CLI (or another publisher) writes from another process while the server runs, so every
+write is one exclusive transaction that bumps `meta.serial`, and the server notices new serials
+by polling that one row. Connections are in autocommit mode: each read sees the latest commit.
 """
 
 from __future__ import annotations
 
 import json
-import sqlite3
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -17,7 +21,7 @@ from pathlib import Path
 from gateway.errors import SafeGateError
 from gateway.feedformat.document import FeedEntry, LegalBasis, parse_time
 from gateway.feedformat.stats import StatRow
-from gateway.util.sqlite import open_db
+from gateway.publisher.db import Database, open_database
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -93,36 +97,25 @@ _ENTRY_COLUMNS = ("id, type, value, categories, action, mandatory, authority, de
 class Store:
     """One connection to the publisher database; methods are short transactions."""
 
-    def __init__(self, path: Path) -> None:
-        try:
-            self.db = open_db(path, SCHEMA, synchronous="NORMAL", named_rows=False,
-                              check_same_thread=False)
-        except sqlite3.Error as exc:
-            raise SafeGateError(f"{path}: cannot open the publisher database: {exc}") from None
+    def __init__(self, path: Path | str) -> None:
+        """`path`: a SQLite file, or a postgresql:// URL."""
+        self.db: Database = open_database(path, SCHEMA)
         self.path = path
 
     def close(self) -> None:
         self.db.close()
 
     @contextmanager
-    def _write(self) -> Iterator[sqlite3.Connection]:
-        """A write transaction; IMMEDIATE so two writers serialise instead of deadlocking."""
-        self.db.execute("BEGIN IMMEDIATE")
-        try:
-            yield self.db
-        except BaseException:
-            self.db.execute("ROLLBACK")
-            raise
-        self.db.execute("COMMIT")
+    def _write(self) -> Iterator[Database]:
+        """A write transaction that excludes every other writer, in any process."""
+        with self.db.write() as db:
+            yield db
 
     @contextmanager
-    def _read(self) -> Iterator[sqlite3.Connection]:
+    def _read(self) -> Iterator[Database]:
         """A read transaction: several SELECTs that see one consistent serial."""
-        self.db.execute("BEGIN")
-        try:
-            yield self.db
-        finally:
-            self.db.execute("COMMIT")
+        with self.db.read() as db:
+            yield db
 
     # ------------------------------------------------------------------ entries
 
@@ -130,7 +123,7 @@ class Store:
         row = self.db.execute("SELECT value FROM meta WHERE key='serial'").fetchone()
         return int(row[0]) if row else 0
 
-    def _bump(self, db: sqlite3.Connection) -> int:
+    def _bump(self, db: Database) -> int:
         serial = int(db.execute("SELECT value FROM meta WHERE key='serial'").fetchone()[0]) + 1
         db.execute("UPDATE meta SET value=? WHERE key='serial'", (str(serial),))
         return serial
@@ -148,10 +141,12 @@ class Store:
                     raise StoreError(f"entry {e.id!r} already exists (remove it first to "
                                      "change it)", "conflict")
             serial = self._bump(db)
+            # A reused (removed) id: its old row goes, the new one takes its place.
+            db.executemany("DELETE FROM entries WHERE id=?", [(e.id,) for e in entries])
             for e in entries:
                 lb = e.legal_basis
                 db.execute(
-                    "INSERT OR REPLACE INTO entries (" + _ENTRY_COLUMNS + ") "
+                    "INSERT INTO entries (" + _ENTRY_COLUMNS + ") "
                     "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,NULL,NULL)",
                     (e.id, e.type, e.value, json.dumps(list(e.categories)), e.action,
                      int(e.mandatory), lb.authority if lb else None,
@@ -259,25 +254,27 @@ class Store:
                 stats = kept
             db.execute("INSERT INTO gateways (id, applied_serial, last_ack) VALUES (?,?,?) "
                        "ON CONFLICT (id) DO UPDATE SET "
-                       "applied_serial=max(applied_serial, excluded.applied_serial), "
+                       "applied_serial=max(gateways.applied_serial, excluded.applied_serial), "
                        "last_ack=excluded.last_ack", (ack.gateway, ack.serial, now))
             # A time once recorded is kept: a re-sent or out-of-order ack cannot move it.
             db.executemany(
                 "INSERT INTO acks (gateway, entry_id, received_at, applied_at, verified_at, "
                 "outcome) VALUES (?,?,?,?,?,?) ON CONFLICT (gateway, entry_id) DO UPDATE SET "
-                "received_at=coalesce(received_at, excluded.received_at), "
-                "applied_at=coalesce(applied_at, excluded.applied_at), "
-                "verified_at=coalesce(verified_at, excluded.verified_at), "
+                "received_at=coalesce(acks.received_at, excluded.received_at), "
+                "applied_at=coalesce(acks.applied_at, excluded.applied_at), "
+                "verified_at=coalesce(acks.verified_at, excluded.verified_at), "
                 "outcome=excluded.outcome",
                 [(ack.gateway, e.entry_id, e.received_at, e.applied_at, e.verified_at, e.outcome)
                  for e in ack.entries])
             db.executemany(
-                "INSERT OR REPLACE INTO gateway_stats (gateway, hour, category, tier, queries, "
-                "blocked) VALUES (?,?,?,?,?,?)",
+                "INSERT INTO gateway_stats (gateway, hour, category, tier, queries, blocked) "
+                "VALUES (?,?,?,?,?,?) ON CONFLICT (gateway, hour, category, tier) DO UPDATE "
+                "SET queries=excluded.queries, blocked=excluded.blocked",
                 [(ack.gateway, s.hour, s.category, s.tier, s.queries, s.blocked)
                  for s in stats])
             db.executemany(
-                "INSERT OR REPLACE INTO gateway_probes (gateway, result, count) VALUES (?,?,?)",
+                "INSERT INTO gateway_probes (gateway, result, count) VALUES (?,?,?) "
+                "ON CONFLICT (gateway, result) DO UPDATE SET count=excluded.count",
                 [(ack.gateway, r, n) for r, n in sorted(ack.probes.items())])
         return dropped
 
@@ -334,7 +331,7 @@ class Store:
                 self.db.execute("SELECT gateway, result, count FROM gateway_probes")}
 
 
-def _stored(row: sqlite3.Row | tuple[object, ...]) -> StoredEntry:
+def _stored(row: tuple[object, ...]) -> StoredEntry:
     (eid, etype, value, cats, action, mandatory, authority, decision, ddate, issued, deadline,
      added, removed, removed_at) = row
     basis = (LegalBasis(str(authority), str(decision), str(ddate))

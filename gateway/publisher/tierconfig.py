@@ -47,7 +47,7 @@ class ProvinceConfig:
     token: str
 
 
-def parse_upstream(doc: YDict, base: Path, database: Path,
+def parse_upstream(doc: YDict, base: Path, database: Path | str,
                    token: Callable[[Any, str, YDict, str], str]) -> UpstreamConfig | None:
     if "upstream" not in doc:
         return None
@@ -80,7 +80,8 @@ def parse_upstream(doc: YDict, base: Path, database: Path,
                        None, up, "refresh")
     state = (Path(os.path.normpath(base / expect_str(up["state_dir"], "upstream.state_dir",
                                                      up, "state_dir")))
-             if "state_dir" in up else database.parent / "national-mirror")
+             if "state_dir" in up
+             else (database.parent if isinstance(database, Path) else base) / "national-mirror")
     return UpstreamConfig(url, keys, token(up["token"], "upstream.token", up, "token"),
                           province, state, float(refresh))
 

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import logging
 import random
-import sqlite3
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -22,6 +21,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import aiohttp
 
+from gateway.publisher.db import Database
 from gateway.util.outbox import RetryingSender
 
 log = logging.getLogger("safegate.publisher.upstream")
@@ -60,7 +60,7 @@ class NationalIds:
     acks entries removed while it was away (outcome "removed"); their diffs may be gone from
     the mirror by then, and refusing the ack would stall the school's outbox for good."""
 
-    def __init__(self, db: sqlite3.Connection) -> None:
+    def __init__(self, db: Database) -> None:
         self.db = db
         db.executescript(SCHEMA)
 
@@ -81,7 +81,7 @@ class NationalIds:
 class UpstreamOutbox:
     """The outbox table in the province's publisher database."""
 
-    def __init__(self, db: sqlite3.Connection, clock: Callable[[], float] = time.time) -> None:
+    def __init__(self, db: Database, clock: Callable[[], float] = time.time) -> None:
         self.db = db
         self.clock = clock
         self.listeners: list[Callable[[], None]] = []
