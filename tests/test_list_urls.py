@@ -44,7 +44,8 @@ class ListServer:
     def __init__(self) -> None:
         self.body = V1
         self.modified = formatdate(1_700_000_000, usegmt=True)
-        self.answered: list[tuple[str, str, int]] = []   # (If-None-Match, If-Modified-Since, status)
+        # (If-None-Match, If-Modified-Since, status) of each request
+        self.answered: list[tuple[str, str, int]] = []
         outer = self
 
         class Handler(BaseHTTPRequestHandler):

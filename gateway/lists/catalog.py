@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from gateway.config.limits import FileLimits
+from gateway.config.spec import BOOL, SECONDS, STR, TEXT, Key, Shape, Table, enum, one_of, pattern
 from gateway.config.values import http_url
 from gateway.config.yamlconf import (
     YDict,
@@ -38,12 +39,33 @@ MATCH_MODES = ("suffix", "exact")
 URL_FORMAT = "urls"
 LIST_BYTES_KEY = "limits.files.list_bytes"
 _CATEGORY_NAME = re.compile(r"[a-z0-9][a-z0-9_-]*")
-_SOURCE_KEYS = ("path", "format", "mandatory", "match", "description", "url", "refresh", "name")
 _LIST_NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,62}")
 # `refresh:` as a number of seconds or a count with a unit: 90s, 30m, 24h, 7d.
 _DURATION = re.compile(r"([0-9]+)\s*([smhd])")
 _UNIT = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 DEFAULT_REFRESH = 86400.0
+SOURCE = Shape("source", (
+    Key("path", STR, "the list file (relative to lists.yaml); or url"),
+    Key("url", STR, "download the list from this http(s) URL instead of path; the copy is kept "
+        "in state_dir/lists/"),
+    Key("format", enum(*FORMATS, URL_FORMAT), "how the file is read (urls: the HTTP proxy's "
+        "URL list)", required=True),
+    Key("mandatory", BOOL, "entries no allow can lift (csam always is)", False),
+    Key("match", enum(*MATCH_MODES), "suffix: a name blocks its subdomains; exact: only itself",
+        MATCH_MODES[0]),
+    Key("description", TEXT, "free text"),
+    Key("refresh", one_of(SECONDS, pattern(r"^\s*[0-9]+\s*[smhd]\s*$")),
+        "url sources: how often to download, seconds or 30m / 24h / 7d (at least "
+        "limits.files.list_refresh_min)", f"{DEFAULT_REFRESH / 3600:.0f}h"),
+    Key("name", pattern(f"^{_LIST_NAME.pattern}$"), "url sources: the list's name in logs and "
+        "metrics (default: CATEGORY-N)"),
+), nullable=False)
+# The whole lists.yaml: `safegate schema lists` is this.
+LISTS = Shape("lists.yaml", (
+    Key("categories", Table(SOURCE, named=True, items=True,
+                            key_pattern=f"^{_CATEGORY_NAME.pattern}$"),
+        "categories by name, each a list of sources", required=True),
+), nullable=False)
 
 
 @dataclass(frozen=True)
@@ -120,7 +142,7 @@ def load_catalog(path: str | Path, max_bytes: int = FileLimits.config_bytes,
     if doc is None:
         raise ConfigError("empty file: expected a 'categories' mapping", str(path))
     root = expect_mapping(doc, "lists.yaml")
-    check_keys(root, ("categories",), "lists.yaml")
+    LISTS.check(root)
     if "categories" not in root:
         raise error_at("missing 'categories'", root)
     cats = expect_mapping(root["categories"], "categories", root, "categories")
@@ -143,7 +165,7 @@ def load_catalog(path: str | Path, max_bytes: int = FileLimits.config_bytes,
 def _source(category: str, raw: Any, parent: Any, index: int, base: Path, list_bytes: int,
             state_dir: Path | None) -> Source:
     item: YDict = expect_mapping(raw, f"source {index + 1} of {category}", parent, index)
-    check_keys(item, _SOURCE_KEYS, f"a {category} source")
+    check_keys(item, SOURCE.names(), f"a {category} source")
     line = where(item, parent, index)[1] or 0
     if "url" in item and "path" in item:
         raise error_at("a source has either 'path' (a file) or 'url' (downloaded), not both",
