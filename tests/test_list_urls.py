@@ -20,8 +20,11 @@ from typing import Any
 import dns.rcode
 import pytest
 
+from gateway.compliance.export import build_export
+from gateway.config.limits import FileLimits
 from gateway.errors import ConfigError
-from gateway.lists.catalog import load_catalog
+from gateway.lists.catalog import Source, load_catalog
+from gateway.runtime.list_refresh import next_wait
 from tests.support import unbound as ub
 from tests.support.procs import SafeGateProcess, write_gateway_config
 from tests.support.wait import wait_for
@@ -186,3 +189,50 @@ def test_a_url_source_without_a_copy_enforces_nothing_yet(tmp_path: Path) -> Non
     source.path.write_text("gamble.test\n")
     assert [s.path for s in load_catalog(lists, state_dir=tmp_path / "var").sources()] == \
         [source.path]
+
+
+@pytest.mark.parametrize(("refresh", "result", "wait"), [
+    (1.0, "updated", 300.0),          # `refresh: 1s` is raised to limits.files.list_refresh_min
+    (86400.0, "unchanged", 86400.0),
+    (86400.0, "error", 300.0),        # a failure is retried after the minimum
+    (86400.0, "rejected", 300.0),
+])
+def test_a_list_is_never_fetched_sooner_than_the_minimum(refresh: float, result: str,
+                                                         wait: float) -> None:
+    source = Source("ads", Path("/x.list"), "domains", url="http://127.0.0.1:1/x",
+                    refresh=refresh, name="ads-1")
+    assert next_wait(source, result, FileLimits().list_refresh_min) == wait
+
+
+@pytest.mark.integration
+def test_a_download_larger_than_the_bound_is_refused_and_the_list_kept(
+        unbound: ub.UnboundServer, safegate_factory: Any, list_server: ListServer,
+        tmp_path: Path) -> None:
+    cfg = write_gateway_config(
+        tmp_path, upstream_port=unbound.port, policies={"p.yaml": POLICY}, ipv6=False,
+        lists_yaml=_lists_yaml(list_server.url),
+        extra={"reload": {"watch_interval": 0.2},
+               "limits": {"files": {"list_refresh_min": 1, "feed_bytes": 256}}})
+    gw = safegate_factory(cfg)
+    wait_for(lambda: _rcode(gw, "gamble.test") == dns.rcode.NXDOMAIN,
+             what="the downloaded list was never enforced")
+    list_server.body = V2 + b"".join(b"name-%d.social.test\n" % i for i in range(50))
+    wait_for(lambda: _count(gw, "error") >= 1, what="the oversized list was not refused")
+    assert "larger than limits.files.feed_bytes (256)" in gw.stderr_text()
+    assert _rcode(gw, "gamble.test") == dns.rcode.NXDOMAIN     # the running list stays
+    assert _rcode(gw, "social.test") == dns.rcode.NOERROR
+    assert _count(gw, "updated") == 1
+
+
+def test_the_rpz_export_includes_a_mandatory_list_downloaded_from_a_url(tmp_path: Path) -> None:
+    """`safegate export rpz` reads the downloaded copy like any mandatory list file."""
+    lists = tmp_path / "lists.yaml"
+    lists.write_text("categories:\n  csam:\n"
+                     "    - {url: \"http://127.0.0.1:1/csam.txt\", format: domains}\n")
+    state = tmp_path / "var"
+    (source,) = load_catalog(lists, state_dir=state).remote()
+    source.path.parent.mkdir(parents=True)
+    source.path.write_text("csam-test.invalid\n")
+    result = build_export(None, lists, 7, state_dir=state)
+    assert result.from_lists == 1
+    assert "csam-test.invalid" in result.zone

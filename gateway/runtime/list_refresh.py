@@ -77,6 +77,13 @@ def list_problem(fmt: str, body: bytes) -> str | None:
     return None
 
 
+def next_wait(source: Source, result: str, minimum: float) -> float:
+    """Seconds until `source` is fetched again: its `refresh:` after a success, but never
+    sooner than limits.files.list_refresh_min (a publisher is not hammered by a typo like
+    `refresh: 1s`); that minimum after a failure."""
+    return max(source.refresh, minimum) if result in ("updated", "unchanged") else minimum
+
+
 def meta_path(source: Source) -> Path:
     return source.path.with_suffix(".meta.json")
 
@@ -99,9 +106,7 @@ class ListRefresher:
                 for source in self.sources():
                     if self.due.get(source.path, 0.0) <= self.clock():
                         result = await self.refresh(session, source)
-                        wait = self.limits.list_refresh_min
-                        if result in ("updated", "unchanged"):
-                            wait = max(source.refresh, wait)
+                        wait = next_wait(source, result, self.limits.list_refresh_min)
                         self.due[source.path] = self.clock() + wait
                 soonest = min(self.due.values(), default=self.clock() + IDLE_WAKE)
                 delay = min(max(soonest - self.clock(), 0.1), IDLE_WAKE)
@@ -119,6 +124,11 @@ class ListRefresher:
             result = "error"
         except OSError as exc:
             log.error("list %s: cannot store the copy of %s: %s", source.name, source.url, exc)
+            result = "error"
+        except Exception:
+            # A bug or a response nothing foresaw must not end the refresher: the running list
+            # stays and the next refresh tries again.
+            log.exception("list %s: refreshing %s failed", source.name, source.url)
             result = "error"
         self.metrics.refresh.labels(source.name, result).inc()
         if result in ("updated", "unchanged"):
