@@ -256,3 +256,16 @@ def test_the_copies_the_broken_cases_start_from_are_valid(tmp_path: Path) -> Non
     cfg = _gateway_in(tmp_path, {**_school(), "blocklists": str(lists),
                                  "policies": [str(policy)]})
     assert check(cfg)[0] == 0, check(cfg)
+
+
+@pytest.mark.parametrize(("example", "name"), [
+    ("deploy/example/gateway.yaml", "gateway"), ("deploy/example/isp/gateway.yaml", "gateway"),
+    ("deploy/example/isp/policies/isp.yaml", "policy")])
+def test_the_examples_name_their_schema_for_editors(example: str, name: str) -> None:
+    """VS Code's YAML extension reads the first-line modeline; it must find the right file.
+    (Not in policies/ and blocklists/: install.sh copies those to /etc, where docs/ is not.)"""
+    path = REPO_ROOT / example
+    first = path.read_text().splitlines()[0]
+    found = re.fullmatch(r"# yaml-language-server: \$schema=(\S+)", first)
+    assert found is not None, first
+    assert (path.parent / found[1]).resolve() == REPO_ROOT / SCHEMA_DIR / f"{name}.schema.json"
