@@ -101,9 +101,6 @@ class Shape:
         """Unknown keys are errors, named at their line."""
         check_keys(mapping, self.names(), self.what)
 
-    def key(self, name: str) -> Key:
-        return next(k for k in self.keys if k.name == name)
-
 
 @dataclass(frozen=True)
 class Table:
@@ -116,8 +113,8 @@ class Table:
     key_pattern: str = ""      # what a name must look like (named)
 
 
-def list_of(section: Shape) -> Table:
-    return Table(section, items=True)
+def list_of(shape: Shape) -> Table:
+    return Table(shape, items=True)
 
 
 def to_schema(t: Schema | Shape | Table) -> Schema:
