@@ -25,7 +25,7 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 CONFIG ?= deploy/example/gateway.yaml
 
-.PHONY: help run venv test lint typecheck unit bench bench-feeds deps-apt clean
+.PHONY: help run venv test lint typecheck unit bench bench-feeds deps-apt clean schema
 
 help:
 	@echo "make run       create .venv, install SafeGate, run it with $(CONFIG)"
@@ -35,6 +35,7 @@ help:
 	@echo "make bench-feeds  central feed latency and 100k-entry apply (bench/feed_latency.py)"
 	@echo "make compile   build the optional C list lookup and question parse in place (needs a C compiler)"
 	@echo "make deps-apt  install the Debian packages the tests use"
+	@echo "make schema    regenerate docs/schema/*.json and docs/configuration.md's key tables"
 
 $(VBIN)/python:
 	@if [ -z "$(PYTHON)" ]; then \
@@ -92,6 +93,9 @@ bench-feeds: venv deps-apt
 # next to their sources so a source checkout uses them; without them the pure-Python versions
 # run (SAFEGATE_PURE=1 forces those).
 .PHONY: compile
+schema: $(RUN_STAMP)
+	$(VBIN)/python -m gateway schema --write
+
 compile: venv
 	$(VBIN)/python setup.py build_ext --inplace
 

@@ -71,8 +71,8 @@ categories:
         ("categories:\n  adult:\n    - {path: a.txt, format: csv}\n", 3, "unknown format 'csv'"),
         ("categories:\n  adult:\n\n    - path: missing.txt\n      format: hosts\n",
          4, "list file not found: "),
-        ("categories:\n  adult:\n    - format: hosts\n      url: https://lists.example/a\n",
-         4, "url sources are not supported yet; download the list and use path"),
+        ("categories:\n  adult:\n    - format: hosts\n      url: https://lists.example/a\n"
+         "      path: a.txt\n", 3, "either 'path' (a file) or 'url' (downloaded), not both"),
         ("categories:\n  Adult:\n    - {path: a.txt, format: hosts}\n",
          2, "category name 'Adult' must be lowercase"),
         ("categories:\n  adult:\n    - {path: a.txt, format: hosts, match: prefix}\n",

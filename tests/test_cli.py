@@ -41,6 +41,15 @@ def test_check_of_the_shipped_lists_says_skipped_lines_in_one_line_unless_verbos
     assert len([x for x in r.stderr.splitlines() if x.startswith("warning: skipped ")]) == skipped
 
 
+def test_explain_of_the_shipped_example_prints_no_skipped_lines() -> None:
+    """Issue #14: every `explain` used to print 450 "warning: skipped" lines for the shipped
+    lists; what the lists skip is `check`'s to say, not each explanation's."""
+    r = safegate("explain", "-c", str(REPO / "deploy/example/gateway.yaml"), "10.0.0.5",
+                 "example.com")
+    assert r.returncode == 0, r.stderr
+    assert "skipped" not in r.stderr and "skipped" not in r.stdout
+
+
 @pytest.mark.parametrize(
     ("policy", "message"),
     [
@@ -260,7 +269,7 @@ def test_every_verb_is_served_by_the_group_whose_docstring_names_it() -> None:
                                                for v in vs.split("|")}, (group.__name__, verb)
     assert len(seen) == len(set(seen)), seen
     assert set(seen) == {"run", "check", "explain", "feed", "feeds", "report", "probe", "export",
-                         "proxy", "reports"}
+                         "proxy", "reports", "schema"}
 
 
 def test_no_command_prints_its_own_errors() -> None:
@@ -319,6 +328,8 @@ def test_an_error_from_any_command_goes_through_the_one_policy(tmp_path: Path) -
         proxy,
         (["reports", "list", "-c", str(cfg)],
          "safegate reports: cannot read the reports database: file is not a database\n"),
+        (["schema", "--write", "--root", str(tmp_path)],
+         f"safegate schema: {tmp_path / 'docs' / 'configuration.md'} not found"),
     ]
     import argparse
 

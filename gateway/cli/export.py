@@ -35,7 +35,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     serial = args.serial if args.serial is not None else int(time.time())
     try:
         result = export_mod.build_export(cfg.state_dir / export_mod.LEDGER_FILE, cfg.blocklists,
-                                         serial, args.origin)
+                                         serial, args.origin, cfg.state_dir)
     except sqlite3.Error as exc:
         raise SafeGateError(f"ledger database error: {exc}") from None
     for w in result.warnings:

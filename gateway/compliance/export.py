@@ -111,8 +111,9 @@ def merge(entries: Iterable[FeedEntry]) -> list[FeedEntry]:
 
 
 def build_export(ledger: Path | None, lists_yaml: Path | None, serial: int,
-                 origin: str = "rpz.safegate.invalid") -> Export:
-    """The zone for a gateway: ledger entries (if the ledger exists) + mandatory list rules."""
+                 origin: str = "rpz.safegate.invalid", state_dir: Path | None = None) -> Export:
+    """The zone for a gateway: ledger entries (if the ledger exists) + mandatory list rules
+    (lists.yaml `url:` sources from their copies in `state_dir`)."""
     from_ledger: list[FeedEntry] = []
     if ledger is not None and ledger.is_file():
         led = open_ledger(ledger)
@@ -123,7 +124,7 @@ def build_export(ledger: Path | None, lists_yaml: Path | None, serial: int,
     from_lists: list[FeedEntry] = []
     warnings: list[str] = []
     if lists_yaml is not None:
-        from_lists, warnings = catalog_entries(load_catalog(lists_yaml))
+        from_lists, warnings = catalog_entries(load_catalog(lists_yaml, state_dir=state_dir))
     entries = merge([*from_ledger, *from_lists])
     return Export(to_rpz(entries, origin=origin, serial=serial), len(from_ledger),
                   len(from_lists), tuple(warnings))

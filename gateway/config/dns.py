@@ -9,12 +9,24 @@ from typing import Any
 
 from gateway.config.addresses import Address, parse_address
 from gateway.config.localdns import (
+    FORWARD_ZONE,
     ForwardZone,
     LocalRecord,
     parse_forward_zones,
     parse_local_records,
 )
-from gateway.config.tls import TlsConfig, parse_tls
+from gateway.config.spec import (
+    BOOL,
+    SECONDS,
+    STR,
+    STRINGS,
+    Key,
+    Shape,
+    addresses,
+    integer,
+    list_of,
+)
+from gateway.config.tls import DOT_TLS, TlsConfig, parse_tls
 from gateway.config.upstreams import UpstreamSpec, parse_upstream
 from gateway.config.values import (
     FileRefs,
@@ -28,7 +40,6 @@ from gateway.config.values import (
 )
 from gateway.config.yamlconf import (
     YDict,
-    check_keys,
     error_at,
     expect_list,
     expect_mapping,
@@ -36,10 +47,6 @@ from gateway.config.yamlconf import (
     where,
 )
 
-DNS_KEYS = ("listen", "upstreams", "block_ttl", "tcp_idle_timeout", "upstream_timeout",
-            "query_timeout", "cache", "tls", "trusted_frontends", "proxy_protocol", "forward_ecs",
-            "workers", "upstream_0x20", "upstream_ca", "local_records", "forward_zones")
-CACHE_KEYS = ("size", "min_ttl", "max_ttl", "negative_max_ttl", "stale_ttl")
 MAX_WORKERS = 64
 
 
@@ -88,6 +95,55 @@ class DnsConfig:
     forward_zones: tuple[ForwardZone, ...] = ()  # zone -> its own upstreams
 
 
+CACHE = Shape("dns.cache", (
+    Key("size", integer(), "entries (least recently used are evicted)",
+        default(CacheConfig, "size")),
+    Key("min_ttl", integer(), "upstream TTLs are raised to at least this",
+        default(CacheConfig, "min_ttl")),
+    Key("max_ttl", integer(), "upstream TTLs are cut to at most this",
+        default(CacheConfig, "max_ttl")),
+    Key("negative_max_ttl", integer(), "cap for NXDOMAIN/NODATA caching (RFC 2308)",
+        default(CacheConfig, "negative_max_ttl")),
+    Key("stale_ttl", integer(), "seconds past expiry an answer may be served stale when every "
+        "upstream fails (RFC 8767)", default(CacheConfig, "stale_ttl")),
+), "the answer cache")
+DNS = Shape("dns", (
+    Key("listen", STRINGS, "host:port addresses (IPv6 in brackets); UDP and TCP on each",
+        addresses(default(DnsConfig, "listen"))),
+    Key("upstreams", STRINGS, "address[:port], tls://address#name (DNS over TLS), "
+        "https://host/dns-query (DNS over HTTPS); default: "
+        "the nameservers of /etc/resolv.conf"),
+    Key("block_ttl", integer(), "TTL of blocked answers (and of their negative-cache SOA)",
+        default(DnsConfig, "block_ttl")),
+    Key("tcp_idle_timeout", SECONDS, "seconds an idle client TCP connection is kept "
+        "(RFC 7766); limits.tcp.idle_timeout is the newer spelling",
+        default(DnsConfig, "tcp_idle_timeout")),
+    Key("upstream_timeout", SECONDS, "seconds for one try at one upstream",
+        default(ForwarderConfig, "attempt_timeout")),
+    Key("query_timeout", SECONDS, "seconds for the whole resolution, every upstream included",
+        default(ForwarderConfig, "query_timeout")),
+    Key("cache", CACHE, "the answer cache"),
+    Key("tls", DOT_TLS, "DNS over TLS listeners with their certificate and key"),
+    Key("trusted_frontends", STRINGS, "networks of front ends (dnsdist, reverse proxies) whose "
+        "PROXY v2 header, ECS or X-Forwarded-For is believed"),
+    Key("proxy_protocol", BOOL, "read PROXY v2 headers (UDP and TCP) from trusted_frontends",
+        default(DnsConfig, "proxy_protocol")),
+    Key("forward_ecs", BOOL, "pass a trusted front end's EDNS Client Subnet upstream (cut to "
+        "/24 or /56); default: stripped, for privacy", default(DnsConfig, "forward_ecs")),
+    Key("workers", integer(1, MAX_WORKERS), "resolver processes sharing the DNS sockets "
+        "(SO_REUSEPORT); the first also runs reloads, feeds, web and DoT",
+        default(DnsConfig, "workers")),
+    Key("upstream_0x20", BOOL, "random-case query names to plain-DNS upstreams (anti-spoofing)",
+        default(ForwarderConfig, "qname_0x20")),
+    Key("upstream_ca", STR, "PEM CA bundle that verifies tls:// upstreams instead of the "
+        "system's"),
+    Key("local_records", STRINGS, "names answered here, one hosts-file line each: "
+        "\"ADDRESS NAME [NAME...]\", \"cname ALIAS TARGET\" or \"ptr ADDRESS NAME\""),
+    Key("forward_zones", list_of(FORWARD_ZONE), "zones whose names go to their own servers "
+        "instead of dns.upstreams (the longest zone wins)"),
+), "listeners, upstreams, cache")
+
+
 def system_nameservers(resolv_conf: Path = Path("/etc/resolv.conf")) -> list[Address]:
     """Nameservers from resolv.conf, the default upstreams when gateway.yaml names none."""
     out: list[Address] = []
@@ -108,7 +164,7 @@ def system_nameservers(resolv_conf: Path = Path("/etc/resolv.conf")) -> list[Add
 def parse_dns(doc: YDict, rel: Callable[[str], Path], refs: FileRefs) -> DnsConfig:
     """`dns:`; a key not written keeps its DnsConfig default."""
     dns = expect_mapping(doc.get("dns"), "dns", doc, "dns")
-    check_keys(dns, DNS_KEYS, "dns")
+    DNS.check(dns)
     values: dict[str, Any] = {}
     if "listen" in dns:
         values["listen"] = read_addresses(dns["listen"], "dns.listen", dns, "listen", 53)
@@ -166,9 +222,9 @@ def _upstreams(value: Any, parent: YDict) -> tuple[UpstreamSpec, ...]:
 
 def _cache(dns: YDict) -> CacheConfig:
     cache = expect_mapping(dns.get("cache"), "dns.cache", dns, "cache")
-    check_keys(cache, CACHE_KEYS, "dns.cache")
+    CACHE.check(cache)
     out = CacheConfig(**{k: read_int(cache[k], f"dns.cache.{k}", cache, k, 0)
-                         for k in CACHE_KEYS if k in cache})
+                         for k in CACHE.names() if k in cache})
     if out.min_ttl > out.max_ttl:
         raise error_at("dns.cache.min_ttl is larger than max_ttl", None, cache, "min_ttl")
     return out

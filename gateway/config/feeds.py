@@ -11,6 +11,18 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from gateway.config.spec import (
+    BOOL,
+    SECONDS,
+    STR,
+    STRINGS,
+    Key,
+    Shape,
+    enum,
+    integer,
+    number,
+    pattern,
+)
 from gateway.config.upstreams import UpstreamSpec
 from gateway.config.values import (
     FileRefs,
@@ -23,7 +35,6 @@ from gateway.config.values import (
 )
 from gateway.config.yamlconf import (
     YDict,
-    check_keys,
     error_at,
     expect_list,
     expect_mapping,
@@ -33,15 +44,10 @@ from gateway.config.yamlconf import (
 from gateway.errors import ConfigError
 from gateway.util.names import normalize_name
 
-IDENTITY_KEYS = ("id", "token", "report_stats")
 # Written by `safegate feeds enroll` in state_dir: {"gateway": ID, "token": TOKEN, ...}.
 ENROLLMENT_FILE = "enrollment.json"
-FEED_KEYS = ("name", "url", "type", "public_key", "interval", "category", "mandatory", "acks",
-             "long_poll", "max_age")
 FEED_TYPES = ("safegate", "hosts", "domains", "adblock", "rpz")
 SIGNED = "safegate"
-GUARD_KEYS = ("never_block", "max_change")
-MAX_CHANGE_KEYS = ("ratio", "entries")
 MAX_LONG_POLL = 60
 _FEED_NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,62}")
 
@@ -87,9 +93,47 @@ class FeedGuardConfig:
     max_change_entries: int = 1000
 
 
+IDENTITY = Shape("gateway", (
+    Key("id", STR, "this gateway's name at its publishers (acks, stats)"),
+    Key("token", STR, "the token its publishers gave it"),
+    Key("report_stats", BOOL, "send hourly blocked-query counts per feed entry to publishers",
+        default(IdentityConfig, "report_stats")),
+), "this gateway's identity at its publishers")
+FEED = Shape("a feeds item", (
+    Key("name", pattern(_FEED_NAME.pattern), "the feed's name (lowercase letters, digits, - "
+        "and _): metric label, state file name", required=True),
+    Key("url", STR, "http(s) URL of the feed", required=True),
+    Key("type", enum(*FEED_TYPES), "safegate (signed documents) or a plain list format",
+        default(FeedConfig, "type")),
+    Key("public_key", STRINGS, "the publisher's Ed25519 public key file(s) (type safegate)"),
+    Key("interval", SECONDS, "seconds between polls when the publisher does not hold requests",
+        default(FeedConfig, "interval")),
+    Key("category", STR, "where a plain list's names go (plain types only)"),
+    Key("mandatory", BOOL, "a plain list's names are mandatory blocks (no allow lifts them)",
+        default(FeedConfig, "mandatory")),
+    Key("acks", BOOL, "acknowledge applied entries to the publisher (type safegate; default: "
+        "on for it)"),
+    Key("long_poll", number(0, MAX_LONG_POLL), "seconds the publisher may hold a request "
+        "(0: off)", default(FeedConfig, "long_poll")),
+    Key("max_age", SECONDS, "seconds after its signing time a safegate document counts as "
+        "stale", default(FeedConfig, "max_age")),
+), nullable=False)
+MAX_CHANGE = Shape("feed_guard.max_change", (
+    Key("ratio", number(0, 1, exclusive_minimum=True), "an update changing more than this "
+        "share of a feed's entries is held for confirmation",
+        default(FeedGuardConfig, "max_change_ratio")),
+    Key("entries", integer(), "... or more than this many entries",
+        default(FeedGuardConfig, "max_change_entries")),
+))
+GUARD = Shape("feed_guard", (
+    Key("never_block", STRINGS, "names no feed may block (publishers and upstreams are added)"),
+    Key("max_change", MAX_CHANGE, "how big an update may be before it is held"),
+), "defence against a wrong or hostile feed")
+
+
 def parse_identity(doc: YDict) -> IdentityConfig:
     identity = expect_mapping(doc.get("gateway"), "gateway", doc, "gateway")
-    check_keys(identity, IDENTITY_KEYS, "gateway")
+    IDENTITY.check(identity)
     report_stats = default(IdentityConfig, "report_stats")
     if "report_stats" in identity:
         report_stats = read_bool(identity["report_stats"], "gateway.report_stats", identity,
@@ -130,7 +174,7 @@ def parse_feeds(doc: YDict, rel: Callable[[str], Path], identity: IdentityConfig
     out: list[FeedConfig] = []
     for i, raw in enumerate(items):
         item = expect_mapping(raw, "a feeds item", items, i)
-        check_keys(item, FEED_KEYS, "a feeds item")
+        FEED.check(item)
         name = expect_str(item.get("name"), "feeds[].name", item, "name")
         if not _FEED_NAME.fullmatch(name):
             raise error_at(f"feed name {name!r}: use lowercase letters, digits, '-' and '_'",
@@ -213,7 +257,7 @@ def parse_feed_guard(doc: YDict, feeds: tuple[FeedConfig, ...],
                      upstreams: tuple[UpstreamSpec, ...]) -> FeedGuardConfig:
     """`feed_guard:`, plus the names a feed must never cut us off from (publishers, upstreams)."""
     guard = expect_mapping(doc.get("feed_guard"), "feed_guard", doc, "feed_guard")
-    check_keys(guard, GUARD_KEYS, "feed_guard")
+    GUARD.check(guard)
     names: list[str] = []
     items = expect_list(guard.get("never_block", []), "feed_guard.never_block", guard,
                         "never_block")
@@ -235,7 +279,7 @@ def parse_feed_guard(doc: YDict, feeds: tuple[FeedConfig, ...],
         except ValueError:
             continue
     change = expect_mapping(guard.get("max_change"), "feed_guard.max_change", guard, "max_change")
-    check_keys(change, MAX_CHANGE_KEYS, "feed_guard.max_change")
+    MAX_CHANGE.check(change)
     ratio = change.get("ratio", default(FeedGuardConfig, "max_change_ratio"))
     if isinstance(ratio, bool) or not isinstance(ratio, int | float) or not 0 < ratio <= 1:
         raise error_at(f"feed_guard.max_change.ratio must be above 0 and at most 1, got "

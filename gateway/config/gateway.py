@@ -15,8 +15,11 @@ from pathlib import Path
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from gateway.config.addresses import Address
-from gateway.config.dns import CacheConfig, ForwarderConfig, parse_dns
+from gateway.config.dns import DNS, CacheConfig, ForwarderConfig, parse_dns
 from gateway.config.feeds import (
+    FEED,
+    GUARD,
+    IDENTITY,
     FeedConfig,
     FeedGuardConfig,
     parse_feed_guard,
@@ -25,18 +28,19 @@ from gateway.config.feeds import (
     with_enrollment,
 )
 from gateway.config.limits import Limits
-from gateway.config.limitsconf import parse_limits
+from gateway.config.limitsconf import LIMITS, parse_limits
 from gateway.config.localdns import ForwardZone, LocalRecord
-from gateway.config.proxy import ProxyConfig, parse_proxy
-from gateway.config.reports import ReportsConfig, parse_reports
+from gateway.config.proxy import PROXY, ProxyConfig, parse_proxy
+from gateway.config.reports import REPORTS, ReportsConfig, parse_reports
+from gateway.config.spec import SECONDS, STR, STRINGS, Key, Shape, list_of
+from gateway.config.subscribers import SOURCE as SUBSCRIBERS
 from gateway.config.subscribers import SubscribersSource, parse_subscribers
 from gateway.config.tls import TlsConfig
 from gateway.config.upstreams import UpstreamSpec
 from gateway.config.values import FileRefs, Network, default, read_seconds
-from gateway.config.web import parse_metrics, parse_web
+from gateway.config.web import METRICS, WEB, parse_metrics, parse_web
 from gateway.config.yamlconf import (
     YDict,
-    check_keys,
     error_at,
     expect_list,
     expect_mapping,
@@ -46,14 +50,10 @@ from gateway.config.yamlconf import (
 )
 from gateway.errors import ConfigError
 
-TOP_KEYS = ("dns", "web", "metrics", "policies", "blocklists", "state_dir", "reload", "gateway",
-            "feeds", "feed_guard", "timezone", "subscribers", "proxy", "reports", "limits")
-RELOAD_KEYS = ("watch_interval",)
-
 
 @dataclass(frozen=True, kw_only=True)
 class GatewayConfig:
-    """The whole file, flat. Section settings come from their dataclasses (DnsConfig,
+    """The whole file, flat. Shape settings come from their dataclasses (DnsConfig,
     WebConfig, ...) which hold their defaults; the top-level keys' defaults are here."""
 
     path: Path
@@ -101,6 +101,35 @@ class GatewayConfig:
     file_refs: FileRefs = field(default_factory=dict, compare=False)
 
 
+RELOAD = Shape("reload", (
+    Key("watch_interval", SECONDS, "seconds between checks of the config, policy and list files",
+        default(GatewayConfig, "watch_interval")),
+), "when changed files are reloaded")
+# The whole file: `safegate schema gateway` is this; a new section adds its Key here.
+GATEWAY = Shape("gateway.yaml", (
+    Key("dns", DNS, DNS.doc),
+    Key("web", WEB, WEB.doc),
+    Key("metrics", METRICS, METRICS.doc),
+    Key("policies", STRINGS, "policy files, or directories of *.yaml / *.yml",
+        [str(p) for p in default(GatewayConfig, "policies")]),
+    Key("blocklists", STR, "the lists.yaml naming the list files",
+        str(default(GatewayConfig, "blocklists"))),
+    Key("state_dir", STR, "compiled list index, downloaded lists, feeds' last-known-good "
+        "copies and ledger", str(default(GatewayConfig, "state_dir"))),
+    Key("reload", RELOAD, RELOAD.doc),
+    Key("gateway", IDENTITY, IDENTITY.doc),
+    Key("feeds", list_of(FEED), "signed feeds and plain list feeds, polled"),
+    Key("feed_guard", GUARD, GUARD.doc),
+    Key("timezone", STR, "IANA time zone of every schedule window",
+        default(GatewayConfig, "timezone")),
+    Key("subscribers", SUBSCRIBERS, "an ISP's prefix -> tier file (csv or yaml), or {url: ...} "
+        "to poll it", alt=STR),
+    Key("proxy", PROXY, PROXY.doc),
+    Key("reports", REPORTS, REPORTS.doc),
+    Key("limits", LIMITS, LIMITS.doc),
+), nullable=False)
+
+
 def load_config(path: str | Path) -> GatewayConfig:
     """Read and validate gateway.yaml; paths in it are relative to the file."""
     path = Path(path)
@@ -113,7 +142,7 @@ def load_config(path: str | Path) -> GatewayConfig:
     doc = expect_mapping(raw, "gateway.yaml")
     if not doc.path:
         doc.path = str(path)
-    check_keys(doc, TOP_KEYS, "gateway.yaml")
+    GATEWAY.check(doc)
     base = path.resolve().parent
 
     def rel(p: str) -> Path:
@@ -188,7 +217,7 @@ def _policies(doc: YDict, rel: Callable[[str], Path]) -> tuple[tuple[Path, ...],
 def _watch_interval(doc: YDict) -> float:
     """`reload: {watch_interval}`: how often the named files are checked for changes."""
     reload = expect_mapping(doc.get("reload"), "reload", doc, "reload")
-    check_keys(reload, RELOAD_KEYS, "reload")
+    RELOAD.check(reload)
     if "watch_interval" not in reload:
         return float(default(GatewayConfig, "watch_interval"))
     return read_seconds(reload["watch_interval"], "reload.watch_interval", reload,

@@ -81,6 +81,10 @@ class FileLimits:
     subscribers_bytes: int = 256 * MIB
     feed_bytes: int = 256 * MIB          # one downloaded feed document or list (a 100k-entry
                                          # snapshot is ~25 MB; bigger is refused, LKG kept)
+    # lists.yaml `url:` sources: the shortest `refresh:` honoured (a shorter one is raised to
+    # it), and the wait before retrying a failed download. A list publisher is not asked more
+    # often than this by any gateway; tests lower it.
+    list_refresh_min: float = 300.0
 
 
 @dataclass(frozen=True)

@@ -6,14 +6,61 @@ keeps the field's default.
 
 from __future__ import annotations
 
-from dataclasses import fields, replace
+import inspect
+import re
+from dataclasses import Field, fields, replace
 from typing import Any
 
 from gateway.config.limits import Limits
+from gateway.config.spec import BOOL, SECONDS, STRINGS, Key, Schema, Shape, integer
 from gateway.config.values import read_bool, read_int, read_networks, read_seconds
-from gateway.config.yamlconf import YDict, check_keys, expect_mapping
+from gateway.config.yamlconf import YDict, expect_mapping
 
 STREAMS = ("tcp", "dot")
+_FIELD = re.compile(r"    (\w+): [^=]+=[^#]*(?:#\s?(.*))?$")
+_COMMENT = re.compile(r"\s+#\s?(.*)$")
+
+
+def _field_docs(cls: type) -> dict[str, str]:
+    """Each field's comment in config/limits.py (beside it, continued below it, or above it):
+    the one place a limit is explained is also its schema description."""
+    docs: dict[str, str] = {}
+    above: list[str] = []
+    current = ""
+    for line in inspect.getsource(cls).splitlines():
+        field_match = _FIELD.match(line)
+        comment = _COMMENT.match(line)
+        if field_match:
+            current = field_match[1]
+            docs[current] = " ".join([*above, field_match[2] or ""]).strip()
+            above = []
+        elif comment and current and line.startswith(" " * 20):
+            docs[current] = f"{docs[current]} {comment[1]}".strip()
+        elif comment:
+            above.append(comment[1])
+            current = ""
+        else:
+            above, current = [], ""
+    return docs
+
+
+def _limit_type(f: Field[Any]) -> Schema:
+    return {"bool": BOOL, "int": integer(), "float": SECONDS}.get(str(f.type), STRINGS)
+
+
+def _part(name: str, cls: type) -> Shape:
+    """`limits.NAME`: one Key per field of its dataclass, documented by its comment."""
+    docs = _field_docs(cls)
+    return Shape(f"limits.{name}", tuple(
+        Key(f.name, _limit_type(f), docs.get(f.name, ""),
+            list(f.default) if isinstance(f.default, tuple) else f.default)
+        for f in fields(cls)), " ".join((cls.__doc__ or "").split()))
+
+
+_DEFAULTS = Limits()
+PARTS = {p.name: _part(p.name, type(getattr(_DEFAULTS, p.name))) for p in fields(Limits)}
+LIMITS = Shape("limits", tuple(Key(name, part, part.doc) for name, part in PARTS.items()),
+                 "resource limits (README: Limits and abuse)")
 
 
 def parse_limits(doc: YDict, tcp_idle_timeout: float | None) -> Limits:
@@ -21,12 +68,12 @@ def parse_limits(doc: YDict, tcp_idle_timeout: float | None) -> Limits:
     which still sets limits.tcp/dot.idle_timeout unless those are given."""
     section = expect_mapping(doc.get("limits"), "limits", doc, "limits")
     defaults = Limits()
-    check_keys(section, [f.name for f in fields(Limits)], "limits")
+    LIMITS.check(section)
     parts: dict[str, Any] = {}
     for part in fields(Limits):
         current = getattr(defaults, part.name)
         sub = expect_mapping(section.get(part.name), f"limits.{part.name}", section, part.name)
-        check_keys(sub, [f.name for f in fields(current)], f"limits.{part.name}")
+        PARTS[part.name].check(sub)
         values: dict[str, Any] = {}
         for f in fields(current):
             if f.name not in sub:

@@ -22,10 +22,10 @@ import ipaddress
 from dataclasses import dataclass, field
 from typing import Any
 
+from gateway.config.spec import STR, STRINGS, Key, Shape
 from gateway.config.upstreams import UpstreamSpec, parse_upstream
 from gateway.config.yamlconf import (
     YDict,
-    check_keys,
     error_at,
     expect_list,
     expect_mapping,
@@ -33,7 +33,11 @@ from gateway.config.yamlconf import (
     where,
 )
 
-ZONE_KEYS = ("zone", "servers")
+FORWARD_ZONE = Shape("dns.forward_zones entry", (
+    Key("zone", STR, "a zone (reverse zones too): names at or under it go to its servers",
+        required=True),
+    Key("servers", STRINGS, "the zone's servers, written like dns.upstreams", required=True),
+), nullable=False)
 A, AAAA, CNAME, PTR = "A", "AAAA", "CNAME", "PTR"
 
 
@@ -161,7 +165,7 @@ def parse_forward_zones(dns: YDict) -> tuple[ForwardZone, ...]:
     seen: set[str] = set()
     for i, item in enumerate(items):
         entry = expect_mapping(item, "a dns.forward_zones entry", items, i)
-        check_keys(entry, ZONE_KEYS, "dns.forward_zones entry")
+        FORWARD_ZONE.check(entry)
         if "zone" not in entry or "servers" not in entry:
             raise error_at("a dns.forward_zones entry needs 'zone' and 'servers'", item, items, i)
         text = expect_str(entry["zone"], "dns.forward_zones zone", entry, "zone")

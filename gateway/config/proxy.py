@@ -9,10 +9,10 @@ from pathlib import Path
 from typing import Any
 
 from gateway.config.addresses import Address
+from gateway.config.spec import BOOL, STR, STRINGS, Key, Schema, Shape, addresses, integer
 from gateway.config.values import FileRefs, default, read_address, read_bool, read_int, read_opt_str
 from gateway.config.yamlconf import (
     YDict,
-    check_keys,
     error_at,
     expect_list,
     expect_mapping,
@@ -21,8 +21,6 @@ from gateway.config.yamlconf import (
 )
 from gateway.util.names import normalize_name
 
-PROXY_KEYS = ("enabled", "listen", "ca_dir", "intercept_listen", "origin_ports", "public_address",
-              "metrics_listen", "max_image_bytes", "upstream_ca", "restrict_hosts", "scan_hosts")
 PROXY_SCHEMES = ("http", "https")
 RESTRICT_SERVICES = ("youtube", "google")
 
@@ -46,10 +44,43 @@ class ProxyConfig:
     scan_hosts: tuple[str, ...] = ()         # names (and subdomains) whose images are hash-checked
 
 
+def _by_scheme(what: str, value: Schema, doc: str) -> Shape:
+    return Shape(what, tuple(Key(s, value, f"{doc} ({s})") for s in PROXY_SCHEMES))
+
+
+INTERCEPT_LISTEN = _by_scheme("proxy.intercept_listen", STR,
+                              "listener DNS steers intercepted names to")
+ORIGIN_PORTS = _by_scheme("proxy.origin_ports", integer(1, 65535),
+                          "the origin port intercepted connections go to")
+RESTRICT_HOSTS = Shape("proxy.restrict_hosts", tuple(
+    Key(s, STRINGS, f"more {s} hosts to restrict, beyond the built-in ones")
+    for s in RESTRICT_SERVICES))
+PROXY = Shape("proxy", (
+    Key("enabled", BOOL, "run the HTTP(S) filtering proxy (a process of its own)",
+        default(ProxyConfig, "enabled")),
+    Key("listen", STR, "the explicit proxy's host:port (DNS-steered interception too)",
+        addresses((default(ProxyConfig, "listen"),))[0]),
+    Key("ca_dir", STR, "where the generated CA is kept (served at the web listener's /ca)",
+        str(default(ProxyConfig, "ca_dir"))),
+    Key("intercept_listen", INTERCEPT_LISTEN, "DNS-steered listeners by scheme"),
+    Key("origin_ports", ORIGIN_PORTS, "origin ports by scheme",
+        dict(default(ProxyConfig, "origin_ports"))),
+    Key("public_address", STR, "host clients reach the proxy at (the PAC file); default: the "
+        "listen host"),
+    Key("metrics_listen", STR, "the proxy's /metrics host:port",
+        addresses((default(ProxyConfig, "metrics_listen"),))[0]),
+    Key("max_image_bytes", integer(), "larger images are not hash-checked",
+        default(ProxyConfig, "max_image_bytes")),
+    Key("upstream_ca", STR, "CA bundle for origin certificates (default: certifi)"),
+    Key("restrict_hosts", RESTRICT_HOSTS, "restricted-mode hosts by service"),
+    Key("scan_hosts", STRINGS, "names (and subdomains) whose images are hash-checked"),
+), "the optional HTTP(S) filtering proxy (docs/proxy.md)")
+
+
 def parse_proxy(doc: YDict, rel: Callable[[str], Path], refs: FileRefs) -> ProxyConfig:
     """`proxy:`; a key not written keeps its ProxyConfig default (ca_dir: relative to the file)."""
     proxy = expect_mapping(doc.get("proxy"), "proxy", doc, "proxy")
-    check_keys(proxy, PROXY_KEYS, "proxy")
+    PROXY.check(proxy)
     values: dict[str, Any] = {}
     listen = default(ProxyConfig, "listen")
     if "listen" in proxy:
@@ -57,7 +88,7 @@ def parse_proxy(doc: YDict, rel: Callable[[str], Path], refs: FileRefs) -> Proxy
     origin = dict(default(ProxyConfig, "origin_ports"))
     ports = expect_mapping(proxy.get("origin_ports"), "proxy.origin_ports", proxy,
                            "origin_ports")
-    check_keys(ports, PROXY_SCHEMES, "proxy.origin_ports")
+    ORIGIN_PORTS.check(ports)
     for scheme in PROXY_SCHEMES:
         if scheme in ports:
             origin[scheme] = read_int(ports[scheme], f"proxy.origin_ports.{scheme}", ports,
@@ -67,7 +98,7 @@ def parse_proxy(doc: YDict, rel: Callable[[str], Path], refs: FileRefs) -> Proxy
                                ports, scheme)
     steer = expect_mapping(proxy.get("intercept_listen"), "proxy.intercept_listen", proxy,
                            "intercept_listen")
-    check_keys(steer, PROXY_SCHEMES, "proxy.intercept_listen")
+    INTERCEPT_LISTEN.check(steer)
     values["intercept_listen"] = tuple(
         (scheme, read_address(steer[scheme], f"proxy.intercept_listen.{scheme}", steer, scheme,
                               origin[scheme]))
@@ -103,7 +134,7 @@ def parse_proxy(doc: YDict, rel: Callable[[str], Path], refs: FileRefs) -> Proxy
 def _restrict_hosts(proxy: YDict) -> tuple[tuple[str, str], ...]:
     services = expect_mapping(proxy.get("restrict_hosts"), "proxy.restrict_hosts", proxy,
                               "restrict_hosts")
-    check_keys(services, RESTRICT_SERVICES, "proxy.restrict_hosts")
+    RESTRICT_HOSTS.check(services)
     restrict: list[tuple[str, str]] = []
     for service, raw in services.items():
         items = expect_list(raw, f"proxy.restrict_hosts.{service}", services, service)

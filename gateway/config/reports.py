@@ -4,17 +4,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from gateway.config.spec import STRINGS, Key, Shape
 from gateway.config.values import http_url
 from gateway.config.yamlconf import (
     YDict,
-    check_keys,
     error_at,
     expect_list,
     expect_mapping,
     expect_str,
 )
-
-REPORTS_KEYS = ("forward_to",)
 
 
 @dataclass(frozen=True)
@@ -24,10 +22,16 @@ class ReportsConfig:
     forward_to: tuple[str, ...] = ()
 
 
+REPORTS = Shape("reports", (
+    Key("forward_to", STRINGS, "http(s) URLs each block-page report is forwarded to (a "
+        "publisher's /v1/reports or any JSON webhook)"),
+), "where block-page reports go")
+
+
 def parse_reports(doc: YDict) -> ReportsConfig:
     """`reports:`; each forward_to is an http(s) URL."""
     reports = expect_mapping(doc.get("reports"), "reports", doc, "reports")
-    check_keys(reports, REPORTS_KEYS, "reports")
+    REPORTS.check(reports)
     if "forward_to" not in reports:
         return ReportsConfig()
     items = expect_list(reports["forward_to"], "reports.forward_to", reports, "forward_to")

@@ -7,10 +7,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from gateway.config.spec import SECONDS, STR, Key, Shape, enum
 from gateway.config.values import FileRefs, default, http_url, read_seconds
-from gateway.config.yamlconf import YDict, check_keys, error_at, expect_mapping, expect_str, where
+from gateway.config.yamlconf import YDict, error_at, expect_mapping, expect_str, where
 
-SUBSCRIBERS_KEYS = ("url", "interval", "token_file", "format")
 FORMATS = ("csv", "yaml")
 
 
@@ -21,6 +21,14 @@ class SubscribersSource:
     url: str
     interval: float = 300.0
     token_file: Path | None = None   # a bearer token for the URL, read at each poll
+
+
+SOURCE = Shape("subscribers", (
+    Key("url", STR, "http(s) URL of the ISP's subscribers export", required=True),
+    Key("interval", SECONDS, "seconds between polls", default(SubscribersSource, "interval")),
+    Key("token_file", STR, "file holding a bearer token for the URL (read at each poll)"),
+    Key("format", enum(*FORMATS), "csv or yaml; default: from the URL's file name"),
+), "the subscribers file from a URL, kept in state_dir", nullable=False)
 
 
 def parse_subscribers(doc: YDict, rel: Callable[[str], Path], state_dir: Path, refs: FileRefs
@@ -36,7 +44,7 @@ def parse_subscribers(doc: YDict, rel: Callable[[str], Path], state_dir: Path, r
         refs["subscribers"] = where(None, doc, "subscribers")
         return rel(raw), None
     item = expect_mapping(raw, "subscribers (a file name, or {url: ...})", doc, "subscribers")
-    check_keys(item, SUBSCRIBERS_KEYS, "subscribers")
+    SOURCE.check(item)
     url = expect_str(item.get("url"), "subscribers.url", item, "url")
     if not http_url(url):
         raise error_at(f"subscribers.url must be an http(s) URL, got {url!r}", None, item, "url")

@@ -10,10 +10,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from gateway.config.addresses import Address
+from gateway.config.spec import STR, STRINGS, Key, Shape
 from gateway.config.values import FileRefs, read_addresses
-from gateway.config.yamlconf import YDict, check_keys, error_at, expect_mapping, expect_str, where
+from gateway.config.yamlconf import YDict, error_at, expect_mapping, expect_str, where
 
-TLS_KEYS = ("listen", "cert", "key")
 DOT_PORT = 853
 
 
@@ -26,13 +26,23 @@ class TlsConfig:
     listen: tuple[Address, ...] = ()
 
 
+_CERT = Key("cert", STR, "PEM certificate chain (fullchain.pem)", required=True)
+_KEY = Key("key", STR, "PEM private key of the certificate", required=True)
+DOT_TLS = Shape("dns.tls", (
+    Key("listen", STRINGS, "DNS-over-TLS listen addresses, host[:port] (port 853 by default)",
+        required=True), _CERT, _KEY),
+    "DNS over TLS (RFC 7858) listeners", nullable=False)
+WEB_TLS = Shape("web.tls", (_CERT, _KEY), "serve the web listener (block page, DoH) on HTTPS",
+                  nullable=False)
+
+
 def parse_tls(parent: YDict, key: str, what: str, rel: Callable[[str], Path], refs: FileRefs,
               *, listeners: bool) -> TlsConfig | None:
     """`parent[key]` (absent: None); `refs[what]` records where to report a bad cert."""
     if key not in parent:
         return None
     tls = expect_mapping(parent[key], what, parent, key)
-    check_keys(tls, TLS_KEYS if listeners else ("cert", "key"), what)
+    (DOT_TLS if listeners else WEB_TLS).check(tls)
     for required in ("cert", "key", *(("listen",) if listeners else ())):
         if required not in tls:
             raise error_at(f"{what} is missing {required!r}", tls, parent, key)

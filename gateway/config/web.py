@@ -8,12 +8,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from gateway.config.addresses import Address
-from gateway.config.tls import TlsConfig, parse_tls
+from gateway.config.spec import STRINGS, Key, Shape, addresses
+from gateway.config.tls import WEB_TLS, TlsConfig, parse_tls
 from gateway.config.values import FileRefs, default, read_address, read_addresses
-from gateway.config.yamlconf import YDict, check_keys, error_at, expect_list, expect_mapping
-
-WEB_KEYS = ("listen", "public_address", "tls")
-METRICS_KEYS = ("listen",)
+from gateway.config.yamlconf import YDict, error_at, expect_list, expect_mapping
 
 
 @dataclass(frozen=True)
@@ -33,9 +31,23 @@ class MetricsConfig:
     listen: tuple[Address, ...] = (("127.0.0.1", 9153),)
 
 
+WEB = Shape("web", (
+    Key("listen", STRINGS, "the block page, DoH, report form and /ca: one host:port or a list "
+        "(dual stack: each is bound)", addresses(default(WebConfig, "listen"))),
+    Key("public_address", STRINGS, "the addresses blocked answers carry (A: the IPv4 ones, "
+        "AAAA: the IPv6 ones); default: every listen address. Needed when a listen address is "
+        "0.0.0.0 or [::]"),
+    Key("tls", WEB_TLS, "certificate and key: serve the web listener on HTTPS"),
+), "the web listener: block page, DNS over HTTPS, reports")
+METRICS = Shape("metrics", (
+    Key("listen", STRINGS, "/metrics, /healthz and /readyz: one host:port or a list",
+        addresses(default(MetricsConfig, "listen"))),
+), "the Prometheus listener")
+
+
 def parse_web(doc: YDict, rel: Callable[[str], Path], refs: FileRefs) -> WebConfig:
     web = expect_mapping(doc.get("web"), "web", doc, "web")
-    check_keys(web, WEB_KEYS, "web")
+    WEB.check(web)
     listen = default(WebConfig, "listen")
     if "listen" in web:
         listen = read_listen(web["listen"], "web.listen", web, "listen", 80)
@@ -58,7 +70,7 @@ def parse_web(doc: YDict, rel: Callable[[str], Path], refs: FileRefs) -> WebConf
 
 def parse_metrics(doc: YDict) -> MetricsConfig:
     metrics = expect_mapping(doc.get("metrics"), "metrics", doc, "metrics")
-    check_keys(metrics, METRICS_KEYS, "metrics")
+    METRICS.check(metrics)
     if "listen" not in metrics:
         return MetricsConfig()
     return MetricsConfig(read_listen(metrics["listen"], "metrics.listen", metrics, "listen",

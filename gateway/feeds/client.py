@@ -31,6 +31,7 @@ from gateway.feeds.ledger import Ledger
 from gateway.feeds.plain import PlainFeed
 from gateway.feeds.signed import Applied, SignedFeed
 from gateway.feeds.stats import FeedMetrics
+from gateway.util.httpfetch import FetchError, fetch
 from gateway.util.outbox import backoff
 
 log = logging.getLogger(__name__)
@@ -160,34 +161,12 @@ class FeedClient:
     async def _get(self, params: dict[str, str], headers: dict[str, str], timeout: float
                    ) -> tuple[int, bytes, Mapping[str, str]]:
         assert self.session is not None
-        url = self.cfg.url
         try:
-            async with self.session.get(url, params=params, headers=headers,
-                                        timeout=aiohttp.ClientTimeout(total=timeout)) as resp:
-                if resp.status == 304:
-                    return 304, b"", resp.headers
-                if resp.status != 200:
-                    raise Rejected("http", f"HTTP {resp.status} from {url}")
-                limit = self.max_bytes
-                if resp.content_length is not None and resp.content_length > limit:
-                    raise Rejected("too_big", f"document of {resp.content_length} bytes is "
-                                              f"larger than limits.files.feed_bytes ({limit})")
-                chunks, size = [], 0
-                async for chunk in resp.content.iter_chunked(65536):
-                    size += len(chunk)
-                    if size > limit:
-                        raise Rejected("too_big", f"document larger than "
-                                                  f"limits.files.feed_bytes ({limit})")
-                    chunks.append(chunk)
-                body = b"".join(chunks)
-                if resp.content_length is not None and resp.content_length != len(body):
-                    raise Rejected("truncated", f"got {len(body)} of {resp.content_length} "
-                                                "bytes")
-                return 200, body, resp.headers
-        except aiohttp.ClientPayloadError as exc:
-            raise Rejected("truncated", f"incomplete body: {exc}") from None
-        except (aiohttp.ClientError, TimeoutError, OSError) as exc:
-            raise Rejected("http", f"{type(exc).__name__}: {exc}") from None
+            return await fetch(self.session, self.cfg.url, params=params, headers=headers,
+                               timeout=timeout, max_bytes=self.max_bytes,
+                               limit_key="limits.files.feed_bytes")
+        except FetchError as exc:
+            raise Rejected(exc.reason, str(exc)) from None
 
     # ------------------------------------------------------------------ held updates
 

@@ -18,6 +18,7 @@ from gateway.lists import Action, ParsedRule, Rule
 from gateway.lists.overlay import Overlay
 from gateway.lists.parsers import parse
 from gateway.util.atomic import atomic_write
+from gateway.util.httpfetch import conditional_headers
 
 log = logging.getLogger(__name__)
 
@@ -55,12 +56,8 @@ class PlainFeed:
         return True
 
     async def poll(self) -> str:
-        headers = {}
-        if self.plain is not None:
-            if self.plain.etag:
-                headers["If-None-Match"] = self.plain.etag
-            if self.plain.last_modified:
-                headers["If-Modified-Since"] = self.plain.last_modified
+        plain = self.plain
+        headers = conditional_headers(plain.etag, plain.last_modified) if plain else {}
         status, body, resp_headers = await self.fetch({}, headers, 60.0)
         if status == 304:
             self.ctx.success()

@@ -281,8 +281,8 @@ def find_rule_lines(catalog: Catalog, category: str, key: bytes) -> list[tuple[s
     """
     found: list[tuple[str, int, str]] = []
     for source in catalog.categories.get(category, []):
-        if source.format == URL_FORMAT:
-            continue  # URL lists are the proxy's, not names
+        if source.format == URL_FORMAT or source.pending:
+            continue  # URL lists are the proxy's, not names; a pending download has no file
         lines, _ = _read_lines(catalog, source)
         for item in parse(source.format, lines):
             if type(item) is ParsedRule and item.key == key:
@@ -332,6 +332,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="largest lists.yaml read (limits.files.config_bytes)")
     parser.add_argument("--list-bytes", type=int, default=FileLimits.list_bytes,
                         help="largest list file read (limits.files.list_bytes)")
+    parser.add_argument("--state-dir", default=None,
+                        help="the gateway's state_dir, where lists.yaml url: sources are kept")
     parser.add_argument("--jobs", type=int, default=0,
                         help="worker processes for parsing (default: 2 for catalogs over "
                              "8 MB when there are 2+ CPUs, else 1)")
@@ -340,7 +342,8 @@ def main(argv: list[str] | None = None) -> int:
     # would cost seconds and can never free anything.
     gc.disable()
     try:
-        catalog = load_catalog(args.lists_yaml, args.config_bytes, args.list_bytes)
+        catalog = load_catalog(args.lists_yaml, args.config_bytes, args.list_bytes,
+                               Path(args.state_dir) if args.state_dir else None)
         jobs = args.jobs if args.jobs > 0 else _default_jobs(catalog)
         result = compile_catalog(catalog, args.out_path, jobs)
     except ConfigError as exc:

@@ -11,6 +11,19 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from gateway.config.limits import FileLimits
+from gateway.config.spec import (
+    BOOL,
+    STR,
+    STRINGS,
+    TEXT,
+    Key,
+    Shape,
+    Table,
+    enum,
+    list_of,
+    one_of,
+    pattern,
+)
 from gateway.config.yamlconf import (
     YDict,
     YList,
@@ -22,19 +35,57 @@ from gateway.config.yamlconf import (
     load_yaml,
 )
 from gateway.errors import ConfigError, ConfigErrors
-from gateway.policy.quotas import Quota, parse_quotas
-from gateway.policy.schedules import Holiday, Window, parse_holidays, parse_windows
+from gateway.policy.quotas import QUOTA, Quota, parse_quotas
+from gateway.policy.schedules import HOLIDAY, WINDOW, Holiday, Window, parse_holidays, parse_windows
 from gateway.util.names import normalize_name
 
 T = TypeVar("T")
 
 ANSWERS = ("blockpage", "nxdomain", "nodata", "null")
-TIER_KEYS = ("block", "answer", "description", "allow", "deny", "default", "schedules",
-             "safesearch", "bypass_protection", "quotas")
 SAFESEARCH_MODES = ("off", "moderate", "strict")
-NETWORK_KEYS = ("name", "cidrs", "tier", "allow", "deny", "description", "quotas")
-TOKEN_KEYS = ("token", "tier", "description")
 _TOKEN = re.compile(r"[A-Za-z0-9_-]{6,64}")
+_NAMES_DOC = "names (and their subdomains)"
+TIER = Shape("tier", (
+    Key("block", STRINGS, "categories from lists.yaml this tier blocks", []),
+    # YAML reads a bare `null` as nothing: it still means the `null` answer.
+    Key("answer", one_of(enum(*ANSWERS), {"type": "null"}), "how a blocked name is answered",
+        ANSWERS[0]),
+    Key("description", TEXT, "free text"),
+    Key("allow", STRINGS, f"{_NAMES_DOC} this tier may see (never a mandatory entry)"),
+    Key("deny", STRINGS, f"{_NAMES_DOC} this tier may not see"),
+    Key("default", enum("allow", "block"), "block: allowlist-only (what no allow names is "
+        "blocked)", "allow"),
+    Key("schedules", list_of(WINDOW), "time windows that block more categories"),
+    # YAML 1.1 reads a bare `off` as false: it still means off.
+    Key("safesearch", enum(*SAFESEARCH_MODES, False), "SafeSearch / restricted mode of search "
+        "engines", SAFESEARCH_MODES[0]),
+    Key("bypass_protection", BOOL, "answer the DoH canary, iCloud Private Relay and DDR names "
+        "and strip ECH", True),
+    Key("quotas", list_of(QUOTA), "daily game-time budgets per client address "
+        "(docs/quotas.md)"),
+), nullable=False)
+NETWORK = Shape("a network", (
+    Key("name", STR, "the network's name (metrics label)", required=True),
+    Key("cidrs", STRINGS, "its prefixes; the longest matching prefix decides", required=True),
+    Key("tier", STR, "a tier defined in the policy files", required=True),
+    Key("allow", STRINGS, f"{_NAMES_DOC} added to the tier's allow list here"),
+    Key("deny", STRINGS, f"{_NAMES_DOC} added to the tier's deny list here"),
+    Key("description", TEXT, "free text"),
+    Key("quotas", list_of(QUOTA), "budgets replacing the tier's for the categories they name"),
+), nullable=False)
+TOKEN = Shape("a token", (
+    Key("token", pattern(f"^{_TOKEN.pattern}$"), "the DoH path token (/dns-query/TOKEN); "
+        "treat it like a password", required=True),
+    Key("tier", STR, "the tier its queries get", required=True),
+    Key("description", TEXT, "free text"),
+), nullable=False)
+# A whole policy file: `safegate schema policy` is this.
+POLICY_FILE = Shape("a policy file", (
+    Key("tiers", Table(TIER, named=True), "tiers by name: what each age group may not see"),
+    Key("networks", list_of(NETWORK), "who is in which tier, by address"),
+    Key("tokens", list_of(TOKEN), "DoH path tokens and their tiers"),
+    Key("holidays", list_of(HOLIDAY), "dates that suspend school_days_only windows"),
+), nullable=False)
 
 Network4or6 = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -126,7 +177,7 @@ def load_policy(entries: Iterable[str | Path], categories: Iterable[str],
                 # refuses every client of the networks it used to define.
                 raise ConfigError("policy file is empty", str(path))
             doc = expect_mapping(doc, "a policy file")
-            check_keys(doc, ("tiers", "networks", "tokens", "holidays"), "a policy file")
+            POLICY_FILE.check(doc)
         except ConfigError as exc:
             errors.append(exc)
             continue
@@ -218,7 +269,7 @@ def _names(value: Any, what: str, parent: Any, key: str) -> tuple[bytes, ...]:
 
 def _tier(name: str, body: Any, parent: YDict, known: set[str]) -> Tier:
     body = expect_mapping(body, f"tier {name!r}", parent, name)
-    check_keys(body, TIER_KEYS, f"tier {name!r}")
+    check_keys(body, TIER.names(), f"tier {name!r}")
     block = expect_list(body.get("block", []), "block", body, "block")
     cats = []
     for i, cat in enumerate(block):
@@ -263,7 +314,7 @@ def _tier(name: str, body: Any, parent: YDict, known: set[str]) -> Tier:
 def _network(body: Any, parent: Any, index: int, tiers: dict[str, Tier],
              known: frozenset[str] | set[str] = frozenset()) -> Network:
     body = expect_mapping(body, "a network", parent, index)
-    check_keys(body, NETWORK_KEYS, "a network")
+    NETWORK.check(body)
     for required in ("name", "cidrs", "tier"):
         if required not in body:
             raise error_at(f"network is missing {required!r}", body, parent, index)
@@ -295,7 +346,7 @@ def _network(body: Any, parent: Any, index: int, tiers: dict[str, Tier],
 
 def _token(body: Any, parent: Any, index: int, tiers: dict[str, Tier]) -> Token:
     body = expect_mapping(body, "a token", parent, index)
-    check_keys(body, TOKEN_KEYS, "a token")
+    TOKEN.check(body)
     for required in ("token", "tier"):
         if required not in body:
             raise error_at(f"token is missing {required!r}", body, parent, index)

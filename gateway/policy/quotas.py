@@ -11,11 +11,18 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from gateway.config.yamlconf import check_keys, error_at, expect_list, expect_mapping, expect_str
+from gateway.config.spec import STRINGS, TEXT, Key, Shape, enum, integer
+from gateway.config.yamlconf import error_at, expect_list, expect_mapping, expect_str
 
-QUOTA_KEYS = ("categories", "minutes", "per", "description")
 PERIODS = ("day",)
 MINUTES_PER_DAY = 1440
+QUOTA = Shape("a quota", (
+    Key("categories", STRINGS, "categories from lists.yaml this budget counts", required=True),
+    Key("minutes", integer(1, MINUTES_PER_DAY), "active minutes a client may use per period "
+        "(a minute counts when it looks up a name of these categories)", required=True),
+    Key("per", enum(*PERIODS), "the period, reset at local midnight", PERIODS[0]),
+    Key("description", TEXT, "free text"),
+), nullable=False)
 
 
 @dataclass(frozen=True)
@@ -50,7 +57,7 @@ def parse_quotas(value: Any, parent: Any, key: str, known: set[str], owner: str
     seen: dict[str, int] = {}
     for i, raw in enumerate(items):
         body = expect_mapping(raw, "a quota", items, i)
-        check_keys(body, QUOTA_KEYS, "a quota")
+        QUOTA.check(body)
         for required in ("categories", "minutes"):
             if required not in body:
                 raise error_at(f"quota is missing {required!r}", body, items, i)

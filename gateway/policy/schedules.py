@@ -14,14 +14,30 @@ from dataclasses import dataclass
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from gateway.config.yamlconf import check_keys, error_at, expect_list, expect_mapping, expect_str
+from gateway.config.spec import BOOL, STRINGS, TEXT, Key, Shape, array, enum, pattern
+from gateway.config.yamlconf import error_at, expect_list, expect_mapping, expect_str
 
 DAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
-SCHEDULE_KEYS = ("block", "days", "from", "to", "school_days_only", "description")
-HOLIDAY_KEYS = ("from", "to", "name")
 DEFAULT_TIMEZONE = "Asia/Ho_Chi_Minh"
 MAX_SLEEP = 3600.0  # re-check at least hourly: a wall clock that jumped is caught up with
 _HHMM = re.compile(r"([01]\d|2[0-4]):([0-5]\d)")
+_TIME = pattern(r"^\s*([01]\d|2[0-4]):[0-5]\d\s*$")
+_DATE = pattern(r"^\s*\d{4}-\d{2}-\d{2}\s*$")
+WINDOW = Shape("a schedule", (
+    Key("block", STRINGS, "categories blocked while the window is open", required=True),
+    Key("days", array(enum(*DAYS)), "the days the window starts on", list(DAYS)),
+    Key("from", _TIME, "opens at HH:MM (quote it: YAML reads a bare 07:00 as a number)",
+        required=True),
+    Key("to", _TIME, "closes at HH:MM, exclusive; 24:00 allowed; earlier than from: crosses "
+        "midnight", required=True),
+    Key("school_days_only", BOOL, "suspended on the policy files' holidays", False),
+    Key("description", TEXT, "free text"),
+), nullable=False)
+HOLIDAY = Shape("a holiday", (
+    Key("from", _DATE, "first day (YYYY-MM-DD)", required=True),
+    Key("to", _DATE, "last day, inclusive (default: from)"),
+    Key("name", TEXT, "free text"),
+), nullable=False)
 
 
 @dataclass(frozen=True)
@@ -129,7 +145,7 @@ def parse_windows(value: Any, what: str, parent: Any, key: str, known: set[str]
     out = []
     for i, raw in enumerate(items):
         body = expect_mapping(raw, "a schedule", items, i)
-        check_keys(body, SCHEDULE_KEYS, "a schedule")
+        WINDOW.check(body)
         for required in ("block", "from", "to"):
             if required not in body:
                 raise error_at(f"schedule is missing {required!r}", body, items, i)
@@ -181,7 +197,7 @@ def parse_holidays(value: Any, parent: Any, key: str) -> list[Holiday]:
     out = []
     for i, raw in enumerate(items):
         body = expect_mapping(raw, "a holiday", items, i)
-        check_keys(body, HOLIDAY_KEYS, "a holiday")
+        HOLIDAY.check(body)
         if "from" not in body:
             raise error_at("holiday is missing 'from'", body, items, i)
         start = _date(body, "from")

@@ -150,7 +150,8 @@ def build(config_path: Path, generation: int = 0) -> ProxyState:
     config = load_config(config_path)
     check_files(config)
     files = config.limits.files
-    catalog: Catalog = load_catalog(config.blocklists, files.config_bytes, files.list_bytes)
+    catalog: Catalog = load_catalog(config.blocklists, files.config_bytes, files.list_bytes,
+                                    config.state_dir)
     policy = load_policy(config.policies, catalog.categories.keys(), files.config_bytes)
     items: list[tuple[UrlKey, UrlEntry]] = []
     skipped = 0

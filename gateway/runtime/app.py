@@ -50,6 +50,7 @@ if TYPE_CHECKING:
     from gateway.config.gateway import GatewayConfig
     from gateway.feeds.manager import FeedManager
     from gateway.hotline.service import ReportService
+    from gateway.lists.catalog import Source
     from gateway.policy.subscribers import Subscribers
     from gateway.runtime.worker_stats import Deltas
     from gateway.runtime.workers import WorkerPool
@@ -132,6 +133,7 @@ class Gateway(Reloading):
         self._install(loaded)
         await self._start_feeds(loaded)
         self._start_subscribers_feed(loaded)
+        self._start_list_refresh(loaded)
         await self.dns.start()
         if workers > 1:
             await self._start_workers(loaded)
@@ -202,6 +204,20 @@ class Gateway(Reloading):
         feed = SubscribersFeed(source, path, tiers, prime, SubscribersFeedMetrics(self.registry),
                                limits=loaded.config.limits.files)
         self.background.append(asyncio.get_running_loop().create_task(feed.run(self._stop)))
+
+    def _start_list_refresh(self, loaded: Loaded) -> None:
+        """Download lists.yaml `url:` sources (issue #14); the file watch reloads each copy."""
+        from gateway.runtime.list_refresh import ListRefresher, ListRefreshMetrics
+
+        def sources() -> list[Source]:
+            return self.loaded.catalog.remote() if self.loaded else []
+
+        metrics = ListRefreshMetrics(self.registry)
+        for source in loaded.catalog.remote():
+            metrics.init_list(source.name)
+        refresher = ListRefresher(sources, metrics, loaded.config.limits.files)
+        self.background.append(asyncio.get_running_loop().create_task(
+            refresher.run(self._stop)))
 
     async def _start_feeds(self, loaded: Loaded) -> None:
         """Feeds' last-known-good copies go in force before DNS listens and readiness."""

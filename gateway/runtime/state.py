@@ -173,7 +173,8 @@ def catalog_of(config: GatewayConfig) -> Catalog:
     """lists.yaml with gateway.yaml's file limits, once the files gateway.yaml names check out."""
     check_files(config)
     files = config.limits.files
-    return load_catalog(config.blocklists, files.config_bytes, files.list_bytes)
+    return load_catalog(config.blocklists, files.config_bytes, files.list_bytes,
+                        config.state_dir)
 
 
 def load_policy_for(config: GatewayConfig, catalog: Catalog) -> Policy:
@@ -308,7 +309,7 @@ class Builder:
         started = time.monotonic()
         proc = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "gateway.lists.compile", *limit_args(config.limits.files),
-            str(catalog.path), str(out),
+            f"--state-dir={config.state_dir}", str(catalog.path), str(out),
             stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
         stdout, stderr = await proc.communicate()
         if proc.returncode != 0:
