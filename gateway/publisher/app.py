@@ -82,6 +82,7 @@ class FeedBuilder:
             else:
                 serial, entries, removed = self.store.diff(key[1])
                 feed = Feed(serial, now_iso(), tuple(entries), tuple(removed), key[1])
+            feed = with_forced(feed, self.store.forced_ids(key[1], serial))
             body = feed.to_bytes()
             doc = SignedDoc(serial, body, self.signer.sign(body))
             if serial == current:   # a write can land between serial() and the read
@@ -91,6 +92,14 @@ class FeedBuilder:
         if full_fallback:
             doc = SignedDoc(doc.serial, doc.body, doc.signature, True)
         return doc
+
+
+def with_forced(feed: Feed, forced: list[str]) -> Feed:
+    """The document with the ids its --force changes carry (none: the field is left out)."""
+    if not forced:
+        return feed
+    return Feed(feed.serial, feed.generated_at, feed.entries, feed.removed, feed.since,
+                feed.extra, tuple(forced))
 
 
 STORE = web.AppKey("store", Store)
