@@ -118,9 +118,11 @@ def now_iso() -> str:
 
 
 def format_time(ts: float) -> str:
-    """Unix seconds as ISO 8601 UTC with milliseconds (the wire form of every time)."""
+    """Unix seconds as ISO 8601 UTC with milliseconds (the wire form of every time); a whole
+    second is written without them, as before."""
     t = datetime.fromtimestamp(ts, UTC)
-    return t.strftime("%Y-%m-%dT%H:%M:%S.") + f"{t.microsecond // 1000:03d}Z"
+    ms = t.microsecond // 1000
+    return t.strftime("%Y-%m-%dT%H:%M:%S") + (f".{ms:03d}Z" if ms else "Z")
 
 
 def parse_time(text: Any) -> datetime:
