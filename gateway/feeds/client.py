@@ -48,8 +48,9 @@ class FeedClient:
                  clock: Callable[[], float] = time.time,
                  sleep: Callable[[float], Awaitable[None]] | None = None,
                  rng: random.Random | None = None,
-                 max_bytes: int = FileLimits.feed_bytes) -> None:
-        self.ctx = FeedContext(cfg, guard, target, ledger, metrics, state_dir, ack, clock)
+                 max_bytes: int = FileLimits.feed_bytes, proxy: bool = False) -> None:
+        self.ctx = FeedContext(cfg, guard, target, ledger, metrics, state_dir, ack, clock,
+                               proxy)
         self.session = session
         self.sleep = sleep
         self.rng = rng or random.Random()

@@ -10,7 +10,7 @@ import logging
 import re
 import time
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from aiohttp import web
@@ -82,7 +82,7 @@ class FeedBuilder:
             else:
                 serial, entries, removed = self.store.diff(key[1])
                 feed = Feed(serial, now_iso(), tuple(entries), tuple(removed), key[1])
-            feed = with_forced(feed, self.store.forced_ids(key[1], serial))
+            feed = replace(feed, forced=tuple(self.store.forced_ids(key[1], serial)))
             body = feed.to_bytes()
             doc = SignedDoc(serial, body, self.signer.sign(body))
             if serial == current:   # a write can land between serial() and the read
@@ -92,14 +92,6 @@ class FeedBuilder:
         if full_fallback:
             doc = SignedDoc(doc.serial, doc.body, doc.signature, True)
         return doc
-
-
-def with_forced(feed: Feed, forced: list[str]) -> Feed:
-    """The document with the ids its --force changes carry (none: the field is left out)."""
-    if not forced:
-        return feed
-    return Feed(feed.serial, feed.generated_at, feed.entries, feed.removed, feed.since,
-                feed.extra, tuple(forced))
 
 
 STORE = web.AppKey("store", Store)
@@ -265,7 +257,8 @@ async def get_entry(request: web.Request) -> web.Response:
             "outcome": ack.outcome if ack else "pending",
             "within_deadline": None if verified is None else verified <= due,
             "overdue": (stored.entry.mandatory and stored.entry.action == "block"
-                        and stored.removed_serial is None and verified is None and now > due),
+                        and stored.removed_serial is None and verified is None and now > due
+                        and not (ack is not None and ack.outcome == "not_applicable")),
         })
     out = _stored_json(stored)
     out.update(due_at=iso(due), gateways=gateways)

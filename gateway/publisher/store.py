@@ -339,6 +339,15 @@ class Store:
             out.setdefault(gw, set()).add(eid)
         return out
 
+    def settled_ids(self) -> dict[str, set[str]]:
+        """gateway -> ids it verified or acked not_applicable: never overdue there."""
+        out: dict[str, set[str]] = {}
+        for gw, eid in self.db.execute(
+                "SELECT gateway, entry_id FROM acks WHERE verified_at IS NOT NULL OR "
+                "outcome = 'not_applicable'"):
+            out.setdefault(gw, set()).add(eid)
+        return out
+
     def category_counts(self) -> dict[str, int]:
         out: dict[str, int] = {}
         for (cats,) in self.db.execute(
