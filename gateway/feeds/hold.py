@@ -63,9 +63,10 @@ class HoldGuard:
         # Signed feeds: held entry id -> the entry kept in force meanwhile (None: absent).
         self.entries: dict[str, FeedEntry | None] = {}
 
-    def hold_entries(self, held_id: str, serial: int, entries: Mapping[str, FeedEntry | None],
-                     new: int, current: int, limit: int) -> None:
-        """Record the held part of a signed feed (`new` of them held by this update)."""
+    def save(self, held_id: str, serial: int, entries: Mapping[str, FeedEntry | None],
+             current: int, limit: int) -> None:
+        """Write NAME.held.json (files only: safe in a worker thread). Written before the
+        document is stored, so no reader of the chain (the proxy) sees held changes in force."""
         ctx = self.ctx
         meta_p, body_p, sig_p, _ = held_paths(ctx.state_dir, ctx.name)
         for p in (body_p, sig_p):
@@ -76,6 +77,13 @@ class HoldGuard:
             "current": current, "limit": limit, "held_at": ctx.clock(),
             "entries": {k: None if v is None else v.to_json()
                         for k, v in sorted(entries.items())}}).encode())
+
+    def hold_entries(self, held_id: str, serial: int, entries: Mapping[str, FeedEntry | None],
+                     new: int, current: int, limit: int, saved: bool = False) -> None:
+        """Record the held part of a signed feed (`new` of them held by this update)."""
+        ctx = self.ctx
+        if not saved:
+            self.save(held_id, serial, entries, current, limit)
         ctx.metrics.held.labels(ctx.name).set(1)
         ctx.metrics.held_entries.labels(ctx.name).set(len(entries))
         if new:

@@ -103,6 +103,9 @@ class _Update:
     received_at: float
     newly_held: int = 0            # changes this document added to the held part
     limit: int = 0
+    held_id: str = ""              # the hold's id (the serial that last added to it)
+    saved: bool = False            # NAME.held.json already written (before the chain)
+    current: int = 0               # entries in force before it
 
 
 class SignedFeed:
@@ -264,11 +267,10 @@ class SignedFeed:
         if not applied.held:
             self.hold.clear()
             return
-        held_id = (str(applied.serial) if update.newly_held or not self.hold.held_id
-                   else self.hold.held_id)
+        held_id = update.held_id
         self.hold.hold_entries(held_id, int(held_id) if held_id.isdigit() else applied.serial,
-                               applied.held, update.newly_held, len(applied.entries),
-                               update.limit)
+                               applied.held, update.newly_held, update.current, update.limit,
+                               update.saved)
         if update.newly_held:
             ctx.metrics.rejected.labels(ctx.name, "guard").inc()
 
@@ -344,6 +346,12 @@ class SignedFeed:
             held.update((rid, in_force.get(rid)) for rid in guarded)
             newly_held = len(guarded)
         new = masked(target, held)
+        held_id = (str(feed.serial) if newly_held or not self.hold.held_id
+                   else self.hold.held_id)
+        if held and held != (applied.held if applied else {}):   # unchanged: on disk already
+            self.hold.save(held_id, int(held_id) if held_id.isdigit() else feed.serial, held,
+                           len(in_force), limit)
+        saved = bool(held)
         if feed.is_diff:
             self.chain.store_diff(feed.serial, body, signature or "")
         else:
@@ -354,4 +362,5 @@ class SignedFeed:
         return _Update(Applied(feed.serial, new, hashlib.sha256(body).digest(),
                                applied.diffs + 1 if applied and feed.is_diff else 0,
                                target if held else None, held),
-                       changed, removed, received_at, newly_held, limit)
+                       changed, removed, received_at, newly_held, limit, held_id, saved,
+                       len(in_force))

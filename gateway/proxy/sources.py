@@ -88,10 +88,12 @@ def feed_sets(config: GatewayConfig) -> dict[str, tuple[int, list[FeedEntry]]]:
 
 
 def feed_files(config: GatewayConfig) -> list[Path]:
-    """A signed feed's stored snapshot, signature and diff directory (to notice updates)."""
+    """A signed feed's stored snapshot, signature and diff directory, and its held changes
+    (a confirm releases them without a new document), to notice updates."""
     d = config.state_dir / "feeds"
     return [p for cfg in config.feeds if cfg.signed
-            for p in (d / f"{cfg.name}.json", d / f"{cfg.name}.sig", d / f"{cfg.name}.d")]
+            for p in (d / f"{cfg.name}.json", d / f"{cfg.name}.sig", d / f"{cfg.name}.d",
+                      d / f"{cfg.name}.held.json")]
 
 
 def url_list_entries(source: Source, max_bytes: int = FileLimits.list_bytes
