@@ -481,6 +481,15 @@ async def test_a_forced_update_is_not_held_and_a_held_part_survives_a_restart(
         assert not await blocked(gateway, "h0.drugs.test")
     finally:
         await m.stop()
+    # The proxy builds its rules from the same files: held changes are out of its force too,
+    # and it watches the held set (a confirm releases them without a new document).
+    from gateway.proxy.sources import feed_files, feed_sets
+
+    config = load_config(cfg)
+    serial, proxy_entries = feed_sets(config)["central"]
+    assert serial == 3 and {e.id for e in proxy_entries} >= {"F-0", "E-1"}
+    assert not {e.id for e in proxy_entries} & {f"H-{i}" for i in range(9)}
+    assert config.state_dir / "feeds" / "central.held.json" in feed_files(config)
     gateway.set_overlay("central", None)
     m2 = await manager_for(gateway, cfg)
     try:
