@@ -133,6 +133,7 @@ async def manager_for(gw: Gateway, cfg_path: Path) -> FeedManager:
 
 def sample(m: FeedManager, name: str, **labels: str) -> float:
     for metric in (m.metrics.rejected, m.metrics.refused, m.metrics.held, m.metrics.serial,
+                   m.metrics.held_entries,
                    m.metrics.probes):
         for fam in metric.collect():
             for s in fam.samples:
@@ -409,27 +410,95 @@ async def test_never_block_refusal_and_held_update_with_confirm(
 
         big = first[:1] + [entry(f"N-{i}", f"n{i}.drugs.test") for i in range(5)]
         publisher.serve(doc(2, big), signer)
-        with pytest.raises(Rejected) as info:
-            await client.poll_once()
-        assert info.value.reason == "guard"
-        assert client.serial == 1 and sample(m, "safegate_feed_held_updates",
+        # The big update's changes are held; the document itself is taken (serial 2), so the
+        # next poll asks for what came after it.
+        assert await client.poll_once() == "updated"
+        assert client.serial == 2 and sample(m, "safegate_feed_held_updates",
                                              feed="central") == 1
+        assert sample(m, "safegate_feed_held_entries", feed="central") == 8
+        assert sample(m, "safegate_feed_rejected_total", feed="central", reason="guard") == 1
         assert await blocked(gateway, "phish.example")       # the old list stays
         assert not await blocked(gateway, "n1.drugs.test")
         items = status(m.config)
         assert items[0]["held"]["id"] == "2" and items[0]["held"]["changes"] == 8
+        assert "N-1" in items[0]["held"]["ids"] and "E-4" in items[0]["held"]["ids"]
+
+        # An urgent order published after it applies at once; the held part stays held.
+        publisher.serve(doc(3, [entry("U-1", "urgent.example")], since=2), signer)
+        assert await client.poll_once() == "updated"
+        assert client.serial == 3 and await blocked(gateway, "urgent.example")
+        assert not await blocked(gateway, "n1.drugs.test")
+        assert await blocked(gateway, "phish.example")
+        assert sample(m, "safegate_feed_held_entries", feed="central") == 8
+        assert status(m.config)[0]["held"]["id"] == "2"
 
         held = confirm(m.config, "central")
         assert held["serial"] == 2
         assert m.check_confirmations() == 1
-        assert client.serial == 2 and sample(m, "safegate_feed_held_updates",
+        assert client.serial == 3 and sample(m, "safegate_feed_held_updates",
                                              feed="central") == 0
+        assert sample(m, "safegate_feed_held_entries", feed="central") == 0
         assert await blocked(gateway, "n1.drugs.test")
+        assert await blocked(gateway, "urgent.example")
         assert not await blocked(gateway, "phish.example")
         with pytest.raises(Exception, match="no held update"):
             confirm(m.config, "central")
     finally:
         await m.stop()
+
+
+async def test_a_forced_update_is_not_held_and_a_held_part_survives_a_restart(
+        tmp_path: Path, unbound: ub.UnboundServer, gateway: Gateway, publisher: Publisher,
+        keys: tuple[Signer, Path, Signer]) -> None:
+    """The publisher's --force travels in the signed document (`forced` ids): those changes
+    apply at once, never_block still wins; unforced ones beyond max_change are held, and stay
+    held (out of force) across a restart."""
+    signer, pub, _ = keys
+    cfg = feed_config(tmp_path / "feeds", unbound.port, [feed_item(publisher.url, pub)],
+                      feed_guard={"never_block": ["social.test"],
+                                  "max_change": {"ratio": 0.5, "entries": 3}})
+    m = await manager_for(gateway, cfg)
+    client = m.clients["central"]
+    try:
+        publisher.serve(doc(1, [entry("E-1", "malware.example")]), signer)
+        assert await client.poll_once() == "updated"
+        forced = [entry(f"F-{i}", f"f{i}.drugs.test") for i in range(6)]
+        forced.append(entry("F-social", "www.social.test"))
+        body = Feed(2, now_iso(), tuple(forced), (), 1,
+                    forced=tuple(e.id for e in forced)).to_bytes()
+        publisher.serve(body, signer)
+        assert await client.poll_once() == "updated"
+        assert sample(m, "safegate_feed_held_updates", feed="central") == 0
+        assert await blocked(gateway, "f5.drugs.test")
+        assert not await blocked(gateway, "www.social.test")    # never_block still wins
+        outcomes = {e.entry_id: e.outcome for e in m.ledger.entries("central")}
+        assert outcomes["F-social"] == "refused" and outcomes["F-0"] == "applied"
+
+        unforced = [entry(f"H-{i}", f"h{i}.drugs.test") for i in range(9)]
+        publisher.serve(doc(3, unforced, since=2), signer)
+        assert await client.poll_once() == "updated"
+        assert sample(m, "safegate_feed_held_entries", feed="central") == 9
+        assert not await blocked(gateway, "h0.drugs.test")
+    finally:
+        await m.stop()
+    # The proxy builds its rules from the same files: held changes are out of its force too,
+    # and it watches the held set (a confirm releases them without a new document).
+    from gateway.proxy.sources import feed_files, feed_sets
+
+    config = load_config(cfg)
+    serial, proxy_entries = feed_sets(config)["central"]
+    assert serial == 3 and {e.id for e in proxy_entries} >= {"F-0", "E-1"}
+    assert not {e.id for e in proxy_entries} & {f"H-{i}" for i in range(9)}
+    assert config.state_dir / "feeds" / "central.held.json" in feed_files(config)
+    gateway.set_overlay("central", None)
+    m2 = await manager_for(gateway, cfg)
+    try:
+        assert m2.clients["central"].serial == 3
+        assert sample(m2, "safegate_feed_held_entries", feed="central") == 9
+        assert await blocked(gateway, "f0.drugs.test")
+        assert not await blocked(gateway, "h0.drugs.test")
+    finally:
+        await m2.stop()
 
 
 async def test_plain_domains_feed_uses_etag_and_304(

@@ -370,6 +370,26 @@ async def test_full_diff_304_and_signature(api: Api) -> None:
         assert (await api.feed(bad))[0] == 400, bad
 
 
+async def test_force_travels_in_the_signed_documents(api: Api) -> None:
+    """Edits made with force list their ids in the documents' `forced` (signed, schema-valid);
+    other edits do not, and a diff carries only the forced changes in its range."""
+    assert (await api.add(dom("a.example", "A")))[0] == 201                       # serial 1
+    big = [dom(f"n{i}.example", f"N{i}") for i in range(4)]
+    assert (await api.add(*big, force=True))[0] == 201                            # serial 2
+    assert (await api.add(dom("u.example", "U")))[0] == 201                       # serial 3
+    r = await api.client.delete("/v1/entries/A?force=1", headers=_auth(ADMIN_TOKEN))
+    assert r.status == 200                                                        # serial 4
+    _, headers, body = await api.feed("?since=1")
+    api.verifier.verify(body, headers["SafeGate-Signature"])
+    assert schema_errors(json.loads(body)) == []
+    assert parse_feed(body).forced == ("A", "N0", "N1", "N2", "N3")
+    assert parse_feed((await api.feed("?since=2"))[2]).forced == ("A",)
+    assert (await api.feed("?since=3"))[2].count(b'"forced"') == 1
+    full = parse_feed((await api.feed())[2])
+    assert full.forced == ("N0", "N1", "N2", "N3")
+    assert b'"forced"' not in (await api.feed("?since=2"))[2].replace(b'"forced":["A"]', b"")
+
+
 async def test_old_since_gets_full_snapshot(api: Api, setup: PublisherSetup) -> None:
     assert load_publisher_config(setup.config).diff_history == 1000
     assert api.client.app is not None

@@ -219,6 +219,8 @@ def row(**kw: object) -> EntryRow:
     ({"verified_at": None}, "never"),
     ({"verified_at": 1000.0}, "never"),                    # verified after the period's end
     ({"outcome": "refused"}, "refused"),
+    ({"type": "sha256", "outcome": "not_applicable", "applied_at": None}, "not_applicable"),
+    ({"type": "url", "outcome": "verified", "verified_at": 3.0}, "within_deadline"),
     ({"outcome": "removed", "removed_at": 50.0}, "removed"),
     ({"outcome": "removed"}, "removed"),
     ({"removed_at": 2000.0}, "never"),                     # removed only after the period
@@ -237,9 +239,9 @@ def test_gateway_report_numbers(tmp_path: Path) -> None:
     (s,) = report.sections
     assert {e.row.id: e.status for e in s.entries} == EXPECTED_STATUS
     assert vars(s.all) == {"received": 8, "within_deadline": 3, "late": 1, "never": 2,
-                           "refused": 1, "removed": 1}
+                           "refused": 1, "removed": 1, "not_applicable": 0}
     assert vars(s.mandatory) == {"received": 5, "within_deadline": 2, "late": 1, "never": 2,
-                                 "refused": 0, "removed": 0}
+                                 "refused": 0, "removed": 0, "not_applicable": 0}
     # verified: 60, 600, 7200 (late), 30 -> median (60 + 600) / 2, p95 = the 4th of 4
     assert s.latency == Latency(4, 330.0, 7200.0)
     assert s.latency_by_category == {
@@ -314,9 +316,9 @@ def test_publisher_report_numbers_per_gateway_and_total(tmp_path: Path) -> None:
     assert {e.row.id: e.status for e in b.entries} == {
         "P1": "late", "P2": "never", "P4": "removed"}
     assert vars(a.all) == {"received": 3, "within_deadline": 2, "late": 0, "never": 0,
-                           "refused": 0, "removed": 1}
+                           "refused": 0, "removed": 1, "not_applicable": 0}
     assert vars(b.mandatory) == {"received": 2, "within_deadline": 0, "late": 1, "never": 1,
-                                 "refused": 0, "removed": 0}
+                                 "refused": 0, "removed": 0, "not_applicable": 0}
     assert a.latency == Latency(2, 200.0, 300.0)
     assert b.latency == Latency(1, 7200.0, 7200.0)
     assert a.probes == {"not_blocked": 1, "error": 0}
@@ -324,7 +326,7 @@ def test_publisher_report_numbers_per_gateway_and_total(tmp_path: Path) -> None:
     total = report.total
     assert total is not None
     assert vars(total.all) == {"received": 6, "within_deadline": 2, "late": 1, "never": 1,
-                               "refused": 0, "removed": 2}
+                               "refused": 0, "removed": 2, "not_applicable": 0}
     assert total.latency == Latency(3, 300.0, 7200.0)
     assert total.probes == {"not_blocked": 1, "error": 2}
     assert [(r.category, r.tier, r.queries, r.blocked) for r in total.stats] == [

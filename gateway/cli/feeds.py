@@ -90,7 +90,14 @@ def _status(args: argparse.Namespace) -> int:
             print(f"  ACKS REFUSED by the publisher (they wait in the outbox): "
                   f"{item['acks_refused']}")
         held = item.get("held")
-        if held:
+        if held and "ids" in held:
+            shown = ", ".join(held["ids"]) + (", ..." if held["changes"] > len(held["ids"])
+                                              else "")
+            print(f"  HELD: {held['changes']} changes (update {held['id']}, limit "
+                  f"{held['limit']}) stay out of force; later updates still apply. Held: "
+                  f"{shown}. Apply them with "
+                  f"`safegate feeds confirm -c {args.config} --feed {item['feed']}`")
+        elif held:
             print(f"  HELD: update {held['id']} changes {held['changes']} entries of "
                   f"{held['current']} (limit {held['limit']}); apply it with "
                   f"`safegate feeds confirm -c {args.config} --feed {item['feed']}`")

@@ -17,6 +17,10 @@ from gateway.errors import SafeGateError
 Command = Callable[[argparse.Namespace], int]
 
 
+FORCE_HELP = ("allow a change larger than max_change; the flag travels in the signed document, "
+              "so gateways apply it without holding it (their never_block still wins)")
+
+
 def register(subparsers: argparse._SubParsersAction[Any]) -> None:
     """Add `feed` and its verbs; each verb's `func(args)` returns the exit code."""
     feed = subparsers.add_parser("feed", help="publish the central signed feed")
@@ -51,13 +55,13 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
     p.add_argument("--file", type=Path,
                    help="JSON file with a list of entries (or {\"entries\": [...]}) to add as "
                         "one batch, instead of --type/--value")
-    p.add_argument("--force", action="store_true", help="allow a change larger than max_change")
+    p.add_argument("--force", action="store_true", help=FORCE_HELP)
     p.set_defaults(func=add)
 
     p = verbs.add_parser("remove", help="remove an entry; one new serial")
     p.add_argument("-c", "--config", required=True, type=Path, help="publisher.yaml")
     p.add_argument("--id", required=True, help="reference of the entry")
-    p.add_argument("--force", action="store_true", help="allow a change larger than max_change")
+    p.add_argument("--force", action="store_true", help=FORCE_HELP)
     p.set_defaults(func=remove)
 
     p = verbs.add_parser("list", help="list live entries")

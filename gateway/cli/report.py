@@ -107,8 +107,8 @@ def read_ledger(ledger: Ledger, period: Period
     rows = []
     for e in ledger.all_entries():
         if not period.contains(e.received_at) or e.outcome == "received":
-            # "received" = recorded but not enforced at DNS (warn, or a URL/IP/hash entry for
-            # the HTTP proxy of issue #5): not part of the DNS enforcement report.
+            # "received" = recorded, nothing to enforce (a warn entry): not part of the report.
+            # URL/hash entries are in it (verified by the proxy, or not_applicable).
             continue
         rows.append(EntryRow(e.entry_id, e.type, e.value, e.categories, e.mandatory,
                              e.authority, e.decision, e.decision_date, e.issued_at, e.deadline,
@@ -139,8 +139,7 @@ def read_publisher(db: sqlite3.Connection | Database, period: Period
     for (rid, etype, value, cats, mandatory, authority, decision, ddate, issued_at, deadline,
          removed_at) in db.execute(
             "SELECT id, type, value, categories, mandatory, authority, decision, decision_date, "
-            "issued_at, deadline, removed_at FROM entries WHERE action = 'block' "
-            "AND type IN ('domain', 'domain-exact')"):  # what gateways enforce at DNS today
+            "issued_at, deadline, removed_at FROM entries WHERE action = 'block'"):
         t = iso_to_unix(issued_at)
         if t is not None and period.contains(t):
             issued.append((rid, etype, value, tuple(json.loads(cats)), bool(mandatory), authority,

@@ -3,7 +3,8 @@
 Pure: the databases are read elsewhere (gateway.cli.report) into EntryRow/StatTotal values;
 this module turns them into a Report (report_render.py renders it as CSV, JSON or HTML). The
 definitions follow docs/feeds-contract.md: "within deadline" = verified_at <= deadline, "late"
-= verified after it, "never" = not verified by the end of the period (and not removed/refused).
+= verified after it, "never" = not verified by the end of the period (and not removed/refused/
+not_applicable: the gateway has no part that enforces that type).
 """
 
 from __future__ import annotations
@@ -17,7 +18,9 @@ from datetime import date, datetime, timedelta
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 DEFAULT_TZ = "Asia/Ho_Chi_Minh"
-STATUSES = ("within_deadline", "late", "never", "refused", "removed")
+# not_applicable: the gateway has no part that enforces the entry's type (a URL or image hash
+# without the proxy; ip/cidr): neither enforced nor a failure to enforce.
+STATUSES = ("within_deadline", "late", "never", "refused", "removed", "not_applicable")
 PROBE_RESULTS = ("not_blocked", "error")
 _DATE = re.compile(r"\d{4}-\d{2}-\d{2}")
 
@@ -121,6 +124,7 @@ class Counts:
     never: int = 0
     refused: int = 0
     removed: int = 0
+    not_applicable: int = 0
 
 
 @dataclass(frozen=True)
@@ -161,8 +165,8 @@ class Report:
 
 def classify(row: EntryRow, end: float) -> str:
     """The entry's status as of `end` (see the module docstring)."""
-    if row.outcome == "refused":
-        return "refused"
+    if row.outcome in ("refused", "not_applicable"):
+        return row.outcome
     if row.verified_at is not None and row.verified_at < end:
         if row.deadline is None or row.verified_at <= row.deadline:
             return "within_deadline"
@@ -193,7 +197,7 @@ def count(entries: Iterable[ReportEntry]) -> Counts:
         total += 1
         n[e.status] += 1
     return Counts(total, n["within_deadline"], n["late"], n["never"], n["refused"],
-                  n["removed"])
+                  n["removed"], n["not_applicable"])
 
 
 def build_section(name: str, rows: Iterable[EntryRow], period: Period,

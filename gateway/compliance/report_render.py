@@ -137,6 +137,7 @@ LABELS: dict[str, tuple[str, str]] = {
     "never": ("Chưa thực hiện", "Never"),
     "refused": ("Bị từ chối (bảo vệ)", "Refused by guard"),
     "removed": ("Đã gỡ bỏ", "Removed"),
+    "not_applicable": ("Không áp dụng", "Not applicable"),
     "all": ("Tất cả", "All entries"),
     "period": ("Kỳ báo cáo", "Period"),
     "source": ("Nguồn dữ liệu", "Source"),

@@ -9,10 +9,9 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any
 
-from gateway.feedformat.document import parse_time
+from gateway.feedformat.document import format_time, parse_time
 
 # safegate_enforcement_latency_seconds (gateway) and the publisher's latency histogram.
 LATENCY_BUCKETS = (1, 2, 5, 10, 30, 60, 120, 300, 600, 1800, 3600, 7200, 21600, 43200, 86400,
@@ -33,10 +32,11 @@ def hour_of(ts: float) -> int:
 
 
 def iso(ts: float | None) -> str | None:
-    """Unix seconds as the ISO 8601 UTC text used in acks and API answers."""
+    """Unix seconds as the ISO 8601 UTC text used in acks and API answers (milliseconds:
+    latencies are sub-second)."""
     if ts is None:
         return None
-    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return format_time(ts)
 
 
 @dataclass(frozen=True)

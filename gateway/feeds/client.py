@@ -49,8 +49,9 @@ class FeedClient:
                  clock: Callable[[], float] = time.time,
                  sleep: Callable[[float], Awaitable[None]] | None = None,
                  rng: random.Random | None = None,
-                 max_bytes: int = FileLimits.feed_bytes) -> None:
-        self.ctx = FeedContext(cfg, guard, target, ledger, metrics, state_dir, ack, clock)
+                 max_bytes: int = FileLimits.feed_bytes, proxy: bool = False) -> None:
+        self.ctx = FeedContext(cfg, guard, target, ledger, metrics, state_dir, ack, clock,
+                               proxy)
         self.session = session
         self.sleep = sleep
         self.rng = rng or random.Random()
@@ -176,14 +177,16 @@ class FeedClient:
             log.error("feed %s: confirmation for %r, but %s is held", self.name, held_id,
                       self.hold.held_id or "nothing")
             return False
+        if isinstance(self.part, SignedFeed):
+            n = self.part.release()
+            log.warning("feed %s: %d held changes (update %s) confirmed by the operator and "
+                        "applied", self.name, n, held_id)
+            return True
         try:
             body, sig = self.hold.read()
-            if isinstance(self.part, SignedFeed):
-                result = self.part.accept(body, sig, confirmed=True)
-            else:
-                meta = json.loads(sig or "{}")
-                result = self.part.accept(body, meta.get("etag", ""),
-                                          meta.get("last_modified", ""), confirmed=True)
+            meta = json.loads(sig or "{}")
+            self.part.accept(body, meta.get("etag", ""),
+                             meta.get("last_modified", ""), confirmed=True)
         except (OSError, ValueError) as exc:
             log.error("feed %s: cannot read the held update: %s", self.name, exc)
             return False
@@ -192,15 +195,13 @@ class FeedClient:
             log.error("feed %s: the held update can no longer be applied (%s): %s", self.name,
                       exc.reason, exc)
             return False
-        if result == "need_full":   # only a signed diff can ask for the full snapshot
-            self.hold.clear()
-            if isinstance(self.part, SignedFeed):
-                self.part.want_full = True
-            return False
         log.warning("feed %s: held update %s confirmed by the operator and applied", self.name,
                     held_id)
         self.hold.clear()
         return True
+
+
+STATUS_IDS = 20     # held entry ids shown by `safegate feeds status` (the count is exact)
 
 
 async def _sleep(seconds: float) -> None:
@@ -212,7 +213,11 @@ def status_of(state_dir: Path, name: str) -> dict[str, Any]:
     d = state_dir / "feeds"
     out: dict[str, Any] = {"feed": name}
     with contextlib.suppress(OSError, ValueError):
-        out["held"] = json.loads(held_paths(state_dir, name)[0].read_text())
+        held = json.loads(held_paths(state_dir, name)[0].read_text())
+        entries = held.pop("entries", None)
+        if isinstance(entries, dict):   # a signed feed: its held changes, by entry id
+            held["ids"] = sorted(entries)[:STATUS_IDS]
+        out["held"] = held
     with contextlib.suppress(OSError, ValueError):
         out["snapshot_serial"] = json.loads((d / f"{name}.json").read_bytes())["serial"]
     diffs = sorted((d / f"{name}.d").glob("*.json"))

@@ -46,6 +46,7 @@ class FeedContext:
     state_dir: Path
     ack: AckTarget | None
     clock: Callable[[], float]
+    proxy: bool = False        # proxy.enabled: URL/hash entries are enforced (and probed) there
 
     @property
     def name(self) -> str:

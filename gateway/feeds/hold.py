@@ -1,9 +1,14 @@
 """The hold guard: an update that changes too much at once waits for the operator.
 
 An update changing more than max(max_change_entries, max_change_ratio x current) entries is
-stored aside (STATE_DIR/feeds/NAME.held.*) and the previous list stays in force until
-`safegate feeds confirm` writes NAME.confirm with the held update's id. Entries covering a
-never_block name are refused whatever the feed says.
+held until `safegate feeds confirm` writes NAME.confirm with the held update's id. Entries
+covering a never_block name are refused whatever the feed says.
+
+A plain list is held whole (STATE_DIR/feeds/NAME.held.*: the previous list stays in force). A
+signed feed holds only the changes of that update (NAME.held.json lists the held ids and the
+value each keeps in force meanwhile): the document is stored and later documents apply at once,
+so an urgent order published after a big import is enforced without waiting for a confirm.
+Changes the publisher forced (the document's `forced` ids) are never held.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from gateway.config.feeds import FeedGuardConfig
+from gateway.feedformat.document import FeedEntry, FeedError, make_entry
 from gateway.feeds.context import FeedContext
 from gateway.util.atomic import atomic_write
 
@@ -54,6 +60,39 @@ class HoldGuard:
     def __init__(self, ctx: FeedContext) -> None:
         self.ctx = ctx
         self.held_id = ""
+        # Signed feeds: held entry id -> the entry kept in force meanwhile (None: absent).
+        self.entries: dict[str, FeedEntry | None] = {}
+
+    def save(self, held_id: str, serial: int, entries: Mapping[str, FeedEntry | None],
+             current: int, limit: int) -> None:
+        """Write NAME.held.json (files only: safe in a worker thread). Written before the
+        document is stored, so no reader of the chain (the proxy) sees held changes in force."""
+        ctx = self.ctx
+        meta_p, body_p, sig_p, _ = held_paths(ctx.state_dir, ctx.name)
+        for p in (body_p, sig_p):
+            with contextlib.suppress(OSError):
+                p.unlink()
+        atomic_write(meta_p, json.dumps({
+            "feed": ctx.name, "id": held_id, "serial": serial, "changes": len(entries),
+            "current": current, "limit": limit, "held_at": ctx.clock(),
+            "entries": {k: None if v is None else v.to_json()
+                        for k, v in sorted(entries.items())}}).encode())
+
+    def hold_entries(self, held_id: str, serial: int, entries: Mapping[str, FeedEntry | None],
+                     new: int, current: int, limit: int, saved: bool = False) -> None:
+        """Record the held part of a signed feed (`new` of them held by this update)."""
+        ctx = self.ctx
+        if not saved:
+            self.save(held_id, serial, entries, current, limit)
+        ctx.metrics.held.labels(ctx.name).set(1)
+        ctx.metrics.held_entries.labels(ctx.name).set(len(entries))
+        if new:
+            log.error("feed %s: %d changes of serial %d HELD (limit %d with %d in force): they "
+                      "stay out of force, later updates still apply. Check them, then run "
+                      "`safegate feeds confirm -c gateway.yaml --feed %s`", ctx.name, new,
+                      serial, limit, current, ctx.name)
+        self.held_id = held_id
+        self.entries = dict(entries)
 
     def hold(self, body: bytes, sig: str, held_id: str, serial: int, changes: int,
              current: int, limit: int) -> None:
@@ -75,9 +114,13 @@ class HoldGuard:
     def load(self) -> None:
         """Remember an update held before a restart."""
         meta_p = held_paths(self.ctx.state_dir, self.ctx.name)[0]
-        with contextlib.suppress(OSError, ValueError):
-            self.held_id = str(json.loads(meta_p.read_text())["id"])
+        with contextlib.suppress(OSError, ValueError, KeyError, TypeError, FeedError):
+            meta = json.loads(meta_p.read_text())
+            self.held_id = str(meta["id"])
             self.ctx.metrics.held.labels(self.ctx.name).set(1)
+            self.entries = {str(k): None if v is None else make_entry(v)
+                            for k, v in (meta.get("entries") or {}).items()}
+            self.ctx.metrics.held_entries.labels(self.ctx.name).set(len(self.entries))
 
     def read(self) -> tuple[bytes, str]:
         """The held body and its signature (or, for a plain feed, its HTTP metadata)."""
@@ -89,4 +132,6 @@ class HoldGuard:
             with contextlib.suppress(OSError):
                 p.unlink()
         self.held_id = ""
+        self.entries = {}
         self.ctx.metrics.held.labels(self.ctx.name).set(0)
+        self.ctx.metrics.held_entries.labels(self.ctx.name).set(0)

@@ -16,6 +16,7 @@ from gateway.feedformat.document import FeedEntry
 from gateway.feeds.context import FeedContext, OnApplied
 from gateway.feeds.hold import covered_name
 from gateway.feeds.ledger import DNS_TYPES, RECORD_CHUNK
+from gateway.feeds.proxyprobe import proxy_outcome
 from gateway.lists import SCOPE_BOTH, SCOPE_SELF, Action, Rule
 from gateway.lists.overlay import Overlay
 
@@ -35,7 +36,7 @@ class Plan:
 
 
 def plan(entries: Mapping[str, FeedEntry], changed: Iterable[str],
-         never_block: Iterable[str]) -> Plan:
+         never_block: Iterable[str], proxy: bool = False) -> Plan:
     """The overlay and the ledger rows for an entry set (pure: safe in a worker thread)."""
     never_block = tuple(never_block)
     refused: dict[str, str] = {}
@@ -61,7 +62,8 @@ def plan(entries: Mapping[str, FeedEntry], changed: Iterable[str],
             Rule(c, scope, Action.DEFAULT, e.mandatory, e.id) for c in e.categories)
     changed = set(changed)
     upserts = [(e, "refused" if e.id in refused else
-                "applied" if e.type in DNS_TYPES and e.action == "block" else "received")
+                "applied" if e.type in DNS_TYPES and e.action == "block" else
+                proxy_outcome(e.type, e.action, proxy) or "received")
                for e in (entries[i] for i in sorted(changed))]
     return Plan(Overlay({k: tuple(v) for k, v in rules.items()}), refused,
                 {rid: entries[rid].value for rid in refused if rid in changed},
@@ -79,22 +81,21 @@ class Installer:
                 removed: Iterable[str], received_at: float, ack: bool) -> None:
         """Build the overlay from the whole entry set, swap it in, then record it."""
         ctx = self.ctx
-        p = plan(entries, changed, ctx.guard.never_block)
+        p = plan(entries, changed, ctx.guard.never_block, ctx.proxy)
         applied_at = self._swap(p)
         ids = ctx.ledger.record(ctx.name, serial, p.upserts, sorted(removed), received_at,
                                 applied_at, ctx.ack, force_ack=ack)
         self._log_applied(serial, p, ids)
         if self.on_applied is not None and ids:
             found = ctx.ledger.rows(ctx.name, ids)
-            self.on_applied(ctx.name, [found[i] for i in ids
-                                       if i in found and found[i].enforced_at_dns])
+            self.on_applied(ctx.name, [found[i] for i in ids if i in found and found[i].probed])
 
     async def install_async(self, serial: int, entries: Mapping[str, FeedEntry],
                             changed: Iterable[str], removed: Iterable[str],
                             received_at: float) -> None:
         """install() for the polling path: same steps, never a long stop of the event loop."""
         ctx = self.ctx
-        p = await asyncio.to_thread(plan, entries, changed, ctx.guard.never_block)
+        p = await asyncio.to_thread(plan, entries, changed, ctx.guard.never_block, ctx.proxy)
         applied_at = self._swap(p)
         ids = await ctx.ledger.record_async(ctx.name, serial, p.upserts, sorted(removed),
                                             received_at, applied_at, ctx.ack, force_ack=True)
@@ -104,7 +105,7 @@ class Installer:
                 part = ids[i:i + RECORD_CHUNK]
                 found = ctx.ledger.rows(ctx.name, part)
                 self.on_applied(ctx.name, [found[k] for k in part
-                                           if k in found and found[k].enforced_at_dns])
+                                           if k in found and found[k].probed])
                 if i + RECORD_CHUNK < len(ids):
                     await asyncio.sleep(0)
 

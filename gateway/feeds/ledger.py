@@ -19,6 +19,7 @@ from gateway.feedformat.document import FeedEntry, LegalBasis, parse_time
 from gateway.feedformat.stats import StatRow
 from gateway.feeds import acks
 from gateway.feeds.acks import ACK_ENTRIES, AckTarget, ack_entry, enqueue
+from gateway.feeds.proxyprobe import PROXY_TYPES
 from gateway.util.sqlite import open_db
 
 SCHEMA = """
@@ -72,6 +73,13 @@ class LedgerEntry:
     @property
     def enforced_at_dns(self) -> bool:
         return self.type in DNS_TYPES and self.outcome in ("applied", "verified", "failed")
+
+    @property
+    def probed(self) -> bool:
+        """Self-probed: in force at DNS, or handed to the proxy (outcome applied only when
+        proxy.enabled: gateway/feeds/proxyprobe.py)."""
+        return (self.type in DNS_TYPES or self.type in PROXY_TYPES) and self.outcome in (
+            "applied", "verified", "failed")
 
 
 @dataclass(frozen=True)
@@ -241,8 +249,9 @@ class Ledger:
         ids = list(ids)
         found = self.rows(ack.feed, ids)
         rows = [found[i] for i in ids if i in found]
+        # Every type: DNS entries, URL/hash entries the proxy verifies, not_applicable ones.
         entries = [ack_entry(r.entry_id, r.received_at, r.applied_at, r.verified_at, r.outcome)
-                   for r in rows if r.type in DNS_TYPES and r.outcome != "received"]
+                   for r in rows if r.outcome != "received"]
         now = self.clock()
         for i in range(0, max(1, len(entries)), ACK_ENTRIES):   # POST bodies stay small
             chunk = entries[i:i + ACK_ENTRIES]
@@ -278,7 +287,7 @@ class Ledger:
     def _probe_outcome(self, c: sqlite3.Connection, p: ProbeRecord
                        ) -> tuple[str | None, float | None]:
         row = self.get(p.feed, p.entry_id)
-        if row is None or row.removed_at is not None or not row.enforced_at_dns:
+        if row is None or row.removed_at is not None or not row.probed:
             return None, None
         key = (p.feed, p.entry_id)
         if p.result == "blocked":
@@ -299,12 +308,13 @@ class Ledger:
         return None, None
 
     def overdue(self, feed: str, now: float) -> int:
-        """Mandatory DNS block entries in force, past their deadline and never verified."""
+        """Mandatory block entries in force (DNS, or the proxy's), past their deadline and
+        never verified (not_applicable ones are not in force here: never overdue)."""
         row = self.conn.execute(
-            "SELECT COUNT(*) FROM entries WHERE feed=? AND mandatory=1 AND type IN (?,?) AND "
-            "outcome IN ('applied','failed') AND verified_at IS NULL AND removed_at IS NULL AND "
-            "COALESCE(deadline, issued_at + ?) < ?",
-            (feed, *DNS_TYPES, DEFAULT_DEADLINE, now)).fetchone()
+            "SELECT COUNT(*) FROM entries WHERE feed=? AND mandatory=1 AND type IN (?,?,?,?,?) "
+            "AND outcome IN ('applied','failed') AND verified_at IS NULL AND removed_at IS NULL "
+            "AND COALESCE(deadline, issued_at + ?) < ?",
+            (feed, *DNS_TYPES, *PROXY_TYPES, DEFAULT_DEADLINE, now)).fetchone()
         return int(row[0])
 
     def counts(self, feed: str) -> dict[str, int]:

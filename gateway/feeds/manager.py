@@ -11,8 +11,7 @@ import contextlib
 import heapq
 import logging
 import time
-from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
-from collections.abc import Set as AbstractSet
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -24,8 +23,10 @@ from gateway.feeds.acks import AckOutcomes, AckSender, AckTarget, acks_url
 from gateway.feeds.client import FeedClient
 from gateway.feeds.context import OverlayTarget
 from gateway.feeds.hold import held_paths
-from gateway.feeds.ledger import Ledger, LedgerEntry, ProbeRecord
+from gateway.feeds.ledger import DNS_TYPES, Ledger, LedgerEntry, ProbeRecord
+from gateway.feeds.proxyprobe import PENDING, ProxyVerdicts
 from gateway.feeds.stats import FeedMetrics, HourlyStats, QueryCounts
+from gateway.feeds.verdict import PolicyInForce, SelfProbeOutcome, probe_verdict
 
 log = logging.getLogger(__name__)
 
@@ -39,38 +40,6 @@ PROBE_BATCH = 256            # due probes stored per ledger transaction
 PROBE_YIELD_EVERY = 32       # probes between turns given to the event loop
 
 
-class NetworkAnswer(Protocol):
-    """What one network's probe saw (compliance.selfprobe's NetworkProbe)."""
-
-    @property
-    def network(self) -> str: ...
-    @property
-    def blocked(self) -> bool: ...
-
-
-class SelfProbeOutcome(Protocol):
-    """One self-probe of a name from every network (compliance.selfprobe's ProbeResult)."""
-
-    @property
-    def results(self) -> Sequence[NetworkAnswer]: ...
-    @property
-    def blocked(self) -> bool: ...
-
-
-class BlockedCategories(Protocol):
-    """A network's profile, as far as verification cares: which categories it blocks."""
-
-    @property
-    def blocked(self) -> AbstractSet[str]: ...
-
-
-class PolicyInForce(Protocol):
-    """The configuration being served (runtime's Loaded): its profiles by network name."""
-
-    @property
-    def profiles(self) -> Mapping[str, BlockedCategories]: ...
-
-
 class GatewayLike(OverlayTarget, Protocol):
     """What the manager needs from the running Gateway."""
 
@@ -78,26 +47,6 @@ class GatewayLike(OverlayTarget, Protocol):
     def loaded(self) -> PolicyInForce | None: ...
 
     async def probe(self, name: str) -> SelfProbeOutcome: ...
-
-
-def probe_verdict(result: SelfProbeOutcome, entry: LedgerEntry, loaded: PolicyInForce | None
-                  ) -> str | None:
-    """blocked | not_blocked | error, or None when no network is expected to block it.
-
-    A mandatory entry must be blocked from every network; a policy entry only from the
-    networks whose tier blocks one of its categories.
-    """
-    if not result.results:
-        return "error"
-    if entry.mandatory:
-        return "blocked" if result.blocked else "not_blocked"
-    if loaded is None:
-        return "error"
-    expected = [r for r in result.results
-                if set(entry.categories) & loaded.profiles[r.network].blocked]
-    if not expected:
-        return None
-    return "blocked" if all(r.blocked for r in expected) else "not_blocked"
 
 
 @dataclass(order=True)
@@ -116,8 +65,9 @@ class Prober:
                  acks: dict[str, AckTarget | None], serials: Callable[[str], int],
                  clock: Callable[[], float] = time.time,
                  retry_delays: tuple[float, ...] = RETRY_DELAYS,
-                 recheck: float = FAILED_RECHECK) -> None:
+                 recheck: float = FAILED_RECHECK, proxy: ProxyVerdicts | None = None) -> None:
         self.gateway = gateway
+        self.proxy = proxy            # URL/hash entries: the proxy's verdicts (proxyprobe.py)
         self.ledger = ledger
         self.metrics = metrics
         self.acks = acks
@@ -178,16 +128,19 @@ class Prober:
         done: list[tuple[_Job, LedgerEntry, str]] = []
         for n, job in enumerate(jobs):
             entry = self.ledger.get(job.feed, job.entry_id)
-            if entry is None or not entry.enforced_at_dns or entry.removed_at is not None:
+            if entry is None or not entry.probed or entry.removed_at is not None:
                 continue
             try:
-                result: str | None = probe_verdict(await self.gateway.probe(entry.value),
-                                                   entry, self.gateway.loaded)
+                result = await self._verdict(job.feed, entry)
             except Exception:  # a probe must never stop the prober
                 log.exception("probe of %s failed", entry.value)
                 result = "error"
             if result is None:
                 continue  # no network's tier blocks its categories: nothing to verify
+            if result == PENDING:   # the proxy has not loaded it yet: ask again, record nothing
+                self._push(job.feed, job.entry_id, job.attempt + 1,
+                           self.clock() + self.next_delay(job.attempt)[0])
+                continue
             done.append((job, entry, result))
             if n % PROBE_YIELD_EVERY == PROBE_YIELD_EVERY - 1:
                 await asyncio.sleep(0)
@@ -202,6 +155,14 @@ class Prober:
         outcomes = self.ledger.record_probes(records)
         for (job, entry, result), (new, latency) in zip(done, outcomes, strict=True):
             self._after_probe(job, entry, result, new, latency)
+
+    async def _verdict(self, feed: str, entry: LedgerEntry) -> str | None:
+        if entry.type in DNS_TYPES:
+            return probe_verdict(await self.gateway.probe(entry.value), entry,
+                                 self.gateway.loaded)
+        if self.proxy is None:
+            return "error"
+        return self.proxy.verdict(feed, entry.entry_id, entry.serial)
 
     def _after_probe(self, job: _Job, entry: LedgerEntry, result: str, new: str | None,
                      latency: float | None) -> None:
@@ -227,7 +188,7 @@ class Prober:
         n = 0
         for feed in feeds:
             due = [e for e in self.ledger.entries(feed)
-                   if e.mandatory and e.outcome == "verified" and e.enforced_at_dns]
+                   if e.mandatory and e.outcome == "verified" and e.probed]
             for e in due:
                 if (feed, e.entry_id) not in self._current:
                     self._push(feed, e.entry_id, 0, self.clock())
@@ -280,13 +241,16 @@ class FeedManager:
         for f in cfg.feeds:
             acks[f.name] = AckTarget(acks_url(f.url), cfg.gateway_id, f.name,
                                      cfg.report_stats) if f.acks else None
+        proxy = cfg.proxy.enabled
         self.prober = Prober(self.gateway, self.ledger, self.metrics, acks,
-                             lambda feed: self.clients[feed].serial, self.clock)
+                             lambda feed: self.clients[feed].serial, self.clock,
+                             proxy=ProxyVerdicts(cfg.state_dir) if proxy else None)
         for f in cfg.feeds:
             client = FeedClient(f, cfg.feed_guard, self.gateway, self.session, self.ledger,
                                 self.metrics, cfg.state_dir, acks[f.name],
                                 on_applied=self.prober.schedule, clock=self.clock,
-                                sleep=self.sleep, max_bytes=cfg.limits.files.feed_bytes)
+                                sleep=self.sleep, max_bytes=cfg.limits.files.feed_bytes,
+                                proxy=proxy)
             self.clients[f.name] = client
             client.load_local()
             target = acks[f.name]
@@ -299,7 +263,7 @@ class FeedManager:
         # Entries applied before a restart but never verified are probed again now.
         for name in self.clients:
             self.prober.schedule(name, [e for e in self.ledger.entries(name)
-                                        if e.enforced_at_dns and e.verified_at is None])
+                                        if e.probed and e.verified_at is None])
         if self.dns_stats is not None:
             self.stats = HourlyStats(self.dns_stats, self.ledger, self.clock, self._hour_closed)
         if not background:

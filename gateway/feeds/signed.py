@@ -19,7 +19,8 @@ import asyncio
 import hashlib
 import logging
 import math
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 
 from gateway.feedformat.document import (
     Feed,
@@ -31,7 +32,7 @@ from gateway.feedformat.document import (
 )
 from gateway.feedformat.signing import SIGNATURE_HEADER, Verifier
 from gateway.feeds.context import FeedContext, Fetch, Rejected
-from gateway.feeds.hold import HoldGuard, change_limit, count_changes
+from gateway.feeds.hold import HoldGuard, change_limit
 from gateway.feeds.install import Installer
 from gateway.feeds.snapshots import SnapshotChain
 
@@ -65,11 +66,31 @@ class Applied:
     """The document in force."""
 
     serial: int
-    entries: dict[str, FeedEntry]
+    entries: dict[str, FeedEntry]      # in force: the publisher's set without the held part
     # SHA-256 of the document as received (to tell a replay of it from new content); the
     # document itself is on disk, not kept in memory (25 MB for a 100k-entry snapshot).
     digest: bytes = b""
     diffs: int = 0                 # diffs stored since the snapshot
+    # While changes are held: the publisher's whole set (entries differs in the held ids).
+    target: dict[str, FeedEntry] | None = None
+    held: dict[str, FeedEntry | None] = field(default_factory=dict)
+
+    @property
+    def published(self) -> dict[str, FeedEntry]:
+        """The entry set of the stored chain (what the publisher's serial says)."""
+        return self.entries if self.target is None else self.target
+
+
+def masked(target: Mapping[str, FeedEntry], held: Mapping[str, FeedEntry | None]
+           ) -> dict[str, FeedEntry]:
+    """`target` with each held id kept at the value it had in force (None: absent)."""
+    out = dict(target)
+    for rid, kept in held.items():
+        if kept is None:
+            out.pop(rid, None)
+        else:
+            out[rid] = kept
+    return out
 
 
 @dataclass
@@ -80,6 +101,11 @@ class _Update:
     changed: set[str]
     removed: set[str]
     received_at: float
+    newly_held: int = 0            # changes this document added to the held part
+    limit: int = 0
+    held_id: str = ""              # the hold's id (the serial that last added to it)
+    saved: bool = False            # NAME.held.json already written (before the chain)
+    current: int = 0               # entries in force before it
 
 
 class SignedFeed:
@@ -153,7 +179,10 @@ class SignedFeed:
             entries = apply_diff(entries, doc)
             self._saw_signed(doc)
         serial = chain[-1].serial
-        self.applied = Applied(serial, entries, b"", len(chain) - 1)
+        held = dict(self.hold.entries)
+        target, entries = entries, masked(entries, held)
+        self.applied = Applied(serial, entries, b"", len(chain) - 1,
+                               target if held else None, held)
         active = {r.entry_id for r in ctx.ledger.entries(ctx.name) if r.removed_at is None}
         self.installer.install(serial, entries, entries.keys(), active - set(entries),
                                ctx.clock(), ack=False)
@@ -213,8 +242,37 @@ class SignedFeed:
         self.applied = update.applied
         self.installer.install(update.applied.serial, update.applied.entries, update.changed,
                                update.removed, update.received_at, ack=True)
-        self.hold.clear()
+        self._record_hold(update)
         return "updated"
+
+    def release(self) -> int:
+        """Put the held changes in force (the operator confirmed them); returns how many."""
+        applied = self.applied
+        if applied is None or not applied.held:
+            self.hold.clear()
+            return 0
+        held, target = applied.held, applied.published
+        entries = dict(target)
+        changed = {rid for rid in held if rid in entries}
+        removed = {rid for rid in held if rid not in entries and held[rid] is not None}
+        self.applied = Applied(applied.serial, entries, applied.digest, applied.diffs)
+        self.installer.install(applied.serial, entries, changed, removed, self.ctx.clock(),
+                               ack=True)
+        self.hold.clear()
+        return len(held)
+
+    def _record_hold(self, update: _Update) -> None:
+        """Persist the held part (or clear it); count a newly held change as a guard refusal."""
+        ctx, applied = self.ctx, update.applied
+        if not applied.held:
+            self.hold.clear()
+            return
+        held_id = update.held_id
+        self.hold.hold_entries(held_id, int(held_id) if held_id.isdigit() else applied.serial,
+                               applied.held, update.newly_held, update.current, update.limit,
+                               update.saved)
+        if update.newly_held:
+            ctx.metrics.rejected.labels(ctx.name, "guard").inc()
 
     async def accept_async(self, body: bytes, signature: str | None) -> str:
         """accept() without stopping DNS: verifying, parsing, comparing and storing a big
@@ -231,7 +289,7 @@ class SignedFeed:
             await self.installer.install_async(update.applied.serial, update.applied.entries,
                                                update.changed, update.removed,
                                                update.received_at)
-            self.hold.clear()
+            self._record_hold(update)
             return "updated"
         finally:
             self.busy = False
@@ -260,7 +318,7 @@ class SignedFeed:
                 if hashlib.sha256(body).digest() == applied.digest:
                     self._saw_signed(feed)
                     return "unchanged"
-                if not feed.is_diff and apply_diff({}, feed) == applied.entries:
+                if not feed.is_diff and apply_diff({}, feed) == applied.published:
                     # the same entries re-signed (heartbeat): stored, so a restart knows it
                     self.chain.store_snapshot(body, signature or "")   # compacts the chain
                     applied.digest, applied.diffs = hashlib.sha256(body).digest(), 0
@@ -272,23 +330,37 @@ class SignedFeed:
             log.info("feed %s: diff from serial %s does not follow ours (%d); asking for a full "
                      "snapshot", self.ctx.name, feed.since, self.serial)
             return "need_full"
-        current = applied.entries if applied else {}
-        new = apply_diff(current, feed)
-        changes = count_changes(current, new)
-        limit = change_limit(len(current), self.ctx.guard)
-        if applied is not None and changes > limit and not confirmed:
-            self.hold.hold(body, signature or "", str(feed.serial), feed.serial, changes,
-                           len(current), limit)
-            raise Rejected("guard", f"serial {feed.serial} changes {changes} entries (limit "
-                                    f"{limit}); held until `safegate feeds confirm --feed "
-                                    f"{self.ctx.name}`")
+        published = applied.published if applied else {}
+        in_force = applied.entries if applied else {}
+        target = apply_diff(published, feed)
+        # Held changes the publisher has not touched since stay held; everything else that
+        # differs from what is in force is a change of this document.
+        held = {rid: kept for rid, kept in (applied.held if applied else {}).items()
+                if target.get(rid) == published.get(rid)}
+        changes = {rid for rid in set(target) | set(in_force)
+                   if rid not in held and target.get(rid) != in_force.get(rid)}
+        guarded = changes - set(feed.forced)       # forced by the publisher: never held
+        limit = change_limit(len(in_force), self.ctx.guard)
+        newly_held = 0
+        if applied is not None and len(guarded) > limit and not confirmed:
+            held.update((rid, in_force.get(rid)) for rid in guarded)
+            newly_held = len(guarded)
+        new = masked(target, held)
+        held_id = (str(feed.serial) if newly_held or not self.hold.held_id
+                   else self.hold.held_id)
+        if held and held != (applied.held if applied else {}):   # unchanged: on disk already
+            self.hold.save(held_id, int(held_id) if held_id.isdigit() else feed.serial, held,
+                           len(in_force), limit)
+        saved = bool(held)
         if feed.is_diff:
             self.chain.store_diff(feed.serial, body, signature or "")
         else:
             self.chain.store_snapshot(body, signature or "")
-        changed = {k for k, v in new.items() if current.get(k) != v}
-        removed = set(current) - set(new)
+        changed = {k for k, v in new.items() if in_force.get(k) != v}
+        removed = set(in_force) - set(new)
         self._saw_signed(feed)
         return _Update(Applied(feed.serial, new, hashlib.sha256(body).digest(),
-                               applied.diffs + 1 if applied and feed.is_diff else 0),
-                       changed, removed, received_at)
+                               applied.diffs + 1 if applied and feed.is_diff else 0,
+                               target if held else None, held),
+                       changed, removed, received_at, newly_held, limit, held_id, saved,
+                       len(in_force))

@@ -74,6 +74,10 @@ class FeedMetrics:
         self.held = Gauge("safegate_feed_held_updates",
                           "1 while an oversized update waits for `safegate feeds confirm`.",
                           ["feed"], registry=registry)
+        self.held_entries = Gauge(
+            "safegate_feed_held_entries",
+            "Changes of a signed feed held by max_change (out of force until `safegate feeds "
+            "confirm`; later updates apply meanwhile).", ["feed"], registry=registry)
         self.outbox_pending = Gauge("safegate_feed_outbox_pending",
                                     "Acks waiting to be delivered to publishers.",
                                     registry=registry)
@@ -94,6 +98,7 @@ class FeedMetrics:
             self.rejected.labels(feed, reason)
         self.refused.labels(feed)
         self.held.labels(feed).set(0)
+        self.held_entries.labels(feed).set(0)
         self.overdue.labels(feed).set(0)
 
     def init_acks(self, feed: str, reasons: tuple[str, ...]) -> None:

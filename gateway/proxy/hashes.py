@@ -230,9 +230,9 @@ class HashIndex:
         """
         if not data or len(data) > self.settings.max_bytes:
             return None
-        hit = self._sha.get(hashlib.sha256(data).digest())
+        hit = self.lookup_sha256(hashlib.sha256(data).digest())
         if hit is not None:
-            return HashMatch(hit, SHA256, 0, 100)
+            return hit
         if not self._pdq_entries or not _may_be_raster(content_type):
             return None
         try:
@@ -244,9 +244,18 @@ class HashIndex:
             return None
         if quality < self.settings.pdq_min_quality:
             return None
-        return self._nearest(hashes, quality)
+        return self.nearest(hashes, quality)
 
-    def _nearest(self, hashes: list[str], quality: int) -> HashMatch | None:
+    def lookup_sha256(self, digest: bytes) -> HashMatch | None:
+        """The entry for a SHA-256 digest (match() and the proxy's self-probe both ask here)."""
+        hit = self._sha.get(digest)
+        return None if hit is None else HashMatch(hit, SHA256, 0, 100)
+
+    def pdq_values(self) -> set[str]:
+        """The PDQ hashes indexed (the self-probe skips values it already found)."""
+        return {e.value for e in self._pdq_entries}
+
+    def nearest(self, hashes: list[str], quality: int) -> HashMatch | None:
         """The closest PDQ entry to any of `hashes`; ties go to mandatory, then lowest id."""
         best: tuple[int, bool, str] | None = None
         found: HashEntry | None = None

@@ -20,6 +20,7 @@ from prometheus_client import CollectorRegistry
 from gateway.config.gateway import GatewayConfig
 from gateway.config.proxy import ProxyConfig
 from gateway.errors import ConfigError, ConfigErrors, SafeGateError
+from gateway.feeds.proxyprobe import remove_verdicts, write_verdicts
 from gateway.http.health import metrics_app
 from gateway.proxy import sources
 from gateway.proxy.addon import SafeGateAddon
@@ -28,6 +29,7 @@ from gateway.proxy.metrics import ProxyMetrics
 from gateway.proxy.page import BlockPages
 from gateway.proxy.resolve import UpstreamResolver
 from gateway.proxy.scan import build_index
+from gateway.proxy.selfprobe import HashProbe, probe_feeds
 from gateway.util.fingerprint import Fingerprint
 
 if TYPE_CHECKING:
@@ -85,6 +87,8 @@ class ProxyProcess:
         self._intercept: tuple[Path, list[str], str] | None = None
         self._generation = 0
         self._tasks: set[asyncio.Task[bool]] = set()   # SIGHUP reloads in flight
+        self.hash_probe = HashProbe()
+        self._reports: set[asyncio.Task[None]] = set()
 
     def ready(self) -> bool:
         return self._ready
@@ -92,6 +96,11 @@ class ProxyProcess:
     def mark_ready(self) -> None:
         self._ready = True
         self._publish_intercept()
+        if self.loaded is not None and self.addon is not None:
+            task = asyncio.get_running_loop().create_task(
+                self.report_verdicts(self.loaded, self.addon.hash_index))
+            self._reports.add(task)
+            task.add_done_callback(self._reports.discard)
 
     def _publish_intercept(self) -> None:
         """Tell the resolver what to steer here, but only once the listeners are bound: a
@@ -140,7 +149,19 @@ class ProxyProcess:
             self._reload_failed()
             return False
         self.install(loaded, index)
+        if self._ready:   # else mark_ready reports, once the listeners are bound
+            await self.report_verdicts(loaded, index)
         return True
+
+    async def report_verdicts(self, loaded: sources.ProxyState, index: HashIndex | None) -> None:
+        """Self-probe the feed entries of the rule set just swapped in (a worker thread: pure
+        lookups) and tell the gateway (gateway/feeds/proxyprobe.py)."""
+        try:
+            verdicts = await asyncio.to_thread(probe_feeds, loaded.rules, loaded.tiers, index,
+                                               loaded.feeds, self.hash_probe)
+            write_verdicts(loaded.config.state_dir, loaded.rules.generation, verdicts)
+        except Exception:   # the rules are in force either way; the gateway probes again
+            log.exception("proxy self-probe of feed entries failed")
 
     def _reload_failed(self) -> None:
         self.metrics.reload_failures.inc()
@@ -223,6 +244,7 @@ class ProxyProcess:
             with contextlib.suppress(asyncio.CancelledError):
                 await watcher
             await runner.cleanup()
+            remove_verdicts(config.state_dir)
             resolver.close()
             self.reports.close()
         return 0

@@ -43,6 +43,8 @@ class ProxyState:
     tiers: list[ClientTier]
     watched: list[Path] = field(default_factory=list)
     skipped: int = 0
+    # Per signed feed: the serial in force and its block entries (the self-probe's input).
+    feeds: dict[str, tuple[int, list[FeedEntry]]] = field(default_factory=dict)
 
 
 class _NoTarget:
@@ -53,7 +55,13 @@ class _NoTarget:
 
 
 def feed_entries(config: GatewayConfig) -> dict[str, list[FeedEntry]]:
-    """Per signed feed, the entries of its verified last-known-good copy (block actions only).
+    """Per signed feed, the entries of its verified last-known-good copy (block actions only)."""
+    return {name: entries for name, (_, entries) in feed_sets(config).items()}
+
+
+def feed_sets(config: GatewayConfig) -> dict[str, tuple[int, list[FeedEntry]]]:
+    """Per signed feed, (serial, block entries) of its verified last-known-good copy (held
+    changes left out, as the gateway leaves them out: gateway/feeds/hold.py).
 
     A throwaway FeedClient (in-memory ledger, private metrics) does the loading, so the
     signature and diff-chain checks are exactly the gateway's; nothing is written to disk.
@@ -62,7 +70,7 @@ def feed_entries(config: GatewayConfig) -> dict[str, list[FeedEntry]]:
     from gateway.feeds.ledger import Ledger
     from gateway.feeds.stats import FeedMetrics
 
-    out: dict[str, list[FeedEntry]] = {}
+    out: dict[str, tuple[int, list[FeedEntry]]] = {}
     ledger = Ledger(Path(":memory:"))
     try:
         for cfg in config.feeds:
@@ -71,18 +79,21 @@ def feed_entries(config: GatewayConfig) -> dict[str, list[FeedEntry]]:
             client = FeedClient(cfg, config.feed_guard, _NoTarget(), None, ledger,
                                 FeedMetrics(CollectorRegistry()), config.state_dir)
             if client.load_local() and client.applied is not None:
-                out[cfg.name] = [e for e in client.applied.entries.values()
-                                 if e.action == "block"]
+                out[cfg.name] = (client.applied.serial,
+                                 [e for e in client.applied.entries.values()
+                                  if e.action == "block"])
     finally:
         ledger.close()
     return out
 
 
 def feed_files(config: GatewayConfig) -> list[Path]:
-    """A signed feed's stored snapshot, signature and diff directory (to notice updates)."""
+    """A signed feed's stored snapshot, signature and diff directory, and its held changes
+    (a confirm releases them without a new document), to notice updates."""
     d = config.state_dir / "feeds"
     return [p for cfg in config.feeds if cfg.signed
-            for p in (d / f"{cfg.name}.json", d / f"{cfg.name}.sig", d / f"{cfg.name}.d")]
+            for p in (d / f"{cfg.name}.json", d / f"{cfg.name}.sig", d / f"{cfg.name}.d",
+                      d / f"{cfg.name}.held.json")]
 
 
 def url_list_entries(source: Source, max_bytes: int = FileLimits.list_bytes
@@ -160,7 +171,8 @@ def build(config_path: Path, generation: int = 0) -> ProxyState:
         items.extend(found)
         skipped += bad
     hashes: list[FeedEntry] = []
-    for feed, entries in feed_entries(config).items():
+    feeds = feed_sets(config)
+    for feed, (_, entries) in feeds.items():
         items.extend(url_feed_entries(feed, entries))
         hashes.extend(e for e in entries if e.type in HASH_TYPES)
     clients, tiers = client_tiers(policy)
@@ -168,7 +180,7 @@ def build(config_path: Path, generation: int = 0) -> ProxyState:
                   frozenset(config.proxy.scan_hosts), tuple(hashes), generation)
     watched = [config.path, *config.policies, *policy_files(config.policies), *catalog.files(),
                *feed_files(config)]
-    return ProxyState(config, rules, tiers, watched, skipped)
+    return ProxyState(config, rules, tiers, watched, skipped, feeds)
 
 
 def watch_state(loaded: ProxyState) -> Fingerprint:

@@ -18,7 +18,9 @@ from gateway.publisher.store import Ack, AckEntry, Store
 
 # safegate_publisher_acks_rejected_total{reason}
 REJECT_REASONS = ("malformed", "too_large", "future_serial", "unknown_entries")
-OUTCOMES = ("received", "verified", "applied", "failed", "refused", "removed")
+# not_applicable: the gateway has no part that enforces the entry's type (a URL or image hash
+# without the proxy; ip/cidr): shown as such, never overdue, counted in reports.
+OUTCOMES = ("received", "verified", "applied", "failed", "refused", "removed", "not_applicable")
 
 
 class AckError(SafeGateError):

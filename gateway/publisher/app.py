@@ -10,7 +10,7 @@ import logging
 import re
 import time
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from aiohttp import web
@@ -83,6 +83,7 @@ class FeedBuilder:
             else:
                 serial, entries, removed = self.store.diff(key[1])
                 feed = Feed(serial, now_iso(), tuple(entries), tuple(removed), key[1])
+            feed = replace(feed, forced=tuple(self.store.forced_ids(key[1], serial)))
             body = feed.to_bytes()
             doc = SignedDoc(serial, body, self.signer.sign(body))
             if serial == current:   # a write can land between serial() and the read
@@ -260,7 +261,8 @@ async def get_entry(request: web.Request) -> web.Response:
             "outcome": ack.outcome if ack else "pending",
             "within_deadline": None if verified is None else verified <= due,
             "overdue": (stored.entry.mandatory and stored.entry.action == "block"
-                        and stored.removed_serial is None and verified is None and now > due),
+                        and stored.removed_serial is None and verified is None and now > due
+                        and not (ack is not None and ack.outcome == "not_applicable")),
         })
     out = _stored_json(stored)
     out.update(due_at=iso(due), gateways=gateways)

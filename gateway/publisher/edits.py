@@ -145,8 +145,8 @@ class Editor:
         entries = prepare_entries(raws, now_iso(), fresh_id)
         check_never_block(entries, self.guard.never_block)
         check_max_change(len(entries), self.store.count_active(), self.guard, force)
-        return self.store.add_entries(entries), entries
+        return self.store.add_entries(entries, forced=force), entries
 
     def remove(self, entry_id: str, force: bool = False) -> int:
         check_max_change(1, self.store.count_active(), self.guard, force)
-        return self.store.remove_entry(entry_id, now_iso())
+        return self.store.remove_entry(entry_id, now_iso(), forced=force)

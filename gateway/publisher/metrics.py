@@ -51,10 +51,11 @@ def entry_deadline(entry: FeedEntry, default_hours: float) -> float:
 
 def overdue_counts(store: Store, gateways: list[str], now: float,
                    default_hours: float) -> dict[str, int]:
-    """Per gateway: live mandatory block entries past their deadline it has not verified."""
+    """Per gateway: live mandatory block entries past their deadline it has not verified (nor
+    acked not_applicable: it has no part that enforces that type)."""
     due = [e.id for e in store.mandatory_block_entries()
            if entry_deadline(e, default_hours) <= now]
-    verified = store.verified_ids()
+    verified = store.settled_ids()
     return {gw: sum(1 for eid in due if eid not in verified.get(gw, set())) for gw in gateways}
 
 

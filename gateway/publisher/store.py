@@ -41,6 +41,7 @@ CREATE TABLE IF NOT EXISTS gateway_stats (gateway TEXT NOT NULL, hour INTEGER NO
   blocked INTEGER NOT NULL, PRIMARY KEY (gateway, hour, category, tier));
 CREATE TABLE IF NOT EXISTS gateway_probes (gateway TEXT NOT NULL, result TEXT NOT NULL,
   count INTEGER NOT NULL, PRIMARY KEY (gateway, result));
+CREATE TABLE IF NOT EXISTS forced_serials (serial INTEGER PRIMARY KEY);
 CREATE INDEX IF NOT EXISTS entries_added ON entries (added_serial);
 CREATE INDEX IF NOT EXISTS entries_removed ON entries (removed_serial);
 INSERT OR IGNORE INTO meta (key, value) VALUES ('serial', '0');
@@ -128,10 +129,11 @@ class Store:
         db.execute("UPDATE meta SET value=? WHERE key='serial'", (str(serial),))
         return serial
 
-    def add_entries(self, entries: Sequence[FeedEntry]) -> int:
+    def add_entries(self, entries: Sequence[FeedEntry], forced: bool = False) -> int:
         """Add a batch under one new serial; refuses ids that are live (remove them first).
 
         A removed id may be reused: its row is replaced, so the diff carries the new entry.
+        `forced` (the operator's --force) travels in the documents: see forced_ids().
         """
         with self._write() as db:
             for e in entries:
@@ -143,6 +145,8 @@ class Store:
             serial = self._bump(db)
             # A reused (removed) id: its old row goes, the new one takes its place.
             db.executemany("DELETE FROM entries WHERE id=?", [(e.id,) for e in entries])
+            if forced:
+                db.execute("INSERT OR IGNORE INTO forced_serials (serial) VALUES (?)", (serial,))
             for e in entries:
                 lb = e.legal_basis
                 db.execute(
@@ -154,7 +158,7 @@ class Store:
                      e.deadline, serial))
         return serial
 
-    def remove_entry(self, entry_id: str, removed_at: str) -> int:
+    def remove_entry(self, entry_id: str, removed_at: str, forced: bool = False) -> int:
         """Mark an entry removed under a new serial; the row stays so diffs carry the removal."""
         with self._write() as db:
             row = db.execute("SELECT removed_serial FROM entries WHERE id=?",
@@ -165,6 +169,8 @@ class Store:
                 raise StoreError(f"entry {entry_id!r} was already removed at serial {row[0]}",
                                  "not_found")
             serial = self._bump(db)
+            if forced:
+                db.execute("INSERT OR IGNORE INTO forced_serials (serial) VALUES (?)", (serial,))
             db.execute("UPDATE entries SET removed_serial=?, removed_at=? WHERE id=?",
                        (serial, removed_at, entry_id))
         return serial
@@ -205,6 +211,24 @@ class Store:
             removed = db.execute("SELECT id FROM entries WHERE removed_serial > ? ORDER BY id",
                                  (since,)).fetchall()
         return serial, [_stored(r).entry for r in added], [r[0] for r in removed]
+
+    def forced_ids(self, since: int | None, serial: int) -> list[str]:
+        """Ids whose change in (since, serial] was published with --force: entries added
+        then and still live, and (diffs only) entries removed then. A snapshot lists every
+        live entry added under a forced serial (a gateway far behind compares it with what it
+        has in force, so any of them may be a change to it)."""
+        low = -1 if since is None else since
+        with self._read() as db:
+            ids = [r[0] for r in db.execute(
+                "SELECT id FROM entries WHERE added_serial > ? AND added_serial <= ? AND "
+                "(removed_serial IS NULL OR removed_serial > ?) AND "
+                "added_serial IN (SELECT serial FROM forced_serials)", (low, serial, serial))]
+            if since is not None:
+                ids += [r[0] for r in db.execute(
+                    "SELECT id FROM entries WHERE removed_serial > ? AND removed_serial <= ? "
+                    "AND removed_serial IN (SELECT serial FROM forced_serials)",
+                    (since, serial))]
+        return sorted(set(ids))
 
     # ------------------------------------------------------------------ gateways and acks
 
@@ -309,6 +333,15 @@ class Store:
         out: dict[str, set[str]] = {}
         for gw, eid in self.db.execute(
                 "SELECT gateway, entry_id FROM acks WHERE verified_at IS NOT NULL"):
+            out.setdefault(gw, set()).add(eid)
+        return out
+
+    def settled_ids(self) -> dict[str, set[str]]:
+        """gateway -> ids it verified or acked not_applicable: never overdue there."""
+        out: dict[str, set[str]] = {}
+        for gw, eid in self.db.execute(
+                "SELECT gateway, entry_id FROM acks WHERE verified_at IS NOT NULL OR "
+                "outcome = 'not_applicable'"):
             out.setdefault(gw, set()).add(eid)
         return out
 

@@ -6,6 +6,11 @@ from __future__ import annotations
 import time
 from typing import Any
 
+import dns.edns
+import dns.message
+import dns.query
+from prometheus_client.parser import text_string_to_metric_families
+
 from tests.support.publisher import (
     PublisherProcess,
     gateway_token,
@@ -40,3 +45,20 @@ def gateway_extra(pub: PublisherProcess, gw_id: str) -> dict[str, Any]:
                    "public_key": str(pub.setup.public_key), "interval": 60,
                    "long_poll": 10}],
     }
+
+
+def ede_of(port: int, name: str) -> int | None:
+    """The EDE code of a gateway's answer to `name` A (None: no EDE, resolved as usual)."""
+    q = dns.message.make_query(name, "A", use_edns=0)
+    r = dns.query.udp(q, "127.0.0.1", port=port, timeout=2)
+    codes = [o.code for o in r.options if isinstance(o, dns.edns.EDEOption)]
+    return codes[0] if codes else None
+
+
+def sample_of(text: str, name: str, **labels: str) -> float | None:
+    """One sample of a Prometheus text exposition (None when absent)."""
+    for fam in text_string_to_metric_families(text):
+        for s in fam.samples:
+            if s.name == name and s.labels == labels:
+                return float(s.value)
+    return None
