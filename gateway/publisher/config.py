@@ -19,10 +19,12 @@ from gateway.config.yamlconf import (
     expect_str,
     load_yaml,
 )
+from gateway.publisher.xfrconfig import ZoneTransferConfig, parse_zone_transfer
 from gateway.util.names import normalize_name
 
 TOP_KEYS = ("listen", "database", "signing_key", "gateways", "admin_token", "never_block",
-            "max_change", "diff_history", "overdue_after_hours", "tls", "heartbeat", "limits")
+            "max_change", "diff_history", "overdue_after_hours", "tls", "heartbeat", "limits",
+            "zone_transfer")
 GATEWAY_KEYS = ("id", "token")
 MAX_CHANGE_KEYS = ("ratio", "entries")
 TLS_KEYS = ("cert", "key")
@@ -53,6 +55,7 @@ class PublisherConfig:
     tls_key: Path | None = None
     heartbeat: float = DEFAULT_HEARTBEAT
     limits: PublisherLimits = field(default_factory=PublisherLimits)
+    zone_transfer: ZoneTransferConfig | None = None   # the RPZ zone over AXFR/IXFR (xfr.py)
 
 
 def load_publisher_config(path: str | Path) -> PublisherConfig:
@@ -111,6 +114,7 @@ def load_publisher_config(path: str | Path) -> PublisherConfig:
         heartbeat=_number(doc.get("heartbeat", DEFAULT_HEARTBEAT), "heartbeat", doc,
                           "heartbeat", 1.0, None),
         limits=_limits(doc),
+        zone_transfer=parse_zone_transfer(doc, base),
     )
 
 
