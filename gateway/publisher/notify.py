@@ -40,7 +40,7 @@ class _Reply(asyncio.DatagramProtocol):
             self.answer.set_result(m.rcode())
 
 
-class Notifier:
+class ZoneNotifier:
     def __init__(self, targets: tuple[Address, ...], records: ZoneRecords,
                  metrics: XfrMetrics, retries: int, first_wait: float = FIRST_WAIT) -> None:
         self.targets = targets

@@ -12,8 +12,8 @@ import asyncio
 import contextlib
 import ipaddress
 import logging
-from typing import cast
 from collections.abc import Iterable, Iterator
+from typing import cast
 
 import dns.message
 import dns.opcode
@@ -26,7 +26,7 @@ from prometheus_client import CollectorRegistry
 from gateway.config.addresses import format_address
 from gateway.config.limits import PublisherLimits
 from gateway.errors import SafeGateError
-from gateway.publisher.notify import Notifier
+from gateway.publisher.notify import ZoneNotifier
 from gateway.publisher.store import Store
 from gateway.publisher.watch import SerialWatcher
 from gateway.publisher.xfrconfig import ZoneTransferConfig
@@ -62,7 +62,7 @@ class ZoneTransferServer:
         self.journal = ZoneJournal(serial, zone_owners(entries, config.zone), diff_history,
                                    limits.xfr_journal_records)
         self.metrics.serial.set(self.journal.serial)
-        self.notifier = Notifier(config.notify, self.records, self.metrics,
+        self.notifier = ZoneNotifier(config.notify, self.records, self.metrics,
                                  limits.notify_retries)
         self._slots = asyncio.Semaphore(limits.xfr_transfers)
         self._open = {"allowed": 0, "outside": 0}

@@ -6,6 +6,7 @@ The config snippets here are the ones docs/compliance.md shows; keep them in ste
 
 from __future__ import annotations
 
+import re
 import shutil
 import signal
 import subprocess
@@ -50,15 +51,29 @@ class XfrPublisher:
                     total += s.value
         return total
 
-    def add(self, value: str, eid: str) -> None:
+    def add(self, value: str, eid: str) -> int:
+        """`feed add` a mandatory domain entry; returns the new serial."""
         r = self.pub.feed("add", "--id", eid, "--type", "domain", "--value", value,
                           "--category", "csam", "--mandatory", "--authority", "Authority",
                           "--decision", "7/QD", "--date", "2026-11-20")
         assert r.returncode == 0, r.stderr
+        return _serial(r.stdout + r.stderr)
 
-    def remove(self, eid: str) -> None:
+    def remove(self, eid: str) -> int:
         r = self.pub.feed("remove", "--id", eid, "--force")  # 1 of 1: past max_change
         assert r.returncode == 0, r.stderr
+        return _serial(r.stdout + r.stderr)
+
+    def wait_serial(self, serial: int) -> None:
+        """Until the zone the publisher serves is at `serial` (it follows the store)."""
+        wait_for(lambda: self.metric("safegate_publisher_xfr_serial") == serial, timeout=10,
+                 what=f"zone at serial {serial}")
+
+
+def _serial(output: str) -> int:
+    found = re.search(r"serial (\d+)", output)
+    assert found, output
+    return int(found.group(1))
 
 
 def start_xfr_publisher(directory: Path, *, allow: Sequence[str] = ("127.0.0.1/32", "::1"),
