@@ -6,8 +6,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import pytest
-
 from tests.support.procs import free_port
 from tests.support.unbound import BLOCKED_TARGET_A, UnboundServer
 from tests.support.wait import wait_for
@@ -60,7 +58,6 @@ def test_unbound_secondary_follows_adds_and_removes(tmp_path: Path,
         _add_then_remove(x, secondary.port)
 
 
-@pytest.mark.skipif(not Path("/usr/sbin/named").exists(), reason="bind9 not installed")
 def test_bind_secondary_with_tsig_follows_adds_and_removes(tmp_path: Path,
                                                            unbound: UnboundServer) -> None:
     port = free_port(v6=False)
