@@ -3,6 +3,7 @@ and IXFR answers, TSIG, the address ACL, NOTIFY resends, and the connection limi
 
 from __future__ import annotations
 
+import json
 import socket
 import struct
 import subprocess
@@ -251,22 +252,25 @@ def test_tsig_required_and_checked(tmp_path: Path) -> None:
         assert len(names) == 82
 
 
+def _add_batch(x: XfrPublisher, directory: Path, values: list[str]) -> None:
+    """One `feed add --file` of mandatory domain entries; waits for the zone to have them."""
+    f = directory / "batch.json"
+    f.write_text(json.dumps([{"id": f"B-{i}", "type": "domain", "value": v,
+                              "categories": ["csam"], "mandatory": True,
+                              "legal_basis": {"authority": "A", "decision": "1",
+                                              "date": "2026-11-20"},
+                              "issued_at": "2026-11-20T00:00:00Z"}
+                             for i, v in enumerate(values)]))
+    r = x.pub.feed("add", "--file", str(f), "--force")
+    assert r.returncode == 0, r.stderr
+    x.wait_serial(1)
+
+
 def test_message_size_bound(tmp_path: Path) -> None:
     x = start_xfr_publisher(tmp_path / "pub", limits={"xfr_message_bytes": 1024})
     with x.pub:
-        entries = [f"n{i:03d}-long-label-for-size.malware.example" for i in range(60)]
-        import json
-        f = tmp_path / "batch.json"
-        f.write_text(json.dumps([{"id": f"B-{i}", "type": "domain", "value": v,
-                                  "categories": ["csam"], "mandatory": True,
-                                  "legal_basis": {"authority": "A", "decision": "1",
-                                                  "date": "2026-11-20"},
-                                  "issued_at": "2026-11-20T00:00:00Z"}
-                                 for i, v in enumerate(entries)]))
-        r = x.pub.feed("add", "--file", str(f), "--force")
-        assert r.returncode == 0, r.stderr
-        wait_for(lambda: x.metric("safegate_publisher_xfr_serial") == 1, timeout=10,
-                 what="serial 1")
+        _add_batch(x, tmp_path, [f"n{i:03d}-long-label-for-size.malware.example"
+                                 for i in range(60)])
         frames = _ask(x.port, dns.message.make_query(ZONE, "AXFR"), until_soas=2)
         assert len(frames) > 5 and max(len(f) for f in frames) <= 1024
         got = {rrs.name.to_text() for f in frames
@@ -378,3 +382,36 @@ def test_notify_is_resent_then_given_up(tmp_path: Path) -> None:
             silent.settimeout(0.5)
             with pytest.raises(TimeoutError):
                 silent.recv(4096)   # nothing after giving up
+
+
+def test_transfer_slots_are_bounded(tmp_path: Path) -> None:
+    """With limits.xfr_transfers 1, a secondary that asks for the zone and stops reading holds
+    the only slot until xfr_idle_timeout drops it (limits.xfr_send_buffer keeps the kernel
+    from absorbing the whole zone): a second AXFR is never served alongside it. It waits up
+    to xfr_idle_timeout and gets SERVFAIL (busy), or is served after the first is dropped."""
+    x = start_xfr_publisher(tmp_path / "pub", limits={"xfr_transfers": 1,
+                                                      "xfr_idle_timeout": 2,
+                                                      "xfr_send_buffer": 65536})
+    with x.pub:
+        _add_batch(x, tmp_path, [f"n{i:05d}.stalled-reader-test.malware.example"
+                                 for i in range(6000)])    # ~450 kB of zone
+        stalled = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        stalled.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1024)   # a small window
+        stalled.connect(("127.0.0.1", x.port))
+        wire = dns.message.make_query(ZONE, "AXFR").to_wire()
+        stalled.sendall(struct.pack("!H", len(wire)) + wire)           # ... and never read
+        wait_for(lambda: x.metric("safegate_publisher_xfr_transfers_active") == 1, timeout=10,
+                 what="the stalled transfer holding the slot")
+        frames = _ask(x.port, dns.message.make_query(ZONE, "AXFR"), until_soas=2)
+        if dns.message.from_wire(frames[0], xfr=True).rcode() == dns.rcode.NOERROR:
+            # served only after the stalled one was dropped (counted before its slot freed)
+            assert _xfr(x, type="axfr", result="error") == 1
+        else:
+            assert dns.message.from_wire(frames[0]).rcode() == dns.rcode.SERVFAIL
+            assert _xfr(x, type="axfr", result="busy") == 1
+        wait_for(lambda: _xfr(x, type="axfr", result="error") == 1, timeout=20,
+                 what="the stalled transfer dropped after xfr_idle_timeout")
+        assert _xfr(x, type="axfr", result="ok") <= 1
+        stalled.close()
+        wait_for(lambda: x.metric("safegate_publisher_xfr_transfers_active") == 0,
+                 timeout=10, what="no transfer left running")

@@ -141,6 +141,9 @@ class PublisherLimits:
     xfr_idle_timeout: int = 10           # seconds a connection may sit without a whole request,
                                          # or a reply write may stall (client not reading)
     xfr_message_bytes: int = 16 * KIB    # largest transfer message sent, and request accepted
+    xfr_send_buffer: int = 256 * KIB     # kernel send buffer (SO_SNDBUF) of a transfer
+                                         # connection: what a secondary that stops reading pins
+                                         # (else autotuned up to 4 MB each); ~5 MB/s at 50 ms
     xfr_journal_records: int = 1_000_000  # RR changes kept for IXFR (older: full answer)
     notify_retries: int = 5              # NOTIFY resends per secondary and serial (1 s, 2 s,
                                          # 4 s ... apart) before giving up until the next serial

@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import ipaddress
 import logging
+import socket
 from collections.abc import Iterable, Iterator
 from typing import cast
 
@@ -193,6 +194,11 @@ class ZoneTransferServer:
             return
         self._open[kind] += 1
         self.metrics.connections.labels(kind).set(self._open[kind])
+        sock = writer.get_extra_info("socket")
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF,
+                                self.limits.xfr_send_buffer)
         try:
             await self._serve(reader, writer, inside)
         except (ConnectionError, TimeoutError, asyncio.IncompleteReadError):
@@ -231,6 +237,7 @@ class ZoneTransferServer:
             self.metrics.xfr.labels(label, "busy").inc()
             await _send(writer, [error_reply(q, dns.rcode.SERVFAIL)], idle)
             return True
+        self.metrics.active.inc()
         try:
             rrsets, result = self.transfer(q, label)
             if rrsets is None:
@@ -245,6 +252,7 @@ class ZoneTransferServer:
             self.metrics.xfr.labels(label, result).inc()
             return True
         finally:
+            self.metrics.active.dec()
             self._slots.release()
 
 

@@ -31,6 +31,8 @@ class XfrMetrics:
                                "TCP connections closed at accept: limits.xfr_connections "
                                "(allowed) or limits.xfr_outside (outside) reached.",
                                ["client"], registry=registry)
+        self.active = Gauge("safegate_publisher_xfr_transfers_active", "AXFR/IXFR answers "
+                            "being sent now (at most limits.xfr_transfers).", registry=registry)
         self.serial = Gauge("safegate_publisher_xfr_serial", "SOA serial of the served RPZ "
                             "zone.", registry=registry)
         for t in XFR_TYPES:
