@@ -415,3 +415,33 @@ def test_transfer_slots_are_bounded(tmp_path: Path) -> None:
         stalled.close()
         wait_for(lambda: x.metric("safegate_publisher_xfr_transfers_active") == 0,
                  timeout=10, what="no transfer left running")
+
+
+def test_malformed_requests_never_end_the_server(tmp_path: Path) -> None:
+    x = start_xfr_publisher(tmp_path / "pub", limits={"xfr_message_bytes": 2048})
+    with x.pub:
+        def raw(payload: bytes) -> bytes:
+            with socket.create_connection(("127.0.0.1", x.port), timeout=5) as s:
+                s.sendall(payload)
+                s.shutdown(socket.SHUT_WR)
+                data = b""
+                while chunk := s.recv(65536):
+                    data += chunk
+                return data
+        assert raw(b"\x00\x03abc") == b""                      # not even a header: closed
+        reply = raw(struct.pack("!H", 20) + b"\x12\x34\x00\x00" + b"\xff" * 16)
+        assert reply[2:4] == b"\x12\x34" and reply[5] & 0x0F == dns.rcode.FORMERR
+        assert raw(struct.pack("!H", 4096) + b"\x00" * 4096) == b""   # > xfr_message_bytes
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            s.settimeout(0.5)
+            s.sendto(b"\x01\x02\x03", ("127.0.0.1", x.port))    # dropped, no answer
+            with pytest.raises(TimeoutError):
+                s.recv(512)
+        # an AXFR over UDP is FORMERR (TCP only); SOA over UDP still answers
+        q = dns.message.make_query(ZONE, "AXFR")
+        assert dns.query.udp(q, "127.0.0.1", port=x.port, timeout=2).rcode() == \
+            dns.rcode.FORMERR
+        assert "localhost." in dig("@127.0.0.1", "-p", str(x.port), ZONE, "SOA", "+short")
+        assert x.pub.proc is not None and x.pub.proc.poll() is None
+        assert _xfr(x, type="other", result="formerr") == 3   # the two short ones, garbage
+        assert _xfr(x, type="axfr", result="formerr") == 1
