@@ -445,3 +445,22 @@ def test_malformed_requests_never_end_the_server(tmp_path: Path) -> None:
         assert x.pub.proc is not None and x.pub.proc.poll() is None
         assert _xfr(x, type="other", result="formerr") == 3   # the two short ones, garbage
         assert _xfr(x, type="axfr", result="formerr") == 1
+
+
+def test_ipv6_transfer_and_notify(tmp_path: Path) -> None:
+    with socket.socket(socket.AF_INET6, socket.SOCK_DGRAM) as secondary:
+        secondary.bind(("::1", 0))
+        secondary.settimeout(10)
+        x = start_xfr_publisher(tmp_path / "pub", ipv6=True, allow=["::1"],
+                                notify=[f"[::1]:{secondary.getsockname()[1]}"])
+        with x.pub:
+            x.wait_serial(x.add("malware.example", "A-1"))
+            data, addr = secondary.recvfrom(4096)
+            n = dns.message.from_wire(data)
+            assert n.opcode() == dns.opcode.NOTIFY and n.answer[0][0].serial == 1
+            secondary.sendto(dns.message.make_response(n).to_wire(), addr)
+            out = kdig("@::1", "-p", str(x.port), ZONE, "axfr")
+            assert _soa_serials(out) == [1, 1]
+            assert "REFUSED" in _kdig_err("@127.0.0.1", "-p", str(x.port), ZONE, "axfr")
+            wait_for(lambda: x.metric("safegate_publisher_notify_total", result="acked") == 1,
+                     timeout=10, what="NOTIFY over IPv6 acked")

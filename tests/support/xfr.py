@@ -78,11 +78,14 @@ def _serial(output: str) -> int:
 
 def start_xfr_publisher(directory: Path, *, allow: Sequence[str] = ("127.0.0.1/32", "::1"),
                         notify: Sequence[str] = (), tsig: bool = False,
-                        limits: Mapping[str, int] | None = None) -> XfrPublisher:
-    """A publisher with `zone_transfer:` on a free loopback port (TCP and UDP)."""
+                        limits: Mapping[str, int] | None = None,
+                        ipv6: bool = False) -> XfrPublisher:
+    """A publisher with `zone_transfer:` on a free loopback port (TCP and UDP; with `ipv6`
+    on ::1 as well)."""
     directory.mkdir(parents=True, exist_ok=True)
-    port = free_port(v6=False)
-    zt: dict[str, Any] = {"listen": [f"127.0.0.1:{port}"], "zone": ZONE, "allow": list(allow)}
+    port = free_port(v6=ipv6)
+    listen = [f"127.0.0.1:{port}"] + ([f"[::1]:{port}"] if ipv6 else [])
+    zt: dict[str, Any] = {"listen": listen, "zone": ZONE, "allow": list(allow)}
     if notify:
         zt["notify"] = list(notify)
     if tsig:
