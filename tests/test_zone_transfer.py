@@ -18,8 +18,10 @@ import dns.tsigkeyring
 import pytest
 
 from gateway.errors import ConfigError
+from gateway.feedformat.document import FeedEntry, LegalBasis
 from gateway.publisher.config import load_publisher_config
-from gateway.publisher.zonejournal import ZoneJournal
+from gateway.publisher.store import Store
+from gateway.publisher.zonejournal import OwnerIndex, ZoneJournal
 from tests.support.procs import KDIG, dig, kdig
 from tests.support.publisher import write_publisher_config
 from tests.support.wait import wait_for
@@ -122,6 +124,46 @@ def test_journal_condenses_deltas_and_forgets_beyond_its_bounds() -> None:
     small = ZoneJournal(1, frozenset(), max_deltas=10, max_records=2)
     small.update(2, frozenset({"x.example", "y.example", "z.example"}))
     assert small.since(1) is None     # 3 changed records > max_records: kept nothing
+
+
+def _entry(eid: str, value: str, etype: str = "domain", mandatory: bool = True) -> FeedEntry:
+    return FeedEntry(eid, etype, value, ("csam",), "block", mandatory,
+                     LegalBasis("Authority", "7/QD", "2026-11-20") if mandatory else None,
+                     "2026-11-20T00:00:00Z")
+
+
+def test_owner_index_follows_store_diffs_exactly(tmp_path: Path) -> None:
+    """From the store's diffs, including what its rows forget: a removed id reused for another
+    name, two entries on one name, an entry added and removed between two looks."""
+    store = Store(tmp_path / "p.sqlite3")
+    try:
+        zone = "rpz.safegate.example"
+        store.add_entries([_entry("A", "one.example"), _entry("B", "shared.example"),
+                           _entry("C", "shared.example", "domain-exact"),
+                           _entry("W", "warn.example", mandatory=False)])
+        serial, entries = store.snapshot()
+        index = OwnerIndex(zone, entries)
+        assert index.owners() == {"one.example", "*.one.example", "shared.example",
+                                  "*.shared.example"}
+
+        def follow() -> frozenset[str]:
+            nonlocal serial
+            new, added, removed = store.diff(serial)
+            index.apply(added, removed)
+            serial = new
+            return index.owners()
+
+        store.remove_entry("A", "2026-11-21T00:00:00Z")
+        store.add_entries([_entry("A", "two.example", "domain-exact")])   # id reused
+        store.remove_entry("B", "2026-11-21T00:00:00Z")                   # C still has it
+        store.add_entries([_entry("T", "transient.example")])
+        store.remove_entry("T", "2026-11-21T00:00:00Z")
+        assert follow() == {"two.example", "shared.example"}
+        store.remove_entry("C", "2026-11-21T00:00:00Z")
+        assert follow() == {"two.example"}
+        assert follow() == {"two.example"}                               # nothing new
+    finally:
+        store.close()
 
 
 # ---------------------------------------------------------------------- config

@@ -87,8 +87,8 @@ async def start_zone_transfer(config: PublisherConfig, store: Store,
     """The RPZ zone over AXFR/IXFR when publisher.yaml has `zone_transfer:`."""
     if config.zone_transfer is None:
         return None
-    xfr = ZoneTransferServer(config.zone_transfer, store, config.limits, registry,
-                             config.diff_history)
+    xfr = ZoneTransferServer(config.zone_transfer, store.snapshot, store.diff, config.limits,
+                             registry, config.diff_history)
     await xfr.start(watcher)
     return xfr
 

@@ -13,7 +13,7 @@ import contextlib
 import ipaddress
 import logging
 import socket
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import cast
 
 import dns.message
@@ -27,8 +27,8 @@ from prometheus_client import CollectorRegistry
 from gateway.config.addresses import format_address
 from gateway.config.limits import PublisherLimits
 from gateway.errors import SafeGateError
+from gateway.feedformat.document import FeedEntry
 from gateway.publisher.notify import ZoneNotifier
-from gateway.publisher.store import Store
 from gateway.publisher.watch import SerialWatcher
 from gateway.publisher.xfrconfig import ZoneTransferConfig
 from gateway.publisher.xfrmetrics import XfrMetrics
@@ -39,28 +39,35 @@ from gateway.publisher.xfrwire import (
     messages,
     parse_request,
 )
-from gateway.publisher.zonejournal import ZoneJournal, zone_owners
+from gateway.publisher.zonejournal import OwnerIndex, ZoneJournal
 
 log = logging.getLogger("safegate.publisher")
 MIN_MESSAGE = 1024    # room for the fixed parts plus the longest RR
+# (serial, live entries) read consistently: the publisher's Store.snapshot; and (serial,
+# entries added since N and still live, ids removed since N): Store.diff. A gateway could pass
+# its ledger's mandatory entries the same way.
+Snapshot = Callable[[], tuple[int, list[FeedEntry]]]
+Diff = Callable[[int], tuple[int, list[FeedEntry], list[str]]]
 _TYPES: dict[int, str] = {dns.rdatatype.AXFR: "axfr", dns.rdatatype.IXFR: "ixfr",
                           dns.rdatatype.SOA: "soa"}
 
 
 class ZoneTransferServer:
-    """Listeners, the served zone (journal) and the notifier; `refresh` follows the store."""
+    """Listeners, the served zone (journal) and the notifier; `refresh` follows `snapshot`."""
 
-    def __init__(self, config: ZoneTransferConfig, store: Store, limits: PublisherLimits,
-                 registry: CollectorRegistry, diff_history: int) -> None:
+    def __init__(self, config: ZoneTransferConfig, snapshot: Snapshot, diff: Diff,
+                 limits: PublisherLimits, registry: CollectorRegistry,
+                 diff_history: int) -> None:
         self.config = config
-        self.store = store
+        self.diff = diff
         self.limits = limits
         self.metrics = XfrMetrics(registry)
         self.records = ZoneRecords(config.zone)
         self.keys = keyring(config.tsig)
-        serial, entries = store.snapshot()
+        serial, entries = snapshot()
         self.feed_serial = serial
-        self.journal = ZoneJournal(serial, zone_owners(entries, config.zone), diff_history,
+        self.index = OwnerIndex(config.zone, entries)
+        self.journal = ZoneJournal(serial, self.index.owners(), diff_history,
                                    limits.xfr_journal_records)
         self.metrics.serial.set(self.journal.serial)
         self.notifier = ZoneNotifier(config.notify, self.records, self.metrics,
@@ -113,9 +120,10 @@ class ZoneTransferServer:
     def refresh(self) -> None:
         """Serve the store's current state; NOTIFY the secondaries if the serial moved (after
         the journal has it, so their SOA check already sees the new serial)."""
-        serial, entries = self.store.snapshot()
+        serial, added, removed = self.diff(self.feed_serial)
+        self.index.apply(added, removed)
         self.feed_serial = serial
-        if self.journal.update(serial, zone_owners(entries, self.config.zone)):
+        if self.journal.update(serial, self.index.owners()):
             self.metrics.serial.set(self.journal.serial)
             self.notifier.notify(serial)
 
