@@ -392,6 +392,12 @@ def test_many_connections_cannot_pass_the_bounds(tmp_path: Path) -> None:
             s.close()
         frames = _ask(x.port, dns.message.make_query(ZONE, "AXFR"), until_soas=2)
         assert dns.message.from_wire(frames[0]).rcode() == dns.rcode.NOERROR
+        held = _open(x.port, "127.0.0.1", 1)[0]
+        wait_for(lambda: x.metric("safegate_publisher_xfr_connections", client="allowed") == 1,
+                 timeout=10, what="a connection open at shutdown")
+    # leaving `with` stopped the publisher, asserting a clean exit 0 with that connection open
+    assert _closed_by_server(held)
+    held.close()
 
 
 def test_notify_is_resent_then_given_up(tmp_path: Path) -> None:

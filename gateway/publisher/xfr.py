@@ -71,11 +71,12 @@ class ZoneTransferServer:
                                    limits.xfr_journal_records)
         self.metrics.serial.set(self.journal.serial)
         self.notifier = ZoneNotifier(config.notify, self.records, self.metrics,
-                                 limits.notify_retries)
+                                     limits.notify_retries)
         self._slots = asyncio.Semaphore(limits.xfr_transfers)
         self._open = {"allowed": 0, "outside": 0}
         self._servers: list[asyncio.Server] = []
         self._udp: list[asyncio.DatagramTransport] = []
+        self._clients: set[asyncio.StreamWriter] = set()
         self._follow: asyncio.Task[None] | None = None
 
     # ------------------------------------------------------------------ lifecycle
@@ -105,6 +106,8 @@ class ZoneTransferServer:
             s.close()
         for t in self._udp:
             t.close()
+        for w in list(self._clients):   # a transfer in progress ends with the process
+            w.transport.abort()
         await self.notifier.close()
 
     async def _follow_store(self, watcher: SerialWatcher) -> None:
@@ -202,6 +205,7 @@ class ZoneTransferServer:
             return
         self._open[kind] += 1
         self.metrics.connections.labels(kind).set(self._open[kind])
+        self._clients.add(writer)
         sock = writer.get_extra_info("socket")
         if sock is not None:
             with contextlib.suppress(OSError):
@@ -212,6 +216,7 @@ class ZoneTransferServer:
         except (ConnectionError, TimeoutError, asyncio.IncompleteReadError):
             pass
         finally:
+            self._clients.discard(writer)
             self._open[kind] -= 1
             self.metrics.connections.labels(kind).set(self._open[kind])
             writer.transport.abort()

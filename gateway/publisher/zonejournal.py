@@ -52,7 +52,11 @@ class OwnerIndex:
         return frozenset(self._counts)
 
     def _add(self, e: FeedEntry) -> None:
-        owners = rpz_owners(e, self.zone) if e.mandatory else ()
+        try:
+            owners = rpz_owners(e, self.zone) if e.mandatory else ()
+        except ValueError:   # validated when made; one odd value must not stop the zone
+            log.warning("entry %s: %r has no RPZ form", e.id, e.value)
+            return
         if not owners:
             return
         self._by_id[e.id] = owners
