@@ -74,7 +74,9 @@ def test_bind_secondary_with_tsig_follows_adds_and_removes(tmp_path: Path,
 def test_powerdns_recursor_secondary_follows_adds_and_removes(tmp_path: Path,
                                                               unbound: UnboundServer) -> None:
     """PowerDNS Recursor 4.8 ignores NOTIFY for RPZ: it checks the SOA every `refresh`
-    seconds (1 here) and transfers the change by IXFR."""
-    x = start_xfr_publisher(tmp_path / "pub")
+    seconds (1 here) and transfers the change by IXFR, TSIG-signed."""
+    x = start_xfr_publisher(tmp_path / "pub", tsig=True)
     with x.pub, start_pdns_recursor(tmp_path, x.port, unbound.port) as recursor:
         _add_then_remove(x, recursor.port, notified=False)
+        assert x.metric("safegate_publisher_xfr_total", result="notauth") == 0
+        assert x.metric("safegate_publisher_xfr_total", type="ixfr", result="refused") == 0

@@ -332,8 +332,9 @@ packetcache-servfail-ttl=1
 
 def pdns_rpz_lua(primary_port: int) -> str:
     """rpz.lua: PowerDNS Recursor 4.8 ignores NOTIFY for RPZ zones, so `refresh` (seconds)
-    makes it check the SOA that often; a change then comes by IXFR."""
-    return f'rpzPrimary("127.0.0.1:{primary_port}", "{ZONE}", {{refresh=1}})\n'
+    makes it check the SOA that often; a change then comes by IXFR, signed with the key."""
+    return (f'rpzPrimary("127.0.0.1:{primary_port}", "{ZONE}", {{refresh=1, '
+            f'tsigname="{TSIG_NAME}", tsigalgo="hmac-sha256", tsigsecret="{TSIG_SECRET}"}})\n')
 
 
 def start_pdns_recursor(tmp_path: Path, primary_port: int, upstream_port: int,
