@@ -19,8 +19,8 @@ STAMP     := $(VENV)/.installed-stamp
 
 # Debian packages the integration tests and the benchmark run; COMMANDS lists what each
 # provides (same order) so we can skip apt when everything is there.
-APT_PKGS     := g++ python3-dev unbound knot-dnsutils dnsutils prometheus dnsperf dnsmasq-base dnsdist chromium curl nginx-light systemd postgresql
-APT_COMMANDS := g++ python3-config unbound kdig dig promtool dnsperf dnsmasq dnsdist chromium curl nginx systemd-analyze pg_ctlcluster
+APT_PKGS     := g++ python3-dev unbound knot-dnsutils dnsutils prometheus dnsperf dnsmasq-base dnsdist chromium curl nginx-light systemd postgresql bind9 pdns-recursor
+APT_COMMANDS := g++ python3-config unbound kdig dig promtool dnsperf dnsmasq dnsdist chromium curl nginx systemd-analyze pg_ctlcluster named pdns_recursor
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 CONFIG ?= deploy/example/gateway.yaml

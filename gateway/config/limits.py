@@ -164,6 +164,24 @@ class PublisherLimits:
     # Wrong codes sent to POST /v1/enroll in any 60 s, per publisher process; past it every
     # attempt gets 429 (safegate_publisher_enroll_attempts_total{result="rate_limited"}).
     enroll_failures_per_minute: int = 10
+    # Zone transfer (zone_transfer: in publisher.yaml, gateway/publisher/xfr.py). Integers:
+    # this section is parsed as whole numbers.
+    xfr_connections: int = 32            # open TCP connections from allowed secondaries; more
+                                         # are closed at accept
+    xfr_outside: int = 4                 # of those, from addresses outside zone_transfer.allow
+                                         # (held only long enough to answer REFUSED), apart so
+                                         # a stranger cannot starve the secondaries
+    xfr_transfers: int = 8               # AXFR/IXFR answers being sent at once; a request
+                                         # waits up to xfr_idle_timeout for a slot, then SERVFAIL
+    xfr_idle_timeout: int = 10           # seconds a connection may sit without a whole request,
+                                         # or a reply write may stall (client not reading)
+    xfr_message_bytes: int = 16 * KIB    # largest transfer message sent, and request accepted
+    xfr_send_buffer: int = 256 * KIB     # kernel send buffer (SO_SNDBUF) of a transfer
+                                         # connection: what a secondary that stops reading pins
+                                         # (else autotuned up to 4 MB each); ~5 MB/s at 50 ms
+    xfr_journal_records: int = 1_000_000  # RR changes kept for IXFR (older: full answer)
+    notify_retries: int = 5              # NOTIFY resends per secondary and serial (1 s, 2 s,
+                                         # 4 s ... apart) before giving up until the next serial
 
 
 @dataclass(frozen=True)

@@ -26,11 +26,12 @@ from gateway.publisher.tierconfig import (
     parse_provinces,
     parse_upstream,
 )
+from gateway.publisher.xfrconfig import ZoneTransferConfig, parse_zone_transfer
 from gateway.util.names import normalize_name
 
 TOP_KEYS = ("listen", "database", "signing_key", "gateways", "admin_token", "never_block",
             "max_change", "diff_history", "overdue_after_hours", "tls", "heartbeat", "limits",
-            "upstream", "provinces")
+            "upstream", "provinces", "zone_transfer")
 GATEWAY_KEYS = ("id", "token")
 DATABASE_KEYS = ("url",)
 MAX_CHANGE_KEYS = ("ratio", "entries")
@@ -65,6 +66,7 @@ class PublisherConfig:
     # The province tier (docs/national-layout.md): a province's ministry, a ministry's provinces.
     upstream: UpstreamConfig | None = None
     provinces: dict[str, ProvinceConfig] = field(default_factory=dict)
+    zone_transfer: ZoneTransferConfig | None = None   # the RPZ zone over AXFR/IXFR (xfr.py)
 
 
 def load_publisher_config(path: str | Path) -> PublisherConfig:
@@ -127,6 +129,7 @@ def load_publisher_config(path: str | Path) -> PublisherConfig:
         limits=_limits(doc),
         upstream=parse_upstream(doc, base, database, _token),
         provinces=parse_provinces(doc, _token, {*gateways.values(), *([admin] if admin else [])}),
+        zone_transfer=parse_zone_transfer(doc, base),
     )
 
 

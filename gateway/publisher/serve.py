@@ -13,10 +13,12 @@ from prometheus_client import CollectorRegistry, ProcessCollector
 from gateway.config.addresses import format_address
 from gateway.errors import SafeGateError
 from gateway.feedformat.signing import Signer, load_signer
-from gateway.publisher.app import make_app
+from gateway.publisher.app import WATCHER, make_app
 from gateway.publisher.config import PublisherConfig
 from gateway.publisher.store import Store
 from gateway.publisher.tiers import add_tiers
+from gateway.publisher.watch import SerialWatcher
+from gateway.publisher.xfr import ZoneTransferServer
 
 log = logging.getLogger("safegate.publisher")
 SHUTDOWN_TIMEOUT = 5.0
@@ -68,12 +70,29 @@ async def serve(config: PublisherConfig, signer: Signer, stop: asyncio.Event) ->
             log.info("publisher on %s://%s, serial %d, signing key id %s",
                      "https" if ctx else "http", format_address(config.listen),
                      store.serial(), signer.key_id)
-            await stop.wait()
-            log.info("shutting down")
+            xfr = await start_zone_transfer(config, store, registry, app[WATCHER])
+            try:
+                await stop.wait()
+                log.info("shutting down")
+            finally:
+                if xfr is not None:
+                    await xfr.close()
         finally:
             await runner.cleanup()
     finally:
         store.close()
+
+
+async def start_zone_transfer(config: PublisherConfig, store: Store,
+                              registry: CollectorRegistry, watcher: SerialWatcher
+                              ) -> ZoneTransferServer | None:
+    """The RPZ zone over AXFR/IXFR when publisher.yaml has `zone_transfer:`."""
+    if config.zone_transfer is None:
+        return None
+    xfr = ZoneTransferServer(config.zone_transfer, store.snapshot, store.diff, config.limits,
+                             registry, config.diff_history)
+    await xfr.start(watcher)
+    return xfr
 
 
 def run(config: PublisherConfig) -> int:
