@@ -261,7 +261,7 @@ def test_every_verb_is_served_by_the_group_whose_docstring_names_it() -> None:
                                                for v in vs.split("|")}, (group.__name__, verb)
     assert len(seen) == len(set(seen)), seen
     assert set(seen) == {"run", "check", "explain", "feed", "feeds", "report", "probe", "export",
-                         "proxy", "reports"}
+                         "proxy", "reports", "admin"}
 
 
 def test_no_command_prints_its_own_errors() -> None:
@@ -320,6 +320,8 @@ def test_an_error_from_any_command_goes_through_the_one_policy(tmp_path: Path) -
         proxy,
         (["reports", "list", "-c", str(cfg)],
          "safegate reports: cannot read the reports database: file is not a database\n"),
+        (["admin", "passwd", "-c", str(cfg), "--password-stdin"],
+         f"safegate admin: {cfg} has no admin: section (see docs/admin.md)\n"),
     ]
     import argparse
 

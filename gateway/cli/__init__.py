@@ -35,6 +35,7 @@ GROUPS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("export", ("export",)),           # export rpz
     ("proxy", ("proxy",)),
     ("hotline", ("reports",)),         # reports list|export
+    ("admin", ("admin",)),             # admin passwd
 )
 
 

@@ -15,6 +15,7 @@ from pathlib import Path
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from gateway.config.addresses import Address
+from gateway.config.admin import AdminConfig, parse_admin
 from gateway.config.dns import CacheConfig, ForwarderConfig, parse_dns
 from gateway.config.feeds import (
     FeedConfig,
@@ -46,7 +47,7 @@ from gateway.config.yamlconf import (
 from gateway.errors import ConfigError
 
 TOP_KEYS = ("dns", "web", "metrics", "policies", "blocklists", "state_dir", "reload", "gateway",
-            "feeds", "feed_guard", "timezone", "subscribers", "proxy", "reports", "limits")
+            "feeds", "feed_guard", "timezone", "subscribers", "proxy", "reports", "limits", "admin")
 RELOAD_KEYS = ("watch_interval",)
 
 
@@ -88,6 +89,7 @@ class GatewayConfig:
     proxy: ProxyConfig
     reports: ReportsConfig
     limits: Limits
+    admin: AdminConfig | None = None         # admin: the admin page (config/admin.py); off if unset
     # Top-level keys (relative paths are relative to gateway.yaml).
     policies: tuple[Path, ...] = (Path("policies"),)
     blocklists: Path = Path("blocklists/lists.yaml")
@@ -160,6 +162,7 @@ def load_config(path: str | Path) -> GatewayConfig:
         subscribers_source=subscribers_source,
         proxy=parse_proxy(doc, rel, refs),
         reports=parse_reports(doc),
+        admin=parse_admin(doc, rel, state_dir),
         limits=parse_limits(doc, dns.tcp_idle_timeout if "tcp_idle_timeout" in written_dns
                             else None),
         policies=policies,

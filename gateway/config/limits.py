@@ -132,6 +132,19 @@ class PublisherLimits:
 
 
 @dataclass(frozen=True)
+class AdminLimits:
+    """The admin page (`admin:` in gateway.yaml, gateway/admin/): `limits.admin`."""
+
+    sessions: int = 64                   # logged-in sessions held; the oldest is dropped beyond
+    session_lifetime: float = 8 * 3600.0  # a session ends this long after its login
+    lockout_failures: int = 5            # wrong passwords from one address before it is locked
+    lockout_seconds: float = 900.0       # how long a locked address may not try again
+    lockout_table: int = 1024            # addresses whose failures are remembered (oldest go)
+    form_bytes: int = 16 * KIB           # one POSTed form
+    top_names: int = 100                 # blocked names counted per network per hour (top-N)
+
+
+@dataclass(frozen=True)
 class Limits:
     """`limits:` in gateway.yaml."""
 
@@ -144,3 +157,4 @@ class Limits:
     reports: ReportLimits = field(default_factory=ReportLimits)
     rrl: RrlLimits = field(default_factory=RrlLimits)
     udp: UdpLimits = field(default_factory=UdpLimits)
+    admin: AdminLimits = field(default_factory=AdminLimits)

@@ -21,6 +21,7 @@ from gateway.config.yamlconf import (
     load_yaml,
 )
 from gateway.errors import ConfigError, ConfigErrors
+from gateway.policy.localpolicy import LocalRule, apply_local, parse_local
 from gateway.policy.schedules import Holiday, Window, parse_holidays, parse_windows
 from gateway.util.names import normalize_name
 
@@ -114,6 +115,7 @@ def load_policy(entries: Iterable[str | Path], categories: Iterable[str],
     raw_networks: list[tuple[YList, Any, int]] = []
     raw_tokens: list[tuple[YList, Any, int]] = []
     broken: set[str] = set()  # tiers with errors: networks using them are not errors too
+    local: list[LocalRule] = []   # `local:` allow/deny (policy/localpolicy.py), applied last
     for path in files:
         try:
             doc = load_yaml(path, max_bytes)
@@ -122,12 +124,18 @@ def load_policy(entries: Iterable[str | Path], categories: Iterable[str],
                 # refuses every client of the networks it used to define.
                 raise ConfigError("policy file is empty", str(path))
             doc = expect_mapping(doc, "a policy file")
-            check_keys(doc, ("tiers", "networks", "tokens", "holidays"), "a policy file")
+            check_keys(doc, ("tiers", "networks", "tokens", "holidays", "local"),
+                       "a policy file")
         except ConfigError as exc:
             errors.append(exc)
             continue
         if doc.path == "":
             doc.path = str(path)
+        if "local" in doc:
+            try:
+                local += parse_local(doc["local"], doc, _names)
+            except ConfigError as exc:
+                errors.append(exc)
         try:
             policy.holidays += parse_holidays(doc.get("holidays", []), doc, "holidays")
         except ConfigError as exc:
@@ -182,6 +190,7 @@ def load_policy(entries: Iterable[str | Path], categories: Iterable[str],
             continue
         seen_tokens[token.token] = token
         policy.tokens.append(token)
+    errors += apply_local(policy.tiers, policy.networks, local)
     if errors:
         raise ConfigErrors(errors)
     return policy

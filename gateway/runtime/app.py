@@ -19,7 +19,7 @@ from gateway.dns.doh import DohHandler
 from gateway.dns.dot import DotServer, ReloadableContext
 from gateway.dns.rrl import Rrl
 from gateway.dns.server import DnsServer
-from gateway.http.guard import ConnectionGuard, GuardedSite, Networks, WebMetrics
+from gateway.http.guard import LISTENERS, ConnectionGuard, GuardedSite, Networks, WebMetrics
 from gateway.http.health import metrics_app
 from gateway.policy.identify import identify
 from gateway.proxy.pac import pac_mount
@@ -59,7 +59,7 @@ class Gateway(Reloading):
         self.notifier = notifier or Notifier()   # systemd Type=notify (a no-op elsewhere)
         self.registry = registry or CollectorRegistry()
         self.metrics = Metrics(self.registry)
-        self.web_metrics = WebMetrics(self.registry)
+        self.web_metrics = WebMetrics(self.registry, (*LISTENERS, "admin"))
         self.builder = Builder(config_path)
         self.loaded: Loaded | None = None
         self.resolver: Resolver | None = None
@@ -138,6 +138,7 @@ class Gateway(Reloading):
                                 self.web_tls.outer if self.web_tls is not None else None)
         await self._serve_http(blockpage_app(doh.add_routes, pac, site=await self._site(doh)),
                                loaded.config.web_listen, guard)
+        await self._start_admin(loaded)
         if loaded.config.proxy.enabled:
             self.proxy = ProxySupervisor(proxy_command(self.config_path))
             self.proxy.start()
@@ -152,6 +153,19 @@ class Gateway(Reloading):
                  len(loaded.policy.networks), loaded.index.size,
                  "C" if loaded.index.accelerated else "pure-Python",
                  (self.resolver.fast if self.resolver else fastpath.PURE).name)
+
+    async def _start_admin(self, loaded: Loaded) -> None:
+        """admin: the admin page on its own listener (gateway/admin/); a restart applies a
+        change of admin.listen."""
+        if loaded.config.admin is None:
+            return
+        from gateway.admin.app import admin_app
+        from gateway.runtime.admin_host import GatewayAdminHost
+
+        await self._serve_http(admin_app(GatewayAdminHost(self, self.ready), self.registry),
+                               loaded.config.admin.listen,
+                               ConnectionGuard(loaded.config.limits.web, self.web_metrics,
+                                               "admin"))
 
     async def _start_workers(self, loaded: Loaded) -> None:
         """dns.workers > 1: the other resolver processes (gateway/runtime/workers.py)."""

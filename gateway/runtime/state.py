@@ -64,7 +64,7 @@ def watched_files(config_path: Path, loaded: Loaded | None) -> list[Path]:
     """Every file whose change should trigger a reload (directories too: new policy files)."""
     paths = [config_path]
     if loaded is not None:
-        paths += list(loaded.config.policies) + policy_files(loaded.config.policies)
+        paths += list(loaded.config.policies) + policy_files(policy_entries(loaded.config))
         paths += [loaded.catalog.path, *loaded.catalog.files()]
         # A renewed certificate (Let's Encrypt) is picked up like any other changed file.
         paths += [p for tls in (loaded.config.dot, loaded.config.web_tls) if tls is not None
@@ -175,13 +175,20 @@ def catalog_of(config: GatewayConfig) -> Catalog:
     return load_catalog(config.blocklists, files.config_bytes, files.list_bytes)
 
 
+def policy_entries(config: GatewayConfig) -> list[Path]:
+    """`policies:` and, once the admin page wrote it, admin.local_policy (when it lies outside
+    the policies directory; a file named twice is loaded once)."""
+    local = config.admin.local_policy if config.admin is not None else None
+    return [*config.policies, *([local] if local is not None and local.exists() else [])]
+
+
 def load_policy_for(config: GatewayConfig, catalog: Catalog) -> Policy:
     """The policy files of `config`; they must give some client a tier.
 
     With no network, no DoH token and no subscribers file, every query would be REFUSED: that
     is a broken configuration (an emptied or missing file), never one to swap in.
     """
-    policy = load_policy(config.policies, catalog.categories.keys(),
+    policy = load_policy(policy_entries(config), catalog.categories.keys(),
                          config.limits.files.config_bytes)
     if not policy.networks and not policy.tokens and config.subscribers is None:
         files = ", ".join(str(p) for p in policy.files)

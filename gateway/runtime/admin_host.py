@@ -1,0 +1,96 @@
+"""The running gateway as the admin page sees it (gateway/admin/host.py AdminHost): read-only
+snapshots of its state, explain through the query path's own identify() and decide, and a
+reload that says whether the new files went in force."""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from gateway.admin.host import Explained, Status
+from gateway.dns.stats import PROBE
+from gateway.policy.identify import identify
+from gateway.util.names import normalize_name
+
+if TYPE_CHECKING:
+    from prometheus_client import Counter
+
+    from gateway.config.gateway import GatewayConfig
+    from gateway.policy.policyfile import Policy
+    from gateway.runtime.reload import Reloading
+    from gateway.runtime.state import Loaded
+
+
+class GatewayAdminHost:
+    def __init__(self, gateway: Reloading, ready: Callable[[], bool]) -> None:
+        self.gw = gateway
+        self.ready = ready
+
+    def _loaded(self) -> Loaded:
+        assert self.gw.loaded is not None, "the admin page starts after the first load"
+        return self.gw.loaded
+
+    def config(self) -> GatewayConfig:
+        return self._loaded().config
+
+    def policy(self) -> Policy:
+        return self._loaded().policy
+
+    def categories(self) -> list[str]:
+        return list(self._loaded().catalog.categories)
+
+    def status(self) -> Status:
+        loaded = self._loaded()
+        m = self.gw.metrics
+        tiers: dict[str, dict[str, int]] = {}
+        blocked: dict[str, dict[str, int]] = {}
+        for (action, category, tier, protocol), n in list(m.dns.queries.items()):
+            if protocol == PROBE or not tier:
+                continue
+            counts = tiers.setdefault(tier, {})
+            counts[action] = counts.get(action, 0) + n
+            if action == "blocked":
+                cats = blocked.setdefault(tier, {})
+                cats[category or "-"] = cats.get(category or "-", 0) + n
+        queries, errors = _by_upstream(m.upstream_queries), _by_upstream(m.upstream_errors)
+        upstreams = [(label, queries.get(label, 0), errors.get(label, 0))
+                     for label in dict.fromkeys([*queries, *errors])]
+        return Status(ready=self.ready(), generation=loaded.view.generation,
+                      entries=loaded.index.size,
+                      entries_by_category=dict(loaded.index.entries_by_category),
+                      last_reload_at=self.gw.last_reload_at,
+                      last_reload_error=self.gw.last_reload_error,
+                      upstreams=upstreams, tier_counts=tiers, blocked_by_category=blocked)
+
+    def top_blocked(self) -> dict[str, list[tuple[str, int]]] | None:
+        return None
+
+    def explain(self, client: str, name: str) -> Explained | None:
+        loaded = self._loaded()
+        try:
+            address = str(ipaddress.ip_address(client))
+            key = normalize_name(name)
+        except ValueError:
+            return None
+        profile = identify(loaded.view, address).profile
+        if profile is None:
+            return Explained(address, name, "", "", False, "none", "", "")
+        verdict = profile.decide(key)
+        return Explained(address, name, profile.network, profile.tier, verdict.blocked,
+                         verdict.reason, verdict.category,
+                         verdict.rule.decode("ascii", "replace"))
+
+    async def reload(self, why: str) -> tuple[bool, str]:
+        ok = await self.gw.reload(why)
+        return ok, self.gw.last_reload_error
+
+
+def _by_upstream(counter: Counter) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for family in counter.collect():
+        for sample in family.samples:
+            if sample.name.endswith("_total"):
+                label = sample.labels.get("upstream", "")
+                out[label] = out.get(label, 0) + int(sample.value)
+    return out

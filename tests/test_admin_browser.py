@@ -1,0 +1,155 @@
+"""Headless Chromium (Debian's, driven by Playwright) on the real admin page of a real gateway
+with a real unbound upstream: login, every page, an allow that takes effect at DNS, a refused
+edit that changes nothing, CSRF refused, and an address locked out after wrong passwords.
+
+With SAFEGATE_SCREENSHOT_DIR set, the status page's screenshot is saved there as
+admin-status.png (docs/img/admin-status.png was made that way)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from tests.support import unbound as ub
+from tests.support.data import LISTS, LISTS_YAML, POLICY
+from tests.support.procs import REPO_ROOT, free_port, write_gateway_config
+from tests.support.wait import wait_for
+
+pytestmark = pytest.mark.integration
+
+CHROMIUM = "/usr/bin/chromium"
+PASSWORD = "correct horse battery"
+BLOCKED = "adult.example"          # in the adult list; kids-v4 (127.0.0.1) blocks adult
+REAL_A = ub.BLOCKED_TARGET_A      # what unbound answers for it
+
+
+def _answers(gw: Any, name: str) -> list[str]:
+    reply = gw.query(name, "A")
+    return [r.to_text() for rrset in reply.answer for r in rrset]
+
+
+def _set_password(config: Path, password: str) -> None:
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
+    done = subprocess.run([sys.executable, "-m", "gateway", "admin", "passwd", "-c", str(config),
+                           "--password-stdin"], input=password + "\n", text=True,
+                          capture_output=True, env=env, cwd=REPO_ROOT, timeout=60)
+    assert done.returncode == 0, done.stderr
+
+
+def test_chromium_admin_page(tmp_path: Path, unbound: ub.UnboundServer,
+                             safegate_factory: Any) -> None:
+    from playwright.sync_api import sync_playwright
+
+    assert Path(CHROMIUM).exists(), "chromium (Debian package) is needed"
+    upstream = unbound
+    port = free_port(v6=False, udp=False)
+    config = write_gateway_config(tmp_path, upstream_port=upstream.port,
+                                  policies={"p.yaml": POLICY}, lists=LISTS,
+                                  lists_yaml=LISTS_YAML,
+                                  extra={"admin": {"listen": [f"127.0.0.1:{port}"]}})
+    _set_password(config, PASSWORD)
+    passwd = tmp_path / "var" / "admin.passwd"
+    assert passwd.stat().st_mode & 0o777 == 0o600
+    assert PASSWORD not in passwd.read_text()
+    gw = safegate_factory(config)
+    assert _answers(gw, BLOCKED) != [REAL_A]
+    admin = f"http://127.0.0.1:{port}"
+    local = tmp_path / "policies" / "local.yaml"
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=[
+            "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
+            "--disable-background-networking", "--disable-component-update", "--disable-sync"])
+        try:
+            page = browser.new_page(locale="en-US", viewport={"width": 900, "height": 900})
+            # Not logged in: every page leads to the login form.
+            page.goto(admin + "/rules")
+            assert page.url == admin + "/login"
+            page.fill("input[name=password]", "not the password")
+            with page.expect_navigation() as nav:
+                page.click("#login button")
+            assert nav.value.status == 401
+            assert "Wrong password" in page.inner_text("#message")
+
+            page.fill("input[name=password]", PASSWORD)
+            page.click("#login button")
+            assert page.url == admin + "/"
+            assert page.inner_text("#ready").startswith("Ready")
+            lists = page.inner_text("#lists")
+            assert "adult" in lists and "gambling" in lists
+            assert f"127.0.0.1:{upstream.port}" in page.inner_text("#upstreams")
+            shots = os.environ.get("SAFEGATE_SCREENSHOT_DIR")
+            if shots:
+                page.screenshot(path=str(Path(shots) / "admin-status.png"), full_page=True)
+            page.goto(admin + "/?lang=vi")
+            assert page.inner_text("#ready").startswith("Sẵn sàng")
+            page.goto(admin + "/?lang=en")
+
+            page.click("nav >> text=Statistics")
+            assert "kids" in page.inner_text("#tiers")
+            page.click("nav >> text=Reports")
+            assert page.inner_text("#reports")
+
+            page.click("nav >> text=Explain")
+            page.fill("input[name=client]", "127.0.0.1")
+            page.fill("input[name=name]", BLOCKED)
+            page.click("#explain button")
+            assert page.inner_text("#verdict") == "BLOCKED"
+            assert "adult" in page.inner_text("#result")
+
+            # A name the checks refuse: a clear error, no file, the running policy unchanged.
+            page.click("nav >> text=Allow / deny")
+            page.fill("#rule input[name=name]", "bad..name.example")
+            page.select_option("#rule select[name=target]", "networks:kids-v4")
+            page.select_option("#rule select[name=action]", "allow")
+            with page.expect_navigation() as nav:
+                page.click("#rule button")
+            assert nav.value.status == 422
+            error = page.inner_text("#error")
+            assert "Not saved" in error and "local.yaml" in error, error
+            assert not local.exists()
+
+            # Allow the blocked name for the network: in force at DNS when the page answers.
+            page.fill("#rule input[name=name]", BLOCKED)
+            page.select_option("#rule select[name=target]", "networks:kids-v4")
+            page.select_option("#rule select[name=action]", "allow")
+            page.click("#rule button")
+            assert "Saved" in page.inner_text("#message")
+            assert _answers(gw, BLOCKED) == [REAL_A]
+            assert yaml.safe_load(local.read_text()) == {
+                "local": {"networks": {"kids-v4": {"allow": [BLOCKED]}}}}
+            assert BLOCKED in page.inner_text("#current")
+            assert f"allow {BLOCKED}" in page.inner_text("#audit")
+            audit = (tmp_path / "var" / "admin-audit.log").read_text()
+            assert '"user": "admin"' in audit and '"network": "kids-v4"' in audit
+
+            # CSRF: a POST without the token, or with a wrong one, is refused.
+            for form in ({"name": "x.example", "target": "networks:kids-v4", "action": "deny"},
+                         {"name": "x.example", "target": "networks:kids-v4", "action": "deny",
+                          "csrf": "forged"}):
+                r = page.request.post(admin + "/rules", form=form, max_redirects=0)
+                assert r.status == 403, r.status
+            assert "x.example" not in local.read_text()
+
+            # Wrong passwords from one address: locked out, even with the right one after.
+            other = browser.new_page(locale="en-US")
+            other.goto(admin + "/login")
+            for _ in range(5):
+                other.fill("input[name=password]", "guess")
+                other.click("#login button")
+            other.fill("input[name=password]", PASSWORD)
+            with other.expect_navigation() as nav:
+                other.click("#login button")
+            assert nav.value.status == 429
+            assert "Too many wrong passwords" in other.inner_text("#message")
+        finally:
+            browser.close()
+    metrics = gw.metrics_text()
+    assert 'safegate_admin_logins_total{result="locked"} 1.0' in metrics
+    assert 'safegate_admin_logins_total{result="ok"} 1.0' in metrics
+    assert 'safegate_admin_rule_changes_total{result="applied"} 1.0' in metrics
