@@ -27,6 +27,10 @@ CHROMIUM = "/usr/bin/chromium"
 PASSWORD = "correct horse battery"
 BLOCKED = "adult.example"          # in the adult list; kids-v4 (127.0.0.1) blocks adult
 REAL_A = ub.BLOCKED_TARGET_A      # what unbound answers for it
+# The standard policy with a query log on kids-v4 (127.0.0.1).
+LOGGED = POLICY.replace('tier: kids, deny: ["games.test"],',
+                        'tier: kids, deny: ["games.test"], query_log: {retention_hours: 24},')
+assert LOGGED != POLICY
 
 
 def _answers(gw: Any, name: str) -> list[str]:
@@ -50,7 +54,7 @@ def test_chromium_admin_page(tmp_path: Path, unbound: ub.UnboundServer,
     upstream = unbound
     port = free_port(v6=False, udp=False)
     config = write_gateway_config(tmp_path, upstream_port=upstream.port,
-                                  policies={"p.yaml": POLICY}, lists=LISTS,
+                                  policies={"p.yaml": LOGGED}, lists=LISTS,
                                   lists_yaml=LISTS_YAML,
                                   extra={"admin": {"listen": [f"127.0.0.1:{port}"]}})
     _set_password(config, PASSWORD)
@@ -58,7 +62,8 @@ def test_chromium_admin_page(tmp_path: Path, unbound: ub.UnboundServer,
     assert passwd.stat().st_mode & 0o777 == 0o600
     assert PASSWORD not in passwd.read_text()
     gw = safegate_factory(config)
-    assert _answers(gw, BLOCKED) != [REAL_A]
+    for _ in range(3):   # the same UDP query thrice: a logged network has no memo/fast path
+        assert _answers(gw, BLOCKED) != [REAL_A]
     admin = f"http://127.0.0.1:{port}"
     local = tmp_path / "policies" / "local.yaml"
     with sync_playwright() as p:
@@ -92,6 +97,19 @@ def test_chromium_admin_page(tmp_path: Path, unbound: ub.UnboundServer,
 
             page.click("nav >> text=Statistics")
             assert "kids" in page.inner_text("#tiers")
+
+            # Aggregates and the query log: written within a flush interval (1 s).
+            def logged() -> bool:
+                page.goto(admin + "/querylog?name=adult&verdict=blocked")
+                return page.inner_text("#log").count(BLOCKED) == 3
+
+            wait_for(logged, 20.0, what="three blocked queries in the query log")
+            log_text = page.inner_text("#log")
+            assert "kids-v4" in log_text and "127.0.0.1" not in log_text
+            page.goto(admin + "/querylog?name=nothing-like-this")
+            assert BLOCKED not in page.inner_text("#log")
+            page.goto(admin + "/stats")
+            assert f"{BLOCKED}\t3" in page.inner_text(".top"), page.inner_text(".top")
             page.click("nav >> text=Reports")
             assert page.inner_text("#reports")
 
@@ -150,6 +168,9 @@ def test_chromium_admin_page(tmp_path: Path, unbound: ub.UnboundServer,
         finally:
             browser.close()
     metrics = gw.metrics_text()
+    assert "safegate_querylog_written_total" in metrics
+    for stored in (tmp_path / "var").glob("querylog.sqlite3*"):   # with its WAL
+        assert b"127.0.0.1" not in stored.read_bytes(), stored
     assert 'safegate_admin_logins_total{result="locked"} 1.0' in metrics
     assert 'safegate_admin_logins_total{result="ok"} 1.0' in metrics
     assert 'safegate_admin_rule_changes_total{result="applied"} 1.0' in metrics

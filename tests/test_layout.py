@@ -31,6 +31,7 @@ MAX_LINES = 400
 _PARTS = frozenset({
     "errors", "util", "config", "policy", "lists", "feedformat", "dns", "feeds", "publisher",
     "compliance", "hotline", "blockpage", "proxy", "http", "runtime", "cli", "__main__", "admin",
+    "querylog",
 })
 _ABOVE_RUNTIME = frozenset({"runtime", "cli", "__main__"})
 LAYERS: dict[str, frozenset[str]] = {
@@ -41,6 +42,8 @@ LAYERS: dict[str, frozenset[str]] = {
     "policy": frozenset({"lists", "config", "util", "errors"}),
     "lists": frozenset({"policy", "config", "util", "errors"}),
     "feedformat": frozenset({"util", "errors"}),
+    # The query log's store and writer: the runtime hands its hook to the profiles it builds.
+    "querylog": frozenset({"policy", "config", "util", "errors"}),
     # HTTP listener plumbing shared by the gateway and its proxy process (connection guard,
     # /metrics and health endpoints): no DNS, no runtime.
     "http": frozenset({"config", "util", "errors"}),

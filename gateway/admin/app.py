@@ -7,7 +7,7 @@ from collections.abc import Callable
 from aiohttp import web
 from prometheus_client import CollectorRegistry
 
-from gateway.admin import pages
+from gateway.admin import logpage, pages
 from gateway.admin.host import AdminHost
 from gateway.admin.site import Admin
 
@@ -23,4 +23,5 @@ def admin_app(host: AdminHost, registry: CollectorRegistry,
     app.router.add_post("/logout", admin.logout)
     app.router.add_get("/static/admin.css", admin.css)
     pages.add_routes(app, admin)
+    logpage.add_routes(app, admin)
     return app

@@ -4,10 +4,11 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 from gateway.config.gateway import GatewayConfig
 from gateway.policy.policyfile import Policy
+from gateway.querylog.store import Found
 
 
 @dataclass(frozen=True)
@@ -50,8 +51,12 @@ class AdminHost(Protocol):
     def status(self) -> Status:
         """A snapshot for the status page."""
 
-    def top_blocked(self) -> dict[str, list[tuple[str, int]]] | None:
-        """Per network, the most blocked names of the last 24 hours (None: not counted)."""
+    async def top_blocked(self) -> dict[str, list[tuple[str, int]]] | None:
+        """Per logged network, its most blocked names of the last 24 hours (None: no network
+        has a query log)."""
+
+    async def search_log(self, **query: Any) -> list[Found] | None:
+        """QueryLogStore.search on the query log; None when there is none."""
 
     def explain(self, client: str, name: str) -> Explained | None:
         """None when `name` is not a domain name or `client` not an address."""

@@ -75,7 +75,8 @@ class Pages:
                 "blocked": counts.get("blocked", 0),
                 "categories": status.blocked_by_category.get(name, {}),
             })
-        return self.admin.render(request, "stats.html", tiers=tiers, top=self.host.top_blocked())
+        return self.admin.render(request, "stats.html", tiers=tiers,
+                                 top=await self.host.top_blocked())
 
     async def explain(self, request: web.Request) -> web.Response:
         client = request.query.get("client", "").strip()[:64]

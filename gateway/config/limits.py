@@ -141,7 +141,15 @@ class AdminLimits:
     lockout_seconds: float = 900.0       # how long a locked address may not try again
     lockout_table: int = 1024            # addresses whose failures are remembered (oldest go)
     form_bytes: int = 16 * KIB           # one POSTed form
-    top_names: int = 100                 # blocked names counted per network per hour (top-N)
+
+
+@dataclass(frozen=True)
+class QueryLogLimits:
+    """The query log of networks with `query_log:` (gateway/querylog/): `limits.query_log`."""
+
+    rows: int = 1_000_000                # rows kept in all (~100 MB); the oldest go first
+    pending: int = 20_000                # rows waiting for the writer; beyond, rows are dropped
+    flush_interval: float = 1.0          # the writer's batch period (never a write per query)
 
 
 @dataclass(frozen=True)
@@ -158,3 +166,4 @@ class Limits:
     rrl: RrlLimits = field(default_factory=RrlLimits)
     udp: UdpLimits = field(default_factory=UdpLimits)
     admin: AdminLimits = field(default_factory=AdminLimits)
+    query_log: QueryLogLimits = field(default_factory=QueryLogLimits)

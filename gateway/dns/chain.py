@@ -122,8 +122,10 @@ class Resolver:
                         self.stats.count_key(memo.stats_key, perf_counter() - start)
                         return data[:2] + memo.reply  # type: ignore[no-any-return]
                 # A name a list rule blocks, straight from the bytes (dns/fastpath.py): the
-                # long tail of a big list, which the memo cannot absorb.
-                fast = fastpath.blocked(data, profile, self.view.answers, self.fast)
+                # long tail of a big list, which the memo cannot absorb. Not for a network
+                # with a query log: it has no memo either, and _handle logs each query.
+                fast = (fastpath.blocked(data, profile, self.view.answers, self.fast)
+                        if profile.log is None else None)
                 if fast is not None:
                     reply, stats_key = fast
                     self.stats.count_key(stats_key, perf_counter() - start)
@@ -210,6 +212,8 @@ class Resolver:
             return class_refused_reply(q)
 
         verdict = profile.decide(q.key)
+        if profile.log is not None:
+            profile.log(q.key, q.qtype, verdict, client)
         if verdict.blocked:
             count("blocked", verdict.category, profile.tier, protocol, time.perf_counter() - start)
             reply = view.answers.blocked_reply(q, verdict)

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -66,6 +67,8 @@ class Verdict:
 
 
 ALLOWED = Verdict(blocked=False, reason="none")
+# A logged network's per-query call (qname, qtype, verdict, client address): gateway/querylog/.
+QueryHook = Callable[[bytes, int, Verdict, str], None]
 
 # Names that switch clients away from this resolver, and the answer that keeps them here.
 # Firefox turns its default DoH off on NXDOMAIN for the canary; Apple asks networks to answer
@@ -108,9 +111,9 @@ class Profile:
     """
 
     __slots__ = ("_half", "_memo", "_older", "allow", "answer", "blocked", "bypass",
-                 "default_block", "deny", "filtered", "id", "index", "network", "plans", "replies",
-                 "reply_memo", "rewrites", "scheduled", "steer", "steer_scopes", "tier",
-                 "verdict_memo")
+                 "default_block", "deny", "filtered", "id", "index", "log", "network", "plans",
+                 "replies", "reply_memo", "rewrites", "scheduled", "steer", "steer_scopes",
+                 "tier", "verdict_memo")
 
     def __init__(self, id: ProfileId, network: str, tier: str, blocked: frozenset[str], answer: str,
                  allow: frozenset[bytes], deny: frozenset[bytes], default_block: bool,
@@ -119,7 +122,8 @@ class Profile:
                  filtered: bool = False, steer: frozenset[bytes] = frozenset(),
                  steer_scopes: frozenset[bytes] = frozenset(),
                  verdict_memo: int = MemoryLimits.verdict_memo,
-                 reply_memo: int = MemoryLimits.reply_memo) -> None:
+                 reply_memo: int = MemoryLimits.reply_memo,
+                 log: QueryHook | None = None) -> None:
         self.id = id
         self.network = network
         self.tier = tier
@@ -156,6 +160,9 @@ class Profile:
         # (~0.5 KB each) kept per profile, oldest evicted first.
         self.verdict_memo = verdict_memo
         self.reply_memo = reply_memo
+        # The query log of this network (gateway/querylog/), or None: a logged profile keeps
+        # no reply memo and skips the fast path, so dns/chain.py sees and logs every query.
+        self.log = log
 
     def decide(self, key: bytes) -> Verdict:
         """The verdict for a lowercase dotted name (memoized)."""

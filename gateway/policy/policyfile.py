@@ -31,7 +31,9 @@ ANSWERS = ("blockpage", "nxdomain", "nodata", "null")
 TIER_KEYS = ("block", "answer", "description", "allow", "deny", "default", "schedules",
              "safesearch", "bypass_protection")
 SAFESEARCH_MODES = ("off", "moderate", "strict")
-NETWORK_KEYS = ("name", "cidrs", "tier", "allow", "deny", "description")
+NETWORK_KEYS = ("name", "cidrs", "tier", "allow", "deny", "description", "query_log")
+QUERY_LOG_KEYS = ("retention_hours",)
+QUERY_LOG_HOURS = (24, 168)   # default and maximum retention of a network's query log
 TOKEN_KEYS = ("token", "tier", "description")
 _TOKEN = re.compile(r"[A-Za-z0-9_-]{6,64}")
 
@@ -63,6 +65,7 @@ class Network:
     allow: tuple[bytes, ...] = ()
     deny: tuple[bytes, ...] = ()
     description: str = ""
+    query_log_hours: int = 0      # query_log: {retention_hours}: 0 = no query log (default)
     path: str = ""
     line: int = 0
 
@@ -289,8 +292,23 @@ def _network(body: Any, parent: Any, index: int, tiers: dict[str, Tier]) -> Netw
         allow=_names(body.get("allow", []), "allow", body, "allow"),
         deny=_names(body.get("deny", []), "deny", body, "deny"),
         description=str(body.get("description", "")),
+        query_log_hours=_query_log(body),
         path=body.path, line=body.line,
     )
+
+
+def _query_log(body: YDict) -> int:
+    """`query_log: {retention_hours: N}` (1..168, default 24); absent: no log."""
+    if "query_log" not in body:
+        return 0
+    log = expect_mapping(body["query_log"], "query_log", body, "query_log")
+    check_keys(log, QUERY_LOG_KEYS, "query_log")
+    default, most = QUERY_LOG_HOURS
+    hours = log.get("retention_hours", default)
+    if isinstance(hours, bool) or not isinstance(hours, int) or not 1 <= hours <= most:
+        raise error_at(f"query_log.retention_hours must be a whole number of hours from 1 to "
+                       f"{most}, got {hours!r}", None, log, "retention_hours")
+    return hours
 
 
 def _token(body: Any, parent: Any, index: int, tiers: dict[str, Tier]) -> Token:

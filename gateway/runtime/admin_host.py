@@ -4,28 +4,38 @@ reload that says whether the new files went in force."""
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import ipaddress
+import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from gateway.admin.host import Explained, Status
 from gateway.dns.stats import PROBE
 from gateway.policy.identify import identify
 from gateway.util.names import normalize_name
 
+DAY = 86400.0
+TOP_N = 20         # names shown per network
+
 if TYPE_CHECKING:
     from prometheus_client import Counter
 
     from gateway.config.gateway import GatewayConfig
     from gateway.policy.policyfile import Policy
+    from gateway.querylog.store import Found
+    from gateway.runtime.querylog import QueryLogService
     from gateway.runtime.reload import Reloading
     from gateway.runtime.state import Loaded
 
 
 class GatewayAdminHost:
-    def __init__(self, gateway: Reloading, ready: Callable[[], bool]) -> None:
+    def __init__(self, gateway: Reloading, ready: Callable[[], bool],
+                 query_log: QueryLogService | None) -> None:
         self.gw = gateway
         self.ready = ready
+        self.query_log = query_log
 
     def _loaded(self) -> Loaded:
         assert self.gw.loaded is not None, "the admin page starts after the first load"
@@ -63,8 +73,18 @@ class GatewayAdminHost:
                       last_reload_error=self.gw.last_reload_error,
                       upstreams=upstreams, tier_counts=tiers, blocked_by_category=blocked)
 
-    def top_blocked(self) -> dict[str, list[tuple[str, int]]] | None:
-        return None
+    async def top_blocked(self) -> dict[str, list[tuple[str, int]]] | None:
+        store = self.query_log.store if self.query_log is not None else None
+        if store is None:
+            return None
+        logged = [n.name for n in self._loaded().policy.networks if n.query_log_hours]
+        return await asyncio.to_thread(store.top_blocked, logged, time.time() - DAY, TOP_N)
+
+    async def search_log(self, **query: Any) -> list[Found] | None:
+        store = self.query_log.store if self.query_log is not None else None
+        if store is None:
+            return None
+        return await asyncio.to_thread(functools.partial(store.search, **query))
 
     def explain(self, client: str, name: str) -> Explained | None:
         loaded = self._loaded()

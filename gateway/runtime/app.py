@@ -25,6 +25,7 @@ from gateway.policy.identify import identify
 from gateway.proxy.pac import pac_mount
 from gateway.proxy.supervisor import ProxySupervisor, proxy_command
 from gateway.runtime.metrics import GatewayCollector, Metrics, RrlCollector
+from gateway.runtime.querylog import QueryLogService
 from gateway.runtime.reload import Reloading
 from gateway.runtime.resolver import build_dns_server, build_resolver
 from gateway.runtime.sdnotify import Notifier
@@ -78,6 +79,7 @@ class Gateway(Reloading):
         self.workers: WorkerPool | None = None   # dns.workers > 1 (gateway/runtime/workers.py)
         self.worker_cache: dict[str, int] = {}
         self.proxy: ProxySupervisor | None = None   # issue #5: the proxy child process
+        self.query_log: QueryLogService | None = None   # issue #14: networks' query_log
 
     def ready(self) -> bool:
         """Ready once lists are loaded and every listener is up (for /readyz)."""
@@ -90,6 +92,10 @@ class Gateway(Reloading):
         config = load_config(self.config_path)
         await self._serve_http(metrics_app(self.registry, self.ready), config.metrics_listen,
                                ConnectionGuard(config.limits.web, self.web_metrics, "metrics"))
+        self.query_log = QueryLogService(config.state_dir, config.limits.query_log,
+                                         self.registry, self._stop, self._log_retention,
+                                         self.background)
+        self.builder.query_log = self.query_log.hook
         loaded = await self.builder.build(None)
         self.resolver = build_resolver(loaded.config, loaded.view, self.metrics.dns,
                                        self.metrics.upstream_observer())
@@ -154,6 +160,11 @@ class Gateway(Reloading):
                  "C" if loaded.index.accelerated else "pure-Python",
                  (self.resolver.fast if self.resolver else fastpath.PURE).name)
 
+    def _log_retention(self) -> dict[str, int]:
+        """Networks' query_log.retention_hours in the running policy."""
+        networks = self.loaded.policy.networks if self.loaded else []
+        return {n.name: n.query_log_hours for n in networks if n.query_log_hours}
+
     async def _start_admin(self, loaded: Loaded) -> None:
         """admin: the admin page on its own listener (gateway/admin/); a restart applies a
         change of admin.listen."""
@@ -162,7 +173,8 @@ class Gateway(Reloading):
         from gateway.admin.app import admin_app
         from gateway.runtime.admin_host import GatewayAdminHost
 
-        await self._serve_http(admin_app(GatewayAdminHost(self, self.ready), self.registry),
+        await self._serve_http(admin_app(GatewayAdminHost(self, self.ready, self.query_log),
+                                         self.registry),
                                loaded.config.admin.listen,
                                ConnectionGuard(loaded.config.limits.web, self.web_metrics,
                                                "admin"))
