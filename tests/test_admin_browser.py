@@ -174,3 +174,82 @@ def test_chromium_admin_page(tmp_path: Path, unbound: ub.UnboundServer,
     assert 'safegate_admin_logins_total{result="locked"} 1.0' in metrics
     assert 'safegate_admin_logins_total{result="ok"} 1.0' in metrics
     assert 'safegate_admin_rule_changes_total{result="applied"} 1.0' in metrics
+
+
+class _ListServer:
+    """A real HTTP server (stdlib, a thread) serving one plain domains list that the test
+    changes: the `feeds:` source of a held update."""
+
+    def __init__(self) -> None:
+        import http.server
+        import threading
+
+        self.body = b""
+        outer = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                self.send_response(200)
+                self.send_header("Content-Type", "text/plain")
+                self.send_header("Content-Length", str(len(outer.body)))
+                self.end_headers()
+                self.wfile.write(outer.body)
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/list.txt"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def test_chromium_confirms_a_held_feed_update(tmp_path: Path, unbound: ub.UnboundServer,
+                                             safegate_factory: Any) -> None:
+    """The status page's Confirm button does what `safegate feeds confirm` does."""
+    from playwright.sync_api import sync_playwright
+
+    source = _ListServer()
+    try:
+        source.body = b"first.malware.test\n"
+        port = free_port(v6=False, udp=False)
+        config = write_gateway_config(
+            tmp_path, upstream_port=unbound.port, policies={"p.yaml": POLICY}, lists=LISTS,
+            lists_yaml=LISTS_YAML, extra={
+                "admin": {"listen": f"127.0.0.1:{port}"},
+                "feeds": [{"name": "isp", "url": source.url, "type": "domains",
+                           "category": "malware", "mandatory": True, "interval": 0.5}],
+                "feed_guard": {"max_change": {"ratio": 0.5, "entries": 3}}})
+        _set_password(config, PASSWORD)
+        gw = safegate_factory(config)
+        wait_for(lambda: _answers(gw, "first.malware.test"), 20.0, what="the first list")
+        source.body = b"".join(b"n%d.malware.test\n" % i for i in range(10))
+        with sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=CHROMIUM, args=[
+                "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run"])
+            try:
+                page = browser.new_page(locale="en-US")
+                page.goto(f"http://127.0.0.1:{port}/login")
+                page.fill("input[name=password]", PASSWORD)
+                page.click("#login button")
+
+                def held() -> bool:
+                    page.goto(f"http://127.0.0.1:{port}/")
+                    return page.locator("#feeds button").count() == 1
+
+                wait_for(held, 20.0, what="the held update on the status page")
+                assert "changes 11 of 1 entries" in page.inner_text("#feeds")
+                assert not _answers(gw, "n5.malware.test")          # held: not in force
+                page.click("#feeds button")
+                assert "Confirmed update" in page.inner_text("#message")
+                wait_for(lambda: _answers(gw, "n5.malware.test"), 20.0,
+                         what="the confirmed update in force")
+                assert not _answers(gw, "first.malware.test")
+            finally:
+                browser.close()
+    finally:
+        source.close()
