@@ -153,6 +153,9 @@ def test_chromium_admin_page(tmp_path: Path, unbound: ub.UnboundServer,
                 r = page.request.post(admin + "/rules", form=form, max_redirects=0)
                 assert r.status == 403, r.status
             assert "x.example" not in local.read_text()
+            # A form over limits.admin.form_bytes (16 KiB): 413, nothing read into memory.
+            r = page.request.post(admin + "/rules", form={"csrf": "x", "name": "a" * 20_000})
+            assert r.status == 413, r.status
 
             # Wrong passwords from one address: locked out, even with the right one after.
             other = browser.new_page(locale="en-US")
