@@ -146,6 +146,21 @@ def test_chromium_admin_page(tmp_path: Path, unbound: ub.UnboundServer,
             audit = (tmp_path / "var" / "admin-audit.log").read_text()
             assert '"user": "admin"' in audit and '"network": "kids-v4"' in audit
 
+            # The rule passes its checks but the reload fails on another file (a broken
+            # lists.yaml): local.yaml is put back, the page says why, DNS is unchanged.
+            saved = local.read_text()
+            (tmp_path / "blocklists" / "lists.yaml").write_text("categories: [oops\n")
+            page.fill("#rule input[name=name]", BLOCKED)
+            page.select_option("#rule select[name=target]", "networks:kids-v4")
+            page.select_option("#rule select[name=action]", "remove")
+            with page.expect_navigation() as nav:
+                page.click("#rule button")
+            assert nav.value.status == 422
+            assert "lists.yaml" in page.inner_text("#error")
+            assert local.read_text() == saved
+            assert _answers(gw, BLOCKED) == [REAL_A]
+            (tmp_path / "blocklists" / "lists.yaml").write_text(LISTS_YAML)
+
             # CSRF: a POST without the token, or with a wrong one, is refused.
             for form in ({"name": "x.example", "target": "networks:kids-v4", "action": "deny"},
                          {"name": "x.example", "target": "networks:kids-v4", "action": "deny",

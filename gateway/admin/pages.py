@@ -4,6 +4,7 @@ through AdminHost; nothing here touches the query path."""
 
 from __future__ import annotations
 
+import asyncio
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -37,6 +38,7 @@ class Pages:
     def __init__(self, admin: Admin) -> None:
         self.admin = admin
         self.host = admin.host
+        self._changing = asyncio.Lock()
 
     async def status(self, request: web.Request, message: str = "",
                      status_code: int = 200) -> web.Response:
@@ -119,22 +121,26 @@ class Pages:
         if which not in known.get(kind, set()) or action not in rules.ACTIONS:
             return await self.rules(request, error=f"unknown target {target!r} or action "
                                     f"{action!r}", name=name, status_code=400)
-        config = self.host.config()
-        assert config.admin is not None
-        try:
-            before = rules.change(config, self.host.categories(), kind, which, action, name)
-        except rules.RuleError as exc:
-            self.admin.metrics.changes.labels("refused").inc()
-            return await self.rules(request, error=f"{t('refused')}\n{exc}", name=name,
-                                    target=target, status_code=422)
-        ok, errors = await self.host.reload("admin page: allow/deny")
-        if not ok:
-            # Something else the reload read is broken: put local.yaml back as it was, so the
-            # file and the running policy agree.
-            rules.restore(config.admin.local_policy, before)
-            self.admin.metrics.changes.labels("refused").inc()
-            return await self.rules(request, error=f"{t('refused')}\n{errors}", name=name,
-                                    target=target, status_code=422)
+        # One change at a time (read, check, write, reload); the policy check runs in a
+        # thread so a large policy never holds up DNS.
+        async with self._changing:
+            config = self.host.config()
+            assert config.admin is not None
+            try:
+                before = await asyncio.to_thread(rules.change, config, self.host.categories(),
+                                                 kind, which, action, name)
+            except rules.RuleError as exc:
+                self.admin.metrics.changes.labels("refused").inc()
+                return await self.rules(request, error=f"{t('refused')}\n{exc}", name=name,
+                                        target=target, status_code=422)
+            ok, errors = await self.host.reload("admin page: allow/deny")
+            if not ok:
+                # Something else the reload read is broken: put local.yaml back as it was, so
+                # the file and the running policy agree.
+                rules.restore(config.admin.local_policy, before)
+                self.admin.metrics.changes.labels("refused").inc()
+                return await self.rules(request, error=f"{t('refused')}\n{errors}", name=name,
+                                        target=target, status_code=422)
         self.admin.metrics.changes.labels("applied").inc()
         rules.audit(config.state_dir, {"action": action, kind.rstrip("s"): which,
                                        "name": name.strip().lower().rstrip(".")})
