@@ -102,7 +102,6 @@ def test_store_search_and_purge(tmp_path: Path) -> None:
     assert [f.qname for f in store.search(since=T0 - 3600, network="room-2",
                                           verdict="blocked")] == ["50%_off.example"]
     assert [f.qname for f in store.search(until=T0 - 3600)] == ["old.example"]
-    assert store.top_blocked(["room-2"], T0 - DAY, 5) == {"room-2": [("50%_off.example", 1)]}
     # room-2 keeps 24 h; a network no longer logged keeps the default 24 h as well.
     assert store.purge(T0, {"room-2": 24}, 24) == 1
     assert store.purge(T0 + 25 * 3600, {"room-2": 48}, 24) == 1       # "gone"'s row

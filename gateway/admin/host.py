@@ -51,9 +51,8 @@ class AdminHost(Protocol):
     def status(self) -> Status:
         """A snapshot for the status page."""
 
-    async def top_blocked(self) -> dict[str, list[tuple[str, int]]] | None:
-        """Per logged network, its most blocked names of the last 24 hours (None: no network
-        has a query log)."""
+    def top_blocked(self) -> dict[str, list[tuple[str, int]]]:
+        """Per network, its most blocked names of the last 24 hours (counts, no client)."""
 
     async def search_log(self, **query: Any) -> list[Found] | None:
         """QueryLogStore.search on the query log; None when there is none."""

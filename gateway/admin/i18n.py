@@ -98,8 +98,6 @@ TEXT: dict[str, tuple[str, str]] = {
                       "băm đổi mỗi ngày, không lưu địa chỉ.",
                       "At most {shown} rows, newest first. Clients appear only as a hash that "
                       "changes every day; addresses are not stored."),
-    "top_off": ("Chỉ đếm cho các mạng bật nhật ký truy vấn (query_log).",
-                "Counted only for networks with a query log (query_log)."),
     "querylog_off": ("Nhật ký truy vấn đang tắt (bật bằng query_log trên một mạng).",
                      "The query log is off (enable it with query_log on a network)."),
 }

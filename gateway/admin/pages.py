@@ -78,7 +78,7 @@ class Pages:
                 "categories": status.blocked_by_category.get(name, {}),
             })
         return self.admin.render(request, "stats.html", tiers=tiers,
-                                 top=await self.host.top_blocked())
+                                 top=self.host.top_blocked())
 
     async def explain(self, request: web.Request) -> web.Response:
         client = request.query.get("client", "").strip()[:64]

@@ -141,6 +141,8 @@ class AdminLimits:
     lockout_seconds: float = 900.0       # how long a locked address may not try again
     lockout_table: int = 1024            # addresses whose failures are remembered (oldest go)
     form_bytes: int = 16 * KIB           # one POSTed form
+    top_names: int = 100                 # blocked names counted per network and hour (the
+                                         # "most blocked" table, dns/tally.py)
 
 
 @dataclass(frozen=True)

@@ -37,6 +37,7 @@ from gateway.dns.local import LocalAnswers
 from gateway.dns.memo import Memo, Rendered
 from gateway.dns.stats import PROBE, DnsStats
 from gateway.dns.svcb import TYPE_HTTPS, TYPE_SVCB, strip_ech
+from gateway.dns.tally import NO_TALLY
 from gateway.dns.upstream import Forwarder
 from gateway.dns.upstream_base import UpstreamError, log_failure
 from gateway.dns.view import View
@@ -74,6 +75,7 @@ class Resolver:
         self.stats = stats
         self.clock = clock
         self._stats_keys: dict[tuple[str, ...], tuple[str, ...]] = {}  # see _remember
+        self.tally = NO_TALLY   # the admin page's blocked-name counts (dns/tally.py)
 
     def close(self) -> None:
         self.forwarder.close()
@@ -113,6 +115,7 @@ class Resolver:
                 memo = profile.replies.get(data[2:])
                 if memo is not None:
                     if memo.entry is None:  # a fixed reply: blocked, intercepted, local
+                        memo.hits += 1      # the blocked-name tally reads it (dns/tally.py)
                         self.stats.count_key(memo.stats_key, perf_counter() - start)
                         return data[:2] + memo.reply  # type: ignore[no-any-return]
                     # TTLs tick once a second; an expired entry: the slow path renews the memo
@@ -122,10 +125,8 @@ class Resolver:
                         self.stats.count_key(memo.stats_key, perf_counter() - start)
                         return data[:2] + memo.reply  # type: ignore[no-any-return]
                 # A name a list rule blocks, straight from the bytes (dns/fastpath.py): the
-                # long tail of a big list, which the memo cannot absorb. Not for a network
-                # with a query log: it has no memo either, and _handle logs each query.
-                fast = (fastpath.blocked(data, profile, self.view.answers, self.fast)
-                        if profile.log is None else None)
+                # long tail of a big list, which the memo cannot absorb.
+                fast = fastpath.blocked(data, profile, self.view.answers, self.fast)
                 if fast is not None:
                     reply, stats_key = fast
                     self.stats.count_key(stats_key, perf_counter() - start)
@@ -161,7 +162,7 @@ class Resolver:
         if len(replies) >= profile.reply_memo:
             if not replies:
                 return  # limits.memory.reply_memo: 0 turns the memo off
-            replies.popitem(last=False)  # the oldest: a clear would thrash a set at the limit
+            self.tally.evicted(profile, *replies.popitem(last=False))  # oldest; a clear thrashes
         kind, payload, key = memo  # one shared stats key per action/category/tier (config)
         key = self._stats_keys.setdefault(key, key)
         if kind is _BLOCKED:
@@ -212,11 +213,12 @@ class Resolver:
             return class_refused_reply(q)
 
         verdict = profile.decide(q.key)
-        if profile.log is not None:
+        if profile.log is not None:   # this network's query log (gateway/querylog/)
             profile.log(q.key, q.qtype, verdict, client)
         if verdict.blocked:
             count("blocked", verdict.category, profile.tier, protocol, time.perf_counter() - start)
             reply = view.answers.blocked_reply(q, verdict)
+            self.tally.blocked(profile, q.key, protocol)
             if protocol == "udp":
                 self._remember(profile, data, (_BLOCKED, reply[2:],
                                                ("blocked", verdict.category, profile.tier, "udp")))

@@ -3,9 +3,8 @@ admin page. One connection, used under a lock from the writer's thread and the p
 
 from __future__ import annotations
 
-import sqlite3
 import threading
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -100,16 +99,3 @@ class QueryLogStore:
                "ORDER BY t DESC, rowid DESC LIMIT ?")
         with self._lock:
             return [Found(*r) for r in self.conn.execute(sql, (*args, limit))]
-
-    def top_blocked(self, networks: Iterable[str], since: float, n: int
-                    ) -> dict[str, list[tuple[str, int]]]:
-        """Per network, its `n` most blocked names since `since` (counts only, no client)."""
-        out: dict[str, list[tuple[str, int]]] = {}
-        with self._lock:
-            for network in networks:
-                rows: list[sqlite3.Row] = list(self.conn.execute(
-                    "SELECT qname, COUNT(*) FROM queries WHERE network=? AND t>=? AND "
-                    "verdict='blocked' GROUP BY qname ORDER BY COUNT(*) DESC, qname LIMIT ?",
-                    (network, since, n)))
-                out[network] = [(str(r[0]), int(r[1])) for r in rows]
-        return out

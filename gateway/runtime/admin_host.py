@@ -5,24 +5,29 @@ reload that says whether the new files went in force."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import ipaddress
-import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
+
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.registry import Collector
 
 from gateway.admin.host import Explained, Status
 from gateway.dns.stats import PROBE
+from gateway.dns.tally import BlockedTally
 from gateway.policy.identify import identify
 from gateway.util.names import normalize_name
 
-DAY = 86400.0
 TOP_N = 20         # names shown per network
+HARVEST_EVERY = 60.0
 
 if TYPE_CHECKING:
     from prometheus_client import Counter
 
     from gateway.config.gateway import GatewayConfig
+    from gateway.dns.chain import Resolver
     from gateway.policy.policyfile import Policy
     from gateway.querylog.store import Found
     from gateway.runtime.querylog import QueryLogService
@@ -32,10 +37,11 @@ if TYPE_CHECKING:
 
 class GatewayAdminHost:
     def __init__(self, gateway: Reloading, ready: Callable[[], bool],
-                 query_log: QueryLogService | None) -> None:
+                 query_log: QueryLogService | None, tally: BlockedTally) -> None:
         self.gw = gateway
         self.ready = ready
         self.query_log = query_log
+        self.tally = tally
 
     def _loaded(self) -> Loaded:
         assert self.gw.loaded is not None, "the admin page starts after the first load"
@@ -73,12 +79,12 @@ class GatewayAdminHost:
                       last_reload_error=self.gw.last_reload_error,
                       upstreams=upstreams, tier_counts=tiers, blocked_by_category=blocked)
 
-    async def top_blocked(self) -> dict[str, list[tuple[str, int]]] | None:
-        store = self.query_log.store if self.query_log is not None else None
-        if store is None:
-            return None
-        logged = [n.name for n in self._loaded().policy.networks if n.query_log_hours]
-        return await asyncio.to_thread(store.top_blocked, logged, time.time() - DAY, TOP_N)
+    def top_blocked(self) -> dict[str, list[tuple[str, int]]]:
+        resolver = self.gw.resolver
+        if resolver is not None:    # the hits since the last harvest too: fresh numbers
+            for profile in resolver.view.profiles():
+                self.tally.harvest(profile)
+        return self.tally.top(TOP_N)
 
     async def search_log(self, **query: Any) -> list[Found] | None:
         store = self.query_log.store if self.query_log is not None else None
@@ -114,3 +120,34 @@ def _by_upstream(counter: Counter) -> dict[str, int]:
                 label = sample.labels.get("upstream", "")
                 out[label] = out.get(label, 0) + int(sample.value)
     return out
+
+
+async def harvest(tally: BlockedTally, resolver: Resolver, stop: asyncio.Event) -> None:
+    """Read the blocked-memo hits into the tally every minute, one profile per loop turn
+    (a profile's memo is at most limits.memory.reply_memo entries)."""
+    seen = resolver.view
+    while not stop.is_set():
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), HARVEST_EVERY)
+        views = [resolver.view] if resolver.view is seen else [seen, resolver.view]
+        seen = resolver.view     # a reload or schedule edge swapped it: read the old one too
+        for view in views:
+            for profile in view.profiles():
+                tally.harvest(profile)
+                await asyncio.sleep(0)
+
+
+class TallyCollector(Collector):
+    """safegate_admin_blocked_names (held; at most limits.admin.top_names per network and
+    hour) and ..._replaced_total (names that took a full table's least counted place)."""
+
+    def __init__(self, tally: BlockedTally) -> None:
+        self.tally = tally
+
+    def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
+        yield GaugeMetricFamily("safegate_admin_blocked_names", "Blocked names counted for "
+                                "the admin page's most-blocked table, all networks and hours.",
+                                value=len(self.tally))
+        yield CounterMetricFamily("safegate_admin_blocked_names_replaced", "Names that took "
+                                  "the place of the least counted one in a full hour table "
+                                  "(limits.admin.top_names).", value=self.tally.replaced)

@@ -171,10 +171,17 @@ class Gateway(Reloading):
         if loaded.config.admin is None:
             return
         from gateway.admin.app import admin_app
-        from gateway.runtime.admin_host import GatewayAdminHost
+        from gateway.dns.tally import BlockedTally
+        from gateway.runtime.admin_host import GatewayAdminHost, TallyCollector, harvest
 
-        await self._serve_http(admin_app(GatewayAdminHost(self, self.ready, self.query_log),
-                                         self.registry),
+        assert self.resolver is not None
+        tally = BlockedTally(loaded.config.limits.admin.top_names)
+        self.resolver.tally = tally
+        self.registry.register(TallyCollector(tally))
+        self.background.append(asyncio.get_running_loop().create_task(
+            harvest(tally, self.resolver, self._stop)))
+        host = GatewayAdminHost(self, self.ready, self.query_log, tally)
+        await self._serve_http(admin_app(host, self.registry),
                                loaded.config.admin.listen,
                                ConnectionGuard(loaded.config.limits.web, self.web_metrics,
                                                "admin"))
