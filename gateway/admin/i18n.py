@@ -45,7 +45,7 @@ TEXT: dict[str, tuple[str, str]] = {
     "queries": ("Truy vấn", "Queries"),
     "errors": ("Lỗi", "Errors"),
     "last_reload": ("Lần nạp lại gần nhất", "Last reload"),
-    "never": ("chưa có", "none yet"),
+    "never": ("chưa có từ khi khởi động", "none since start"),
     "reload_ok": ("thành công", "succeeded"),
     "reload_failed": ("thất bại, vẫn dùng cấu hình cũ:", "failed, the previous one still runs:"),
     "tier": ("Cấp", "Tier"),
