@@ -70,9 +70,11 @@ def test_chromium_admin_page(tmp_path: Path, unbound: ub.UnboundServer,
     admin = f"http://127.0.0.1:{port}"
     local = tmp_path / "policies" / "local.yaml"
     with sync_playwright() as p:
+        web_port = int(gw.web_url.rsplit(":", 1)[1])
         browser = p.chromium.launch(executable_path=CHROMIUM, args=[
             "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
-            "--disable-background-networking", "--disable-component-update", "--disable-sync"])
+            "--disable-background-networking", "--disable-component-update", "--disable-sync",
+            f"--host-resolver-rules=MAP {BLOCKED} 127.0.0.1:{web_port}"])
         try:
             page = browser.new_page(locale="en-US", viewport={"width": 900, "height": 900})
             # Not logged in: every page leads to the login form.
@@ -114,8 +116,25 @@ def test_chromium_admin_page(tmp_path: Path, unbound: ub.UnboundServer,
             page.goto(admin + "/stats")
             top = page.inner_text("#top-kids-v4"), page.inner_text("#top-teens-v6")
             assert f"{BLOCKED}\t3" in top[0] and f"{BLOCKED}\t4" in top[1], top
+            # A report sent from the block page shows on the Reports page.
+            page.goto(f"http://{BLOCKED}/lesson")
+            page.fill("#report-mistake textarea[name=comment]", "a health class page")
+            page.click("#report-mistake button[type=submit]")
+            assert "Thank you" in page.inner_text("#result")
+            page.goto(admin + "/")
             page.click("nav >> text=Reports")
-            assert page.inner_text("#reports")
+            reports = page.inner_text("#reports")
+            assert f"{BLOCKED}/lesson" in reports and "a health class page" in reports, reports
+
+            # Usable on a phone: nothing wider than a 360 px screen.
+            page.set_viewport_size({"width": 360, "height": 740})
+            for path in ("/", "/stats", "/explain", "/rules", "/querylog", "/reports"):
+                page.goto(admin + path)
+                width = page.evaluate("document.documentElement.scrollWidth")
+                assert width <= 360, (path, width)
+                if shots and path == "/rules":
+                    page.screenshot(path=str(Path(shots) / "admin-rules-phone.png"))
+            page.set_viewport_size({"width": 900, "height": 900})
 
             page.click("nav >> text=Explain")
             page.fill("input[name=client]", "127.0.0.1")

@@ -35,7 +35,8 @@ log = logging.getLogger(__name__)
 COOKIE = "safegate_admin"
 LOGIN_RESULTS = ("ok", "wrong", "locked", "no_password")
 TEMPLATES = Path(__file__).parent / "templates"
-CSS = """body{font-family:system-ui,sans-serif;margin:0;color:#222;background:#fafafa}
+CSS = """body{font-family:system-ui,sans-serif;margin:0;color:#222;background:#fafafa;
+overflow-wrap:anywhere}
 header{background:#1d4e89;color:#fff;padding:.5em 1em;display:flex;flex-wrap:wrap;gap:.5em 1em;
 align-items:center}header a{color:#fff}nav{display:flex;flex-wrap:wrap;gap:.3em 1em}
 nav a[aria-current]{font-weight:bold;text-decoration:none}main{padding:1em;max-width:60em}
