@@ -139,11 +139,6 @@ class Admin:
     async def login(self, request: web.Request) -> web.StreamResponse:
         address = request.remote or ""
         t = translator(language(request))
-        if self.lockout.locked(address):
-            self.metrics.logins.labels("locked").inc()
-            minutes = max(1, round(self.limits.lockout_seconds / 60))
-            return self.render(request, "login.html", status=429, message_kind="bad",
-                               message=t("locked", minutes=minutes))
         stored = read_password_file(self._password_file())
         if stored is None:
             self.metrics.logins.labels("no_password").inc()
@@ -152,8 +147,16 @@ class Admin:
         form = await request.post()
         password = form.get("password")
         async with self._verify:
-            ok = isinstance(password, str) and await asyncio.to_thread(
+            # Checked under the lock: guesses sent all at once wait here, and the ones after
+            # the fifth failure find the address locked instead of being tried.
+            locked = self.lockout.locked(address)
+            ok = not locked and isinstance(password, str) and await asyncio.to_thread(
                 verify_password, password, stored)
+        if locked:
+            self.metrics.logins.labels("locked").inc()
+            minutes = max(1, round(self.limits.lockout_seconds / 60))
+            return self.render(request, "login.html", status=429, message_kind="bad",
+                               message=t("locked", minutes=minutes))
         if not ok:
             self.lockout.failed(address)
             self.metrics.logins.labels("wrong").inc()
