@@ -98,3 +98,27 @@ def test_no_session_no_page_and_no_change(tmp_path: Path, unbound: ub.UnboundSer
     assert got["login"] == (303, "/")
     assert not (tmp_path / "policies" / "local.yaml").exists()
     assert gw.query("adult.example").answer   # still blocked (the block page's address)
+
+
+def test_a_hand_written_local_policy_outside_the_policies_dir_is_loaded(
+        tmp_path: Path, unbound: ub.UnboundServer, safegate_factory: Any) -> None:
+    """admin.local_policy need not be in a `policies:` directory, nor exist at start."""
+    from tests.support.wait import wait_for
+
+    config = write_gateway_config(
+        tmp_path, upstream_port=unbound.port, policies={"p.yaml": POLICY}, lists=LISTS,
+        lists_yaml=LISTS_YAML, extra={
+            "admin": {"listen": f"127.0.0.1:{free_port(v6=False, udp=False)}",
+                      "local_policy": "site/local.yaml"},
+            "reload": {"watch_interval": 0.2}})
+    gw = safegate_factory(config)
+    assert gw.query("adult.example").answer[0][0].to_text() != ub.BLOCKED_TARGET_A
+    (tmp_path / "site").mkdir()
+    (tmp_path / "site" / "local.yaml").write_text(
+        "local:\n  networks:\n    kids-v4: {allow: [adult.example]}\n")
+
+    def allowed() -> bool:
+        answer = gw.query("adult.example").answer
+        return bool(answer) and answer[0][0].to_text() == ub.BLOCKED_TARGET_A
+
+    wait_for(allowed, 20.0, what="the hand-written local.yaml in force")
