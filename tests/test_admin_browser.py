@@ -116,6 +116,8 @@ def test_chromium_admin_page(tmp_path: Path, unbound: ub.UnboundServer,
             page.goto(admin + "/stats")
             top = page.inner_text("#top-kids-v4"), page.inner_text("#top-teens-v6")
             assert f"{BLOCKED}\t3" in top[0] and f"{BLOCKED}\t4" in top[1], top
+            assert page.inner_text("#blocked-kids-v4") == "Blocked: 3 — adult: 3"
+            assert page.inner_text("#blocked-teens-v6") == "Blocked: 4 — adult: 4"
             # A report sent from the block page shows on the Reports page.
             page.goto(f"http://{BLOCKED}/lesson")
             page.fill("#report-mistake textarea[name=comment]", "a health class page")

@@ -37,6 +37,7 @@ def test_every_blocked_udp_query_is_counted_through_the_memo() -> None:
     resolver.handle(_query("adult.example"), "127.0.0.1", "tcp")       # no memo: counted now
     tally.harvest(profile)
     assert tally.top(5) == {"room-2": [("adult.example", 6), ("www.gamble.example", 1)]}
+    assert tally.by_category() == {"room-2": {"adult": 6, "gambling": 1}}
     tally.harvest(profile)                                               # read once only
     assert tally.top(5)["room-2"][0] == ("adult.example", 6)
 

@@ -54,6 +54,10 @@ class AdminHost(Protocol):
     def top_blocked(self) -> dict[str, list[tuple[str, int]]]:
         """Per network, its most blocked names of the last 24 hours (counts, no client)."""
 
+    def blocked_by_category(self) -> dict[str, dict[str, int]]:
+        """Per network, its blocked answers of the last 24 hours by category (after
+        top_blocked, which reads the latest counts)."""
+
     async def search_log(self, **query: Any) -> list[Found] | None:
         """QueryLogStore.search on the query log; None when there is none."""
 

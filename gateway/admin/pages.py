@@ -77,8 +77,14 @@ class Pages:
                 "blocked": counts.get("blocked", 0),
                 "categories": status.blocked_by_category.get(name, {}),
             })
-        return self.admin.render(request, "stats.html", tiers=tiers,
-                                 top=self.host.top_blocked())
+        top = self.host.top_blocked()
+        by_category = self.host.blocked_by_category()
+        tier_of = {n.name: n.tier for n in policy.networks}
+        networks = [{"name": name, "tier": tier_of.get(name, ""), "top": names,
+                     "categories": by_category.get(name, {}),
+                     "blocked": sum(by_category.get(name, {}).values())}
+                    for name, names in sorted(top.items())]
+        return self.admin.render(request, "stats.html", tiers=tiers, networks=networks)
 
     async def explain(self, request: web.Request) -> web.Response:
         client = request.query.get("client", "").strip()[:64]

@@ -218,7 +218,7 @@ class Resolver:
         if verdict.blocked:
             count("blocked", verdict.category, profile.tier, protocol, time.perf_counter() - start)
             reply = view.answers.blocked_reply(q, verdict)
-            self.tally.blocked(profile, q.key, protocol)
+            self.tally.blocked(profile, q.key, protocol, verdict.category)
             if protocol == "udp":
                 self._remember(profile, data, (_BLOCKED, reply[2:],
                                                ("blocked", verdict.category, profile.tier, "udp")))

@@ -17,13 +17,14 @@ from __future__ import annotations
 
 import time
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from typing import Any
 
 from gateway.dns import wire
 from gateway.dns.stats import PROBE
 from gateway.policy.decide import Profile
 
+Hours = deque[tuple[int, dict[str, int]]]   # (hour number, counts), oldest first
 HOUR = 3600
 HOURS = 24
 _BLOCKED = "blocked"
@@ -34,22 +35,29 @@ class BlockedTally:
         self.top_names = top_names
         self.clock = clock
         self.replaced = 0
-        self._hours: dict[str, deque[tuple[int, dict[str, int]]]] = {}
+        self._hours: dict[str, Hours] = {}        # network -> names blocked per hour
+        self._categories: dict[str, Hours] = {}   # network -> exact counts per category
 
     def __len__(self) -> int:
         """Names held, all networks and hours (safegate_admin_blocked_names)."""
         return sum(len(c) for hours in self._hours.values() for _, c in hours)
 
-    def add(self, network: str, name: str, n: int = 1) -> None:
-        if not self.top_names:
-            return
+    def _now(self, table: dict[str, Hours], network: str) -> dict[str, int]:
+        """This hour's counts of `network` in `table` (hours over 24 h old dropped)."""
         hour = int(self.clock() // HOUR)
-        hours = self._hours.setdefault(network, deque())
+        hours = table.setdefault(network, deque())
         if not hours or hours[-1][0] != hour:
             hours.append((hour, {}))
             while hours[0][0] <= hour - HOURS:
                 hours.popleft()
-        counts = hours[-1][1]
+        return hours[-1][1]
+
+    def add(self, network: str, name: str, n: int = 1, category: str = "") -> None:
+        if not self.top_names:
+            return
+        per_category = self._now(self._categories, network)
+        per_category[category] = per_category.get(category, 0) + n
+        counts = self._now(self._hours, network)
         if name in counts:
             counts[name] += n
         elif len(counts) < self.top_names:
@@ -64,12 +72,12 @@ class BlockedTally:
         if self.top_names and memo.entry is None and memo.hits and memo.stats_key[0] == _BLOCKED:
             self._take(profile.network, key, memo)
 
-    def blocked(self, profile: Profile, key: bytes, protocol: str) -> None:
+    def blocked(self, profile: Profile, key: bytes, protocol: str, category: str) -> None:
         """A blocked answer (dns/chain.py's full path): counted here when no memo entry will
         count it (not UDP, or no memo: limits.memory.reply_memo 0, a logged network)."""
         if self.top_names and (protocol != "udp" or not profile.reply_memo) \
                 and protocol != PROBE:
-            self.add(profile.network, key.decode("ascii", "replace"))
+            self.add(profile.network, key.decode("ascii", "replace"), 1, category)
 
     def harvest(self, profile: Profile) -> None:
         """Move one profile's blocked-memo hits into this hour's table."""
@@ -81,22 +89,29 @@ class BlockedTally:
     def _take(self, network: str, key: bytes, memo: Any) -> None:
         q = wire.parse_query(b"\0\0" + key)
         if q is not None and q.key:
-            self.add(network, q.key.decode("ascii", "replace"), memo.hits)
+            self.add(network, q.key.decode("ascii", "replace"), memo.hits, memo.stats_key[1])
         memo.hits = 0
 
-    def top(self, n: int, networks: Iterable[str] | None = None
-            ) -> dict[str, list[tuple[str, int]]]:
+    def top(self, n: int) -> dict[str, list[tuple[str, int]]]:
         """Per network, its `n` most blocked names of the last 24 hours."""
+        return {network: _ranked(self._day(hours))[:n] for network, hours in self._hours.items()}
+
+    def by_category(self) -> dict[str, dict[str, int]]:
+        """Per network, its blocked answers of the last 24 hours by category (exact)."""
+        return {network: self._day(hours) for network, hours in self._categories.items()}
+
+    def _day(self, hours: Hours) -> dict[str, int]:
         since = int(self.clock() // HOUR) - HOURS
-        out: dict[str, list[tuple[str, int]]] = {}
-        for network in networks if networks is not None else list(self._hours):
-            total: dict[str, int] = {}
-            for hour, counts in self._hours.get(network, ()):
-                if hour > since:
-                    for name, c in counts.items():
-                        total[name] = total.get(name, 0) + c
-            out[network] = sorted(total.items(), key=lambda item: (-item[1], item[0]))[:n]
-        return out
+        total: dict[str, int] = {}
+        for hour, counts in hours:
+            if hour > since:
+                for key, c in counts.items():
+                    total[key] = total.get(key, 0) + c
+        return total
+
+
+def _ranked(counts: dict[str, int]) -> list[tuple[str, int]]:
+    return sorted(counts.items(), key=lambda item: (-item[1], item[0]))
 
 
 # The resolver's tally until the admin page gives it a real one: counts nothing.

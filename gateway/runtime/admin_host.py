@@ -86,6 +86,9 @@ class GatewayAdminHost:
                 self.tally.harvest(profile)
         return self.tally.top(TOP_N)
 
+    def blocked_by_category(self) -> dict[str, dict[str, int]]:
+        return self.tally.by_category()
+
     async def search_log(self, **query: Any) -> list[Found] | None:
         store = self.query_log.store if self.query_log is not None else None
         if store is None:
