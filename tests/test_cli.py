@@ -269,7 +269,7 @@ def test_every_verb_is_served_by_the_group_whose_docstring_names_it() -> None:
                                                for v in vs.split("|")}, (group.__name__, verb)
     assert len(seen) == len(set(seen)), seen
     assert set(seen) == {"run", "check", "explain", "feed", "feeds", "report", "probe", "export",
-                         "proxy", "reports", "schema"}
+                         "proxy", "reports", "schema", "admin"}
 
 
 def test_no_command_prints_its_own_errors() -> None:
@@ -330,6 +330,8 @@ def test_an_error_from_any_command_goes_through_the_one_policy(tmp_path: Path) -
          "safegate reports: cannot read the reports database: file is not a database\n"),
         (["schema", "--write", "--root", str(tmp_path)],
          f"safegate schema: {tmp_path / 'docs' / 'configuration.md'} not found"),
+        (["admin", "passwd", "-c", str(cfg), "--password-stdin"],
+         f"safegate admin: {cfg} has no admin: section (see docs/admin.md)\n"),
     ]
     import argparse
 

@@ -30,7 +30,8 @@ MAX_LINES = 400
 # A new part goes in _PARTS (what "anything" means) and gets its own row in LAYERS.
 _PARTS = frozenset({
     "errors", "util", "config", "policy", "lists", "feedformat", "dns", "feeds", "publisher",
-    "compliance", "hotline", "blockpage", "proxy", "http", "runtime", "cli", "__main__",
+    "compliance", "hotline", "blockpage", "proxy", "http", "runtime", "cli", "__main__", "admin",
+    "querylog",
 })
 _ABOVE_RUNTIME = frozenset({"runtime", "cli", "__main__"})
 LAYERS: dict[str, frozenset[str]] = {
@@ -41,6 +42,8 @@ LAYERS: dict[str, frozenset[str]] = {
     "policy": frozenset({"lists", "config", "util", "errors"}),
     "lists": frozenset({"policy", "config", "util", "errors"}),
     "feedformat": frozenset({"util", "errors"}),
+    # The query log's store and writer: the runtime hands its hook to the profiles it builds.
+    "querylog": frozenset({"policy", "config", "util", "errors"}),
     # HTTP listener plumbing shared by the gateway and its proxy process (connection guard,
     # /metrics and health endpoints): no DNS, no runtime.
     "http": frozenset({"config", "util", "errors"}),
@@ -54,6 +57,9 @@ LAYERS: dict[str, frozenset[str]] = {
     "compliance": _PARTS - _ABOVE_RUNTIME,
     "hotline": _PARTS - _ABOVE_RUNTIME,
     "blockpage": _PARTS - _ABOVE_RUNTIME,
+    # The admin page reads the running gateway through admin/host.py's AdminHost, which the
+    # runtime implements: it never imports the runtime.
+    "admin": _PARTS - _ABOVE_RUNTIME,
     # The proxy is its own process; it learns the gateway's state through files, not imports.
     "proxy": _PARTS - _ABOVE_RUNTIME,
     "runtime": _PARTS - {"cli", "__main__"},

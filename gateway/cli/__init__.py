@@ -36,6 +36,7 @@ GROUPS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("proxy", ("proxy",)),
     ("hotline", ("reports",)),         # reports list|export
     ("schema", ("schema",)),           # schema [gateway|policy|lists]
+    ("admin", ("admin",)),             # admin passwd
 )
 
 

@@ -21,8 +21,7 @@ from gateway.config.gateway import GatewayConfig, load_config
 from gateway.errors import SafeGateError
 from gateway.feeds.acks import refused_path
 from gateway.feeds.client import status_of
-from gateway.feeds.hold import held_paths
-from gateway.util.atomic import atomic_write
+from gateway.feeds.hold import confirm_held
 
 
 def register(subparsers: Any) -> None:
@@ -108,15 +107,7 @@ def confirm(config: GatewayConfig, feed: str) -> dict[str, Any]:
     """Write the confirm marker for the feed's held update; SafeGateError if none is held."""
     if feed not in _feed_names(config):
         raise SafeGateError(f"no feed named {feed!r} in {config.path}")
-    meta_p, _, _, marker = held_paths(config.state_dir, feed)
-    try:
-        held: dict[str, Any] = json.loads(meta_p.read_text())
-    except FileNotFoundError:
-        raise SafeGateError(f"feed {feed!r} has no held update") from None
-    except (OSError, ValueError) as exc:
-        raise SafeGateError(f"cannot read {meta_p}: {exc}") from None
-    atomic_write(marker, str(held["id"]).encode())
-    return held
+    return confirm_held(config.state_dir, feed)
 
 
 def _confirm(args: argparse.Namespace) -> int:

@@ -15,6 +15,7 @@ from pathlib import Path
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from gateway.config.addresses import Address
+from gateway.config.admin import ADMIN, AdminConfig, parse_admin
 from gateway.config.dns import DNS, CacheConfig, ForwarderConfig, parse_dns
 from gateway.config.feeds import (
     FEED,
@@ -89,6 +90,7 @@ class GatewayConfig:
     proxy: ProxyConfig
     reports: ReportsConfig
     limits: Limits
+    admin: AdminConfig | None = None         # admin: the admin page (config/admin.py); off if unset
     # Top-level keys (relative paths are relative to gateway.yaml).
     policies: tuple[Path, ...] = (Path("policies"),)
     blocklists: Path = Path("blocklists/lists.yaml")
@@ -127,6 +129,7 @@ GATEWAY = Shape("gateway.yaml", (
     Key("proxy", PROXY, PROXY.doc),
     Key("reports", REPORTS, REPORTS.doc),
     Key("limits", LIMITS, LIMITS.doc),
+    Key("admin", ADMIN, ADMIN.doc),
 ), nullable=False)
 
 
@@ -190,6 +193,7 @@ def load_config(path: str | Path) -> GatewayConfig:
         subscribers_source=subscribers_source,
         proxy=parse_proxy(doc, rel, refs),
         reports=parse_reports(doc),
+        admin=parse_admin(doc, rel, state_dir),
         limits=parse_limits(doc, dns.tcp_idle_timeout if "tcp_idle_timeout" in written_dns
                             else None),
         policies=policies,

@@ -185,6 +185,29 @@ class PublisherLimits:
 
 
 @dataclass(frozen=True)
+class AdminLimits:
+    """The admin page (`admin:` in gateway.yaml, gateway/admin/): `limits.admin`."""
+
+    sessions: int = 64                   # logged-in sessions held; the oldest is dropped beyond
+    session_lifetime: float = 8 * 3600.0  # a session ends this long after its login
+    lockout_failures: int = 5            # wrong passwords from one address before it is locked
+    lockout_seconds: float = 900.0       # how long a locked address may not try again
+    lockout_table: int = 1024            # addresses whose failures are remembered (oldest go)
+    form_bytes: int = 16 * KIB           # one POSTed form
+    top_names: int = 100                 # blocked names counted per network and hour (the
+                                         # "most blocked" table, dns/tally.py)
+
+
+@dataclass(frozen=True)
+class QueryLogLimits:
+    """The query log of networks with `query_log:` (gateway/querylog/): `limits.query_log`."""
+
+    rows: int = 1_000_000                # rows kept in all (~100 MB); the oldest go first
+    pending: int = 20_000                # rows waiting for the writer; beyond, rows are dropped
+    flush_interval: float = 1.0          # the writer's batch period (never a write per query)
+
+
+@dataclass(frozen=True)
 class Limits:
     """`limits:` in gateway.yaml."""
 
@@ -198,3 +221,5 @@ class Limits:
     rrl: RrlLimits = field(default_factory=RrlLimits)
     udp: UdpLimits = field(default_factory=UdpLimits)
     quota: QuotaLimits = field(default_factory=QuotaLimits)
+    admin: AdminLimits = field(default_factory=AdminLimits)
+    query_log: QueryLogLimits = field(default_factory=QueryLogLimits)

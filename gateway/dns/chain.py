@@ -30,13 +30,15 @@ import time
 from collections.abc import Callable, Coroutine
 from typing import Any
 
-from gateway.dns import fastpath, proxyproto, rewrite, wire
+from gateway.dns import fastpath, proxyproto, wire
 from gateway.dns.answers import any_reply, class_refused_reply, refused_reply
 from gateway.dns.cache import AnswerCache, Entry, Key, entry_from_reply, relay_entry
 from gateway.dns.local import LocalAnswers
 from gateway.dns.memo import Memo, Rendered
+from gateway.dns.safesearch_path import SafeSearchPath
 from gateway.dns.stats import PROBE, DnsStats
 from gateway.dns.svcb import TYPE_HTTPS, TYPE_SVCB, strip_ech
+from gateway.dns.tally import NO_TALLY
 from gateway.dns.upstream import Forwarder
 from gateway.dns.upstream_base import UpstreamError, log_failure
 from gateway.dns.view import View
@@ -58,7 +60,7 @@ _STEERED_TYPES = (wire.TYPE_A, wire.TYPE_AAAA, TYPE_HTTPS, TYPE_SVCB)
 _NO_ECH = 4  # cache-key flag: an HTTPS/SVCB answer stored with `ech` stripped (bypass tiers)
 
 
-class Resolver:
+class Resolver(SafeSearchPath):
     """The query path. Holds the current View; `swap` replaces it atomically."""
 
     def __init__(self, view: View, cache: AnswerCache, forwarder: Forwarder, stats: DnsStats,
@@ -76,6 +78,7 @@ class Resolver:
         self.clock = clock
         self.quotas = quotas    # game-time counters (policy/quota_table.py); None: no quotas
         self._stats_keys: dict[tuple[str, ...], tuple[str, ...]] = {}  # see _remember
+        self.tally = NO_TALLY   # the admin page's blocked-name counts (dns/tally.py)
 
     def close(self) -> None:
         self.forwarder.close()
@@ -115,6 +118,7 @@ class Resolver:
                 memo = profile.replies.get(data[2:])
                 if memo is not None:
                     if memo.entry is None:  # a fixed reply: blocked, intercepted, local
+                        memo.hits += 1      # the blocked-name tally reads it (dns/tally.py)
                         self.stats.count_key(memo.stats_key, perf_counter() - start)
                         return data[:2] + memo.reply  # type: ignore[no-any-return]
                     # TTLs tick once a second; an expired entry: the slow path renews the memo
@@ -161,7 +165,7 @@ class Resolver:
         if len(replies) >= profile.reply_memo:
             if not replies:
                 return  # limits.memory.reply_memo: 0 turns the memo off
-            replies.popitem(last=False)  # the oldest: a clear would thrash a set at the limit
+            self.tally.evicted(profile, *replies.popitem(last=False))  # oldest; a clear thrashes
         kind, payload, key = memo  # one shared stats key per action/category/tier (config)
         key = self._stats_keys.setdefault(key, key)
         if kind is _BLOCKED:
@@ -215,9 +219,12 @@ class Resolver:
         # A quota-limited name is counted per client: its reply is never memoized per profile.
         if counted := bool(profile.quotas) and verdict.reason == "quota":
             verdict = charged(self.quotas, profile, verdict, client)
+        if profile.log is not None:   # this network's query log (gateway/querylog/)
+            profile.log(q.key, q.qtype, verdict, client)
         if verdict.blocked:
             count("blocked", verdict.category, profile.tier, protocol, time.perf_counter() - start)
             reply = view.answers.blocked_reply(q, verdict)
+            self.tally.blocked(profile, q.key, protocol, verdict.category)
             if protocol == "udp" and not counted:
                 self._remember(profile, data, (_BLOCKED, reply[2:],
                                                ("blocked", verdict.category, profile.tier, "udp")))
@@ -267,61 +274,6 @@ class Resolver:
                                                ("cached", "", profile.tier, "udp")))
             return reply
         return self._forward(q, key, profile, view, protocol, limit, start)
-
-    def _rewrite(self, q: wire.Query, verdict: Verdict, profile: Profile, view: View,
-                 protocol: str, limit: int, start: float) -> bytes | Pending:
-        """SafeSearch: CNAME to the target plus the target's records (cached like any other)."""
-        target = verdict.rewrite
-        if q.qtype == wire.TYPE_CNAME:
-            self.stats.count("rewritten", "safesearch", profile.tier, protocol,
-                             time.perf_counter() - start)
-            return rewrite.cname_only(q, target, view.answers.ttl)
-        cd = bool(q.flags & wire.CD)
-        tq = wire.parse_query(wire.build_query(0, wire.key_to_wire(target) + q.question[-4:],
-                                               do=q.do, cd=cd))
-        assert tq is not None
-        key = self.cache.key(tq.key, tq.qtype, tq.qclass, (q.do << 1) | cd)
-        now = self.clock()
-        entry = self.cache.get(key, now)
-        if entry is not None:
-            self.stats.count("rewritten", "safesearch", profile.tier, protocol,
-                             time.perf_counter() - start)
-            return rewrite.splice(q, target, entry.reply(tq, now, TCP_LIMIT), limit,
-                                  view.answers.ttl)
-        return self._rewrite_miss(q, tq, key, target, profile, view, protocol, limit, start)
-
-    async def _rewrite_miss(self, q: wire.Query, tq: wire.Query, key: Key,
-                            target: bytes, profile: Profile, view: View, protocol: str,
-                            limit: int, start: float) -> bytes | None:
-        count = self.stats.count
-        try:
-            raw = await self.zones.pick(tq.key, self.forwarder).resolve(
-                tq.question, do=q.do, cd=bool(q.flags & wire.CD))
-        except UpstreamError as exc:
-            now = self.clock()
-            stale = self.cache.get_stale(key, now)
-            if stale is None:
-                log_failure(exc, "a SafeSearch target")
-                count("servfail", "", profile.tier, protocol, time.perf_counter() - start)
-                return wire.error_reply(q, wire.SERVFAIL, exc.ede)
-            entry: Entry | None = stale
-            target_reply = stale.reply(tq, now, TCP_LIMIT, stale=True)
-        else:
-            now = self.clock()
-            try:
-                entry = entry_from_reply(raw, self.cache.cfg, now)
-            except (wire.WireError, IndexError, ValueError):
-                entry = None
-            if entry is not None:
-                self.cache.put(key, entry)
-            else:
-                entry = relay_entry(raw, now)
-            if entry is None:
-                count("servfail", "", profile.tier, protocol, time.perf_counter() - start)
-                return wire.error_reply(q, wire.SERVFAIL)
-            target_reply = entry.reply(tq, now, TCP_LIMIT)
-        count("rewritten", "safesearch", profile.tier, protocol, time.perf_counter() - start)
-        return rewrite.splice(q, target, target_reply, limit, view.answers.ttl)
 
     def _from_entry(self, q: wire.Query, entry: Entry, profile: Profile, view: View, now: float,
                     limit: int, stale: bool) -> tuple[bytes, Verdict | None]:

@@ -140,7 +140,10 @@ def choose(pure: bool | None = None) -> Codec:
 def blocked(data: bytes, profile: Profile, answers: BlockAnswers, codec: Codec = PURE
             ) -> tuple[bytes, tuple[str, str, str, str]] | None:
     """(reply, stats key) when `data` is a plain query for a name a list rule blocks;
-    `codec` (from `choose`) says whether Python or C reads and writes the bytes."""
+    `codec` (from `choose`) says whether Python or C reads and writes the bytes. None for a
+    network with a query log: dns/chain.py's full path logs each of its queries."""
+    if profile.log is not None:
+        return None
     shape = codec.parse(data)
     if shape is None:
         return None

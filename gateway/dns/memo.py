@@ -10,14 +10,16 @@ from gateway.dns.cache import Entry
 
 
 class Memo:
-    """A fixed reply (blocked, intercepted, local): its bytes after the ID, its stats key."""
+    """A fixed reply (blocked, intercepted, local): its bytes after the ID, its stats key,
+    and how often it was given since the blocked-name tally last read it (dns/tally.py)."""
 
-    __slots__ = ("reply", "stats_key")
+    __slots__ = ("hits", "reply", "stats_key")
     entry: Entry | None = None   # class-level: not a cached answer (see Rendered)
 
     def __init__(self, reply: bytes, stats_key: tuple[str, ...]) -> None:
         self.reply = reply
         self.stats_key = stats_key
+        self.hits = 1                # made for a query that got this reply
 
 
 class Rendered(Memo):

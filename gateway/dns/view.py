@@ -25,3 +25,7 @@ class View:
     proxy_protocol: bool = False
     forward_ecs: bool = False
     built_at: datetime = _EPOCH  # when schedule windows were evaluated for these profiles
+
+    def profiles(self) -> list[Profile]:
+        """Every profile of this view: networks, subscribers and DoH tokens."""
+        return [*self.clients.values(), *self.tokens.values()]

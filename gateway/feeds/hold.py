@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from gateway.config.feeds import FeedGuardConfig
+from gateway.errors import SafeGateError
 from gateway.feedformat.document import FeedEntry, FeedError, make_entry
 from gateway.feeds.context import FeedContext
 from gateway.util.atomic import atomic_write
@@ -52,6 +53,20 @@ def held_paths(state_dir: Path, name: str) -> tuple[Path, Path, Path, Path]:
     d = state_dir / "feeds"
     return (d / f"{name}.held.json", d / f"{name}.held.body", d / f"{name}.held.sig",
             d / f"{name}.confirm")
+
+
+def confirm_held(state_dir: Path, name: str) -> dict[str, Any]:
+    """Write the confirm marker for the feed's held update (`safegate feeds confirm` and the
+    admin page's Confirm button); SafeGateError if none is held."""
+    meta_p, _, _, marker = held_paths(state_dir, name)
+    try:
+        held: dict[str, Any] = json.loads(meta_p.read_text())
+    except FileNotFoundError:
+        raise SafeGateError(f"feed {name!r} has no held update") from None
+    except (OSError, ValueError) as exc:
+        raise SafeGateError(f"cannot read {meta_p}: {exc}") from None
+    atomic_write(marker, str(held["id"]).encode())
+    return held
 
 
 class HoldGuard:

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -73,6 +74,8 @@ class Verdict:
 
 
 ALLOWED = Verdict(blocked=False, reason="none")
+# A logged network's per-query call (qname, qtype, verdict, client address): gateway/querylog/.
+QueryHook = Callable[[bytes, int, Verdict, str], None]
 
 # Names that switch clients away from this resolver, and the answer that keeps them here.
 # Firefox turns its default DoH off on NXDOMAIN for the canary; Apple asks networks to answer
@@ -115,9 +118,9 @@ class Profile:
     """
 
     __slots__ = ("_half", "_memo", "_older", "allow", "answer", "blocked", "bypass",
-                 "default_block", "deny", "filtered", "id", "index", "network", "plans", "quotas",
-                 "replies", "reply_memo", "rewrites", "scheduled", "steer", "steer_scopes", "tier",
-                 "verdict_memo")
+                 "default_block", "deny", "filtered", "id", "index", "log", "network", "plans",
+                 "quotas", "replies", "reply_memo", "rewrites", "scheduled", "steer",
+                 "steer_scopes", "tier", "verdict_memo")
 
     def __init__(self, id: ProfileId, network: str, tier: str, blocked: frozenset[str], answer: str,
                  allow: frozenset[bytes], deny: frozenset[bytes], default_block: bool,
@@ -127,7 +130,8 @@ class Profile:
                  steer_scopes: frozenset[bytes] = frozenset(),
                  quotas: dict[str, Quota] | None = None,
                  verdict_memo: int = MemoryLimits.verdict_memo,
-                 reply_memo: int = MemoryLimits.reply_memo) -> None:
+                 reply_memo: int = MemoryLimits.reply_memo,
+                 log: QueryHook | None = None) -> None:
         self.id = id
         self.network = network
         self.tier = tier
@@ -167,6 +171,9 @@ class Profile:
         # (~0.5 KB each) kept per profile, oldest evicted first.
         self.verdict_memo = verdict_memo
         self.reply_memo = reply_memo
+        # The query log of this network (gateway/querylog/), or None: a logged profile keeps
+        # no reply memo and skips the fast path, so dns/chain.py sees and logs every query.
+        self.log = log
 
     def decide(self, key: bytes) -> Verdict:
         """The verdict for a lowercase dotted name (memoized)."""

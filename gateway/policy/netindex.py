@@ -71,6 +71,11 @@ class PrefixMap(Generic[T]):
         self._v6 = [(plen, t, v) for version, plen, _, t, v in probes if version == 6]
         self._memo: OrderedDict[str, T | None] = OrderedDict()
 
+    def values(self) -> list[T]:
+        """Every distinct value (the profiles of a view), each once."""
+        seen = {id(v): v for _, _, values in (*self._v4, *self._v6) for v in values}
+        return list(seen.values())
+
     def lookup(self, address: str) -> T | None:
         """The value of the longest prefix holding `address`, or None (also for junk input)."""
         memo = self._memo

@@ -20,6 +20,7 @@ from gateway.config.spec import (
     Shape,
     Table,
     enum,
+    integer,
     list_of,
     one_of,
     pattern,
@@ -35,6 +36,7 @@ from gateway.config.yamlconf import (
     load_yaml,
 )
 from gateway.errors import ConfigError, ConfigErrors
+from gateway.policy.localpolicy import LOCAL, LocalRule, apply_local, parse_local
 from gateway.policy.quotas import QUOTA, Quota, parse_quotas
 from gateway.policy.schedules import HOLIDAY, WINDOW, Holiday, Window, parse_holidays, parse_windows
 from gateway.util.names import normalize_name
@@ -43,6 +45,11 @@ T = TypeVar("T")
 
 ANSWERS = ("blockpage", "nxdomain", "nodata", "null")
 SAFESEARCH_MODES = ("off", "moderate", "strict")
+QUERY_LOG_HOURS = (24, 168)   # default and maximum retention of a network's query log
+QUERY_LOG = Shape("query_log", (
+    Key("retention_hours", integer(1, QUERY_LOG_HOURS[1]), "hours a logged query is kept "
+        "(purged on schedule)", QUERY_LOG_HOURS[0]),
+), "this network's query log (off unless written; clients only as a daily-salted hash)")
 _TOKEN = re.compile(r"[A-Za-z0-9_-]{6,64}")
 _NAMES_DOC = "names (and their subdomains)"
 TIER = Shape("tier", (
@@ -72,6 +79,7 @@ NETWORK = Shape("a network", (
     Key("deny", STRINGS, f"{_NAMES_DOC} added to the tier's deny list here"),
     Key("description", TEXT, "free text"),
     Key("quotas", list_of(QUOTA), "budgets replacing the tier's for the categories they name"),
+    Key("query_log", QUERY_LOG, QUERY_LOG.doc),
 ), nullable=False)
 TOKEN = Shape("a token", (
     Key("token", pattern(f"^{_TOKEN.pattern}$"), "the DoH path token (/dns-query/TOKEN); "
@@ -85,6 +93,7 @@ POLICY_FILE = Shape("a policy file", (
     Key("networks", list_of(NETWORK), "who is in which tier, by address"),
     Key("tokens", list_of(TOKEN), "DoH path tokens and their tiers"),
     Key("holidays", list_of(HOLIDAY), "dates that suspend school_days_only windows"),
+    Key("local", LOCAL, LOCAL.doc),
 ), nullable=False)
 
 Network4or6 = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -116,6 +125,7 @@ class Network:
     allow: tuple[bytes, ...] = ()
     deny: tuple[bytes, ...] = ()
     description: str = ""
+    query_log_hours: int = 0      # query_log: {retention_hours}: 0 = no query log (default)
     path: str = ""
     line: int = 0
     quotas: tuple[Quota, ...] = ()       # replace the tier's for the categories they name
@@ -169,6 +179,7 @@ def load_policy(entries: Iterable[str | Path], categories: Iterable[str],
     raw_networks: list[tuple[YList, Any, int]] = []
     raw_tokens: list[tuple[YList, Any, int]] = []
     broken: set[str] = set()  # tiers with errors: networks using them are not errors too
+    local: list[LocalRule] = []   # `local:` allow/deny (policy/localpolicy.py), applied last
     for path in files:
         try:
             doc = load_yaml(path, max_bytes)
@@ -183,6 +194,11 @@ def load_policy(entries: Iterable[str | Path], categories: Iterable[str],
             continue
         if doc.path == "":
             doc.path = str(path)
+        if "local" in doc:
+            try:
+                local += parse_local(doc["local"], doc, _names)
+            except ConfigError as exc:
+                errors.append(exc)
         try:
             policy.holidays += parse_holidays(doc.get("holidays", []), doc, "holidays")
         except ConfigError as exc:
@@ -238,6 +254,7 @@ def load_policy(entries: Iterable[str | Path], categories: Iterable[str],
             continue
         seen_tokens[token.token] = token
         policy.tokens.append(token)
+    errors += apply_local(policy.tiers, policy.networks, local)
     if errors:
         raise ConfigErrors(errors)
     return policy
@@ -338,10 +355,25 @@ def _network(body: Any, parent: Any, index: int, tiers: dict[str, Tier],
         allow=_names(body.get("allow", []), "allow", body, "allow"),
         deny=_names(body.get("deny", []), "deny", body, "deny"),
         description=str(body.get("description", "")),
+        query_log_hours=_query_log(body),
         path=body.path, line=body.line,
         quotas=parse_quotas(body.get("quotas", []), body, "quotas", set(known),
                             f"network/{name}"),
     )
+
+
+def _query_log(body: YDict) -> int:
+    """`query_log: {retention_hours: N}` (1..168, default 24); absent: no log."""
+    if "query_log" not in body:
+        return 0
+    log = expect_mapping(body["query_log"], "query_log", body, "query_log")
+    QUERY_LOG.check(log)
+    default, most = QUERY_LOG_HOURS
+    hours = log.get("retention_hours", default)
+    if isinstance(hours, bool) or not isinstance(hours, int) or not 1 <= hours <= most:
+        raise error_at(f"query_log.retention_hours must be a whole number of hours from 1 to "
+                       f"{most}, got {hours!r}", None, log, "retention_hours")
+    return hours
 
 
 def _token(body: Any, parent: Any, index: int, tiers: dict[str, Tier]) -> Token:

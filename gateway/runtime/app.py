@@ -19,18 +19,14 @@ from gateway.dns.doh import DohHandler
 from gateway.dns.dot import DotServer, ReloadableContext
 from gateway.dns.rrl import Rrl
 from gateway.dns.server import DnsServer
-from gateway.http.guard import ConnectionGuard, GuardedSite, Networks, WebMetrics
+from gateway.http.guard import LISTENERS, ConnectionGuard, GuardedSite, Networks, WebMetrics
 from gateway.http.health import metrics_app
 from gateway.policy.identify import identify
 from gateway.policy.quota_table import charged
 from gateway.proxy.pac import pac_mount
 from gateway.proxy.supervisor import ProxySupervisor, proxy_command
-from gateway.runtime.metrics import (
-    GatewayCollector,
-    Metrics,
-    RrlCollector,
-    UpstreamHealthCollector,
-)
+from gateway.runtime.metrics import Metrics, register_collectors
+from gateway.runtime.querylog import QueryLogService
 from gateway.runtime.quotas import QuotaKeeper
 from gateway.runtime.reload import Reloading
 from gateway.runtime.resolver import build_dns_server, build_resolver
@@ -67,7 +63,7 @@ class Gateway(Reloading):
         self.notifier = notifier or Notifier()   # systemd Type=notify (a no-op elsewhere)
         self.registry = registry or CollectorRegistry()
         self.metrics = Metrics(self.registry)
-        self.web_metrics = WebMetrics(self.registry)
+        self.web_metrics = WebMetrics(self.registry, (*LISTENERS, "admin"))
         self.builder = Builder(config_path)
         self.loaded: Loaded | None = None
         self.resolver: Resolver | None = None
@@ -87,6 +83,7 @@ class Gateway(Reloading):
         self.worker_cache: dict[str, int] = {}
         self.proxy: ProxySupervisor | None = None   # issue #5: the proxy child process
         self.quotas: QuotaKeeper | None = None
+        self.query_log: QueryLogService | None = None   # issue #14: networks' query_log
 
     def ready(self) -> bool:
         """Ready once lists are loaded and every listener is up (for /readyz)."""
@@ -99,37 +96,27 @@ class Gateway(Reloading):
         config = load_config(self.config_path)
         await self._serve_http(metrics_app(self.registry, self.ready), config.metrics_listen,
                                ConnectionGuard(config.limits.web, self.web_metrics, "metrics"))
+        self.query_log = QueryLogService(config.state_dir, config.limits.query_log,
+                                         self.registry, self._stop, self._log_retention,
+                                         self.background)
+        self.builder.query_log = self.query_log.hook
         loaded = await self.builder.build(None)
         self.quotas = QuotaKeeper(loaded.config, self.registry)   # game time (docs/quotas.md)
         self.background.append(asyncio.get_running_loop().create_task(
             self.quotas.run(self._stop)))
         self.resolver = build_resolver(loaded.config, loaded.view, self.metrics.dns,
                                        self.metrics.upstream_observer(), self.quotas.table)
-        cache, forwarder = self.resolver.cache, self.resolver.forwarder
+        forwarder = self.resolver.forwarder
         self.metrics.init_upstreams([u.label for u in forwarder.upstreams]
                                     + self.resolver.zones.labels(), forwarder.open_sockets)
-        zones = self.resolver.zones.zones
-        self.registry.register(UpstreamHealthCollector(
-            lambda: [u for f in (forwarder, *zones.values()) for u in f.upstreams]))
         workers = loaded.config.workers
         self.dns, rrl = build_dns_server(loaded.config, self.resolver,
                                          list(loaded.config.dns_listen), self.metrics.streams,
                                          reuse_port=workers > 1)
         self.rrl = rrl
-        extra = self.worker_cache   # dns.workers: the other processes' cache counters
-
-        self.registry.register(GatewayCollector(
-            self.metrics.dns,
-            lambda: {**{k: n + extra.get(k, 0) for k, n in cache.counters().items()},
-                     **{f"entries_{k}": n for k, n in cache.segment_sizes().items()},
-                     "entries": len(cache)},
-            lambda: dict(self.loaded.index.entries_by_category) if self.loaded else {}))
-        self.metrics.blocked_bodies.set_function(
-            lambda: len(self.loaded.view.answers.bodies) if self.loaded else 0)
-        self.registry.register(RrlCollector(
-            lambda: {"slipped": rrl.slipped + extra.get("rrl_slipped", 0),
-                     "dropped": rrl.dropped + extra.get("rrl_dropped", 0),
-                     "buckets": len(rrl) + extra.get("rrl_buckets", 0)}))
+        # dns.workers: the other processes' cache and RRL counters are added in (worker_cache)
+        register_collectors(self.registry, self.metrics, self.resolver, rrl, self.worker_cache,
+                            lambda: self.loaded)
         self._install(loaded)
         await self._start_feeds(loaded)
         self._start_subscribers_feed(loaded)
@@ -154,6 +141,7 @@ class Gateway(Reloading):
                                 self.web_tls.outer if self.web_tls is not None else None)
         await self._serve_http(blockpage_app(doh.add_routes, pac, site=await self._site(doh)),
                                loaded.config.web_listen, guard)
+        await self._start_admin(loaded)
         if loaded.config.proxy.enabled:
             self.proxy = ProxySupervisor(proxy_command(self.config_path))
             self.proxy.start()
@@ -168,6 +156,32 @@ class Gateway(Reloading):
                  len(loaded.policy.networks), loaded.index.size,
                  "C" if loaded.index.accelerated else "pure-Python",
                  (self.resolver.fast if self.resolver else fastpath.PURE).name)
+
+    def _log_retention(self) -> dict[str, int]:
+        """Networks' query_log.retention_hours in the running policy."""
+        networks = self.loaded.policy.networks if self.loaded else []
+        return {n.name: n.query_log_hours for n in networks if n.query_log_hours}
+
+    async def _start_admin(self, loaded: Loaded) -> None:
+        """admin: the admin page on its own listener (gateway/admin/); a restart applies a
+        change of admin.listen."""
+        if loaded.config.admin is None:
+            return
+        from gateway.admin.app import admin_app
+        from gateway.dns.tally import BlockedTally
+        from gateway.runtime.admin_host import GatewayAdminHost, TallyCollector, harvest
+
+        assert self.resolver is not None
+        tally = BlockedTally(loaded.config.limits.admin.top_names)
+        self.resolver.tally = tally
+        self.registry.register(TallyCollector(tally))
+        self.background.append(asyncio.get_running_loop().create_task(
+            harvest(tally, self.resolver, self._stop)))
+        host = GatewayAdminHost(self, self.ready, self.query_log, tally)
+        await self._serve_http(admin_app(host, self.registry),
+                               loaded.config.admin.listen,
+                               ConnectionGuard(loaded.config.limits.web, self.web_metrics,
+                                               "admin"))
 
     async def _start_workers(self, loaded: Loaded) -> None:
         """dns.workers > 1: the other resolver processes (gateway/runtime/workers.py)."""

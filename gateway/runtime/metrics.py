@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector
 from prometheus_client.core import (
@@ -25,6 +25,10 @@ from gateway import __version__
 from gateway.dns.cache import SEGMENTS as CACHE_SEGMENTS
 from gateway.dns.stats import LATENCY_BUCKETS, DnsStats, StreamStats
 from gateway.dns.upstream_base import Upstream, UpstreamObserver
+
+if TYPE_CHECKING:
+    from gateway.dns.chain import Resolver
+    from gateway.dns.rrl import Rrl
 
 
 class StreamCollector(Collector):
@@ -286,3 +290,24 @@ class _UpstreamMetrics(UpstreamObserver):
 
     def dropped(self, reason: str) -> None:
         self.m.upstream_dropped.labels(reason).inc()
+
+
+def register_collectors(registry: CollectorRegistry, metrics: Metrics, resolver: Resolver,
+                        rrl: Rrl, extra: dict[str, int], loaded: Callable[[], Any]) -> None:
+    """The node's scrape-time collectors: answer cache and list sizes, RRL (each plus the other
+    workers' counts in `extra`) and upstream health. `loaded` gives the running state."""
+    cache, forwarder, zones = resolver.cache, resolver.forwarder, resolver.zones.zones
+    registry.register(UpstreamHealthCollector(
+        lambda: [u for f in (forwarder, *zones.values()) for u in f.upstreams]))
+    registry.register(GatewayCollector(
+        metrics.dns,
+        lambda: {**{k: n + extra.get(k, 0) for k, n in cache.counters().items()},
+                 **{f"entries_{k}": n for k, n in cache.segment_sizes().items()},
+                 "entries": len(cache)},
+        lambda: dict(loaded().index.entries_by_category) if loaded() else {}))
+    metrics.blocked_bodies.set_function(
+        lambda: len(loaded().view.answers.bodies) if loaded() else 0)
+    registry.register(RrlCollector(
+        lambda: {"slipped": rrl.slipped + extra.get("rrl_slipped", 0),
+                 "dropped": rrl.dropped + extra.get("rrl_dropped", 0),
+                 "buckets": len(rrl) + extra.get("rrl_buckets", 0)}))

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from abc import ABC, abstractmethod
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -52,6 +53,9 @@ class Reloading(ABC):
     _reload_lock: asyncio.Lock
     _watched: tuple[tuple[str, int, int, int], ...]
     _stop: asyncio.Event
+    # The last reload attempt (the admin page's status): when, and what failed ("" if none).
+    last_reload_at: float = 0.0
+    last_reload_error: str = ""
 
     @abstractmethod
     def _install(self, loaded: Loaded) -> None:
@@ -65,6 +69,7 @@ class Reloading(ABC):
         """Build aside and swap; on any error keep serving what runs now and say why."""
         async with self._reload_lock:
             log.info("reloading (%s)", why)
+            self.last_reload_at = time.time()
             self.notifier.reloading()
             try:
                 return await self._reload()
@@ -72,6 +77,7 @@ class Reloading(ABC):
                 # A bug, or a file no check foresaw: what runs stays, and so must the watcher
                 # (an exception out of here used to end it, and later edits were ignored).
                 log.exception("reload failed unexpectedly, keeping the running configuration")
+                self.last_reload_error = "unexpected error (see the log)"
                 self._reload_failed()
                 return False
             finally:
@@ -92,6 +98,7 @@ class Reloading(ABC):
         except (ConfigError, ConfigErrors, SafeGateError, OSError) as exc:
             for line in str(exc).splitlines():
                 log.error("reload failed, keeping the running configuration: %s", line)
+            self.last_reload_error = str(exc)
             self._reload_failed()
             return False
         if loaded.config.dns_listen != self.loaded.config.dns_listen if self.loaded else False:
@@ -106,6 +113,7 @@ class Reloading(ABC):
             log.warning("feeds were added: restart SafeGate for them to apply")
         before = self.loaded.config.proxy if self.loaded else None
         self._install(loaded)
+        self.last_reload_error = ""
         log.info("reloaded: generation %d, %d list entries", loaded.view.generation,
                  loaded.index.size)
         await self._reload_proxy(before, loaded.config.proxy)

@@ -31,7 +31,7 @@ from gateway.lists.catalog import Catalog, load_catalog
 from gateway.lists.compile import MAX_SKIPPED_EXAMPLES, compile_catalog, limit_args
 from gateway.lists.index import ListIndex
 from gateway.lists.overlay import Layered, Matcher, Overlay
-from gateway.policy.decide import Profile, ProfileId
+from gateway.policy.decide import Profile, ProfileId, QueryHook
 from gateway.policy.netindex import PrefixMap
 from gateway.policy.policyfile import Network, Network4or6, Policy, load_policy, policy_files
 from gateway.policy.quotas import by_category
@@ -43,6 +43,8 @@ from gateway.runtime.intercept import read_intercept, steer_scopes, steering
 from gateway.util.fingerprint import Fingerprint, fingerprint
 
 log = logging.getLogger(__name__)
+
+QueryLogHooks = Callable[[str, str], QueryHook]   # (network, tier) -> its query log hook
 
 @dataclass
 class Loaded:
@@ -65,7 +67,7 @@ def watched_files(config_path: Path, loaded: Loaded | None) -> list[Path]:
     """Every file whose change should trigger a reload (directories too: new policy files)."""
     paths = [config_path]
     if loaded is not None:
-        paths += list(loaded.config.policies) + policy_files(loaded.config.policies)
+        paths += list(loaded.config.policies) + policy_files(policy_entries(loaded.config))
         paths += [loaded.catalog.path, *loaded.catalog.files()]
         # A renewed certificate (Let's Encrypt) is picked up like any other changed file.
         paths += [p for tls in (loaded.config.dot, loaded.config.web_tls) if tls is not None
@@ -79,7 +81,8 @@ def watched_files(config_path: Path, loaded: Loaded | None) -> list[Path]:
 
 def build_view(config: GatewayConfig, policy: Policy, index: Matcher, generation: int,
                *, at: datetime | None = None, subscribers: Subscribers | None = None,
-               intercept: frozenset[bytes] = frozenset()) -> tuple[View, dict[str, Profile]]:
+               intercept: frozenset[bytes] = frozenset(), query_log: QueryLogHooks | None = None
+               ) -> tuple[View, dict[str, Profile]]:
     """Profiles per network and the client map; pure and quick (no list parsing).
 
     Subscribers' prefix tables are shared as they are (no per-subscriber work): only their few
@@ -87,6 +90,9 @@ def build_view(config: GatewayConfig, policy: Policy, index: Matcher, generation
 
     `at` (default: now) is when schedule windows are evaluated: the profiles block what the
     windows open at that instant add, until the server builds the next view at the next edge.
+
+    `query_log(network, tier)`: the hook of a network with `query_log:` (the serving process
+    passes it; `check`, `explain` and workers do not log).
     """
     when = at or datetime.now(UTC)
     extra = scheduled_categories(config, policy, when)
@@ -96,8 +102,10 @@ def build_view(config: GatewayConfig, policy: Policy, index: Matcher, generation
     profiles: dict[str, Profile] = {}
     items: list[tuple[Network4or6, Profile]] = []
     for i, net in enumerate(policy.networks):
+        hook = (query_log(net.name, net.tier)
+                if query_log is not None and net.query_log_hours else None)
         profile = _profile(ProfileId("network", i), net, policy, index, extra, rewrites,
-                           steer=intercept, scopes=scopes, memory=memory)
+                           steer=intercept, scopes=scopes, memory=memory, log=hook)
         profiles[net.name] = profile
         items.extend((cidr, profile) for cidr in net.cidrs)
     # One profile per DoH token (not shared with a network's): its memo and its tier are its own.
@@ -155,7 +163,7 @@ def _profile(i: ProfileId, net: Network, policy: Policy, index: Matcher,
              extra: dict[str, frozenset[str]] | None = None, rewrites: Rewrites | None = None,
              *, filtered: bool = False, steer: frozenset[bytes] = frozenset(),
              scopes: frozenset[bytes] = frozenset(),
-             memory: MemoryLimits | None = None) -> Profile:
+             memory: MemoryLimits | None = None, log: QueryHook | None = None) -> Profile:
     tier = policy.tiers[net.tier]
     scheduled = (extra or {}).get(tier.name, frozenset())
     memory = memory or MemoryLimits()
@@ -166,7 +174,9 @@ def _profile(i: ProfileId, net: Network, policy: Policy, index: Matcher,
         scheduled=scheduled, bypass=tier.bypass_protection, filtered=filtered, steer=steer,
         steer_scopes=scopes, quotas=by_category(tier.quotas, net.quotas),
         rewrites=rewrites.for_mode(tier.safesearch) if rewrites is not None else None,
-        verdict_memo=memory.verdict_memo, reply_memo=memory.reply_memo)
+        verdict_memo=memory.verdict_memo,
+        # A logged network keeps no reply memo: every query reaches the log (dns/chain.py).
+        reply_memo=0 if log is not None else memory.reply_memo, log=log)
 
 
 def catalog_of(config: GatewayConfig) -> Catalog:
@@ -177,14 +187,27 @@ def catalog_of(config: GatewayConfig) -> Catalog:
                         config.state_dir)
 
 
+def policy_entries(config: GatewayConfig) -> list[Path]:
+    """`policies:` and, once the admin page wrote it, admin.local_policy (when it lies outside
+    the policies directory; a file named twice is loaded once)."""
+    local = config.admin.local_policy if config.admin is not None else None
+    return [*config.policies, *([local] if local is not None and local.exists() else [])]
+
+
 def load_policy_for(config: GatewayConfig, catalog: Catalog) -> Policy:
     """The policy files of `config`; they must give some client a tier.
 
     With no network, no DoH token and no subscribers file, every query would be REFUSED: that
     is a broken configuration (an emptied or missing file), never one to swap in.
     """
-    policy = load_policy(config.policies, catalog.categories.keys(),
+    policy = load_policy(policy_entries(config), catalog.categories.keys(),
                          config.limits.files.config_bytes)
+    logged = [n for n in policy.networks if n.query_log_hours]
+    if logged and config.workers > 1:
+        # Only the primary process holds the log; the other workers' share would be missing.
+        net = logged[0]
+        raise ConfigError(f"network {net.name!r} has query_log, which needs dns.workers: 1",
+                          net.path, net.line)
     if not policy.networks and not policy.tokens and config.subscribers is None:
         files = ", ".join(str(p) for p in policy.files)
         what = f"policy files: {files}" if files else "no *.yaml or *.yml file in " + ", ".join(
@@ -267,6 +290,8 @@ class Builder:
         self.primed_subscribers: Subscribers | None = None
         # Schedule windows are evaluated at clock(); tests inject one.
         self.clock: Callable[[], datetime] = lambda: datetime.now(UTC)
+        # The running gateway's query log (gateway/querylog/), when some network enables it.
+        self.query_log: QueryLogHooks | None = None
 
     def rebuild_view(self, loaded: Loaded) -> Loaded:
         """The same files with the current overlays: a feed update, no list recompile."""
@@ -274,7 +299,7 @@ class Builder:
         view, profiles = build_view(loaded.config, loaded.policy,
                                     layered(loaded.index, self.overlays), self.generation,
                                     at=self.clock(), subscribers=loaded.subscribers,
-                                    intercept=loaded.intercept)
+                                    intercept=loaded.intercept, query_log=self.query_log)
         return dataclasses.replace(loaded, view=view, profiles=profiles)
 
     async def build(self, previous: Loaded | None) -> Loaded:
@@ -296,7 +321,7 @@ class Builder:
         self.generation += 1
         view, profiles = build_view(config, policy, layered(index, self.overlays),
                                     self.generation, at=self.clock(), subscribers=subscribers,
-                                    intercept=intercept)
+                                    intercept=intercept, query_log=self.query_log)
         return Loaded(config, policy, catalog, index, view, profiles, summary, lists_fp,
                       index_path, subscribers, intercept)
 
