@@ -83,9 +83,14 @@ def start_province(directory: Path, ministry: PublisherProcess, link: Interposer
 
 
 @pytest.fixture
-def tier(tmp_path: Path) -> Iterator[Tier]:
-    ministry = start_publisher(tmp_path / "ministry", gateways=(), extra={"provinces": [
-        {"id": PROVINCE, "name": "Hà Nội", "token": PROVINCE_TOKEN}]})
+def tier(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Tier]:
+    """The ministry on SQLite, or on PostgreSQL (a national deployment) when the test says
+    so with parametrize("tier", ["postgresql"], indirect=True)."""
+    extra: dict[str, Any] = {"provinces": [
+        {"id": PROVINCE, "name": "Hà Nội", "token": PROVINCE_TOKEN}]}
+    if getattr(request, "param", "sqlite") == "postgresql":
+        extra["database"] = request.getfixturevalue("postgres").new_database("ministry")
+    ministry = start_publisher(tmp_path / "ministry", gateways=(), extra=extra)
     link = Interposer(ministry.url).start()
     province = start_province(tmp_path / "province", ministry, link)
     school_b_link = Interposer(province.url).start()
@@ -128,6 +133,7 @@ def order(pub: PublisherProcess, rid: str, value: str) -> None:
     assert r.status == 201, r.body
 
 
+@pytest.mark.parametrize("tier", ["sqlite", "postgresql"], indirect=True)
 def test_orders_from_ministry_and_province_reach_both_schools_and_are_acked_where_issued(
         tier: Tier, unbound: ub.UnboundServer, safegate_factory: Any) -> None:
     schools = start_schools(tier, unbound, safegate_factory)
