@@ -196,6 +196,28 @@ def test_orders_from_ministry_and_province_reach_both_schools_and_are_acked_wher
     assert html.returncode == 0, html.stderr
     assert "Province, all its gateways</span>: Hà Nội (ha-noi)" in html.stdout
 
+    # The province's own view of the national order: which of its schools applied it.
+    for school in SCHOOLS:
+        assert sample(p, "safegate_publisher_national_gateway_applied_serial",
+                      gateway=school) == 1
+        assert sample(p, "safegate_publisher_national_gateway_verified_entries",
+                      gateway=school) == 1
+        assert sample(p, "safegate_publisher_national_gateway_overdue_entries",
+                      gateway=school) == 0
+    out = subprocess.run([sys.executable, "-m", "gateway", "report", "-c",
+                          str(tier.province.setup.config), "--from", today, "--to", today,
+                          "--format", "json", "--tz", "UTC"], capture_output=True, text=True,
+                         cwd=REPO_ROOT, timeout=60, check=False)
+    assert out.returncode == 0, out.stderr
+    sections = {s["name"]: s for s in json.loads(out.stdout)["sections"]}
+    assert set(sections) == set(SCHOOLS)
+    for school in SCHOOLS:
+        rows = {e["id"]: e for e in sections[school]["entries"]}
+        assert set(rows) == {"BCA-2026-0001", "HN-2026-0001"}
+        assert rows["BCA-2026-0001"]["authority"] == "Bộ Công an"
+        assert rows["BCA-2026-0001"]["verified_at"] and rows["HN-2026-0001"]["verified_at"]
+        assert sections[school]["mandatory"]["received"] == 2
+
     # A national document altered at the province: school B refuses it (bad signature) and
     # keeps what it had; school A, fed the untouched bytes, enforces the new order.
     tier.school_b_link.tamper = (TAMPERED_NAME.encode(), b"drugx.test")

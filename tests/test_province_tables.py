@@ -5,14 +5,18 @@ every statement here must mean the same on both."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
 from prometheus_client import CollectorRegistry
 
 from gateway.cli.report import read_province_members
+from gateway.feedformat.document import Feed, FeedEntry, LegalBasis
+from gateway.publisher.mirror import NationalDoc
+from gateway.publisher.national_view import NationalView
 from gateway.publisher.provinces import ProvinceRegistry
-from gateway.publisher.store import Store
+from gateway.publisher.store import Ack, AckEntry, Store
 from gateway.publisher.upstream_acks import NationalIds, UpstreamOutbox
 
 
@@ -132,3 +136,49 @@ def test_two_ministry_processes_never_admit_past_the_limit(
         t.join(60)
     assert len(admitted[0]) + len(admitted[1]) == 20
     assert len(regs[0].gateways()) == 20
+
+
+def _doc(serial: int, since: int | None, entries: list[FeedEntry],
+         removed: tuple[str, ...] = ()) -> NationalDoc:
+    feed = Feed(serial, "2026-12-04T10:00:00Z", tuple(entries), removed, since)
+    body = json.dumps(feed.to_json()).encode()
+    ids = frozenset(e.id for e in entries) | frozenset(removed)
+    return NationalDoc(serial, since, body, "", 1_780_000_000.0, ids)
+
+
+def _national(rid: str, deadline: str | None = None) -> FeedEntry:
+    return FeedEntry(rid, "domain", f"{rid.lower()}.example", ("csam",), "block", True,
+                     LegalBasis("Bộ Công an", "123/QĐ-BCA", "2026-11-20"),
+                     "2026-12-04T09:00:00Z", deadline)
+
+
+def test_national_view_records_entries_and_school_acks(
+        request: pytest.FixtureRequest, target: Path | str, store: Store) -> None:
+    """The province's record of national entries (from the mirrored documents) and of its
+    schools' acks for them: what its /metrics and `safegate report` read."""
+    view = NationalView(store.db)
+    view.installed(_doc(1, None, [_national("BCA-1"), _national("BCA-2")]))
+    view.installed(_doc(2, 1, [_national("BCA-3", "2026-12-04T09:30:00Z")], ("BCA-2",)))
+    now = 1_800_000_000.0            # 2027-01-15: every deadline (issued + 24 h) is past
+
+    def ack(gw: str, serial: int, outcome: str, verified: float | None) -> Ack:
+        return Ack(gw, serial, (AckEntry("BCA-1", 10.0, 11.0, verified, outcome),), (), {})
+
+    view.record(ack("s1", 1, "applied", None), now)
+    view.record(ack("s1", 2, "verified", 12.5), now)
+    view.record(ack("s1", 1, "verified", 99.0), now)     # re-sent: times and serial stay
+    view.record(ack("s2", 1, "received", None), now)
+    # a restart (another connection) knows which entries are live without any document
+    again = NationalView(opened(request, target).db)
+    assert again.applied_serials() == {"s1": 2, "s2": 1}
+    verified, overdue = again.compliance(["s1", "s2", "s3"], now, 24.0)
+    assert verified == {"s1": 1, "s2": 0, "s3": 0}
+    assert overdue == {"s1": 1, "s2": 2, "s3": 2}           # BCA-2 removed: not counted
+    row = store.db.execute("SELECT verified_at, outcome FROM national_acks WHERE gateway=?",
+                           ("s1",)).fetchone()
+    assert tuple(row) == (12.5, "verified")
+    # a snapshot that no longer lists BCA-1 marks it removed; the row stays for reports
+    again.installed(_doc(3, None, [_national("BCA-3", "2026-12-04T09:30:00Z")]))
+    assert again.compliance(["s1"], now, 24.0) == ({"s1": 0}, {"s1": 1})
+    removed = dict(store.db.execute("SELECT id, removed_at FROM national_entries").fetchall())
+    assert removed["BCA-1"] is not None and removed["BCA-3"] is None

@@ -24,6 +24,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from gateway.feedformat.signing import SIGNATURE_HEADER
+from gateway.publisher import gateways_api
 from gateway.publisher.acks import AckError, check_ack, parse_ack
 from gateway.publisher.app import (
     COLLECTOR,
@@ -41,6 +42,7 @@ from gateway.publisher.app import (
 )
 from gateway.publisher.config import _GATEWAY_ID, PublisherConfig
 from gateway.publisher.mirror import MIRROR_REASONS, NationalMirror
+from gateway.publisher.national_view import NationalView, NationalViewCollector
 from gateway.publisher.provinces import ProvinceCollector, ProvinceRegistry, namespaced
 from gateway.publisher.store import Store
 from gateway.publisher.upstream_acks import (
@@ -59,6 +61,7 @@ PROVINCES = web.AppKey("provinces", ProvinceRegistry)
 FORWARDED = web.AppKey("forwarded", dict)
 NATIONAL_IDS = web.AppKey("national_ids", NationalIds)
 DEFERRED = web.AppKey("deferred", dict)
+NATIONAL_VIEW = web.AppKey("national_view", NationalView)
 # safegate_publisher_national_acks_deferred_total{reason}: school acks answered 503 because
 # the province's outbox (limits.upstream_pending) or the school's share of it
 # (limits.upstream_pending_per_school) is full; the school keeps them and retries.
@@ -73,6 +76,11 @@ def add_tiers(app: web.Application, store: Store, config: PublisherConfig,
                                 config.limits.upstream_document_bytes)
         app[NATIONAL_IDS] = NationalIds(store.db)
         mirror.on_new_ids = app[NATIONAL_IDS].add
+        app[NATIONAL_VIEW] = NationalView(store.db)
+        mirror.on_installed = app[NATIONAL_VIEW].installed
+        registry.register(NationalViewCollector(app[NATIONAL_VIEW],
+                                                lambda: gateways_api.all_gateways(app),
+                                                config.overdue_after_hours))
         mirror.load()
         app[MIRROR] = mirror
         app[OUTBOX] = UpstreamOutbox(store.db)
@@ -183,6 +191,9 @@ async def post_national_ack(request: web.Request) -> web.Response:
                     "refusing more from it until they drain", share, gateway)
         return _error(503, f"{share} acks of this gateway wait for the ministry; retry later",
                       {"Retry-After": "60"})
+    # Recorded before it is queued: a failure between the two makes the school retry, and
+    # recording again changes nothing.
+    request.app[NATIONAL_VIEW].record(ack, time.time())
     outbox.add(gateway, body)
     return web.json_response({"ok": True})
 
