@@ -75,24 +75,32 @@ class Tier:
         return pub.request("GET", "/metrics").body.decode()
 
 
-def start_province(directory: Path, ministry: PublisherProcess, link: Interposer
-                   ) -> PublisherProcess:
-    return start_publisher(directory, gateways=SCHOOLS, extra={"upstream": {
+def start_province(directory: Path, ministry: PublisherProcess, link: Interposer,
+                   database: str | None = None) -> PublisherProcess:
+    extra: dict[str, Any] = {"upstream": {
         "url": link.url + "/v1/feed", "public_key": str(ministry.setup.public_key),
-        "token": PROVINCE_TOKEN, "province": PROVINCE}})
+        "token": PROVINCE_TOKEN, "province": PROVINCE}}
+    if database is not None:
+        extra["database"] = database
+    return start_publisher(directory, gateways=SCHOOLS, extra=extra)
 
 
 @pytest.fixture
 def tier(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Tier]:
     """The ministry on SQLite, or on PostgreSQL (a national deployment) when the test says
-    so with parametrize("tier", ["postgresql"], indirect=True)."""
+    so with parametrize("tier", ["postgresql"], indirect=True); "all-postgresql" puts the
+    province on PostgreSQL too."""
     extra: dict[str, Any] = {"provinces": [
         {"id": PROVINCE, "name": "Hà Nội", "token": PROVINCE_TOKEN}]}
-    if getattr(request, "param", "sqlite") == "postgresql":
+    backend = getattr(request, "param", "sqlite")
+    province_db = None
+    if backend in ("postgresql", "all-postgresql"):
         extra["database"] = request.getfixturevalue("postgres").new_database("ministry")
+    if backend == "all-postgresql":
+        province_db = request.getfixturevalue("postgres").new_database("province")
     ministry = start_publisher(tmp_path / "ministry", gateways=(), extra=extra)
     link = Interposer(ministry.url).start()
-    province = start_province(tmp_path / "province", ministry, link)
+    province = start_province(tmp_path / "province", ministry, link, province_db)
     school_b_link = Interposer(province.url).start()
     t = Tier(ministry, province, link, school_b_link)
     try:
@@ -238,6 +246,7 @@ def test_orders_from_ministry_and_province_reach_both_schools_and_are_acked_wher
              what="school B catches up once the bytes are the ministry's again")
 
 
+@pytest.mark.parametrize("tier", ["sqlite", "all-postgresql"], indirect=True)
 def test_acks_waiting_for_the_ministry_survive_a_province_restart(
         tmp_path: Path, tier: Tier, unbound: ub.UnboundServer, safegate_factory: Any) -> None:
     schools = start_schools(tier, unbound, safegate_factory)
