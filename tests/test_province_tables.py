@@ -182,3 +182,17 @@ def test_national_view_records_entries_and_school_acks(
     assert again.compliance(["s1"], now, 24.0) == ({"s1": 0}, {"s1": 1})
     removed = dict(store.db.execute("SELECT id, removed_at FROM national_entries").fetchall())
     assert removed["BCA-1"] is not None and removed["BCA-3"] is None
+
+
+def test_a_batch_is_bounded_by_count_and_bytes_and_keeps_order(store: Store) -> None:
+    """limits.upstream_batch_acks / upstream_batch_bytes: what one POST to the ministry may
+    carry; an ack larger than the byte bound still goes, alone, so nothing is stuck."""
+    box = UpstreamOutbox(store.db, Clock())
+    for i, size in enumerate((10, 10, 10, 50, 10)):
+        box.add(f"s{i}", b"x" * size)
+    assert [a.gateway for a in box.oldest_batch(3, 1000)] == ["s0", "s1", "s2"]
+    assert [a.gateway for a in box.oldest_batch(10, 35)] == ["s0", "s1", "s2"]
+    assert [a.gateway for a in box.oldest_batch(10, 5)] == ["s0"]
+    box.remove_many([a.id for a in box.oldest_batch(3, 1000)])
+    assert [a.gateway for a in box.oldest_batch(10, 20)] == ["s3"]
+    assert box.pending_of("s3") == 1 and box.pending_of("s0") == 0 and box.pending() == 2
