@@ -75,19 +75,32 @@ class Tier:
         return pub.request("GET", "/metrics").body.decode()
 
 
-def start_province(directory: Path, ministry: PublisherProcess, link: Interposer
-                   ) -> PublisherProcess:
-    return start_publisher(directory, gateways=SCHOOLS, extra={"upstream": {
+def start_province(directory: Path, ministry: PublisherProcess, link: Interposer,
+                   database: str | None = None) -> PublisherProcess:
+    extra: dict[str, Any] = {"upstream": {
         "url": link.url + "/v1/feed", "public_key": str(ministry.setup.public_key),
-        "token": PROVINCE_TOKEN, "province": PROVINCE}})
+        "token": PROVINCE_TOKEN, "province": PROVINCE}}
+    if database is not None:
+        extra["database"] = database
+    return start_publisher(directory, gateways=SCHOOLS, extra=extra)
 
 
 @pytest.fixture
-def tier(tmp_path: Path) -> Iterator[Tier]:
-    ministry = start_publisher(tmp_path / "ministry", gateways=(), extra={"provinces": [
-        {"id": PROVINCE, "name": "Hà Nội", "token": PROVINCE_TOKEN}]})
+def tier(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Tier]:
+    """The ministry on SQLite, or on PostgreSQL (a national deployment) when the test says
+    so with parametrize("tier", ["postgresql"], indirect=True); "all-postgresql" puts the
+    province on PostgreSQL too."""
+    extra: dict[str, Any] = {"provinces": [
+        {"id": PROVINCE, "name": "Hà Nội", "token": PROVINCE_TOKEN}]}
+    backend = getattr(request, "param", "sqlite")
+    province_db = None
+    if backend in ("postgresql", "all-postgresql"):
+        extra["database"] = request.getfixturevalue("postgres").new_database("ministry")
+    if backend == "all-postgresql":
+        province_db = request.getfixturevalue("postgres").new_database("province")
+    ministry = start_publisher(tmp_path / "ministry", gateways=(), extra=extra)
     link = Interposer(ministry.url).start()
-    province = start_province(tmp_path / "province", ministry, link)
+    province = start_province(tmp_path / "province", ministry, link, province_db)
     school_b_link = Interposer(province.url).start()
     t = Tier(ministry, province, link, school_b_link)
     try:
@@ -128,6 +141,7 @@ def order(pub: PublisherProcess, rid: str, value: str) -> None:
     assert r.status == 201, r.body
 
 
+@pytest.mark.parametrize("tier", ["sqlite", "postgresql"], indirect=True)
 def test_orders_from_ministry_and_province_reach_both_schools_and_are_acked_where_issued(
         tier: Tier, unbound: ub.UnboundServer, safegate_factory: Any) -> None:
     schools = start_schools(tier, unbound, safegate_factory)
@@ -190,6 +204,28 @@ def test_orders_from_ministry_and_province_reach_both_schools_and_are_acked_wher
     assert html.returncode == 0, html.stderr
     assert "Province, all its gateways</span>: Hà Nội (ha-noi)" in html.stdout
 
+    # The province's own view of the national order: which of its schools applied it.
+    for school in SCHOOLS:
+        assert sample(p, "safegate_publisher_national_gateway_applied_serial",
+                      gateway=school) == 1
+        assert sample(p, "safegate_publisher_national_gateway_verified_entries",
+                      gateway=school) == 1
+        assert sample(p, "safegate_publisher_national_gateway_overdue_entries",
+                      gateway=school) == 0
+    out = subprocess.run([sys.executable, "-m", "gateway", "report", "-c",
+                          str(tier.province.setup.config), "--from", today, "--to", today,
+                          "--format", "json", "--tz", "UTC"], capture_output=True, text=True,
+                         cwd=REPO_ROOT, timeout=60, check=False)
+    assert out.returncode == 0, out.stderr
+    sections = {s["name"]: s for s in json.loads(out.stdout)["sections"]}
+    assert set(sections) == set(SCHOOLS)
+    for school in SCHOOLS:
+        rows = {e["id"]: e for e in sections[school]["entries"]}
+        assert set(rows) == {"BCA-2026-0001", "HN-2026-0001"}
+        assert rows["BCA-2026-0001"]["authority"] == "Bộ Công an"
+        assert rows["BCA-2026-0001"]["verified_at"] and rows["HN-2026-0001"]["verified_at"]
+        assert sections[school]["mandatory"]["received"] == 2
+
     # A national document altered at the province: school B refuses it (bad signature) and
     # keeps what it had; school A, fed the untouched bytes, enforces the new order.
     tier.school_b_link.tamper = (TAMPERED_NAME.encode(), b"drugx.test")
@@ -210,6 +246,7 @@ def test_orders_from_ministry_and_province_reach_both_schools_and_are_acked_wher
              what="school B catches up once the bytes are the ministry's again")
 
 
+@pytest.mark.parametrize("tier", ["sqlite", "all-postgresql"], indirect=True)
 def test_acks_waiting_for_the_ministry_survive_a_province_restart(
         tmp_path: Path, tier: Tier, unbound: ub.UnboundServer, safegate_factory: Any) -> None:
     schools = start_schools(tier, unbound, safegate_factory)
@@ -389,3 +426,109 @@ def test_a_school_back_after_long_may_ack_a_removal_whose_diff_the_province_drop
     finally:
         province.kill()
         ministry.kill()
+
+
+def national_ack(school: str, outcome: str, serial: int = 1, rid: str = "BCA-1"
+                 ) -> dict[str, Any]:
+    times = {"received_at": "2026-12-04T00:00:00Z"}
+    if outcome == "verified":
+        times |= {"applied_at": "2026-12-04T00:00:00.25Z",
+                  "verified_at": "2026-12-04T00:00:00.5Z"}
+    return {"gateway": school, "feed": "national", "serial": serial,
+            "entries": [{"id": rid, "outcome": outcome, **times}]}
+
+
+def test_acks_go_up_in_batches_answered_per_ack_and_one_school_cannot_fill_the_outbox(
+        tmp_path: Path) -> None:
+    """While the ministry is away, a hostile school (its token posting ack after ack) fills
+    only its own share of the province's outbox: the other school's ack still goes in. Back
+    online, the ministry gets every ack in one POST, in order, and refuses one of them (the
+    province is past limits.province_gateways): only that one is dropped."""
+    ministry = start_publisher(tmp_path / "ministry", gateways=(), extra={
+        "provinces": [{"id": PROVINCE, "name": "Hà Nội", "token": PROVINCE_TOKEN}],
+        "limits": {"province_gateways": 1}})
+    link = Interposer(ministry.url).start()
+    link.refuse_posts = True
+    province = start_publisher(tmp_path / "province", gateways=SCHOOLS, extra={
+        "upstream": {"url": link.url + "/v1/feed", "public_key": str(ministry.setup.public_key),
+                     "token": PROVINCE_TOKEN, "province": PROVINCE},
+        "limits": {"upstream_pending": 10, "upstream_pending_per_school": 3,
+                   "upstream_batch_acks": 4}})
+    try:
+        order(ministry, "BCA-1", NATIONAL_NAME)
+        wait_for(lambda: sample(province.request("GET", "/metrics").body.decode(),
+                                "safegate_publisher_mirror_serial") == 1, 30.0,
+                 what="the province mirrored serial 1")
+
+        def post(school: str, outcome: str) -> int:
+            return province.request("POST", "/v1/national/acks", token=gateway_token(school),
+                                    body=national_ack(school, outcome)).status
+
+        assert [post("thpt-a", o) for o in ("received", "verified", "verified")] == [200] * 3
+        assert post("thpt-a", "verified") == 503            # its share is full
+        assert post("thpt-b", "received") == 200            # the other school is not starved
+        m = province.request("GET", "/metrics").body.decode()
+        assert sample(m, "safegate_publisher_upstream_pending_acks") == 4
+        assert sample(m, "safegate_publisher_national_acks_deferred_total",
+                      reason="school_pending_full") == 1
+        assert sample(m, "safegate_publisher_national_acks_deferred_total",
+                      reason="pending_full") == 0
+        assert link.posts == 0
+        link.refuse_posts = False
+        wait_for(lambda: sample(province.request("GET", "/metrics").body.decode(),
+                                "safegate_publisher_upstream_pending_acks") == 0, 90.0,
+                 what="the province's outbox drained")
+        assert link.posts == 1                               # four acks, one POST
+        m = province.request("GET", "/metrics").body.decode()
+        assert sample(m, "safegate_publisher_upstream_acks_total", result="delivered") == 3
+        assert sample(m, "safegate_publisher_upstream_acks_total", result="refused") == 1
+        assert sample(m, "safegate_publisher_upstream_batching") == 1
+        (gw,) = ministry.request("GET", "/v1/entries/BCA-1").json()["gateways"]
+        # in order: "received" then "verified" (the other order would leave "received")
+        assert gw["gateway"] == f"{PROVINCE}/thpt-a" and gw["outcome"] == "verified"
+        assert sample(ministry.request("GET", "/metrics").body.decode(),
+                      "safegate_publisher_province_acks_rejected_total", province=PROVINCE,
+                      reason="province_full") == 1
+    finally:
+        province.kill()
+        ministry.kill()
+        link.stop()
+
+
+def test_a_ministry_that_refuses_the_batch_gets_one_ack_per_post_and_loses_none(
+        tmp_path: Path) -> None:
+    """A ministry taking fewer acks per POST than the province sends (or an older one that
+    knows only the single form) answers the batch 413/400 without per-ack results: the
+    province goes on one ack per POST and drops nothing."""
+    ministry = start_publisher(tmp_path / "ministry", gateways=(), extra={
+        "provinces": [{"id": PROVINCE, "name": "Hà Nội", "token": PROVINCE_TOKEN}],
+        "limits": {"upstream_batch_acks": 1}})
+    link = Interposer(ministry.url).start()
+    link.refuse_posts = True
+    province = start_publisher(tmp_path / "province", gateways=SCHOOLS, extra={
+        "upstream": {"url": link.url + "/v1/feed", "public_key": str(ministry.setup.public_key),
+                     "token": PROVINCE_TOKEN, "province": PROVINCE}})
+    try:
+        order(ministry, "BCA-1", NATIONAL_NAME)
+        wait_for(lambda: sample(province.request("GET", "/metrics").body.decode(),
+                                "safegate_publisher_mirror_serial") == 1, 30.0,
+                 what="the province mirrored serial 1")
+        for school in SCHOOLS:
+            assert province.request("POST", "/v1/national/acks", token=gateway_token(school),
+                                    body=national_ack(school, "received")).status == 200
+        link.refuse_posts = False
+        wait_for(lambda: sample(province.request("GET", "/metrics").body.decode(),
+                                "safegate_publisher_upstream_pending_acks") == 0, 90.0,
+                 what="the province's outbox drained")
+        m = province.request("GET", "/metrics").body.decode()
+        assert sample(m, "safegate_publisher_upstream_batching") == 0
+        assert sample(m, "safegate_publisher_upstream_acks_total", result="delivered") == 2
+        assert sample(m, "safegate_publisher_upstream_acks_total", result="refused") == 0
+        assert link.posts == 3                               # the batch, then one by one
+        got = {g["gateway"] for g in ministry.request("GET", "/v1/entries/BCA-1"
+                                                      ).json()["gateways"]}
+        assert got == {f"{PROVINCE}/{s}" for s in SCHOOLS}
+    finally:
+        province.kill()
+        ministry.kill()
+        link.stop()

@@ -21,6 +21,7 @@ from typing import Any
 
 import yaml
 
+from gateway.cli.report_national import read_national, with_national
 from gateway.compliance import export as export_mod
 from gateway.compliance.report import (
     DEFAULT_TZ,
@@ -181,6 +182,8 @@ def build_report(config: Path, period: Period, now: float) -> Report:
     with readonly(database) as db:
         per_gateway = read_publisher(db, period)
         members = read_province_members(db)
+        # a province: its schools' rows for national entries too
+        per_gateway = with_national(per_gateway, read_national(db, period))
     sections: tuple[Section, ...] = tuple(
         build_section(gw, rows, period, probes, stats) for gw, rows, probes, stats in per_gateway)
     return Report("publisher", redact(database), period, now, sections,

@@ -156,6 +156,17 @@ class PublisherLimits:
     # province answers 503 and the schools keep the acks in their own outboxes.
     mirror_diffs: int = 64
     upstream_pending: int = 100_000
+    # At a province: of those, acks one school may have waiting. A school's outbox holds a
+    # handful (one per feed update it applied); without a share, one school token (a
+    # compromised Pi, a loop) could fill upstream_pending and every other school would get
+    # 503 (safegate_publisher_national_acks_deferred_total{reason="school_pending_full"}).
+    upstream_pending_per_school: int = 1000
+    # Acks forwarded to the ministry in one POST /v1/provinces/acks (province: most it sends;
+    # ministry: most it takes, more is 413), and the province's bound on that POST's body
+    # (keep it under the ministry's ack_bytes). 45,000 schools acking one POST each is the
+    # ministry's load without batching.
+    upstream_batch_acks: int = 500
+    upstream_batch_bytes: int = 1 * MIB
     # One national document fetched by the province (a 100k-entry snapshot is ~25 MB).
     upstream_document_bytes: int = 256 * MIB
     # Enrollment codes neither used nor expired (`safegate feed gateways add --code`): each is

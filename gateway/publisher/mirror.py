@@ -81,6 +81,10 @@ class NationalMirror:
         self.long_poll = LONG_POLL
         # Called with ids not mirrored before (since start): the province remembers them all.
         self.on_new_ids: Callable[[frozenset[str]], None] = lambda ids: None
+        # Called with each document put in force (a diff stepping from the mirrored serial,
+        # or a snapshot), and with the snapshot read from disk: the province's own record of
+        # the national entries (gateway/publisher/national_view.py).
+        self.on_installed: Callable[[NationalDoc], None] = lambda doc: None
         self._seen: set[str] = set()
 
     @property
@@ -137,7 +141,14 @@ class NationalMirror:
                 oldest = min(self.diffs)
                 self._path(self.diffs.pop(oldest)).unlink(missing_ok=True)
         self._remember()
+        self._installed(doc)
         self.watcher.check()
+
+    def _installed(self, doc: NationalDoc) -> None:
+        try:
+            self.on_installed(doc)
+        except Exception:   # the record is a view: serving the schools must go on
+            log.exception("recording national serial %d at the province failed", doc.serial)
 
     def _remember(self) -> None:
         self._known = frozenset().union(*(d.ids for d in self._docs()))
@@ -167,6 +178,8 @@ class NationalMirror:
             else:
                 self.diffs[doc.since] = doc
         self._remember()
+        if self.snapshot is not None:
+            self._installed(self.snapshot)     # (its diffs are older steps: not replayed)
         self.watcher.check()
         if self.snapshot is not None:
             log.info("national feed: serial %d mirrored from disk (%d diffs)", self.serial,

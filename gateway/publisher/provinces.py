@@ -62,12 +62,18 @@ class ProvinceRegistry:
         if self.db.execute("SELECT 1 FROM province_gateways WHERE gateway=?",
                            (gateway,)).fetchone():
             return True
-        count = int(self.db.execute("SELECT count(*) FROM province_gateways WHERE province=?",
-                                    (province,)).fetchone()[0])
-        if count >= self.limit:
-            return False
-        self.db.execute("INSERT OR IGNORE INTO province_gateways (gateway, province, first_seen) "
-                        "VALUES (?,?,?)", (gateway, province, now))
+        # One write transaction: two ministry processes admitting at once would both see
+        # room for the last school and both insert.
+        with self.db.write() as db:
+            if db.execute("SELECT 1 FROM province_gateways WHERE gateway=?",
+                          (gateway,)).fetchone():
+                return True
+            count = int(db.execute("SELECT count(*) FROM province_gateways WHERE province=?",
+                                   (province,)).fetchone()[0])
+            if count >= self.limit:
+                return False
+            db.execute("INSERT OR IGNORE INTO province_gateways (gateway, province, first_seen) "
+                       "VALUES (?,?,?)", (gateway, province, now))
         return True
 
     def gateways(self) -> dict[str, str]:

@@ -11,9 +11,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import json
 import logging
 import time
 from collections.abc import AsyncIterator, Iterator
+from typing import Any
 
 import aiohttp
 from aiohttp import web
@@ -22,6 +24,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from gateway.feedformat.signing import SIGNATURE_HEADER
+from gateway.publisher import gateways_api
 from gateway.publisher.acks import AckError, check_ack, parse_ack
 from gateway.publisher.app import (
     COLLECTOR,
@@ -39,6 +42,7 @@ from gateway.publisher.app import (
 )
 from gateway.publisher.config import _GATEWAY_ID, PublisherConfig
 from gateway.publisher.mirror import MIRROR_REASONS, NationalMirror
+from gateway.publisher.national_view import NationalView, NationalViewCollector
 from gateway.publisher.provinces import ProvinceCollector, ProvinceRegistry, namespaced
 from gateway.publisher.store import Store
 from gateway.publisher.upstream_acks import (
@@ -56,6 +60,12 @@ OUTBOX = web.AppKey("upstream_outbox", UpstreamOutbox)
 PROVINCES = web.AppKey("provinces", ProvinceRegistry)
 FORWARDED = web.AppKey("forwarded", dict)
 NATIONAL_IDS = web.AppKey("national_ids", NationalIds)
+DEFERRED = web.AppKey("deferred", dict)
+NATIONAL_VIEW = web.AppKey("national_view", NationalView)
+# safegate_publisher_national_acks_deferred_total{reason}: school acks answered 503 because
+# the province's outbox (limits.upstream_pending) or the school's share of it
+# (limits.upstream_pending_per_school) is full; the school keeps them and retries.
+DEFER_REASONS = ("pending_full", "school_pending_full")
 
 
 def add_tiers(app: web.Application, store: Store, config: PublisherConfig,
@@ -66,11 +76,18 @@ def add_tiers(app: web.Application, store: Store, config: PublisherConfig,
                                 config.limits.upstream_document_bytes)
         app[NATIONAL_IDS] = NationalIds(store.db)
         mirror.on_new_ids = app[NATIONAL_IDS].add
+        app[NATIONAL_VIEW] = NationalView(store.db)
+        mirror.on_installed = app[NATIONAL_VIEW].installed
+        registry.register(NationalViewCollector(app[NATIONAL_VIEW],
+                                                lambda: gateways_api.all_gateways(app),
+                                                config.overdue_after_hours))
         mirror.load()
         app[MIRROR] = mirror
         app[OUTBOX] = UpstreamOutbox(store.db)
-        app[FORWARDED] = dict.fromkeys(RESULTS, 0)
-        registry.register(ProvinceSideCollector(mirror, app[OUTBOX], app[FORWARDED]))
+        app[FORWARDED] = dict.fromkeys((*RESULTS, "posts", "batching"), 0)
+        app[DEFERRED] = dict.fromkeys(DEFER_REASONS, 0)
+        registry.register(ProvinceSideCollector(mirror, app[OUTBOX], app[FORWARDED],
+                                                app[DEFERRED]))
         app.router.add_get("/v1/national/feed", get_national_feed)
         app.router.add_post("/v1/national/acks", post_national_ack)
         app.cleanup_ctx.append(_upstream_tasks)
@@ -89,8 +106,10 @@ async def _upstream_tasks(app: web.Application) -> AsyncIterator[None]:
     assert upstream is not None
     mirror = app[MIRROR]
     session = aiohttp.ClientSession()
+    limits = app[CONFIG].limits
     sender = UpstreamSender(app[OUTBOX], provinces_acks_url(upstream.url), upstream.token,
-                            session, app[FORWARDED])
+                            session, app[FORWARDED], max_count=limits.upstream_batch_acks,
+                            max_bytes=limits.upstream_batch_bytes)
     tasks = [asyncio.create_task(mirror.run(session), name="national-mirror"),
              asyncio.create_task(sender.run(), name="upstream-acks")]
     yield
@@ -160,10 +179,21 @@ async def post_national_ack(request: web.Request) -> web.Response:
                            f"{', '.join(repr(i) for i in unknown[:5])}; nothing was recorded")
     limit = config.limits.upstream_pending
     if outbox.pending() >= limit:
+        request.app[DEFERRED]["pending_full"] += 1
         log.warning("%d acks wait for the ministry (limits.upstream_pending): refusing the "
                     "ack of %s until they drain", limit, gateway)
         return _error(503, "too many acks wait for the ministry; retry later",
                       {"Retry-After": "60"})
+    share = config.limits.upstream_pending_per_school
+    if outbox.pending_of(gateway) >= share:
+        request.app[DEFERRED]["school_pending_full"] += 1
+        log.warning("%d acks of %s wait for the ministry (limits.upstream_pending_per_school): "
+                    "refusing more from it until they drain", share, gateway)
+        return _error(503, f"{share} acks of this gateway wait for the ministry; retry later",
+                      {"Retry-After": "60"})
+    # Recorded before it is queued: a failure between the two makes the school retry, and
+    # recording again changes nothing.
+    request.app[NATIONAL_VIEW].record(ack, time.time())
     outbox.add(gateway, body)
     return web.json_response({"ok": True})
 
@@ -172,10 +202,11 @@ class ProvinceSideCollector(Collector):
     """The mirror's state and the forwarding outbox."""
 
     def __init__(self, mirror: NationalMirror, outbox: UpstreamOutbox,
-                 forwarded: dict[str, int]) -> None:
+                 forwarded: dict[str, int], deferred: dict[str, int]) -> None:
         self.mirror = mirror
         self.outbox = outbox
         self.forwarded = forwarded
+        self.deferred = deferred
 
     def collect(self) -> Iterator[Metric]:
         g = GaugeMetricFamily("safegate_publisher_mirror_serial",
@@ -210,6 +241,23 @@ class ProvinceSideCollector(Collector):
         for result in RESULTS:
             c.add_metric([result], self.forwarded.get(result, 0))
         yield c
+        c = CounterMetricFamily("safegate_publisher_upstream_posts",
+                                "POSTs to the ministry's /v1/provinces/acks (each carries up "
+                                "to limits.upstream_batch_acks acks).")
+        c.add_metric([], self.forwarded.get("posts", 0))
+        yield c
+        g = GaugeMetricFamily("safegate_publisher_upstream_batching",
+                              "1 while acks go to the ministry in batches; 0 after it refused "
+                              "the batched form (one ack per POST).")
+        g.add_metric([], self.forwarded.get("batching", 0))
+        yield g
+        c = CounterMetricFamily("safegate_publisher_national_acks_deferred",
+                                "School acks answered 503 (kept by the school) because the "
+                                "province's outbox or the school's share of it is full.",
+                                labels=["reason"])
+        for reason in DEFER_REASONS:
+            c.add_metric([reason], self.deferred.get(reason, 0))
+        yield c
 
 
 # ---------------------------------------------------------------------- ministry side
@@ -229,13 +277,58 @@ def _province_of(request: web.Request) -> str | web.Response:
 
 
 async def post_province_ack(request: web.Request) -> web.Response:
-    """One school's ack, forwarded by its province: recorded as "<province>/<school>"."""
+    """Acks forwarded by a province, each recorded as "<province>/<school>": one ack (the
+    gateway's form), or {"acks": [...]} answered per ack in order (docs/feeds-contract.md)."""
     province = _province_of(request)
     if isinstance(province, web.Response):
         return province
+    config, provinces = request.app[CONFIG], request.app[PROVINCES]
+    try:
+        body = await _read_bounded(request, config.limits.ack_bytes)
+    except AckError as exc:
+        provinces.rejected.labels(province, exc.reason).inc()
+        return _error(exc.status, str(exc))
+    batch = _batch_of(body)
+    if batch is None:
+        status, answer = _record_forwarded(request, province, body)
+        return (web.json_response(answer) if status == 200
+                else _error(status, str(answer["error"])))
+    if isinstance(batch, str):
+        provinces.rejected.labels(province, "malformed").inc()
+        return _error(400, batch)
+    limit = config.limits.upstream_batch_acks
+    if len(batch) > limit:
+        provinces.rejected.labels(province, "too_large").inc()
+        return _error(413, f"{len(batch)} acks in one request; at most {limit} "
+                           "(limits.upstream_batch_acks): nothing was recorded")
+    results = []
+    for item in batch:
+        status, answer = _record_forwarded(request, province, item)
+        results.append({"status": status, **answer})
+    return web.json_response({"ok": True, "results": results})
+
+
+def _batch_of(body: bytes) -> list[bytes] | str | None:
+    """The acks of a batched POST (each re-encoded for parse_ack), an error for a malformed
+    batch, None for the single-ack form."""
+    try:
+        doc = json.loads(body.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError):
+        return None                          # parse_ack says what is wrong
+    if not isinstance(doc, dict) or "acks" not in doc or "gateway" in doc:
+        return None
+    acks = doc["acks"]
+    if not isinstance(acks, list):
+        return "acks must be a list of acks"
+    return [json.dumps(a).encode() for a in acks]
+
+
+def _record_forwarded(request: web.Request, province: str, body: bytes
+                      ) -> tuple[int, dict[str, Any]]:
+    """One forwarded ack: (200, what was recorded) or (HTTP status, the error)."""
     config, store, provinces = request.app[CONFIG], request.app[STORE], request.app[PROVINCES]
     try:
-        ack = parse_ack(await _read_bounded(request, config.limits.ack_bytes))
+        ack = parse_ack(body)
         if not _GATEWAY_ID.fullmatch(ack.gateway):
             raise AckError(f"gateway id {ack.gateway!r} is not a valid gateway id")
         check_ack(ack, store)
@@ -247,7 +340,7 @@ async def post_province_ack(request: web.Request) -> web.Response:
     except AckError as exc:
         provinces.rejected.labels(province, exc.reason).inc()
         log.warning("ack forwarded by province %s refused (%s): %s", province, exc.reason, exc)
-        return _error(exc.status, str(exc))
+        return exc.status, {"error": str(exc)}
     dropped = store.record_ack(dataclasses.replace(ack, gateway=gateway), time.time(),
                                config.limits.stats_series)
-    return web.json_response({"ok": True, "gateway": gateway, "stats_dropped": dropped})
+    return 200, {"ok": True, "gateway": gateway, "stats_dropped": dropped}

@@ -22,6 +22,7 @@ class Interposer:
         self.refuse_posts = False
         self.tampered = 0
         self.requests = 0
+        self.posts = 0               # POSTs passed on to the upstream
         self.last_query = ""
         self.port = free_port(v6=False, udp=False)
         self.loop = asyncio.new_event_loop()
@@ -41,6 +42,7 @@ class Interposer:
                    if k in ("If-None-Match", "Cache-Control", "Pragma", "Authorization",
                             "Content-Type")}
         data = await request.read() if request.method == "POST" else None
+        self.posts += request.method == "POST"
         async with aiohttp.ClientSession() as session, session.request(
                 request.method, self.upstream + request.path_qs, headers=headers,
                 data=data, timeout=aiohttp.ClientTimeout(total=90)) as r:
