@@ -60,9 +60,23 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
 
 def _run(args: argparse.Namespace) -> int:
+    import errno
+
     from gateway.runtime.app import run
 
-    return run(args.config)
+    hints = {errno.EADDRINUSE: "another program (or another SafeGate) listens there: "
+                               "`sudo ss -ltnup` shows which",
+             errno.EACCES: "ports below 1024 need root or CAP_NET_BIND_SERVICE (the systemd "
+                           "unit has it)",
+             errno.EADDRNOTAVAIL: "no interface of this machine has that address"}
+    try:
+        return run(args.config)
+    except OSError as exc:
+        if exc.errno not in hints or "bind on address" not in str(exc):
+            raise
+        # A listener that cannot be bound at start: one line that says which, not a traceback.
+        raise SafeGateError(f"cannot listen: {exc.strerror or exc}; "
+                            f"{hints[exc.errno]}") from None
 
 
 def _check(args: argparse.Namespace) -> int:
@@ -147,10 +161,10 @@ def explain(config: Path, client: str, name: str, as_json: bool, at: str | None 
                           "resolver)")
     else:
         v = profile.decide(key)
-        table = None
+        table, quotas = None, None
         if profile.quotas:
-            table, out["quotas"] = _explain_quotas(loaded, profile, found.address or client,
-                                                   when, tz)
+            table, quotas = _explain_quotas(loaded, profile, found.address or client, when,
+                                            tz)
         if v.reason == "quota":   # the query path's own charge, looked at without counting
             from gateway.policy.quota_table import charged
 
@@ -166,6 +180,8 @@ def explain(config: Path, client: str, name: str, as_json: bool, at: str | None 
             out.update(network=profile.network, network_defined_at=f"{net.path}:{net.line}",
                        tier=profile.tier)
         out.update(_explain_tier(loaded, profile.tier, when, tz))
+        if quotas is not None:   # after the tier's schedules: both say what is limited when
+            out["quotas"] = quotas
         if v.steer:
             out.update(verdict="intercepted", reason="intercept", rule=v.rule.decode(),
                        answer="A/AAAA: the proxy's address ("
