@@ -1,0 +1,56 @@
+"""What a school's IT teacher reads on day one (issue #14, walked as a user): where each web
+listener is, that an `admin:` section saved to a running gateway needs a restart, and
+`explain`'s quota lines next to the schedules they sit beside."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import yaml
+
+from tests.support import unbound as ub
+from tests.support.cli import config, safegate
+from tests.support.data import LISTS, LISTS_YAML
+from tests.support.procs import SafeGateFactory, free_port
+from tests.support.wait import wait_for
+
+QUOTA_POLICY = """\
+tiers:
+  kids:
+    block: [adult]
+    schedules:
+      - {block: [gambling], from: "22:00", to: "06:00"}
+    quotas:
+      - {categories: [gambling], minutes: 30}
+networks:
+  - {name: lab, cidrs: ["127.0.0.1/32"], tier: kids}
+"""
+
+
+def test_explain_prints_quotas_after_the_tiers_schedules(tmp_path: Path) -> None:
+    cfg = config(tmp_path, policy=QUOTA_POLICY)
+    r = safegate("explain", "-c", str(cfg), "127.0.0.1", "gamble.test",
+                 "--at", "2026-03-02T10:00")
+    assert r.returncode == 0, r.stderr
+    keys = [line.split(":", 1)[0] for line in r.stdout.splitlines()
+            if line and not line.startswith(" ")]
+    assert keys[:8] == ["client", "name", "identity", "network", "network_defined_at", "tier",
+                        "time", "schedules"]
+    assert keys.index("quotas") == keys.index("bypass_protection") + 1
+    assert "  gambling: 30 minutes per day: 0 used, 30 left today (" in r.stdout
+
+
+def test_web_listeners_are_logged_and_a_new_admin_section_asks_for_a_restart(
+        unbound: ub.UnboundServer, safegate_factory: SafeGateFactory) -> None:
+    gw = safegate_factory(upstream_port=unbound.port, policies={"p.yaml": QUOTA_POLICY},
+                          lists=LISTS, lists_yaml=LISTS_YAML, log_level="info")
+    assert gw.config is not None
+    doc = yaml.safe_load(gw.config.read_text())
+    for key in ("web", "metrics"):
+        assert f"{key} listening on http://{doc[key]['listen']}/" in gw.stderr_text()
+    admin = f"127.0.0.1:{free_port(v6=False, udp=False)}"
+    doc["admin"] = {"listen": admin}
+    gw.config.write_text(yaml.safe_dump(doc, sort_keys=False))
+    wait_for(lambda: "admin added: restart SafeGate for it to apply" in gw.stderr_text(),
+             timeout=30)
+    assert "admin listening on" not in gw.stderr_text()
