@@ -180,6 +180,13 @@ def test_layout_users_and_modes(installed: Installed) -> None:
         assert _mode(u) == 0o644
     assert _mode(r.path("/opt/safegate/libexec/safegate-health")) == 0o755
     assert r.path("/opt/safegate/share/doc/safegate/install.md").exists()
+    # The editor modeline of /etc/safegate/gateway.yaml names a schema that is installed.
+    first = (conf / "gateway.yaml").read_text().splitlines()[0]
+    assert first.startswith("# yaml-language-server: $schema=/opt/safegate/"), first
+    schema = r.path(first.split("$schema=", 1)[1])
+    assert schema.read_bytes() == (REPO_ROOT / "docs/schema/gateway.schema.json").read_bytes()
+    for name in ("policy", "lists"):
+        assert r.path(f"/opt/safegate/share/doc/safegate/schema/{name}.schema.json").exists()
     assert "(skipped) systemctl enable --now safegate.service" in r.output
 
     # The production template: DNS on :53, web on :80 answering the given address.
