@@ -4,6 +4,7 @@ listener is, that an `admin:` section saved to a running gateway needs a restart
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import yaml
@@ -54,3 +55,35 @@ def test_web_listeners_are_logged_and_a_new_admin_section_asks_for_a_restart(
     wait_for(lambda: "admin added: restart SafeGate for it to apply" in gw.stderr_text(),
              timeout=30)
     assert "admin listening on" not in gw.stderr_text()
+
+
+def test_explain_says_a_local_or_forward_zone_name_never_goes_upstream(tmp_path: Path) -> None:
+    """It said "forwarded to upstream" for the school's Moodle in dns.local_records."""
+    zone_port = free_port()
+    cfg = config(tmp_path, extra={"dns": {
+        "local_records": ["192.0.2.10 moodle.school.test",
+                          "cname lms.school.test moodle.school.test"],
+        "forward_zones": [{"zone": "school.test", "servers": [f"127.0.0.1:{zone_port}"]},
+                          {"zone": "staff.school.test", "servers": ["127.0.0.2"]}]}})
+    line = next(n for n, text in enumerate(cfg.read_text().splitlines(), 1)
+                if "192.0.2.10 moodle.school.test" in text)
+
+    def explain(name: str) -> dict[str, str]:
+        r = safegate("explain", "-c", str(cfg), "127.0.0.1", name, "--json")
+        assert r.returncode == 0, r.stderr
+        out: dict[str, str] = json.loads(r.stdout)
+        return out
+
+    assert explain("Moodle.School.Test.")["answer"] == (
+        f"from dns.local_records: A 192.0.2.10 ({cfg}:{line})")
+    assert explain("lms.school.test")["answer"].startswith(
+        "from dns.local_records: CNAME moodle.school.test (")
+    assert explain("dc1.school.test")["answer"] == (
+        f"forwarded to 127.0.0.1:{zone_port} (dns.forward_zones: school.test), not to "
+        "dns.upstreams")
+    assert explain("pc.staff.school.test")["answer"] == (
+        "forwarded to 127.0.0.2:53 (dns.forward_zones: staff.school.test), not to "
+        "dns.upstreams")
+    other = explain("example.test")
+    assert (other["answer"], other["rcode"]) == ("forwarded to upstream", "from upstream")
+    assert explain("gamble.test")["verdict"] == "blocked"    # policy first: no local answer

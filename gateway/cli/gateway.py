@@ -19,6 +19,7 @@ if TYPE_CHECKING:
     from datetime import datetime
     from zoneinfo import ZoneInfo
 
+    from gateway.config.gateway import GatewayConfig
     from gateway.policy.decide import Profile
     from gateway.policy.identify import Identity
     from gateway.policy.quota_table import QuotaTable
@@ -201,6 +202,7 @@ def explain(config: Path, client: str, name: str, as_json: bool, at: str | None 
         else:
             out.update(verdict="allowed", reason=v.reason, rule=v.rule.decode() or None,
                        answer="forwarded to upstream", rcode="from upstream", ede=None)
+            out.update(_answered_locally(loaded.config, key.decode()))
             if v.reason == "quota":
                 out.update(category=v.category, why="a quota-limited category: allowed while "
                            "the client has minutes left today (each minute it is looked up "
@@ -254,6 +256,23 @@ def _identity(loaded: Loaded, client: str, proxy_source: str | None, ecs: str | 
                      config.forward_ecs else "stripped before forwarding upstream")
         why = f"EDNS Client Subnet {subnet} from trusted front end {client}; {forwarded}"
     return found._replace(ignored=why)
+
+
+def _answered_locally(config: GatewayConfig, name: str) -> dict[str, str]:
+    """A name the policy lets through that dns.local_records answers, or that a
+    dns.forward_zones zone sends to the school's own servers, never reaches dns.upstreams."""
+    records = [r for r in config.local_records if r.name == name]
+    if records:
+        return {"answer": "from dns.local_records: " + ", ".join(
+                    f"{r.rtype} {r.value} ({config.path}:{r.line})" for r in records),
+                "rcode": "NOERROR (NODATA for a type with no local record)"}
+    zones = [z for z in config.forward_zones if name == z.zone or name.endswith("." + z.zone)]
+    if not zones:
+        return {}
+    zone = max(zones, key=lambda z: len(z.zone))   # the longest zone wins, as on the query path
+    return {"answer": f"forwarded to {', '.join(u.label for u in zone.servers)} "
+                      f"(dns.forward_zones: {zone.zone}), not to dns.upstreams",
+            "rcode": "from those servers"}
 
 
 def _explain_subscriber(loaded: Loaded, address: str, profile: Profile) -> dict[str, Any]:
