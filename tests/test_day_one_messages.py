@@ -5,14 +5,19 @@ listener is, that an `admin:` section saved to a running gateway needs a restart
 from __future__ import annotations
 
 import json
+import os
+import stat
+import subprocess
+import sys
 from pathlib import Path
 
+import pytest
 import yaml
 
 from tests.support import unbound as ub
 from tests.support.cli import config, safegate
 from tests.support.data import LISTS, LISTS_YAML
-from tests.support.procs import SafeGateFactory, free_port
+from tests.support.procs import REPO_ROOT, SafeGateFactory, free_port
 from tests.support.wait import wait_for
 
 QUOTA_POLICY = """\
@@ -87,3 +92,18 @@ def test_explain_says_a_local_or_forward_zone_name_never_goes_upstream(tmp_path:
     other = explain("example.test")
     assert (other["answer"], other["rcode"]) == ("forwarded to upstream", "from upstream")
     assert explain("gamble.test")["verdict"] == "blocked"    # policy first: no local answer
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="chown needs root")
+def test_admin_passwd_as_root_leaves_the_file_to_the_state_dirs_owner(tmp_path: Path) -> None:
+    """docs/admin.md said `sudo safegate admin passwd`: the 0600 file was root's and the
+    gateway (user safegate, owner of /var/lib/safegate) could not read it."""
+    cfg = config(tmp_path, extra={"admin": {"listen": f"127.0.0.1:{free_port()}"}})
+    state = tmp_path / "var"
+    os.chown(state, 65534, 65534)            # the service user's state directory
+    r = subprocess.run([sys.executable, "-m", "gateway", "admin", "passwd", "-c", str(cfg),
+                        "--password-stdin"], input="correct horse battery\n",
+                       capture_output=True, text=True, timeout=60, cwd=REPO_ROOT, check=False)
+    assert r.returncode == 0, r.stderr
+    st = (state / "admin.passwd").stat()
+    assert (st.st_uid, st.st_gid, stat.S_IMODE(st.st_mode)) == (65534, 65534, 0o600)

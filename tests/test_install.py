@@ -408,3 +408,25 @@ def test_uninstall_keeps_config_and_state_purge_removes_them(installed: Installe
     assert not installed.path("/etc/safegate").exists()
     assert not installed.path("/var/lib/safegate").exists()
     assert "safegate:" not in installed.path("/etc/passwd").read_text()
+
+
+def test_templates_admin_section_writes_where_the_unit_may() -> None:
+    """The admin page's allow/deny rules are a file the service writes: with the default
+    (policies/local.yaml beside /etc/safegate/gateway.yaml) Save failed under
+    ProtectSystem=strict. The template's `admin:` block, uncommented, puts them under the
+    unit's ReadWritePaths."""
+    unit = (REPO_ROOT / "deploy/systemd/safegate.service").read_text()
+    writable = next(line.split("=", 1)[1] for line in unit.splitlines()
+                    if line.startswith("ReadWritePaths="))
+    text = (REPO_ROOT / "deploy/templates/gateway.yaml").read_text()
+    lines = text.splitlines()
+    start = lines.index("# admin:")
+    block = [lines[start]]
+    for line in lines[start + 1:]:
+        if not line.startswith("#   "):
+            break
+        block.append(line)
+    admin = "\n".join(line[2:] for line in block)
+    section = yaml.safe_load(admin.replace("@PUBLIC_ADDRESS@", "192.0.2.80"))["admin"]
+    assert section["listen"] == ["192.0.2.80:8081"]
+    assert section["local_policy"].startswith(writable + "/")
