@@ -410,23 +410,33 @@ def test_uninstall_keeps_config_and_state_purge_removes_them(installed: Installe
     assert "safegate:" not in installed.path("/etc/passwd").read_text()
 
 
-def test_templates_admin_section_writes_where_the_unit_may() -> None:
-    """The admin page's allow/deny rules are a file the service writes: with the default
-    (policies/local.yaml beside /etc/safegate/gateway.yaml) Save failed under
-    ProtectSystem=strict. The template's `admin:` block, uncommented, puts them under the
-    unit's ReadWritePaths."""
-    unit = (REPO_ROOT / "deploy/systemd/safegate.service").read_text()
-    writable = next(line.split("=", 1)[1] for line in unit.splitlines()
-                    if line.startswith("ReadWritePaths="))
-    text = (REPO_ROOT / "deploy/templates/gateway.yaml").read_text()
+def _commented_section(text: str, name: str) -> dict[str, object]:
+    """A `# name:` block of the template, as the administrator uncomments it."""
     lines = text.splitlines()
-    start = lines.index("# admin:")
+    start = lines.index(f"# {name}:")
     block = [lines[start]]
     for line in lines[start + 1:]:
         if not line.startswith("#   "):
             break
         block.append(line)
-    admin = "\n".join(line[2:] for line in block)
-    section = yaml.safe_load(admin.replace("@PUBLIC_ADDRESS@", "192.0.2.80"))["admin"]
-    assert section["listen"] == ["192.0.2.80:8081"]
-    assert section["local_policy"].startswith(writable + "/")
+    doc = yaml.safe_load("\n".join(line[2:] for line in block).replace(
+        "@PUBLIC_ADDRESS@", "192.0.2.80"))
+    section: dict[str, object] = doc[name]
+    return section
+
+
+def test_templates_commented_sections_write_where_the_unit_may() -> None:
+    """The admin page's allow/deny rules and the proxy's CA are files the service writes:
+    with their defaults (beside /etc/safegate/gateway.yaml) Save failed, and the CA could not
+    be made, under ProtectSystem=strict. The template's commented `admin:` and `proxy:`
+    blocks put them under the unit's ReadWritePaths."""
+    unit = (REPO_ROOT / "deploy/systemd/safegate.service").read_text()
+    writable = next(line.split("=", 1)[1] for line in unit.splitlines()
+                    if line.startswith("ReadWritePaths="))
+    text = (REPO_ROOT / "deploy/templates/gateway.yaml").read_text()
+    admin = _commented_section(text, "admin")
+    assert admin["listen"] == ["192.0.2.80:8081"]
+    assert str(admin["local_policy"]).startswith(writable + "/")
+    proxy = _commented_section(text, "proxy")
+    assert proxy["enabled"] is True
+    assert str(proxy["ca_dir"]).startswith(writable + "/")

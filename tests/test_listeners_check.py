@@ -78,3 +78,19 @@ def test_run_on_a_taken_dns_port_says_which_address(tmp_path: Path) -> None:
         "safegate run: cannot listen: error while attempting to bind on address "
         f"('127.0.0.1', {dns_port}) (DNS over TCP): Address already in use; another program "
         "(or another SafeGate) listens there: `sudo ss -ltnup` shows which")
+
+
+def test_a_steered_proxy_listener_on_the_block_pages_port_is_a_check_error(
+        tmp_path: Path) -> None:
+    """docs/proxy.md's example steers http to 0.0.0.0:80, where the installed template's
+    block page listens: the proxy process could never bind it."""
+    port = free_port(v6=False, udp=False)
+    cfg = config(tmp_path, extra={"web": {"listen": f"127.0.0.1:{port}"},
+                                  "proxy": {"enabled": True,
+                                            "intercept_listen": {"http": f"0.0.0.0:{port}"}}})
+    rc, _, err = check(cfg)
+    assert rc == 1
+    line = _line_of(cfg, "    http: ")
+    assert err.strip().splitlines()[-1] == (
+        f"{cfg}:{line}: proxy.intercept_listen.http 0.0.0.0:{port} is also web.listen "
+        f"(127.0.0.1:{port}): give each listener its own port")

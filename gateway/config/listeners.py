@@ -66,6 +66,10 @@ def _listeners(doc: YDict, config: Listening
         yield "proxy.listen", *_at(doc, proxy, "proxy", "listen"), (config.proxy.listen,)
         yield ("proxy.metrics_listen", *_at(doc, proxy, "proxy", "metrics_listen"),
                (config.proxy.metrics_listen,))
+        steer = _section(proxy, "intercept_listen")
+        for scheme, address in config.proxy.intercept_listen:
+            yield (f"proxy.intercept_listen.{scheme}",
+                   *_at(proxy, steer, "intercept_listen", scheme), (address,))
 
 
 def _at(doc: Any, section: Any, name: str, key: str) -> tuple[Any, str]:
