@@ -200,6 +200,9 @@ install_venv() {
     install -d -m 0755 "$R$PREFIX/libexec" "$R$PREFIX/share/doc/safegate"
     install -m 0755 "$SRC_DIR/deploy/systemd/safegate-health" "$R$PREFIX/libexec/safegate-health"
     install -m 0644 "$SRC_DIR/docs/install.md" "$R$PREFIX/share/doc/safegate/install.md"
+    # JSON Schemas for an editor's YAML extension: /etc/safegate has no docs/ beside it.
+    install -d -m 0755 "$R$PREFIX/share/doc/safegate/schema"
+    install -m 0644 "$SRC_DIR"/docs/schema/*.schema.json "$R$PREFIX/share/doc/safegate/schema/"
 }
 
 # ------------------------------------------------------------------ configuration

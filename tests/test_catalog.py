@@ -66,7 +66,7 @@ categories:
     ("yaml_text", "line", "message"),
     [
         ("categories:\n  adult:\n    - {path: a.txt, format: hosts, colour: red}\n",
-         3, "unknown key 'colour'"),
+         3, "unknown key 'colour' in a source of category 'adult' (expected one of: "),
         ("categories: {}\nlists: []\n", 2, "unknown key 'lists'"),
         ("categories:\n  adult:\n    - {path: a.txt, format: csv}\n", 3, "unknown format 'csv'"),
         ("categories:\n  adult:\n\n    - path: missing.txt\n      format: hosts\n",

@@ -180,6 +180,13 @@ def test_layout_users_and_modes(installed: Installed) -> None:
         assert _mode(u) == 0o644
     assert _mode(r.path("/opt/safegate/libexec/safegate-health")) == 0o755
     assert r.path("/opt/safegate/share/doc/safegate/install.md").exists()
+    # The editor modeline of /etc/safegate/gateway.yaml names a schema that is installed.
+    first = (conf / "gateway.yaml").read_text().splitlines()[0]
+    assert first.startswith("# yaml-language-server: $schema=/opt/safegate/"), first
+    schema = r.path(first.split("$schema=", 1)[1])
+    assert schema.read_bytes() == (REPO_ROOT / "docs/schema/gateway.schema.json").read_bytes()
+    for name in ("policy", "lists"):
+        assert r.path(f"/opt/safegate/share/doc/safegate/schema/{name}.schema.json").exists()
     assert "(skipped) systemctl enable --now safegate.service" in r.output
 
     # The production template: DNS on :53, web on :80 answering the given address.
@@ -401,3 +408,35 @@ def test_uninstall_keeps_config_and_state_purge_removes_them(installed: Installe
     assert not installed.path("/etc/safegate").exists()
     assert not installed.path("/var/lib/safegate").exists()
     assert "safegate:" not in installed.path("/etc/passwd").read_text()
+
+
+def _commented_section(text: str, name: str) -> dict[str, object]:
+    """A `# name:` block of the template, as the administrator uncomments it."""
+    lines = text.splitlines()
+    start = lines.index(f"# {name}:")
+    block = [lines[start]]
+    for line in lines[start + 1:]:
+        if not line.startswith("#   "):
+            break
+        block.append(line)
+    doc = yaml.safe_load("\n".join(line[2:] for line in block).replace(
+        "@PUBLIC_ADDRESS@", "192.0.2.80"))
+    section: dict[str, object] = doc[name]
+    return section
+
+
+def test_templates_commented_sections_write_where_the_unit_may() -> None:
+    """The admin page's allow/deny rules and the proxy's CA are files the service writes:
+    with their defaults (beside /etc/safegate/gateway.yaml) Save failed, and the CA could not
+    be made, under ProtectSystem=strict. The template's commented `admin:` and `proxy:`
+    blocks put them under the unit's ReadWritePaths."""
+    unit = (REPO_ROOT / "deploy/systemd/safegate.service").read_text()
+    writable = next(line.split("=", 1)[1] for line in unit.splitlines()
+                    if line.startswith("ReadWritePaths="))
+    text = (REPO_ROOT / "deploy/templates/gateway.yaml").read_text()
+    admin = _commented_section(text, "admin")
+    assert admin["listen"] == ["192.0.2.80:8081"]
+    assert str(admin["local_policy"]).startswith(writable + "/")
+    proxy = _commented_section(text, "proxy")
+    assert proxy["enabled"] is True
+    assert str(proxy["ca_dir"]).startswith(writable + "/")

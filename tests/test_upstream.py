@@ -514,6 +514,9 @@ def test_upstream_entries_parse(text: str, spec: UpstreamSpec) -> None:
     ("tls://dns.example:853", "not an IP address"),
     ("tls://127.0.0.1#bad name", "bad certificate name"),
     ("tls://127.0.0.1:99999", "bad port"),
+    ("https:/dns.example/dns-query", r"not an address\[:port\] nor a URL with ://"),
+    ("1.1.1.1/dns-query", r"not an address\[:port\] nor a URL with ://"),
+    ("http://dns.example/dns-query", r"unknown scheme 'http' \(use udp://, tls:// or https://\)"),
 ])
 def test_bad_upstream_entries_say_why(text: str, problem: str) -> None:
     with pytest.raises(ValueError, match=problem):

@@ -56,6 +56,8 @@ TEXT: dict[str, tuple[str, str]] = {
     "top_blocked": ("Tên bị chặn nhiều nhất (24 giờ)", "Most blocked names (24 hours)"),
     "name": ("Tên miền", "Domain name"),
     "client": ("Địa chỉ máy", "Client address"),
+    # The query log holds no address: its column must not say it does.
+    "client_hash": ("Máy (mã băm, đổi mỗi ngày)", "Client (hash, new each day)"),
     "explain_button": ("Giải thích", "Explain"),
     "explain_help": ("Vì sao một tên miền bị chặn hay được cho qua với một máy?",
                      "Why is a name blocked or let through for one client?"),

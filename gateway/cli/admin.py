@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import getpass
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -35,6 +36,20 @@ def _passwd(args: argparse.Namespace) -> int:
         password = getpass.getpass("New admin password: ")
         if getpass.getpass("Again: ") != password:
             raise SafeGateError("the two passwords differ; nothing was changed")
-    write_password_file(config.admin.password_file, password)
-    print(f"admin password written to {config.admin.password_file}", file=sys.stderr)
+    path = config.admin.password_file
+    write_password_file(path, password)
+    _give_to_state_owner(path)
+    print(f"admin password written to {path}; a new admin: section needs a restart of "
+          "SafeGate", file=sys.stderr)
     return 0
+
+
+def _give_to_state_owner(path: Path) -> None:
+    """Run as root (`sudo safegate admin passwd`), the 0600 file would be root's, and the
+    gateway, running as the owner of its state directory (user safegate), could not read it:
+    the page would go on saying no password is set. Hand it to the directory's owner."""
+    if os.geteuid() != 0:
+        return
+    owner = path.parent.stat()
+    if (owner.st_uid, owner.st_gid) != (0, 0):
+        os.chown(path, owner.st_uid, owner.st_gid)

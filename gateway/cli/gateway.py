@@ -19,6 +19,7 @@ if TYPE_CHECKING:
     from datetime import datetime
     from zoneinfo import ZoneInfo
 
+    from gateway.config.gateway import GatewayConfig
     from gateway.policy.decide import Profile
     from gateway.policy.identify import Identity
     from gateway.policy.quota_table import QuotaTable
@@ -60,9 +61,23 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
 
 def _run(args: argparse.Namespace) -> int:
+    import errno
+
     from gateway.runtime.app import run
 
-    return run(args.config)
+    hints = {errno.EADDRINUSE: "another program (or another SafeGate) listens there: "
+                               "`sudo ss -ltnup` shows which",
+             errno.EACCES: "ports below 1024 need root or CAP_NET_BIND_SERVICE (the systemd "
+                           "unit has it)",
+             errno.EADDRNOTAVAIL: "no interface of this machine has that address"}
+    try:
+        return run(args.config)
+    except OSError as exc:
+        if exc.errno not in hints or "bind on address" not in str(exc):
+            raise
+        # A listener that cannot be bound at start: one line that says which, not a traceback.
+        raise SafeGateError(f"cannot listen: {exc.strerror or exc}; "
+                            f"{hints[exc.errno]}") from None
 
 
 def _check(args: argparse.Namespace) -> int:
@@ -147,10 +162,10 @@ def explain(config: Path, client: str, name: str, as_json: bool, at: str | None 
                           "resolver)")
     else:
         v = profile.decide(key)
-        table = None
+        table, quotas = None, None
         if profile.quotas:
-            table, out["quotas"] = _explain_quotas(loaded, profile, found.address or client,
-                                                   when, tz)
+            table, quotas = _explain_quotas(loaded, profile, found.address or client, when,
+                                            tz)
         if v.reason == "quota":   # the query path's own charge, looked at without counting
             from gateway.policy.quota_table import charged
 
@@ -166,6 +181,8 @@ def explain(config: Path, client: str, name: str, as_json: bool, at: str | None 
             out.update(network=profile.network, network_defined_at=f"{net.path}:{net.line}",
                        tier=profile.tier)
         out.update(_explain_tier(loaded, profile.tier, when, tz))
+        if quotas is not None:   # after the tier's schedules: both say what is limited when
+            out["quotas"] = quotas
         if v.steer:
             out.update(verdict="intercepted", reason="intercept", rule=v.rule.decode(),
                        answer="A/AAAA: the proxy's address ("
@@ -185,6 +202,7 @@ def explain(config: Path, client: str, name: str, as_json: bool, at: str | None 
         else:
             out.update(verdict="allowed", reason=v.reason, rule=v.rule.decode() or None,
                        answer="forwarded to upstream", rcode="from upstream", ede=None)
+            out.update(_answered_locally(loaded.config, key.decode()))
             if v.reason == "quota":
                 out.update(category=v.category, why="a quota-limited category: allowed while "
                            "the client has minutes left today (each minute it is looked up "
@@ -238,6 +256,23 @@ def _identity(loaded: Loaded, client: str, proxy_source: str | None, ecs: str | 
                      config.forward_ecs else "stripped before forwarding upstream")
         why = f"EDNS Client Subnet {subnet} from trusted front end {client}; {forwarded}"
     return found._replace(ignored=why)
+
+
+def _answered_locally(config: GatewayConfig, name: str) -> dict[str, str]:
+    """A name the policy lets through that dns.local_records answers, or that a
+    dns.forward_zones zone sends to the school's own servers, never reaches dns.upstreams."""
+    records = [r for r in config.local_records if r.name == name]
+    if records:
+        return {"answer": "from dns.local_records: " + ", ".join(
+                    f"{r.rtype} {r.value} ({config.path}:{r.line})" for r in records),
+                "rcode": "NOERROR (NODATA for a type with no local record)"}
+    zones = [z for z in config.forward_zones if name == z.zone or name.endswith("." + z.zone)]
+    if not zones:
+        return {}
+    zone = max(zones, key=lambda z: len(z.zone))   # the longest zone wins, as on the query path
+    return {"answer": f"forwarded to {', '.join(u.label for u in zone.servers)} "
+                      f"(dns.forward_zones: {zone.zone}), not to dns.upstreams",
+            "rcode": "from those servers"}
 
 
 def _explain_subscriber(loaded: Loaded, address: str, profile: Profile) -> dict[str, Any]:

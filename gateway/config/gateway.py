@@ -30,6 +30,7 @@ from gateway.config.feeds import (
 )
 from gateway.config.limits import Limits
 from gateway.config.limitsconf import LIMITS, parse_limits
+from gateway.config.listeners import check_listeners
 from gateway.config.localdns import ForwardZone, LocalRecord
 from gateway.config.proxy import PROXY, ProxyConfig, parse_proxy
 from gateway.config.reports import REPORTS, ReportsConfig, parse_reports
@@ -165,7 +166,7 @@ def load_config(path: str | Path) -> GatewayConfig:
     feeds = parse_feeds(doc, rel, identity, refs)
     subscribers, subscribers_source = parse_subscribers(doc, rel, state_dir, refs)
     written_dns = doc.get("dns") or {}
-    return GatewayConfig(
+    config = GatewayConfig(
         path=path.resolve(),
         dns_listen=dns.listen,
         upstreams=dns.upstreams,
@@ -204,6 +205,8 @@ def load_config(path: str | Path) -> GatewayConfig:
         path_lines=path_lines,
         file_refs=refs,
     )
+    check_listeners(doc, config)
+    return config
 
 
 def _policies(doc: YDict, rel: Callable[[str], Path]) -> tuple[tuple[Path, ...], dict[str, int]]:

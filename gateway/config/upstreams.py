@@ -54,6 +54,11 @@ def parse_upstream(text: str) -> UpstreamSpec:
         if scheme.lower() not in DEFAULT_PORTS:
             raise ValueError(f"unknown scheme {scheme!r} (use udp://, tls:// or https://)")
         transport, text = scheme.lower(), rest
+    elif "/" in text:
+        # No address has a slash: a URL whose "://" is mistyped ("https:/x/dns-query"); its
+        # remainder read as host:port said "bad port '/x/dns-query'".
+        raise ValueError("not an address[:port] nor a URL with ://: write udp://, "
+                         "tls://ADDRESS[#name] or https://HOST/dns-query")
     tls_name: str | None = None
     if "#" in text:
         text, _, tls_name = text.partition("#")

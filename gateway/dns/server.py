@@ -56,7 +56,7 @@ class DnsServer:
             if self.reuse_port:
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 * 1024 * 1024)
-            sock.bind((host, port))
+            _bind(sock, host, port, "UDP")
             if self.udp_io is not None:
                 listener = UdpBatchListener(sock, self.resolver, self.tasks, self.rrl,
                                             self.udp_limits, self.stats, self.udp_io)
@@ -72,7 +72,7 @@ class DnsServer:
             tsock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             if self.reuse_port:
                 tsock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-            tsock.bind((host, port))
+            _bind(tsock, host, port, "TCP")
             server = await loop.create_server(
                 lambda: TcpProtocol(self.resolver, self.tasks, self.table),
                 sock=tsock, backlog=256)
@@ -93,3 +93,14 @@ class DnsServer:
         await self.tasks.cancel_all()
         for server in self._tcp:
             await server.wait_closed()
+
+
+def _bind(sock: socket.socket, host: str, port: int, proto: str) -> None:
+    """bind(), with the address in the error: "Address already in use" alone does not say
+    which of the listeners `safegate run` was starting."""
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        raise OSError(exc.errno, f"error while attempting to bind on address {(host, port)!r} "
+                                 f"(DNS over {proto}): {exc.strerror}") from None

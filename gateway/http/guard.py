@@ -86,6 +86,7 @@ class ConnectionGuard:
                  exempt: Callable[[], Networks] = lambda: (),
                  tls: SSLContext | None = None) -> None:
         self.limits = limits
+        self.listener = listener   # "web", "metrics", "admin": the start-up log names it
         self.exempt = exempt
         self.tls = tls
         self.open = 0

@@ -165,7 +165,7 @@ def load_catalog(path: str | Path, max_bytes: int = FileLimits.config_bytes,
 def _source(category: str, raw: Any, parent: Any, index: int, base: Path, list_bytes: int,
             state_dir: Path | None) -> Source:
     item: YDict = expect_mapping(raw, f"source {index + 1} of {category}", parent, index)
-    check_keys(item, SOURCE.names(), f"a {category} source")
+    check_keys(item, SOURCE.names(), f"a source of category {category!r}")
     line = where(item, parent, index)[1] or 0
     if "url" in item and "path" in item:
         raise error_at("a source has either 'path' (a file) or 'url' (downloaded), not both",

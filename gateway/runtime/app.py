@@ -315,7 +315,9 @@ class Gateway(Reloading):
         await runner.setup()
         self.runners.append(runner)     # cleaned up by stop() even if a later bind fails
         for host, port in listen:
-            await GuardedSite(runner, host, port, guard).start()
+            site = GuardedSite(runner, host, port, guard)
+            await site.start()
+            log.info("%s listening on %s/", guard.listener, site.name)   # where to browse
 
     async def probe(self, name: str) -> ProbeResult:
         """Ask the live query path about `name` from one client address of every network."""

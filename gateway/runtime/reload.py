@@ -26,6 +26,7 @@ from gateway.runtime.state import (
 from gateway.util.fingerprint import fingerprint
 
 if TYPE_CHECKING:
+    from gateway.config.gateway import GatewayConfig
     from gateway.config.proxy import ProxyConfig
     from gateway.dns.chain import Resolver
     from gateway.dns.dot import DotServer, ReloadableContext
@@ -106,6 +107,8 @@ class Reloading(ABC):
         for key in ("local_records", "forward_zones"):
             if self.loaded and getattr(loaded.config, key) != getattr(self.loaded.config, key):
                 log.warning("dns.%s changed: restart SafeGate for it to apply", key)
+        if self.loaded is not None:
+            _warn_listeners(self.loaded.config, loaded.config)
         self._reload_tls(loaded)
         if self.feeds is not None:
             self.feeds.config_changed(loaded.config)
@@ -218,3 +221,16 @@ class Reloading(ABC):
         self._publish()
         log.info("schedule windows changed: generation %d", self.loaded.view.generation)
         return True
+
+
+def _warn_listeners(old: GatewayConfig, new: GatewayConfig) -> None:
+    """Web listeners are bound at start: an `admin:` section saved to a running gateway would
+    otherwise be ignored without a word (the page "does not work")."""
+    was = old.admin.listen if old.admin is not None else None
+    now = new.admin.listen if new.admin is not None else None
+    for key, before, after in (("web.listen", old.web_listen, new.web_listen),
+                               ("metrics.listen", old.metrics_listen, new.metrics_listen),
+                               ("admin.listen" if was and now else "admin", was, now)):
+        if before != after:
+            log.warning("%s %s: restart SafeGate for it to apply", key,
+                        "changed" if before and after else "added" if after else "removed")
