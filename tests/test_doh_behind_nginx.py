@@ -7,8 +7,6 @@ trusted front end), and the asking client's tier decides, token paths included.
 
 from __future__ import annotations
 
-import shutil
-import socket
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,33 +17,17 @@ import pytest
 from tests.support import unbound as ub
 from tests.support.certs import make_cert
 from tests.support.data import DOH_LISTS, DOH_LISTS_YAML, DOH_POLICY, DOH_TOKEN
+from tests.support.nginx import require_nginx, start_nginx
 from tests.support.procs import SafeGateProcess, free_port, kdig
-from tests.support.wait import wait_for
 
 pytestmark = pytest.mark.integration
 
-NGINX = shutil.which("nginx") or "/usr/sbin/nginx"
 PROXY_SOURCE = "127.0.0.20"   # nginx's source address towards SafeGate (proxy_bind)
 
 
 def _start_nginx(directory: Path, port: int, web_port: int, cert: Path, key: Path
                  ) -> subprocess.Popen[bytes]:
-    (directory / "tmp").mkdir(parents=True, exist_ok=True)
-    conf = directory / "nginx.conf"
-    conf.write_text(f"""
-user root;
-worker_processes 1;
-daemon off;
-pid {directory}/nginx.pid;
-error_log {directory}/error.log warn;
-events {{ worker_connections 64; }}
-http {{
-  access_log off;
-  client_body_temp_path {directory}/tmp/body;
-  proxy_temp_path {directory}/tmp/proxy;
-  fastcgi_temp_path {directory}/tmp/fastcgi;
-  uwsgi_temp_path {directory}/tmp/uwsgi;
-  scgi_temp_path {directory}/tmp/scgi;
+    return start_nginx(directory, f"""
   server {{
     listen 127.0.0.1:{port} ssl http2;
     ssl_certificate {cert};
@@ -57,31 +39,13 @@ http {{
       proxy_set_header Host $host;
       proxy_set_header X-Forwarded-For $remote_addr;
     }}
-  }}
-}}
-""")
-    proc = subprocess.Popen([NGINX, "-p", str(directory), "-c", str(conf)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    def listening() -> bool:
-        if proc.poll() is not None:
-            err = proc.stderr.read().decode() if proc.stderr else ""
-            raise RuntimeError(f"nginx exited: {err}{(directory / 'error.log').read_text()}")
-        socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-        return True
-
-    try:
-        wait_for(listening, what="nginx listening", ignore=(OSError,))
-    except AssertionError:
-        proc.kill()
-        raise
-    return proc
+  }}""", [port], http_extra="  access_log off;")
 
 
 @pytest.fixture
 def stack(unbound: ub.UnboundServer, safegate_factory: Any, tmp_path: Path
           ) -> Iterator[tuple[SafeGateProcess, int, Path]]:
-    if not shutil.which(NGINX):
-        pytest.fail("nginx is not installed: run `make deps-apt` (Debian package 'nginx-light')")
+    require_nginx()
     cert, key = make_cert(tmp_path)
     gw: SafeGateProcess = safegate_factory(
         upstream_port=unbound.port, policies={"p.yaml": DOH_POLICY}, lists=DOH_LISTS,

@@ -14,7 +14,6 @@ import contextlib
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -37,6 +36,7 @@ from gateway.publisher.store import Store
 from tests.support import unbound as ub
 from tests.support.data import LISTS, LISTS_YAML, POLICY
 from tests.support.feeds import entry
+from tests.support.nginx import require_nginx, start_nginx
 from tests.support.postgres import PostgresCluster
 from tests.support.procs import REPO_ROOT, SafeGateProcess, free_port
 from tests.support.publisher import (
@@ -50,7 +50,6 @@ from tests.support.wait import wait_for
 
 pytestmark = pytest.mark.integration
 
-NGINX = shutil.which("nginx") or "/usr/sbin/nginx"
 GATEWAYS = ("gw-a", "gw-b")
 ENTRIES = 10
 KILL_AFTER = 4
@@ -60,23 +59,8 @@ def _start_nginx(directory: Path, port: int, upstreams: list[str]) -> subprocess
     """nginx in front of both publishers. GETs (the feed, long polls) move to the other
     publisher when one fails; a POST that may have reached the dead one is answered 502 (nginx
     does not repeat non-idempotent requests) and the client retries: acks are idempotent."""
-    (directory / "tmp").mkdir(parents=True, exist_ok=True)
     servers = "\n".join(f"    server {u} max_fails=1 fail_timeout=30s;" for u in upstreams)
-    conf = directory / "nginx.conf"
-    conf.write_text(f"""
-user root;
-worker_processes 1;
-daemon off;
-pid {directory}/nginx.pid;
-error_log {directory}/error.log warn;
-events {{ worker_connections 256; }}
-http {{
-  access_log off;
-  client_body_temp_path {directory}/tmp/body;
-  proxy_temp_path {directory}/tmp/proxy;
-  fastcgi_temp_path {directory}/tmp/fastcgi;
-  uwsgi_temp_path {directory}/tmp/uwsgi;
-  scgi_temp_path {directory}/tmp/scgi;
+    return start_nginx(directory, f"""
   upstream publishers {{
 {servers}
   }}
@@ -90,25 +74,7 @@ http {{
       proxy_read_timeout 90s;
       proxy_next_upstream error timeout http_502 http_503;
     }}
-  }}
-}}
-""")
-    proc = subprocess.Popen([NGINX, "-p", str(directory), "-c", str(conf)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-
-    def listening() -> bool:
-        if proc.poll() is not None:
-            err = proc.stderr.read().decode() if proc.stderr else ""
-            raise RuntimeError(f"nginx exited: {err}{(directory / 'error.log').read_text()}")
-        socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-        return True
-
-    try:
-        wait_for(listening, what="nginx listening", ignore=(OSError,))
-    except AssertionError:
-        proc.kill()
-        raise
-    return proc
+  }}""", [port], http_extra="  access_log off;", worker_connections=256)
 
 
 def _publisher(directory: Path, database: str, keys: Path | None) -> PublisherProcess:
@@ -177,8 +143,7 @@ def blocked(gw: SafeGateProcess, name: str) -> bool:
 @pytest.fixture
 def stack(tmp_path: Path, postgres: PostgresCluster
           ) -> Iterator[tuple[list[PublisherProcess], PublisherProcess, str]]:
-    if not Path(NGINX).exists():
-        pytest.fail("nginx is not installed: run `make deps-apt` (Debian package 'nginx-light')")
+    require_nginx()
     database = postgres.new_database("ha")
     first = _publisher(tmp_path / "pub1", database, None)
     second = _publisher(tmp_path / "pub2", database, first.setup.directory / "keys")

@@ -15,11 +15,17 @@ from tests.support.wait import wait_for
 NGINX = shutil.which("nginx") or "/usr/sbin/nginx"
 
 
-def start_nginx(directory: Path, servers: str, ports: list[int], *,
-                http_extra: str = "") -> subprocess.Popen[bytes]:
-    """nginx with `servers` (server blocks) inside `http { }`; the caller terminates it."""
+def require_nginx() -> None:
+    """Fail (not skip) without Debian's nginx: the tests that need it are the deployment."""
     if not Path(NGINX).exists():
         pytest.fail("nginx is not installed: run `make deps-apt` (Debian package 'nginx-light')")
+
+
+def start_nginx(directory: Path, servers: str, ports: list[int], *,
+                http_extra: str = "", worker_connections: int = 64) -> subprocess.Popen[bytes]:
+    """nginx with `servers` (server blocks, or upstream blocks too) inside `http { }`, after
+    `http_extra`; the caller terminates it."""
+    require_nginx()
     (directory / "tmp").mkdir(parents=True, exist_ok=True)
     conf = directory / "nginx.conf"
     temps = "\n".join(f"  {kind}_temp_path {directory}/tmp/{kind};"
@@ -30,7 +36,7 @@ worker_processes 1;
 daemon off;
 pid {directory}/nginx.pid;
 error_log {directory}/error.log warn;
-events {{ worker_connections 64; }}
+events {{ worker_connections {worker_connections}; }}
 http {{
 {temps}
 {http_extra}
