@@ -14,7 +14,6 @@ import http.server
 import json
 import random
 import shutil
-import signal
 import subprocess
 import sys
 import threading
@@ -34,7 +33,13 @@ import dns.query
 import yaml
 
 from tests.support import unbound as ub
-from tests.support.procs import REPO_ROOT, SafeGateProcess, free_port, write_gateway_config
+from tests.support.procs import (
+    REPO_ROOT,
+    SafeGateProcess,
+    free_port,
+    stop_process,
+    write_gateway_config,
+)
 from tests.support.publisher import (
     ADMIN_TOKEN,
     PublisherProcess,
@@ -100,13 +105,8 @@ TRAFFIC: tuple[tuple[str, str, int], ...] = (
 
 def terminate(proc: subprocess.Popen[bytes] | None) -> None:
     """SIGTERM, then SIGKILL after 10 s: these helpers are not under test themselves."""
-    if proc is not None and proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
+    if proc is not None:
+        stop_process(proc, 10)
 
 
 class PrometheusError(AssertionError):

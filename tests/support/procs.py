@@ -64,6 +64,18 @@ class ProcessExited(Exception):
     """A process under test ended while a test waited for it."""
 
 
+def stop_process(proc: subprocess.Popen[bytes], timeout: float) -> None:
+    """SIGTERM, SIGKILL after `timeout`; idempotent. For the tools tests start around the
+    gateway (unbound, named, ...), which are not under test: their exit code is not checked."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout)
+
+
 def free_port(*, v4: bool = True, v6: bool = True, udp: bool = True, tcp: bool = True) -> int:
     """A port free for UDP and TCP on 127.0.0.1 and ::1 (by default), never handed out twice.
 

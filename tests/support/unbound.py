@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import contextlib
 import shutil
-import signal
 import subprocess
 import time
 from collections.abc import Iterable, Sequence
@@ -32,7 +31,7 @@ import dns.rcode
 
 from tests.support.wait import wait_for
 
-from .procs import dns_query, free_port
+from .procs import dns_query, free_port, stop_process
 
 UNBOUND = shutil.which("unbound") or "/usr/sbin/unbound"
 
@@ -219,13 +218,7 @@ class UnboundServer:
 
     def stop(self, timeout: float = 5.0) -> None:
         """SIGTERM, SIGKILL after `timeout`; idempotent."""
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout)
+        stop_process(self.proc, timeout)
 
     def __enter__(self) -> UnboundServer:
         return self

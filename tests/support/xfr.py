@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import re
 import shutil
-import signal
 import subprocess
 import tempfile
 import time
@@ -23,7 +22,7 @@ import dns.query
 import dns.rcode
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.support.procs import dns_query, free_port
+from tests.support.procs import dns_query, free_port, stop_process
 from tests.support.publisher import PublisherProcess, start_publisher
 from tests.support.unbound import ALLOWED, UNBOUND, UnboundServer
 from tests.support.wait import wait_for
@@ -194,13 +193,7 @@ class NamedServer:
         return p.read_text(errors="replace") if p.exists() else ""
 
     def stop(self, timeout: float = 10.0) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout)
+        stop_process(self.proc, timeout)
 
     def __enter__(self) -> NamedServer:
         return self
@@ -292,13 +285,7 @@ class PdnsRecursor:
         return p.read_text(errors="replace") if p.exists() else ""
 
     def stop(self, timeout: float = 10.0) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout)
+        stop_process(self.proc, timeout)
         shutil.rmtree(self.socket_dir, ignore_errors=True)
 
     def __enter__(self) -> PdnsRecursor:
