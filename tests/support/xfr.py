@@ -11,10 +11,10 @@ import shutil
 import subprocess
 import tempfile
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, TypeVar
 
 import dns.exception
 import dns.message
@@ -157,8 +157,20 @@ def start_unbound_secondary(tmp_path: Path, port: int, primary_port: int,
             raise AssertionError(f"unbound exited\n{server.log_text()}")
         return answer_of(port, ALLOWED)[0] == "NOERROR"
 
+    return _started(server, answering, timeout, "the RPZ unbound answering")
+
+
+class _Stoppable(Protocol):
+    def stop(self, timeout: float = ...) -> None: ...
+
+
+_S = TypeVar("_S", bound=_Stoppable)
+
+
+def _started(server: _S, answering: Callable[[], bool], timeout: float, what: str) -> _S:
+    """`server` once `answering()` holds; stopped, not left running, if it never does."""
     try:
-        wait_for(answering, timeout=timeout, what="the RPZ unbound answering",
+        wait_for(answering, timeout=timeout, what=what,
                  ignore=(dns.exception.DNSException, OSError))
     except BaseException:
         server.stop()
@@ -261,13 +273,7 @@ def start_named(tmp_path: Path, primary_port: int, upstream_port: int, *,
         q = dns.message.make_query(ZONE, "SOA")
         return dns.query.udp(q, "127.0.0.1", port=port, timeout=0.5).rcode() == 0
 
-    try:
-        wait_for(answering, timeout=timeout, what="named serving the RPZ zone",
-                 ignore=(dns.exception.DNSException, OSError))
-    except BaseException:
-        server.stop()
-        raise
-    return server
+    return _started(server, answering, timeout, "named serving the RPZ zone")
 
 
 # ---------------------------------------------------------------- PowerDNS Recursor
@@ -347,10 +353,4 @@ def start_pdns_recursor(tmp_path: Path, primary_port: int, upstream_port: int,
         return answer_of(port, ALLOWED)[0] == "NOERROR" and "RPZ load completed" in \
             server.log_text()
 
-    try:
-        wait_for(answering, timeout=timeout, what="pdns_recursor with the RPZ loaded",
-                 ignore=(dns.exception.DNSException, OSError))
-    except BaseException:
-        server.stop()
-        raise
-    return server
+    return _started(server, answering, timeout, "pdns_recursor with the RPZ loaded")
