@@ -8,12 +8,9 @@ last-known-good copy and counts a failure, and a restart during the outage start
 
 from __future__ import annotations
 
-import hashlib
 import re
-import threading
 from collections.abc import Iterator
 from email.utils import formatdate
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +23,7 @@ from gateway.errors import ConfigError
 from gateway.lists.catalog import Source, load_catalog
 from gateway.runtime.list_refresh import next_wait
 from tests.support import unbound as ub
+from tests.support.docserver import DocumentServer
 from tests.support.procs import SafeGateProcess, write_gateway_config
 from tests.support.wait import wait_for
 
@@ -41,52 +39,11 @@ networks:
 LIST_NAME = "gambling-feed"
 
 
-class ListServer:
-    """A list publisher: ETag and Last-Modified, switchable body, a log of what it answered."""
-
-    def __init__(self) -> None:
-        self.body = V1
-        self.modified = formatdate(1_700_000_000, usegmt=True)
-        # (If-None-Match, If-Modified-Since, status) of each request
-        self.answered: list[tuple[str, str, int]] = []
-        outer = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:
-                body = outer.body
-                etag = '"' + hashlib.sha256(body).hexdigest()[:16] + '"'
-                inm = self.headers.get("If-None-Match", "")
-                ims = self.headers.get("If-Modified-Since", "")
-                status = 304 if inm == etag else 200
-                outer.answered.append((inm, ims, status))
-                self.send_response(status)
-                self.send_header("ETag", etag)
-                self.send_header("Last-Modified", outer.modified)
-                payload = body if status == 200 else b""
-                self.send_header("Content-Length", str(len(payload)))
-                self.end_headers()
-                self.wfile.write(payload)
-
-            def log_message(self, *args: Any) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.port = self.server.server_address[1]
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-        self.thread.start()
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}/lists/gambling.txt"
-
-    def stop(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
-
-
 @pytest.fixture
-def list_server() -> Iterator[ListServer]:
-    server = ListServer()
+def list_server() -> Iterator[DocumentServer]:
+    """A list publisher with ETag and Last-Modified."""
+    server = DocumentServer("/lists/gambling.txt", V1,
+                            last_modified=formatdate(1_700_000_000, usegmt=True))
     yield server
     server.stop()
 
@@ -108,7 +65,7 @@ def _lists_yaml(url: str) -> str:
 
 @pytest.mark.integration
 def test_a_list_from_a_url_refreshes_and_keeps_last_known_good(
-        unbound: ub.UnboundServer, safegate_factory: Any, list_server: ListServer,
+        unbound: ub.UnboundServer, safegate_factory: Any, list_server: DocumentServer,
         tmp_path: Path) -> None:
     cfg = write_gateway_config(
         tmp_path, upstream_port=unbound.port, policies={"p.yaml": POLICY}, ipv6=False,
@@ -206,7 +163,7 @@ def test_a_list_is_never_fetched_sooner_than_the_minimum(refresh: float, result:
 
 @pytest.mark.integration
 def test_a_download_larger_than_the_bound_is_refused_and_the_list_kept(
-        unbound: ub.UnboundServer, safegate_factory: Any, list_server: ListServer,
+        unbound: ub.UnboundServer, safegate_factory: Any, list_server: DocumentServer,
         tmp_path: Path) -> None:
     cfg = write_gateway_config(
         tmp_path, upstream_port=unbound.port, policies={"p.yaml": POLICY}, ipv6=False,

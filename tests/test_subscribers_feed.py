@@ -7,10 +7,7 @@ restart during the outage starts from the last-known-good copy.
 
 from __future__ import annotations
 
-import hashlib
-import threading
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +18,7 @@ import pytest
 
 from tests.support import unbound as ub
 from tests.support.data import FRONTENDS_LISTS, FRONTENDS_LISTS_YAML, FRONTENDS_POLICY
+from tests.support.docserver import DocumentServer
 from tests.support.procs import SafeGateProcess, write_gateway_config
 from tests.support.wait import wait_for
 
@@ -32,51 +30,10 @@ V2 = V1 + "127.0.8.9,kids\n"
 BROKEN = V2 + "127.0.8.10,grade-nine\n"
 
 
-class Publisher:
-    """The provisioning system's HTTP endpoint: ETag, bearer token, switchable content."""
-
-    def __init__(self) -> None:
-        self.body = V1.encode()
-        self.requests: list[tuple[str, str]] = []   # (If-None-Match, status)
-        outer = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:
-                etag = '"' + hashlib.sha256(outer.body).hexdigest()[:16] + '"'
-                if self.headers.get("Authorization") != f"Bearer {TOKEN}":
-                    status = 401
-                elif self.headers.get("If-None-Match") == etag:
-                    status = 304
-                else:
-                    status = 200
-                outer.requests.append((self.headers.get("If-None-Match", ""), str(status)))
-                self.send_response(status)
-                self.send_header("ETag", etag)
-                body = outer.body if status == 200 else b""
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def log_message(self, *args: Any) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.port = self.server.server_address[1]
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-        self.thread.start()
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}/isp/subscribers.csv"
-
-    def stop(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
-
-
 @pytest.fixture
-def publisher() -> Iterator[Publisher]:
-    pub = Publisher()
+def publisher() -> Iterator[DocumentServer]:
+    """The provisioning system's HTTP endpoint: ETag, bearer token."""
+    pub = DocumentServer("/isp/subscribers.csv", V1.encode(), token=TOKEN)
     yield pub
     pub.stop()
 
@@ -87,7 +44,7 @@ def _rcode(gw: SafeGateProcess, source: str) -> int:
                          source=source).rcode()
 
 
-def _polling_gateway(unbound: ub.UnboundServer, safegate_factory: Any, publisher: Publisher,
+def _polling_gateway(unbound: ub.UnboundServer, safegate_factory: Any, publisher: DocumentServer,
                      tmp_path: Path) -> Any:
     """A gateway polling the publisher's subscribers export, once its first file applied."""
     (tmp_path / "token").write_text(TOKEN + "\n")
@@ -104,7 +61,7 @@ def _polling_gateway(unbound: ub.UnboundServer, safegate_factory: Any, publisher
 
 
 def test_subscribers_from_a_url(unbound: ub.UnboundServer, safegate_factory: Any,
-                                publisher: Publisher, tmp_path: Path) -> None:
+                                publisher: DocumentServer, tmp_path: Path) -> None:
     gw = _polling_gateway(unbound, safegate_factory, publisher, tmp_path)
     later = "127.0.8.9"
     assert _rcode(gw, later) == dns.rcode.NOERROR           # isp network (teens)
@@ -113,7 +70,7 @@ def test_subscribers_from_a_url(unbound: ub.UnboundServer, safegate_factory: Any
 
     publisher.body = V2.encode()
     wait_for(lambda: _rcode(gw, later) == dns.rcode.NXDOMAIN, what="the update never applied")
-    wait_for(lambda: any(inm and status == "304" for inm, status in publisher.requests),
+    wait_for(lambda: any(inm and status == 304 for inm, _, status in publisher.answered),
              what="no conditional request was answered 304")
 
     publisher.body = BROKEN.encode()
@@ -149,7 +106,7 @@ def test_a_subscribers_url_needs_a_valid_setting(tmp_path: Path) -> None:
 
 
 def test_an_export_that_is_not_utf8_is_rejected_and_polling_goes_on(
-        unbound: ub.UnboundServer, safegate_factory: Any, publisher: Publisher,
+        unbound: ub.UnboundServer, safegate_factory: Any, publisher: DocumentServer,
         tmp_path: Path) -> None:
     """A non-UTF-8 byte used to raise UnicodeDecodeError out of the poller, which ended it:
     later exports were never fetched. Now it is a rejected file with its line."""
