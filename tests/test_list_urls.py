@@ -63,18 +63,27 @@ def _lists_yaml(url: str) -> str:
             f"    - {{url: \"{url}\", format: domains, refresh: 1s, name: {LIST_NAME}}}\n")
 
 
-@pytest.mark.integration
-def test_a_list_from_a_url_refreshes_and_keeps_last_known_good(
-        unbound: ub.UnboundServer, safegate_factory: Any, list_server: DocumentServer,
-        tmp_path: Path) -> None:
+def _list_gateway(unbound: ub.UnboundServer, safegate_factory: Any,
+                  list_server: DocumentServer, tmp_path: Path,
+                  **files: int) -> SafeGateProcess:
+    """A gateway whose gambling list comes from `list_server` (refreshed every second; more
+    `limits.files` in `files`), once the first download is enforced."""
     cfg = write_gateway_config(
         tmp_path, upstream_port=unbound.port, policies={"p.yaml": POLICY}, ipv6=False,
         lists_yaml=_lists_yaml(list_server.url),
         extra={"reload": {"watch_interval": 0.2},
-               "limits": {"files": {"list_refresh_min": 1}}})
-    gw = safegate_factory(cfg)
+               "limits": {"files": {"list_refresh_min": 1, **files}}})
+    gw: SafeGateProcess = safegate_factory(cfg)
     wait_for(lambda: _rcode(gw, "gamble.test") == dns.rcode.NXDOMAIN,
              what="the downloaded list was never enforced")
+    return gw
+
+
+@pytest.mark.integration
+def test_a_list_from_a_url_refreshes_and_keeps_last_known_good(
+        unbound: ub.UnboundServer, safegate_factory: Any, list_server: DocumentServer,
+        tmp_path: Path) -> None:
+    gw = _list_gateway(unbound, safegate_factory, list_server, tmp_path)
     assert _rcode(gw, "drugs.test") == dns.rcode.NXDOMAIN
     assert _rcode(gw, "social.test") == dns.rcode.NOERROR
     copies = list((tmp_path / "var" / "lists").glob("*.list"))
@@ -110,7 +119,7 @@ def test_a_list_from_a_url_refreshes_and_keeps_last_known_good(
     gw.stop()
 
     # A restart while the publisher is down enforces the last-known-good copy at once.
-    gw2 = safegate_factory(cfg)
+    gw2 = safegate_factory(gw.config)
     assert _rcode(gw2, "social.test") == dns.rcode.NXDOMAIN
     assert _rcode(gw2, "drugs.test") == dns.rcode.NXDOMAIN
     assert _rcode(gw2, "gamble.test") == dns.rcode.NOERROR
@@ -165,14 +174,7 @@ def test_a_list_is_never_fetched_sooner_than_the_minimum(refresh: float, result:
 def test_a_download_larger_than_the_bound_is_refused_and_the_list_kept(
         unbound: ub.UnboundServer, safegate_factory: Any, list_server: DocumentServer,
         tmp_path: Path) -> None:
-    cfg = write_gateway_config(
-        tmp_path, upstream_port=unbound.port, policies={"p.yaml": POLICY}, ipv6=False,
-        lists_yaml=_lists_yaml(list_server.url),
-        extra={"reload": {"watch_interval": 0.2},
-               "limits": {"files": {"list_refresh_min": 1, "feed_bytes": 256}}})
-    gw = safegate_factory(cfg)
-    wait_for(lambda: _rcode(gw, "gamble.test") == dns.rcode.NXDOMAIN,
-             what="the downloaded list was never enforced")
+    gw = _list_gateway(unbound, safegate_factory, list_server, tmp_path, feed_bytes=256)
     list_server.body = V2 + b"".join(b"name-%d.social.test\n" % i for i in range(50))
     wait_for(lambda: _count(gw, "error") >= 1, what="the oversized list was not refused")
     assert "larger than limits.files.feed_bytes (256)" in gw.stderr_text()
