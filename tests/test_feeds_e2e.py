@@ -7,12 +7,10 @@ reachable still enforces; a removal lifts the block; the report matches the ledg
 
 from __future__ import annotations
 
-import asyncio
 import json
 import sqlite3
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -30,7 +28,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from tests.support import unbound as ub
 from tests.support.data import LISTS, LISTS_YAML, POLICY
 from tests.support.feeds import NAME, acked, entry, gateway_extra
-from tests.support.procs import REPO_ROOT, SafeGateProcess, free_port
+from tests.support.interposer import ThreadedApp
+from tests.support.procs import REPO_ROOT, SafeGateProcess
 from tests.support.publisher import (
     ADMIN_TOKEN,
     PublisherProcess,
@@ -181,23 +180,19 @@ def gauge(gw: SafeGateProcess, name: str, **labels: str) -> float:
     return 0.0
 
 
-class Relay:
+class Relay(ThreadedApp):
     """An HTTP cache between publisher and gateway (aiohttp, in its own thread): it forwards
     the first `forward` requests, then answers 304 Not Modified to everything, as a broken or
     hostile cache may, until `forward` is raised again."""
 
     def __init__(self, upstream: str, forward: int = 1) -> None:
+        super().__init__()
         self.upstream = upstream
         self.forward = forward
         self.requests: list[dict[str, str]] = []
-        self.port = free_port(v6=False, udp=False)
-        self.loop = asyncio.new_event_loop()
-        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
-        self.runner: web.AppRunner | None = None
 
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+    def routes(self, app: web.Application) -> None:
+        app.router.add_get("/v1/feed", self._handle)
 
     async def _handle(self, request: web.Request) -> web.StreamResponse:
         self.requests.append(dict(request.headers))
@@ -214,23 +209,6 @@ class Relay:
             return web.Response(status=r.status, body=body or None, headers=keep,
                                 content_type=None if r.status == 304 else r.content_type)
 
-    async def _start(self) -> None:
-        app = web.Application()
-        app.router.add_get("/v1/feed", self._handle)
-        self.runner = web.AppRunner(app)
-        await self.runner.setup()
-        await web.TCPSite(self.runner, "127.0.0.1", self.port).start()
-
-    def start(self) -> Relay:
-        self.thread.start()
-        asyncio.run_coroutine_threadsafe(self._start(), self.loop).result(10)
-        return self
-
-    def stop(self) -> None:
-        if self.runner is not None:
-            asyncio.run_coroutine_threadsafe(self.runner.cleanup(), self.loop).result(10)
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(10)
 
 
 def test_a_relay_answering_304_forever_makes_the_feed_stale_not_frozen(

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+from typing import Self
 
 import aiohttp
 from aiohttp import web
@@ -15,15 +16,11 @@ from tests.support.procs import free_port
 _KEEP = ("SafeGate-Signature", "ETag", "Cache-Control", "X-SafeGate-Full", "Retry-After")
 
 
-class Interposer:
-    def __init__(self, upstream: str) -> None:
-        self.upstream = upstream
-        self.tamper: tuple[bytes, bytes] | None = None   # (old, new) replaced in bodies
-        self.refuse_posts = False
-        self.tampered = 0
-        self.requests = 0
-        self.posts = 0               # POSTs passed on to the upstream
-        self.last_query = ""
+class ThreadedApp:
+    """An aiohttp app on a free loopback port, served by its own event loop in a thread so
+    that a test's blocking code (and the processes under test) can talk to it."""
+
+    def __init__(self) -> None:
         self.port = free_port(v6=False, udp=False)
         self.loop = asyncio.new_event_loop()
         self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
@@ -32,6 +29,42 @@ class Interposer:
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
+
+    def routes(self, app: web.Application) -> None:
+        raise NotImplementedError
+
+    async def _start(self) -> None:
+        app = web.Application()
+        self.routes(app)
+        self.runner = web.AppRunner(app)
+        await self.runner.setup()
+        await web.TCPSite(self.runner, "127.0.0.1", self.port).start()
+
+    def start(self) -> Self:
+        self.thread.start()
+        asyncio.run_coroutine_threadsafe(self._start(), self.loop).result(10)
+        return self
+
+    def stop(self) -> None:
+        if self.runner is not None:
+            asyncio.run_coroutine_threadsafe(self.runner.cleanup(), self.loop).result(10)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(10)
+
+
+class Interposer(ThreadedApp):
+    def __init__(self, upstream: str) -> None:
+        super().__init__()
+        self.upstream = upstream
+        self.tamper: tuple[bytes, bytes] | None = None   # (old, new) replaced in bodies
+        self.refuse_posts = False
+        self.tampered = 0
+        self.requests = 0
+        self.posts = 0               # POSTs passed on to the upstream
+        self.last_query = ""
+
+    def routes(self, app: web.Application) -> None:
+        app.router.add_route("*", "/{tail:.*}", self._handle)
 
     async def _handle(self, request: web.Request) -> web.StreamResponse:
         self.requests += 1
@@ -53,21 +86,3 @@ class Interposer:
             keep = {k: v for k, v in r.headers.items() if k in _KEEP}
             return web.Response(status=r.status, body=body or None, headers=keep,
                                 content_type=None if r.status == 304 else r.content_type)
-
-    async def _start(self) -> None:
-        app = web.Application()
-        app.router.add_route("*", "/{tail:.*}", self._handle)
-        self.runner = web.AppRunner(app)
-        await self.runner.setup()
-        await web.TCPSite(self.runner, "127.0.0.1", self.port).start()
-
-    def start(self) -> Interposer:
-        self.thread.start()
-        asyncio.run_coroutine_threadsafe(self._start(), self.loop).result(10)
-        return self
-
-    def stop(self) -> None:
-        if self.runner is not None:
-            asyncio.run_coroutine_threadsafe(self.runner.cleanup(), self.loop).result(10)
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(10)
