@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import re
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
@@ -21,8 +20,10 @@ from gateway.config.yamlconf import (
 )
 from gateway.publisher.db import is_url, redact
 from gateway.publisher.tierconfig import (
+    ID_RULE,
     ProvinceConfig,
     UpstreamConfig,
+    listed_id,
     parse_provinces,
     parse_upstream,
 )
@@ -38,8 +39,7 @@ MAX_CHANGE_KEYS = ("ratio", "entries")
 TLS_KEYS = ("cert", "key")
 DEFAULT_NEVER_BLOCK = ("gov.vn", "edu.vn")
 MIN_TOKEN_LENGTH = 16
-# Gateway ids become metric label values and ack keys: keep them short and tame.
-_GATEWAY_ID = re.compile(r"[a-z0-9][a-z0-9_.-]{0,62}")
+_GATEWAY_ID = ID_RULE           # the rule province ids follow too (tierconfig)
 # Every served document is re-signed (fresh generated_at) once it is this old, so a gateway on
 # an idle feed can tell a live publisher from a cache replaying an old answer. Gateways refresh
 # at max_age / 2 (default 12 h): one hour keeps that far inside (docs/feeds-gateway.md).
@@ -180,12 +180,7 @@ def _gateways(doc: YDict, admin: str | None) -> dict[str, str]:
     for i, item in enumerate(items):
         gw = expect_mapping(item, f"gateways[{i}]", items, i)
         check_keys(gw, GATEWAY_KEYS, "a gateway")
-        gid = expect_str(gw.get("id"), "gateway id", gw, "id")
-        if not _GATEWAY_ID.fullmatch(gid):
-            raise error_at(f"gateway id {gid!r} must be lowercase letters, digits, '.', '_' "
-                           "or '-' (at most 63)", gid, gw, "id")
-        if gid in out:
-            raise error_at(f"gateway id {gid!r} is listed twice", gid, gw, "id")
+        gid = listed_id(gw, "gateway", out)
         token = _token(gw.get("token"), f"token of gateway {gid!r}", gw, "token")
         if token in seen_tokens:
             raise error_at(f"token of gateway {gid!r} is already used (by another gateway or "

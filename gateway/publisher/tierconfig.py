@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Container
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,9 +22,9 @@ from gateway.config.yamlconf import (
 
 UPSTREAM_KEYS = ("url", "public_key", "token", "province", "refresh", "state_dir")
 PROVINCE_KEYS = ("id", "name", "token")
-# Province ids prefix their schools' gateway ids at the ministry ("ha-noi/thpt-1") and are
-# metric label values: short and tame, like gateway ids, and never containing the "/".
-PROVINCE_ID = re.compile(r"[a-z0-9][a-z0-9_.-]{0,62}")
+# Gateway and province ids are metric label values and ack keys, and a province's prefixes its
+# schools' gateway ids at the ministry ("ha-noi/thpt-1"): short and tame, never containing "/".
+ID_RULE = re.compile(r"[a-z0-9][a-z0-9_.-]{0,62}")
 DEFAULT_REFRESH = 1800.0      # a fresh national snapshot at least this often (heartbeat 3600)
 
 
@@ -70,7 +70,7 @@ def parse_upstream(doc: YDict, base: Path, database: Path | str,
         raise error_at("upstream.public_key needs the ministry's public key", None, up,
                        "public_key")
     province = expect_str(up["province"], "upstream.province", up, "province")
-    if not PROVINCE_ID.fullmatch(province):
+    if not ID_RULE.fullmatch(province):
         raise error_at(f"upstream.province {province!r} must be the id the ministry lists "
                        "(lowercase letters, digits, '.', '_' or '-', at most 63)", None, up,
                        "province")
@@ -86,6 +86,17 @@ def parse_upstream(doc: YDict, base: Path, database: Path | str,
                           province, state, float(refresh))
 
 
+def listed_id(item: YDict, kind: str, seen: Container[str]) -> str:
+    """The `id` of one item of `gateways:` or `provinces:`: by ID_RULE, and not in `seen`."""
+    value = expect_str(item.get("id"), f"{kind} id", item, "id")
+    if not ID_RULE.fullmatch(value):
+        raise error_at(f"{kind} id {value!r} must be lowercase letters, digits, '.', '_' "
+                       "or '-' (at most 63)", value, item, "id")
+    if value in seen:
+        raise error_at(f"{kind} id {value!r} is listed twice", value, item, "id")
+    return value
+
+
 def parse_provinces(doc: YDict, token: Callable[[Any, str, YDict, str], str],
                     taken: set[str]) -> dict[str, ProvinceConfig]:
     """`provinces:` at the ministry; `taken` holds the gateway and admin tokens."""
@@ -95,12 +106,7 @@ def parse_provinces(doc: YDict, token: Callable[[Any, str, YDict, str], str],
     for i, item in enumerate(items):
         p = expect_mapping(item, f"provinces[{i}]", items, i)
         check_keys(p, PROVINCE_KEYS, "a province")
-        pid = expect_str(p.get("id"), "province id", p, "id")
-        if not PROVINCE_ID.fullmatch(pid):
-            raise error_at(f"province id {pid!r} must be lowercase letters, digits, '.', '_' "
-                           "or '-' (at most 63)", pid, p, "id")
-        if pid in out:
-            raise error_at(f"province id {pid!r} is listed twice", pid, p, "id")
+        pid = listed_id(p, "province", out)
         name = expect_str(p.get("name", pid), "province name", p, "name")
         secret = token(p.get("token"), f"token of province {pid!r}", p, "token")
         if secret in taken:
