@@ -9,7 +9,6 @@ numbers are computed there.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sqlite3
 import sys
@@ -22,6 +21,7 @@ from typing import Any
 import yaml
 
 from gateway.cli.report_national import read_national, with_national
+from gateway.cli.report_rows import ACK_COLUMNS, ENTRY_COLUMNS, acks_by_key, issued_in, rows_of
 from gateway.compliance import export as export_mod
 from gateway.compliance.report import (
     DEFAULT_TZ,
@@ -33,7 +33,6 @@ from gateway.compliance.report import (
     build_provinces,
     build_section,
     build_total,
-    iso_to_unix,
     parse_period,
 )
 from gateway.compliance.report_render import RENDERERS
@@ -136,27 +135,14 @@ def read_publisher(db: sqlite3.Connection | Database, period: Period
 
     No ack at all counts as not received: the gateway is answerable for what was issued.
     """
-    issued = []
-    for (rid, etype, value, cats, mandatory, authority, decision, ddate, issued_at, deadline,
-         removed_at) in db.execute(
-            "SELECT id, type, value, categories, mandatory, authority, decision, decision_date, "
-            "issued_at, deadline, removed_at FROM entries WHERE action = 'block'"):
-        t = iso_to_unix(issued_at)
-        if t is not None and period.contains(t):
-            issued.append((rid, etype, value, tuple(json.loads(cats)), bool(mandatory), authority,
-                           decision, ddate, t, iso_to_unix(deadline), iso_to_unix(removed_at)))
-    acks: dict[tuple[str, str], tuple[Any, ...]] = {
-        (g, e): rest for g, e, *rest in db.execute(
-            "SELECT gateway, entry_id, received_at, applied_at, verified_at, outcome FROM acks")}
+    issued = issued_in(period, db.execute(
+        f"SELECT {ENTRY_COLUMNS} FROM entries WHERE action = 'block'"))
+    acks = acks_by_key(db.execute(f"SELECT {ACK_COLUMNS} FROM acks"))
     gateways = [g for (g,) in db.execute(
         "SELECT id FROM gateways UNION SELECT gateway FROM acks ORDER BY 1")]
     out = []
     for gw in gateways:
-        rows = []
-        for rid, etype, value, cats, mand, auth, dec, ddate, t, deadline, removed in issued:
-            received, applied, verified, outcome = acks.get((gw, rid), (None, None, None, ""))
-            rows.append(EntryRow(rid, etype, value, cats, mand, auth, dec, ddate, t, deadline,
-                                 received, applied, verified, removed, outcome, gw))
+        rows = rows_of(gw, issued, acks)
         probes = dict(db.execute(
             "SELECT result, SUM(count) FROM gateway_probes WHERE gateway = ? "
             "AND result != 'blocked' GROUP BY result", (gw,)).fetchall())

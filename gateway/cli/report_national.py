@@ -7,11 +7,11 @@ those entries next to the provincial ones, so the province answers for both.
 
 from __future__ import annotations
 
-import json
 import sqlite3
 from typing import Any
 
-from gateway.compliance.report import EntryRow, Period, iso_to_unix
+from gateway.cli.report_rows import ACK_COLUMNS, ENTRY_COLUMNS, acks_by_key, issued_in, rows_of
+from gateway.compliance.report import EntryRow, Period
 from gateway.publisher.db import Database, db_errors
 
 Section = tuple[str, list[EntryRow], dict[str, int], list[Any]]
@@ -23,32 +23,15 @@ def read_national(db: sqlite3.Connection | Database, period: Period
     province tier never ran."""
     try:
         entries = db.execute(
-            "SELECT id, type, value, categories, mandatory, authority, decision, decision_date, "
-            "issued_at, deadline, removed_at FROM national_entries WHERE action = 'block' "
+            f"SELECT {ENTRY_COLUMNS} FROM national_entries WHERE action = 'block' "
             "AND type IN ('domain', 'domain-exact')").fetchall()
-        acks: dict[tuple[str, str], tuple[Any, ...]] = {
-            (g, e): tuple(rest) for g, e, *rest in db.execute(
-                "SELECT gateway, entry_id, received_at, applied_at, verified_at, outcome "
-                "FROM national_acks")}
+        acks = acks_by_key(db.execute(f"SELECT {ACK_COLUMNS} FROM national_acks"))
         schools = [str(g) for (g,) in db.execute(
             "SELECT id FROM national_gateways ORDER BY 1")]
     except db_errors():
         return {}
-    issued = []
-    for (rid, etype, value, cats, mand, auth, dec, ddate, issued_at, deadline,
-         removed_at) in entries:
-        t = iso_to_unix(issued_at)
-        if t is not None and period.contains(t):
-            issued.append((rid, etype, value, tuple(json.loads(cats)), bool(mand), auth, dec,
-                           ddate, t, iso_to_unix(deadline), iso_to_unix(removed_at)))
-    out: dict[str, list[EntryRow]] = {}
-    for gw in schools:
-        rows = out.setdefault(gw, [])
-        for rid, etype, value, cats, mand, auth, dec, ddate, t, deadline, removed in issued:
-            received, applied, verified, outcome = acks.get((gw, rid), (None, None, None, ""))
-            rows.append(EntryRow(rid, etype, value, cats, mand, auth, dec, ddate, t, deadline,
-                                 received, applied, verified, removed, outcome, gw))
-    return out
+    issued = issued_in(period, entries)
+    return {gw: rows_of(gw, issued, acks) for gw in schools}
 
 
 def with_national(per_gateway: list[Section], national: dict[str, list[EntryRow]]
