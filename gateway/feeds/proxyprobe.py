@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from gateway.util.atomic import atomic_write
+from gateway.util.pids import alive
 
 VERDICTS_FILE = "proxy-verdicts.json"
 PROXY_TYPES = ("url", "sha256", "pdq")    # enforced by the HTTP proxy, when it runs
@@ -57,16 +58,6 @@ def remove_verdicts(state_dir: Path) -> None:
     """A proxy stopping takes its verdicts with it."""
     with contextlib.suppress(OSError):
         (state_dir / VERDICTS_FILE).unlink()
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def _ids(raw: object) -> frozenset[str]:
@@ -108,7 +99,7 @@ class ProxyVerdicts:
         (no tier is expected to block it)."""
         self._refresh()
         found = self._feeds.get(feed)
-        if found is None or found.serial < serial or not _alive(self._pid):
+        if found is None or found.serial < serial or not alive(self._pid):
             return PENDING
         if entry_id in found.blocked:
             return BLOCKED

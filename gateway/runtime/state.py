@@ -41,6 +41,7 @@ from gateway.policy.subscribers import Subscribers, load_subscribers
 from gateway.proxy.intercept import INTERCEPT_FILE
 from gateway.runtime.intercept import read_intercept, steer_scopes, steering
 from gateway.util.fingerprint import Fingerprint, fingerprint
+from gateway.util.pids import alive
 
 log = logging.getLogger(__name__)
 
@@ -367,16 +368,6 @@ def remove_stale_indexes(state_dir: Path, keep: Path | None) -> None:
             pid = int(p.name.split("-")[1])
         except ValueError:
             continue
-        if pid == me or not _alive(pid):
+        if pid == me or not alive(pid):
             with contextlib.suppress(OSError):
                 p.unlink()
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
