@@ -67,6 +67,17 @@ def db_errors() -> tuple[type[Exception], ...]:
     return (sqlite3.Error, psycopg.Error)
 
 
+def missing_ids(db: Database, table: str, ids: Sequence[str]) -> list[str]:
+    """The ids in `ids` (each once, in order) with no row in `table`'s `id` column."""
+    out: list[str] = []
+    for i in range(0, len(ids), 500):   # SQLite's bound-parameter limit
+        part = list(dict.fromkeys(ids[i:i + 500]))
+        known = {r[0] for r in db.execute(
+            f"SELECT id FROM {table} WHERE id IN ({','.join('?' * len(part))})", part)}
+        out.extend(x for x in part if x not in known)
+    return out
+
+
 class Database:
     """A connection; `kind` says which back end ("sqlite" or "postgresql")."""
 

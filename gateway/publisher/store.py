@@ -21,7 +21,7 @@ from pathlib import Path
 from gateway.errors import SafeGateError
 from gateway.feedformat.document import FeedEntry, LegalBasis, parse_time
 from gateway.feedformat.stats import StatRow
-from gateway.publisher.db import Database, open_database
+from gateway.publisher.db import Database, missing_ids, open_database
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -239,13 +239,7 @@ class Store:
 
     def unknown_ids(self, ids: Sequence[str]) -> list[str]:
         """The ids in `ids` this feed never had (removed entries are known: rows stay)."""
-        out: list[str] = []
-        for i in range(0, len(ids), 500):   # SQLite's bound-parameter limit
-            part = list(dict.fromkeys(ids[i:i + 500]))
-            known = {r[0] for r in self.db.execute(
-                f"SELECT id FROM entries WHERE id IN ({','.join('?' * len(part))})", part)}
-            out.extend(x for x in part if x not in known)
-        return out
+        return missing_ids(self.db, "entries", ids)
 
     def record_ack(self, ack: Ack, now: float, max_series: int | None = None) -> int:
         """Apply an ack; returns how many stats rows were dropped by `max_series`.

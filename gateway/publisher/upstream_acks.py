@@ -22,7 +22,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import aiohttp
 
-from gateway.publisher.db import Database
+from gateway.publisher.db import Database, missing_ids
 from gateway.util.outbox import RetryingSender
 
 log = logging.getLogger("safegate.publisher.upstream")
@@ -72,13 +72,7 @@ class NationalIds:
                             [(i,) for i in ids])
 
     def unknown(self, ids: Sequence[str]) -> list[str]:
-        out: list[str] = []
-        for i in range(0, len(ids), 500):   # SQLite's bound-parameter limit
-            part = list(dict.fromkeys(ids[i:i + 500]))
-            known = {r[0] for r in self.db.execute(
-                f"SELECT id FROM national_ids WHERE id IN ({','.join('?' * len(part))})", part)}
-            out.extend(x for x in part if x not in known)
-        return out
+        return missing_ids(self.db, "national_ids", ids)
 
 
 class UpstreamOutbox:
