@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from gateway.config.addresses import Address, format_address
-from gateway.config.yamlconf import YDict, check_keys
+from gateway.config.yamlconf import YDict, check_keys, error_at
 
 Schema = dict[str, Any]
 
@@ -100,6 +100,14 @@ class Shape:
     def check(self, mapping: YDict) -> None:
         """Unknown keys are errors, named at their line."""
         check_keys(mapping, self.names(), self.what)
+
+    def require(self, mapping: YDict, parent: Any, key: str | int) -> None:
+        """The keys marked `required` are present: the first missing one is an error at
+        `parent[key]` ("a quota" -> "quota is missing 'minutes'")."""
+        noun = self.what.removeprefix("a ")
+        for k in self.keys:
+            if k.required and k.name not in mapping:
+                raise error_at(f"{noun} is missing {k.name!r}", mapping, parent, key)
 
 
 @dataclass(frozen=True)

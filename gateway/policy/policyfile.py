@@ -332,9 +332,7 @@ def _network(body: Any, parent: Any, index: int, tiers: dict[str, Tier],
              known: frozenset[str] | set[str] = frozenset()) -> Network:
     body = expect_mapping(body, "a network", parent, index)
     NETWORK.check(body)
-    for required in ("name", "cidrs", "tier"):
-        if required not in body:
-            raise error_at(f"network is missing {required!r}", body, parent, index)
+    NETWORK.require(body, parent, index)
     name = expect_str(body["name"], "name", body, "name")
     tier = expect_str(body["tier"], "tier", body, "tier")
     if tier not in tiers:
@@ -379,9 +377,7 @@ def _query_log(body: YDict) -> int:
 def _token(body: Any, parent: Any, index: int, tiers: dict[str, Tier]) -> Token:
     body = expect_mapping(body, "a token", parent, index)
     TOKEN.check(body)
-    for required in ("token", "tier"):
-        if required not in body:
-            raise error_at(f"token is missing {required!r}", body, parent, index)
+    TOKEN.require(body, parent, index)
     # Never echo the token itself in errors: it is a credential.
     text = expect_str(body["token"], "token", body, "token")
     if not _TOKEN.fullmatch(text):

@@ -58,9 +58,7 @@ def parse_quotas(value: Any, parent: Any, key: str, known: set[str], owner: str
     for i, raw in enumerate(items):
         body = expect_mapping(raw, "a quota", items, i)
         QUOTA.check(body)
-        for required in ("categories", "minutes"):
-            if required not in body:
-                raise error_at(f"quota is missing {required!r}", body, items, i)
+        QUOTA.require(body, items, i)
         cats_raw = expect_list(body["categories"], "categories", body, "categories")
         cats: list[str] = []
         for j, cat in enumerate(cats_raw):

@@ -146,9 +146,7 @@ def parse_windows(value: Any, what: str, parent: Any, key: str, known: set[str]
     for i, raw in enumerate(items):
         body = expect_mapping(raw, "a schedule", items, i)
         WINDOW.check(body)
-        for required in ("block", "from", "to"):
-            if required not in body:
-                raise error_at(f"schedule is missing {required!r}", body, items, i)
+        WINDOW.require(body, items, i)
         block = expect_list(body["block"], "block", body, "block")
         cats = []
         for j, cat in enumerate(block):
