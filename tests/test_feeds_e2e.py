@@ -17,17 +17,13 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-import dns.edns
-import dns.message
-import dns.query
-import dns.rcode
 import pytest
 from aiohttp import web
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.support import unbound as ub
 from tests.support.data import LISTS, LISTS_YAML, POLICY
-from tests.support.feeds import NAME, acked, entry, gateway_extra
+from tests.support.feeds import NAME, acked, ede_of, entry, gateway_extra
 from tests.support.interposer import ThreadedApp
 from tests.support.procs import REPO_ROOT, SafeGateProcess
 from tests.support.publisher import (
@@ -38,12 +34,6 @@ from tests.support.publisher import (
 from tests.support.wait import wait_for
 
 pytestmark = pytest.mark.integration
-
-def ede_of(port: int, name: str) -> int | None:
-    q = dns.message.make_query(name, "A", use_edns=0)
-    r = dns.query.udp(q, "127.0.0.1", port=port, timeout=2)
-    codes = [o.code for o in r.options if isinstance(o, dns.edns.EDEOption)]
-    return codes[0] if codes else None
 
 
 @pytest.fixture

@@ -19,15 +19,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import dns.edns
-import dns.message
-import dns.query
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
 from tests.support import unbound as ub
 from tests.support.data import LISTS, LISTS_YAML, POLICY
-from tests.support.feeds import NAME, acked, entry
+from tests.support.feeds import NAME, acked, ede_of, entry, sample_of
 from tests.support.interposer import Interposer
 from tests.support.procs import REPO_ROOT, SafeGateProcess
 from tests.support.publisher import (
@@ -47,21 +43,6 @@ SCHOOLS = ("thpt-a", "thpt-b")
 NATIONAL_NAME = NAME                 # malware.example
 PROVINCIAL_NAME = "gamble.test"
 TAMPERED_NAME = "drugs.test"
-
-
-def ede_of(port: int, name: str) -> int | None:
-    q = dns.message.make_query(name, "A", use_edns=0)
-    r = dns.query.udp(q, "127.0.0.1", port=port, timeout=2)
-    codes = [o.code for o in r.options if isinstance(o, dns.edns.EDEOption)]
-    return codes[0] if codes else None
-
-
-def sample(text: str, name: str, **labels: str) -> float | None:
-    for fam in text_string_to_metric_families(text):
-        for s in fam.samples:
-            if s.name == name and s.labels == labels:
-                return float(s.value)
-    return None
 
 
 @dataclass
@@ -166,22 +147,22 @@ def test_orders_from_ministry_and_province_reach_both_schools_and_are_acked_wher
     m = tier.metrics(tier.ministry)
     for school in SCHOOLS:
         gid = f"{PROVINCE}/{school}"
-        assert sample(m, "safegate_publisher_gateway_province", gateway=gid,
+        assert sample_of(m, "safegate_publisher_gateway_province", gateway=gid,
                       province=PROVINCE) == 1
-        assert sample(m, "safegate_publisher_gateway_applied_serial", gateway=gid) == 1
-        assert sample(m, "safegate_publisher_gateway_overdue_entries", gateway=gid) == 0
-        assert sample(m, "safegate_publisher_enforcement_latency_seconds_count",
+        assert sample_of(m, "safegate_publisher_gateway_applied_serial", gateway=gid) == 1
+        assert sample_of(m, "safegate_publisher_gateway_overdue_entries", gateway=gid) == 0
+        assert sample_of(m, "safegate_publisher_enforcement_latency_seconds_count",
                       gateway=gid) == 1
-    assert sample(m, "safegate_publisher_province_gateways", province=PROVINCE) == 2
-    assert sample(m, "safegate_publisher_province_gateways_behind", province=PROVINCE) == 0
-    assert sample(m, "safegate_publisher_province_enforcement_latency_seconds_count",
+    assert sample_of(m, "safegate_publisher_province_gateways", province=PROVINCE) == 2
+    assert sample_of(m, "safegate_publisher_province_gateways_behind", province=PROVINCE) == 0
+    assert sample_of(m, "safegate_publisher_province_enforcement_latency_seconds_count",
                   province=PROVINCE) == 2
-    assert sample(m, "safegate_publisher_province_acks_rejected_total", province=PROVINCE,
+    assert sample_of(m, "safegate_publisher_province_acks_rejected_total", province=PROVINCE,
                   reason="unknown_entries") == 0
     p = tier.metrics(tier.province)
-    assert sample(p, "safegate_publisher_mirror_serial") == 1
-    assert sample(p, "safegate_publisher_gateway_applied_serial", gateway="thpt-a") == 1
-    wait_for(lambda: sample(tier.metrics(tier.province),
+    assert sample_of(p, "safegate_publisher_mirror_serial") == 1
+    assert sample_of(p, "safegate_publisher_gateway_applied_serial", gateway="thpt-a") == 1
+    wait_for(lambda: sample_of(tier.metrics(tier.province),
                             "safegate_publisher_upstream_pending_acks") == 0, 30.0,
              what="the province's outbox drained")
 
@@ -206,11 +187,11 @@ def test_orders_from_ministry_and_province_reach_both_schools_and_are_acked_wher
 
     # The province's own view of the national order: which of its schools applied it.
     for school in SCHOOLS:
-        assert sample(p, "safegate_publisher_national_gateway_applied_serial",
+        assert sample_of(p, "safegate_publisher_national_gateway_applied_serial",
                       gateway=school) == 1
-        assert sample(p, "safegate_publisher_national_gateway_verified_entries",
+        assert sample_of(p, "safegate_publisher_national_gateway_verified_entries",
                       gateway=school) == 1
-        assert sample(p, "safegate_publisher_national_gateway_overdue_entries",
+        assert sample_of(p, "safegate_publisher_national_gateway_overdue_entries",
                       gateway=school) == 0
     out = subprocess.run([sys.executable, "-m", "gateway", "report", "-c",
                           str(tier.province.setup.config), "--from", today, "--to", today,
@@ -233,11 +214,11 @@ def test_orders_from_ministry_and_province_reach_both_schools_and_are_acked_wher
     wait_for(lambda: ede_of(schools[0].dns_port, TAMPERED_NAME) == 16, 30.0,
              what="school A enforces the second national order")
     national = {"feed": "national"}
-    wait_for(lambda: (sample(schools[1].metrics_text(), "safegate_feed_rejected_total",
+    wait_for(lambda: (sample_of(schools[1].metrics_text(), "safegate_feed_rejected_total",
                              reason="bad_signature", **national) or 0) >= 1, 30.0,
              what="school B refused the tampered national document")
     assert tier.school_b_link.tampered >= 1
-    assert sample(schools[1].metrics_text(), "safegate_feed_serial", **national) == 1
+    assert sample_of(schools[1].metrics_text(), "safegate_feed_serial", **national) == 1
     assert ede_of(schools[1].dns_port, TAMPERED_NAME) is None
     assert ede_of(schools[1].dns_port, "drugx.test") is None
     assert ede_of(schools[1].dns_port, NATIONAL_NAME) == 16     # the last good one stays
@@ -257,12 +238,12 @@ def test_acks_waiting_for_the_ministry_survive_a_province_restart(
                  what="blocked at both schools")
 
     def pending() -> float:
-        return sample(tier.metrics(tier.province),
+        return sample_of(tier.metrics(tier.province),
                       "safegate_publisher_upstream_pending_acks") or 0
 
     def schools_acked_to_province() -> bool:
         # each school's gateway-side outbox is empty: the province holds the acks now
-        return all(sample(gw.metrics_text(), "safegate_feed_outbox_pending") == 0
+        return all(sample_of(gw.metrics_text(), "safegate_feed_outbox_pending") == 0
                    for gw in schools)
 
     wait_for(lambda: pending() >= 2 and schools_acked_to_province(), 30.0,
@@ -277,7 +258,7 @@ def test_acks_waiting_for_the_ministry_survive_a_province_restart(
                                              f"{PROVINCE}/{school}"), 120.0,
                  what=f"{school}'s ack delivered after the restart")
     wait_for(lambda: pending() == 0, 30.0, what="the province's outbox drained")
-    assert sample(tier.metrics(tier.province), "safegate_publisher_upstream_acks_total",
+    assert sample_of(tier.metrics(tier.province), "safegate_publisher_upstream_acks_total",
                   result="refused") == 0
 
 
@@ -303,10 +284,10 @@ def test_a_ministry_refuses_forwarded_acks_without_a_province_token_and_past_its
         assert ack("s1", PROVINCE_TOKEN) == 200             # known schools always go in
         assert ack("s3", PROVINCE_TOKEN) == 422             # a third school: past the budget
         m = ministry.request("GET", "/metrics").body.decode()
-        assert sample(m, "safegate_publisher_province_gateways", province=PROVINCE) == 2
-        assert sample(m, "safegate_publisher_province_acks_rejected_total", province=PROVINCE,
+        assert sample_of(m, "safegate_publisher_province_gateways", province=PROVINCE) == 2
+        assert sample_of(m, "safegate_publisher_province_acks_rejected_total", province=PROVINCE,
                       reason="province_full") == 1
-        assert sample(m, "safegate_publisher_gateway_applied_serial",
+        assert sample_of(m, "safegate_publisher_gateway_applied_serial",
                       gateway=f"{PROVINCE}/s3") is None
     finally:
         ministry.kill()
@@ -345,7 +326,7 @@ def test_a_province_checks_school_acks_and_bounds_what_waits_for_the_ministry(
         "limits": {"upstream_pending": 1, "ack_bytes": 4096}})
     try:
         order(ministry, "BCA-1", NATIONAL_NAME)
-        wait_for(lambda: sample(province.request("GET", "/metrics").body.decode(),
+        wait_for(lambda: sample_of(province.request("GET", "/metrics").body.decode(),
                                 "safegate_publisher_mirror_serial") == 1, 30.0,
                  what="the province mirrored serial 1")
 
@@ -366,7 +347,7 @@ def test_a_province_checks_school_acks_and_bounds_what_waits_for_the_ministry(
         assert post("thpt-a") == 200
         assert post("thpt-a") == 503                 # one waits already: the school keeps it
         m = province.request("GET", "/metrics").body.decode()
-        assert sample(m, "safegate_publisher_upstream_pending_acks") == 1
+        assert sample_of(m, "safegate_publisher_upstream_pending_acks") == 1
         link.refuse_posts = False
         wait_for(lambda: ministry.request("GET", "/v1/entries/BCA-1").json()["gateways"] != [],
                  60.0, what="the ministry got the one ack")
@@ -392,7 +373,7 @@ def test_a_school_back_after_long_may_ack_a_removal_whose_diff_the_province_drop
         "limits": {"mirror_diffs": 1}})
     try:
         def mirrored(serial: int) -> None:
-            wait_for(lambda: sample(province.request("GET", "/metrics").body.decode(),
+            wait_for(lambda: sample_of(province.request("GET", "/metrics").body.decode(),
                                     "safegate_publisher_mirror_serial") == serial, 30.0,
                      what=f"the province mirrored serial {serial}")
 
@@ -405,7 +386,7 @@ def test_a_school_back_after_long_may_ack_a_removal_whose_diff_the_province_drop
         order(ministry, "BCA-3", TAMPERED_NAME)
         mirrored(4)
         # only the diff 3 -> 4 is kept: BCA-1 is in no document the province serves now
-        assert sample(province.request("GET", "/metrics").body.decode(),
+        assert sample_of(province.request("GET", "/metrics").body.decode(),
                       "safegate_publisher_mirror_diffs") == 1
         assert province.request("GET", "/v1/national/feed?since=1").headers.get(
             "X-SafeGate-Full") == "1"
@@ -456,7 +437,7 @@ def test_acks_go_up_in_batches_answered_per_ack_and_one_school_cannot_fill_the_o
                    "upstream_batch_acks": 4}})
     try:
         order(ministry, "BCA-1", NATIONAL_NAME)
-        wait_for(lambda: sample(province.request("GET", "/metrics").body.decode(),
+        wait_for(lambda: sample_of(province.request("GET", "/metrics").body.decode(),
                                 "safegate_publisher_mirror_serial") == 1, 30.0,
                  what="the province mirrored serial 1")
 
@@ -468,25 +449,25 @@ def test_acks_go_up_in_batches_answered_per_ack_and_one_school_cannot_fill_the_o
         assert post("thpt-a", "verified") == 503            # its share is full
         assert post("thpt-b", "received") == 200            # the other school is not starved
         m = province.request("GET", "/metrics").body.decode()
-        assert sample(m, "safegate_publisher_upstream_pending_acks") == 4
-        assert sample(m, "safegate_publisher_national_acks_deferred_total",
+        assert sample_of(m, "safegate_publisher_upstream_pending_acks") == 4
+        assert sample_of(m, "safegate_publisher_national_acks_deferred_total",
                       reason="school_pending_full") == 1
-        assert sample(m, "safegate_publisher_national_acks_deferred_total",
+        assert sample_of(m, "safegate_publisher_national_acks_deferred_total",
                       reason="pending_full") == 0
         assert link.posts == 0
         link.refuse_posts = False
-        wait_for(lambda: sample(province.request("GET", "/metrics").body.decode(),
+        wait_for(lambda: sample_of(province.request("GET", "/metrics").body.decode(),
                                 "safegate_publisher_upstream_pending_acks") == 0, 90.0,
                  what="the province's outbox drained")
         assert link.posts == 1                               # four acks, one POST
         m = province.request("GET", "/metrics").body.decode()
-        assert sample(m, "safegate_publisher_upstream_acks_total", result="delivered") == 3
-        assert sample(m, "safegate_publisher_upstream_acks_total", result="refused") == 1
-        assert sample(m, "safegate_publisher_upstream_batching") == 1
+        assert sample_of(m, "safegate_publisher_upstream_acks_total", result="delivered") == 3
+        assert sample_of(m, "safegate_publisher_upstream_acks_total", result="refused") == 1
+        assert sample_of(m, "safegate_publisher_upstream_batching") == 1
         (gw,) = ministry.request("GET", "/v1/entries/BCA-1").json()["gateways"]
         # in order: "received" then "verified" (the other order would leave "received")
         assert gw["gateway"] == f"{PROVINCE}/thpt-a" and gw["outcome"] == "verified"
-        assert sample(ministry.request("GET", "/metrics").body.decode(),
+        assert sample_of(ministry.request("GET", "/metrics").body.decode(),
                       "safegate_publisher_province_acks_rejected_total", province=PROVINCE,
                       reason="province_full") == 1
     finally:
@@ -510,20 +491,20 @@ def test_a_ministry_that_refuses_the_batch_gets_one_ack_per_post_and_loses_none(
                      "token": PROVINCE_TOKEN, "province": PROVINCE}})
     try:
         order(ministry, "BCA-1", NATIONAL_NAME)
-        wait_for(lambda: sample(province.request("GET", "/metrics").body.decode(),
+        wait_for(lambda: sample_of(province.request("GET", "/metrics").body.decode(),
                                 "safegate_publisher_mirror_serial") == 1, 30.0,
                  what="the province mirrored serial 1")
         for school in SCHOOLS:
             assert province.request("POST", "/v1/national/acks", token=gateway_token(school),
                                     body=national_ack(school, "received")).status == 200
         link.refuse_posts = False
-        wait_for(lambda: sample(province.request("GET", "/metrics").body.decode(),
+        wait_for(lambda: sample_of(province.request("GET", "/metrics").body.decode(),
                                 "safegate_publisher_upstream_pending_acks") == 0, 90.0,
                  what="the province's outbox drained")
         m = province.request("GET", "/metrics").body.decode()
-        assert sample(m, "safegate_publisher_upstream_batching") == 0
-        assert sample(m, "safegate_publisher_upstream_acks_total", result="delivered") == 2
-        assert sample(m, "safegate_publisher_upstream_acks_total", result="refused") == 0
+        assert sample_of(m, "safegate_publisher_upstream_batching") == 0
+        assert sample_of(m, "safegate_publisher_upstream_acks_total", result="delivered") == 2
+        assert sample_of(m, "safegate_publisher_upstream_acks_total", result="refused") == 0
         assert link.posts == 3                               # the batch, then one by one
         got = {g["gateway"] for g in ministry.request("GET", "/v1/entries/BCA-1"
                                                       ).json()["gateways"]}
