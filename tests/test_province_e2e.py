@@ -148,22 +148,22 @@ def test_orders_from_ministry_and_province_reach_both_schools_and_are_acked_wher
     for school in SCHOOLS:
         gid = f"{PROVINCE}/{school}"
         assert sample_of(m, "safegate_publisher_gateway_province", gateway=gid,
-                      province=PROVINCE) == 1
+                         province=PROVINCE) == 1
         assert sample_of(m, "safegate_publisher_gateway_applied_serial", gateway=gid) == 1
         assert sample_of(m, "safegate_publisher_gateway_overdue_entries", gateway=gid) == 0
         assert sample_of(m, "safegate_publisher_enforcement_latency_seconds_count",
-                      gateway=gid) == 1
+                         gateway=gid) == 1
     assert sample_of(m, "safegate_publisher_province_gateways", province=PROVINCE) == 2
     assert sample_of(m, "safegate_publisher_province_gateways_behind", province=PROVINCE) == 0
     assert sample_of(m, "safegate_publisher_province_enforcement_latency_seconds_count",
-                  province=PROVINCE) == 2
+                     province=PROVINCE) == 2
     assert sample_of(m, "safegate_publisher_province_acks_rejected_total", province=PROVINCE,
-                  reason="unknown_entries") == 0
+                     reason="unknown_entries") == 0
     p = tier.metrics(tier.province)
     assert sample_of(p, "safegate_publisher_mirror_serial") == 1
     assert sample_of(p, "safegate_publisher_gateway_applied_serial", gateway="thpt-a") == 1
     wait_for(lambda: sample_of(tier.metrics(tier.province),
-                            "safegate_publisher_upstream_pending_acks") == 0, 30.0,
+                               "safegate_publisher_upstream_pending_acks") == 0, 30.0,
              what="the province's outbox drained")
 
     # The ministry's report: both school gateways, and the province pooled.
@@ -188,11 +188,11 @@ def test_orders_from_ministry_and_province_reach_both_schools_and_are_acked_wher
     # The province's own view of the national order: which of its schools applied it.
     for school in SCHOOLS:
         assert sample_of(p, "safegate_publisher_national_gateway_applied_serial",
-                      gateway=school) == 1
+                         gateway=school) == 1
         assert sample_of(p, "safegate_publisher_national_gateway_verified_entries",
-                      gateway=school) == 1
+                         gateway=school) == 1
         assert sample_of(p, "safegate_publisher_national_gateway_overdue_entries",
-                      gateway=school) == 0
+                         gateway=school) == 0
     out = subprocess.run([sys.executable, "-m", "gateway", "report", "-c",
                           str(tier.province.setup.config), "--from", today, "--to", today,
                           "--format", "json", "--tz", "UTC"], capture_output=True, text=True,
@@ -215,7 +215,7 @@ def test_orders_from_ministry_and_province_reach_both_schools_and_are_acked_wher
              what="school A enforces the second national order")
     national = {"feed": "national"}
     wait_for(lambda: (sample_of(schools[1].metrics_text(), "safegate_feed_rejected_total",
-                             reason="bad_signature", **national) or 0) >= 1, 30.0,
+                                reason="bad_signature", **national) or 0) >= 1, 30.0,
              what="school B refused the tampered national document")
     assert tier.school_b_link.tampered >= 1
     assert sample_of(schools[1].metrics_text(), "safegate_feed_serial", **national) == 1
@@ -239,7 +239,7 @@ def test_acks_waiting_for_the_ministry_survive_a_province_restart(
 
     def pending() -> float:
         return sample_of(tier.metrics(tier.province),
-                      "safegate_publisher_upstream_pending_acks") or 0
+                         "safegate_publisher_upstream_pending_acks") or 0
 
     def schools_acked_to_province() -> bool:
         # each school's gateway-side outbox is empty: the province holds the acks now
@@ -259,7 +259,7 @@ def test_acks_waiting_for_the_ministry_survive_a_province_restart(
                  what=f"{school}'s ack delivered after the restart")
     wait_for(lambda: pending() == 0, 30.0, what="the province's outbox drained")
     assert sample_of(tier.metrics(tier.province), "safegate_publisher_upstream_acks_total",
-                  result="refused") == 0
+                     result="refused") == 0
 
 
 def test_a_ministry_refuses_forwarded_acks_without_a_province_token_and_past_its_budget(
@@ -286,9 +286,9 @@ def test_a_ministry_refuses_forwarded_acks_without_a_province_token_and_past_its
         m = ministry.request("GET", "/metrics").body.decode()
         assert sample_of(m, "safegate_publisher_province_gateways", province=PROVINCE) == 2
         assert sample_of(m, "safegate_publisher_province_acks_rejected_total", province=PROVINCE,
-                      reason="province_full") == 1
+                         reason="province_full") == 1
         assert sample_of(m, "safegate_publisher_gateway_applied_serial",
-                      gateway=f"{PROVINCE}/s3") is None
+                         gateway=f"{PROVINCE}/s3") is None
     finally:
         ministry.kill()
 
@@ -327,7 +327,7 @@ def test_a_province_checks_school_acks_and_bounds_what_waits_for_the_ministry(
     try:
         order(ministry, "BCA-1", NATIONAL_NAME)
         wait_for(lambda: sample_of(province.request("GET", "/metrics").body.decode(),
-                                "safegate_publisher_mirror_serial") == 1, 30.0,
+                                   "safegate_publisher_mirror_serial") == 1, 30.0,
                  what="the province mirrored serial 1")
 
         def post(school: str, serial: int = 1, rid: str = "BCA-1", pad: str = "") -> int:
@@ -374,7 +374,7 @@ def test_a_school_back_after_long_may_ack_a_removal_whose_diff_the_province_drop
     try:
         def mirrored(serial: int) -> None:
             wait_for(lambda: sample_of(province.request("GET", "/metrics").body.decode(),
-                                    "safegate_publisher_mirror_serial") == serial, 30.0,
+                                       "safegate_publisher_mirror_serial") == serial, 30.0,
                      what=f"the province mirrored serial {serial}")
 
         order(ministry, "BCA-1", NATIONAL_NAME)
@@ -387,7 +387,7 @@ def test_a_school_back_after_long_may_ack_a_removal_whose_diff_the_province_drop
         mirrored(4)
         # only the diff 3 -> 4 is kept: BCA-1 is in no document the province serves now
         assert sample_of(province.request("GET", "/metrics").body.decode(),
-                      "safegate_publisher_mirror_diffs") == 1
+                         "safegate_publisher_mirror_diffs") == 1
         assert province.request("GET", "/v1/national/feed?since=1").headers.get(
             "X-SafeGate-Full") == "1"
 
@@ -438,7 +438,7 @@ def test_acks_go_up_in_batches_answered_per_ack_and_one_school_cannot_fill_the_o
     try:
         order(ministry, "BCA-1", NATIONAL_NAME)
         wait_for(lambda: sample_of(province.request("GET", "/metrics").body.decode(),
-                                "safegate_publisher_mirror_serial") == 1, 30.0,
+                                   "safegate_publisher_mirror_serial") == 1, 30.0,
                  what="the province mirrored serial 1")
 
         def post(school: str, outcome: str) -> int:
@@ -451,13 +451,13 @@ def test_acks_go_up_in_batches_answered_per_ack_and_one_school_cannot_fill_the_o
         m = province.request("GET", "/metrics").body.decode()
         assert sample_of(m, "safegate_publisher_upstream_pending_acks") == 4
         assert sample_of(m, "safegate_publisher_national_acks_deferred_total",
-                      reason="school_pending_full") == 1
+                         reason="school_pending_full") == 1
         assert sample_of(m, "safegate_publisher_national_acks_deferred_total",
-                      reason="pending_full") == 0
+                         reason="pending_full") == 0
         assert link.posts == 0
         link.refuse_posts = False
         wait_for(lambda: sample_of(province.request("GET", "/metrics").body.decode(),
-                                "safegate_publisher_upstream_pending_acks") == 0, 90.0,
+                                   "safegate_publisher_upstream_pending_acks") == 0, 90.0,
                  what="the province's outbox drained")
         assert link.posts == 1                               # four acks, one POST
         m = province.request("GET", "/metrics").body.decode()
@@ -468,8 +468,8 @@ def test_acks_go_up_in_batches_answered_per_ack_and_one_school_cannot_fill_the_o
         # in order: "received" then "verified" (the other order would leave "received")
         assert gw["gateway"] == f"{PROVINCE}/thpt-a" and gw["outcome"] == "verified"
         assert sample_of(ministry.request("GET", "/metrics").body.decode(),
-                      "safegate_publisher_province_acks_rejected_total", province=PROVINCE,
-                      reason="province_full") == 1
+                         "safegate_publisher_province_acks_rejected_total", province=PROVINCE,
+                         reason="province_full") == 1
     finally:
         province.kill()
         ministry.kill()
@@ -492,14 +492,14 @@ def test_a_ministry_that_refuses_the_batch_gets_one_ack_per_post_and_loses_none(
     try:
         order(ministry, "BCA-1", NATIONAL_NAME)
         wait_for(lambda: sample_of(province.request("GET", "/metrics").body.decode(),
-                                "safegate_publisher_mirror_serial") == 1, 30.0,
+                                   "safegate_publisher_mirror_serial") == 1, 30.0,
                  what="the province mirrored serial 1")
         for school in SCHOOLS:
             assert province.request("POST", "/v1/national/acks", token=gateway_token(school),
                                     body=national_ack(school, "received")).status == 200
         link.refuse_posts = False
         wait_for(lambda: sample_of(province.request("GET", "/metrics").body.decode(),
-                                "safegate_publisher_upstream_pending_acks") == 0, 90.0,
+                                   "safegate_publisher_upstream_pending_acks") == 0, 90.0,
                  what="the province's outbox drained")
         m = province.request("GET", "/metrics").body.decode()
         assert sample_of(m, "safegate_publisher_upstream_batching") == 0
