@@ -10,6 +10,7 @@ acks waiting for the ministry survive a province restart.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import subprocess
 import sys
@@ -57,12 +58,15 @@ class Tier:
 
 
 def start_province(directory: Path, ministry: PublisherProcess, link: Interposer,
-                   database: str | None = None) -> PublisherProcess:
+                   database: str | None = None, limits: dict[str, int] | None = None
+                   ) -> PublisherProcess:
     extra: dict[str, Any] = {"upstream": {
         "url": link.url + "/v1/feed", "public_key": str(ministry.setup.public_key),
         "token": PROVINCE_TOKEN, "province": PROVINCE}}
     if database is not None:
         extra["database"] = database
+    if limits:
+        extra["limits"] = limits
     return start_publisher(directory, gateways=SCHOOLS, extra=extra)
 
 
@@ -310,25 +314,41 @@ def test_bad_upstream_and_provinces_sections_are_named_with_their_line(tmp_path:
         assert "publisher.yaml" in r.stderr and message in r.stderr, r.stderr
 
 
+@contextlib.contextmanager
+def refusing_link(tmp_path: Path, ministry_limits: dict[str, int],
+                  province_limits: dict[str, int]
+                  ) -> Iterator[tuple[PublisherProcess, Interposer, PublisherProcess]]:
+    """(ministry, link, province): the province reaches the ministry through `link`, which
+    refuses POSTs until the test says otherwise (acks wait in the province's outbox); the
+    ministry has ordered BCA-1 and the province mirrors serial 1."""
+    extra: dict[str, Any] = {"provinces": [
+        {"id": PROVINCE, "name": "Hà Nội", "token": PROVINCE_TOKEN}]}
+    if ministry_limits:
+        extra["limits"] = ministry_limits
+    ministry = start_publisher(tmp_path / "ministry", gateways=(), extra=extra)
+    link = Interposer(ministry.url).start()
+    link.refuse_posts = True
+    province = start_province(tmp_path / "province", ministry, link, limits=province_limits)
+    try:
+        order(ministry, "BCA-1", NATIONAL_NAME)
+        wait_for(lambda: sample_of(province.request("GET", "/metrics").body.decode(),
+                                   "safegate_publisher_mirror_serial") == 1, 30.0,
+                 what="the province mirrored serial 1")
+        yield ministry, link, province
+    finally:
+        province.kill()
+        ministry.kill()
+        link.stop()
+
+
 def test_a_province_checks_school_acks_and_bounds_what_waits_for_the_ministry(
         tmp_path: Path) -> None:
     """What a school (or anyone holding a school's token) can make a province keep: only acks
     of its own id, for serials and entries of the mirrored national feed, at most
     limits.upstream_pending of them while the ministry is away (then 503: the schools keep
     them), each at most limits.ack_bytes."""
-    ministry = start_publisher(tmp_path / "ministry", gateways=(), extra={"provinces": [
-        {"id": PROVINCE, "name": "Hà Nội", "token": PROVINCE_TOKEN}]})
-    link = Interposer(ministry.url).start()
-    link.refuse_posts = True
-    province = start_publisher(tmp_path / "province", gateways=SCHOOLS, extra={
-        "upstream": {"url": link.url + "/v1/feed", "public_key": str(ministry.setup.public_key),
-                     "token": PROVINCE_TOKEN, "province": PROVINCE},
-        "limits": {"upstream_pending": 1, "ack_bytes": 4096}})
-    try:
-        order(ministry, "BCA-1", NATIONAL_NAME)
-        wait_for(lambda: sample_of(province.request("GET", "/metrics").body.decode(),
-                                   "safegate_publisher_mirror_serial") == 1, 30.0,
-                 what="the province mirrored serial 1")
+    with refusing_link(tmp_path, {}, {"upstream_pending": 1, "ack_bytes": 4096}) as (
+            ministry, link, province):
 
         def post(school: str, serial: int = 1, rid: str = "BCA-1", pad: str = "") -> int:
             return province.request("POST", "/v1/national/acks", token=gateway_token("thpt-a"),
@@ -353,10 +373,6 @@ def test_a_province_checks_school_acks_and_bounds_what_waits_for_the_ministry(
                  60.0, what="the ministry got the one ack")
         (gw,) = ministry.request("GET", "/v1/entries/BCA-1").json()["gateways"]
         assert gw["gateway"] == f"{PROVINCE}/thpt-a" and gw["outcome"] == "received"
-    finally:
-        province.kill()
-        ministry.kill()
-        link.stop()
 
 
 def test_a_school_back_after_long_may_ack_a_removal_whose_diff_the_province_dropped(
@@ -425,21 +441,9 @@ def test_acks_go_up_in_batches_answered_per_ack_and_one_school_cannot_fill_the_o
     only its own share of the province's outbox: the other school's ack still goes in. Back
     online, the ministry gets every ack in one POST, in order, and refuses one of them (the
     province is past limits.province_gateways): only that one is dropped."""
-    ministry = start_publisher(tmp_path / "ministry", gateways=(), extra={
-        "provinces": [{"id": PROVINCE, "name": "Hà Nội", "token": PROVINCE_TOKEN}],
-        "limits": {"province_gateways": 1}})
-    link = Interposer(ministry.url).start()
-    link.refuse_posts = True
-    province = start_publisher(tmp_path / "province", gateways=SCHOOLS, extra={
-        "upstream": {"url": link.url + "/v1/feed", "public_key": str(ministry.setup.public_key),
-                     "token": PROVINCE_TOKEN, "province": PROVINCE},
-        "limits": {"upstream_pending": 10, "upstream_pending_per_school": 3,
-                   "upstream_batch_acks": 4}})
-    try:
-        order(ministry, "BCA-1", NATIONAL_NAME)
-        wait_for(lambda: sample_of(province.request("GET", "/metrics").body.decode(),
-                                   "safegate_publisher_mirror_serial") == 1, 30.0,
-                 what="the province mirrored serial 1")
+    with refusing_link(tmp_path, {"province_gateways": 1}, {
+            "upstream_pending": 10, "upstream_pending_per_school": 3,
+            "upstream_batch_acks": 4}) as (ministry, link, province):
 
         def post(school: str, outcome: str) -> int:
             return province.request("POST", "/v1/national/acks", token=gateway_token(school),
@@ -470,10 +474,6 @@ def test_acks_go_up_in_batches_answered_per_ack_and_one_school_cannot_fill_the_o
         assert sample_of(ministry.request("GET", "/metrics").body.decode(),
                          "safegate_publisher_province_acks_rejected_total", province=PROVINCE,
                          reason="province_full") == 1
-    finally:
-        province.kill()
-        ministry.kill()
-        link.stop()
 
 
 def test_a_ministry_that_refuses_the_batch_gets_one_ack_per_post_and_loses_none(
@@ -481,19 +481,7 @@ def test_a_ministry_that_refuses_the_batch_gets_one_ack_per_post_and_loses_none(
     """A ministry taking fewer acks per POST than the province sends (or an older one that
     knows only the single form) answers the batch 413/400 without per-ack results: the
     province goes on one ack per POST and drops nothing."""
-    ministry = start_publisher(tmp_path / "ministry", gateways=(), extra={
-        "provinces": [{"id": PROVINCE, "name": "Hà Nội", "token": PROVINCE_TOKEN}],
-        "limits": {"upstream_batch_acks": 1}})
-    link = Interposer(ministry.url).start()
-    link.refuse_posts = True
-    province = start_publisher(tmp_path / "province", gateways=SCHOOLS, extra={
-        "upstream": {"url": link.url + "/v1/feed", "public_key": str(ministry.setup.public_key),
-                     "token": PROVINCE_TOKEN, "province": PROVINCE}})
-    try:
-        order(ministry, "BCA-1", NATIONAL_NAME)
-        wait_for(lambda: sample_of(province.request("GET", "/metrics").body.decode(),
-                                   "safegate_publisher_mirror_serial") == 1, 30.0,
-                 what="the province mirrored serial 1")
+    with refusing_link(tmp_path, {"upstream_batch_acks": 1}, {}) as (ministry, link, province):
         for school in SCHOOLS:
             assert province.request("POST", "/v1/national/acks", token=gateway_token(school),
                                     body=national_ack(school, "received")).status == 200
@@ -509,7 +497,3 @@ def test_a_ministry_that_refuses_the_batch_gets_one_ack_per_post_and_loses_none(
         got = {g["gateway"] for g in ministry.request("GET", "/v1/entries/BCA-1"
                                                       ).json()["gateways"]}
         assert got == {f"{PROVINCE}/{s}" for s in SCHOOLS}
-    finally:
-        province.kill()
-        ministry.kill()
-        link.stop()
