@@ -15,7 +15,7 @@ from gateway.policy.decide import EDE_BLOCKED
 from gateway.policy.policyfile import load_policy
 from gateway.policy.quota_table import FULL, OK, STATE_FILE, USED_UP, QuotaTable, charged
 from gateway.policy.quotas import Quota, by_category
-from tests.support.builders import list_index, make_profile, make_resolver
+from tests.support.builders import list_index, make_profile, make_resolver, policy_error
 
 HCM = ZoneInfo("Asia/Ho_Chi_Minh")   # UTC+7: local midnight is 17:00 UTC
 GAMES = Quota("tier/kids/0", ("games",), 2)
@@ -89,10 +89,8 @@ networks:
     ("{categories: [games], minutes: 5, every: day}", "every"),
 ])
 def test_quota_errors_are_file_line(tmp_path: Path, snippet: str, message: str) -> None:
-    p = _policy(tmp_path, f"tiers:\n  kids:\n    quotas:\n      - {snippet}\n")
-    with pytest.raises((ConfigError, ConfigErrors)) as exc:
-        load_policy([p], ["games", "social"])
-    text = str(exc.value)
+    p, text = policy_error(tmp_path, f"tiers:\n  kids:\n    quotas:\n      - {snippet}\n",
+                           ["games", "social"])
     assert message in text and f"{p}:4" in text, text
 
 

@@ -16,6 +16,7 @@ from gateway.lists.index_builder import IndexBuilder
 from gateway.policy.policyfile import load_policy
 from gateway.policy.schedules import Holiday, Window, active_categories, is_active, next_change
 from gateway.runtime.state import build_view, schedule_changed, schedule_delay
+from tests.support.builders import policy_error
 
 HCM = ZoneInfo("Asia/Ho_Chi_Minh")
 BERLIN = ZoneInfo("Europe/Berlin")
@@ -122,10 +123,8 @@ def _policy(tmp_path: Path, text: str) -> Path:
 ])
 def test_schedule_errors_are_file_line(tmp_path: Path, snippet: str, message: str,
                                        line: int) -> None:
-    p = _policy(tmp_path, f"tiers:\n  kids:\n    schedules:\n      - {snippet}\n")
-    with pytest.raises((ConfigError, ConfigErrors)) as exc:
-        load_policy([p], ["games", "social"])
-    text = str(exc.value)
+    p, text = policy_error(tmp_path, f"tiers:\n  kids:\n    schedules:\n      - {snippet}\n",
+                           ["games", "social"])
     assert message in text and f"{p}:{line}" in text, text
 
 

@@ -8,7 +8,10 @@ from __future__ import annotations
 
 import ipaddress
 from collections.abc import Callable, Iterable
+from pathlib import Path
 from typing import Any
+
+import pytest
 
 from gateway.config.dns import CacheConfig, ForwarderConfig
 from gateway.dns.answers import BlockAnswers
@@ -18,11 +21,13 @@ from gateway.dns.stats import DnsStats
 from gateway.dns.upstream import Forwarder
 from gateway.dns.upstream_base import Upstream
 from gateway.dns.view import View
+from gateway.errors import ConfigError, ConfigErrors
 from gateway.lists import SCOPE_BOTH, Action, Rule
 from gateway.lists.index import ListIndex
 from gateway.lists.index_builder import IndexBuilder
 from gateway.policy.decide import Profile, ProfileId
 from gateway.policy.netindex import PrefixMap
+from gateway.policy.policyfile import load_policy
 
 # An upstream nothing answers on (the discard port): unit tests never reach it.
 NOWHERE = Upstream("127.0.0.1", 9)
@@ -59,3 +64,12 @@ def make_resolver(clients: Profile | list[tuple[str, Profile]], *,
     fwd = forwarder or Forwarder([NOWHERE], ForwarderConfig())
     extra: dict[str, Any] = {} if clock is None else {"clock": clock}
     return Resolver(view, cache or AnswerCache(CacheConfig()), fwd, DnsStats(), **extra)
+
+
+def policy_error(directory: Path, text: str, categories: Iterable[str]) -> tuple[Path, str]:
+    """(the file, its error): `text` written as a policy file that load_policy must refuse."""
+    path = directory / "p.yaml"
+    path.write_text(text)
+    with pytest.raises((ConfigError, ConfigErrors)) as exc:
+        load_policy([path], list(categories))
+    return path, str(exc.value)
