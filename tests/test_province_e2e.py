@@ -485,6 +485,11 @@ def test_a_ministry_that_refuses_the_batch_gets_one_ack_per_post_and_loses_none(
         for school in SCHOOLS:
             assert province.request("POST", "/v1/national/acks", token=gateway_token(school),
                                     body=national_ack(school, "received")).status == 200
+        # A POST refused after both acks were stored: the province's next attempt (it sends
+        # one at a time) takes both. Opening the link earlier could let a single-ack POST
+        # begun before the second ack arrived pass, and no batch would ever be tried.
+        refused = link.refused
+        wait_for(lambda: link.refused > refused, 90.0, what="a POST refused after both acks")
         link.refuse_posts = False
         wait_for(lambda: sample_of(province.request("GET", "/metrics").body.decode(),
                                    "safegate_publisher_upstream_pending_acks") == 0, 90.0,

@@ -61,6 +61,7 @@ class Interposer(ThreadedApp):
         self.tampered = 0
         self.requests = 0
         self.posts = 0               # POSTs passed on to the upstream
+        self.refused = 0             # POSTs answered 503 while refuse_posts
         self.last_query = ""
 
     def routes(self, app: web.Application) -> None:
@@ -70,6 +71,7 @@ class Interposer(ThreadedApp):
         self.requests += 1
         self.last_query = request.query_string
         if request.method == "POST" and self.refuse_posts:
+            self.refused += 1
             return web.Response(status=503, text="interposer: refusing POSTs\n")
         headers = {k: v for k, v in request.headers.items()
                    if k in ("If-None-Match", "Cache-Control", "Pragma", "Authorization",
