@@ -33,7 +33,7 @@ from gateway.util.names import normalize_name
 
 IDENTITY_KEYS = ("id", "token", "report_stats")
 FEED_KEYS = ("name", "url", "type", "public_key", "interval", "category", "mandatory", "acks",
-             "long_poll", "max_age")
+             "long_poll", "max_age", "by_serial")
 FEED_TYPES = ("safegate", "hosts", "domains", "adblock", "rpz")
 SIGNED = "safegate"
 GUARD_KEYS = ("never_block", "max_change")
@@ -68,6 +68,9 @@ class FeedConfig:
     # before the feed counts as stale. Publishers re-sign every hour by default (heartbeat);
     # the client fetches a fresh copy at max_age / 2.
     max_age: float = 86400.0
+    # Fetch by serial: a long-polled signed head, then the immutable snapshot/diff URLs an
+    # HTTP cache in front of the publisher can serve to every gateway (docs/feeds-contract.md).
+    by_serial: bool = False
 
     @property
     def signed(self) -> bool:
@@ -174,6 +177,12 @@ def _feed(name: str, item: YDict, items: Any, i: int, rel: Callable[[str], Path]
             raise error_at(f"{what}: max_age is only for type safegate (a plain list carries "
                            "no signed time)", None, item, "max_age")
         values["max_age"] = read_seconds(item["max_age"], f"{what}: max_age", item, "max_age")
+    if "by_serial" in item:
+        if ftype != SIGNED:
+            raise error_at(f"{what}: by_serial is only for type safegate (serial-addressed "
+                           "signed documents)", None, item, "by_serial")
+        values["by_serial"] = read_bool(item["by_serial"], f"{what}: by_serial", item,
+                                        "by_serial")
     return FeedConfig(name, url, ftype, tuple(keys), acks=acks, **values)
 
 

@@ -26,6 +26,7 @@ from gateway.publisher.edits import EditError, Editor, Guard
 from gateway.publisher.hotline import ReportInbox
 from gateway.publisher.hotline import add_routes as add_report_routes
 from gateway.publisher.metrics import AckMetrics, PublisherCollector, entry_deadline
+from gateway.publisher.serialfeed import add_routes as add_serial_routes
 from gateway.publisher.store import Store, StoredEntry, StoreError
 from gateway.publisher.watch import SerialWatcher
 
@@ -125,6 +126,7 @@ def make_app(store: Store, signer: Signer, config: PublisherConfig,
     app.router.add_delete("/v1/entries/{id}", remove_entry)
     app.router.add_post("/v1/acks", post_ack)
     app.router.add_get("/v1/rpz", get_rpz)
+    add_serial_routes(app, store, signer, app[WATCHER], config.diff_history, registry)
     add_report_routes(app, ReportInbox(store.db), registry, _gateway_of, _require_admin)
     app.router.add_get("/metrics", get_metrics)
     app.router.add_get("/healthz", healthz)

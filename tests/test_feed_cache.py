@@ -1,0 +1,241 @@
+"""The feed through an ordinary HTTP cache: Debian's nginx in front of a real publisher process.
+
+Gateways (the real feed client, ledger and ack outbox: bench/fleetsim.py) fetch by serial
+through nginx: the publisher answers each immutable document once, not once per gateway;
+waiting gateways are woken through the cache; a body tampered with in nginx's cache is caught
+by the signature, the rules in force stay, and the next poll goes around the cache.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import re
+import urllib.request
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+from prometheus_client import CollectorRegistry
+
+from bench.fleetsim import FEED, SimGateway, gateway_id, gateway_token, sessions
+from gateway.feeds.context import Rejected
+from gateway.feeds.stats import FeedMetrics
+from tests.support.feeds import entry
+from tests.support.nginx_cache import CachingNginx, start_caching_nginx
+from tests.support.publisher import PublisherProcess, start_publisher
+from tests.support.wait import async_wait_for
+
+pytestmark = pytest.mark.integration
+
+GATEWAYS = 20
+
+
+@pytest.fixture
+def publisher(tmp_path: Path) -> Iterator[PublisherProcess]:
+    gws = [{"id": gateway_id(n), "token": gateway_token(n)} for n in range(GATEWAYS + 1)]
+    pub = start_publisher(tmp_path / "pub", extra={"gateways": gws})
+    try:
+        yield pub
+    finally:
+        pub.kill()
+
+
+@pytest.fixture
+def nginx(tmp_path: Path, publisher: PublisherProcess) -> Iterator[CachingNginx]:
+    proxy = start_caching_nginx(tmp_path / "nginx", publisher.url.removeprefix("http://"))
+    try:
+        yield proxy
+    finally:
+        proxy.stop()
+
+
+def publish(pub: PublisherProcess, rid: str, value: str) -> int:
+    r = pub.request("POST", "/v1/entries", body={"entries": [entry(rid, value)]},
+                    token=pub.setup.admin_token)
+    assert r.status == 201, r.body
+    return int(r.json()["serial"])
+
+
+def doc_requests(pub: PublisherProcess) -> dict[str, float]:
+    """safegate_publisher_feed_requests_total by kind (answered 200) from the publisher."""
+    text = pub.request("GET", "/metrics").body.decode()
+    out: dict[str, float] = {}
+    for kind, value in re.findall(r'safegate_publisher_feed_requests_total\{kind="(\w+)",'
+                                  r'status="200"\} (\S+)', text):
+        out[kind] = float(value)
+    return out
+
+
+def verified_by(pub: PublisherProcess, rid: str) -> int:
+    r = pub.request("GET", f"/v1/entries/{rid}")
+    return sum(1 for g in r.json()["gateways"] if g["verified_at"]) if r.status == 200 else 0
+
+
+class Fleet:
+    def __init__(self, url: str, public_key: Path, state: Path, count: int) -> None:
+        self.feed_session, self.ack_session = sessions(count)
+        self.metrics = FeedMetrics(CollectorRegistry())
+        self.gateways = [SimGateway(n, url, public_key, state / gateway_id(n),
+                                    self.feed_session, self.ack_session, self.metrics,
+                                    long_poll=20) for n in range(count)]
+
+    def at(self, serial: int) -> bool:
+        return all(g.client.serial == serial for g in self.gateways)
+
+    async def close(self) -> None:
+        for g in self.gateways:
+            await g.stop()
+        await self.feed_session.close()
+        await self.ack_session.close()
+
+
+@pytest.fixture
+async def fleet(tmp_path: Path, publisher: PublisherProcess, nginx: CachingNginx
+                ) -> AsyncIterator[Fleet]:
+    f = Fleet(nginx.url + "/v1/feed", publisher.setup.public_key, tmp_path / "gw", GATEWAYS)
+    try:
+        yield f
+    finally:
+        await f.close()
+
+
+def _get(url: str, headers: dict[str, str] | None = None) -> tuple[int, dict[str, str], bytes]:
+    req = urllib.request.Request(url, headers=headers or {})
+    try:
+        with urllib.request.urlopen(req, timeout=10) as resp:
+            return resp.status, dict(resp.headers.items()), resp.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, dict(exc.headers.items()), exc.read()
+
+
+def test_documents_are_immutable_serial_addressed_and_the_head_short_lived(
+        publisher: PublisherProcess, nginx: CachingNginx) -> None:
+    serial = publish(publisher, "C-1", "one.example")
+    status, headers, body = _get(f"{nginx.url}/v1/feed/snapshot/{serial}")
+    assert status == 200
+    assert headers["Cache-Control"] == "public, max-age=31536000, immutable"
+    etag = headers["ETag"]
+    assert re.fullmatch(r'"[0-9a-f]{32}"', etag)      # strong: no W/
+    assert "SafeGate-Signature" in headers
+    # The same bytes again (from the cache), and a 304 for the ETag.
+    status2, headers2, body2 = _get(f"{nginx.url}/v1/feed/snapshot/{serial}")
+    assert (status2, body2, headers2["X-Cache-Status"]) == (200, body, "HIT")
+    assert _get(f"{nginx.url}/v1/feed/snapshot/{serial}", {"If-None-Match": etag})[0] == 304
+    # Built again by the publisher itself: byte for byte the same document and signature.
+    direct = _get(f"{publisher.url}/v1/feed/snapshot/{serial}")
+    assert direct[2] == body and direct[1]["SafeGate-Signature"] == headers[
+        "SafeGate-Signature"]
+    head = _get(f"{nginx.url}/v1/feed/head")
+    assert head[0] == 200 and head[1]["Cache-Control"] == "public, max-age=1"
+    # A serial that is not the latest is not served (and not cached).
+    serial2 = publish(publisher, "C-2", "two.example")
+    gone = _get(f"{nginx.url}/v1/feed/diff/0/{serial2 - 1}")
+    assert gone[0] == 404 and gone[1]["Cache-Control"] == "no-store"
+    assert _get(f"{nginx.url}/v1/feed/diff/{serial}/{serial2}")[0] == 200
+    # The legacy endpoint keeps working, uncached.
+    legacy = _get(f"{nginx.url}/v1/feed")
+    assert legacy[0] == 200 and legacy[1]["Cache-Control"] == "no-cache"
+
+
+async def test_fleet_behind_nginx_costs_the_publisher_per_serial_not_per_gateway(
+        publisher: PublisherProcess, nginx: CachingNginx, fleet: Fleet) -> None:
+    first = await asyncio.to_thread(publish, publisher, "C-1", "one.example")
+    for g in fleet.gateways:
+        g.start()
+    await async_wait_for(lambda: fleet.at(first), 60, what="every gateway at the first serial")
+    before = await asyncio.to_thread(doc_requests, publisher)
+    # Every gateway now waits on head?after=first through nginx; publish twice.
+    second = await asyncio.to_thread(publish, publisher, "C-2", "two.example")
+    await async_wait_for(lambda: fleet.at(second), 60, what="every gateway woken to serial 2")
+    third = await asyncio.to_thread(publish, publisher, "C-3", "three.example")
+    await async_wait_for(lambda: fleet.at(third), 60, what="every gateway woken to serial 3")
+    for rid in ("C-1", "C-2", "C-3"):
+        await async_wait_for(lambda rid=rid: asyncio.to_thread(verified_by, publisher, rid),
+                             60, what=f"{rid} verified")
+        n = await async_wait_for(
+            lambda rid=rid: asyncio.to_thread(lambda: verified_by(publisher, rid) == GATEWAYS),
+            60, what=f"{rid} acked verified by every gateway")
+        assert n
+    after = await asyncio.to_thread(doc_requests, publisher)
+    got = {k: after.get(k, 0) - before.get(k, 0) for k in ("snapshot", "diff", "head")}
+    # Two serials: the publisher built and sent each diff about once, whatever the fleet size
+    # (a gateway that lagged a serial may ask one more diff); never once per gateway.
+    assert got["snapshot"] == 0
+    assert 2 <= got["diff"] <= 4, got
+    # Waiting gateways were woken through the cache: their long polls were coalesced.
+    assert got["head"] < GATEWAYS, got
+    assert after.get("snapshot", 0) == 1   # the one first download, shared by all 20
+    served = [f for f in nginx.log_lines() if f[1].startswith("/v1/feed/diff/")]
+    assert len([f for f in served if f[2] == "200"]) >= 2 * GATEWAYS
+
+
+def _cache_file(nginx: CachingNginx, uri: str) -> Path:
+    key = hashlib.md5(uri.encode()).hexdigest()
+    return nginx.directory / "cache" / key[-1] / key[-3:-1] / key
+
+
+async def test_tampered_cache_entry_is_rejected_and_the_rules_in_force_stay(
+        tmp_path: Path, publisher: PublisherProcess, nginx: CachingNginx) -> None:
+    first = await asyncio.to_thread(publish, publisher, "T-1", "kept.example")
+    feed_session, ack_session = sessions(1)
+    metrics = FeedMetrics(CollectorRegistry())
+    url = nginx.url + "/v1/feed"
+
+    def gateway() -> SimGateway:
+        return SimGateway(GATEWAYS, url, publisher.setup.public_key, tmp_path / "gw-t",
+                          feed_session, ack_session, metrics, long_poll=0)
+
+    try:
+        g = gateway()
+        g.client.load_local()
+        assert await g.client.poll_once() == "updated" and g.client.serial == first
+        await g.stop()
+        second = await asyncio.to_thread(publish, publisher, "T-2", "new.example")
+        uri = f"/v1/feed/diff/{first}/{second}"
+        assert (await asyncio.to_thread(_get, nginx.url + uri))[0] == 200   # now cached
+        path = _cache_file(nginx, uri)
+        raw = path.read_bytes()
+        assert raw.count(b"new.example") == 1
+        path.write_bytes(raw.replace(b"new.example", b"bad.example"))   # same length
+        # The gateway restarts from its last-known-good copy and meets the poisoned cache.
+        g = gateway()
+        g.client.load_local()
+        with pytest.raises(Rejected) as caught:
+            await g.client.poll_once()
+        assert caught.value.reason == "bad_signature"
+        assert g.client.serial == first
+        assert g.overlay is not None and g.overlay.match(b"kept.example")
+        assert not g.overlay.match(b"bad.example")
+        assert _sample(metrics, "safegate_feed_rejected_total", feed=FEED,
+                       reason="bad_signature") == 1
+        # The next poll goes around the cache (the publisher's own, uncached answer).
+        assert await g.client.poll_once() == "updated"
+        assert g.client.serial == second
+        assert g.overlay.match(b"new.example") and not g.overlay.match(b"bad.example")
+        # ...and the one after is by serial again (a head through nginx).
+        assert g.client.part.by_serial is not None and not g.client.part.by_serial.bypass
+        await g.stop()
+    finally:
+        await feed_session.close()
+        await ack_session.close()
+
+
+def _sample(metrics: FeedMetrics, name: str, **labels: Any) -> float:
+    for metric in metrics.rejected.collect():
+        for s in metric.samples:
+            if s.name == name and s.labels == labels:
+                return float(s.value)
+    return 0.0
+
+
+async def test_by_serial_falls_back_to_the_snapshot_when_the_diff_is_gone(
+        tmp_path: Path, publisher: PublisherProcess) -> None:
+    """A document URL for a serial the publisher moved past answers 404: ask the head again."""
+    async with aiohttp.ClientSession() as session:
+        serial = await asyncio.to_thread(publish, publisher, "G-1", "g1.example")
+        async with session.get(f"{publisher.url}/v1/feed/snapshot/{serial + 5}") as resp:
+            assert resp.status == 404
+            assert resp.headers["Cache-Control"] == "no-store"
