@@ -32,7 +32,10 @@ import aiohttp
 from prometheus_client import CollectorRegistry
 
 from gateway.config.feeds import FeedConfig, FeedGuardConfig
+from gateway.feedformat.head import HEAD_PATH, parse_head, snapshot_path
+from gateway.feedformat.signing import SIGNATURE_HEADER, Verifier
 from gateway.feeds.acks import AckSender, AckTarget, acks_url
+from gateway.feeds.byserial import feed_base
 from gateway.feeds.client import FeedClient
 from gateway.feeds.ledger import Ledger, LedgerEntry, ProbeRecord
 from gateway.feeds.stats import FeedMetrics
@@ -148,6 +151,38 @@ async def run_worker(args: argparse.Namespace) -> None:
         await ack_session.close()
 
 
+async def join_one(session: aiohttp.ClientSession, base: str, verifier: Verifier,
+                   gate: asyncio.Semaphore) -> int:
+    """A gateway joining with no state: the head, then the snapshot it names, both verified
+    as gateway/feeds/byserial.py does (the signature over the exact bytes); returns bytes."""
+    async with session.get(base + HEAD_PATH) as resp:
+        body = await resp.read()
+        verifier.verify(body, resp.headers.get(SIGNATURE_HEADER))
+        head = parse_head(body)
+    # Bodies are held whole to verify them: bound the memory (not when the joiners start).
+    async with gate, session.get(base + snapshot_path(head.serial)) as resp:
+        body = await resp.read()
+        verifier.verify(body, resp.headers.get(SIGNATURE_HEADER))
+    return len(body)
+
+
+async def run_joiners(args: argparse.Namespace) -> None:
+    """--join: args.count gateways fetch the head and the snapshot at once (verify only)."""
+    raise_nofile(args.count * 2 + 256)
+    verifier = Verifier.from_files([args.public_key])
+    base = feed_base(args.url)
+    gate = asyncio.Semaphore(args.in_flight)
+    started = time.time()
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(
+            limit=args.count + 16)) as session:
+        sizes = await asyncio.gather(*(join_one(session, base, verifier, gate)
+                                       for _ in range(args.count)), return_exceptions=True)
+    ok = [s for s in sizes if isinstance(s, int)]
+    errors = Counter(type(s).__name__ for s in sizes if not isinstance(s, int))
+    print(json.dumps({"joined": len(ok), "bytes": sum(ok), "errors": dict(errors),
+                      "seconds": time.time() - started}), flush=True)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--first", type=int, default=0)
@@ -157,14 +192,23 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--state", type=Path, required=True)
     ap.add_argument("--long-poll", type=float, default=30.0)
     ap.add_argument("--report-every", type=float, default=1.0)
+    ap.add_argument("--join", action="store_true",
+                    help="join once (head + snapshot, verified) instead of running gateways")
+    ap.add_argument("--in-flight", type=int, default=8,
+                    help="--join: snapshots held in memory at once per process")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.ERROR, stream=sys.stderr,
                         format="%(asctime)s %(name)s %(message)s")
+    work = run_joiners(args) if args.join else run_worker(args)
     try:
         import uvloop
-        uvloop.run(run_worker(args))
     except ImportError:
-        asyncio.run(run_worker(args))
+        uvloop = None
+    try:
+        if uvloop is not None:
+            uvloop.run(work)
+        else:
+            asyncio.run(work)
     except KeyboardInterrupt:
         pass
     return 0

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import http.client
 import re
 import urllib.request
 from collections.abc import AsyncIterator, Iterator
@@ -111,6 +112,17 @@ def _get(url: str, headers: dict[str, str] | None = None) -> tuple[int, dict[str
         return exc.code, dict(exc.headers.items()), exc.read()
 
 
+def _get_once(port: int, path: str) -> tuple[int, dict[str, str], bytes]:
+    """One GET that does not follow redirects."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    try:
+        conn.request("GET", path)
+        resp = conn.getresponse()
+        return resp.status, dict(resp.getheaders()), resp.read()
+    finally:
+        conn.close()
+
+
 def test_documents_are_immutable_serial_addressed_and_the_head_short_lived(
         publisher: PublisherProcess, nginx: CachingNginx) -> None:
     serial = publish(publisher, "C-1", "one.example")
@@ -130,9 +142,15 @@ def test_documents_are_immutable_serial_addressed_and_the_head_short_lived(
         "SafeGate-Signature"]
     head = _get(f"{nginx.url}/v1/feed/head")
     assert head[0] == 200 and head[1]["Cache-Control"] == "public, max-age=1"
-    # A serial that is not the latest is not served (and not cached).
+    # A document of a serial the feed moved past redirects to the current one, briefly
+    # cacheable; a serial the feed never reached is not found (and not cached).
     serial2 = publish(publisher, "C-2", "two.example")
-    gone = _get(f"{nginx.url}/v1/feed/diff/0/{serial2 - 1}")
+    moved = _get_once(nginx.port, f"/v1/feed/diff/0/{serial2 - 1}")
+    assert moved[0] == 302 and moved[1]["Location"] == str(serial2)
+    assert moved[1]["Cache-Control"] == "public, max-age=1"
+    followed = _get(f"{nginx.url}/v1/feed/diff/0/{serial2 - 1}")
+    assert followed[0] == 200 and b'"serial":%d' % serial2 in followed[2]
+    gone = _get(f"{nginx.url}/v1/feed/snapshot/{serial2 + 1}")
     assert gone[0] == 404 and gone[1]["Cache-Control"] == "no-store"
     assert _get(f"{nginx.url}/v1/feed/diff/{serial}/{serial2}")[0] == 200
     # The legacy endpoint keeps working, uncached.
@@ -231,9 +249,8 @@ def _sample(metrics: FeedMetrics, name: str, **labels: Any) -> float:
     return 0.0
 
 
-async def test_by_serial_falls_back_to_the_snapshot_when_the_diff_is_gone(
+async def test_a_serial_the_feed_never_reached_is_not_found(
         tmp_path: Path, publisher: PublisherProcess) -> None:
-    """A document URL for a serial the publisher moved past answers 404: ask the head again."""
     async with aiohttp.ClientSession() as session:
         serial = await asyncio.to_thread(publish, publisher, "G-1", "g1.example")
         async with session.get(f"{publisher.url}/v1/feed/snapshot/{serial + 5}") as resp:

@@ -9,8 +9,9 @@
   (nginx proxy_cache_lock) turns every gateway waiting on serial N into one request.
 
 Documents are built only for the current serial (the database keeps no history of replaced
-rows): a URL for an older serial that no cache holds answers 404, not cacheable, and the
-gateway asks the head again. Documents are signed and carry nothing per gateway, so like
+rows): a URL for an older serial that no cache holds redirects (302, cacheable for a second)
+to the same document at the current serial; a diff wider than diff_history, or a serial the
+feed has not reached, answers 404 (not cacheable) and the gateway asks the head again. Documents are signed and carry nothing per gateway, so like
 GET /v1/feed they are served without authentication; acks stay authenticated.
 """
 
@@ -141,6 +142,16 @@ def _answer(request: web.Request, doc: Doc, cache_control: str) -> web.Response:
     return web.Response(body=doc.body, content_type="application/json", headers=headers)
 
 
+def _moved(serial: int, current: int) -> web.Response:
+    """A document URL for a serial the feed moved past: redirect to the same document at the
+    current serial, cacheable as briefly as the head (every gateway that read the old head
+    meets this at once; a cache hands them one answer). Relative, so a path prefix stays."""
+    if serial >= current:   # >=: the write that made it current landed just now; ask again
+        return _gone(f"serial {serial} is not the feed's latest (serial {current})")
+    return web.Response(status=302, headers={"Location": str(current),
+                                              "Cache-Control": HEAD_CACHE})
+
+
 def _gone(message: str) -> web.Response:
     return web.json_response({"error": message}, status=404,
                              headers={"Cache-Control": NOT_CACHEABLE})
@@ -169,7 +180,7 @@ def add_routes(app: web.Application, store: Store, signer: Signer, watcher: Seri
         serial = _serial(request, "serial")
         doc = docs.document(serial, None)
         if doc is None:
-            return _gone(f"serial {serial} is not the latest: ask {HEAD_PATH}")
+            return _moved(serial, store.serial())
         return _answer(request, doc, IMMUTABLE)
 
     async def get_diff(request: web.Request) -> web.Response:
@@ -179,7 +190,7 @@ def add_routes(app: web.Application, store: Store, signer: Signer, watcher: Seri
                          f"{diff_history} serials): fetch the snapshot")
         doc = docs.document(serial, since)
         if doc is None:
-            return _gone(f"serial {serial} is not the latest: ask {HEAD_PATH}")
+            return _moved(serial, store.serial())
         return _answer(request, doc, IMMUTABLE)
 
     app.router.add_get(HEAD_PATH, get_head)
