@@ -11,8 +11,10 @@
 Documents are built only for the current serial (the database keeps no history of replaced
 rows): a URL for an older serial that no cache holds redirects (302, cacheable for a second)
 to the same document at the current serial; a diff wider than diff_history, or a serial the
-feed has not reached, answers 404 (not cacheable) and the gateway asks the head again. Documents are signed and carry nothing per gateway, so like
-GET /v1/feed they are served without authentication; acks stay authenticated.
+feed has not reached, answers 404 (not cacheable) and the gateway asks the head again.
+
+Documents are signed and carry nothing per gateway, so like GET /v1/feed they are served
+without authentication (a cache can hold one copy for everyone); acks stay authenticated.
 """
 
 from __future__ import annotations
