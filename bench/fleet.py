@@ -94,6 +94,46 @@ def status_kb(pid: int | None, field: str) -> int:
     return int(m.group(1)) if m else 0
 
 
+def cpu_seconds(pid: int | None) -> float:
+    """User + system CPU seconds of a process (0 once it is gone)."""
+    if pid is None:
+        return 0.0
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def children(pid: int) -> list[int]:
+    out = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            if int(stat.read_text().rsplit(")", 1)[1].split()[1]) == pid:
+                out.append(int(stat.parent.name))
+        except (OSError, ValueError, IndexError):
+            continue
+    return out
+
+
+class Cpu:
+    """CPU seconds used by the publisher, nginx (workers) and the fleet workers per phase."""
+
+    def __init__(self, pub: PublisherProcess, nginx_pid: int, workers: list[int]) -> None:
+        self.pub = pub
+        self.nginx = [nginx_pid, *children(nginx_pid)]
+        self.workers = workers
+
+    def now(self) -> dict[str, float]:
+        return {"publisher": cpu_seconds(self.pub.proc.pid if self.pub.proc else None),
+                "nginx": sum(cpu_seconds(p) for p in self.nginx),
+                "fleet_workers": sum(cpu_seconds(p) for p in self.workers)}
+
+    @staticmethod
+    def used(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:
+        return {k: round(after[k] - before[k], 2) for k in after}
+
+
 class Workers:
     """The worker processes and the last status line of each."""
 
@@ -254,6 +294,7 @@ def phase_fleet(args: argparse.Namespace, work: Path, state: Path, result: dict[
         workers = Workers(n, args.per_process, nginx.url + "/v1/feed",
                           pub.setup.public_key, state, work, args.long_poll)
         ws = workers
+        result["loadavg_startup"] = os.getloadavg()
         result["startup_s"] = round(wait("every gateway applied the first snapshot",
                                          lambda: ws.at(serial) >= n, args.timeout,
                                          alive=ws.check_alive), 2)
@@ -264,17 +305,19 @@ def phase_fleet(args: argparse.Namespace, work: Path, state: Path, result: dict[
         print(f"start-up: {n} gateways at serial {serial} in {result['startup_s']}s, acked "
               f"in {result['startup_acked_s']}s", flush=True)
         time.sleep(2)   # every gateway back in its long poll
+        cpu = Cpu(pub, nginx.proc.pid, [p.pid for p in workers.procs])
 
-        before = feed_counters(pub)
+        before, cpu0 = feed_counters(pub), cpu.now()
         t0 = time.monotonic()
         publish(pub, [entry("ONE-1", "one.fleet.test")])
         one = acks.track(["ONE-1"], t0, args.timeout)
+        one["cpu_s"] = Cpu.used(cpu0, cpu.now())
         one["publisher"] = delta(feed_counters(pub), before)
         result["one_entry"] = one
         print(f"one entry: {one}", flush=True)
         time.sleep(2)
 
-        before = feed_counters(pub)
+        before, cpu0 = feed_counters(pub), cpu.now()
         ids = [f"B-{i}" for i in range(args.burst)]
         t0 = time.monotonic()
         for rid in ids:
@@ -282,6 +325,7 @@ def phase_fleet(args: argparse.Namespace, work: Path, state: Path, result: dict[
         published = time.monotonic() - t0
         burst = acks.track(ids, t0, args.timeout)
         burst["publish_s"] = round(published, 2)
+        burst["cpu_s"] = Cpu.used(cpu0, cpu.now())
         burst["serials"] = args.burst
         burst["publisher"] = delta(feed_counters(pub), before)
         result["burst"] = burst

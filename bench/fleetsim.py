@@ -20,9 +20,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import logging
+import os
 import resource
+import signal
 import sys
 import time
 from collections import Counter
@@ -140,10 +143,13 @@ async def run_worker(args: argparse.Namespace) -> None:
         gateways.append(g)
     for g in gateways:
         g.start()
+    stop = asyncio.Event()
+    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
     try:
-        while True:
+        while not stop.is_set():
             print(json.dumps(status(gateways, metrics)), flush=True)
-            await asyncio.sleep(args.report_every)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), args.report_every)
     finally:
         for g in gateways:
             await g.stop()
@@ -200,6 +206,17 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.ERROR, stream=sys.stderr,
                         format="%(asctime)s %(name)s %(message)s")
     work = run_joiners(args) if args.join else run_worker(args)
+    profile = os.environ.get("FLEET_PROFILE")   # a path: cProfile this worker into it
+    if profile:
+        import cProfile
+        profiler = cProfile.Profile()
+        profiler.enable()
+        try:
+            asyncio.run(work)
+        finally:
+            profiler.disable()
+            profiler.dump_stats(f"{profile}.{os.getpid()}")
+        return 0
     try:
         import uvloop
     except ImportError:

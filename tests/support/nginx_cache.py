@@ -8,6 +8,7 @@ through. The access log records the bytes nginx sent and whether each answer was
 
 from __future__ import annotations
 
+import resource
 import shutil
 import signal
 import socket
@@ -25,10 +26,14 @@ LOG_FORMAT = "$request_method $uri $status $body_bytes_sent $upstream_cache_stat
 def config_text(directory: Path, port: int, upstream: str, worker_connections: int = 512,
                 workers: int = 1) -> str:
     """nginx.conf: listen on 127.0.0.1:port, proxy to `upstream` (host:port)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    nofile = worker_connections * 2 + 64
+    if hard != resource.RLIM_INFINITY:
+        nofile = min(nofile, hard)   # beyond the hard limit nginx could not raise it anyway
     return f"""
 user root;
 worker_processes {workers};
-worker_rlimit_nofile {worker_connections * 2 + 64};
+worker_rlimit_nofile {nofile};
 daemon off;
 pid {directory}/nginx.pid;
 error_log {directory}/error.log warn;
