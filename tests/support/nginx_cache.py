@@ -26,7 +26,7 @@ LOG_FORMAT = "$request_method $uri $status $body_bytes_sent $upstream_cache_stat
 def config_text(directory: Path, port: int, upstream: str, worker_connections: int = 512,
                 workers: int = 1) -> str:
     """nginx.conf: listen on 127.0.0.1:port, proxy to `upstream` (host:port)."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
     nofile = worker_connections * 2 + 64
     if hard != resource.RLIM_INFINITY:
         nofile = min(nofile, hard)   # beyond the hard limit nginx could not raise it anyway
