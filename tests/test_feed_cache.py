@@ -12,6 +12,7 @@ import asyncio
 import hashlib
 import http.client
 import re
+import sqlite3
 import urllib.request
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -256,3 +257,31 @@ async def test_a_serial_the_feed_never_reached_is_not_found(
         async with session.get(f"{publisher.url}/v1/feed/snapshot/{serial + 5}") as resp:
             assert resp.status == 404
             assert resp.headers["Cache-Control"] == "no-store"
+
+
+async def test_the_head_vouches_for_a_document_published_long_ago(
+        tmp_path: Path, publisher: PublisherProcess, nginx: CachingNginx) -> None:
+    """An immutable document keeps its serial's publication time; the signed head (fetched
+    through the cache) is what says the copy is still the latest, so a quiet feed stays fresh."""
+    serial = await asyncio.to_thread(publish, publisher, "Q-1", "quiet.example")
+    db = sqlite3.connect(publisher.setup.directory / "var" / "publisher.sqlite3")
+    with db:   # published months ago (max_age is one day); nothing fetched it yet
+        db.execute("UPDATE serial_times SET at='2026-01-01T00:00:00Z' WHERE serial=?",
+                   (serial,))
+    db.close()
+    feed_session, ack_session = sessions(1)
+    try:
+        g = SimGateway(GATEWAYS, nginx.url + "/v1/feed", publisher.setup.public_key,
+                       tmp_path / "gw-q", feed_session, ack_session,
+                       FeedMetrics(CollectorRegistry()), long_poll=0)
+        g.client.load_local()
+        assert await g.client.poll_once() == "updated"
+        body = _get(f"{nginx.url}/v1/feed/snapshot/{serial}")[2]
+        assert b'"generated_at":"2026-01-01T00:00:00Z"' in body
+        assert g.client.document_age() < 3600 and g.client.check_fresh()
+        assert await g.client.poll_once() == "unchanged"   # long_poll 0: the interval
+        assert g.client.document_age() < 3600
+        await g.stop()
+    finally:
+        await feed_session.close()
+        await ack_session.close()
