@@ -195,6 +195,8 @@ class SignedFeed:
                 raise Rejected("not_modified", "304 Not Modified to an unconditional request: "
                                                "something between this gateway and the "
                                                "publisher answers for it")
+            if self.by_serial is not None:
+                self.by_serial.bypass = False   # the publisher says ours is current
             if self.fresh():   # a 304 only vouches for a copy still within max_age
                 self.ctx.success()
             return "unchanged"
