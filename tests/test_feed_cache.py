@@ -19,16 +19,21 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import dns.edns
+import dns.message
+import dns.query
 import pytest
 from prometheus_client import CollectorRegistry
 
 from bench.fleetsim import FEED, SimGateway, gateway_id, gateway_token, sessions
 from gateway.feeds.context import Rejected
 from gateway.feeds.stats import FeedMetrics
-from tests.support.feeds import entry
+from tests.support import unbound as ub
+from tests.support.data import LISTS, LISTS_YAML, POLICY
+from tests.support.feeds import NAME, acked, entry
 from tests.support.nginx_cache import CachingNginx, start_caching_nginx
 from tests.support.publisher import PublisherProcess, start_publisher
-from tests.support.wait import async_wait_for
+from tests.support.wait import async_wait_for, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -285,3 +290,34 @@ async def test_the_head_vouches_for_a_document_published_long_ago(
     finally:
         await feed_session.close()
         await ack_session.close()
+
+
+def test_a_real_gateway_follows_the_feed_by_serial_through_nginx(
+        publisher: PublisherProcess, nginx: CachingNginx, unbound: ub.UnboundServer,
+        safegate_factory: Any) -> None:
+    """`python -m gateway run` with feeds[].by_serial behind nginx: blocked, verified, acked;
+    a removal lifts the block; the documents came from the serial-addressed URLs."""
+    extra = {"gateway": {"id": gateway_id(0), "token": gateway_token(0)},
+             "feeds": [{"name": "central", "url": nginx.url + "/v1/feed", "type": "safegate",
+                        "public_key": str(publisher.setup.public_key), "long_poll": 20,
+                        "by_serial": True}]}
+    gw = safegate_factory(upstream_port=unbound.port, policies={"p.yaml": POLICY},
+                          lists=LISTS, lists_yaml=LISTS_YAML, extra=extra)
+    assert _ede(gw.dns_port, NAME) is None
+    publish(publisher, "BS-1", NAME)
+    wait_for(lambda: _ede(gw.dns_port, "www." + NAME) == 16, 20, what="blocked with EDE 16")
+    wait_for(lambda: acked(publisher, "BS-1", gateway_id(0)), 30, what="acked verified")
+    r = publisher.request("DELETE", "/v1/entries/BS-1", token=publisher.setup.admin_token)
+    assert r.status == 200, r.body
+    wait_for(lambda: _ede(gw.dns_port, NAME) is None, 20, what="block lifted")
+    kinds = {f[1].split("/")[3] for f in nginx.log_lines()
+             if f[2] == "200" and f[1].startswith("/v1/feed/")}
+    assert kinds == {"head", "snapshot", "diff"}, kinds
+    assert not [f for f in nginx.log_lines() if f[1] == "/v1/feed"]   # never the legacy URL
+
+
+def _ede(port: int, name: str) -> int | None:
+    q = dns.message.make_query(name, "A", use_edns=0)
+    r = dns.query.udp(q, "127.0.0.1", port=port, timeout=2)
+    codes = [o.code for o in r.options if isinstance(o, dns.edns.EDEOption)]
+    return codes[0] if codes else None
