@@ -28,6 +28,7 @@ from gateway.publisher.hotline import add_routes as add_report_routes
 from gateway.publisher.metrics import AckMetrics, PublisherCollector, entry_deadline
 from gateway.publisher.serialfeed import add_routes as add_serial_routes
 from gateway.publisher.store import Store, StoredEntry, StoreError
+from gateway.publisher.tokens import TokenIndex
 from gateway.publisher.watch import SerialWatcher
 
 log = logging.getLogger("safegate.publisher")
@@ -101,6 +102,7 @@ WATCHER = web.AppKey("watcher", SerialWatcher)
 BUILDER = web.AppKey("builder", FeedBuilder)
 EDITOR = web.AppKey("editor", Editor)
 ACK_METRICS = web.AppKey("ack_metrics", AckMetrics)
+TOKENS = web.AppKey("tokens", TokenIndex)
 
 
 def make_app(store: Store, signer: Signer, config: PublisherConfig,
@@ -113,6 +115,7 @@ def make_app(store: Store, signer: Signer, config: PublisherConfig,
     app[WATCHER] = SerialWatcher(store.serial, poll_interval)
     app[BUILDER] = FeedBuilder(store, signer, config.diff_history, config.heartbeat)
     app[ACK_METRICS] = AckMetrics(registry, sorted(config.gateways), REJECT_REASONS)
+    app[TOKENS] = TokenIndex(config.gateways)
     app[EDITOR] = Editor(store, Guard(config.never_block, config.max_change_ratio,
                                       config.max_change_entries))
     registry.register(PublisherCollector(store, list(config.gateways),
@@ -327,12 +330,9 @@ async def remove_entry(request: web.Request) -> web.Response:
 def _gateway_of(request: web.Request) -> str | web.Response:
     """The gateway id whose token the request bears, or the 401 to answer."""
     token = _bearer(request)
-    gateway = None
-    if token is not None:
-        # Compare against every token so timing says nothing about which one is close.
-        for gid, secret in request.app[CONFIG].gateways.items():
-            if _same(token, secret):
-                gateway = gid
+    # One lookup by the token's digest (gateway/publisher/tokens.py), not a comparison with
+    # every configured token: that was O(gateways) per ack (2.3 ms at 10,000 gateways).
+    gateway = None if token is None else request.app[TOKENS].gateway(token)
     if gateway is None:
         return _error(401, "a valid gateway token is required",
                       {"WWW-Authenticate": 'Bearer realm="safegate-publisher"'})
