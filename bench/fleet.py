@@ -29,6 +29,7 @@ bench/out/fleet-N.json and prints a summary.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import os
@@ -421,6 +422,53 @@ def phase_join(args: argparse.Namespace, work: Path, result: dict[str, Any]) -> 
         pub.kill()
 
 
+def summary(r: dict[str, Any]) -> str:
+    """The run as the markdown lines of docs/fleet-scale.md."""
+    def times(p: dict[str, Any]) -> str:
+        return " / ".join(f"{p.get(k, 'n/a')}" for k in ("p50", "p99", "p100")) + " s"
+
+    def pub(p: dict[str, Any]) -> str:
+        c = p.get("publisher", {})
+        return (f"{int(c.get('head_requests', 0))} head, {int(c.get('diff_requests', 0))} diff,"
+                f" {int(c.get('snapshot_requests', 0))} snapshot")
+
+    def cpu(p: dict[str, Any]) -> str:
+        c = p.get("cpu_s", {})
+        return (f"publisher {c.get('publisher', 'n/a')} s, nginx {c.get('nginx', 'n/a')} s, "
+                f"gateways {c.get('fleet_workers', 'n/a')} s")
+
+    lines = [f"- {r['gateways']} gateways ({r['per_process']} per process), {r['started']}, "
+             f"load average {r['loadavg_start'][0]:.1f} at start, {r['loadavg_end'][0]:.1f} "
+             "at end"]
+    if "one_entry" in r:
+        one, burst, rs = r["one_entry"], r["burst"], r["restart"]
+        lines += [
+            f"- start-up (first snapshot, through nginx): {r['startup_s']} s, all acked "
+            f"{r['startup_acked_s']} s",
+            f"- one entry acked by 50 / 99 / 100 %: {times(one)}; publisher answered "
+            f"{pub(one)}; CPU {cpu(one)}",
+            f"- burst of {burst['serials']} entries (one serial each, published in "
+            f"{burst['publish_s']} s), all acked by 50 / 99 / 100 %: {times(burst)}; publisher "
+            f"answered {pub(burst)}; CPU {cpu(burst)}",
+            f"- publisher SIGKILLed {rs.get('at_s')} s after an entry with "
+            f"{rs.get('acked_before_kill')} acks in, back at {rs.get('restarted_at_s')} s: "
+            f"acked by 50 / 99 / 100 % {times(rs)}; lost acks: {rs['lost_acks']}",
+            f"- publisher RSS: peak sampled {r['publisher_rss_kb_peak_sampled'] / 1024:.0f} MB, "
+            f"VmHWM before the kill {rs.get('vmhwm_kb_before', 0) / 1024:.0f} MB; nginx sent "
+            f"{r['nginx_feed_bytes'] / 1e6:.1f} MB of feed in {r['nginx_feed_requests']} "
+            "answers"]
+    if "join" in r:
+        j = r["join"]
+        lines.append(
+            f"- join: {j['joined']} of {j['gateways']} stateless gateways fetched and verified "
+            f"the {j['entries']}-entry snapshot in {j['seconds']} s; publisher sent "
+            f"{int(j['publisher_snapshot_requests'])} snapshot "
+            f"({j['publisher_snapshot_bytes'] / 1e6:.1f} MB), nginx sent "
+            f"{j['nginx_feed_bytes'] / 1e9:.2f} GB; publisher VmHWM "
+            f"{j['publisher_vmhwm_kb'] / 1024:.0f} MB")
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--gateways", type=int, default=1000)
@@ -463,6 +511,8 @@ def main(argv: list[str] | None = None) -> int:
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps(result, indent=2) + "\n")
         print(json.dumps(result, indent=2))
+        with contextlib.suppress(KeyError, TypeError):
+            print(summary(result))
         print(f"written to {out}" + (f"; work dir {work}" if args.keep else ""))
     return 0
 
