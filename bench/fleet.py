@@ -202,9 +202,14 @@ def wait(what: str, cond: Callable[[], bool], timeout: float, poll: float = 0.2,
     return time.monotonic() - start
 
 
+SCRAPES: list[tuple[float, int]] = []   # (seconds, bytes) of each /metrics scrape
+
+
 def feed_counters(pub: PublisherProcess) -> dict[str, float]:
     """safegate_publisher_feed_{requests (200s), bytes} by kind from the publisher."""
-    text = pub.request("GET", "/metrics", timeout=60).body.decode()
+    t0 = time.monotonic()
+    text = pub.request("GET", "/metrics", timeout=120).body.decode()
+    SCRAPES.append((round(time.monotonic() - t0, 2), len(text)))
     out: dict[str, float] = {}
     for kind, value in re.findall(r'safegate_publisher_feed_requests_total\{kind="(\w+)",'
                                   r'status="200"\} (\S+)', text):
@@ -502,6 +507,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.join:
             phase_join(args, work, result)
     finally:
+        result["metrics_scrapes_s_bytes"] = SCRAPES
         result["loadavg_end"] = os.getloadavg()
         result["finished"] = now_iso()
         shutil.rmtree(state, ignore_errors=True)
