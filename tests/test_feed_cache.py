@@ -321,3 +321,34 @@ def _ede(port: int, name: str) -> int | None:
     r = dns.query.udp(q, "127.0.0.1", port=port, timeout=2)
     codes = [o.code for o in r.options if isinstance(o, dns.edns.EDEOption)]
     return codes[0] if codes else None
+
+
+def test_distinct_document_urls_cannot_grow_the_publishers_document_cache(
+        tmp_path: Path) -> None:
+    """limits.document_cache_bytes bounds the signed documents the publisher keeps built,
+    whatever URLs a client asks for (every diff base is a distinct document)."""
+    limit = 1500
+    gws = [{"id": gateway_id(0), "token": gateway_token(0)}]
+    pub = start_publisher(tmp_path / "pub", extra={
+        "gateways": gws, "limits": {"document_cache_bytes": limit}})
+    try:
+        last = 0
+        for i in range(8):
+            last = publish(pub, f"L-{i}", f"l{i}.example")
+        sizes = []
+        for since in range(last):
+            r = pub.request("GET", f"/v1/feed/diff/{since}/{last}")
+            assert r.status == 200
+            sizes.append(len(r.body))
+        kept = _gauge(pub, "safegate_publisher_document_cache_bytes")
+        assert sum(sizes) > limit      # the client asked for more than the bound
+        assert 0 < kept <= limit or kept == sizes[-1], (kept, sizes)
+    finally:
+        pub.kill()
+
+
+def _gauge(pub: PublisherProcess, name: str) -> float:
+    for line in pub.request("GET", "/metrics").body.decode().splitlines():
+        if line.startswith(name + " "):
+            return float(line.split()[1])
+    raise AssertionError(f"{name} not in /metrics")

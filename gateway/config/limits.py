@@ -129,6 +129,11 @@ class PublisherLimits:
     # series, so an ack listing 5,000 invented categories must not grow /metrics by 10,000.
     # Rows for further pairs are dropped (safegate_publisher_ack_stats_dropped_total).
     stats_series: int = 256
+    # Signed documents of the current serial kept built for the serial-addressed feed
+    # (/v1/feed/snapshot|diff/...), least recently used dropped first. A 100k-entry snapshot
+    # is ~25 MB; diffs from many bases are small. One document is always kept, however big.
+    # safegate_publisher_document_cache_bytes shows the use.
+    document_cache_bytes: int = 256 * MIB
 
 
 @dataclass(frozen=True)

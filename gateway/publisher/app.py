@@ -129,7 +129,8 @@ def make_app(store: Store, signer: Signer, config: PublisherConfig,
     app.router.add_delete("/v1/entries/{id}", remove_entry)
     app.router.add_post("/v1/acks", post_ack)
     app.router.add_get("/v1/rpz", get_rpz)
-    add_serial_routes(app, store, signer, app[WATCHER], config.diff_history, registry)
+    add_serial_routes(app, store, signer, app[WATCHER], config.diff_history,
+                      config.limits.document_cache_bytes, registry)
     add_report_routes(app, ReportInbox(store.db), registry, _gateway_of, _require_admin)
     app.router.add_get("/metrics", get_metrics)
     app.router.add_get("/healthz", healthz)

@@ -26,7 +26,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from aiohttp import web
-from prometheus_client import CollectorRegistry, Counter
+from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from gateway.feedformat.document import Feed, now_iso
 from gateway.feedformat.head import HEAD_PATH, Head
@@ -74,25 +74,23 @@ class SerialDocs:
     """Builds and keeps the documents of the current serial; bytes are a function of the
     serial alone (the serial's publication time, canonical JSON, deterministic Ed25519)."""
 
-    MAX_CACHED = 64
-    MAX_CACHED_BYTES = 256 * 1024 * 1024
-
-    def __init__(self, store: Store, signer: Signer, diff_history: int,
+    def __init__(self, store: Store, signer: Signer, diff_history: int, max_bytes: int,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.store = store
         self.signer = signer
         self.diff_history = diff_history
+        self.max_bytes = max_bytes          # limits.document_cache_bytes
         self.clock = clock
         self._docs: OrderedDict[tuple[int, int | None], Doc] = OrderedDict()
+        self.size = 0                        # bytes of the documents kept
         self._head: tuple[int, float, Doc] | None = None
 
     def _keep(self, key: tuple[int, int | None], doc: Doc) -> None:
         self._docs[key] = doc
-        while len(self._docs) > self.MAX_CACHED or sum(
-                len(d.body) for d in self._docs.values()) > self.MAX_CACHED_BYTES:
-            if len(self._docs) == 1:
-                break
-            self._docs.popitem(last=False)
+        self.size += len(doc.body)
+        while self.size > self.max_bytes and len(self._docs) > 1:
+            _, old = self._docs.popitem(last=False)
+            self.size -= len(old.body)
 
     def _sign(self, body: bytes) -> Doc:
         return Doc(body, self.signer.sign(body), f'"{hashlib.sha256(body).hexdigest()[:32]}"')
@@ -160,10 +158,13 @@ def _gone(message: str) -> web.Response:
 
 
 def add_routes(app: web.Application, store: Store, signer: Signer, watcher: SerialWatcher,
-               diff_history: int, registry: CollectorRegistry) -> None:
+               diff_history: int, cache_bytes: int, registry: CollectorRegistry) -> None:
     """Register the serial-addressed feed and count every feed answer (legacy included)."""
-    docs = SerialDocs(store, signer, diff_history)
+    docs = SerialDocs(store, signer, diff_history, cache_bytes)
     metrics = FeedRequestMetrics(registry)
+    Gauge("safegate_publisher_document_cache_bytes",
+          "Bytes of signed serial-addressed documents kept built (limits.document_cache_bytes).",
+          registry=registry).set_function(lambda: docs.size)
 
     async def get_head(request: web.Request) -> web.Response:
         after = _serial(request, "after") if "after" in request.query else None
