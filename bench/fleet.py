@@ -361,6 +361,8 @@ def phase_fleet(args: argparse.Namespace, work: Path, state: Path, result: dict[
         restart["kill_was_mid_flow"] = killed.get("acked_before_kill", n) < n
         result["restart"] = restart
         print(f"restart: {restart}", flush=True)
+        result["gateway_state_bytes"] = sum(f.stat().st_size for f in state.rglob("*")
+                                            if f.is_file())
         result["gateway_rejected"] = workers.rejected()
         result["publisher_rss_kb_end"] = status_kb(pub.proc.pid if pub.proc else None, "VmRSS")
         result["publisher_vmhwm_kb_end"] = status_kb(pub.proc.pid if pub.proc else None,

@@ -221,6 +221,8 @@ async def test_tampered_cache_entry_is_rejected_and_the_rules_in_force_stay(
         uri = f"/v1/feed/diff/{first}/{second}"
         assert (await asyncio.to_thread(_get, nginx.url + uri))[0] == 200   # now cached
         path = _cache_file(nginx, uri)
+        # nginx may finish writing its cache file just after the answer went out
+        await async_wait_for(path.exists, 20, what=f"nginx cached {uri} in {path}")
         raw = path.read_bytes()
         assert raw.count(b"new.example") == 1
         path.write_bytes(raw.replace(b"new.example", b"bad.example"))   # same length
