@@ -98,8 +98,10 @@ class SerialPoll:
             if cfg.long_poll:
                 params["wait"] = str(int(cfg.long_poll))
         try:
+            # Twice the long poll: behind a cache, a gateway that joins a coalesced wait just
+            # as its answer expires waits out the next one too (seen at 10,000 gateways).
             _, body, headers = await self.fetch(self.base + HEAD_PATH, params, {},
-                                                cfg.long_poll + 30)
+                                                2 * cfg.long_poll + 30)
             head = self._head(body, headers.get(SIGNATURE_HEADER))
             if applied is not None and head.serial < applied.serial:
                 raise Rejected("old_serial", f"the head names serial {head.serial}, older than "

@@ -50,7 +50,7 @@ http {{
                    use_temp_path=off;
   upstream publisher {{ server {upstream}; keepalive 32; }}
   server {{
-    listen 127.0.0.1:{port} backlog=4096;
+    listen 127.0.0.1:{port} backlog=4096 reuseport;   # spread 10,000 clients evenly
     keepalive_requests 100000;
     proxy_http_version 1.1;
     proxy_set_header Connection "";
