@@ -13,6 +13,7 @@ import hashlib
 import http.client
 import re
 import sqlite3
+import subprocess
 import urllib.request
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -354,3 +355,17 @@ def _gauge(pub: PublisherProcess, name: str) -> float:
         if line.startswith(name + " "):
             return float(line.split()[1])
     raise AssertionError(f"{name} not in /metrics")
+
+
+def test_the_publishers_listen_backlog_is_the_configured_one(tmp_path: Path) -> None:
+    """limits.listen_backlog reaches listen(): ss shows it as the listening socket's Send-Q."""
+    pub = start_publisher(tmp_path / "pub", extra={
+        "gateways": [{"id": gateway_id(0), "token": gateway_token(0)}],
+        "limits": {"listen_backlog": 77}})
+    try:
+        port = pub.url.rsplit(":", 1)[1]
+        out = subprocess.run(["ss", "-Hltn", f"sport = :{port}"], capture_output=True,
+                             text=True, check=True).stdout.split()
+        assert out[2] == "77", out   # State Recv-Q Send-Q(backlog) Local Peer
+    finally:
+        pub.kill()

@@ -134,6 +134,10 @@ class PublisherLimits:
     # is ~25 MB; diffs from many bases are small. One document is always kept, however big.
     # safegate_publisher_document_cache_bytes shows the use.
     document_cache_bytes: int = 256 * MIB
+    # Connections the kernel queues for the publisher while its event loop is busy (a /metrics
+    # scrape at 10,000 gateways takes seconds). The listen() default of 128 overflowed in the
+    # fleet bench: SYNs were dropped and nginx held thousands of connects for their timeout.
+    listen_backlog: int = 4096
 
 
 @dataclass(frozen=True)

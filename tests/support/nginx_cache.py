@@ -55,6 +55,7 @@ http {{
     proxy_http_version 1.1;
     proxy_set_header Connection "";
     proxy_read_timeout 120s;
+    proxy_connect_timeout 5s;   # a stalled publisher: fail (the gateway retries), hold no fd
     location /v1/feed/ {{
       proxy_pass http://publisher;
       proxy_cache feed;
