@@ -25,7 +25,7 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 CONFIG ?= deploy/example/gateway.yaml
 
-.PHONY: help run venv test lint typecheck unit bench bench-feeds deps-apt clean schema
+.PHONY: help run venv test lint typecheck unit bench bench-feeds bench-fleet deps-apt clean schema
 
 help:
 	@echo "make run       create .venv, install SafeGate, run it with $(CONFIG)"
@@ -33,6 +33,8 @@ help:
 	@echo "make bench     DNS benchmark: SafeGate vs unbound vs dnsmasq, workloads a-f (bench/dns_compare.py;"
 	@echo "              BENCH_ARGS=\"--only safegate,unbound --workloads a,c --names 50000 --duration 2\")"
 	@echo "make bench-feeds  central feed latency and 100k-entry apply (bench/feed_latency.py)"
+	@echo "make bench-fleet  10,000 simulated gateways behind a caching nginx (bench/fleet.py;"
+	@echo "              FLEET_ARGS=\"--gateways 1000 --join 200\")"
 	@echo "make compile   build the optional C list lookup and question parse in place (needs a C compiler)"
 	@echo "make deps-apt  install the Debian packages the tests use"
 	@echo "make schema    regenerate docs/schema/*.json and docs/configuration.md's key tables"
@@ -87,6 +89,10 @@ bench: venv deps-apt
 
 bench-feeds: venv deps-apt
 	$(VBIN)/python bench/feed_latency.py $(BENCH_ARGS)
+
+FLEET_ARGS ?= --gateways 10000 --per-process 1250
+bench-fleet: venv deps-apt
+	$(VBIN)/python bench/fleet.py $(FLEET_ARGS)
 
 # The optional C accelerators: list lookup (gateway/lists/_lookup.c), question parse and blocked
 # reply (gateway/dns/_fastparse.c), batched UDP I/O (gateway/dns/_udpio.c, Linux only), built

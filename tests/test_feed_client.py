@@ -615,6 +615,10 @@ async def test_config_errors_name_file_and_line(tmp_path: Path, unbound: ub.Unbo
           "max_age": 60}, "max_age is only for type safegate"),
         ({"name": "x", "url": "http://h/v1/feed", "public_key": str(pub), "acks": False,
           "max_age": 0}, "max_age must be a positive number of seconds"),
+        ({"name": "x", "url": "http://h/l", "type": "domains", "category": "malware",
+          "by_serial": True}, "by_serial is only for type safegate"),
+        ({"name": "x", "url": "http://h/v1/feed", "public_key": str(pub), "acks": False,
+          "by_serial": "yes"}, "by_serial"),
     ]
     for item, message in bad:
         cfg = feed_config(tmp_path / "c", unbound.port, [item])
@@ -626,7 +630,7 @@ async def test_config_errors_name_file_and_line(tmp_path: Path, unbound: ub.Unbo
          "acks": False}], feed_guard={"never_block": ["gov.vn"]})
     c = load_config(good)
     assert c.feeds[0].type == "safegate" and c.feeds[0].long_poll == 30
-    assert c.feeds[0].max_age == 86400
+    assert c.feeds[0].max_age == 86400 and c.feeds[0].by_serial is False
     assert c.feed_guard.never_block == ("gov.vn", "feeds.example.vn")
 
 

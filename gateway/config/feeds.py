@@ -78,6 +78,9 @@ class FeedConfig:
     # before the feed counts as stale. Publishers re-sign every hour by default (heartbeat);
     # the client fetches a fresh copy at max_age / 2.
     max_age: float = 86400.0
+    # Fetch by serial: a long-polled signed head, then the immutable snapshot/diff URLs an
+    # HTTP cache in front of the publisher can serve to every gateway (docs/feeds-contract.md).
+    by_serial: bool = False
 
     @property
     def signed(self) -> bool:
@@ -117,6 +120,9 @@ FEED = Shape("a feeds item", (
         "(0: off)", default(FeedConfig, "long_poll")),
     Key("max_age", SECONDS, "seconds after its signing time a safegate document counts as "
         "stale", default(FeedConfig, "max_age")),
+    Key("by_serial", BOOL, "fetch the signed head and serial-addressed immutable documents "
+        "(type safegate), so an HTTP cache in front of the publisher serves the fleet",
+        default(FeedConfig, "by_serial")),
 ), nullable=False)
 MAX_CHANGE = Shape("feed_guard.max_change", (
     Key("ratio", number(0, 1, exclusive_minimum=True), "an update changing more than this "
@@ -245,6 +251,12 @@ def _feed(name: str, item: YDict, items: Any, i: int, rel: Callable[[str], Path]
             raise error_at(f"{what}: max_age is only for type safegate (a plain list carries "
                            "no signed time)", None, item, "max_age")
         values["max_age"] = read_seconds(item["max_age"], f"{what}: max_age", item, "max_age")
+    if "by_serial" in item:
+        if ftype != SIGNED:
+            raise error_at(f"{what}: by_serial is only for type safegate (serial-addressed "
+                           "signed documents)", None, item, "by_serial")
+        values["by_serial"] = read_bool(item["by_serial"], f"{what}: by_serial", item,
+                                        "by_serial")
     return FeedConfig(name, url, ftype, tuple(keys), acks=acks, **values)
 
 

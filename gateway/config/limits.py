@@ -194,6 +194,15 @@ class PublisherLimits:
     notify_retries: int = 5              # NOTIFY resends per secondary and serial (1 s, 2 s,
                                          # 4 s ... apart) before giving up until the next serial
 
+    # Signed documents of the current serial kept built for the serial-addressed feed
+    # (/v1/feed/snapshot|diff/...), least recently used dropped first. A 100k-entry snapshot
+    # is ~25 MB; diffs from many bases are small. One document is always kept, however big.
+    # safegate_publisher_document_cache_bytes shows the use.
+    document_cache_bytes: int = 256 * MIB
+    # Connections the kernel queues for the publisher while its event loop is busy (a /metrics
+    # scrape at 10,000 gateways takes seconds). The listen() default of 128 overflowed in the
+    # fleet bench: SYNs were dropped and nginx held thousands of connects for their timeout.
+    listen_backlog: int = 4096
 
 @dataclass(frozen=True)
 class AdminLimits:

@@ -24,12 +24,13 @@ import aiohttp
 from gateway.config.feeds import FeedConfig, FeedGuardConfig
 from gateway.config.limits import FileLimits
 from gateway.feeds.acks import AckTarget
+from gateway.feeds.byserial import SerialPoll
 from gateway.feeds.context import FeedContext, OnApplied, OverlayTarget, Rejected
 from gateway.feeds.hold import HoldGuard, held_paths
 from gateway.feeds.install import Installer
 from gateway.feeds.ledger import Ledger
 from gateway.feeds.plain import PlainFeed
-from gateway.feeds.signed import Applied, SignedFeed
+from gateway.feeds.signed import MAX_DIFFS, Applied, SignedFeed
 from gateway.feeds.stats import FeedMetrics
 from gateway.util.httpfetch import FetchError, fetch
 from gateway.util.outbox import backoff
@@ -62,6 +63,8 @@ class FeedClient:
         self.part: SignedFeed | PlainFeed = (
             SignedFeed(self.ctx, self._get, self.hold, Installer(self.ctx, on_applied))
             if cfg.signed else PlainFeed(self.ctx, self._get, self.hold))
+        if isinstance(self.part, SignedFeed) and cfg.by_serial:
+            self.part.by_serial = SerialPoll(self.part, self._get_url, MAX_DIFFS)
 
     @property
     def cfg(self) -> FeedConfig:
@@ -161,11 +164,17 @@ class FeedClient:
 
     async def _get(self, params: dict[str, str], headers: dict[str, str], timeout: float
                    ) -> tuple[int, bytes, Mapping[str, str]]:
+        return await self._get_url(self.cfg.url, params, headers, timeout)
+
+    async def _get_url(self, url: str, params: dict[str, str], headers: dict[str, str],
+                       timeout: float, *, missing_ok: bool = False
+                       ) -> tuple[int, bytes, Mapping[str, str]]:
+        """GET with the size limit; 304 (and 404 when `missing_ok`) returned, else 200."""
         assert self.session is not None
         try:
-            return await fetch(self.session, self.cfg.url, params=params, headers=headers,
+            return await fetch(self.session, url, params=params, headers=headers,
                                timeout=timeout, max_bytes=self.max_bytes,
-                               limit_key="limits.files.feed_bytes")
+                               limit_key="limits.files.feed_bytes", missing_ok=missing_ok)
         except FetchError as exc:
             raise Rejected(exc.reason, str(exc)) from None
 

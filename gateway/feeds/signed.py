@@ -31,6 +31,7 @@ from gateway.feedformat.document import (
     parse_time,
 )
 from gateway.feedformat.signing import SIGNATURE_HEADER, Verifier
+from gateway.feeds.byserial import SerialPoll
 from gateway.feeds.context import FeedContext, Fetch, Rejected
 from gateway.feeds.hold import HoldGuard, change_limit
 from gateway.feeds.install import Installer
@@ -124,6 +125,7 @@ class SignedFeed:
         self.busy = False            # accept_async is applying an update (see confirmations)
         self.signed_at: float | None = None   # generated_at of the newest verified document
         self.stale = False           # logged state (the metric is computed at scrape time)
+        self.by_serial: SerialPoll | None = None   # set when cfg.by_serial (FeedClient)
         ctx.metrics.init_signed(ctx.name, self.document_age, ctx.cfg.max_age)
 
     @property
@@ -144,7 +146,12 @@ class SignedFeed:
     def _saw_signed(self, feed: Feed) -> None:
         """Note the signing time of a verified document that is (or matches) the one in force;
         the newest wins, so a replayed older copy cannot make the feed look younger."""
-        t = parse_time(feed.generated_at).timestamp()
+        self.saw_signed_at(feed.generated_at)
+
+    def saw_signed_at(self, generated_at: str) -> None:
+        """A signed time vouching for the document in force (a feed's, or a head's naming
+        our serial: gateway/feeds/byserial.py); the newest wins."""
+        t = parse_time(generated_at).timestamp()
         if self.signed_at is None or t > self.signed_at:
             self.signed_at = t
 
@@ -200,6 +207,8 @@ class SignedFeed:
         # Half-way to max_age: a conditional request could be answered by any cache on the
         # way, so ask for the whole document; a live publisher's copy is re-signed (heartbeat).
         refresh = applied is not None and self.document_age() > cfg.max_age / 2
+        if self.by_serial is not None and not self.by_serial.bypass and not refresh:
+            return await self.by_serial.poll()
         full = self.want_full or applied is None or applied.diffs >= MAX_DIFFS or refresh
         if applied is not None and not full:
             params["since"] = str(applied.serial)
@@ -215,10 +224,14 @@ class SignedFeed:
                 raise Rejected("not_modified", "304 Not Modified to an unconditional request: "
                                                "something between this gateway and the "
                                                "publisher answers for it")
+            if self.by_serial is not None:
+                self.by_serial.bypass = False   # the publisher says ours is current
             if self.fresh():   # a 304 only vouches for a copy still within max_age
                 self.ctx.success()
             return "unchanged"
         result = await self.accept_async(body, resp_headers.get(SIGNATURE_HEADER))
+        if self.by_serial is not None:
+            self.by_serial.bypass = False   # the publisher's own answer was good
         if result == "need_full":
             self.want_full = True
         elif result in ("updated", "unchanged"):

@@ -9,25 +9,26 @@ import json
 import logging
 import re
 import time
-from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass, replace
+from collections.abc import AsyncIterator
 from typing import Any
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
-from gateway.feedformat.document import Feed, now_iso
 from gateway.feedformat.rpz import to_rpz
 from gateway.feedformat.signing import SIGNATURE_HEADER, Signer
 from gateway.feedformat.stats import iso
 from gateway.publisher import gateways_api
 from gateway.publisher.acks import REJECT_REASONS, AckError, check_ack, parse_ack
+from gateway.publisher.builder import FeedBuilder
 from gateway.publisher.config import PublisherConfig
 from gateway.publisher.edits import EditError, Editor, Guard
 from gateway.publisher.hotline import ReportInbox
 from gateway.publisher.hotline import add_routes as add_report_routes
 from gateway.publisher.metrics import AckMetrics, PublisherCollector, entry_deadline
+from gateway.publisher.serialfeed import add_routes as add_serial_routes
 from gateway.publisher.store import Store, StoredEntry, StoreError
+from gateway.publisher.tokens import TokenIndex
 from gateway.publisher.watch import SerialWatcher
 
 log = logging.getLogger("safegate.publisher")
@@ -39,62 +40,6 @@ _STATUS = {"invalid": 400, "refused": 422, "conflict": 409, "not_found": 404}
 _ETAG = re.compile(r'"(\d+)"')
 
 
-@dataclass(frozen=True)
-class SignedDoc:
-    serial: int
-    body: bytes
-    signature: str
-    full_fallback: bool = False   # a snapshot served for a diff request that was too old
-
-
-class FeedBuilder:
-    """Signed documents, built once per (serial, since): every gateway woken by a new serial
-    asks for the same diff at the same moment.
-
-    The heartbeat: a cached document older than `heartbeat` seconds is built and signed again
-    (new generated_at, same entries), so whatever a gateway fetches is at most that old even
-    on a feed nobody has written to for weeks. Gateways check that age (feeds[].max_age):
-    a cache or relay replaying an old answer cannot pass for a live publisher.
-    """
-
-    MAX_CACHED = 256
-
-    def __init__(self, store: Store, signer: Signer, diff_history: int,
-                 heartbeat: float = 3600.0, clock: Callable[[], float] = time.monotonic
-                 ) -> None:
-        self.store = store
-        self.signer = signer
-        self.diff_history = diff_history
-        self.heartbeat = heartbeat
-        self.clock = clock
-        self._cache: dict[tuple[int, int | None], tuple[SignedDoc, float]] = {}
-
-    def build(self, current: int, since: int | None) -> SignedDoc:
-        """A snapshot (since None, or since older than diff_history) or a diff from `since`."""
-        full_fallback = since is not None and current - since > self.diff_history
-        key = (current, None if full_fallback else since)
-        now = self.clock()
-        cached = self._cache.get(key)
-        doc = cached[0] if cached is not None and now - cached[1] < self.heartbeat else None
-        if doc is None:
-            if key[1] is None:
-                serial, entries = self.store.snapshot()
-                feed = Feed(serial, now_iso(), tuple(entries))
-            else:
-                serial, entries, removed = self.store.diff(key[1])
-                feed = Feed(serial, now_iso(), tuple(entries), tuple(removed), key[1])
-            feed = replace(feed, forced=tuple(self.store.forced_ids(key[1], serial)))
-            body = feed.to_bytes()
-            doc = SignedDoc(serial, body, self.signer.sign(body))
-            if serial == current:   # a write can land between serial() and the read
-                if len(self._cache) >= self.MAX_CACHED:
-                    self._cache.clear()
-                self._cache[key] = (doc, now)
-        if full_fallback:
-            doc = SignedDoc(doc.serial, doc.body, doc.signature, True)
-        return doc
-
-
 STORE = web.AppKey("store", Store)
 CONFIG = web.AppKey("config", PublisherConfig)
 REGISTRY = web.AppKey("registry", CollectorRegistry)
@@ -103,6 +48,7 @@ BUILDER = web.AppKey("builder", FeedBuilder)
 EDITOR = web.AppKey("editor", Editor)
 ACK_METRICS = web.AppKey("ack_metrics", AckMetrics)
 COLLECTOR = web.AppKey("collector", PublisherCollector)
+TOKENS = web.AppKey("tokens", TokenIndex)
 
 
 def make_app(store: Store, signer: Signer, config: PublisherConfig,
@@ -115,6 +61,7 @@ def make_app(store: Store, signer: Signer, config: PublisherConfig,
     app[WATCHER] = SerialWatcher(store.serial, poll_interval)
     app[BUILDER] = FeedBuilder(store, signer, config.diff_history, config.heartbeat)
     app[ACK_METRICS] = AckMetrics(registry, sorted(config.gateways), REJECT_REASONS)
+    app[TOKENS] = TokenIndex(config.gateways)
     app[EDITOR] = Editor(store, Guard(config.never_block, config.max_change_ratio,
                                       config.max_change_entries))
     gateways_api.add_routes(app, store, config, registry, _require_admin)
@@ -130,6 +77,8 @@ def make_app(store: Store, signer: Signer, config: PublisherConfig,
     app.router.add_delete("/v1/entries/{id}", remove_entry)
     app.router.add_post("/v1/acks", post_ack)
     app.router.add_get("/v1/rpz", get_rpz)
+    add_serial_routes(app, store, signer, app[WATCHER], config.diff_history,
+                      config.limits.document_cache_bytes, registry)
     add_report_routes(app, ReportInbox(store.db), registry, _gateway_of, _require_admin)
     app.router.add_get("/metrics", get_metrics)
     app.router.add_get("/healthz", healthz)
@@ -331,14 +280,11 @@ async def remove_entry(request: web.Request) -> web.Response:
 def _gateway_of(request: web.Request) -> str | web.Response:
     """The gateway id whose token the request bears, or the 401 to answer."""
     token = _bearer(request)
-    gateway: str | web.Response | None = None
-    if token is not None:
-        # Compare against every token so timing says nothing about which one is close.
-        for gid, secret in request.app[CONFIG].gateways.items():
-            if _same(token, secret):
-                gateway = gid
-        # then the enrolled ones, read now: a revocation counts from the next request
-        gateway = gateway or gateways_api.enrolled(request.app, token)
+    # Configured tokens: one lookup by the token's digest (gateway/publisher/tokens.py), not a
+    # comparison with each (O(gateways) per ack: 2.3 ms at 10,000 gateways); then the enrolled
+    # ones, read now, so a revocation counts from the next request.
+    gateway = None if token is None else (request.app[TOKENS].gateway(token)
+                                          or gateways_api.enrolled(request.app, token))
     if gateway is None:
         return _error(401, "a valid gateway token is required",
                       {"WWW-Authenticate": 'Bearer realm="safegate-publisher"'})

@@ -61,7 +61,8 @@ async def serve(config: PublisherConfig, signer: Signer, stop: asyncio.Event) ->
         await runner.setup()
         try:
             ctx = tls_context(config)
-            site = web.TCPSite(runner, config.listen[0], config.listen[1], ssl_context=ctx)
+            site = web.TCPSite(runner, config.listen[0], config.listen[1], ssl_context=ctx,
+                               backlog=config.limits.listen_backlog)
             try:
                 await site.start()
             except OSError as exc:

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from gateway.errors import SafeGateError
-from gateway.feedformat.document import FeedEntry, LegalBasis, parse_time
+from gateway.feedformat.document import FeedEntry, LegalBasis, now_iso, parse_time
 from gateway.feedformat.stats import StatRow
 from gateway.publisher.db import Database, missing_ids, open_database
 
@@ -45,6 +45,7 @@ CREATE TABLE IF NOT EXISTS forced_serials (serial INTEGER PRIMARY KEY);
 CREATE INDEX IF NOT EXISTS entries_added ON entries (added_serial);
 CREATE INDEX IF NOT EXISTS entries_removed ON entries (removed_serial);
 INSERT OR IGNORE INTO meta (key, value) VALUES ('serial', '0');
+CREATE TABLE IF NOT EXISTS serial_times (serial INTEGER PRIMARY KEY, at TEXT NOT NULL);
 """
 
 class StoreError(SafeGateError):
@@ -127,7 +128,22 @@ class Store:
     def _bump(self, db: Database) -> int:
         serial = int(db.execute("SELECT value FROM meta WHERE key='serial'").fetchone()[0]) + 1
         db.execute("UPDATE meta SET value=? WHERE key='serial'", (str(serial),))
+        db.execute("INSERT INTO serial_times (serial, at) VALUES (?,?) "
+                   "ON CONFLICT (serial) DO UPDATE SET at = excluded.at", (serial, now_iso()))
         return serial
+
+    def serial_time(self, serial: int) -> str:
+        """When `serial` was published (ISO 8601): the generated_at of its immutable
+        documents, so they are the same bytes whenever and by whichever process they are built.
+        A serial from before this table is stamped once, on first use."""
+        row = self.db.execute("SELECT at FROM serial_times WHERE serial=?", (serial,)).fetchone()
+        if row is not None:
+            return str(row[0])
+        with self._write() as db:
+            db.execute("INSERT OR IGNORE INTO serial_times (serial, at) VALUES (?,?)",
+                       (serial, now_iso()))
+            row = db.execute("SELECT at FROM serial_times WHERE serial=?", (serial,)).fetchone()
+        return str(row[0])
 
     def add_entries(self, entries: Sequence[FeedEntry], forced: bool = False) -> int:
         """Add a batch under one new serial; refuses ids that are live (remove them first).

@@ -33,9 +33,10 @@ def conditional_headers(etag: str, last_modified: str) -> dict[str, str]:
 
 async def fetch(session: aiohttp.ClientSession, url: str, *, headers: Mapping[str, str],
                 timeout: float, max_bytes: int, limit_key: str,
-                params: Mapping[str, str] | None = None
+                params: Mapping[str, str] | None = None, missing_ok: bool = False
                 ) -> tuple[int, bytes, Mapping[str, str]]:
-    """GET `url`: (200, body, headers) or (304, b"", headers); anything else is a FetchError.
+    """GET `url`: (200, body, headers) or (304, b"", headers), and (404, b"", headers) when
+    `missing_ok`; anything else is a FetchError.
 
     The body is read in chunks and refused as soon as it passes `max_bytes` (named in the
     message by `limit_key`), so a hostile server cannot make us hold more than that.
@@ -43,8 +44,8 @@ async def fetch(session: aiohttp.ClientSession, url: str, *, headers: Mapping[st
     try:
         async with session.get(url, params=params, headers=headers,
                                timeout=aiohttp.ClientTimeout(total=timeout)) as resp:
-            if resp.status == 304:
-                return 304, b"", resp.headers
+            if resp.status == 304 or (resp.status == 404 and missing_ok):
+                return resp.status, b"", resp.headers
             if resp.status != 200:
                 raise FetchError("http", f"HTTP {resp.status} from {url}")
             if resp.content_length is not None and resp.content_length > max_bytes:
