@@ -158,3 +158,30 @@ def test_enrolled_identity_in_gateway_yaml(tmp_path: Path) -> None:
     # a token written in gateway.yaml wins over the enrollment
     (tmp_path / "g.yaml").write_text("gateway:\n  id: gw-x\n  token: " + "x" * 20 + "\n")
     assert load_config(tmp_path / "g.yaml").gateway_token == "x" * 20
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_two_publishers_serve_the_same_serial_documents(
+        tmp_path: Path, request: pytest.FixtureRequest, backend: str) -> None:
+    """Serial-addressed documents (feeds[].by_serial) are cached for a year under their URL,
+    so two publishers on one database must build the same bytes for a serial, forced ids
+    included: the publication time comes from serial_times, not from the process."""
+    from gateway.feedformat.document import parse_feed
+    from gateway.feedformat.signing import generate_keys, load_signer
+    from gateway.publisher.serialfeed import SerialDocs
+
+    target = (request.getfixturevalue("postgres").new_database("serialdocs")
+              if backend == "postgresql" else tmp_path / "p.sqlite3")
+    key, _ = generate_keys(tmp_path / "keys")
+    first, second = Store(target), Store(target)
+    first.add_entries([_entry(1)])
+    serial = first.add_entries([_entry(2)], forced=True)
+    docs = [SerialDocs(s, load_signer(key), 1000, 1 << 20) for s in (first, second)]
+    for since in (None, 1):
+        a, b = (d.document(serial, since) for d in docs)
+        assert a is not None and b is not None
+        assert (a.body, a.signature, a.etag) == (b.body, b.signature, b.etag)
+    diff = docs[0].document(serial, 1)
+    assert diff is not None and parse_feed(diff.body).forced == ("E2",)
+    first.close()
+    second.close()

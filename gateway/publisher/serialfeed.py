@@ -23,7 +23,7 @@ import hashlib
 import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter, Gauge
@@ -113,6 +113,8 @@ class SerialDocs:
                 return None
             feed = Feed(serial, self.store.serial_time(serial), tuple(added), tuple(removed),
                         since)
+        # The operator's --force travels in the signed bytes, as in /v1/feed (feeds/hold.py).
+        feed = replace(feed, forced=tuple(self.store.forced_ids(since, serial)))
         doc = self._sign(feed.to_bytes())
         self._keep(key, doc)
         return doc
