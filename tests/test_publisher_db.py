@@ -185,3 +185,13 @@ def test_two_publishers_serve_the_same_serial_documents(
     assert diff is not None and parse_feed(diff.body).forced == ("E2",)
     first.close()
     second.close()
+
+
+def test_an_entrys_acks_are_found_by_index(tmp_path: Path) -> None:
+    """GET /v1/entries/ID reads one entry's acks: with 10,000 gateways there are millions of
+    ack rows, and a scan of all of them per request (docs/fleet-scale.md) is not an answer."""
+    store = Store(tmp_path / "p.sqlite3")
+    plan = " ".join(str(tuple(r)) for r in store.db.execute(
+        "EXPLAIN QUERY PLAN SELECT gateway FROM acks WHERE entry_id=?", ("E1",)))
+    assert "USING INDEX acks_entry" in plan or "USING COVERING INDEX acks_entry" in plan, plan
+    store.close()
