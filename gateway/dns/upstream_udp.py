@@ -219,7 +219,6 @@ def _mix_case(question: bytes) -> bytes:
     return (int.from_bytes(name, "big") ^ flips).to_bytes(n, "big") + question[-4:]
 
 
-
 class UdpClient:
     """A plain-DNS upstream (the Transport of upstream_base): UDP from the socket pool, the
     question again over a new TCP connection when the reply is truncated."""

@@ -21,8 +21,9 @@ from __future__ import annotations
 import functools
 import re
 import sqlite3
+from abc import ABC, abstractmethod
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -78,35 +79,31 @@ def missing_ids(db: Database, table: str, ids: Sequence[str]) -> list[str]:
     return out
 
 
-class Database:
+class Database(ABC):
     """A connection; `kind` says which back end ("sqlite" or "postgresql")."""
 
     kind = "sqlite"
 
-    def execute(self, sql: str, params: Sequence[Any] = ()) -> Cursor:
-        raise NotImplementedError
+    @abstractmethod
+    def execute(self, sql: str, params: Sequence[Any] = ()) -> Cursor: ...
 
-    def executemany(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
-        raise NotImplementedError
+    @abstractmethod
+    def executemany(self, sql: str, rows: Sequence[Sequence[Any]]) -> None: ...
 
+    @abstractmethod
     def executescript(self, script: str) -> None:
         """Schema: statements separated by ';' (no ';' inside literals)."""
-        raise NotImplementedError
 
-    @contextmanager
-    def write(self) -> Iterator[Database]:
+    @abstractmethod
+    def write(self) -> AbstractContextManager[Database]:
         """A write transaction that excludes every other writer (all processes)."""
-        raise NotImplementedError
-        yield self
 
-    @contextmanager
-    def read(self) -> Iterator[Database]:
+    @abstractmethod
+    def read(self) -> AbstractContextManager[Database]:
         """Several SELECTs that see one consistent state."""
-        raise NotImplementedError
-        yield self
 
-    def close(self) -> None:
-        raise NotImplementedError
+    @abstractmethod
+    def close(self) -> None: ...
 
 
 class SqliteDatabase(Database):

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+from abc import ABC, abstractmethod
 from typing import Self
 
 import aiohttp
@@ -16,7 +17,7 @@ from tests.support.procs import free_port
 _KEEP = ("SafeGate-Signature", "ETag", "Cache-Control", "X-SafeGate-Full", "Retry-After")
 
 
-class ThreadedApp:
+class ThreadedApp(ABC):
     """An aiohttp app on a free loopback port, served by its own event loop in a thread so
     that a test's blocking code (and the processes under test) can talk to it."""
 
@@ -30,8 +31,9 @@ class ThreadedApp:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
+    @abstractmethod
     def routes(self, app: web.Application) -> None:
-        raise NotImplementedError
+        """Add the hop's routes to `app`."""
 
     async def _start(self) -> None:
         app = web.Application()
