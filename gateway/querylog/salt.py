@@ -26,6 +26,8 @@ def day_of(t: float) -> str:
 
 
 class DailySalt:
+    """Today's salt, kept in state_dir so a restart keeps one day's hashes comparable."""
+
     def __init__(self, state_dir: Path, clock: Callable[[], float] = time.time) -> None:
         self.path = state_dir / FILENAME
         self.clock = clock
@@ -35,7 +37,7 @@ class DailySalt:
             saved = json.loads(self.path.read_text())
             self.day, self.salt = str(saved["day"]), bytes.fromhex(saved["salt"])
         except (OSError, ValueError, KeyError, TypeError):
-            pass
+            pass   # none or damaged: key() makes a new one (today's earlier rows unlinkable)
 
     def key(self, t: float) -> bytes:
         """The salt of `t`'s day; a new day makes (and saves) a new one, the old is gone."""
