@@ -12,11 +12,10 @@ import dns.query
 import dns.rcode
 import dns.rdatatype
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
 from tests.support import unbound as ub
 from tests.support.cli import check, config
-from tests.support.procs import SafeGateProcess
+from tests.support.procs import SafeGateProcess, metric
 
 pytestmark = pytest.mark.integration
 
@@ -35,12 +34,6 @@ RECORDS = [
     "ptr 192.0.2.51 printer.school.test",
     "192.0.2.66 adult-site.test",   # a local record cannot unblock a blocked name
 ]
-
-
-def metric(gw: SafeGateProcess, name: str, **labels: str) -> float:
-    return sum(float(s.value) for f in text_string_to_metric_families(gw.metrics_text())
-               for s in f.samples
-               if s.name == name and all(s.labels.get(k) == v for k, v in labels.items()))
 
 
 def ask(gw: SafeGateProcess, name: str, rdtype: str, tcp: bool) -> dns.message.Message:

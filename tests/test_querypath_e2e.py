@@ -21,11 +21,10 @@ import dns.rcode
 import dns.rdataclass
 import dns.rdatatype
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
 from tests.support import dnssec
 from tests.support import unbound as ub
-from tests.support.procs import SafeGateProcess
+from tests.support.procs import SafeGateProcess, metric
 from tests.support.wait import wait_for
 
 pytestmark = pytest.mark.integration
@@ -43,15 +42,6 @@ NO_RRL = {"limits": {"rrl": {"enabled": False}}}
 
 def ede(msg: dns.message.Message) -> list[tuple[int, str]]:
     return [(o.code, o.text or "") for o in msg.options if isinstance(o, dns.edns.EDEOption)]
-
-
-def metric(gw: SafeGateProcess, name: str, **labels: str) -> float:
-    """The sum of the samples matching `labels` in /metrics (0 when there are none)."""
-    return sum(float(sample.value)
-               for family in text_string_to_metric_families(gw.metrics_text())
-               for sample in family.samples
-               if sample.name == name and all(sample.labels.get(k) == v
-                                              for k, v in labels.items()))
 
 
 def udp(gw: SafeGateProcess, q: dns.message.Message) -> dns.message.Message:

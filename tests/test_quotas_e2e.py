@@ -23,7 +23,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from tests.support import unbound as ub
 from tests.support.cli import safegate
-from tests.support.procs import SafeGateProcess
+from tests.support.procs import SafeGateProcess, metric
 from tests.support.wait import wait_for
 
 pytestmark = pytest.mark.integration
@@ -43,12 +43,6 @@ networks:
 LISTS = {"adult.txt": "adult-site.test\n", "games.txt": "game.test\n"}
 LISTS_YAML = ("categories:\n  adult:\n    - {path: adult.txt, format: domains}\n"
               "  games:\n    - {path: games.txt, format: domains}\n")
-
-
-def metric(gw: SafeGateProcess, name: str, **labels: str) -> float:
-    return sum(float(s.value) for f in text_string_to_metric_families(gw.metrics_text())
-               for s in f.samples
-               if s.name == name and all(s.labels.get(k) == v for k, v in labels.items()))
 
 
 def ask(gw: SafeGateProcess, name: str, source: str = "127.0.0.1") -> dns.message.Message:

@@ -21,12 +21,11 @@ import dns.message
 import dns.query
 import dns.rcode
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
 from tests.support import unbound as ub
 from tests.support.certs import make_ca_and_cert, make_cert
 from tests.support.nginx import start_nginx
-from tests.support.procs import SafeGateProcess, free_port
+from tests.support.procs import SafeGateProcess, free_port, metric
 from tests.support.wait import wait_for
 
 pytestmark = pytest.mark.integration
@@ -37,12 +36,6 @@ tiers:
 networks:
   - {name: lab, cidrs: ["127.0.0.0/8", "::1/128"], tier: open}
 """
-
-
-def metric(gw: SafeGateProcess, name: str, **labels: str) -> float:
-    return sum(float(s.value) for f in text_string_to_metric_families(gw.metrics_text())
-               for s in f.samples
-               if s.name == name and all(s.labels.get(k) == v for k, v in labels.items()))
 
 
 def ask(gw: SafeGateProcess, name: str, rdtype: str = "A") -> dns.message.Message:

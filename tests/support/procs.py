@@ -24,6 +24,7 @@ from typing import Any, Protocol
 import dns.message
 import dns.query
 import yaml
+from prometheus_client.parser import text_string_to_metric_families
 
 from tests.support.wait import wait_for
 
@@ -379,3 +380,11 @@ class SafeGateFactory(Protocol):
     """Type of the `safegate_factory` fixture (annotate test parameters with it)."""
 
     def __call__(self, config: Path | None = None, /, **kwargs: Any) -> SafeGateProcess: ...
+
+
+def metric(gw: SafeGateProcess, name: str, **labels: str) -> float:
+    """The sum of `gw`'s /metrics samples named `name` whose labels include `labels` (0 when
+    there are none)."""
+    return sum(float(s.value) for f in text_string_to_metric_families(gw.metrics_text())
+               for s in f.samples
+               if s.name == name and all(s.labels.get(k) == v for k, v in labels.items()))
